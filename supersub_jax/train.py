@@ -1,0 +1,420 @@
+"""Train state, optimizer, the per-device train step, its pmap / shard_map compilations, and the training loop.
+
+One step function serves every stage. What differs between the vanilla network, the generalist and a specialist is
+only *which* pytree is trained and how the model's parameters are formed from it:
+
+* vanilla / superclass: the trainable pytree *is* the model's ``params``;
+* specialists: the trainable pytree is ``{'delta': ..., 'head': ...}`` and the model's ``params`` are
+  ``materialize(base, delta, masks) | {'head': head}``, formed inside the compiled step, so a specialist's dense
+  weights exist only transiently. The frozen ``base`` is a separate, non-donated argument held once per device.
+
+``make_params_fn`` picks between the two; the step itself is written once (``train_step``) and compiled either with
+``jax.pmap`` (the default) or with ``jax.shard_map`` over a 1-D ``Mesh`` (``config.parallelism = 'shard_map'``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import os
+import signal
+import time
+from typing import Any, Callable, Iterator, Mapping
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+AXIS = 'batch'  # the named device axis of data parallelism, in pmap and in shard_map alike
+
+PyTree = Any
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything that changes during training, as one pytree (checkpointed whole).
+
+  Attributes:
+    step: int32 [] number of optimizer updates applied.
+    params: the trainable pytree (model params, or ``{'delta', 'head'}`` for a specialist).
+    batch_stats: BatchNorm running statistics of the model (float32).
+    opt_state: optax state of ``params``.
+    masks: sparsity masks of the delta (float32 0/1, same structure as ``params['delta']``), or None.
+  """
+  step: jax.Array
+  params: PyTree
+  batch_stats: PyTree
+  opt_state: PyTree
+  masks: PyTree = None
+
+
+def create_train_state(params: PyTree, batch_stats: PyTree, tx: optax.GradientTransformation,
+                       masks: PyTree = None) -> TrainState:
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                    opt_state=tx.init(params), masks=masks)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Optimizer
+
+
+def make_schedule(cfg, num_steps: int) -> optax.Schedule:
+  """Linear warm-up then ``cfg.schedule`` decay ('cosine', 'step' or 'constant') of ``cfg.learning_rate``.
+
+  'step' multiplies by ``cfg.get('decay_factor', 0.1)`` at each fraction in ``cfg.get('decay_at', (0.5, 0.75))`` of
+  ``num_steps``.
+  """
+  lr = float(cfg.learning_rate)
+  warmup = int(min(cfg.get('warmup_steps', 0), max(num_steps - 1, 0)))
+  kind = cfg.get('schedule', 'cosine')
+  if kind == 'cosine':
+    return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(num_steps, warmup + 1))
+  if kind == 'step':
+    boundaries = {int(f * num_steps): float(cfg.get('decay_factor', 0.1)) for f in cfg.get('decay_at', (0.5, 0.75))}
+    decay = optax.piecewise_constant_schedule(lr, {k - warmup: v for k, v in boundaries.items()})
+  elif kind == 'constant':
+    decay = optax.constant_schedule(lr)
+  else:
+    raise ValueError(f"Unknown learning-rate schedule {kind!r}: use 'cosine', 'step' or 'constant'.")
+  if warmup == 0:
+    return decay
+  return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), decay], [warmup])
+
+
+def weight_decay_mask(params: PyTree) -> PyTree:
+  """True for kernels (ndim > 1); BatchNorm scales/biases and dense biases are not decayed."""
+  return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def make_optimizer(cfg, num_steps: int) -> optax.GradientTransformation:
+  """SGD with momentum (optionally Nesterov) or AdamW, with the schedule of ``make_schedule``.
+
+  Weight decay (``cfg.weight_decay``) is applied to kernels only (see ``weight_decay_mask``).
+  """
+  schedule = make_schedule(cfg, num_steps)
+  wd = float(cfg.get('weight_decay', 0.0))
+  name = cfg.get('optimizer', 'sgd')
+  if name == 'sgd':
+    return optax.chain(optax.add_decayed_weights(wd, mask=weight_decay_mask),
+                       optax.sgd(schedule, momentum=cfg.get('momentum', 0.9), nesterov=cfg.get('nesterov', False)))
+  if name == 'adamw':
+    return optax.adamw(schedule, b1=cfg.get('b1', 0.9), b2=cfg.get('b2', 0.999), weight_decay=wd,
+                       mask=weight_decay_mask)
+  raise ValueError(f"Unknown optimizer {name!r}: use 'sgd' or 'adamw'.")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Loss and the step
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, *, label_smoothing: float = 0.0,
+                  weights: jax.Array | None = None) -> jax.Array:
+  """Mean softmax cross-entropy. logits float32 [B, C], labels int32 [B], weights float32 [B] or None -> float32 []."""
+  num_classes = logits.shape[-1]
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing) if label_smoothing else \
+      jax.nn.one_hot(labels, num_classes)
+  # Padded (invalid) classes carry logits of -inf-like value; their one-hot target mass must stay zero.
+  losses = optax.softmax_cross_entropy(logits, targets)
+  if weights is None:
+    return losses.mean()
+  return (losses * weights).sum() / jnp.maximum(weights.sum(), 1.0)
+
+
+def mask_logits(logits: jax.Array, logit_mask: jax.Array | None) -> jax.Array:
+  """Sets logits of padded classes (logit_mask False) to a large negative number. logits [B, C], mask bool [C]."""
+  if logit_mask is None:
+    return logits
+  return jnp.where(logit_mask, logits, jnp.finfo(logits.dtype).min / 2)
+
+
+ParamsFn = Callable[[PyTree, PyTree, PyTree], PyTree]
+
+
+def identity_params(trainable: PyTree, frozen: PyTree, masks: PyTree) -> PyTree:
+  """The vanilla and superclass stages: the trainable pytree is the model's params."""
+  del frozen, masks
+  return trainable
+
+
+def train_step(state: TrainState, batch: Mapping[str, jax.Array], frozen: PyTree, *, apply_fn: Callable,
+               tx: optax.GradientTransformation, params_fn: ParamsFn = identity_params,
+               label_smoothing: float = 0.0, logit_mask: jax.Array | None = None,
+               post_update: Callable[[TrainState], TrainState] | None = None,
+               axis_name: str = AXIS) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One per-device optimizer step; gradients and BatchNorm statistics are averaged over ``axis_name``.
+
+  Args:
+    state: this device's (replicated) TrainState.
+    batch: 'image' float [b, H, W, C] and 'label' int32 [b] for this device.
+    frozen: pytree held fixed (a specialist's base params; ``{}`` otherwise).
+    apply_fn: the flax model's ``apply``.
+    params_fn: (trainable, frozen, masks) -> model params.
+    logit_mask: bool [C] of valid classes (specialist heads are padded to the largest superclass), or None.
+    post_update: applied to the new state, e.g. re-applying sparsity masks so masked entries stay exactly zero.
+  Returns:
+    (new state, metrics) with metrics 'loss', 'accuracy' float32 [] averaged over all devices.
+  """
+
+  def loss_fn(trainable):
+    params = params_fn(trainable, frozen, state.masks)
+    logits, new_vars = apply_fn({'params': params, 'batch_stats': state.batch_stats}, batch['image'], train=True,
+                                mutable=['batch_stats'])
+    logits = mask_logits(logits, logit_mask)
+    loss = cross_entropy(logits, batch['label'], label_smoothing=label_smoothing)
+    return loss, (logits, new_vars['batch_stats'])
+
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  grads = jax.lax.pmean(grads, axis_name)
+  batch_stats = jax.lax.pmean(batch_stats, axis_name)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
+  if post_update is not None:
+    new_state = post_update(new_state)
+  accuracy = (jnp.argmax(logits, -1) == batch['label']).mean()
+  metrics = jax.lax.pmean({'loss': loss, 'accuracy': accuracy}, axis_name)
+  return new_state, metrics
+
+
+def eval_step(state: TrainState, batch: Mapping[str, jax.Array], frozen: PyTree, *, apply_fn: Callable,
+              params_fn: ParamsFn = identity_params, logit_mask: jax.Array | None = None,
+              axis_name: str = AXIS) -> dict[str, jax.Array]:
+  """Summed eval metrics over all devices: 'loss_sum', 'correct', 'count' float32 [] ('mask' weights padding)."""
+  params = params_fn(state.params, frozen, state.masks)
+  logits = apply_fn({'params': params, 'batch_stats': state.batch_stats}, batch['image'], train=False)
+  logits = mask_logits(logits, logit_mask)
+  weights = batch.get('mask', jnp.ones(batch['label'].shape, jnp.float32))
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label'])
+  correct = (jnp.argmax(logits, -1) == batch['label']).astype(jnp.float32)
+  return jax.lax.psum({'loss_sum': (losses * weights).sum(), 'correct': (correct * weights).sum(),
+                       'count': weights.sum()}, axis_name)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Parallel compilation: pmap (default) or shard_map over a Mesh, with the same per-device function.
+
+
+@dataclasses.dataclass(frozen=True)
+class Parallel:
+  """How per-device functions are compiled and how host data is placed.
+
+  ``kind='pmap'``: state and frozen pytrees carry a leading axis of local devices; batches are
+  [local_devices, per_device_batch, ...] as the input pipeline yields them.
+  ``kind='shard_map'``: state and frozen pytrees are global arrays replicated over a 1-D mesh of all devices; batches
+  are assembled into global arrays sharded along their batch axis.
+  """
+  kind: str = 'pmap'
+
+  def __post_init__(self):
+    if self.kind not in ('pmap', 'shard_map'):
+      raise ValueError(f"config.parallelism={self.kind!r}: use 'pmap' or 'shard_map'.")
+
+  @functools.cached_property
+  def mesh(self) -> Mesh:
+    return Mesh(np.asarray(jax.devices()), (AXIS,))
+
+  def compile(self, fn: Callable, *, donate_state: bool = True) -> Callable:
+    """Compiles ``fn(state, batch, frozen)`` written for one device."""
+    if self.kind == 'pmap':
+      return jax.pmap(fn, axis_name=AXIS, donate_argnums=(0,) if donate_state else ())
+    # check_vma=False keeps pmap's semantics: the gradient of a replicated parameter computed inside the body is the
+    # per-device gradient, which train_step then averages with pmean. (With check_vma=True JAX would insert the psum
+    # itself when transposing the implicit broadcast, and the pmean would leave a sum over devices.)
+    mapped = jax.shard_map(fn, mesh=self.mesh, in_specs=(P(), P(AXIS), P()), out_specs=P(), check_vma=False)
+    return jax.jit(mapped, donate_argnums=(0,) if donate_state else ())
+
+  def replicate(self, tree: PyTree) -> PyTree:
+    """Host pytree -> the layout ``compile``d functions take for state and frozen arguments."""
+    if self.kind == 'pmap':
+      return jax.tree.map(_pmap_replicate, tree)
+    sharding = NamedSharding(self.mesh, P())
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree)
+
+  def unreplicate(self, tree: PyTree) -> PyTree:
+    """One host copy (numpy) of a replicated pytree."""
+    if self.kind == 'pmap':  # each device's shard keeps a leading axis of size 1
+      return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)).reshape(x.shape[1:]), tree)
+    return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
+
+  def shard_batch(self, batch: Mapping[str, np.ndarray]) -> Mapping[str, jax.Array]:
+    """Host batch [local_devices, per_device_batch, ...] -> the layout of the compiled step."""
+    if self.kind == 'pmap':
+      return batch
+    sharding = NamedSharding(self.mesh, P(AXIS))
+    return {k: jax.make_array_from_process_local_data(sharding, v.reshape((-1,) + v.shape[2:]))
+            for k, v in batch.items()}
+
+
+def _pmap_replicate(x):
+  # pmap's own output layout: later pmapped calls then take the array without moving it.
+  n = jax.local_device_count()
+  return jax.pmap(lambda y: y)(np.broadcast_to(np.asarray(x), (n,) + np.shape(x)))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Distributed set-up
+
+
+def initialize_distributed(cfg) -> None:
+  """``jax.distributed.initialize`` from ``config.distributed`` (no-op unless enabled).
+
+  With ``coordinator_address`` empty, JAX auto-detects the cluster (Cloud TPU, SLURM, ...). On CPU, gloo collectives
+  are selected so that multi-process pmap works.
+  """
+  if cfg is None or not cfg.get('enabled', False):
+    return
+  if jax.distributed.is_initialized():
+    return
+  if cfg.get('cpu_collectives', ''):
+    jax.config.update('jax_cpu_collectives_implementation', cfg.cpu_collectives)
+  kwargs = {}
+  if cfg.get('coordinator_address', ''):
+    kwargs = dict(coordinator_address=cfg.coordinator_address, num_processes=int(cfg.num_processes),
+                  process_id=int(cfg.process_id))
+  if cfg.get('local_device_ids', None):
+    kwargs['local_device_ids'] = list(cfg.local_device_ids)
+  jax.distributed.initialize(**kwargs)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The loop
+
+
+class MetricWriter:
+  """Writes metrics as JSON lines (``<workdir>/metrics.jsonl``) on process 0, plus TensorBoard when installed."""
+
+  def __init__(self, workdir: str, stage: str):
+    self.stage = stage
+    self.enabled = jax.process_index() == 0
+    self.path = os.path.join(workdir, 'metrics.jsonl')
+    self._tb = None
+    if self.enabled:
+      os.makedirs(workdir, exist_ok=True)
+      try:  # TensorBoard is optional.
+        from tensorboardX import SummaryWriter  # type: ignore
+        self._tb = SummaryWriter(os.path.join(workdir, 'tb', stage))
+      except ImportError:
+        self._tb = None
+
+  def write(self, step: int, split: str, metrics: Mapping[str, float]) -> None:
+    if not self.enabled:
+      return
+    record = {'stage': self.stage, 'split': split, 'step': int(step), **{k: float(v) for k, v in metrics.items()}}
+    with open(self.path, 'a') as f:
+      f.write(json.dumps(record) + '\n')
+    if self._tb is not None:
+      for k, v in metrics.items():
+        self._tb.add_scalar(f'{split}/{k}', float(v), int(step))
+
+
+class Progress:
+  """A periodic log line: step, loss, accuracy, images/s and ETA (process 0 only)."""
+
+  def __init__(self, name: str, total_steps: int, start_step: int, global_batch: int, every: int):
+    self.name, self.total, self.global_batch, self.every = name, total_steps, global_batch, max(every, 1)
+    self.start_step = start_step
+    self.t0 = None
+    self.t_last, self.step_last = None, start_step
+
+  def update(self, step: int, metrics: Mapping[str, float]) -> str | None:
+    now = time.perf_counter()
+    if self.t0 is None:  # the first step includes compilation: time from after it.
+      self.t0, self.t_last, self.step_last = now, now, step
+      return None
+    if step % self.every and step != self.total:
+      return None
+    ips = (step - self.step_last) * self.global_batch / max(now - self.t_last, 1e-9)
+    rate = (step - self.start_step - 1) / max(now - self.t0, 1e-9)
+    eta = (self.total - step) / rate if rate > 0 else float('nan')
+    self.t_last, self.step_last = now, step
+    line = (f'[{self.name}] step {step}/{self.total} loss {metrics["loss"]:.4f} acc {metrics["accuracy"]:.4f} '
+            f'{ips:,.0f} img/s ETA {eta:,.0f}s')
+    if jax.process_index() == 0:
+      logging.info(line)
+      print(line, flush=True)
+    return line
+
+
+class Preemption:
+  """Turns SIGTERM into a flag the loop checks, so that it saves a checkpoint and exits cleanly."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handler)
+    except ValueError:  # not in the main thread: no handler, nothing to restore.
+      self._previous = None
+    return self
+
+  def _handler(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+    return False
+
+
+class Preempted(Exception):
+  """Raised after a SIGTERM once the checkpoint of the current step is saved."""
+
+
+def fit(state: PyTree, *, step_fn: Callable, parallel: Parallel, frozen: PyTree, train_iter: Iterator,
+        num_steps: int, global_batch: int, name: str, save_fn: Callable[[int, PyTree, bool], None],
+        writer: MetricWriter | None = None, log_every: int = 50, checkpoint_every: int = 0,
+        hooks: tuple[Callable[[int, PyTree], PyTree], ...] = ()) -> PyTree:
+  """Runs ``step_fn`` from ``state.step`` to ``num_steps``.
+
+  Args:
+    state: the replicated TrainState (layout of ``parallel``).
+    step_fn: the compiled ``(state, batch, frozen) -> (state, metrics)``.
+    train_iter: host batches [local_devices, per_device_batch, ...].
+    save_fn: ``save_fn(step, state, force)`` writes a checkpoint (the caller owns the manager and the data iterator).
+    hooks: ``hook(step, state) -> state`` called before each step (e.g. mask updates on the pruning schedule).
+  Returns:
+    the final replicated state. Raises ``Preempted`` after saving if SIGTERM arrived.
+  """
+  start = int(parallel.unreplicate(state.step))
+  progress = Progress(name, num_steps, start, global_batch, log_every)
+  with Preemption() as preemption:
+    for step in range(start, num_steps):
+      for hook in hooks:
+        state = hook(step, state)
+      batch = parallel.shard_batch(next(train_iter))
+      state, metrics = step_fn(state, batch, frozen)
+      done = step + 1
+      if done % max(log_every, 1) == 0 or done == num_steps or done == start + 1:
+        host_metrics = {k: float(v) for k, v in parallel.unreplicate(metrics).items()}
+        if not all(np.isfinite(v) for v in host_metrics.values()):
+          raise FloatingPointError(f'[{name}] non-finite metrics at step {done}: {host_metrics}. Lower the learning '
+                                   'rate or check the input data; the last checkpoint is left untouched.')
+        progress.update(done, host_metrics)
+        if writer is not None:
+          writer.write(done, 'train', host_metrics)
+      if checkpoint_every and done % checkpoint_every == 0 and done != num_steps:
+        save_fn(done, state, False)
+      if preemption.requested and done < num_steps:  # at the last step the caller's final save follows
+        save_fn(done, state, True)
+        raise Preempted(f'[{name}] SIGTERM received: saved step {done}; rerun the same command to resume.')
+  return state
+
+
+def evaluate(state: PyTree, *, eval_fn: Callable, parallel: Parallel, frozen: PyTree,
+             batches: Iterator) -> dict[str, float]:
+  """Runs a compiled ``eval_step`` over all ``batches`` -> {'loss', 'accuracy', 'count'}."""
+  totals = {'loss_sum': 0.0, 'correct': 0.0, 'count': 0.0}
+  for batch in batches:
+    out = parallel.unreplicate(eval_fn(state, parallel.shard_batch(batch), frozen))
+    for k in totals:
+      totals[k] += float(out[k])
+  count = max(totals['count'], 1.0)
+  return {'loss': totals['loss_sum'] / count, 'accuracy': totals['correct'] / count, 'count': totals['count']}
