@@ -24,6 +24,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 PyTree = Any
+JSON_ITEMS = ('data', 'meta')
 
 
 class CheckpointMismatchError(ValueError):
@@ -39,7 +40,10 @@ def make_manager(directory: str, *, max_to_keep: int | None = 2, item_names=('st
   """A CheckpointManager rooted at ``directory`` (created if missing). Saves are synchronous (simplest to reason
   about on preemption); the loop decides when to save."""
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False)
-  return ocp.CheckpointManager(abs_path(directory), options=options, item_names=tuple(item_names))
+  # Handlers are named up front so that a fresh process can read metadata before any save or restore.
+  handlers = {name: ocp.JsonCheckpointHandler() if name in JSON_ITEMS else ocp.StandardCheckpointHandler()
+              for name in item_names}
+  return ocp.CheckpointManager(abs_path(directory), options=options, item_handlers=handlers)
 
 
 def _to_host(tree: PyTree) -> PyTree:

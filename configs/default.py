@@ -1,0 +1,75 @@
+"""Defaults shared by every config: each field documented once here.
+
+Configs for a dataset start from ``get_config()`` here and override what differs. A stage's own sub-config
+(``config.vanilla``, ``config.superclass``, ``config.specialists``) holds its optimisation knobs; fields at the top
+level are shared by all stages.
+"""
+
+import ml_collections
+
+
+def optimizer_config(**overrides) -> ml_collections.ConfigDict:
+  """Optimisation knobs of one stage (names as in flax's examples)."""
+  cfg = ml_collections.ConfigDict(dict(
+      num_train_steps=1000,     # optimizer steps of this stage (per specialist for the specialists stage)
+      learning_rate=0.1,        # peak learning rate, reached after warm-up
+      warmup_steps=100,
+      schedule='cosine',        # 'cosine' | 'step' | 'constant'
+      optimizer='sgd',          # 'sgd' (momentum) | 'adamw'
+      momentum=0.9,
+      nesterov=True,
+      weight_decay=5e-4,        # kernels only; BatchNorm and biases are not decayed
+      label_smoothing=0.0,
+  ))
+  cfg.update(overrides)
+  return cfg
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  # Data.
+  config.dataset = 'synthetic'          # 'synthetic' | 'cifar100' | 'imagenet2012'
+  config.hierarchy = 'synthetic'        # a supersub_jax.hierarchy.get spec: 'mixed_10', 'cifar100', 'synthetic', ...
+  config.data_dir = './data'            # TFDS data_dir (made absolute); the synthetic dataset is built here
+  config.manual_dir = ''                # ImageNet: folder with the ILSVRC2012 tar files
+  config.synthetic = ml_collections.ConfigDict(dict(
+      image_size=32, train_per_class=300, test_per_class=100, seed=0, sizes=(12, 6, 4, 3, 3, 2, 2, 2, 2, 2)))
+  config.image_size = 32
+  config.augment = 'crop_flip'          # 'crop_flip' | 'random_resized_crop' | 'none'
+  config.worker_count = 0               # grain worker processes per host
+  config.batch_size = 128               # global batch, split over all devices of all processes
+  config.eval_batch_size = 256
+  # Model.
+  config.model = 'resnet_small'         # a key of supersub_jax.models.MODELS
+  config.stem = 'small'                 # 'small' (3x3 conv, no pool: 32x32) | 'imagenet' (7x7/2 + max-pool)
+  config.width = 1.0
+  config.half_precision = False         # bf16 compute, float32 params
+  # Runs.
+  config.seed = 0
+  config.stages = ('vanilla', 'superclass', 'specialists')
+  config.parallelism = 'pmap'           # 'pmap' | 'shard_map'
+  config.log_every_steps = 50
+  config.checkpoint_every_steps = 500
+  config.max_to_keep = 2
+  config.distributed = ml_collections.ConfigDict(dict(
+      enabled=False, coordinator_address='', num_processes=1, process_id=0, cpu_collectives='',
+      local_device_ids=()))
+  # Stages.
+  config.vanilla = optimizer_config()
+  config.superclass = optimizer_config(init_from_vanilla=True)
+  config.specialists = optimizer_config(
+      learning_rate=0.02, warmup_steps=0, weight_decay=0.0,
+      superclasses=(),                  # which superclasses get a specialist; () = all
+      density=0.1,                      # fraction of delta entries kept
+      bits=8,                           # 8 | 4 | 2 | 0 (0 = no quantization)
+      granularity='per_channel',        # 'per_channel' | 'per_tensor'
+      leaves='kernels',                 # 'kernels' | 'kernels_and_norm' | a regex over '/'-joined param paths
+      sparsity_scope='per_leaf',        # 'per_leaf' | 'global'
+      sparsity_schedule='gradual',      # 'gradual' (Zhu & Gupta) | 'one_shot' | 'none'
+      prune_begin_fraction=0.1,         # schedule range as fractions of num_train_steps
+      prune_end_fraction=0.6,
+      mask_update_every=10,
+      dense=False,                      # True: plain fine-tuning of all weights (no delta constraint), for comparison
+  )
+  config.evaluate = ml_collections.ConfigDict(dict(batch_size=256, benchmark_batches=5))
+  return config

@@ -1,0 +1,229 @@
+"""The evaluation report: metrics from predictions (pure numpy), its JSON schema, markdown and PNG plots.
+
+``report.json`` keys (nested objects; numbers are floats or ints), stable across versions:
+
+=====================================  ==============================================================================
+key                                    meaning
+=====================================  ==============================================================================
+``vanilla.top1``                       top-1 of the single network trained on all subclasses (the paper's baseline)
+``superclass.top1``                    superclass accuracy of the generalist
+``supersub.top1``                      Super-Sub top-1: generalist routes, the routed specialist classifies; a wrong
+                                       superclass counts as an error
+``supersub.oracle_top1``               Super-Sub with the true superclass given (the specialists' own accuracy)
+``supersub.top2_top1``                 Super-Sub with top-2 routing (uncertain images also run the second specialist)
+``errors.within_superclass_fraction``  of the vanilla network's errors, the fraction whose prediction lies in the true
+                                       superclass (the paper's finding (i))
+``storage.factor``                     bytes of generalist + all specialists, in units of one network
+``storage.alpha``                      alpha in storage = (alpha * N + 1) networks
+``storage.num_superclasses``           N
+``memory.single_bytes``                inference memory of the single network (see ``memory.method``)
+``memory.supersub_bytes``              inference memory of Super-Sub at the same batch
+``throughput.single_ips``              images/s of the single network
+``throughput.supersub_ips``            images/s of Super-Sub (top-1 routing)
+=====================================  ==============================================================================
+
+Other keys (per-superclass tables, counts, top-2 cost, the naive N+1 factor, ...) may be added; those above stay.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+REQUIRED_KEYS = (
+    'vanilla.top1', 'superclass.top1', 'supersub.top1', 'supersub.oracle_top1', 'supersub.top2_top1',
+    'errors.within_superclass_fraction', 'storage.factor', 'storage.alpha', 'storage.num_superclasses',
+    'memory.single_bytes', 'memory.supersub_bytes', 'throughput.single_ips', 'throughput.supersub_ips',
+)
+_INT_KEYS = ('storage.num_superclasses', 'memory.single_bytes', 'memory.supersub_bytes')
+
+
+def get_path(report: Mapping, key: str):
+  node: Any = report
+  for part in key.split('.'):
+    node = node[part]
+  return node
+
+
+def validate(report: Mapping) -> None:
+  """Raises ValueError naming every missing or non-numeric required key."""
+  problems = []
+  for key in REQUIRED_KEYS:
+    try:
+      value = get_path(report, key)
+    except (KeyError, TypeError):
+      problems.append(f'{key}: missing')
+      continue
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+      problems.append(f'{key}: {value!r} is not a number')
+    elif key in _INT_KEYS and not isinstance(value, int):
+      problems.append(f'{key}: {value!r} should be an int')
+  if problems:
+    raise ValueError('report.json does not follow the schema:\n  ' + '\n  '.join(problems))
+
+
+def accuracy(pred: np.ndarray, true: np.ndarray) -> float:
+  return float(np.mean(np.asarray(pred) == np.asarray(true))) if len(true) else float('nan')
+
+
+def error_breakdown(pred: np.ndarray, true: np.ndarray, label_to_superclass: np.ndarray) -> dict:
+  """Splits a subclass classifier's errors into within- and across-superclass. pred, true int [M]."""
+  pred, true = np.asarray(pred), np.asarray(true)
+  wrong = pred != true
+  within = wrong & (label_to_superclass[pred] == label_to_superclass[true])
+  n_wrong = int(wrong.sum())
+  return {'errors': n_wrong, 'within_superclass': int(within.sum()), 'across_superclass': int(n_wrong - within.sum()),
+          'within_superclass_fraction': float(within.sum() / n_wrong) if n_wrong else 0.0,
+          'error_rate': float(wrong.mean()) if len(true) else 0.0}
+
+
+def per_superclass_accuracy(pred: np.ndarray, true: np.ndarray, superclass: np.ndarray, num_superclasses: int) -> list:
+  """Accuracy of ``pred`` against ``true`` within each true superclass -> list of N floats (nan when empty)."""
+  out = []
+  for k in range(num_superclasses):
+    sel = superclass == k
+    out.append(accuracy(pred[sel], true[sel]) if sel.any() else float('nan'))
+  return out
+
+
+def confusion_matrix(pred: np.ndarray, true: np.ndarray, num_classes: int) -> np.ndarray:
+  """int64 [num_classes, num_classes], rows = true class, columns = predicted class."""
+  cm = np.zeros((num_classes, num_classes), np.int64)
+  np.add.at(cm, (np.asarray(true), np.asarray(pred)), 1)
+  return cm
+
+
+def plot_confusion(cm: np.ndarray, names: Sequence[str], path: str, title: str) -> None:
+  """Row-normalised confusion matrix as a PNG."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+  n = len(names)
+  size = max(4.0, min(0.45 * n + 2, 16))
+  fig, ax = plt.subplots(figsize=(size, size))
+  im = ax.imshow(norm, cmap='viridis', vmin=0, vmax=1)
+  ax.set_xticks(range(n), names, rotation=90, fontsize=7)
+  ax.set_yticks(range(n), names, fontsize=7)
+  ax.set_xlabel('predicted')
+  ax.set_ylabel('true')
+  ax.set_title(title)
+  if n <= 16:
+    for i in range(n):
+      for j in range(n):
+        if cm[i, j]:
+          ax.text(j, i, f'{norm[i, j]:.2f}', ha='center', va='center', fontsize=6,
+                  color='white' if norm[i, j] < 0.6 else 'black')
+  fig.colorbar(im, ax=ax, fraction=0.046)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def plot_per_superclass(names: Sequence[str], vanilla: Sequence[float], specialists: Sequence[float],
+                        supersub: Sequence[float], path: str) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  x = np.arange(len(names))
+  fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(names) + 2), 4))
+  ax.bar(x - 0.27, vanilla, 0.27, label='vanilla')
+  ax.bar(x, supersub, 0.27, label='Super-Sub (routed)')
+  ax.bar(x + 0.27, specialists, 0.27, label='specialist (oracle)')
+  ax.set_xticks(x, names, rotation=45, ha='right')
+  ax.set_ylabel('top-1 within superclass')
+  ax.set_ylim(0, 1)
+  ax.legend()
+  ax.set_title('Per-superclass subclass accuracy')
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def _fmt_bytes(n: float) -> str:
+  for unit in ('B', 'KiB', 'MiB', 'GiB'):
+    if abs(n) < 1024 or unit == 'GiB':
+      return f'{n:,.1f} {unit}' if unit != 'B' else f'{int(n):,} B'
+    n /= 1024
+  return str(n)
+
+
+def summary_rows(report: Mapping) -> list[tuple[str, str]]:
+  """(metric, value) rows of the headline table."""
+  r = report
+  rows = [
+      ('vanilla top-1 (one network, all subclasses)', f"{r['vanilla']['top1']:.4f}"),
+      ('generalist superclass top-1', f"{r['superclass']['top1']:.4f}"),
+      ('Super-Sub top-1 (routed by the generalist)', f"{r['supersub']['top1']:.4f}"),
+      ('Super-Sub top-1, oracle routing', f"{r['supersub']['oracle_top1']:.4f}"),
+      (f"Super-Sub top-1, top-2 routing (p<{r['supersub'].get('top2_threshold', 0):.2f}: "
+       f"{r['supersub'].get('top2_second_fraction', 0):.1%} of images run 2 specialists)",
+       f"{r['supersub']['top2_top1']:.4f}"),
+      ('Super-Sub - vanilla (top-1 points)', f"{100 * (r['supersub']['top1'] - r['vanilla']['top1']):+.2f}"),
+      ('vanilla errors within the true superclass', f"{r['errors']['within_superclass_fraction']:.1%} "
+       f"of {r['errors']['errors']}"),
+      ('storage (networks): Super-Sub vs naive N+1', f"{r['storage']['factor']:.3f} vs "
+       f"{r['storage'].get('naive_factor', r['storage']['num_superclasses'] + 1)}"),
+      ('alpha in alpha*N+1', f"{r['storage']['alpha']:.4f} (N={r['storage']['num_superclasses']})"),
+      ('inference memory: single vs Super-Sub', f"{_fmt_bytes(r['memory']['single_bytes'])} vs "
+       f"{_fmt_bytes(r['memory']['supersub_bytes'])}"),
+      ('throughput (img/s): single vs Super-Sub', f"{r['throughput']['single_ips']:,.0f} vs "
+       f"{r['throughput']['supersub_ips']:,.0f}"),
+  ]
+  return rows
+
+
+def table(rows: Sequence[tuple[str, str]]) -> str:
+  width = max(len(a) for a, _ in rows)
+  return '\n'.join(f'{a:<{width}}  {b}' for a, b in rows)
+
+
+def render_markdown(report: Mapping) -> str:
+  lines = ['# Super-Sub evaluation report', '',
+           f"Dataset `{report.get('dataset', '?')}`, hierarchy `{report.get('hierarchy', '?')}` "
+           f"({report['storage']['num_superclasses']} superclasses, {report.get('num_subclasses', '?')} subclasses), "
+           f"{report.get('test_count', '?')} test images.", '',
+           '| metric | value |', '|---|---|']
+  lines += [f'| {a} | {b} |' for a, b in summary_rows(report)]
+  per = report.get('per_superclass')
+  if per:
+    lines += ['', '## Per superclass (subclass top-1 on the superclass\'s test images)', '',
+              '| # | superclass | subclasses | vanilla | Super-Sub | specialist (oracle) | generalist routing |',
+              '|---|---|---|---|---|---|---|']
+    for row in per:
+      lines.append(f"| {row['index']} | {row['name']} | {row['num_subclasses']} | {row['vanilla_top1']:.4f} | "
+                   f"{row['supersub_top1']:.4f} | {row['oracle_top1']:.4f} | {row['routing_top1']:.4f} |")
+  storage = report['storage']
+  lines += ['', '## Storage', '',
+            f"- base (generalist) {storage['base_bytes']:,} B; specialists {sum(storage['specialists_bytes']):,} B "
+            f"in all (delta {storage.get('delta_bytes', 0):,} B, heads {storage.get('head_bytes', 0):,} B, "
+            f"BatchNorm statistics {storage.get('batch_stats_bytes', 0):,} B)",
+            f"- factor {storage['factor']:.3f} networks = alpha*N+1 with alpha {storage['alpha']:.4f}; naive N+1 = "
+            f"{storage.get('naive_factor', storage['num_superclasses'] + 1)}"]
+  mem = report['memory']
+  lines += ['', '## Memory and throughput', '',
+            f"- method: {mem.get('method', '')}",
+            f"- single {mem['single_bytes']:,} B, Super-Sub {mem['supersub_bytes']:,} B "
+            f"(batch {report['throughput'].get('batch_size', '?')})",
+            f"- throughput: single {report['throughput']['single_ips']:,.1f} img/s, "
+            f"Super-Sub {report['throughput']['supersub_ips']:,.1f} img/s"]
+  plots = report.get('plots', [])
+  if plots:
+    lines += ['', '## Plots', ''] + [f'![{p}]({p})' for p in plots]
+  return '\n'.join(lines) + '\n'
+
+
+def write(report: Mapping, workdir: str) -> dict[str, str]:
+  """Writes report.json and report.md into ``workdir``; returns their paths."""
+  validate(report)
+  paths = {'json': os.path.join(workdir, 'report.json'), 'md': os.path.join(workdir, 'report.md')}
+  tmp = paths['json'] + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(report, f, indent=2, default=float)
+  os.replace(tmp, paths['json'])  # atomic: a reader never sees half a report
+  with open(paths['md'], 'w') as f:
+    f.write(render_markdown(report))
+  return paths

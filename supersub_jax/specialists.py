@@ -1,0 +1,208 @@
+"""The specialists stage: per superclass, a sparse fake-quantized delta over the generalist plus a new head.
+
+For superclass k the trainable pytree is ``{'delta': delta, 'head': head}``:
+
+* ``delta`` has the structure of the generalist's backbone params (``None`` on leaves that carry no delta, see
+  ``config.specialists.leaves``); the model sees ``base + fake_quant(delta * mask)`` (``delta.materialize``),
+  formed inside the compiled step from the frozen base, which is replicated once and shared by all specialists.
+* ``head`` is a new dense classifier over the superclass's subclasses, padded to the largest superclass so that
+  every specialist has the same shapes (``logit_mask`` hides the padding); only its ``n_k`` real columns are exported.
+* BatchNorm statistics are per specialist, initialised from the generalist's.
+
+The sparsity mask lives in ``TrainState.masks`` and follows ``config.specialists.sparsity_schedule``; it is updated
+and re-applied inside the same compiled step, so masked entries are exactly zero after every step.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from supersub_jax import checkpoint as ckpt
+from supersub_jax import delta as delta_lib
+from supersub_jax import models
+from supersub_jax import sparsity
+from supersub_jax import stages
+from supersub_jax import train as train_lib
+
+PyTree = Any
+
+LEAVES = {
+    'kernels': delta_lib.KERNELS,
+    'kernels_and_norm': delta_lib.KERNELS_AND_NORM,
+    'none': r'(?!)',  # no delta at all: only the head (and BatchNorm statistics) are trained: a linear probe
+}
+ITEMS = ('state', 'compressed', 'data', 'meta')
+
+
+def delta_config(cfg) -> delta_lib.DeltaConfig:
+  """The DeltaConfig of ``config.specialists`` (bits 0 means no quantization)."""
+  pattern = LEAVES.get(cfg.leaves, cfg.leaves)
+  bits = int(cfg.bits) or None
+  return delta_lib.DeltaConfig(bits=bits, granularity=cfg.granularity, pattern=pattern, exclude=r'^head/')
+
+
+def split_head(params: PyTree) -> tuple[PyTree, PyTree]:
+  """Generalist params -> (backbone, head)."""
+  return {k: v for k, v in params.items() if k != 'head'}, params['head']
+
+
+def make_params_fn(dcfg: delta_lib.DeltaConfig):
+  """(trainable, base, masks) -> model params: the specialist's dense weights, formed transiently."""
+
+  def params_fn(trainable, base, masks):
+    return {**delta_lib.materialize(base, trainable['delta'], masks, dcfg), 'head': trainable['head']}
+
+  return params_fn
+
+
+def make_post_update(cfg, num_steps: int):
+  """Mask schedule + re-masking, run inside the compiled step after the optimizer update."""
+  begin = int(round(cfg.prune_begin_fraction * num_steps))
+  end = max(int(round(cfg.prune_end_fraction * num_steps)), begin + 1)
+  schedule = sparsity.make_density_schedule(cfg.sparsity_schedule, float(cfg.density), begin, end)
+  every = max(int(cfg.mask_update_every), 1)
+  scope = cfg.sparsity_scope
+
+  def post_update(state: train_lib.TrainState) -> train_lib.TrainState:
+    step = state.step  # steps done, after this update
+    delta = state.params['delta']
+    density = schedule(step)
+    # Update on the schedule's grid and at its end, so the final density is exactly the target.
+    due = ((step % every == 0) & (step >= begin) & (step <= end)) | (step == end)
+    masks = jax.lax.cond(due, lambda: sparsity.update_masks(delta, state.masks, density, scope),
+                         lambda: state.masks)
+    params = {**state.params, 'delta': sparsity.apply_masks(delta, masks)}
+    return state.replace(params=params, masks=masks)
+
+  return post_update
+
+
+def specialist_dir(workdir: str, hierarchy, k: int) -> str:
+  name = hierarchy.superclasses[k].name.replace('/', '_').replace(' ', '_')
+  return os.path.join(stages.stage_dir(workdir, 'specialists'), f'{k:03d}_{name}')
+
+
+def export(state: train_lib.TrainState, dcfg: delta_lib.DeltaConfig, num_subclasses: int) -> dict:
+  """The deployable form of one specialist (numpy): compressed delta, the head's real columns, BN statistics."""
+  head = jax.tree.map(np.asarray, state.params['head'])
+  return {
+      'delta': delta_lib.compress(state.params['delta'], state.masks, dcfg),
+      'head': {'kernel': head['kernel'][:, :num_subclasses], 'bias': head['bias'][:num_subclasses]},
+      'batch_stats': jax.tree.map(np.asarray, state.batch_stats),
+  }
+
+
+def exported_nbytes(exported: dict) -> dict[str, int]:
+  return {'delta': delta_lib.compressed_nbytes(exported['delta']),
+          'head': delta_lib.tree_nbytes(exported['head']),
+          'batch_stats': delta_lib.tree_nbytes(exported['batch_stats'])}
+
+
+def _init_state(config, model, generalist, base, dcfg, tx, seed):
+  variables = models.init_variables(model, jax.random.key(seed), stages.image_shape(config))
+  delta = delta_lib.init_delta(base, dcfg.pattern, dcfg.exclude)
+  masks = jax.tree.map(lambda d: np.ones(d.shape, bool), delta)
+  trainable = {'delta': jax.device_get(delta), 'head': jax.device_get(variables['params']['head'])}
+  return train_lib.create_train_state(trainable, jax.tree.map(np.asarray, generalist.batch_stats), tx, masks=masks)
+
+
+def train_specialists(config, workdir: str) -> dict:
+  """Trains one specialist per superclass (``config.specialists.superclasses``, default all); returns the summary
+  (per-specialist oracle accuracy and bytes, and the storage report) also written to
+  ``<workdir>/specialists/summary.json``."""
+  cfg = config.specialists
+  hierarchy = stages.make_hierarchy(config)
+  generalist = stages.load_network(config, workdir, 'superclass', hierarchy)
+  base, _ = split_head(generalist.params)
+  dcfg = delta_config(cfg)
+  parallel = train_lib.Parallel(config.parallelism)
+  frozen = parallel.replicate(base)  # held once on each device for all specialists
+  model = stages.make_model(config, hierarchy.max_subclasses)
+  num_steps = int(cfg.num_train_steps)
+  tx = train_lib.make_optimizer(cfg, num_steps)
+  params_fn = make_params_fn(dcfg)
+  writer = train_lib.MetricWriter(ckpt.abs_path(workdir), 'specialists')
+  # One compiled step for all specialists: the logit mask is data, not a constant.
+  step_fn = parallel.compile(
+      lambda state, batch, frozen_and_mask: train_lib.train_step(
+          state, batch, frozen_and_mask['base'], apply_fn=model.apply, tx=tx, params_fn=params_fn,
+          label_smoothing=float(cfg.label_smoothing), logit_mask=frozen_and_mask['logit_mask'],
+          post_update=make_post_update(cfg, num_steps)))
+  eval_fn = parallel.compile(
+      lambda state, batch, frozen_and_mask: train_lib.eval_step(
+          state, batch, frozen_and_mask['base'], apply_fn=model.apply, params_fn=params_fn,
+          logit_mask=frozen_and_mask['logit_mask']), donate_state=False)
+
+  which = list(cfg.superclasses) or list(range(hierarchy.num_superclasses))
+  results = {}
+  for k in which:
+    n_k = int(hierarchy.sizes[k])
+    name = hierarchy.superclasses[k].name
+    logit_mask = parallel.replicate(np.asarray(hierarchy.local_valid[k]))
+    extra = {'base': frozen, 'logit_mask': logit_mask}
+    seed = int(config.seed) + 100 + k
+    state = _init_state(config, model, generalist, base, dcfg, tx, seed)
+    manager = ckpt.make_manager(specialist_dir(workdir, hierarchy, k), max_to_keep=config.max_to_keep,
+                                item_names=ITEMS)
+    train_iter = stages.train_batches(config, stages.load_source(config, 'train', hierarchy, superclass=k),
+                                      label_mode='local', seed=seed)
+    meta = {'stage': 'specialists', 'superclass': k, 'name': name, 'num_subclasses': n_k,
+            'config': stages.config_json(config), 'hierarchy': hierarchy.to_dict()}
+    if manager.latest_step() is not None:
+      state_r, data_state, stored_meta, _ = ckpt.restore(manager, target=state)
+      if int(state_r.step) >= num_steps and stored_meta and 'test' in stored_meta:
+        logging.info('[specialist %d %s] finished: skipping', k, name)
+        results[k] = stored_meta['summary']
+        continue
+      state = state_r
+      if data_state:
+        train_iter.set_state(data_state)
+
+    def save_fn(step, rstate, force, manager=manager, train_iter=train_iter, meta=meta):
+      ckpt.save(manager, step, state=parallel.unreplicate(rstate), data=train_iter.get_state(), meta=meta,
+                force=force)
+
+    tag = f'specialist {k} {name}'
+    rstate = train_lib.fit(parallel.replicate(state), step_fn=step_fn, parallel=parallel, frozen=extra,
+                           train_iter=train_iter, num_steps=num_steps, global_batch=config.batch_size, name=tag,
+                           save_fn=save_fn, writer=None, log_every=config.log_every_steps,
+                           checkpoint_every=config.checkpoint_every_steps)
+    test = train_lib.evaluate(rstate, eval_fn=eval_fn, parallel=parallel, frozen=extra,
+                              batches=stages.eval_batches(
+                                  config, stages.load_source(config, 'test', hierarchy, superclass=k),
+                                  label_mode='local'))
+    host_state = parallel.unreplicate(rstate)
+    exported = export(host_state, dcfg, n_k)
+    nbytes = exported_nbytes(exported)
+    kept = float(sparsity.kept_fraction(host_state.masks)) if jax.tree.leaves(host_state.masks) else 0.0
+    summary = {'superclass': k, 'name': name, 'num_subclasses': n_k, 'oracle_top1': test['accuracy'],
+               'test_count': test['count'], 'density': kept, 'bytes': nbytes, 'total_bytes': sum(nbytes.values())}
+    writer.write(num_steps, f'test/specialist_{k}', {'accuracy': test['accuracy'], 'density': kept})
+    if jax.process_index() == 0:
+      print(f'[{tag}] oracle top-1 {test["accuracy"]:.4f} on {int(test["count"])} images, density {kept:.3f}, '
+            f'{summary["total_bytes"]:,} bytes', flush=True)
+    ckpt.save(manager, num_steps, state=host_state, data=train_iter.get_state(),
+              meta={**meta, 'test': test, 'summary': summary}, extra={'compressed': exported})
+    results[k] = summary
+
+  base_bytes = delta_lib.tree_nbytes(generalist.params) + delta_lib.tree_nbytes(generalist.batch_stats)
+  storage = delta_lib.storage_report(base_bytes, [results[k]['total_bytes'] for k in which])
+  count = sum(r['test_count'] for r in results.values())
+  oracle = sum(r['oracle_top1'] * r['test_count'] for r in results.values()) / max(count, 1)
+  out = {'specialists': [results[k] for k in which], 'storage': storage, 'oracle_top1': oracle,
+         'delta': {'density': float(cfg.density), 'bits': int(cfg.bits), 'granularity': cfg.granularity,
+                   'leaves': cfg.leaves}}
+  if jax.process_index() == 0:
+    path = os.path.join(stages.stage_dir(workdir, 'specialists'), 'summary.json')
+    with open(path, 'w') as f:
+      json.dump(out, f, indent=2)
+    print(f'[specialists] oracle-routed top-1 {oracle:.4f}; storage {storage["factor"]:.3f} networks, '
+          f'alpha {storage["alpha"]:.4f} (alpha*N+1 with N={storage["num_specialists"]})', flush=True)
+  return out
