@@ -1,0 +1,379 @@
+"""Specialist deltas: ``specialist params = base + fake_quant(delta * mask)``.
+
+Trees. ``params`` is the content of a flax linen ``'params'`` collection: a nested
+dict of arrays whose '/'-joined paths look like ``'conv_init/kernel'``,
+``'ResNetBlock_0/Conv_0/kernel'`` or ``'head/kernel'``. A **delta** has exactly the
+dict structure of the base params, with a float32 zeros-initialised array at each
+selected leaf and ``None`` at every other leaf (the head included: the 'head' key
+is present, its leaves are ``None``). ``None`` is an empty pytree node, not a leaf,
+so ``jax.tree.map``/optax/``jax.grad`` over a delta only touch the selected
+leaves. **Masks** are the bool trees of ``supersub_jax.sparsity`` with the same
+structure (``None`` where the delta is ``None``); ``masks=None`` means dense.
+
+Quantization. With ``DeltaConfig.bits`` set, the forward always sees
+``fake_quant(where(mask, delta, 0))`` with absmax scales computed on the masked
+delta: per output channel (last axis) for leaves with ndim >= 2 when
+``granularity='per_channel'``, per tensor for 1-D leaves (BatchNorm scale/bias,
+biases: a per-element scale would store as many scales as values) and for
+``granularity='per_tensor'``.
+
+Export. ``compress`` turns (delta, masks, cfg) into a ``CompressedDelta``, a plain
+nested dict of numpy arrays with the nesting of the selected params and, in place
+of each selected leaf, a record::
+
+    'shape':     int32[ndim]     shape of the leaf
+    'bits':      int32[]         8, 4 or 2; 0 = not quantized (values are float32)
+    'encoding':  int32[]         0 = bitmask, 1 = indices (POSITIONS_* constants)
+    'positions': uint8[ceil(size/8)]  np.packbits of the flat C-order mask (bitmask), or
+                 uint8/16/32/64[k]    ascending flat indices of kept entries, in the
+                                      smallest unsigned dtype that holds size - 1 (indices);
+                 whichever has fewer bytes (bitmask on a tie, and when k == 0)
+    'values':    uint8[ceil(k*bits/8)]  quant.pack_int of the k kept int codes, or
+                 float32[k]           the kept values themselves when bits == 0;
+                                      when k == 0, one padding element (ignored)
+    'scale':     float32[...]        only when bits > 0: the absmax scale with its
+                                     broadcast shape ([] per tensor, [1,..,1,C] per channel)
+
+``k`` (the number of kept entries) is implied by 'positions'. Leaves that carry no
+delta have no record. Every record entry is a numpy array and none is empty (orbax
+refuses zero-size arrays), so orbax ``StandardSave``/``PyTreeSave`` and ``np.savez``
+(after flattening) can write it. Scalar (0-d) delta leaves cannot be exported.
+``materialize_compressed(base, compress(delta, masks, cfg))`` equals
+``materialize(base, delta, masks, cfg)`` bit for bit (see ``supersub_jax.quant``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from supersub_jax import quant
+
+PyTree = Any
+CompressedDelta = dict  # nested dict of records; schema in the module docstring
+
+KERNELS = r'.*kernel$'
+KERNELS_AND_NORM = r'.*(kernel|scale|bias)$'
+EXCLUDE_HEAD = r'^head/'
+GRANULARITIES = ('per_channel', 'per_tensor')
+POSITIONS_BITMASK = 0
+POSITIONS_INDICES = 1
+_RECORD_KEYS = frozenset({'shape', 'bits', 'encoding', 'positions', 'values'})
+
+
+def path_str(key_path) -> str:
+  """'/'-joined path of a jax key path, e.g. ``'ResNetBlock_0/Conv_0/kernel'``."""
+  return jax.tree_util.keystr(key_path, simple=True, separator='/')
+
+
+@dataclasses.dataclass(frozen=True)
+class DeltaConfig:
+  """How specialist deltas are built and quantized (density and schedule live in ``sparsity``).
+
+  Attributes:
+    bits: 8, 4 or 2 for fake-quantized deltas; None trains and stores float32 deltas.
+    granularity: 'per_channel' (one scale per output channel of each kernel; 1-D
+      leaves always use one scale) or 'per_tensor'.
+    pattern: regex (``re.search``) over '/'-joined param paths selecting delta leaves.
+    exclude: regex of paths never given a delta, or None. Default: the head.
+  """
+  bits: int | None = 8
+  granularity: str = 'per_channel'
+  pattern: str = KERNELS
+  exclude: str | None = EXCLUDE_HEAD
+
+  def __post_init__(self):
+    if self.bits is not None:
+      quant.qmax(self.bits)  # raises on unsupported bits
+    if self.granularity not in GRANULARITIES:
+      raise ValueError(f'granularity={self.granularity!r} is unknown; use one of {GRANULARITIES}.')
+    for name in ('pattern', 'exclude'):
+      regex = getattr(self, name)
+      if regex is None and name == 'exclude':
+        continue
+      try:
+        re.compile(regex)
+      except (re.error, TypeError) as e:
+        raise ValueError(f'DeltaConfig.{name}={regex!r} is not a valid regex: {e}') from e
+
+
+def select_delta_leaves(params: PyTree, pattern: str = KERNELS,
+                        exclude: str | None = EXCLUDE_HEAD) -> PyTree:
+  """Tree of Python bools (structure of ``params``): True where the path matches
+  ``pattern`` and does not match ``exclude`` (both with ``re.search``)."""
+  inc = re.compile(pattern)
+  exc = re.compile(exclude) if exclude is not None else None
+
+  def leaf(path, _):
+    p = path_str(path)
+    return bool(inc.search(p)) and not (exc is not None and exc.search(p))
+
+  return jax.tree_util.tree_map_with_path(leaf, params)
+
+
+def init_delta(base_params: PyTree, pattern: str = KERNELS,
+               exclude: str | None = EXCLUDE_HEAD) -> PyTree:
+  """Zero delta: float32 zeros of the leaf's shape where selected, None elsewhere.
+
+  Raises ValueError if nothing is selected (names some available paths).
+  """
+  selected = select_delta_leaves(base_params, pattern, exclude)
+  if not any(jax.tree.leaves(selected)):
+    paths = [path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(base_params)[0]]
+    raise ValueError(f'pattern={pattern!r} (exclude={exclude!r}) selects no parameter; available paths '
+                     f'include {paths[:6]}. Use e.g. delta.KERNELS or delta.KERNELS_AND_NORM.')
+  return jax.tree.map(lambda x, s: jnp.zeros(np.shape(x), jnp.float32) if s else None, base_params, selected)
+
+
+def channel_axis_for(ndim: int, cfg: DeltaConfig) -> int | None:
+  """Quantization channel axis of a delta leaf with ``ndim`` dims: -1 (output channel) or None."""
+  return -1 if cfg.granularity == 'per_channel' and ndim >= 2 else None
+
+
+def _masked(d: jax.Array, m) -> jax.Array:
+  d = jnp.asarray(d).astype(jnp.float32)
+  if m is None:
+    return d
+  return jnp.where(jnp.asarray(m, bool), d, jnp.zeros_like(d))
+
+
+def _effective_leaf(d: jax.Array, m, cfg: DeltaConfig) -> jax.Array:
+  x = _masked(d, m)
+  if cfg.bits is None:
+    return x
+  return quant.fake_quant(x, cfg.bits, channel_axis_for(x.ndim, cfg))
+
+
+def _masks_like(delta: PyTree, masks: PyTree | None) -> PyTree:
+  return jax.tree.map(lambda _: None, delta) if masks is None else masks
+
+
+def effective_delta(delta: PyTree, masks: PyTree | None, cfg: DeltaConfig) -> PyTree:
+  """``fake_quant(where(mask, delta, 0))`` per selected leaf (float32; None stays None).
+
+  Masked entries are exactly +0.0 (they quantize to code 0). Gradient w.r.t.
+  ``delta``: the clipped STE times the mask, so masked entries get exactly 0.
+  """
+  return jax.tree.map(lambda d, m: _effective_leaf(d, m, cfg), delta, _masks_like(delta, masks))
+
+
+def materialize(base: PyTree, delta: PyTree, masks: PyTree | None, cfg: DeltaConfig) -> PyTree:
+  """Specialist params: ``base + effective_delta`` where the delta is not None, else ``base``.
+
+  Output leaves keep the base dtype. Jittable and differentiable w.r.t. ``delta``;
+  vmaps over stacked (delta, masks) with an unbatched base:
+  ``jax.vmap(lambda d, m: materialize(base, d, m, cfg))(deltas, masks)``.
+  A zero delta gives ``base`` (+0.0 added). ``delta`` must have base's structure
+  (``init_delta``), masks delta's.
+  """
+  masks = _masks_like(delta, masks)
+
+  def leaf(path, b, d, m):
+    if d is None:
+      return b
+    if np.shape(d) != np.shape(b):
+      raise ValueError(f'delta leaf {path_str(path)!r} has shape {np.shape(d)} but the base has '
+                       f'{np.shape(b)}; build the delta with init_delta(base).')
+    b = jnp.asarray(b)
+    return (b + _effective_leaf(d, m, cfg)).astype(b.dtype)
+
+  return jax.tree_util.tree_map_with_path(leaf, base, delta, masks)
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def _index_dtype(size: int) -> np.dtype:
+  for dt in (np.uint8, np.uint16, np.uint32):
+    if size - 1 <= np.iinfo(dt).max:
+      return np.dtype(dt)
+  return np.dtype(np.uint64)
+
+
+def encode_positions(mask: np.ndarray) -> tuple[int, np.ndarray]:
+  """(encoding, positions) for a non-empty bool mask: packed bitmask or indices, whichever
+  is smaller; the bitmask on a tie and when nothing is kept (no empty arrays)."""
+  flat = np.asarray(mask, bool).reshape(-1)
+  bitmask = np.packbits(flat)
+  indices = np.flatnonzero(flat).astype(_index_dtype(flat.size))
+  if 0 < indices.nbytes < bitmask.nbytes:
+    return POSITIONS_INDICES, indices
+  return POSITIONS_BITMASK, bitmask
+
+
+def decode_positions(encoding: int, positions: np.ndarray, size: int) -> np.ndarray:
+  """Ascending flat indices (int64) of kept entries, from ``encode_positions`` output."""
+  if encoding == POSITIONS_BITMASK:
+    return np.flatnonzero(np.unpackbits(positions, count=size))
+  if encoding == POSITIONS_INDICES:
+    return positions.astype(np.int64)
+  raise ValueError(f'unknown positions encoding {encoding}; expected {POSITIONS_BITMASK} (bitmask) or '
+                   f'{POSITIONS_INDICES} (indices).')
+
+
+def _quantize_masked(d, m, bits: int, channel_axis: int | None):
+  x = _masked(d, m)
+  scale = quant.absmax_scale(x, bits, channel_axis)
+  return quant.quantize(x, scale, bits), scale
+
+
+_quantize_masked_jit = jax.jit(_quantize_masked, static_argnums=(2, 3))
+
+
+def _compress_leaf(d, m, cfg: DeltaConfig) -> dict[str, np.ndarray]:
+  d = np.asarray(d, np.float32)
+  if d.ndim == 0 or d.size == 0:
+    raise ValueError(f'cannot export a delta leaf of shape {d.shape} (scalar or empty); exclude it from '
+                     'DeltaConfig.pattern.')
+  mask = np.ones(d.shape, bool) if m is None else np.asarray(m, bool)
+  if mask.shape != d.shape:
+    raise ValueError(f'mask shape {mask.shape} differs from delta shape {d.shape}.')
+  encoding, positions = encode_positions(mask)
+  kept = np.flatnonzero(mask.reshape(-1))
+  record = {'shape': np.asarray(d.shape, np.int32), 'encoding': np.asarray(encoding, np.int32),
+            'positions': positions}
+  if cfg.bits is None:
+    record['bits'] = np.asarray(0, np.int32)
+    values = d.reshape(-1)[kept].copy()
+  else:
+    # Same jnp functions as the training forward, so codes and scales are the same bits.
+    q, scale = _quantize_masked_jit(d, mask, cfg.bits, channel_axis_for(d.ndim, cfg))
+    record['bits'] = np.asarray(cfg.bits, np.int32)
+    values = quant.pack_int(np.asarray(q).reshape(-1)[kept], cfg.bits)
+    record['scale'] = np.asarray(scale, np.float32)
+  record['values'] = values if values.size else np.zeros(1, values.dtype)
+  return record
+
+
+def compress(delta: PyTree, masks: PyTree | None, cfg: DeltaConfig) -> CompressedDelta:
+  """Compressed export of a trained delta (numpy, outside jit); schema in the module docstring."""
+  masks = _masks_like(delta, masks)
+  out: dict = {}
+
+  def leaf(path, d, m):
+    if d is None:
+      return None
+    node = out
+    keys = path_str(path).split('/')
+    for k in keys[:-1]:
+      node = node.setdefault(k, {})
+    node[keys[-1]] = _compress_leaf(d, m, cfg)
+    return None
+
+  jax.tree_util.tree_map_with_path(leaf, delta, masks)
+  return out
+
+
+def _is_record(node) -> bool:
+  # Keys alone decide: a params subtree with all five of these module names does not occur,
+  # and restored checkpoints may hand back numpy scalars or jax arrays as values.
+  return isinstance(node, dict) and _RECORD_KEYS <= set(node)
+
+
+def _decompress_record(rec: dict) -> np.ndarray:
+  shape = tuple(int(s) for s in np.asarray(rec['shape']))
+  size = int(np.prod(shape, dtype=np.int64))
+  bits = int(np.asarray(rec['bits']))
+  idx = decode_positions(int(np.asarray(rec['encoding'])), np.asarray(rec['positions']), size)
+  values = np.asarray(rec['values'])
+  if bits == 0:
+    dense = np.zeros(size, np.float32)
+    dense[idx] = values[:idx.size]
+    return dense.reshape(shape)
+  codes = np.zeros(size, np.int8)
+  codes[idx] = quant.unpack_int(values, bits, idx.size)
+  # Exact product (grid scale, |code| <= 127): same bits as quant.dequantize under jit.
+  return codes.reshape(shape).astype(np.float32) * np.asarray(rec['scale'], np.float32)
+
+
+def _walk_records(compressed, prefix=()):
+  for k, v in compressed.items():
+    if _is_record(v):
+      yield prefix + (k,), v
+    elif isinstance(v, dict):
+      yield from _walk_records(v, prefix + (k,))
+    else:
+      raise ValueError(f'compressed delta entry {"/".join(prefix + (k,))!r} is neither a record nor a dict '
+                       f'of records; was it produced by delta.compress?')
+
+
+def decompress(compressed: CompressedDelta) -> dict:
+  """Dense float32 effective delta (numpy) for every record, in the same nesting.
+
+  Equals ``effective_delta`` at the selected leaves bit for bit; leaves without a
+  delta are absent (there is no None placeholder: the compressed tree does not know
+  them).
+  """
+  out: dict = {}
+  for keys, rec in _walk_records(compressed):
+    node = out
+    for k in keys[:-1]:
+      node = node.setdefault(k, {})
+    node[keys[-1]] = _decompress_record(rec)
+  return out
+
+
+def materialize_compressed(base: PyTree, compressed: CompressedDelta) -> PyTree:
+  """Specialist params from the base and a ``CompressedDelta``; bit-equal to ``materialize``.
+
+  Decompression runs in numpy, so ``compressed`` must hold concrete arrays; ``base``
+  may be traced. Raises ValueError if a record has no base leaf of the same shape.
+  """
+  dense = {'/'.join(keys): _decompress_record(rec) for keys, rec in _walk_records(compressed)}
+  used = set()
+
+  def leaf(path, b):
+    p = path_str(path)
+    if p not in dense:
+      return b
+    used.add(p)
+    if dense[p].shape != np.shape(b):
+      raise ValueError(f'compressed leaf {p!r} has shape {dense[p].shape} but the base has {np.shape(b)}.')
+    b = jnp.asarray(b)
+    return (b + jnp.asarray(dense[p])).astype(b.dtype)
+
+  params = jax.tree_util.tree_map_with_path(leaf, base)
+  missing = sorted(set(dense) - used)
+  if missing:
+    raise ValueError(f'compressed delta has leaves {missing} that are not in the base params; '
+                     'compress against the same base architecture.')
+  return params
+
+
+# ----------------------------------------------------------------------------- storage accounting
+
+
+def tree_nbytes(tree: PyTree) -> int:
+  """Sum of ``nbytes`` of all array leaves (None skipped); works for numpy and jax arrays."""
+  return int(sum(x.nbytes if hasattr(x, 'nbytes') else np.asarray(x).nbytes for x in jax.tree.leaves(tree)))
+
+
+def compressed_nbytes(compressed: CompressedDelta) -> int:
+  """Bytes of all arrays stored in a ``CompressedDelta``, metadata arrays included."""
+  return tree_nbytes(compressed)
+
+
+def storage_report(base_nbytes: int, specialist_nbytes: Sequence[int]) -> dict:
+  """Storage of one base network plus N specialists, in bytes and in units of the base.
+
+  ``total = base + sum(specialists) = (alpha * N + 1) * base``; ``factor = total / base``;
+  ``naive_factor = N + 1`` (N full copies plus the generalist).
+
+  Returns dict with keys base_bytes, specialists_bytes (list), total_bytes, factor,
+  alpha, naive_factor, num_specialists.
+  """
+  specialists = [int(s) for s in specialist_nbytes]
+  if base_nbytes <= 0:
+    raise ValueError(f'base_nbytes={base_nbytes} must be positive.')
+  if not specialists:
+    raise ValueError('storage_report needs at least one specialist (alpha is undefined for N = 0).')
+  total = int(base_nbytes) + sum(specialists)
+  factor = total / base_nbytes
+  n = len(specialists)
+  return {'base_bytes': int(base_nbytes), 'specialists_bytes': specialists, 'total_bytes': total,
+          'factor': factor, 'alpha': (factor - 1.0) / n, 'naive_factor': n + 1, 'num_specialists': n}

@@ -1,0 +1,323 @@
+"""Tests for supersub_jax.delta: selection, materialize, compressed export, storage accounting."""
+
+import io
+import os
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from supersub_jax import delta as dl
+from supersub_jax import quant
+from supersub_jax import sparsity
+
+
+def _rand(rng, shape, std=1.0):
+  return np.float32(rng.randn(*shape) * std)
+
+
+def _params(seed=0):
+  """Tiny params dict laid out like a flax linen ResNet 'params' collection."""
+  r = np.random.RandomState(seed)
+  return {
+      'conv_init': {'kernel': _rand(r, (3, 3, 3, 8))},
+      'bn_init': {'scale': 1 + _rand(r, (8,), 0.1), 'bias': _rand(r, (8,), 0.1)},
+      'ResNetBlock_0': {
+          'Conv_0': {'kernel': _rand(r, (3, 3, 8, 8))},
+          'BatchNorm_0': {'scale': 1 + _rand(r, (8,), 0.1), 'bias': _rand(r, (8,), 0.1)},
+          'Conv_1': {'kernel': _rand(r, (3, 3, 8, 16))},
+      },
+      'head': {'kernel': _rand(r, (16, 5)), 'bias': np.zeros(5, np.float32)},
+  }
+
+
+def _trained_delta(base, seed, pattern=dl.KERNELS, std=0.01):
+  r = np.random.RandomState(seed)
+  return jax.tree.map(lambda z: jnp.asarray(_rand(r, z.shape, std)), dl.init_delta(base, pattern))
+
+
+def _bits_equal(a, b):
+  a, b = np.asarray(a), np.asarray(b)
+  return a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a.view(np.uint32), b.view(np.uint32))
+
+
+def _get(tree, path):
+  for k in path:
+    tree = tree[k.key]
+  return tree
+
+
+def _assert_trees_bit_equal(a, b):
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for path, x in jax.tree_util.tree_flatten_with_path(a)[0]:
+    assert _bits_equal(x, _get(b, path)), dl.path_str(path)
+
+
+def _flatten_compressed(c, prefix=''):
+  out = {}
+  for k, v in c.items():
+    if isinstance(v, dict):
+      out.update(_flatten_compressed(v, f'{prefix}{k}/'))
+    else:
+      out[prefix + k] = v
+  return out
+
+
+# ----------------------------------------------------------------------------- selection
+
+
+def test_select_kernels_excludes_head():
+  sel = dl.select_delta_leaves(_params())
+  assert sel['conv_init']['kernel'] and sel['ResNetBlock_0']['Conv_1']['kernel']
+  assert not sel['bn_init']['scale'] and not sel['ResNetBlock_0']['BatchNorm_0']['bias']
+  assert not sel['head']['kernel'] and not sel['head']['bias']
+
+
+def test_select_kernels_and_norm():
+  sel = dl.select_delta_leaves(_params(), dl.KERNELS_AND_NORM)
+  assert sel['bn_init']['scale'] and sel['ResNetBlock_0']['BatchNorm_0']['bias'] and sel['conv_init']['kernel']
+  assert not sel['head']['kernel'] and not sel['head']['bias']
+  assert dl.select_delta_leaves(_params(), dl.KERNELS, exclude=None)['head']['kernel']
+
+
+def test_init_delta_structure():
+  base = _params()
+  d = dl.init_delta(base)
+  assert d['head'] == {'kernel': None, 'bias': None}
+  assert d['bn_init'] == {'scale': None, 'bias': None}
+  k = d['ResNetBlock_0']['Conv_0']['kernel']
+  assert k.dtype == jnp.float32 and k.shape == (3, 3, 8, 8) and not np.any(np.asarray(k))
+  assert len(jax.tree.leaves(d)) == 3  # None is not a leaf: optax/grad only see the kernels
+  with pytest.raises(ValueError, match='selects no parameter'):
+    dl.init_delta(base, r'nothing_matches$')
+
+
+def test_delta_config_validation():
+  with pytest.raises(ValueError, match='bits'):
+    dl.DeltaConfig(bits=3)
+  with pytest.raises(ValueError, match='granularity'):
+    dl.DeltaConfig(granularity='per_row')
+  with pytest.raises(ValueError, match='regex'):
+    dl.DeltaConfig(pattern='(')
+  assert dl.DeltaConfig(bits=None).bits is None
+
+
+# ----------------------------------------------------------------------------- materialize
+
+
+@pytest.mark.parametrize('bits', [8, 2, None])
+def test_zero_delta_materializes_to_base(bits):
+  base = _params()
+  cfg = dl.DeltaConfig(bits=bits, pattern=dl.KERNELS_AND_NORM)
+  d = dl.init_delta(base, cfg.pattern, cfg.exclude)
+  for out in (dl.materialize(base, d, None, cfg),
+              jax.jit(lambda b, d: dl.materialize(b, d, sparsity.dense_masks(d), cfg))(base, d)):
+    jax.tree.map(lambda x, y: np.testing.assert_array_equal(x, y), out, base)
+
+
+def test_materialize_changes_only_selected_leaves():
+  base = _params()
+  cfg = dl.DeltaConfig(bits=8)
+  out = dl.materialize(base, _trained_delta(base, 1), None, cfg)
+  assert _bits_equal(out['head']['kernel'], base['head']['kernel'])
+  assert _bits_equal(out['bn_init']['scale'], base['bn_init']['scale'])
+  assert not np.array_equal(out['conv_init']['kernel'], base['conv_init']['kernel'])
+
+
+def test_materialize_shape_mismatch_error():
+  base = _params()
+  d = dl.init_delta(base)
+  d['conv_init']['kernel'] = jnp.zeros((3, 3, 3, 9))
+  with pytest.raises(ValueError, match='conv_init/kernel'):
+    dl.materialize(base, d, None, dl.DeltaConfig())
+
+
+@pytest.mark.parametrize('bits', [8, None])
+def test_gradient_zero_at_masked_entries(bits):
+  base = _params()
+  cfg = dl.DeltaConfig(bits=bits, pattern=dl.KERNELS_AND_NORM)
+  d = _trained_delta(base, 2, cfg.pattern)
+  masks = sparsity.masks_for(d, 0.3)
+  r = np.random.RandomState(3)
+  w = jax.tree.map(lambda x: _rand(r, x.shape), base)
+
+  def loss(d):
+    p = dl.materialize(base, d, masks, cfg)
+    return sum(jnp.sum(x * y) for x, y in zip(jax.tree.leaves(p), jax.tree.leaves(w)))
+
+  g = jax.jit(jax.grad(loss))(d)
+  assert jax.tree.structure(g) == jax.tree.structure(d)
+  for path, gx in jax.tree_util.tree_flatten_with_path(g)[0]:
+    m, wx, gx = np.asarray(_get(masks, path)), np.asarray(_get(w, path)), np.asarray(gx)
+    assert 0 < m.sum() < m.size
+    np.testing.assert_array_equal(gx[~m], 0.0)
+    np.testing.assert_array_equal(gx[m], wx[m])  # STE: identity inside the (absmax) clip range
+
+
+def test_materialize_vmap_over_three_specialists():
+  base = _params()
+  cfg = dl.DeltaConfig(bits=4)
+  deltas = [_trained_delta(base, s) for s in (10, 11, 12)]
+  masks = [sparsity.masks_for(d, dens) for d, dens in zip(deltas, (1.0, 0.5, 0.1))]
+  stack = lambda trees: jax.tree.map(lambda *x: jnp.stack(x), *trees)
+  out = jax.jit(jax.vmap(lambda d, m: dl.materialize(base, d, m, cfg)))(stack(deltas), stack(masks))
+  for i in range(3):
+    one = dl.materialize(base, deltas[i], masks[i], cfg)
+    _assert_trees_bit_equal(jax.tree.map(lambda x: x[i], out), one)
+
+
+# ----------------------------------------------------------------------------- compressed export
+
+
+@pytest.mark.parametrize('density', [1.0, 0.5, 0.1])
+@pytest.mark.parametrize('granularity', ['per_channel', 'per_tensor'])
+@pytest.mark.parametrize('bits', [8, 4, 2, None])
+def test_compressed_round_trip_bit_exact(bits, granularity, density):
+  base = _params()
+  cfg = dl.DeltaConfig(bits=bits, granularity=granularity, pattern=dl.KERNELS_AND_NORM)
+  d = _trained_delta(base, 5, cfg.pattern)
+  masks = sparsity.masks_for(d, density)
+  c = dl.compress(d, masks, cfg)
+  assert all(isinstance(v, np.ndarray) and v.size > 0 for v in jax.tree.leaves(c))
+  assert 'head' not in c
+  want = jax.jit(lambda b, d, m: dl.materialize(b, d, m, cfg))(base, d, masks)
+  _assert_trees_bit_equal(dl.materialize_compressed(base, c), want)
+  _assert_trees_bit_equal(dl.materialize(base, d, masks, cfg), want)  # eager == jit
+  eff = dl.effective_delta(d, masks, cfg)
+  dense = dl.decompress(c)
+  for path, x in jax.tree_util.tree_flatten_with_path(eff)[0]:
+    y = _get(dense, path)
+    assert isinstance(y, np.ndarray) and _bits_equal(x, y)
+
+
+@pytest.mark.parametrize('granularity', ['per_channel', 'per_tensor'])
+@pytest.mark.parametrize('bits', [8, 4, 2])
+def test_compressed_round_trip_random_masks(bits, granularity):
+  # Random masks often prune a channel's largest entry, so scales taken on the unmasked
+  # delta would differ: this checks that both paths scale the masked delta.
+  base = _params()
+  cfg = dl.DeltaConfig(bits=bits, granularity=granularity)
+  d = _trained_delta(base, 4)
+  r = np.random.RandomState(bits)
+  masks = jax.tree.map(lambda x: r.rand(*x.shape) < 0.3, d)
+  want = dl.materialize(base, d, masks, cfg)
+  _assert_trees_bit_equal(dl.materialize_compressed(base, dl.compress(d, masks, cfg)), want)
+  unmasked_scale = quant.absmax_scale(d['conv_init']['kernel'], bits,
+                                      dl.channel_axis_for(4, cfg))
+  masked_scale = dl.compress(d, masks, cfg)['conv_init']['kernel']['scale']
+  assert not np.array_equal(unmasked_scale, masked_scale)
+
+
+def test_compressed_fully_pruned_leaf_and_global_scope():
+  base = _params()
+  cfg = dl.DeltaConfig(bits=4, pattern=dl.KERNELS_AND_NORM)
+  d = _trained_delta(base, 6, cfg.pattern)
+  d['bn_init']['scale'] = d['bn_init']['scale'] * 1e-6  # loses every global slot
+  masks = sparsity.masks_for(d, 0.1, 'global')
+  assert not np.any(np.asarray(masks['bn_init']['scale']))
+  c = dl.compress(d, masks, cfg)
+  rec = c['bn_init']['scale']
+  assert int(rec['encoding']) == dl.POSITIONS_BITMASK and rec['values'].size == 1
+  _assert_trees_bit_equal(dl.materialize_compressed(base, c), dl.materialize(base, d, masks, cfg))
+
+
+def test_positions_pick_the_smaller_encoding():
+  base = _params()
+  d = _trained_delta(base, 7)
+  for density in (1.0, 0.5, 0.2, 0.1, 0.05, 0.01):
+    c = dl.compress(d, sparsity.masks_for(d, density), dl.DeltaConfig(bits=8))
+    for path, leaf in jax.tree_util.tree_flatten_with_path(d)[0]:
+      rec = _get(c, path)
+      size, kept = leaf.size, int(np.asarray(sparsity.topk_mask(leaf, density)).sum())
+      index_bytes = kept * (1 if size <= 256 else 2)
+      bitmask_bytes = -(-size // 8)
+      assert rec['positions'].nbytes == (index_bytes if 0 < index_bytes < bitmask_bytes else bitmask_bytes)
+      assert int(rec['encoding']) == (dl.POSITIONS_INDICES if 0 < index_bytes < bitmask_bytes
+                                      else dl.POSITIONS_BITMASK)
+  # Both encodings occur across these densities.
+  encs = {int(r['encoding']) for dens in (0.5, 0.01)
+          for r in jax.tree.leaves(dl.compress(d, sparsity.masks_for(d, dens), dl.DeltaConfig()),
+                                   is_leaf=lambda x: isinstance(x, dict) and 'encoding' in x)}
+  assert encs == {dl.POSITIONS_BITMASK, dl.POSITIONS_INDICES}
+
+
+@pytest.mark.parametrize('kept,encoding', [(0, dl.POSITIONS_BITMASK), (1, dl.POSITIONS_INDICES),
+                                           (2, dl.POSITIONS_BITMASK), (3, dl.POSITIONS_BITMASK)])
+def test_positions_tie_and_empty_use_bitmask(kept, encoding):
+  mask = np.zeros(16, bool)  # bitmask: 2 bytes; indices: one uint8 byte per kept entry
+  mask[[3, 7, 11][:kept]] = True
+  enc, pos = dl.encode_positions(mask)
+  assert enc == encoding and pos.size > 0
+  np.testing.assert_array_equal(dl.decode_positions(enc, pos, 16), np.flatnonzero(mask))
+
+
+@pytest.mark.parametrize('size,dtype', [(256, np.uint8), (257, np.uint16), (65536, np.uint16),
+                                        (65537, np.uint32)])
+def test_index_dtype_is_smallest_sufficient(size, dtype):
+  mask = np.zeros(size, bool)
+  mask[-1] = True  # one kept entry: indices win, and the largest index must fit
+  enc, pos = dl.encode_positions(mask)
+  assert enc == dl.POSITIONS_INDICES and pos.dtype == dtype and int(pos[0]) == size - 1
+  np.testing.assert_array_equal(dl.decode_positions(enc, pos, size), [size - 1])
+
+
+def test_storage_accounting_matches_npz_bytes():
+  base = _params()
+  cfg = dl.DeltaConfig(bits=4)
+  d = _trained_delta(base, 8)
+  c = dl.compress(d, sparsity.masks_for(d, 0.1), cfg)
+  flat = _flatten_compressed(c)
+  buf = io.BytesIO()
+  np.savez(buf, **flat)
+  written = buf.getbuffer().nbytes
+  stored = dl.compressed_nbytes(c)
+  assert stored == sum(v.nbytes for v in flat.values())
+  # npz overhead, measured at about 294 bytes per array here: the 128-byte .npy header plus
+  # zip local and central entries (2 x name + about 90 bytes with zip64 extras), plus the
+  # 22-byte end-of-directory record. Bound it by 128 + 124 + 2 x name per array, + 22.
+  overhead = written - stored
+  names = sum(2 * len(k + '.npy') for k in flat)
+  assert 128 * len(flat) + names <= overhead <= (128 + 124) * len(flat) + names + 22, overhead
+  # The point of the exercise: far smaller than the float32 delta.
+  assert stored < dl.tree_nbytes(d) / 8
+
+
+def test_compressed_survives_orbax_round_trip():
+  ocp = pytest.importorskip('orbax.checkpoint')
+  base = _params()
+  cfg = dl.DeltaConfig(bits=2, pattern=dl.KERNELS_AND_NORM)
+  d = _trained_delta(base, 9, cfg.pattern)
+  masks = sparsity.masks_for(d, 0.05, 'global')
+  c = dl.compress(d, masks, cfg)
+  with tempfile.TemporaryDirectory() as tmp:
+    ckptr = ocp.StandardCheckpointer()
+    ckptr.save(os.path.join(tmp, 'delta'), c)
+    ckptr.wait_until_finished()
+    restored = ckptr.restore(os.path.join(tmp, 'delta'))
+  _assert_trees_bit_equal(dl.materialize_compressed(base, restored), dl.materialize(base, d, masks, cfg))
+
+
+def test_materialize_compressed_rejects_foreign_leaves():
+  base = _params()
+  c = dl.compress(_trained_delta(base, 1), None, dl.DeltaConfig())
+  c['not_in_base'] = c.pop('conv_init')
+  with pytest.raises(ValueError, match='not_in_base'):
+    dl.materialize_compressed(base, c)
+
+
+def test_tree_nbytes():
+  assert dl.tree_nbytes({'a': np.zeros((2, 3), np.float32), 'b': None, 'c': jnp.zeros(4, jnp.int8)}) == 28
+
+
+def test_storage_report_alpha():
+  rep = dl.storage_report(1000, [100, 50, 150, 200])
+  assert rep['total_bytes'] == 1500 and rep['specialists_bytes'] == [100, 50, 150, 200]
+  assert rep['factor'] == pytest.approx(1.5) and rep['num_specialists'] == 4 and rep['naive_factor'] == 5
+  assert rep['alpha'] == pytest.approx(0.125)
+  assert (rep['alpha'] * rep['num_specialists'] + 1) * rep['base_bytes'] == pytest.approx(rep['total_bytes'])
+  with pytest.raises(ValueError, match='at least one specialist'):
+    dl.storage_report(1000, [])
+  with pytest.raises(ValueError, match='positive'):
+    dl.storage_report(0, [1])
