@@ -206,3 +206,18 @@ def train_specialists(config, workdir: str) -> dict:
     print(f'[specialists] oracle-routed top-1 {oracle:.4f}; storage {storage["factor"]:.3f} networks, '
           f'alpha {storage["alpha"]:.4f} (alpha*N+1 with N={storage["num_specialists"]})', flush=True)
   return out
+
+
+def load_exported(config, workdir: str, k: int, hierarchy=None) -> dict:
+  """Reads the deployable form of specialist ``k`` (see ``export``) from its own checkpoint directory only."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  hierarchy = hierarchy or stages.make_hierarchy(config)
+  directory = specialist_dir(workdir, hierarchy, k)
+  manager = ckpt.make_manager(directory, item_names=ITEMS)
+  step = manager.latest_step()
+  if step is None or 'compressed' not in (manager.item_metadata(step) or {}):
+    raise FileNotFoundError(f'No finished specialist {k} under {directory}: run train.py with "specialists" in '
+                            'config.stages for this workdir.')
+  # The compressed form is self-describing (each record carries its shape), so orbax's metadata is the target.
+  restored = manager.restore(step, args=ocp.args.Composite(compressed=ocp.args.StandardRestore()))
+  return jax.tree.map(np.asarray, restored['compressed'])

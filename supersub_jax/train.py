@@ -400,10 +400,12 @@ def fit(state: PyTree, *, step_fn: Callable, parallel: Parallel, frozen: PyTree,
         progress.update(done, host_metrics)
         if writer is not None:
           writer.write(done, 'train', host_metrics)
-      if checkpoint_every and done % checkpoint_every == 0 and done != num_steps:
+      saved = bool(checkpoint_every) and done % checkpoint_every == 0 and done != num_steps
+      if saved:
         save_fn(done, state, False)
       if preemption.requested and done < num_steps:  # at the last step the caller's final save follows
-        save_fn(done, state, True)
+        if not saved:
+          save_fn(done, state, True)
         raise Preempted(f'[{name}] SIGTERM received: saved step {done}; rerun the same command to resume.')
   return state
 

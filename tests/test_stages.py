@@ -1,0 +1,104 @@
+"""Tests of the stages: resume after SIGTERM, the specialists stage and its checkpoints."""
+
+import os
+import signal
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import make_tiny_config
+from supersub_jax import checkpoint as ckpt
+from supersub_jax import delta as delta_lib
+from supersub_jax import specialists
+from supersub_jax import stages
+from supersub_jax import train as train_lib
+
+
+def _final_state(config, workdir, stage='vanilla'):
+  net = stages.load_network(config, workdir, stage)
+  return net.params, net.batch_stats
+
+
+def test_resume_after_sigterm_equals_uninterrupted(tmp_path, tiny_data_dir, monkeypatch):
+  config = make_tiny_config(tiny_data_dir)
+  config.stages = ('vanilla',)
+  uninterrupted = str(tmp_path / 'a')
+  stages.run(config, uninterrupted)
+
+  interrupted = str(tmp_path / 'b')
+  real_fit = train_lib.fit
+
+  def fit_with_sigterm(*args, **kwargs):
+    def kill_at_step_3(step, state):
+      if step == 3:
+        os.kill(os.getpid(), signal.SIGTERM)
+      return state
+    return real_fit(*args, **{**kwargs, 'hooks': (kill_at_step_3,)})
+
+  monkeypatch.setattr(train_lib, 'fit', fit_with_sigterm)
+  with pytest.raises(train_lib.Preempted, match='saved step 4'):
+    stages.run(config, interrupted)
+  monkeypatch.setattr(train_lib, 'fit', real_fit)
+  assert ckpt.make_manager(os.path.join(interrupted, 'vanilla')).latest_step() == 4
+  stages.run(config, interrupted)  # the same command again resumes from step 4
+
+  a, b = _final_state(config, uninterrupted), _final_state(config, interrupted)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_all_stages_report_metrics(tiny_workdir):
+  _, _, results = tiny_workdir
+  assert set(results) == {'vanilla', 'superclass', 'specialists'}
+  assert results['vanilla']['count'] == 7 * 4  # 7 subclasses x 4 test images
+  assert 0.0 <= results['superclass']['accuracy'] <= 1.0
+  summary = results['specialists']
+  assert [s['superclass'] for s in summary['specialists']] == [0, 1, 2]
+  assert summary['storage']['num_specialists'] == 3
+
+
+def test_specialist_masks_reach_target_density_and_delta_stays_sparse(tiny_workdir):
+  config, workdir, _ = tiny_workdir
+  hierarchy = stages.make_hierarchy(config)
+  for k in range(hierarchy.num_superclasses):
+    manager = ckpt.make_manager(specialists.specialist_dir(workdir, hierarchy, k), item_names=specialists.ITEMS)
+    meta = ckpt.read_meta(specialists.specialist_dir(workdir, hierarchy, k))
+    assert meta['summary']['density'] == pytest.approx(config.specialists.density, abs=0.01)
+    metadata = manager.item_metadata(manager.latest_step())
+    assert 'compressed' in metadata and 'state' in metadata
+
+
+def test_restoring_one_specialist_reads_only_its_directory(tiny_workdir):
+  config, workdir, _ = tiny_workdir
+  hierarchy = stages.make_hierarchy(config)
+  dirs = sorted(os.listdir(os.path.join(workdir, 'specialists')))
+  assert [d for d in dirs if not d.endswith('.json')] == [
+      os.path.basename(specialists.specialist_dir(workdir, hierarchy, k)) for k in range(3)]
+  # The base is the superclass stage's checkpoint: no specialist directory holds a full copy of it.
+  generalist = stages.load_network(config, workdir, 'superclass')
+  base_bytes = delta_lib.tree_nbytes(generalist.params)
+  for k in range(3):
+    exported = specialists.load_exported(config, workdir, k)
+    assert sum(specialists.exported_nbytes(exported).values()) < 0.5 * base_bytes
+
+
+def test_changed_config_fails_with_the_mismatched_leaves(tiny_workdir):
+  config, workdir, _ = tiny_workdir
+  wider = make_tiny_config(config.data_dir)
+  wider.width = 2.0
+  with pytest.raises(ckpt.CheckpointMismatchError, match='conv_init/kernel'):
+    stages.load_network(wider, workdir, 'superclass')
+
+
+def test_missing_stage_names_the_command(tmp_path, tiny_data_dir):
+  config = make_tiny_config(tiny_data_dir)
+  with pytest.raises(FileNotFoundError, match='train.py'):
+    stages.load_network(config, str(tmp_path), 'vanilla')
+
+
+def test_unknown_stage_is_rejected(tmp_path, tiny_data_dir):
+  config = make_tiny_config(tiny_data_dir)
+  config.stages = ('vanilla', 'distill')
+  with pytest.raises(ValueError, match='distill'):
+    stages.run(config, str(tmp_path))
