@@ -22,6 +22,8 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   # Imported here so that jax.distributed.initialize runs before any other JAX call.
   from supersub_jax import stages, train as train_lib  # pylint: disable=g-import-not-at-top
+  if not FLAGS['verbosity'].present:  # orbax and tfds log every save at INFO; progress lines are printed
+    logging.set_verbosity(logging.WARNING)
   train_lib.initialize_distributed(FLAGS.config.distributed)
   logging.info('config:\n%s', FLAGS.config)
   stages.run(FLAGS.config, FLAGS.workdir)
