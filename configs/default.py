@@ -71,5 +71,9 @@ def get_config() -> ml_collections.ConfigDict:
       mask_update_every=10,
       dense=False,                      # True: plain fine-tuning of all weights (no delta constraint), for comparison
   )
-  config.evaluate = ml_collections.ConfigDict(dict(batch_size=256, benchmark_batches=5))
+  config.evaluate = ml_collections.ConfigDict(dict(
+      batch_size=256,                   # evaluation and benchmark batch (one device)
+      top2_threshold=0.8,               # top-2 routing: a second specialist when max p(superclass) < this
+      chunk_size=32,                    # images per specialist call when grouping a batch by superclass
+      benchmark_batches=5))             # timed calls per model for images/s
   return config

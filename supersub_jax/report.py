@@ -96,24 +96,26 @@ def confusion_matrix(pred: np.ndarray, true: np.ndarray, num_classes: int) -> np
   return cm
 
 
-def plot_confusion(cm: np.ndarray, names: Sequence[str], path: str, title: str) -> None:
-  """Row-normalised confusion matrix as a PNG."""
+def plot_confusion(cm: np.ndarray, names: Sequence[str], path: str, title: str,
+                   col_names: Sequence[str] | None = None) -> None:
+  """Row-normalised confusion matrix as a PNG (``col_names`` for rectangular matrices; default ``names``)."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  col_names = list(names) if col_names is None else list(col_names)
   norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
-  n = len(names)
-  size = max(4.0, min(0.45 * n + 2, 16))
+  rows, cols = cm.shape
+  size = max(4.0, min(0.45 * max(rows, cols) + 2, 16))
   fig, ax = plt.subplots(figsize=(size, size))
   im = ax.imshow(norm, cmap='viridis', vmin=0, vmax=1)
-  ax.set_xticks(range(n), names, rotation=90, fontsize=7)
-  ax.set_yticks(range(n), names, fontsize=7)
+  ax.set_xticks(range(cols), col_names, rotation=90, fontsize=7)
+  ax.set_yticks(range(rows), names, fontsize=7)
   ax.set_xlabel('predicted')
   ax.set_ylabel('true')
-  ax.set_title(title)
-  if n <= 16:
-    for i in range(n):
-      for j in range(n):
+  ax.set_title(title, fontsize=9)
+  if max(rows, cols) <= 16:
+    for i in range(rows):
+      for j in range(cols):
         if cm[i, j]:
           ax.text(j, i, f'{norm[i, j]:.2f}', ha='center', va='center', fontsize=6,
                   color='white' if norm[i, j] < 0.6 else 'black')

@@ -1,0 +1,62 @@
+"""Tests of supersub_jax.report: metrics from predictions and the report.json schema."""
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from supersub_jax import report
+
+
+def _minimal_report():
+  return {
+      'vanilla': {'top1': 0.5}, 'superclass': {'top1': 0.9},
+      'supersub': {'top1': 0.55, 'oracle_top1': 0.6, 'top2_top1': 0.56},
+      'errors': {'within_superclass_fraction': 0.8, 'errors': 10},
+      'storage': {'factor': 1.9, 'alpha': 0.09, 'num_superclasses': 10, 'base_bytes': 100,
+                  'specialists_bytes': [9] * 10},
+      'memory': {'single_bytes': 1000, 'supersub_bytes': 1200},
+      'throughput': {'single_ips': 100.0, 'supersub_ips': 50.0},
+  }
+
+
+def test_error_breakdown_within_and_across():
+  label_to_superclass = np.array([0, 0, 1, 1, 1])
+  true = np.array([0, 1, 2, 3, 4, 0])
+  pred = np.array([1, 1, 3, 0, 4, 0])  # errors: 0->1 (within), 2->3 (within), 3->0 (across)
+  out = report.error_breakdown(pred, true, label_to_superclass)
+  assert out == {'errors': 3, 'within_superclass': 2, 'across_superclass': 1,
+                 'within_superclass_fraction': pytest.approx(2 / 3), 'error_rate': pytest.approx(0.5)}
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 5)), min_size=1, max_size=40))
+def test_confusion_matrix_counts_every_pair(pairs):
+  true, pred = (np.array(x) for x in zip(*pairs))
+  cm = report.confusion_matrix(pred, true, 6)
+  assert cm.sum() == len(pairs)
+  assert np.trace(cm) == int(np.sum(pred == true))
+
+
+def test_per_superclass_accuracy():
+  pred = np.array([0, 1, 2, 2])
+  true = np.array([0, 0, 2, 3])
+  sup = np.array([0, 0, 1, 1])
+  assert report.per_superclass_accuracy(pred, true, sup, 3)[:2] == [0.5, 0.5]
+  assert np.isnan(report.per_superclass_accuracy(pred, true, sup, 3)[2])
+
+
+def test_schema_accepts_a_full_report_and_names_missing_keys(tmp_path):
+  full = _minimal_report()
+  report.validate(full)
+  paths = report.write(full, str(tmp_path))
+  assert json.load(open(paths['json']))['storage']['alpha'] == 0.09
+  assert 'Super-Sub' in open(paths['md']).read()
+  broken = _minimal_report()
+  del broken['supersub']['top2_top1']
+  broken['memory']['single_bytes'] = 1.5
+  with pytest.raises(ValueError) as err:
+    report.validate(broken)
+  assert 'supersub.top2_top1: missing' in str(err.value)
+  assert 'memory.single_bytes' in str(err.value)
