@@ -1,0 +1,139 @@
+"""Train-step throughput: plain training vs specialist delta training, over 1..n devices.
+
+  python benchmarks/train_step.py --model=resnet_small --image_size=32 --stem=small --batch_size=128 --devices=1,2
+  python benchmarks/train_step.py --model=resnet50 --image_size=224 --batch_size=16 --devices=1,2 --steps=3
+  python benchmarks/train_step.py --model=resnet50 --image_size=224 --batch_size=256 --half_precision  # GPU
+
+For each device count (a subprocess with that many devices; on CPU via
+--xla_force_host_platform_device_count) and each kind:
+  plain: the vanilla/superclass step (all params trainable; also what dense fine-tuning costs);
+  delta: the specialists step (frozen base + sparse, fake-quantized delta materialized inside the step, new head,
+         mask schedule updated and re-applied inside the step).
+Prints compile time, median step time, images/s, and model FLOP utilisation when the peak is known
+(--peak_tflops, or the H100/H200/A100 bf16 dense peak picked from the device kind).
+"""
+
+import functools
+import json
+import os
+import subprocess
+import sys
+import time
+
+from absl import app
+from absl import flags
+
+_MODEL = flags.DEFINE_string('model', 'resnet_small', 'supersub_jax.models name.')
+_STEM = flags.DEFINE_string('stem', 'small', "'small' or 'imagenet'.")
+_IMAGE = flags.DEFINE_integer('image_size', 32, 'Image side.')
+_BATCH = flags.DEFINE_integer('batch_size', 128, 'Global batch.')
+_STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps.')
+_DEVICES = flags.DEFINE_list('devices', ['1', '2'], 'Device counts (CPU: forced host devices).')
+_KINDS = flags.DEFINE_list('kinds', ['plain', 'delta'], 'Step kinds.')
+_HALF = flags.DEFINE_bool('half_precision', False, 'bf16 compute.')
+_PEAK = flags.DEFINE_float('peak_tflops', 0.0, 'Peak TFLOP/s per device for MFU (0: from the device kind).')
+_CLASSES = flags.DEFINE_integer('num_classes', 10, 'Classes of the head.')
+_WORKER = flags.DEFINE_string('worker', '', 'Internal: run one measurement, print JSON.')
+
+PEAK_BF16_TFLOPS = {'H100': 989.0, 'H200': 989.0, 'A100': 312.0}
+
+
+def _measure(kind: str) -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from supersub_jax import delta as delta_lib, models, specialists, train as train_lib  # pylint: disable=g-import-not-at-top
+
+  n = jax.local_device_count()
+  if _BATCH.value % n:
+    raise ValueError(f'--batch_size={_BATCH.value} is not divisible by {n} devices.')
+  model = models.create_model(_MODEL.value, _CLASSES.value, stem=_STEM.value,
+                              dtype=jnp.bfloat16 if _HALF.value else jnp.float32)
+  shape = (_IMAGE.value, _IMAGE.value, 3)
+  variables = jax.device_get(models.init_variables(model, jax.random.key(0), shape))
+  cfg = ml_collections.ConfigDict(dict(
+      learning_rate=0.01, warmup_steps=0, schedule='cosine', optimizer='sgd', momentum=0.9, nesterov=True,
+      weight_decay=0.0, label_smoothing=0.0, density=0.1, bits=8, granularity='per_channel', leaves='kernels',
+      sparsity_scope='per_leaf', sparsity_schedule='gradual', prune_begin_fraction=0.0,
+      prune_end_fraction=1.0, mask_update_every=10))
+  steps = _STEPS.value
+  tx = train_lib.make_optimizer(cfg, 1000)
+  parallel = train_lib.Parallel('pmap')
+  if kind == 'plain':
+    state = train_lib.create_train_state(variables['params'], variables['batch_stats'], tx)
+    frozen = {}
+    fn = functools.partial(train_lib.train_step, apply_fn=model.apply, tx=tx)
+  elif kind == 'delta':
+    dcfg = specialists.delta_config(cfg)
+    base, head = specialists.split_head(variables['params'])
+    delta = delta_lib.init_delta(base, dcfg.pattern, dcfg.exclude)
+    masks = jax.tree.map(lambda d: np.ones(d.shape, bool), delta)
+    state = train_lib.create_train_state({'delta': delta, 'head': head}, variables['batch_stats'], tx, masks=masks)
+    frozen = base
+    # The schedule spans the timed steps, so mask updates (every 10 steps) are part of the average.
+    fn = functools.partial(train_lib.train_step, apply_fn=model.apply, tx=tx,
+                           params_fn=specialists.make_params_fn(dcfg),
+                           post_update=specialists.make_post_update(cfg, steps + 2))
+  else:
+    raise ValueError(f'unknown kind {kind!r}')
+  step = parallel.compile(fn)
+  rstate, rfrozen = parallel.replicate(state), parallel.replicate(frozen)
+  rng = np.random.default_rng(0)
+  batch = {'image': rng.normal(size=(n, _BATCH.value // n) + shape).astype(np.float32),
+           'label': rng.integers(0, _CLASSES.value, size=(n, _BATCH.value // n)).astype(np.int32)}
+  batch = jax.device_put(batch)
+  t0 = time.perf_counter()
+  rstate, metrics = step(rstate, batch, rfrozen)
+  jax.block_until_ready(metrics)
+  compile_s = time.perf_counter() - t0
+  times = []
+  for _ in range(steps):
+    t = time.perf_counter()
+    rstate, metrics = step(rstate, batch, rfrozen)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - t)
+  step_s = float(np.median(times))
+  flops = 3 * models.flops_per_example(model, variables, shape)  # forward + backward ~ 3x forward
+  device = jax.devices()[0]
+  peak = _PEAK.value or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in device.device_kind), 0.0)
+  achieved = flops * _BATCH.value / step_s / 1e12
+  return {'kind': kind, 'devices': n, 'device': f'{device.platform}:{device.device_kind}', 'model': _MODEL.value,
+          'image_size': _IMAGE.value, 'batch_size': _BATCH.value, 'bf16': _HALF.value,
+          'compile_s': compile_s, 'step_s': step_s, 'images_per_s': _BATCH.value / step_s,
+          'train_tflops': achieved, 'mfu': achieved / (peak * n) if peak else None}
+
+
+def main(argv):
+  del argv
+  if _WORKER.value:
+    print('RESULT ' + json.dumps(_measure(_WORKER.value)), flush=True)
+    return
+  rows = []
+  for devices in _DEVICES.value:
+    for kind in _KINDS.value:
+      env = dict(os.environ)
+      if 'cuda' not in env.get('JAX_PLATFORMS', '') and not os.path.exists('/dev/nvidia0'):
+        env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') + f' --xla_force_host_platform_device_count={devices}').strip()
+      else:
+        env['CUDA_VISIBLE_DEVICES'] = ','.join(str(i) for i in range(int(devices)))
+      args = [sys.executable, __file__, f'--worker={kind}'] + [a for a in sys.argv[1:] if not a.startswith('--worker')]
+      out = subprocess.run(args, env=env, capture_output=True, text=True)
+      line = next((l for l in out.stdout.splitlines() if l.startswith('RESULT ')), None)
+      if line is None:
+        raise RuntimeError(f'benchmark worker failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}')
+      rows.append(json.loads(line[len('RESULT '):]))
+      r = rows[-1]
+      print(f"{r['model']:>12} {r['image_size']:>4}px batch {r['batch_size']:>4} {r['kind']:>6} "
+            f"{r['devices']} dev ({r['device']}): step {r['step_s'] * 1e3:8.1f} ms, {r['images_per_s']:9.1f} img/s, "
+            f"compile {r['compile_s']:.1f} s" + (f", MFU {r['mfu']:.1%}" if r['mfu'] else ''), flush=True)
+  by = {(r['devices'], r['kind']): r for r in rows}
+  for devices in _DEVICES.value:
+    d = int(devices)
+    if (d, 'plain') in by and (d, 'delta') in by:
+      print(f'delta / plain step time on {d} device(s): {by[d, "delta"]["step_s"] / by[d, "plain"]["step_s"]:.3f}x')
+  print(json.dumps(rows))
+
+
+if __name__ == '__main__':
+  app.run(main)
