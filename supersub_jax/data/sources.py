@@ -1,0 +1,267 @@
+"""Random-access sources of hierarchy-labelled examples, for grain.
+
+`load_source(dataset, split, hierarchy, data_dir)` opens a prepared TFDS array_record split,
+keeps the examples whose source class belongs to `hierarchy`, and yields dicts
+
+    {'image': uint8 [H, W, 3], 'subclass': int32 (global label), 'superclass': int32,
+     'local': int32 (index within its superclass)}
+
+Labels never require decoding an image: every split's source labels are read once with the image
+feature left undecoded (`tfds.decode.SkipDecoding`) and cached as .npz under
+`<data_dir>/supersub_labels/`; relabelling and filtering for any hierarchy then take milliseconds,
+also for ImageNet's 1.28M records.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tempfile
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow_datasets as tfds
+from absl import logging
+
+from supersub_jax import hierarchy as hierarchy_lib
+from supersub_jax.data import prepare as prepare_lib
+from supersub_jax.data import synthetic
+
+DATASETS = prepare_lib.DATASETS
+
+# Source-label features per TFDS builder name, and (per dataset) the feature that must agree
+# with the hierarchy's superclass.
+_LABEL_KEYS = {synthetic.SupersubSynthetic.name: ('label', 'superclass'),
+               'cifar100': ('label', 'coarse_label'), 'imagenet2012': ('label',)}
+_SUPERCLASS_KEY = {'synthetic': 'superclass', 'cifar100': 'coarse_label'}
+_SCAN_CHUNK = 2048
+
+
+class DatasetNotPreparedError(FileNotFoundError):
+  """A dataset or split is missing from data_dir; the message says how to prepare it."""
+
+
+# --------------------------------------------------------------------------------------------
+# Labels
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Relabelled:
+  """Examples of a split kept by a hierarchy, with their labels (all arrays [n]).
+
+  record: int64, index of the example in the TFDS split.
+  subclass: int32 global label.  superclass: int32.  local: int32 index within its superclass.
+  """
+  record: np.ndarray
+  subclass: np.ndarray
+  superclass: np.ndarray
+  local: np.ndarray
+
+  def select(self, keep: np.ndarray) -> Relabelled:
+    """The examples at positions or boolean mask `keep`."""
+    return Relabelled(*(a[keep] for a in dataclasses.astuple(self)))
+
+
+def relabel(source_labels: np.ndarray, hierarchy: hierarchy_lib.Hierarchy) -> Relabelled:
+  """Keeps the examples whose source class is in `hierarchy`, with their hierarchy labels.
+
+  Args:
+    source_labels: int [n], source-dataset class of each record (e.g. ImageNet-1k index).
+
+  Returns:
+    `Relabelled` of the kept records, in record order.
+  """
+  source_labels = np.asarray(source_labels, np.int64)
+  bad = (source_labels < 0) | (source_labels >= hierarchy.num_source_classes)
+  if bad.any():
+    raise ValueError(
+        f'source labels {np.unique(source_labels[bad])[:10].tolist()} are outside '
+        f'[0, {hierarchy.num_source_classes}) of hierarchy {hierarchy.name!r}: the hierarchy '
+        'does not belong to this dataset (e.g. use hierarchy.cifar100() for cifar100).')
+  subclass = hierarchy.source_to_label[source_labels]
+  record = np.flatnonzero(subclass >= 0)
+  subclass = subclass[record].astype(np.int32)
+  return Relabelled(record=record.astype(np.int64), subclass=subclass,
+                    superclass=hierarchy.label_to_superclass[subclass].astype(np.int32),
+                    local=hierarchy.label_to_local[subclass].astype(np.int32))
+
+
+def _cache_path(builder: tfds.core.DatasetBuilder, split: str,
+                data_dir: str | os.PathLike) -> str:
+  config = builder.builder_config.name if builder.builder_config else 'default'
+  safe_split = re.sub(r'[^A-Za-z0-9_.-]+', '_', split)
+  return os.path.join(os.fspath(data_dir), 'supersub_labels', builder.name, config,
+                      str(builder.version), f'{safe_split}.npz')
+
+
+def cached_labels(builder: tfds.core.DatasetBuilder, split: str,
+                  data_dir: str | os.PathLike) -> dict[str, np.ndarray]:
+  """Label features of every record of `split` (int64 [num_records] each), cached on disk.
+
+  The first call reads the records with the image left undecoded (no JPEG/PNG decoding) and
+  saves `<data_dir>/supersub_labels/<name>/<config>/<version>/<split>.npz`; later calls load it.
+  """
+  keys = _LABEL_KEYS.get(builder.name, ('label',))
+  path = _cache_path(builder, split, data_dir)
+  raw = builder.as_data_source(split, decoders={'image': tfds.decode.SkipDecoding()})
+  if os.path.exists(path):
+    with np.load(path) as cached:
+      labels = {k: cached[k] for k in cached.files}
+    if set(labels) == set(keys) and all(len(v) == len(raw) for v in labels.values()):
+      return labels
+    logging.warning('Label cache %s does not match %s/%s (%d records); rescanning.', path,
+                    builder.name, split, len(raw))
+  logging.info('Scanning the labels of %d records of %s/%s (images not decoded)...', len(raw),
+               builder.name, split)
+  labels = {k: np.empty(len(raw), np.int64) for k in keys}
+  for start in range(0, len(raw), _SCAN_CHUNK):
+    stop = min(start + _SCAN_CHUNK, len(raw))
+    for offset, example in enumerate(raw.__getitems__(range(start, stop))):
+      for k in keys:
+        labels[k][start + offset] = example[k]
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  # Write-then-rename: several processes may scan at once; readers never see a partial file.
+  with tempfile.NamedTemporaryFile(dir=os.path.dirname(path), suffix='.npz', delete=False) as f:
+    np.savez(f, **labels)
+  os.replace(f.name, path)
+  return labels
+
+
+# --------------------------------------------------------------------------------------------
+# The source
+# --------------------------------------------------------------------------------------------
+
+
+class HierarchicalSource:
+  """Random-access examples (`len`, `[i]`) relabelled into a hierarchy; picklable for grain.
+
+  Example i is {'image': uint8 [H, W, 3], 'subclass': int32, 'superclass': int32,
+  'local': int32}.  `labels` holds the labels of all examples (no record read needed).
+  """
+
+  def __init__(self, records: Sequence[Mapping[str, Any]], labels: Relabelled, *,
+               name: str, hierarchy: hierarchy_lib.Hierarchy):
+    self._records = records
+    self.labels = labels
+    self.name = name
+    self.hierarchy = hierarchy
+
+  def __len__(self) -> int:
+    return len(self.labels.record)
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    if not -len(self) <= index < len(self):
+      raise IndexError(f'index {index} out of range for {self.name} of {len(self)} examples')
+    example = self._records[int(self.labels.record[index])]
+    image = np.asarray(example['image'])
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+      raise ValueError(f'{self.name}[{index}]: expected a uint8 [H, W, 3] image, got '
+                       f'{image.dtype} {image.shape}.')
+    return {'image': image, 'subclass': self.labels.subclass[index],
+            'superclass': self.labels.superclass[index], 'local': self.labels.local[index]}
+
+  def for_superclass(self, k: int) -> HierarchicalSource:
+    """The examples of superclass k only (a specialist's training data)."""
+    if not 0 <= k < self.hierarchy.num_superclasses:
+      raise ValueError(f'superclass={k} is outside [0, {self.hierarchy.num_superclasses}) of '
+                       f'hierarchy {self.hierarchy.name!r}.')
+    return HierarchicalSource(self._records, self.labels.select(self.labels.superclass == k),
+                              name=f'{self.name}[superclass={k}]', hierarchy=self.hierarchy)
+
+  def __repr__(self) -> str:
+    return (f'HierarchicalSource({self.name}, {len(self)} examples, '
+            f'hierarchy={self.hierarchy.name!r})')
+
+
+def _open_tfds(dataset: str, split: str, data_dir: str, manual_dir: str | None,
+               builder_kwargs: dict[str, Any]) -> tfds.core.DatasetBuilder:
+  """The prepared stock builder of `dataset`, or DatasetNotPreparedError saying how to prepare."""
+  builder = tfds.builder(dataset, data_dir=data_dir, **builder_kwargs)
+  command = prepare_lib.prepare_command(dataset, data_dir, manual_dir)
+  if not builder.is_prepared():
+    raise DatasetNotPreparedError(
+        f'{dataset} (version {builder.version}) is not prepared in data_dir={data_dir}. '
+        f'Prepare it with:\n  {command}')
+  _check_split(builder, split, command)
+  return builder
+
+
+def _check_split(builder: tfds.core.DatasetBuilder, split: str, command: str) -> None:
+  base_split = split.split('[')[0]  # TFDS slicing syntax, e.g. 'train[:10%]'.
+  available = sorted(builder.info.splits)
+  if base_split in available:
+    return
+  message = (f'split {base_split!r} of {builder.name} is not in {builder.data_dir} (available: '
+             f'{available}).')
+  if builder.name == 'imagenet2012':
+    tar = {'train': 'ILSVRC2012_img_train.tar', 'validation': 'ILSVRC2012_img_val.tar'}.get(
+        base_split)
+    if tar:
+      message += (f' It was prepared without {tar}: put that file in manual_dir, delete '
+                  f'{builder.data_dir} and run:\n  {command}')
+  raise DatasetNotPreparedError(message)
+
+
+def load_source(dataset: str, split: str, hierarchy: hierarchy_lib.Hierarchy,
+                data_dir: str | os.PathLike, *, manual_dir: str | os.PathLike | None = None,
+                superclass: int | None = None, **dataset_kwargs) -> HierarchicalSource:
+  """Opens one split of a prepared dataset, filtered to and relabelled by `hierarchy`.
+
+  Args:
+    dataset: 'synthetic' (built on demand, in seconds), 'cifar100' or 'imagenet2012'.
+    split: TFDS split, e.g. 'train', 'test', 'validation', 'train[:90%]'.
+    hierarchy: a `Hierarchy` of this dataset's classes; examples outside it are dropped.
+    data_dir: TFDS data directory.
+    manual_dir: where ILSVRC2012 tars are (only quoted in the error if imagenet2012 is missing).
+    superclass: if given, only that superclass's examples (a specialist's view).
+    **dataset_kwargs: synthetic: the knobs of `synthetic.build_synthetic` (`sizes` defaults to
+      the hierarchy's); cifar100 / imagenet2012: passed to `tfds.builder` (e.g. version).
+
+  Returns:
+    A `HierarchicalSource`.
+
+  Raises:
+    DatasetNotPreparedError: the dataset or split is not in data_dir (message has the command).
+    ValueError: the hierarchy does not fit the dataset.
+  """
+  data_dir = os.fspath(data_dir)
+  manual_dir = os.fspath(manual_dir) if manual_dir is not None else None
+  if dataset == 'synthetic':
+    sizes = tuple(int(n) for n in hierarchy.sizes)
+    given = dataset_kwargs.pop('sizes', sizes)
+    if tuple(given) != sizes:
+      raise ValueError(f'sizes={tuple(given)} disagrees with hierarchy {hierarchy.name!r} sizes '
+                       f'{sizes}; drop the sizes argument or use hierarchy.synthetic(sizes).')
+    builder = synthetic.build_synthetic(data_dir, sizes=sizes, **dataset_kwargs)
+    _check_split(builder, split, prepare_lib.prepare_command('synthetic', data_dir))
+  elif dataset in ('cifar100', 'imagenet2012'):
+    builder = _open_tfds(dataset, split, data_dir, manual_dir, dataset_kwargs)
+  else:
+    raise ValueError(f'unknown dataset {dataset!r}; choose one of {DATASETS}.')
+
+  raw_labels = cached_labels(builder, split, data_dir)
+  labels = relabel(raw_labels['label'], hierarchy)
+  key = _SUPERCLASS_KEY.get(dataset)
+  if key is not None:
+    # The dataset's own coarse label must be the hierarchy's superclass.
+    expected = raw_labels[key][labels.record]
+    wrong = np.flatnonzero(expected != labels.superclass)
+    if wrong.size:
+      i = labels.record[wrong[0]]
+      raise ValueError(
+          f'{dataset}/{split} record {i}: {key}={expected[wrong[0]]} but hierarchy '
+          f'{hierarchy.name!r} puts source class {raw_labels["label"][i]} in superclass '
+          f'{labels.superclass[wrong[0]]} ({wrong.size} such records). Use the matching '
+          f'hierarchy: hierarchy.{"cifar100()" if dataset == "cifar100" else "synthetic(sizes)"}.')
+  source = HierarchicalSource(builder.as_data_source(split), labels,
+                              name=f'{dataset}/{split}', hierarchy=hierarchy)
+  if superclass is not None:
+    source = source.for_superclass(superclass)
+  if len(source) == 0:
+    raise ValueError(f'{source.name} has no example of hierarchy {hierarchy.name!r}'
+                     + (f' superclass {superclass}' if superclass is not None else '')
+                     + '; check that the hierarchy matches the dataset.')
+  return source

@@ -1,0 +1,291 @@
+"""Tests of dataset sources and TF-free preparation (supersub_jax.data.sources / prepare).
+
+CIFAR-100 and ImageNet are tested end to end without network or TensorFlow: fake archives in
+the original formats (cifar-100-binary.tar.gz, ILSVRC2012 tars) are prepared by
+`prepare.prepare` into array_record and read back by the *stock* TFDS builders.
+(`tfds.testing.mock_data` is not used: its fake data source must encode images with TensorFlow
+as soon as a decoder such as `SkipDecoding` is passed, which the label scan does.)
+"""
+
+import io
+import os
+import tarfile
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from supersub_jax import hierarchy as hierarchy_lib
+from supersub_jax.data import prepare, sources
+
+# ------------------------------------------------------------------------------ relabel
+
+
+@settings(max_examples=40, deadline=None)
+@given(sizes=st.lists(st.integers(1, 5), min_size=1, max_size=6), data=st.data())
+def test_relabel_keeps_exactly_the_hierarchy_classes(sizes, data):
+  full = hierarchy_lib.synthetic(sizes)
+  # A hierarchy over a random subset of the source classes (as mixed_10 is of ImageNet).
+  keep_super = data.draw(st.lists(st.booleans(), min_size=len(sizes), max_size=len(sizes)))
+  if not any(keep_super):
+    keep_super[0] = True
+  supers, label = [], 0
+  for sup, keep in zip(full.superclasses, keep_super):
+    if keep:
+      subs = tuple(hierarchy_lib.Subclass(label + j, s.source_index, '', s.name)
+                   for j, s in enumerate(sup.subclasses))
+      label += len(subs)
+      supers.append(hierarchy_lib.Superclass(sup.name, '', subs))
+  h = hierarchy_lib.Hierarchy('subset', tuple(supers), full.num_source_classes)
+  source_labels = np.array(data.draw(st.lists(st.integers(0, full.num_source_classes - 1),
+                                               max_size=50)), np.int64)
+  out = sources.relabel(source_labels, h)
+  np.testing.assert_array_equal(out.record, np.flatnonzero(h.source_to_label[source_labels] >= 0))
+  np.testing.assert_array_equal(out.subclass, h.source_to_label[source_labels[out.record]])
+  np.testing.assert_array_equal(out.superclass, h.label_to_superclass[out.subclass])
+  np.testing.assert_array_equal(out.local, h.label_to_local[out.subclass])
+  assert all(a.dtype == np.int32 for a in (out.subclass, out.superclass, out.local))
+
+
+def test_relabel_rejects_labels_of_another_dataset():
+  with pytest.raises(ValueError, match='outside .0, 7.*does not belong to this dataset'):
+    sources.relabel(np.array([0, 7]), hierarchy_lib.synthetic((4, 3)))
+
+
+# ------------------------------------------------------------------------------ synthetic
+
+
+SYNTH = dict(image_size=16, train_per_class=3, test_per_class=2)
+
+
+@pytest.fixture(scope='module')
+def synthetic_dir(tmp_path_factory):
+  return tmp_path_factory.mktemp('synth')
+
+
+def test_synthetic_source(synthetic_dir):
+  h = hierarchy_lib.synthetic((3, 2))
+  source = sources.load_source('synthetic', 'train', h, synthetic_dir, **SYNTH)
+  assert len(source) == 5 * 3
+  raw = tfds.data_source(f'supersub_synthetic/{prepare_config_name(h)}', split='train',
+                         data_dir=os.fspath(synthetic_dir))
+  for i in range(len(source)):
+    ex = source[i]
+    assert ex['image'].shape == (16, 16, 3) and ex['image'].dtype == np.uint8
+    assert ex['subclass'].dtype == np.int32
+    assert ex['subclass'] == raw[i]['label'] and ex['superclass'] == raw[i]['superclass']
+    assert ex['local'] == h.label_to_local[ex['subclass']]
+    np.testing.assert_array_equal(ex['image'], raw[i]['image'])
+  view = sources.load_source('synthetic', 'train', h, synthetic_dir, superclass=1, **SYNTH)
+  assert len(view) == 2 * 3
+  assert {int(view[i]['superclass']) for i in range(len(view))} == {1}
+  assert sorted(int(view[i]['local']) for i in range(len(view))) == [0, 0, 0, 1, 1, 1]
+
+
+def prepare_config_name(h):
+  from supersub_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  return synthetic.config_name(sizes=tuple(h.sizes), seed=0, **SYNTH)
+
+
+def test_synthetic_errors(synthetic_dir):
+  h = hierarchy_lib.synthetic((3, 2))
+  with pytest.raises(ValueError, match=r'sizes=\(2, 2\) disagrees'):
+    sources.load_source('synthetic', 'train', h, synthetic_dir, sizes=(2, 2), **SYNTH)
+  with pytest.raises(ValueError, match='superclass=2 is outside'):
+    sources.load_source('synthetic', 'train', h, synthetic_dir, superclass=2, **SYNTH)
+  with pytest.raises(sources.DatasetNotPreparedError, match="split 'validation'"):
+    sources.load_source('synthetic', 'validation', h, synthetic_dir, **SYNTH)
+  with pytest.raises(ValueError, match="unknown dataset 'mnist'"):
+    sources.load_source('mnist', 'train', h, synthetic_dir)
+
+
+def test_source_is_picklable(synthetic_dir):
+  import pickle  # pylint: disable=g-import-not-at-top
+  h = hierarchy_lib.synthetic((3, 2))
+  source = sources.load_source('synthetic', 'test', h, synthetic_dir, **SYNTH)
+  clone = pickle.loads(pickle.dumps(source))
+  np.testing.assert_array_equal(clone[3]['image'], source[3]['image'])
+
+
+# ------------------------------------------------------------------------------ cifar100
+
+
+def write_fake_cifar100(manual_dir, num_train, num_test, *, consistent=True, seed=0):
+  """cifar-100-binary.tar.gz as distributed: records [coarse, fine, 3072 CHW bytes]."""
+  h = hierarchy_lib.cifar100()
+  rng = np.random.default_rng(seed)
+  files = {}
+  for name, n in (('train.bin', num_train), ('test.bin', num_test)):
+    fine = rng.integers(0, 100, n)
+    coarse = h.label_to_superclass[h.source_to_label[fine]]
+    if not consistent:
+      coarse = (coarse + 1) % 20
+    rows = np.concatenate([coarse[:, None], fine[:, None],
+                           rng.integers(0, 256, (n, 3072))], axis=1).astype(np.uint8)
+    files[name] = rows.tobytes()
+  files['coarse_label_names.txt'] = '\n'.join(hierarchy_lib.CIFAR100_COARSE_NAMES).encode()
+  files['fine_label_names.txt'] = '\n'.join(hierarchy_lib.CIFAR100_FINE_NAMES).encode()
+  os.makedirs(manual_dir, exist_ok=True)
+  with tarfile.open(os.path.join(manual_dir, 'cifar-100-binary.tar.gz'), 'w:gz') as tar:
+    for name, blob in files.items():
+      info = tarfile.TarInfo(f'cifar-100-binary/{name}')
+      info.size = len(blob)
+      tar.addfile(info, io.BytesIO(blob))
+  return files
+
+
+@pytest.fixture(scope='module')
+def cifar_dir(tmp_path_factory):
+  root = tmp_path_factory.mktemp('cifar')
+  files = write_fake_cifar100(root / 'manual', 30, 12)
+  prepare.prepare('cifar100', root / 'data', manual_dir=root / 'manual')
+  return root / 'data', files
+
+
+def test_cifar100_prepared_without_tf_and_relabelled(cifar_dir):
+  data_dir, files = cifar_dir
+  h = hierarchy_lib.cifar100()
+  rows = np.frombuffer(files['train.bin'], np.uint8).reshape(30, 3074)
+  raw = tfds.data_source('cifar100', split='train', data_dir=os.fspath(data_dir))
+  assert len(raw) == 30
+  source = sources.load_source('cifar100', 'train', h, data_dir)
+  assert len(source) == 30  # CIFAR-100's hierarchy covers every class
+  for i in range(30):
+    # TFDS reorders records; the original row is identified by the stored 'id'.
+    row = rows[int(raw[i]['id'].decode().split('_')[1])]
+    ex = source[i]
+    np.testing.assert_array_equal(ex['image'], row[2:].reshape(3, 32, 32).transpose(1, 2, 0))
+    assert ex['subclass'] == h.source_to_label[row[1]]
+    assert ex['superclass'] == row[0]
+    assert ex['local'] == h.label_to_local[ex['subclass']]
+  k = int(source[0]['superclass'])
+  view = sources.load_source('cifar100', 'train', h, data_dir, superclass=k)
+  assert len(view) == int((rows[:, 0] == k).sum())
+
+
+def test_cifar100_coarse_label_must_match_hierarchy(tmp_path):
+  write_fake_cifar100(tmp_path / 'manual', 8, 4, consistent=False)
+  prepare.prepare('cifar100', tmp_path / 'data', manual_dir=tmp_path / 'manual')
+  with pytest.raises(ValueError, match='coarse_label=.*hierarchy.cifar100'):
+    sources.load_source('cifar100', 'test', hierarchy_lib.cifar100(), tmp_path / 'data')
+
+
+def test_missing_dataset_error_gives_the_command(tmp_path):
+  with pytest.raises(sources.DatasetNotPreparedError) as error:
+    sources.load_source('cifar100', 'train', hierarchy_lib.cifar100(), tmp_path)
+  assert (f'python -m supersub_jax.data.prepare --dataset=cifar100 --data_dir={tmp_path}'
+          in str(error.value))
+  with pytest.raises(sources.DatasetNotPreparedError,
+                     match='--dataset=imagenet2012 .*--manual_dir=/m'):
+    sources.load_source('imagenet2012', 'train', hierarchy_lib.mixed_10(), tmp_path,
+                        manual_dir='/m')
+
+
+# ------------------------------------------------------------------------------ imagenet2012
+
+
+def _jpeg(rng, h, w):
+  buffer = io.BytesIO()
+  Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buffer, format='jpeg')
+  return buffer.getvalue()
+
+
+def _add(tar, name, blob):
+  info = tarfile.TarInfo(name)
+  info.size = len(blob)
+  tar.addfile(info, io.BytesIO(blob))
+
+
+def write_fake_imagenet(manual_dir, wnids, per_class, num_val, seed=0):
+  """ILSVRC2012_img_train.tar (one inner tar per wnid) and ILSVRC2012_img_val.tar."""
+  rng = np.random.default_rng(seed)
+  os.makedirs(manual_dir, exist_ok=True)
+  with tarfile.open(os.path.join(manual_dir, 'ILSVRC2012_img_train.tar'), 'w') as outer:
+    for wnid in wnids:
+      inner_bytes = io.BytesIO()
+      with tarfile.open(fileobj=inner_bytes, mode='w') as inner:
+        for j in range(per_class):
+          _add(inner, f'{wnid}_{j}.JPEG', _jpeg(rng, 20 + 3 * j, 28))
+      _add(outer, f'{wnid}.tar', inner_bytes.getvalue())
+  if num_val:
+    with tarfile.open(os.path.join(manual_dir, 'ILSVRC2012_img_val.tar'), 'w') as tar:
+      for j in range(num_val):
+        _add(tar, f'ILSVRC2012_val_{j + 1:08d}.JPEG', _jpeg(rng, 24, 18))
+
+
+def imagenet_wnids():
+  path = tfds.core.tfds_path('datasets/imagenet2012/labels.txt')
+  return path.read_text().split()
+
+
+@pytest.fixture(scope='module')
+def imagenet_dir(tmp_path_factory):
+  root = tmp_path_factory.mktemp('imagenet')
+  h = hierarchy_lib.mixed_10()
+  all_wnids = imagenet_wnids()
+  inside = [all_wnids[h.superclasses[k].subclasses[0].source_index] for k in (0, 4)]
+  outside = [w for i, w in enumerate(all_wnids) if h.source_to_label[i] < 0][:2]
+  write_fake_imagenet(root / 'manual', inside + outside, per_class=3, num_val=6)
+  prepare.prepare('imagenet2012', root / 'data', manual_dir=root / 'manual', scan_labels=False)
+  return root / 'data'
+
+
+def test_imagenet_filtered_and_relabelled(imagenet_dir):
+  h = hierarchy_lib.mixed_10()
+  wnid_index = {w: i for i, w in enumerate(imagenet_wnids())}
+  raw = tfds.data_source('imagenet2012', split='train', data_dir=os.fspath(imagenet_dir))
+  assert len(raw) == 12
+  source = sources.load_source('imagenet2012', 'train', h, imagenet_dir)
+  assert len(source) == 6  # only the two mixed_10 classes
+  kept = []
+  for i in range(len(source)):
+    ex = source[i]
+    record = raw[int(source.labels.record[i])]
+    source_index = wnid_index[record['file_name'].decode().split('_')[0]]
+    assert record['label'] == source_index
+    assert ex['subclass'] == h.source_to_label[source_index] >= 0
+    assert ex['superclass'] == h.label_to_superclass[ex['subclass']]
+    np.testing.assert_array_equal(ex['image'], record['image'])
+    kept.append(int(ex['superclass']))
+  assert sorted(set(kept)) == [0, 4]
+  dogs = sources.load_source('imagenet2012', 'train', h, imagenet_dir, superclass=0)
+  assert len(dogs) == 3
+
+
+def test_imagenet_label_scan_decodes_no_image_and_is_cached(imagenet_dir, monkeypatch):
+  builder = tfds.builder('imagenet2012', data_dir=os.fspath(imagenet_dir))
+
+  def no_decoding(*args, **kwargs):
+    raise AssertionError('an image was decoded while scanning labels')
+
+  with monkeypatch.context() as patch:
+    patch.setattr(tfds.features.Image, 'decode_example_np', no_decoding)
+    labels = sources.cached_labels(builder, 'validation', imagenet_dir)
+  assert labels['label'].shape == (6,)
+  cache = sources._cache_path(builder, 'validation', imagenet_dir)  # pylint: disable=protected-access
+  assert os.path.exists(cache)
+  from tensorflow_datasets.core.data_sources import array_record  # pylint: disable=g-import-not-at-top
+  with monkeypatch.context() as patch:
+    patch.setattr(array_record.ArrayRecordDataSource, '__getitems__', no_decoding)
+    patch.setattr(array_record.ArrayRecordDataSource, '__getitem__', no_decoding)
+    again = sources.cached_labels(builder, 'validation', imagenet_dir)
+  np.testing.assert_array_equal(again['label'], labels['label'])
+  # Validation labels come from TFDS's validation_labels.txt, in file-name order.
+  expected = tfds.core.tfds_path('datasets/imagenet2012/validation_labels.txt').read_text().split()
+  wnid_index = {w: i for i, w in enumerate(imagenet_wnids())}
+  raw = tfds.data_source('imagenet2012', split='validation', data_dir=os.fspath(imagenet_dir))
+  for i in range(6):
+    number = int(raw[i]['file_name'].decode().split('_')[-1].split('.')[0])
+    assert labels['label'][i] == wnid_index[expected[number - 1]]
+
+
+def test_imagenet_missing_split(tmp_path):
+  h = hierarchy_lib.mixed_10()
+  write_fake_imagenet(tmp_path / 'manual', imagenet_wnids()[:1], per_class=1, num_val=0)
+  prepare.prepare('imagenet2012', tmp_path / 'data', manual_dir=tmp_path / 'manual')
+  with pytest.raises(sources.DatasetNotPreparedError,
+                     match=r"(?s)split 'validation'.*without ILSVRC2012_img_val.tar.*--manual_dir"):
+    sources.load_source('imagenet2012', 'validation', h, tmp_path / 'data')

@@ -1,0 +1,163 @@
+"""Tests of the synthetic hierarchical dataset (supersub_jax.data.synthetic)."""
+
+import collections
+import os
+import time
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from supersub_jax import hierarchy as hierarchy_lib
+from supersub_jax.data import synthetic
+
+TINY = dict(image_size=16, train_per_class=4, test_per_class=2, sizes=(3, 2, 2))
+
+
+def read_all(builder, split):
+  source = builder.as_data_source(split)
+  examples = [source[i] for i in range(len(source))]
+  return (np.stack([e['image'] for e in examples]), np.array([e['label'] for e in examples]),
+          np.array([e['superclass'] for e in examples]))
+
+
+@pytest.fixture(scope='module')
+def tiny(tmp_path_factory):
+  data_dir = tmp_path_factory.mktemp('synthetic')
+  start = time.perf_counter()
+  builder = synthetic.build_synthetic(data_dir, seed=0, **TINY)
+  return builder, time.perf_counter() - start
+
+
+def test_default_sizes_match_hierarchy():
+  assert synthetic.DEFAULT_SIZES == hierarchy_lib.DEFAULT_SYNTHETIC_SIZES
+
+
+def test_class_counts_features_and_build_time(tiny):
+  builder, seconds = tiny
+  assert seconds < 30, f'building {sum(TINY["sizes"]) * 6} tiny images took {seconds:.1f} s'
+  superclass_of, _ = synthetic.class_table(TINY['sizes'])
+  for split, per_class in (('train', TINY['train_per_class']), ('test', TINY['test_per_class'])):
+    images, labels, superclasses = read_all(builder, split)
+    assert images.shape == (7 * per_class, 16, 16, 3) and images.dtype == np.uint8
+    assert collections.Counter(labels.tolist()) == {c: per_class for c in range(7)}
+    np.testing.assert_array_equal(superclasses, superclass_of[labels])
+  assert builder.info.features['label'].num_classes == 7
+  assert builder.info.features['superclass'].num_classes == 3
+
+
+def test_train_and_test_images_differ(tiny):
+  builder, _ = tiny
+  train, _, _ = read_all(builder, 'train')
+  test, _, _ = read_all(builder, 'test')
+  assert not any((test == image).all(axis=(1, 2, 3)).any() for image in train)
+
+
+def test_same_seed_identical_different_seed_differs(tiny, tmp_path):
+  builder, _ = tiny
+  again = synthetic.build_synthetic(tmp_path / 'again', seed=0, **TINY)
+  other = synthetic.build_synthetic(tmp_path / 'other', seed=1, **TINY)
+  reference = read_all(builder, 'train')
+  for a, b in zip(reference, read_all(again, 'train')):
+    np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(reference[0], read_all(other, 'train')[0])
+
+
+def test_build_is_idempotent_and_configs_do_not_collide(tiny):
+  builder, _ = tiny
+  data_dir = os.path.dirname(os.path.dirname(os.path.dirname(builder.data_dir)))
+  files = sorted(os.listdir(builder.data_dir))
+  stamps = [os.path.getmtime(os.path.join(builder.data_dir, f)) for f in files]
+  start = time.perf_counter()
+  reused = synthetic.build_synthetic(data_dir, seed=0, **TINY)
+  assert time.perf_counter() - start < 5
+  assert reused.data_dir == builder.data_dir
+  assert stamps == [os.path.getmtime(os.path.join(builder.data_dir, f)) for f in files]
+  paths = {synthetic.synthetic_builder(data_dir, **dict(TINY, **change)).data_dir
+           for change in ({}, {'seed': 1}, {'image_size': 20}, {'train_per_class': 5},
+                          {'test_per_class': 3}, {'sizes': (2, 3, 2)})}
+  assert len(paths) == 6
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2 ** 32 - 1), size=st.sampled_from([8, 16, 24]),
+       sizes=st.lists(st.integers(1, 12), min_size=1, max_size=10))
+def test_render_is_deterministic(seed, size, sizes):
+  labels = np.arange(sum(sizes))
+  a = synthetic.render(labels, sizes, size, np.random.default_rng(seed))
+  b = synthetic.render(labels, sizes, size, np.random.default_rng(seed))
+  assert a.shape == (len(labels), size, size, 3) and a.dtype == np.uint8
+  np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(a, synthetic.render(labels, sizes, size,
+                                                np.random.default_rng(seed + 1)))
+
+
+def _nearest_class_mean_accuracy(train_x, train_y, test_x, test_y):
+  classes = np.unique(train_y)
+  means = np.stack([train_x[train_y == c].mean(0) for c in classes])
+  distances = ((test_x[:, None, :] - means[None]) ** 2).sum(-1)
+  return float((classes[distances.argmin(1)] == test_y).mean())
+
+
+def _features(images, kind):
+  """float32 [N, F] features of uint8 [N, H, W, 3] images."""
+  x = images.astype(np.float32) / 255.0
+  if kind == 'pixels':
+    return x.reshape(len(x), -1)
+  if kind == 'edges':
+    # Colour-invariant silhouette: gradient magnitude, pooled 4x4 against position jitter.
+    g = (np.abs(np.diff(x, axis=2))[:, :-1] + np.abs(np.diff(x, axis=1))[:, :, :-1]).sum(-1)
+    n, side = len(x), (g.shape[1] // 4) * 4
+    return g[:, :side, :side].reshape(n, side // 4, 4, side // 4, 4).mean((2, 4)).reshape(n, -1)
+  # 'spectrum': phase-invariant texture energy, the amplitude spectrum of the grey image.
+  grey = x.mean(-1)
+  grey = grey - grey.mean(axis=(1, 2), keepdims=True)
+  return np.log1p(np.abs(np.fft.rfft2(grey))).reshape(len(x), -1)
+
+
+def _accuracies(sizes, per_class, kinds):
+  labels = np.repeat(np.arange(sum(sizes)), per_class)
+  train = synthetic.render(labels, sizes, 32, np.random.default_rng(0))
+  test = synthetic.render(labels, sizes, 32, np.random.default_rng(1))
+  return [_nearest_class_mean_accuracy(_features(train, k), labels, _features(test, k), labels)
+          for k in kinds]
+
+
+def test_subclasses_differ_in_fine_detail_only():
+  # One superclass with 4 subclasses (chance 0.25): no pixel template (random phase, colour,
+  # pose), but the phase-invariant texture spectrum carries the subclass.
+  pixels, spectrum = _accuracies((4,), 60, ('pixels', 'spectrum'))
+  assert pixels < 0.4, pixels
+  assert spectrum > 0.7, spectrum
+
+
+def test_superclasses_differ_in_coarse_structure():
+  # Ten superclasses of one subclass each (chance 0.1): the silhouette is a clear but far
+  # from sufficient cue; raw pixels are useless (colour and position are nuisance).
+  pixels, edges = _accuracies((1,) * 10, 40, ('pixels', 'edges'))
+  assert pixels < 0.2, pixels
+  assert 0.25 < edges < 0.8, edges
+
+
+def test_invalid_sizes_and_knobs():
+  with pytest.raises(ValueError, match='only 10 shape families'):
+    synthetic.validate_sizes((1,) * 11)
+  with pytest.raises(ValueError, match='keep every size <= 12'):
+    synthetic.validate_sizes((13,))
+  with pytest.raises(ValueError, match='at least one superclass'):
+    synthetic.validate_sizes(())
+  with pytest.raises(ValueError, match='image_size=4'):
+    synthetic.make_config(image_size=4)
+
+
+def test_cli_summary_and_grid(tmp_path, capsys):
+  grid_path = tmp_path / 'grid.png'
+  synthetic.main([f'--data_dir={tmp_path}', '--image_size=16', '--train_per_class=2',
+                  '--test_per_class=2', '--sizes=3,1', f'--grid={grid_path}'])
+  out = capsys.readouterr().out
+  assert 'superclass  0 disc' in out and 'split train: 8 examples' in out
+  assert 'build time' in out
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  with Image.open(grid_path) as image:
+    assert image.size[0] > 100 and image.size[1] > 50
