@@ -19,6 +19,9 @@ $(STAMP): requirements.txt pyproject.toml
 
 install: $(STAMP)
 
+# On a CPU host, two XLA host devices use both cores of a small machine better than one (docs/benchmarks.md);
+# the flag only concerns the CPU platform and is harmless on GPU/TPU hosts.
+demo: export XLA_FLAGS ?= --xla_force_host_platform_device_count=2
 demo: $(STAMP)
 	$(BIN)/python train.py --config=$(CONFIG) --workdir=$(WORKDIR)
 	$(BIN)/python evaluate.py --config=$(CONFIG) --workdir=$(WORKDIR)
