@@ -60,6 +60,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.specialists = optimizer_config(
       learning_rate=0.02, warmup_steps=0, weight_decay=0.0,
       superclasses=(),                  # which superclasses get a specialist; () = all
+      num_epochs=0.0,                   # > 0: each specialist trains this many passes over its superclass's
+                                        # examples instead of num_train_steps (big superclasses get more steps)
+      min_steps=20,                     # with num_epochs: at least this many steps per specialist
+      steps_multiple=10,                # with num_epochs: steps rounded up to a multiple (fewer compiles)
       density=0.1,                      # fraction of delta entries kept
       bits=8,                           # 8 | 4 | 2 | 0 (0 = no quantization)
       granularity='per_channel',        # 'per_channel' | 'per_tensor'
@@ -69,7 +73,6 @@ def get_config() -> ml_collections.ConfigDict:
       prune_begin_fraction=0.1,         # schedule range as fractions of num_train_steps
       prune_end_fraction=0.6,
       mask_update_every=10,
-      dense=False,                      # True: plain fine-tuning of all weights (no delta constraint), for comparison
   )
   config.evaluate = ml_collections.ConfigDict(dict(
       batch_size=256,                   # evaluation and benchmark batch (one device)

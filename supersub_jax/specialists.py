@@ -15,6 +15,7 @@ and re-applied inside the same compiled step, so masked entries are exactly zero
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -84,6 +85,18 @@ def make_post_update(cfg, num_steps: int):
   return post_update
 
 
+def specialist_steps(cfg, num_examples: int, batch_size: int) -> int:
+  """Optimizer steps of one specialist: ``cfg.num_train_steps``, or with ``cfg.num_epochs > 0`` that many passes
+  over the superclass's training examples (at least ``cfg.min_steps``, rounded up to a multiple of
+  ``cfg.steps_multiple`` so that specialists of similar size share one compiled step)."""
+  epochs = float(cfg.get('num_epochs', 0.0))
+  if epochs <= 0:
+    return int(cfg.num_train_steps)
+  steps = max(int(np.ceil(epochs * num_examples / batch_size)), int(cfg.get('min_steps', 1)))
+  multiple = max(int(cfg.get('steps_multiple', 1)), 1)
+  return int(np.ceil(steps / multiple) * multiple)
+
+
 def specialist_dir(workdir: str, hierarchy, k: int) -> str:
   name = hierarchy.superclasses[k].name.replace('/', '_').replace(' ', '_')
   return os.path.join(stages.stage_dir(workdir, 'specialists'), f'{k:03d}_{name}')
@@ -125,34 +138,40 @@ def train_specialists(config, workdir: str) -> dict:
   parallel = train_lib.Parallel(config.parallelism)
   frozen = parallel.replicate(base)  # held once on each device for all specialists
   model = stages.make_model(config, hierarchy.max_subclasses)
-  num_steps = int(cfg.num_train_steps)
-  tx = train_lib.make_optimizer(cfg, num_steps)
   params_fn = make_params_fn(dcfg)
   writer = train_lib.MetricWriter(ckpt.abs_path(workdir), 'specialists')
-  # One compiled step for all specialists: the logit mask is data, not a constant.
-  step_fn = parallel.compile(
-      lambda state, batch, frozen_and_mask: train_lib.train_step(
-          state, batch, frozen_and_mask['base'], apply_fn=model.apply, tx=tx, params_fn=params_fn,
-          label_smoothing=float(cfg.label_smoothing), logit_mask=frozen_and_mask['logit_mask'],
-          post_update=make_post_update(cfg, num_steps)))
   eval_fn = parallel.compile(
       lambda state, batch, frozen_and_mask: train_lib.eval_step(
           state, batch, frozen_and_mask['base'], apply_fn=model.apply, params_fn=params_fn,
           logit_mask=frozen_and_mask['logit_mask']), donate_state=False)
+
+  @functools.cache
+  def compiled_step(num_steps: int):
+    """The step for a specialist budget of ``num_steps``: one compile per distinct budget, shared by all
+    specialists with that budget (the logit mask and base are data, not constants)."""
+    tx = train_lib.make_optimizer(cfg, num_steps)
+    fn = parallel.compile(
+        lambda state, batch, frozen_and_mask: train_lib.train_step(
+            state, batch, frozen_and_mask['base'], apply_fn=model.apply, tx=tx, params_fn=params_fn,
+            label_smoothing=float(cfg.label_smoothing), logit_mask=frozen_and_mask['logit_mask'],
+            post_update=make_post_update(cfg, num_steps)))
+    return tx, fn
 
   which = list(cfg.superclasses) or list(range(hierarchy.num_superclasses))
   results = {}
   for k in which:
     n_k = int(hierarchy.sizes[k])
     name = hierarchy.superclasses[k].name
+    train_source = stages.load_source(config, 'train', hierarchy, superclass=k)
+    num_steps = specialist_steps(cfg, len(train_source), config.batch_size)
+    tx, step_fn = compiled_step(num_steps)
     logit_mask = parallel.replicate(np.asarray(hierarchy.local_valid[k]))
     extra = {'base': frozen, 'logit_mask': logit_mask}
     seed = int(config.seed) + 100 + k
     state = _init_state(config, model, generalist, base, dcfg, tx, seed)
     manager = ckpt.make_manager(specialist_dir(workdir, hierarchy, k), max_to_keep=config.max_to_keep,
                                 item_names=ITEMS)
-    train_iter = stages.train_batches(config, stages.load_source(config, 'train', hierarchy, superclass=k),
-                                      label_mode='local', seed=seed)
+    train_iter = stages.train_batches(config, train_source, label_mode='local', seed=seed)
     meta = {'stage': 'specialists', 'superclass': k, 'name': name, 'num_subclasses': n_k,
             'config': stages.config_json(config), 'hierarchy': hierarchy.to_dict()}
     if manager.latest_step() is not None:
@@ -182,7 +201,8 @@ def train_specialists(config, workdir: str) -> dict:
     exported = export(host_state, dcfg, n_k)
     nbytes = exported_nbytes(exported)
     kept = float(sparsity.kept_fraction(host_state.masks)) if jax.tree.leaves(host_state.masks) else 0.0
-    summary = {'superclass': k, 'name': name, 'num_subclasses': n_k, 'oracle_top1': test['accuracy'],
+    summary = {'superclass': k, 'name': name, 'num_subclasses': n_k, 'num_steps': num_steps,
+               'oracle_top1': test['accuracy'],
                'test_count': test['count'], 'density': kept, 'bytes': nbytes, 'total_bytes': sum(nbytes.values())}
     writer.write(num_steps, f'test/specialist_{k}', {'accuracy': test['accuracy'], 'density': kept})
     if jax.process_index() == 0:

@@ -102,3 +102,12 @@ def test_unknown_stage_is_rejected(tmp_path, tiny_data_dir):
   config.stages = ('vanilla', 'distill')
   with pytest.raises(ValueError, match='distill'):
     stages.run(config, str(tmp_path))
+
+
+def test_specialist_steps_follow_the_superclass_size(tiny_data_dir):
+  cfg = make_tiny_config(tiny_data_dir).specialists
+  assert specialists.specialist_steps(cfg, 10_000, 128) == cfg.num_train_steps  # num_epochs 0: fixed budget
+  cfg.num_epochs, cfg.min_steps, cfg.steps_multiple = 2.0, 5, 10
+  assert specialists.specialist_steps(cfg, 640, 128) == 10     # 2 epochs of 5 batches
+  assert specialists.specialist_steps(cfg, 1000, 128) == 20    # 16 steps, rounded up to a multiple of 10
+  assert specialists.specialist_steps(cfg, 100, 128) == 10     # at least min_steps, rounded up
