@@ -28,6 +28,7 @@ def make_tiny_config(data_dir: str):
   config.superclass.num_train_steps = 4
   config.superclass.warmup_steps = 1
   config.specialists.num_train_steps = 6
+  config.specialists.num_epochs = 0.0  # a fixed budget, whatever the superclass size
   config.specialists.mask_update_every = 1
   config.log_every_steps = 2
   config.checkpoint_every_steps = 2
