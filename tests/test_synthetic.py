@@ -161,3 +161,10 @@ def test_cli_summary_and_grid(tmp_path, capsys):
   from PIL import Image  # pylint: disable=g-import-not-at-top
   with Image.open(grid_path) as image:
     assert image.size[0] > 100 and image.size[1] > 50
+
+
+def test_subclasses_survive_a_horizontal_flip():
+  # A flip maps a grating at angle a to -a; each image draws the sign of its angle, so subclasses are defined by
+  # |angle| in [0, 90] and the flip augmentation of the training pipeline never changes an image's subclass.
+  assert all(0.0 <= angle <= 90.0 for angle, _ in synthetic.GRATINGS)
+  assert len(set(synthetic.GRATINGS)) == len(synthetic.GRATINGS)

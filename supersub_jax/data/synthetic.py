@@ -5,6 +5,7 @@ texture type s mod 5 (stripes, checks, waves, dots, hatch), like fur vs feathers
 Subclass j of superclass s is FINE detail: the (orientation, period) of that texture, from the
 12 pairs in `GRATINGS` -- visible at 32x32, invisible to a shape-only classifier, and never
 enough on its own to tell superclasses apart (superclasses s and s + 5 share a texture type).
+Orientations are unsigned (each image draws the sign), so a horizontal flip keeps the subclass.
 Everything else is nuisance, drawn independently of the class: object position, scale and rotation,
 object and background colour, background gradient, distractor shapes (random families, flat
 colour), texture phase and contrast, global brightness/contrast and pixel noise.  So a classifier
@@ -43,10 +44,12 @@ SHAPE_FAMILIES: tuple[str, ...] = (
 _FINE: float = 3.4
 _MID: float = 5.0
 _COARSE: float = 7.6
+# Orientations are |angle| from the horizontal: each image draws the sign at random, so a horizontal flip
+# (angle -> -angle), the standard augmentation, never turns one subclass into another.
 GRATINGS: tuple[tuple[float, float], ...] = (
-    (0.0, _MID), (90.0, _MID), (45.0, _FINE), (135.0, _FINE),
-    (0.0, _COARSE), (90.0, _COARSE), (45.0, _COARSE), (135.0, _COARSE),
-    (0.0, _FINE), (90.0, _FINE), (45.0, _MID), (135.0, _MID),
+    (0.0, _MID), (90.0, _MID), (45.0, _FINE), (0.0, _COARSE),
+    (90.0, _COARSE), (45.0, _COARSE), (0.0, _FINE), (90.0, _FINE),
+    (30.0, _MID), (60.0, _MID), (30.0, _COARSE), (60.0, _COARSE),
 )
 
 # Texture type of superclass s is TEXTURES[s % len(TEXTURES)].
@@ -252,19 +255,20 @@ def render(labels: np.ndarray, sizes: Sequence[int], image_size: int,
     img += alpha * (colour[:, None, None, :] - img)  # In place: alpha-blend over the background.
 
   # The object: class-dependent family and grating, class-independent pose and colour.
-  radius = uniform(0.3, 0.38) * size
-  cx = size / 2 + uniform(-0.12, 0.12) * size
-  cy = size / 2 + uniform(-0.12, 0.12) * size
+  radius = uniform(0.24, 0.38) * size
+  cx = size / 2 + uniform(-0.18, 0.18) * size
+  cy = size / 2 + uniform(-0.18, 0.18) * size
   mask = _shape_mask(families, cx, cy, radius, uniform(-0.25, 0.25), xs, ys)
   # Hue kept away from the background's so the silhouette stays visible.
   obj_hue = (bg_hue + uniform(0.2, 0.8)) % 1.0
   obj = _hsv_to_rgb(obj_hue, uniform(0.35, 1.0), uniform(0.65, 1.0))
   # Orientation and period get small jitter; phases are free: no pixel is class-specific.
-  theta = np.deg2rad(gratings[:, 0] + uniform(-6, 6))
+  sign = np.where(rng.random(n) < 0.5, -1.0, 1.0).astype(np.float32)
+  theta = np.deg2rad(sign * (gratings[:, 0] + uniform(-6, 6)))
   period = gratings[:, 1] * uniform(0.94, 1.06) * np.float32(size / 32.0)
   pattern = _texture(families % len(TEXTURES), theta, period, uniform(0, 2 * np.pi),
                      uniform(0, 2 * np.pi), xs, ys)
-  contrast = per_image(uniform(0.25, 0.4))
+  contrast = per_image(uniform(0.15, 0.35))
   shade = (1.0 - contrast + contrast * pattern)[..., None]
   alpha = mask[..., None]
   img += alpha * (obj[:, None, None, :] * shade - img)
@@ -272,7 +276,7 @@ def render(labels: np.ndarray, sizes: Sequence[int], image_size: int,
   # Global photometric nuisance and sensor noise.
   mean = img.mean(axis=(1, 2, 3), keepdims=True)
   img = (img - mean) * uniform(0.75, 1.25, (n, 1, 1, 1)) + mean + uniform(-0.1, 0.1, (n, 1, 1, 1))
-  img += np.float32(0.03) * rng.standard_normal(img.shape, dtype=np.float32)
+  img += np.float32(0.05) * rng.standard_normal(img.shape, dtype=np.float32)
   return np.clip(np.round(img * 255.0), 0, 255).astype(np.uint8)
 
 
@@ -324,7 +328,7 @@ def make_config(*, image_size: int = 32, train_per_class: int = 300, test_per_cl
       raise ValueError(f'{knob}={value!r} must be an integer >= {low}.')
   knobs = dict(image_size=int(image_size), train_per_class=int(train_per_class),
                test_per_class=int(test_per_class), seed=int(seed), sizes=sizes)
-  return SyntheticConfig(name=config_name(**knobs), version='1.0.0',
+  return SyntheticConfig(name=config_name(**knobs), version='1.1.0',
                          description='synthetic hierarchical shapes', **knobs)
 
 
@@ -337,8 +341,10 @@ class SupersubSynthetic(tfds.core.GeneratorBasedBuilder,
                         skip_registration=__name__ == '__main__'):
   """Synthetic hierarchical images (see module docstring).  Build with `build_synthetic`."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {'1.0.0': 'Initial release.',
+                   '1.1.0': 'Flip-invariant subclasses (orientation sign drawn per image), 30/60 degree '
+                            'gratings, wider pose, weaker texture contrast, more pixel noise.'}
   # Other configs are made on the fly by `make_config` (see `synthetic_builder`).
   BUILDER_CONFIGS = [_DEFAULT_CONFIG]
 
