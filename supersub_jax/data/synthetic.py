@@ -264,11 +264,11 @@ def render(labels: np.ndarray, sizes: Sequence[int], image_size: int,
   obj = _hsv_to_rgb(obj_hue, uniform(0.35, 1.0), uniform(0.65, 1.0))
   # Orientation and period get small jitter; phases are free: no pixel is class-specific.
   sign = np.where(rng.random(n) < 0.5, -1.0, 1.0).astype(np.float32)
-  theta = np.deg2rad(sign * (gratings[:, 0] + uniform(-6, 6)))
-  period = gratings[:, 1] * uniform(0.94, 1.06) * np.float32(size / 32.0)
+  theta = np.deg2rad(sign * (gratings[:, 0] + uniform(-10, 10)))
+  period = gratings[:, 1] * uniform(0.9, 1.1) * np.float32(size / 32.0)
   pattern = _texture(families % len(TEXTURES), theta, period, uniform(0, 2 * np.pi),
                      uniform(0, 2 * np.pi), xs, ys)
-  contrast = per_image(uniform(0.15, 0.35))
+  contrast = per_image(uniform(0.08, 0.2))
   shade = (1.0 - contrast + contrast * pattern)[..., None]
   alpha = mask[..., None]
   img += alpha * (obj[:, None, None, :] * shade - img)
@@ -276,7 +276,7 @@ def render(labels: np.ndarray, sizes: Sequence[int], image_size: int,
   # Global photometric nuisance and sensor noise.
   mean = img.mean(axis=(1, 2, 3), keepdims=True)
   img = (img - mean) * uniform(0.75, 1.25, (n, 1, 1, 1)) + mean + uniform(-0.1, 0.1, (n, 1, 1, 1))
-  img += np.float32(0.05) * rng.standard_normal(img.shape, dtype=np.float32)
+  img += np.float32(0.07) * rng.standard_normal(img.shape, dtype=np.float32)
   return np.clip(np.round(img * 255.0), 0, 255).astype(np.uint8)
 
 
@@ -344,7 +344,8 @@ class SupersubSynthetic(tfds.core.GeneratorBasedBuilder,
   VERSION = tfds.core.Version('1.1.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release.',
                    '1.1.0': 'Flip-invariant subclasses (orientation sign drawn per image), 30/60 degree '
-                            'gratings, wider pose, weaker texture contrast, more pixel noise.'}
+                            'gratings (+-10 degree jitter: neighbouring orientations overlap), wider pose, '
+                            'weaker texture contrast, more pixel noise.'}
   # Other configs are made on the fly by `make_config` (see `synthetic_builder`).
   BUILDER_CONFIGS = [_DEFAULT_CONFIG]
 
