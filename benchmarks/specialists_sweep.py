@@ -12,8 +12,12 @@ Writes <out>.json, <out>.md (a table) and <out>.png (accuracy against alpha).
 
 import json
 import os
+import sys
 
-from absl import app
+# Config files import `configs.default`, a package at the repository root (train.py's directory).
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 from ml_collections import config_flags
 
@@ -27,7 +31,9 @@ config_flags.DEFINE_config_file('config', None, 'The config the workdir was trai
 def variants() -> dict[str, dict]:
   out = {
       'dense_finetune': dict(leaves='kernels_and_norm', density=1.0, bits=0, sparsity_schedule='none'),
-      'head_only': dict(leaves='none', density=1.0, bits=0, sparsity_schedule='none'),
+      # The generalist's own features: a new head and BatchNorm statistics over an (eventually) empty delta.
+      'head_only': dict(leaves='kernels', density=0.0, bits=8, sparsity_schedule='one_shot',
+                        prune_begin_fraction=0.0, prune_end_fraction=0.01),
   }
   for density in (1.0, 0.5, 0.2, 0.1):
     for bits in (8, 4):
@@ -43,7 +49,7 @@ def plot(rows, path):
   fig, ax = plt.subplots(figsize=(6.5, 4.2))
   for bits, marker in ((8, 'o'), (4, 's')):
     pts = sorted((r['alpha'], r['oracle_top1'], r['density']) for r in rows
-                 if r['bits'] == bits and r['leaves'] == 'kernels')
+                 if r['bits'] == bits and r['variant'].startswith('d') and r['variant'] != 'dense_finetune')
     if pts:
       ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=f'delta, int{bits}')
       for a, acc, d in pts:
@@ -82,7 +88,7 @@ def main(argv):
     cfg.specialists.superclasses = tuple(int(k) for k in _SUPER.value)
     summary = specialists.train_specialists(cfg, sub)
     per = summary['specialists']
-    rows.append({'variant': name, **overrides, 'oracle_top1': summary['oracle_top1'],
+    rows.append({'variant': name, **{k: overrides[k] for k in ('leaves', 'density', 'bits')}, 'oracle_top1': summary['oracle_top1'],
                  'alpha': summary['storage']['alpha'],
                  'bytes_per_specialist': sum(p['total_bytes'] for p in per) / len(per),
                  'per_superclass': {p['name']: p['oracle_top1'] for p in per}})

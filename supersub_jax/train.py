@@ -304,7 +304,8 @@ class MetricWriter:
   def write(self, step: int, split: str, metrics: Mapping[str, float]) -> None:
     if not self.enabled:
       return
-    record = {'stage': self.stage, 'split': split, 'step': int(step), **{k: float(v) for k, v in metrics.items()}}
+    record = {'stage': self.stage, 'split': split, 'step': int(step), 'time': round(time.time(), 3),
+              **{k: float(v) for k, v in metrics.items()}}
     with open(self.path, 'a') as f:
       f.write(json.dumps(record) + '\n')
     if self._tb is not None:
