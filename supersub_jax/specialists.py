@@ -22,7 +22,6 @@ import os
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from supersub_jax import checkpoint as ckpt

@@ -21,7 +21,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from supersub_jax import checkpoint as ckpt
 from supersub_jax import hierarchy as hierarchy_lib
