@@ -36,8 +36,7 @@ PyTree = Any
 LEAVES = {
     'kernels': delta_lib.KERNELS,
     'kernels_and_norm': delta_lib.KERNELS_AND_NORM,
-    'none': r'(?!)',  # no delta at all: only the head (and BatchNorm statistics) are trained: a linear probe
-}
+}  # A head-only specialist (the generalist's own features) is density=0.0: the delta is pruned to nothing.
 ITEMS = ('state', 'compressed', 'data', 'meta')
 
 
