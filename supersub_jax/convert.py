@@ -91,7 +91,10 @@ def main(argv=None) -> None:
   config_flags.DEFINE_config_file('config', None, 'The config the workdir was trained with.')
 
   def run(_):
+    from absl import logging  # pylint: disable=g-import-not-at-top
     f = flags.FLAGS
+    if not f['verbosity'].present:  # orbax logs every restore at INFO
+      logging.set_verbosity(logging.WARNING)
     if f.to == 'bundle':
       tree = make_bundle(f.config, f.workdir)
       size = _write(f.out, tree)
