@@ -21,12 +21,13 @@ import logging
 import os
 from typing import Any
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from supersub_jax import checkpoint as ckpt
 from supersub_jax import delta as delta_lib
-from supersub_jax import models
 from supersub_jax import sparsity
 from supersub_jax import stages
 from supersub_jax import train as train_lib
@@ -116,11 +117,14 @@ def exported_nbytes(exported: dict) -> dict[str, int]:
           'batch_stats': delta_lib.tree_nbytes(exported['batch_stats'])}
 
 
-def _init_state(config, model, generalist, base, dcfg, tx, seed):
-  variables = models.init_variables(model, jax.random.key(seed), stages.image_shape(config))
+def _init_state(generalist, base, dcfg, tx, max_subclasses: int, seed: int):
+  """A specialist's initial TrainState: zero delta, dense masks, a fresh head, the generalist's BN statistics."""
   delta = delta_lib.init_delta(base, dcfg.pattern, dcfg.exclude)
   masks = jax.tree.map(lambda d: np.ones(d.shape, bool), delta)
-  trainable = {'delta': jax.device_get(delta), 'head': jax.device_get(variables['params']['head'])}
+  # Only the head is new: initialise that Dense layer alone (as the ResNet builds it) instead of a whole network.
+  features = np.shape(generalist.params['head']['kernel'])[0]
+  head = nn.Dense(max_subclasses, dtype=jnp.float32).init(jax.random.key(seed), jnp.zeros((1, features)))['params']
+  trainable = {'delta': jax.device_get(delta), 'head': jax.device_get(head)}
   return train_lib.create_train_state(trainable, jax.tree.map(np.asarray, generalist.batch_stats), tx, masks=masks)
 
 
@@ -166,7 +170,7 @@ def train_specialists(config, workdir: str) -> dict:
     logit_mask = parallel.replicate(np.asarray(hierarchy.local_valid[k]))
     extra = {'base': frozen, 'logit_mask': logit_mask}
     seed = int(config.seed) + 100 + k
-    state = _init_state(config, model, generalist, base, dcfg, tx, seed)
+    state = _init_state(generalist, base, dcfg, tx, hierarchy.max_subclasses, seed)
     manager = ckpt.make_manager(specialist_dir(workdir, hierarchy, k), max_to_keep=config.max_to_keep,
                                 item_names=ITEMS)
     train_iter = stages.train_batches(config, train_source, label_mode='local', seed=seed)
