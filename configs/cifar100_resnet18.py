@@ -8,11 +8,11 @@ Runtime: not measured yet on an accelerator (CIFAR-100 cannot be downloaded wher
 Expected result: not measured yet; a ResNet-18 reaches about 75-78% top-1 on CIFAR-100 with this recipe.
 """
 
-from configs import default
+from supersub_jax import config as config_lib
 
 
 def get_config():
-  config = default.get_config()
+  config = config_lib.default_config()
   config.dataset = 'cifar100'
   config.hierarchy = 'cifar100'
   config.model = 'resnet18'

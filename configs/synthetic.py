@@ -9,11 +9,11 @@ Expected result (measured): vanilla top-1 0.942, generalist superclass top-1 0.9
   (+1.2 points), storage 1.64 networks (alpha 0.064 for N=10), 87% of vanilla's errors within the superclass.
 """
 
-from configs import default
+from supersub_jax import config as config_lib
 
 
 def get_config():
-  config = default.get_config()
+  config = config_lib.default_config()
   config.vanilla.num_train_steps = 1200
   config.superclass.num_train_steps = 300
   config.superclass.learning_rate = 0.05

@@ -1,7 +1,9 @@
-"""Every config loads, documents its command, and names known models, datasets and stages."""
+"""Every config loads from any working directory, documents its command, and names known models, datasets, stages."""
 
-import importlib
+import importlib.util
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -10,19 +12,45 @@ from supersub_jax.data import sources
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, 'configs'))
-                 if f.endswith('.py') and f not in ('__init__.py', 'default.py'))
+                 if f.endswith('.py') and f != '__init__.py')
+
+
+def _load(name):
+  """As ml_collections' config_flags loads --config=configs/<name>.py: by path, not as a package module."""
+  spec = importlib.util.spec_from_file_location(f'{name}_config', os.path.join(ROOT, 'configs', f'{name}.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 @pytest.mark.parametrize('name', CONFIGS)
 def test_config_is_complete(name):
-  module = importlib.import_module(f'configs.{name}')
+  module = _load(name)
   assert 'Command' in module.__doc__ and 'Runtime' in module.__doc__ and 'Expected result' in module.__doc__
   config = module.get_config()
   assert config.model in models.MODELS
   assert config.dataset in sources.DATASETS
   assert set(config.stages) <= set(stages.STAGES)
   assert config.parallelism in ('pmap', 'shard_map')
+  assert config.init.format in ('torchvision', 'orbax')
   hierarchy = stages.make_hierarchy(config)
   assert hierarchy.num_superclasses >= 2
   for stage in ('vanilla', 'superclass', 'specialists'):
     assert config[stage].num_train_steps > 0
+
+
+def test_imagenet_config_evaluates_on_validation_and_budgets_specialists_by_epochs():
+  config = _load('imagenet_superclassing_resnet50').get_config()
+  assert config.eval_split == 'validation'  # TFDS imagenet2012 has no labelled test split
+  assert config.specialists.num_epochs > 0
+  assert not config.superclass.init_from_vanilla  # the generalist starts from config.init, as the vanilla network
+  assert config.stem == 'imagenet' and config.init.format == 'torchvision'
+
+
+@pytest.mark.parametrize('name', CONFIGS)
+def test_config_loads_from_another_working_directory(tmp_path, name):
+  code = (f'import importlib.util as u; s = u.spec_from_file_location("c", {os.path.join(ROOT, "configs", name)!r} '
+          '+ ".py"); m = u.module_from_spec(s); s.loader.exec_module(m); print(m.get_config().model)')
+  out = subprocess.run([sys.executable, '-c', code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, 'PYTHONPATH': ''})
+  assert out.returncode == 0, out.stderr

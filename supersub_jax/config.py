@@ -1,11 +1,23 @@
-"""Defaults shared by every config: each field documented once here.
+"""The configuration: defaults of every field (documented once, here), and the copy a workdir keeps.
 
-Configs for a dataset start from ``get_config()`` here and override what differs. A stage's own sub-config
+Configs in ``configs/`` start from ``default_config()`` and override what differs. A stage's own sub-config
 (``config.vanilla``, ``config.superclass``, ``config.specialists``) holds its optimisation knobs; fields at the top
 level are shared by all stages.
+
+``train.py`` writes the config it ran with to ``<workdir>/config.json`` (``write``); ``evaluate.py`` and
+``python -m supersub_jax.convert`` read it back (``read``), so a trained workdir needs no ``--config``.
 """
 
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
 import ml_collections
+
+CONFIG_FILE = 'config.json'
+INIT_FORMATS = ('torchvision', 'orbax')
 
 
 def optimizer_config(**overrides) -> ml_collections.ConfigDict:
@@ -25,13 +37,16 @@ def optimizer_config(**overrides) -> ml_collections.ConfigDict:
   return cfg
 
 
-def get_config() -> ml_collections.ConfigDict:
+def default_config() -> ml_collections.ConfigDict:
+  """Every field with its default; configs/*.py override what differs."""
   config = ml_collections.ConfigDict()
   # Data.
   config.dataset = 'synthetic'          # 'synthetic' | 'cifar100' | 'imagenet2012'
   config.hierarchy = 'synthetic'        # a supersub_jax.hierarchy.get spec: 'mixed_10', 'cifar100', 'synthetic', ...
   config.data_dir = './data'            # TFDS data_dir (made absolute); the synthetic dataset is built here
   config.manual_dir = ''                # ImageNet: folder with the ILSVRC2012 tar files
+  config.eval_split = 'test'            # held-out split of every stage's evaluation and of evaluate.py
+                                        # ('validation' for imagenet2012, which has no labelled test split)
   config.synthetic = ml_collections.ConfigDict(dict(
       image_size=32, train_per_class=300, test_per_class=100, seed=0, sizes=(12, 6, 4, 3, 3, 2, 2, 2, 2, 2)))
   config.image_size = 32
@@ -44,6 +59,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.stem = 'small'                 # 'small' (3x3 conv, no pool: 32x32) | 'imagenet' (7x7/2 + max-pool)
   config.width = 1.0
   config.half_precision = False         # bf16 compute, float32 params
+  # Pretrained start: the backbone (every parameter and BatchNorm statistic but the head) of the vanilla network,
+  # and of the generalist unless superclass.init_from_vanilla, is loaded from here; the head is new.
+  config.init = ml_collections.ConfigDict(dict(
+      path='',                          # '' = random initialisation
+      format='torchvision',             # 'torchvision': a torchvision ResNet state dict (.pth, .safetensors, .npz);
+                                        # 'orbax': a directory written by `python -m supersub_jax.convert`
+  ))
   # Runs.
   config.seed = 0
   config.stages = ('vanilla', 'superclass', 'specialists')
@@ -56,7 +78,9 @@ def get_config() -> ml_collections.ConfigDict:
       local_device_ids=()))
   # Stages.
   config.vanilla = optimizer_config()
-  config.superclass = optimizer_config(init_from_vanilla=True)
+  config.superclass = optimizer_config(
+      init_from_vanilla=True,           # start from the vanilla network's backbone (else from config.init)
+  )
   config.specialists = optimizer_config(
       learning_rate=0.02, warmup_steps=0, weight_decay=0.0,
       superclasses=(),                  # which superclasses get a specialist; () = all
@@ -83,3 +107,61 @@ def get_config() -> ml_collections.ConfigDict:
       chunk_size=32,                    # images per specialist call when grouping a batch by superclass
       benchmark_batches=5))             # timed calls per model for images/s
   return config
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The workdir's copy
+
+
+def path(workdir: str) -> str:
+  return os.path.join(os.path.abspath(os.path.expanduser(workdir)), CONFIG_FILE)
+
+
+def to_json(config: ml_collections.ConfigDict) -> str:
+  return json.dumps(config.to_dict(), indent=2, sort_keys=True)
+
+
+def write(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Writes ``<workdir>/config.json`` atomically (write, then rename)."""
+  target = path(workdir)
+  os.makedirs(os.path.dirname(target), exist_ok=True)
+  tmp = f'{target}.tmp{os.getpid()}'
+  with open(tmp, 'w') as f:
+    f.write(to_json(config) + '\n')
+  os.replace(tmp, target)
+
+
+def read(workdir: str) -> ml_collections.ConfigDict:
+  """The config ``train.py`` stored in ``workdir``, over the current defaults (fields added since are filled in).
+
+  Raises FileNotFoundError naming the file and the fix.
+  """
+  target = path(workdir)
+  if not os.path.exists(target):
+    raise FileNotFoundError(f'{target} does not exist: {workdir} was not trained by train.py (or by a version that '
+                            'did not store its config); pass --config=<the configs/*.py file it was trained with>.')
+  with open(target) as f:
+    try:
+      stored = json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(f'{target} is not valid JSON ({e}); pass --config=<the configs/*.py file it was trained '
+                       'with> instead.') from e
+  config = default_config()
+  config.update(stored)  # recursive; lists from JSON become the tuples the defaults declare
+  return config
+
+
+def _flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
+  if isinstance(tree, dict):
+    out = {}
+    for k, v in tree.items():
+      out.update(_flatten(v, f'{prefix}{k}.'))
+    return out
+  return {prefix[:-1]: list(tree) if isinstance(tree, tuple) else tree}
+
+
+def differences(old: ml_collections.ConfigDict, new: ml_collections.ConfigDict) -> list[str]:
+  """'field: old -> new' for every leaf field that differs (fields missing on one side shown as <absent>)."""
+  a, b = _flatten(old.to_dict()), _flatten(new.to_dict())
+  return [f'{k}: {a.get(k, "<absent>")!r} -> {b.get(k, "<absent>")!r}'
+          for k in sorted(set(a) | set(b)) if a.get(k, '<absent>') != b.get(k, '<absent>')]
