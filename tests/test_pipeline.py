@@ -226,8 +226,7 @@ def test_crop_flip_is_a_window_of_the_padded_image(seed, h, w):
 
 
 def test_dataset_stats_cover_datasets():
-  from supersub_jax.data import prepare  # pylint: disable=g-import-not-at-top
-  assert set(pipeline.DATASET_STATS) == set(prepare.DATASETS)
+  assert set(pipeline.DATASET_STATS) == set(sources.DATASETS)
   for stats in pipeline.DATASET_STATS.values():
     assert stats.augment in pipeline.AUGMENTATIONS and min(stats.std) > 0
 

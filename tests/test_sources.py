@@ -16,8 +16,8 @@ import pytest
 import tensorflow_datasets as tfds
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from PIL import Image
 
+from fake_imagenet import imagenet_wnids, write_fake_imagenet
 from supersub_jax import hierarchy as hierarchy_lib
 from supersub_jax.data import prepare, sources
 
@@ -185,40 +185,6 @@ def test_missing_dataset_error_gives_the_command(tmp_path):
 
 
 # ------------------------------------------------------------------------------ imagenet2012
-
-
-def _jpeg(rng, h, w):
-  buffer = io.BytesIO()
-  Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buffer, format='jpeg')
-  return buffer.getvalue()
-
-
-def _add(tar, name, blob):
-  info = tarfile.TarInfo(name)
-  info.size = len(blob)
-  tar.addfile(info, io.BytesIO(blob))
-
-
-def write_fake_imagenet(manual_dir, wnids, per_class, num_val, seed=0):
-  """ILSVRC2012_img_train.tar (one inner tar per wnid) and ILSVRC2012_img_val.tar."""
-  rng = np.random.default_rng(seed)
-  os.makedirs(manual_dir, exist_ok=True)
-  with tarfile.open(os.path.join(manual_dir, 'ILSVRC2012_img_train.tar'), 'w') as outer:
-    for wnid in wnids:
-      inner_bytes = io.BytesIO()
-      with tarfile.open(fileobj=inner_bytes, mode='w') as inner:
-        for j in range(per_class):
-          _add(inner, f'{wnid}_{j}.JPEG', _jpeg(rng, 20 + 3 * j, 28))
-      _add(outer, f'{wnid}.tar', inner_bytes.getvalue())
-  if num_val:
-    with tarfile.open(os.path.join(manual_dir, 'ILSVRC2012_img_val.tar'), 'w') as tar:
-      for j in range(num_val):
-        _add(tar, f'ILSVRC2012_val_{j + 1:08d}.JPEG', _jpeg(rng, 24, 18))
-
-
-def imagenet_wnids():
-  path = tfds.core.tfds_path('datasets/imagenet2012/labels.txt')
-  return path.read_text().split()
 
 
 @pytest.fixture(scope='module')

@@ -2,6 +2,8 @@
 
 import collections
 import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -151,11 +153,13 @@ def test_invalid_sizes_and_knobs():
     synthetic.make_config(image_size=4)
 
 
-def test_cli_summary_and_grid(tmp_path, capsys):
+def test_cli_summary_and_grid(tmp_path):
   grid_path = tmp_path / 'grid.png'
-  synthetic.main([f'--data_dir={tmp_path}', '--image_size=16', '--train_per_class=2',
-                  '--test_per_class=2', '--sizes=3,1', f'--grid={grid_path}'])
-  out = capsys.readouterr().out
+  result = subprocess.run([sys.executable, '-m', 'supersub_jax.data.synthetic', f'--data_dir={tmp_path}',
+                           '--image_size=16', '--train_per_class=2', '--test_per_class=2', '--sizes=3,1',
+                           f'--grid={grid_path}'], capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr
+  out = result.stdout
   assert 'superclass  0 disc' in out and 'split train: 8 examples' in out
   assert 'build time' in out
   from PIL import Image  # pylint: disable=g-import-not-at-top

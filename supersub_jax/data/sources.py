@@ -26,10 +26,10 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 from supersub_jax import hierarchy as hierarchy_lib
-from supersub_jax.data import prepare as prepare_lib
 from supersub_jax.data import synthetic
 
-DATASETS = prepare_lib.DATASETS
+DATASETS: tuple[str, ...] = ('synthetic', 'cifar100', 'imagenet2012')
+IMAGENET_TARS = {'train': 'ILSVRC2012_img_train.tar', 'validation': 'ILSVRC2012_img_val.tar'}
 
 # Source-label features per TFDS builder name, and (per dataset) the feature that must agree
 # with the hierarchy's superclass.
@@ -41,6 +41,19 @@ _SCAN_CHUNK = 2048
 
 class DatasetNotPreparedError(FileNotFoundError):
   """A dataset or split is missing from data_dir; the message says how to prepare it."""
+
+
+def prepare_command(dataset: str, data_dir: str | os.PathLike,
+                    manual_dir: str | os.PathLike | None = None) -> str:
+  """The shell command that prepares `dataset` in `data_dir` (quoted in error messages)."""
+  command = (f'python -m supersub_jax.data.prepare --dataset={dataset} '
+             f'--data_dir={os.fspath(data_dir)}')
+  if dataset == 'imagenet2012':
+    tars = ' and '.join(IMAGENET_TARS.values())
+    command += f' --manual_dir={os.fspath(manual_dir) if manual_dir else f"<dir with {tars}>"}'
+  elif manual_dir:
+    command += f' --manual_dir={os.fspath(manual_dir)}'
+  return command
 
 
 # --------------------------------------------------------------------------------------------
@@ -180,7 +193,7 @@ def _open_tfds(dataset: str, split: str, data_dir: str, manual_dir: str | None,
                builder_kwargs: dict[str, Any]) -> tfds.core.DatasetBuilder:
   """The prepared stock builder of `dataset`, or DatasetNotPreparedError saying how to prepare."""
   builder = tfds.builder(dataset, data_dir=data_dir, **builder_kwargs)
-  command = prepare_lib.prepare_command(dataset, data_dir, manual_dir)
+  command = prepare_command(dataset, data_dir, manual_dir)
   if not builder.is_prepared():
     raise DatasetNotPreparedError(
         f'{dataset} (version {builder.version}) is not prepared in data_dir={data_dir}. '
@@ -197,8 +210,7 @@ def _check_split(builder: tfds.core.DatasetBuilder, split: str, command: str) ->
   message = (f'split {base_split!r} of {builder.name} is not in {builder.data_dir} (available: '
              f'{available}).')
   if builder.name == 'imagenet2012':
-    tar = {'train': 'ILSVRC2012_img_train.tar', 'validation': 'ILSVRC2012_img_val.tar'}.get(
-        base_split)
+    tar = IMAGENET_TARS.get(base_split)
     if tar:
       message += (f' It was prepared without {tar}: put that file in manual_dir, delete '
                   f'{builder.data_dir} and run:\n  {command}')
@@ -236,7 +248,7 @@ def load_source(dataset: str, split: str, hierarchy: hierarchy_lib.Hierarchy,
       raise ValueError(f'sizes={tuple(given)} disagrees with hierarchy {hierarchy.name!r} sizes '
                        f'{sizes}; drop the sizes argument or use hierarchy.synthetic(sizes).')
     builder = synthetic.build_synthetic(data_dir, sizes=sizes, **dataset_kwargs)
-    _check_split(builder, split, prepare_lib.prepare_command('synthetic', data_dir))
+    _check_split(builder, split, prepare_command('synthetic', data_dir))
   elif dataset in ('cifar100', 'imagenet2012'):
     builder = _open_tfds(dataset, split, data_dir, manual_dir, dataset_kwargs)
   else:

@@ -504,30 +504,34 @@ def save_grid_png(path: str | os.PathLike, grid: np.ndarray, row_labels: list[li
   plt.close(fig)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-  import argparse  # pylint: disable=g-import-not-at-top
-  parser = argparse.ArgumentParser(
-      prog='python -m supersub_jax.data.synthetic',
-      description='Build the synthetic hierarchical dataset (TFDS array_record) and summarise it.')
-  parser.add_argument('--data_dir', required=True, help='TFDS data directory to build into.')
-  parser.add_argument('--image_size', type=int, default=32)
-  parser.add_argument('--train_per_class', type=int, default=300)
-  parser.add_argument('--test_per_class', type=int, default=100)
-  parser.add_argument('--seed', type=int, default=0)
-  parser.add_argument('--sizes', default=','.join(map(str, DEFAULT_SIZES)),
-                      help='subclasses per superclass, comma-separated')
-  parser.add_argument('--grid', default=None, help='write a PNG grid of test samples here')
-  args = parser.parse_args(argv)
-  sizes = tuple(int(x) for x in args.sizes.split(','))
-  start = time.perf_counter()
-  builder = build_synthetic(args.data_dir, image_size=args.image_size,
-                            train_per_class=args.train_per_class,
-                            test_per_class=args.test_per_class, seed=args.seed, sizes=sizes)
-  print('\n'.join(summary_lines(builder, time.perf_counter() - start)))
-  if args.grid:
-    grid, row_labels = sample_grid(builder.as_data_source('test'), sizes)
-    save_grid_png(args.grid, grid, row_labels, sizes)
-    print(f'  sample grid: {args.grid}')
+def main() -> None:
+  """`python -m supersub_jax.data.synthetic --data_dir=DIR [--grid=PNG]`: builds the dataset and summarises it."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from supersub_jax import cli  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_string('data_dir', None, 'TFDS data directory to build into.', required=True)
+  flags.DEFINE_integer('image_size', 32, 'Image side in pixels.')
+  flags.DEFINE_integer('train_per_class', 300, 'Training images per subclass.')
+  flags.DEFINE_integer('test_per_class', 100, 'Test images per subclass.')
+  flags.DEFINE_integer('seed', 0, 'Generator seed.')
+  flags.DEFINE_list('sizes', [str(n) for n in DEFAULT_SIZES], 'Subclasses per superclass, comma-separated.')
+  flags.DEFINE_string('grid', None, 'Write a PNG grid of test samples here.')
+
+  def run(argv):
+    if len(argv) > 1:
+      raise ValueError(f'Unexpected arguments: {argv[1:]}')
+    f = flags.FLAGS
+    sizes = tuple(int(x) for x in f.sizes)
+    start = time.perf_counter()
+    builder = build_synthetic(os.path.abspath(f.data_dir), image_size=f.image_size,
+                              train_per_class=f.train_per_class, test_per_class=f.test_per_class, seed=f.seed,
+                              sizes=sizes)
+    print('\n'.join(summary_lines(builder, time.perf_counter() - start)))
+    if f.grid:
+      grid, row_labels = sample_grid(builder.as_data_source('test'), sizes)
+      save_grid_png(f.grid, grid, row_labels, sizes)
+      print(f'  sample grid: {f.grid}')
+
+  cli.run(run)
 
 
 if __name__ == '__main__':

@@ -1,0 +1,155 @@
+"""TFDS's `cifar100` and `imagenet2012` builders, generated without TensorFlow.
+
+TFDS's own generators call TensorFlow (`tf.io.gfile` to read the archives, `tf.image` to encode CIFAR's numpy
+images and to repair ImageNet's few CMYK/PNG files). The builders below subclass them and replace only those steps
+(plain file I/O and pillow), so features, names, versions, splits and file layout are the stock ones: the prepared
+data is read by the stock builders (`tfds.builder('imagenet2012', data_dir=DIR)`), as `sources.load_source` does.
+
+They live in this module, not in the `prepare` command's, because TFDS looks builders up by their module's package
+(a class defined in `__main__` fails with "'__main__' is not a package").
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import tarfile
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow_datasets as tfds
+from PIL import Image
+from tensorflow_datasets.datasets.imagenet2012 import imagenet2012_dataset_builder as _imagenet_lib
+from tensorflow_datasets.image_classification import cifar as _cifar_lib
+
+from supersub_jax.data.sources import IMAGENET_TARS
+
+_CIFAR100_URL = 'https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz'
+_CIFAR100_ARCHIVE = 'cifar-100-binary.tar.gz'
+
+
+def _png_bytes(image: np.ndarray) -> bytes:
+  buffer = io.BytesIO()
+  Image.fromarray(image).save(buffer, format='png')
+  return buffer.getvalue()
+
+
+def _to_rgb_jpeg(data: bytes) -> bytes:
+  """Re-encodes an image (CMYK JPEG, PNG) as an RGB JPEG, as TFDS's own generator does."""
+  with Image.open(io.BytesIO(data)) as image:
+    buffer = io.BytesIO()
+    image.convert('RGB').save(buffer, format='jpeg', quality=100)
+  return buffer.getvalue()
+
+
+class Cifar100NoTF(_cifar_lib.Cifar100, skip_registration=True):
+  """TFDS `cifar100` generated without TensorFlow.
+
+  Reads `cifar-100-binary.tar.gz` from `manual_dir` when it is there, else downloads it.
+  """
+
+  name = 'cifar100'
+  MANUAL_DOWNLOAD_INSTRUCTIONS = (
+      f'Optional: put {_CIFAR100_ARCHIVE} ({_CIFAR100_URL}) in manual_dir to skip the download.')
+
+  def _split_generators(self, dl_manager):
+    try:
+      manual = os.path.join(dl_manager.manual_dir, _CIFAR100_ARCHIVE)
+    except AssertionError:  # TFDS: no manual_dir given, or it is empty.
+      manual = None
+    archive = manual if manual and os.path.exists(manual) else dl_manager.download(_CIFAR100_URL)
+    info = self._cifar_info
+    members: dict[str, bytes] = {}
+    with tarfile.open(os.fspath(archive), 'r:*') as tar:
+      for member in tar:
+        if member.isfile() and member.name.startswith(info.prefix):
+          members[member.name[len(info.prefix):]] = tar.extractfile(member).read()
+    missing = [f for f in info.train_files + info.test_files + info.label_files
+               if f not in members]
+    if missing:
+      raise FileNotFoundError(f'{archive} lacks {missing} under {info.prefix}; is it the '
+                              f'CIFAR-100 binary version ({_CIFAR100_URL})?')
+    for key, names_file in zip(info.label_keys, info.label_files):
+      self.info.features[key].names = [n for n in members[names_file].decode().split('\n') if n]
+    return {
+        'train': self._generate_examples('train_', [members[f] for f in info.train_files]),
+        'test': self._generate_examples('test_', [members[f] for f in info.test_files]),
+    }
+
+  def _generate_examples(self, split_prefix: str, blobs: Sequence[bytes]):
+    # Same records and keys as the stock generator; images PNG-encoded by pillow.
+    label_keys = self._cifar_info.label_keys
+    record_size = len(label_keys) + 3072
+    index = 0
+    for blob in blobs:
+      rows = np.frombuffer(blob, np.uint8).reshape(-1, record_size)
+      images = rows[:, len(label_keys):].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+      for labels, image in zip(rows[:, :len(label_keys)], images):
+        record: dict[str, Any] = {k: int(v) for k, v in zip(label_keys, labels)}
+        record['id'] = f'{split_prefix}{index:05d}'
+        record['image'] = _png_bytes(np.ascontiguousarray(image))
+        yield index, record
+        index += 1
+
+
+class Imagenet2012NoTF(_imagenet_lib.Builder, skip_registration=True):
+  """TFDS `imagenet2012` (train and validation) generated without TensorFlow."""
+
+  name = 'imagenet2012'
+
+  def _split_generators(self, dl_manager):
+    paths = {split: os.path.join(dl_manager.manual_dir, tar)
+             for split, tar in IMAGENET_TARS.items()}
+    present = {split: path for split, path in paths.items() if os.path.exists(path)}
+    if not present:
+      raise FileNotFoundError(
+          f'imagenet2012 needs a manual download: put {" and ".join(IMAGENET_TARS.values())} '
+          f'(from https://image-net.org/download-images) in manual_dir={dl_manager.manual_dir}.')
+    splits = {}
+    if 'train' in present:
+      splits['train'] = self._generate_train(present['train'])
+    if 'validation' in present:
+      splits['validation'] = self._generate_validation(present['validation'])
+    return splits
+
+  def _fix_image(self, image_fname: str, image) -> io.BytesIO | Any:
+    if image_fname in _imagenet_lib.CMYK_IMAGES or image_fname in _imagenet_lib.PNG_IMAGES:
+      return io.BytesIO(_to_rgb_jpeg(image.read()))
+    return image
+
+  def _generate_train(self, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    # The train tar holds one tar per class, 'n01440764.tar', ...
+    with open(path, 'rb') as outer_file, tarfile.open(fileobj=outer_file, mode='r|') as outer:
+      for member in outer:
+        if not member.isfile():
+          continue
+        label = os.path.basename(member.name)[:-len('.tar')]
+        inner_bytes = io.BytesIO(outer.extractfile(member).read())
+        with tarfile.open(fileobj=inner_bytes, mode='r|') as inner:
+          for image_member in inner:
+            if not image_member.isfile():
+              continue
+            image_fname = os.path.basename(image_member.name)
+            image = self._fix_image(image_fname, inner.extractfile(image_member))
+            yield image_fname, {'file_name': image_fname, 'image': image, 'label': label}
+
+  def _generate_validation(self, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    labels_path = tfds.core.tfds_path(_imagenet_lib.imagenet_common._VALIDATION_LABELS_FNAME)  # pylint: disable=protected-access
+    labels = labels_path.read_text().strip().splitlines()
+    with tarfile.open(path, mode='r:') as tar:
+      for member in tar:
+        if not member.isfile():
+          continue
+        fname = os.path.basename(member.name)
+        # Line n of the labels file is the label of ILSVRC2012_val_<n>.JPEG. TFDS's own generator pairs the sorted
+        # names with the lines instead, which is the same only for the complete 50,000-image tar.
+        match = re.fullmatch(r'ILSVRC2012_val_(\d{8})\.JPEG', fname)
+        if match is None or not 1 <= int(match[1]) <= len(labels):
+          raise ValueError(f'{path}: {member.name} is not an ILSVRC2012 validation image name '
+                           '(ILSVRC2012_val_<00000001..00050000>.JPEG); is this ILSVRC2012_img_val.tar?')
+        yield fname, {'file_name': fname, 'image': tar.extractfile(member), 'label': labels[int(match[1]) - 1]}
+
+
+BUILDERS = {'cifar100': Cifar100NoTF, 'imagenet2012': Imagenet2012NoTF}

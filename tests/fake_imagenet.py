@@ -1,0 +1,57 @@
+"""A fake ILSVRC2012 in the original layout, for tests: the train tar of per-class tars and the validation tar."""
+
+import io
+import os
+import tarfile
+
+import numpy as np
+import tensorflow_datasets as tfds
+from PIL import Image
+
+
+def imagenet_wnids() -> list[str]:
+  """The 1000 wnids in ImageNet-1k index order (TFDS's labels.txt)."""
+  return tfds.core.tfds_path('datasets/imagenet2012/labels.txt').read_text().split()
+
+
+def validation_wnids() -> list[str]:
+  """The wnid of ILSVRC2012_val_<n>.JPEG at position n - 1 (TFDS's validation_labels.txt)."""
+  return tfds.core.tfds_path('datasets/imagenet2012/validation_labels.txt').read_text().split()
+
+
+def _jpeg(rng, h, w):
+  buffer = io.BytesIO()
+  Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buffer, format='jpeg')
+  return buffer.getvalue()
+
+
+def _add(tar, name, blob):
+  info = tarfile.TarInfo(name)
+  info.size = len(blob)
+  tar.addfile(info, io.BytesIO(blob))
+
+
+def write_fake_imagenet(manual_dir, wnids, per_class, num_val=0, val_wnids=(), seed=0):
+  """ILSVRC2012_img_train.tar (one inner tar of `per_class` JPEGs per wnid) and ILSVRC2012_img_val.tar.
+
+  The validation tar holds the first `num_val` validation files, plus for each of `val_wnids` the first
+  validation file whose label it is (so that every listed class has a held-out image). No validation tar when
+  both are empty.
+  """
+  rng = np.random.default_rng(seed)
+  os.makedirs(manual_dir, exist_ok=True)
+  with tarfile.open(os.path.join(manual_dir, 'ILSVRC2012_img_train.tar'), 'w') as outer:
+    for wnid in wnids:
+      inner_bytes = io.BytesIO()
+      with tarfile.open(fileobj=inner_bytes, mode='w') as inner:
+        for j in range(per_class):
+          _add(inner, f'{wnid}_{j}.JPEG', _jpeg(rng, 20 + 3 * j, 28))
+      _add(outer, f'{wnid}.tar', inner_bytes.getvalue())
+  labels = validation_wnids()
+  numbers = set(range(1, num_val + 1))
+  for wnid in val_wnids:
+    numbers.add(labels.index(wnid) + 1)
+  if numbers:
+    with tarfile.open(os.path.join(manual_dir, 'ILSVRC2012_img_val.tar'), 'w') as tar:
+      for n in sorted(numbers):
+        _add(tar, f'ILSVRC2012_val_{n:08d}.JPEG', _jpeg(rng, 24, 18))
