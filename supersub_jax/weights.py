@@ -1,0 +1,318 @@
+"""Dense network weights in files: torchvision ResNet state dicts <-> flax variables, and the orbax form.
+
+A network here is flax ``{'params', 'batch_stats'}`` of a ``models.ResNet``. Our ResNets are torchvision's
+architecture (v1.5, symmetric padding, the same block order), so a torchvision state dict maps onto them one tensor
+each, by name::
+
+    conv1.weight                  [O, I, kh, kw]  <->  params/conv_init/kernel            [kh, kw, I, O]
+    bn1.{weight,bias}             [C]             <->  params/bn_init/{scale,bias}
+    bn1.running_{mean,var}        [C]             <->  batch_stats/bn_init/{mean,var}
+    bn1.num_batches_tracked       int64 []             (read and ignored; written as 0)
+    layer{i}.{j}.conv{n}          ...             <->  stage{i}_block{j+1}/Conv_{n-1}
+    layer{i}.{j}.bn{n}            ...             <->  stage{i}_block{j+1}/BatchNorm_{n-1}
+    layer{i}.{j}.downsample.0/.1  ...             <->  stage{i}_block{j+1}/conv_proj, norm_proj
+    fc.weight                     [C, D]          <->  params/head/kernel                 [D, C]
+    fc.bias                       [C]             <->  params/head/bias
+
+The mapping is derived from the flax model's own tree, so it also covers our narrow and shallow variants
+(``width``, ``resnet_small``) in torchvision's naming. Files:
+
+* ``read_state_dict(path)``: ``.pth``/``.pt`` (``torch.load(..., weights_only=True)``: a weights file never runs
+  code; needs torch), ``.safetensors`` (the ``safetensors`` package, numpy only) or ``.npz`` -> {name: ndarray}.
+* ``write_state_dict(path, state_dict)``: ``.safetensors`` or ``.npz``.
+* ``save_orbax(directory, variables, meta)`` / ``load_orbax(directory)``: an orbax checkpoint with items
+  ``variables`` and ``meta`` (JSON: architecture, classes, provenance), written atomically. ``convert
+  import-torchvision`` and ``convert export --format=orbax`` write it; ``config.init`` reads it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from supersub_jax import checkpoint as ckpt
+from supersub_jax import models
+
+PyTree = Any
+StateDict = dict  # name -> numpy array, torchvision's names and layouts
+STATE_DICT_SUFFIXES = ('.pth', '.pt', '.safetensors', '.npz')
+ORBAX_FORMAT = 'supersub_jax.dense/1'
+_BN_BUFFERS = {'mean': 'running_mean', 'var': 'running_var'}
+_BN_PARAMS = {'scale': 'weight', 'bias': 'bias'}
+
+
+class WeightsMismatchError(ValueError):
+  """A state dict does not fit the model: lists every missing, unexpected and mis-shaped key."""
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Names
+
+
+def _module_name(flax_module: str) -> str:
+  """'conv_init' -> 'conv1', 'stage2_block1' -> 'layer2.0', 'Conv_1' -> 'conv2', 'norm_proj' -> 'downsample.1'."""
+  fixed = {'conv_init': 'conv1', 'bn_init': 'bn1', 'head': 'fc', 'conv_proj': 'downsample.0',
+           'norm_proj': 'downsample.1'}
+  if flax_module in fixed:
+    return fixed[flax_module]
+  if m := re.fullmatch(r'stage(\d+)_block(\d+)', flax_module):
+    return f'layer{m[1]}.{int(m[2]) - 1}'
+  if m := re.fullmatch(r'(Conv|BatchNorm)_(\d+)', flax_module):
+    return f'{"conv" if m[1] == "Conv" else "bn"}{int(m[2]) + 1}'
+  raise ValueError(f'flax module {flax_module!r} has no torchvision name; is this a supersub_jax ResNet?')
+
+
+def torchvision_name(collection: str, path: tuple[str, ...]) -> str:
+  """The torchvision state-dict key of the flax leaf ``collection/path`` (e.g. ('conv_init', 'kernel'))."""
+  *modules, leaf = path
+  prefix = '.'.join(_module_name(m) for m in modules)
+  if collection == 'batch_stats':
+    return f'{prefix}.{_BN_BUFFERS[leaf]}'
+  if leaf == 'kernel':
+    return f'{prefix}.weight'
+  if modules[-1] == 'head':
+    return f'{prefix}.{leaf}'
+  return f'{prefix}.{_BN_PARAMS[leaf]}'
+
+
+def _to_torch_layout(array: np.ndarray, leaf: str) -> np.ndarray:
+  if leaf == 'kernel' and array.ndim == 4:   # flax HWIO -> torch OIHW
+    return np.ascontiguousarray(np.transpose(array, (3, 2, 0, 1)))
+  if leaf == 'kernel' and array.ndim == 2:   # flax Dense [in, out] -> torch Linear [out, in]
+    return np.ascontiguousarray(array.T)
+  return array
+
+
+def _from_torch_layout(array: np.ndarray, leaf: str, ndim: int) -> np.ndarray:
+  if leaf == 'kernel' and ndim == 4 and array.ndim == 4:
+    return np.ascontiguousarray(np.transpose(array, (2, 3, 1, 0)))
+  if leaf == 'kernel' and ndim == 2 and array.ndim == 2:
+    return np.ascontiguousarray(array.T)
+  return array
+
+
+def _leaves(tree: PyTree) -> list[tuple[str, tuple[str, ...], Any]]:
+  """(collection, path within it, leaf) of a flax variables tree."""
+  out = []
+  for key_path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    keys = tuple(str(k.key) for k in key_path)
+    out.append((keys[0], keys[1:], leaf))
+  return out
+
+
+def _set(tree: dict, keys: tuple[str, ...], value) -> None:
+  for k in keys[:-1]:
+    tree = tree.setdefault(k, {})
+  tree[keys[-1]] = value
+
+
+def abstract_variables(model: models.ResNet) -> PyTree:
+  """``{'params', 'batch_stats'}`` of ``model`` as ShapeDtypeStructs (no compute: parameter shapes do not depend on
+  the image size)."""
+  return jax.eval_shape(lambda: models.init_variables(model, jax.random.key(0), (64, 64, 3)))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Mapping
+
+
+def from_torchvision(state_dict: Mapping[str, np.ndarray], model: models.ResNet, *, head: bool = True) -> PyTree:
+  """A torchvision state dict -> float32 ``{'params', 'batch_stats'}`` of ``model``.
+
+  Args:
+    state_dict: torchvision names -> arrays (torch layouts), e.g. from ``read_state_dict``.
+    model: the flax ResNet to fill; its ``num_classes`` must equal ``fc.weight``'s rows when ``head``.
+    head: False maps the backbone only: ``fc.*`` keys are accepted and ignored, and the result has no 'head'.
+  Raises:
+    WeightsMismatchError listing every missing, unexpected and mis-shaped key, all at once.
+  """
+  expected = abstract_variables(model)
+  out: dict = {}
+  used, missing, misshaped = set(), [], []
+  for collection, path, leaf in _leaves(expected):
+    if not head and path[0] == 'head':
+      continue
+    name = torchvision_name(collection, path)
+    if name not in state_dict:
+      missing.append(f'{name} (for {collection}/{"/".join(path)}, {tuple(leaf.shape)})')
+      continue
+    used.add(name)
+    array = _from_torch_layout(np.asarray(state_dict[name]), path[-1], len(leaf.shape))
+    if tuple(array.shape) != tuple(leaf.shape):
+      misshaped.append(f'{name}: file {tuple(np.shape(state_dict[name]))}, model needs '
+                       f'{tuple(_to_torch_layout(np.zeros(leaf.shape, np.float32), path[-1]).shape)}')
+      continue
+    _set(out, (collection,) + path, array.astype(np.float32))
+  bn_modules = {name.rsplit('.', 1)[0] for name in used if name.endswith('.running_mean')}
+  ignorable = {f'{m}.num_batches_tracked' for m in bn_modules}
+  if not head:
+    ignorable |= {'fc.weight', 'fc.bias'}
+  unexpected = sorted(set(state_dict) - used - ignorable)
+  if missing or unexpected or misshaped:
+    lines = ([f'  missing: {m}' for m in missing] + [f'  unexpected: {u}' for u in unexpected]
+             + [f'  wrong shape: {s}' for s in misshaped])
+    hint = ''
+    if any(s.startswith('conv1.weight') for s in misshaped):
+      hint += ' A 7x7 conv1 needs stem="imagenet"; check the architecture, width and stem.'
+    if any(s.startswith('fc.') for s in misshaped):
+      hint += ' The head has another number of classes.'
+    raise WeightsMismatchError(
+        f'The state dict does not fit {_describe(model)} ({len(missing)} missing, {len(unexpected)} unexpected, '
+        f'{len(misshaped)} wrong shape):\n' + '\n'.join(lines[:60]) + ('\n  ...' if len(lines) > 60 else '')
+        + f'\nIs it a torchvision {_describe(model)} checkpoint?{hint}')
+  return out
+
+
+def to_torchvision(variables: PyTree) -> StateDict:
+  """Flax ``{'params', 'batch_stats'}`` of a ResNet -> torchvision state dict (numpy, torch layouts).
+
+  Every BatchNorm also gets ``num_batches_tracked`` (int64 0), so ``load_state_dict(strict=True)`` accepts it.
+  """
+  out = {}
+  for collection, path, leaf in _leaves(variables):
+    name = torchvision_name(collection, path)
+    out[name] = _to_torch_layout(np.asarray(leaf, np.float32), path[-1])
+    if collection == 'batch_stats' and path[-1] == 'mean':
+      out[name.rsplit('.', 1)[0] + '.num_batches_tracked'] = np.zeros((), np.int64)
+  return dict(sorted(out.items()))
+
+
+def _describe(model: models.ResNet) -> str:
+  block = 'bottleneck' if model.block_cls is models.BottleneckResNetBlock else 'basic'
+  return (f'ResNet(stages={tuple(model.stage_sizes)}, {block} blocks, {model.num_filters} filters, '
+          f'stem={model.stem!r}, {model.num_classes} classes)')
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Files
+
+
+def _unwrap(obj: Any, path: str) -> dict:
+  """A training checkpoint often nests the state dict ('state_dict', 'model') and prefixes 'module.' (DDP)."""
+  for key in ('state_dict', 'model'):
+    if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
+      obj = obj[key]
+  if not isinstance(obj, Mapping):
+    raise ValueError(f'{path} holds a {type(obj).__name__}, not a state dict (a mapping of names to tensors).')
+  if obj and all(k.startswith('module.') for k in obj):
+    obj = {k[len('module.'):]: v for k, v in obj.items()}
+  return dict(obj)
+
+
+def read_state_dict(path: str) -> StateDict:
+  """Reads a state dict from ``.pth``/``.pt``, ``.safetensors`` or ``.npz`` -> {name: numpy array}."""
+  path = os.path.abspath(os.path.expanduser(path))
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'{path} does not exist (or is not a file).')
+  suffix = os.path.splitext(path)[1].lower()
+  if suffix in ('.pth', '.pt'):
+    try:
+      import torch  # pylint: disable=g-import-not-at-top
+    except ImportError:
+      raise ValueError(f'{path}: reading a .pth needs torch (pip install torch), or convert it once where torch is '
+                       'installed: python -c "import torch, safetensors.torch as s; '
+                       f's.save_file(torch.load(\'{os.path.basename(path)}\', weights_only=True), '
+                       '\'weights.safetensors\')"') from None
+    try:
+      obj = torch.load(path, map_location='cpu', weights_only=True)  # never unpickles code
+    except Exception as e:  # pylint: disable=broad-except  (torch raises UnpicklingError, RuntimeError, ...)
+      raise ValueError(f'{path} is not a readable weights-only torch file: {str(e).splitlines()[0]}') from e
+    return {k: v.detach().cpu().numpy() if hasattr(v, 'detach') else np.asarray(v)
+            for k, v in _unwrap(obj, path).items()}
+  if suffix == '.safetensors':
+    from safetensors import SafetensorError  # pylint: disable=g-import-not-at-top
+    from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+    try:
+      return _unwrap(load_file(path), path)
+    except (SafetensorError, OSError) as e:
+      raise ValueError(f'{path} is not a readable safetensors file: {e}') from e
+  if suffix == '.npz':
+    try:
+      with np.load(path, allow_pickle=False) as data:
+        return _unwrap({k: data[k] for k in data.files}, path)
+    except (OSError, ValueError) as e:
+      raise ValueError(f'{path} is not a readable .npz file: {e}') from e
+  raise ValueError(f'{path}: unknown weights file type {suffix!r}; use one of {STATE_DICT_SUFFIXES}.')
+
+
+def write_state_dict(path: str, state_dict: StateDict) -> None:
+  """Writes ``.safetensors`` or ``.npz`` atomically (a temporary file, then a rename)."""
+  suffix = os.path.splitext(path)[1].lower()
+  if suffix not in ('.safetensors', '.npz'):
+    raise ValueError(f'{path}: write weights as .safetensors or .npz.')
+  tmp = f'{path}.tmp{os.getpid()}{suffix}'
+  try:
+    if suffix == '.safetensors':
+      from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+      save_file({k: np.ascontiguousarray(v) for k, v in state_dict.items()}, tmp)
+    else:
+      with open(tmp, 'wb') as f:
+        np.savez(f, **state_dict)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def file_sha256(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, 'rb') as f:
+    for chunk in iter(lambda: f.read(1 << 20), b''):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def model_meta(model: models.ResNet, name: str, width: float) -> dict:
+  """What ``load_orbax`` needs to rebuild the model: ``models.create_model(arch, num_classes, stem, width)``."""
+  return {'format': ORBAX_FORMAT, 'arch': name, 'num_classes': int(model.num_classes), 'stem': model.stem,
+          'width': float(width)}
+
+
+def save_orbax(directory: str, variables: PyTree, meta: Mapping[str, Any]) -> None:
+  """Writes ``{'params', 'batch_stats'}`` and JSON ``meta`` as one orbax checkpoint, atomically (orbax writes a
+  temporary directory and renames it). ``directory`` must not exist yet."""
+  directory = ckpt.abs_path(directory)
+  if os.path.exists(directory):
+    raise FileExistsError(f'{directory} already exists; choose a new --output or delete it first.')
+  checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+  host = jax.tree.map(np.asarray, dict(variables))
+  checkpointer.save(directory, args=ocp.args.Composite(variables=ocp.args.StandardSave(host),
+                                                       meta=ocp.args.JsonSave(dict(meta))))
+
+
+def load_orbax(directory: str) -> tuple[PyTree, dict]:
+  """-> (``{'params', 'batch_stats'}`` as numpy, meta) of a ``save_orbax`` directory."""
+  directory = ckpt.abs_path(directory)
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f'{directory} is not a directory written by `python -m supersub_jax.convert`.')
+  checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+  try:
+    restored = checkpointer.restore(directory, args=ocp.args.Composite(variables=ocp.args.StandardRestore(),
+                                                                       meta=ocp.args.JsonRestore()))
+  except (FileNotFoundError, KeyError, ValueError) as e:
+    raise ValueError(f'{directory} is not a readable {ORBAX_FORMAT} checkpoint: {e}') from e
+  meta = dict(restored['meta'] or {})
+  if meta.get('format') != ORBAX_FORMAT:
+    raise ValueError(f'{directory} holds format {meta.get("format")!r}, not {ORBAX_FORMAT}.')
+  return jax.tree.map(np.asarray, dict(restored['variables'])), meta
+
+
+def load_backbone(path: str, fmt: str, model: models.ResNet) -> PyTree:
+  """``{'params', 'batch_stats'}`` of ``model`` without the head, from a torchvision file or a ``save_orbax``
+  directory (``fmt`` 'torchvision' or 'orbax'); checked leaf by leaf against ``model``."""
+  if fmt == 'torchvision':
+    return from_torchvision(read_state_dict(path), model, head=False)
+  if fmt != 'orbax':
+    raise ValueError(f"config.init.format={fmt!r}: use 'torchvision' (a .pth/.safetensors/.npz file) or 'orbax' "
+                     '(a directory written by `python -m supersub_jax.convert`).')
+  variables, _ = load_orbax(path)
+  expected = abstract_variables(model)
+  drop_head = lambda tree: {c: {k: v for k, v in sub.items() if k != 'head'} for c, sub in tree.items()}
+  ckpt.check_tree(drop_head(expected), drop_head(variables), what=f'orbax checkpoint {ckpt.abs_path(path)}')
+  return drop_head(variables)
