@@ -21,14 +21,12 @@ Builders: `mixed_10`, `imagenet_hierarchy`, `largest_superclasses`, `cifar100`, 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import gzip
 import importlib.resources
 import json
 import re
-import sys
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -581,32 +579,33 @@ def get(spec: str) -> Hierarchy:
 # ----------------------------------------------------------------------------- CLI
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  """`python -m supersub_jax.hierarchy <spec> [--json]`: prints the hierarchy's superclasses."""
-  parser = argparse.ArgumentParser(
-      prog='python -m supersub_jax.hierarchy',
-      description='Print one line per superclass: index, name, wnid, count, source indices '
-                  '(tab-separated; wnid "-" when none).')
-  parser.add_argument('spec', help=f'hierarchy spec: {_SPEC_HELP}')
-  parser.add_argument('--json', action='store_true', help='print the same fields as JSON')
-  args = parser.parse_args(argv)
-  try:
-    h = get(args.spec)
-  except ValueError as e:
-    parser.error(str(e))
-  if args.json:
-    print(json.dumps({
-        'name': h.name,
-        'num_source_classes': h.num_source_classes,
-        'superclasses': [
-            {'index': k, 'name': s.name, 'wnid': s.wnid, 'count': len(s.subclasses),
-             'source_indices': [sub.source_index for sub in s.subclasses]}
-            for k, s in enumerate(h.superclasses)],
-    }, indent=1))
-  else:
-    print('\n'.join(h.summary_lines()))
-  return 0
+def main() -> None:
+  """`python -m supersub_jax.hierarchy <spec> [--json]`: prints the hierarchy's superclasses.
+
+  One line per superclass: index, name, wnid, count, source indices (tab-separated; wnid "-" when none).
+  """
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from supersub_jax import cli  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_bool('json', False, 'Print the same fields as JSON.')
+
+  def run(argv):
+    if len(argv) != 2:
+      raise ValueError(f'give one hierarchy spec ({_SPEC_HELP}), e.g. `python -m supersub_jax.hierarchy mixed_10`.')
+    h = get(argv[1])
+    if flags.FLAGS.json:
+      print(json.dumps({
+          'name': h.name,
+          'num_source_classes': h.num_source_classes,
+          'superclasses': [
+              {'index': k, 'name': s.name, 'wnid': s.wnid, 'count': len(s.subclasses),
+               'source_indices': [sub.source_index for sub in s.subclasses]}
+              for k, s in enumerate(h.superclasses)],
+      }, indent=1))
+    else:
+      print('\n'.join(h.summary_lines()))
+
+  cli.run(run)
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  main()

@@ -49,16 +49,21 @@ def test_supersub_top1_is_bounded_by_routing(evaluated):
   assert 0 <= report['supersub']['top2_second_fraction'] <= 1
 
 
-def test_evaluate_py_prints_the_table(evaluated, tmp_path):
-  config, workdir, _, _ = evaluated
-  flags = [f'--config.{k}={v}' for k, v in {
-      'data_dir': config.data_dir, 'synthetic.image_size': 16, 'synthetic.train_per_class': 16,
-      'synthetic.test_per_class': 4, 'image_size': 16, 'model': 'resnet_tiny', 'eval_batch_size': 32,
-      'evaluate.benchmark_batches': 1, 'vanilla.num_train_steps': 6, 'superclass.num_train_steps': 4,
-      'specialists.num_train_steps': 6}.items()]
-  out = subprocess.run([sys.executable, 'evaluate.py', '--config=configs/synthetic.py', f'--workdir={workdir}',
-                        '--config.synthetic.sizes=(3, 2, 2)', *flags], cwd=ROOT, capture_output=True, text=True,
-                       timeout=600)
+def test_evaluate_py_reads_the_stored_config_and_warns_about_overrides(evaluated):
+  _, workdir, _, _ = evaluated
+  out = subprocess.run([sys.executable, os.path.join(ROOT, 'evaluate.py'), f'--workdir={workdir}',
+                        '--config.evaluate.top2_threshold=0.5'], capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   assert 'Super-Sub top-1 (routed by the generalist)' in out.stdout
   assert 'alpha in alpha*N+1' in out.stdout
+  assert '1 config field(s) differ' in out.stderr and 'evaluate.top2_threshold: 0.8 -> 0.5' in out.stderr
+
+
+def test_evaluate_py_with_another_config_lists_the_differences_and_fails_in_one_line(evaluated):
+  _, workdir, _, _ = evaluated
+  out = subprocess.run([sys.executable, os.path.join(ROOT, 'evaluate.py'), f'--workdir={workdir}',
+                        f'--config={os.path.join(ROOT, "configs", "synthetic.py")}'], capture_output=True, text=True,
+                       timeout=600)
+  assert out.returncode == 1
+  assert "model: 'resnet_tiny' -> 'resnet_small'" in out.stderr
+  assert 'error: The checkpoint' in out.stderr and 'Traceback' not in out.stderr

@@ -1,0 +1,103 @@
+"""What every absl entry point shares: the --config flag, quiet logs, and one-line errors.
+
+Entry points (``train.py``, ``evaluate.py``, ``python -m supersub_jax.convert|data.prepare|hierarchy``) call
+``run(main)`` instead of ``app.run(main)``: a bad input then ends with one line, ``error: <what and how to fix
+it>``, and exit status 1; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable, Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from supersub_jax import config as config_lib
+
+FLAGS = flags.FLAGS
+# Bad input: the message names the problem and the fix; a traceback would only bury it.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError)
+
+
+def _argv_value(name: str, argv: Sequence[str]) -> str | None:
+  """The value of --name in argv (``--name=v`` or ``--name v``), ignoring ``--name.field=...`` overrides."""
+  for i, arg in enumerate(argv):
+    for dashes in ('--', '-'):
+      if arg.startswith(f'{dashes}{name}='):
+        return arg.split('=', 1)[1]
+      if arg == f'{dashes}{name}' and i + 1 < len(argv):
+        return argv[i + 1]
+  return None
+
+
+def define_config_flag(*, stored_in_workdir: bool) -> None:
+  """Defines --config (a configs/*.py file; fields overridden with --config.x=y).
+
+  With ``stored_in_workdir`` (evaluate.py, convert) --config may be left out: the config train.py stored in
+  --workdir is used, and --config.x=y overrides apply on top of it (``config_for_workdir`` warns about each).
+  """
+  argv = sys.argv
+  if stored_in_workdir and _argv_value('config', argv) is None:
+    workdir = _argv_value('workdir', argv)
+    if workdir and os.path.exists(config_lib.path(workdir)):
+      try:
+        stored = config_lib.read(workdir)
+      except ValueError:  # unreadable: main() reports it through config_for_workdir
+        stored = None
+      if stored is not None:
+        config_flags.DEFINE_config_dict('config', stored, 'The config stored in --workdir (by train.py); '
+                                        'override fields with --config.x=y.', lock_config=True)
+        return
+  help_ = ('A configs/*.py file; override fields with --config.x=y.' +
+           (' Optional: by default the config stored in --workdir by train.py.' if stored_in_workdir else ''))
+  config_flags.DEFINE_config_file('config', None, help_, lock_config=True)
+
+
+def config_for_workdir(config, workdir: str):
+  """The config to evaluate or convert ``workdir`` with: the given one (file and overrides), else the stored one.
+
+  Warns, listing every field that differs from the config the workdir was trained with.
+  """
+  if config is None:
+    return config_lib.read(workdir)  # raises with the fix when the workdir has no stored config
+  if os.path.exists(config_lib.path(workdir)):
+    changed = config_lib.differences(config_lib.read(workdir), config)
+    if changed:
+      logging.warning('%d config field(s) differ from the config %s was trained with:\n  %s', len(changed),
+                      workdir, '\n  '.join(changed))
+  return config
+
+
+def quiet_logs() -> None:
+  """orbax and tfds log every save and restore at INFO; progress lines are printed. --verbosity=0 shows them."""
+  if not FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
+
+
+def define_debug_flag() -> None:
+  if 'debug' not in FLAGS:
+    flags.DEFINE_bool('debug', False, 'On an error, show the full traceback instead of one line.')
+
+
+def run(main: Callable[[list[str]], None], *, flags_parser: Callable | None = None) -> None:
+  """``app.run(main)``, with bad input reported as one line (exit status 1) unless --debug."""
+  define_debug_flag()
+
+  def wrapped(argv):
+    quiet_logs()
+    try:
+      main(argv)
+    except USER_ERRORS as e:
+      if FLAGS.debug:
+        raise
+      print(f'error: {e}', file=sys.stderr)
+      sys.exit(1)
+
+  if flags_parser is None:
+    app.run(wrapped)
+  else:
+    app.run(wrapped, flags_parser=flags_parser)
