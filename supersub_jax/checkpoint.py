@@ -36,10 +36,12 @@ def abs_path(path: str) -> str:
   return os.path.abspath(os.path.expanduser(path))
 
 
-def make_manager(directory: str, *, max_to_keep: int | None = 2, item_names=('state', 'data', 'meta')):
-  """A CheckpointManager rooted at ``directory`` (created if missing). Saves are synchronous (simplest to reason
-  about on preemption); the loop decides when to save."""
-  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False)
+def make_manager(directory: str, *, max_to_keep: int | None = 2, item_names=('state', 'data', 'meta'),
+                 create: bool = True):
+  """A CheckpointManager rooted at ``directory`` (created if missing and ``create``; readers pass False so that
+  loading leaves nothing behind). Saves are synchronous (simplest to reason about on preemption); the loop decides
+  when to save."""
+  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create, enable_async_checkpointing=False)
   # Handlers are named up front so that a fresh process can read metadata before any save or restore.
   handlers = {name: ocp.JsonCheckpointHandler() if name in JSON_ITEMS else ocp.StandardCheckpointHandler()
               for name in item_names}
@@ -127,7 +129,9 @@ def restore(manager, *, target: PyTree, step: int | None = None, extra: Mapping[
 
 def read_meta(directory: str, step: int | None = None) -> dict:
   """The JSON metadata of a stage's checkpoint (config, hierarchy, metrics) without reading any array."""
-  manager = make_manager(directory)
+  if not os.path.isdir(abs_path(directory)):
+    raise FileNotFoundError(f'No checkpoint in {abs_path(directory)}.')
+  manager = make_manager(directory, create=False)
   step = manager.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f'No checkpoint in {abs_path(directory)}.')

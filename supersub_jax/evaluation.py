@@ -1,6 +1,7 @@
-"""Evaluation of a trained workdir: vanilla against Super-Sub on the test split, storage, memory and throughput.
+"""Evaluation of a trained workdir: vanilla against Super-Sub on the held-out split (``config.eval_split``),
+storage, memory and throughput.
 
-``run(config, workdir)`` loads the checkpoints of the three stages, predicts every test image with the vanilla
+``run(config, workdir)`` loads the checkpoints of the three stages, predicts every held-out image with the vanilla
 network, the generalist and Super-Sub (top-1, oracle and top-2 routing), and writes ``report.json``, ``report.md``
 and PNG plots into the workdir (schema in ``supersub_jax.report``).
 """
@@ -58,8 +59,8 @@ def _peak_rss_bytes() -> int:
 
 def collect_predictions(config, workdir: str, hierarchy, vanilla, state, generalist_model, specialist_model,
                         *, threshold: float, chunk_size: int) -> dict[str, np.ndarray]:
-  """Every test image's labels and predictions, as int arrays [M] (padding dropped)."""
-  source = stages.load_source(config, 'test', hierarchy)
+  """Labels and predictions of every image of config.eval_split, as int arrays [M] (padding dropped)."""
+  source = stages.load_source(config, 'eval', hierarchy)
   batches = stages.eval_batches(config, source, label_mode='subclass', batch_size=config.evaluate.batch_size,
                                 process_index=0, process_count=1, local_device_count=1)
   vanilla_apply = _apply_fn(vanilla.model)
@@ -158,7 +159,8 @@ def run(config, workdir: str) -> dict:
                   'vanilla_bytes': delta_lib.tree_nbytes(vanilla.params) + delta_lib.tree_nbytes(vanilla.batch_stats)})
 
   report = {
-      'dataset': config.dataset, 'hierarchy': hierarchy.name, 'num_subclasses': hierarchy.num_subclasses,
+      'dataset': config.dataset, 'split': config.eval_split, 'hierarchy': hierarchy.name,
+      'num_subclasses': hierarchy.num_subclasses,
       'test_count': int(len(p['subclass'])),
       'vanilla': {'top1': acc(p['vanilla'], p['subclass']),
                   'superclass_top1': acc(l2s[p['vanilla']], p['superclass'])},

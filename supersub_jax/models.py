@@ -39,6 +39,19 @@ def _same_padding(kernel_size: int) -> tuple[tuple[int, int], tuple[int, int]]:
   return ((p, p), (p, p))
 
 
+def _head(num_classes: int) -> nn.Dense:
+  return nn.Dense(num_classes, dtype=jnp.float32, name='head')
+
+
+def init_head(num_classes: int, num_features: int, rng: jax.Array) -> dict:
+  """Fresh params of a ResNet's ``'head'`` (kernel float32 [D, C], bias float32 [C]) alone.
+
+  Re-heading a pretrained backbone needs only this layer; initialising a whole network for it would compile the
+  random initialisers of every layer (seconds per network on CPU).
+  """
+  return _head(num_classes).init(rng, jnp.zeros((1, num_features), jnp.float32))['params']
+
+
 class ResNetBlock(nn.Module):
   """Basic residual block: two 3x3 convs. Output channels = ``filters``.
 
@@ -193,7 +206,7 @@ class ResNet(nn.Module):
     # Pool and classify in float32: a bf16 mean over H*W positions and bf16
     # logits lose precision that the softmax and the specialist deltas need.
     features = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-    logits = nn.Dense(self.num_classes, dtype=jnp.float32, name='head')(features)
+    logits = _head(self.num_classes)(features)
     if return_features:
       return logits, features
     return logits

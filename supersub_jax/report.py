@@ -187,12 +187,12 @@ def render_markdown(report: Mapping) -> str:
   lines = ['# Super-Sub evaluation report', '',
            f"Dataset `{report.get('dataset', '?')}`, hierarchy `{report.get('hierarchy', '?')}` "
            f"({report['storage']['num_superclasses']} superclasses, {report.get('num_subclasses', '?')} subclasses), "
-           f"{report.get('test_count', '?')} test images.", '',
+           f"{report.get('test_count', '?')} held-out images (split `{report.get('split', 'test')}`).", '',
            '| metric | value |', '|---|---|']
   lines += [f'| {a} | {b} |' for a, b in summary_rows(report)]
   per = report.get('per_superclass')
   if per:
-    lines += ['', '## Per superclass (subclass top-1 on the superclass\'s test images)', '',
+    lines += ['', '## Per superclass (subclass top-1 on the superclass\'s held-out images)', '',
               '| # | superclass | subclasses | vanilla | Super-Sub | specialist (oracle) | generalist routing |',
               '|---|---|---|---|---|---|---|']
     for row in per:

@@ -21,13 +21,13 @@ import logging
 import os
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from supersub_jax import checkpoint as ckpt
 from supersub_jax import delta as delta_lib
+from supersub_jax import models
 from supersub_jax import sparsity
 from supersub_jax import stages
 from supersub_jax import train as train_lib
@@ -121,9 +121,7 @@ def _init_state(generalist, base, dcfg, tx, max_subclasses: int, seed: int):
   """A specialist's initial TrainState: zero delta, dense masks, a fresh head, the generalist's BN statistics."""
   delta = delta_lib.init_delta(base, dcfg.pattern, dcfg.exclude)
   masks = jax.tree.map(lambda d: np.ones(d.shape, bool), delta)
-  # Only the head is new: initialise that Dense layer alone (as the ResNet builds it) instead of a whole network.
-  features = np.shape(generalist.params['head']['kernel'])[0]
-  head = nn.Dense(max_subclasses, dtype=jnp.float32).init(jax.random.key(seed), jnp.zeros((1, features)))['params']
+  head = models.init_head(max_subclasses, np.shape(generalist.params['head']['kernel'])[0], jax.random.key(seed))
   trainable = {'delta': jax.device_get(delta), 'head': jax.device_get(head)}
   return train_lib.create_train_state(trainable, jax.tree.map(np.asarray, generalist.batch_stats), tx, masks=masks)
 
@@ -197,7 +195,7 @@ def train_specialists(config, workdir: str) -> dict:
                            checkpoint_every=config.checkpoint_every_steps)
     test = train_lib.evaluate(rstate, eval_fn=eval_fn, parallel=parallel, frozen=extra,
                               batches=stages.eval_batches(
-                                  config, stages.load_source(config, 'test', hierarchy, superclass=k),
+                                  config, stages.load_source(config, 'eval', hierarchy, superclass=k),
                                   label_mode='local'))
     host_state = parallel.unreplicate(rstate)
     exported = export(host_state, dcfg, n_k)
@@ -235,8 +233,8 @@ def load_exported(config, workdir: str, k: int, hierarchy=None) -> dict:
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   hierarchy = hierarchy or stages.make_hierarchy(config)
   directory = specialist_dir(workdir, hierarchy, k)
-  manager = ckpt.make_manager(directory, item_names=ITEMS)
-  step = manager.latest_step()
+  manager = ckpt.make_manager(directory, item_names=ITEMS, create=False) if os.path.isdir(directory) else None
+  step = manager.latest_step() if manager else None
   if step is None or 'compressed' not in (manager.item_metadata(step) or {}):
     raise FileNotFoundError(f'No finished specialist {k} under {directory}: run train.py with "specialists" in '
                             'config.stages for this workdir.')

@@ -23,9 +23,11 @@ import jax.numpy as jnp
 import ml_collections
 
 from supersub_jax import checkpoint as ckpt
+from supersub_jax import config as config_lib
 from supersub_jax import hierarchy as hierarchy_lib
 from supersub_jax import models
 from supersub_jax import train as train_lib
+from supersub_jax import weights
 from supersub_jax.data import pipeline, sources
 
 STAGES = ('vanilla', 'superclass', 'specialists')
@@ -50,6 +52,8 @@ def dataset_kwargs(config) -> dict:
 
 
 def load_source(config, split: str, hierarchy, superclass: int | None = None):
+  """One split of ``config.dataset`` relabelled by ``hierarchy``; ``split='eval'`` is ``config.eval_split``."""
+  split = config.eval_split if split == 'eval' else split
   return sources.load_source(config.dataset, split, hierarchy, ckpt.abs_path(config.data_dir),
                              manual_dir=config.manual_dir or None, superclass=superclass, **dataset_kwargs(config))
 
@@ -104,8 +108,9 @@ def load_network(config, workdir: str, stage: str, hierarchy=None) -> Network:
   hierarchy = hierarchy or make_hierarchy(config)
   num_classes = hierarchy.num_subclasses if stage == 'vanilla' else hierarchy.num_superclasses
   model = make_model(config, num_classes)
-  manager = ckpt.make_manager(stage_dir(workdir, stage))
-  if manager.latest_step() is None:
+  directory = stage_dir(workdir, stage)
+  manager = ckpt.make_manager(directory, create=False) if os.path.isdir(directory) else None
+  if manager is None or manager.latest_step() is None:
     raise FileNotFoundError(f'No {stage!r} checkpoint under {stage_dir(workdir, stage)}: run '
                             f'`python train.py --config=... --workdir={workdir}` with {stage!r} in config.stages.')
   # The target is built exactly as the stage built its state (optimizer included), so the restore is checked
@@ -119,6 +124,30 @@ def load_network(config, workdir: str, stage: str, hierarchy=None) -> Network:
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Network stages
+
+
+def initial_backbone_source(config, stage: str) -> str:
+  """Where the network of ``stage`` starts: 'vanilla', config.init's path, or 'random'."""
+  if stage == 'superclass' and config.superclass.init_from_vanilla:
+    return 'vanilla'
+  return ckpt.abs_path(config.init.path) if config.init.path else 'random'
+
+
+def initial_backbone(config, workdir: str, stage: str, hierarchy) -> dict | None:
+  """The backbone (``{'params', 'batch_stats'}`` without the head, numpy) a network stage starts from, or None
+  for a random start; see ``initial_backbone_source``."""
+  source = initial_backbone_source(config, stage)
+  if source == 'random':
+    return None
+  if source == 'vanilla':
+    vanilla = load_network(config, workdir, 'vanilla', hierarchy)
+    backbone = {'params': vanilla.params, 'batch_stats': vanilla.batch_stats}
+  else:
+    backbone = weights.load_backbone(source, config.init.format, make_model(config, 1))
+  if jax.process_index() == 0:
+    print(f'[{stage}] backbone initialised from {source}', flush=True)
+  return {'params': {k: v for k, v in backbone['params'].items() if k != 'head'},
+          'batch_stats': backbone['batch_stats']}
 
 
 def train_network(config, workdir: str, stage: str) -> dict:
@@ -135,21 +164,26 @@ def train_network(config, workdir: str, stage: str) -> dict:
   tx = train_lib.make_optimizer(cfg, num_steps)
   seed = int(config.seed) + STAGES.index(stage)
 
-  variables = models.init_variables(model, jax.random.key(seed), image_shape(config))
-  params, batch_stats = variables['params'], variables['batch_stats']
-  if stage == 'superclass' and cfg.get('init_from_vanilla', False):
-    vanilla = load_network(config, workdir, 'vanilla', hierarchy)
-    params = {**vanilla.params, 'head': params['head']}  # the backbone transfers; the head has other classes
-    batch_stats = vanilla.batch_stats
-    logging.info('[superclass] initialised the backbone from the vanilla network')
-  state = train_lib.create_train_state(jax.device_get(params), jax.device_get(batch_stats), tx)
-
   manager = ckpt.make_manager(stage_dir(workdir, stage), max_to_keep=config.max_to_keep)
   train_iter = train_batches(config, load_source(config, 'train', hierarchy), label_mode=label_mode, seed=seed)
   meta = {'stage': stage, 'config': config_json(config), 'hierarchy': hierarchy.to_dict(),
-          'num_classes': num_classes}
-  if manager.latest_step() is not None:
-    state, data_state, stored_meta, _ = ckpt.restore(manager, target=state)
+          'num_classes': num_classes, 'init': initial_backbone_source(config, stage)}
+
+  def random_state():
+    variables = models.init_variables(model, jax.random.key(seed), image_shape(config))
+    return train_lib.create_train_state(variables['params'], variables['batch_stats'], tx)
+
+  if manager.latest_step() is None:
+    start = initial_backbone(config, workdir, stage, hierarchy)
+    if start is None:
+      state = jax.device_get(random_state())
+    else:  # the backbone transfers; the head is new (other classes)
+      features = jax.eval_shape(random_state).params['head']['kernel'].shape[0]
+      head = models.init_head(num_classes, features, jax.random.key(seed))
+      state = train_lib.create_train_state({**start['params'], 'head': jax.device_get(head)}, start['batch_stats'],
+                                           tx)
+  else:  # the starting weights are in the checkpoint: the init file is not read again
+    state, data_state, stored_meta, _ = ckpt.restore(manager, target=jax.eval_shape(random_state))
     if data_state:
       train_iter.set_state(data_state)
     if int(state.step) >= num_steps and stored_meta and 'test' in stored_meta:
@@ -170,13 +204,13 @@ def train_network(config, workdir: str, stage: str) -> dict:
                          checkpoint_every=config.checkpoint_every_steps)
   eval_fn = parallel.compile(functools.partial(train_lib.eval_step, apply_fn=model.apply), donate_state=False)
   test = train_lib.evaluate(rstate, eval_fn=eval_fn, parallel=parallel, frozen={},
-                            batches=eval_batches(config, load_source(config, 'test', hierarchy),
+                            batches=eval_batches(config, load_source(config, 'eval', hierarchy),
                                                  label_mode=label_mode))
-  writer.write(num_steps, 'test', test)
-  logging.info('[%s] test: %s', stage, test)
+  writer.write(num_steps, config.eval_split, test)
+  logging.info('[%s] %s: %s', stage, config.eval_split, test)
   if jax.process_index() == 0:
-    print(f'[{stage}] test loss {test["loss"]:.4f} top-1 {test["accuracy"]:.4f} ({int(test["count"])} images)',
-          flush=True)
+    print(f'[{stage}] {config.eval_split} loss {test["loss"]:.4f} top-1 {test["accuracy"]:.4f} '
+          f'({int(test["count"])} images)', flush=True)
   # The final checkpoint carries the test metrics: its presence marks the stage finished.
   ckpt.save(manager, num_steps, state=parallel.unreplicate(rstate), data=train_iter.get_state(),
             meta={**meta, 'test': test})
@@ -188,6 +222,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   unknown = [s for s in config.stages if s not in STAGES]
   if unknown:
     raise ValueError(f'Unknown stages {unknown} in config.stages; known: {STAGES}.')
+  if jax.process_index() == 0:
+    previous = config_lib.path(workdir)
+    if os.path.exists(previous):
+      changed = config_lib.differences(config_lib.read(workdir), config)
+      if changed:
+        logging.warning('%d config field(s) differ from the previous run in %s:\n  %s', len(changed), workdir,
+                        '\n  '.join(changed))
+    config_lib.write(config, workdir)  # evaluate.py and convert read it: no --config needed there
   results = {}
   for stage in config.stages:
     if stage == 'specialists':

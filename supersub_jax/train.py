@@ -218,6 +218,12 @@ class Parallel:
   def mesh(self) -> Mesh:
     return Mesh(np.asarray(jax.devices()), (AXIS,))
 
+  @functools.cached_property
+  def _pmap_sharding(self):
+    # pmap's own output layout (leading axis over the local devices): pmapped calls take such arrays without moving
+    # them. Read off one identity pmap, then reused for leaves of any shape (one compile, not one per shape).
+    return jax.pmap(lambda y: y)(np.zeros(jax.local_device_count(), np.float32)).sharding
+
   def compile(self, fn: Callable, *, donate_state: bool = True) -> Callable:
     """Compiles ``fn(state, batch, frozen)`` written for one device."""
     if self.kind == 'pmap':
@@ -231,7 +237,9 @@ class Parallel:
   def replicate(self, tree: PyTree) -> PyTree:
     """Host pytree -> the layout ``compile``d functions take for state and frozen arguments."""
     if self.kind == 'pmap':
-      return jax.tree.map(_pmap_replicate, tree)
+      n = jax.local_device_count()
+      return jax.tree.map(
+          lambda x: jax.device_put(np.broadcast_to(np.asarray(x), (n,) + np.shape(x)), self._pmap_sharding), tree)
     sharding = NamedSharding(self.mesh, P())
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree)
 
@@ -248,12 +256,6 @@ class Parallel:
     sharding = NamedSharding(self.mesh, P(AXIS))
     return {k: jax.make_array_from_process_local_data(sharding, v.reshape((-1,) + v.shape[2:]))
             for k, v in batch.items()}
-
-
-def _pmap_replicate(x):
-  # pmap's own output layout: later pmapped calls then take the array without moving it.
-  n = jax.local_device_count()
-  return jax.pmap(lambda y: y)(np.broadcast_to(np.asarray(x), (n,) + np.shape(x)))
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -10,9 +10,11 @@ import pytest
 from conftest import make_tiny_config
 from supersub_jax import checkpoint as ckpt
 from supersub_jax import delta as delta_lib
+from supersub_jax import models
 from supersub_jax import specialists
 from supersub_jax import stages
 from supersub_jax import train as train_lib
+from supersub_jax import weights
 
 
 def _final_state(config, workdir, stage='vanilla'):
@@ -111,3 +113,40 @@ def test_specialist_steps_follow_the_superclass_size(tiny_data_dir):
   assert specialists.specialist_steps(cfg, 640, 128) == 10     # 2 epochs of 5 batches
   assert specialists.specialist_steps(cfg, 1000, 128) == 20    # 16 steps, rounded up to a multiple of 10
   assert specialists.specialist_steps(cfg, 100, 128) == 10     # at least min_steps, rounded up
+
+
+def test_vanilla_and_generalist_start_from_the_init_backbone(tmp_path, tiny_data_dir):
+  config = make_tiny_config(tiny_data_dir)
+  config.stages = ('vanilla', 'superclass')
+  config.superclass.init_from_vanilla = False
+  for stage in ('vanilla', 'superclass'):  # one step at learning rate 0: the params stay the imported ones
+    config[stage].learning_rate, config[stage].num_train_steps = 0.0, 1
+  # A torchvision-format file (names, layouts, a 1000-way fc) of the tiny config's architecture.
+  pretrained = jax.device_get(models.init_variables(stages.make_model(config, 1000), jax.random.key(42),
+                                                    (16, 16, 3)))
+  config.init.path = str(tmp_path / 'pretrained.safetensors')
+  weights.write_state_dict(config.init.path, weights.to_torchvision(pretrained))
+  workdir = str(tmp_path / 'w')
+  stages.run(config, workdir)
+  hierarchy = stages.make_hierarchy(config)
+  for stage, classes in (('vanilla', hierarchy.num_subclasses), ('superclass', hierarchy.num_superclasses)):
+    net = stages.load_network(config, workdir, stage)
+    assert net.params['head']['kernel'].shape[-1] == classes
+    assert net.meta['init'] == config.init.path
+    backbone = {k: v for k, v in pretrained['params'].items() if k != 'head'}
+    for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(backbone)[0],
+                            jax.tree.leaves({k: v for k, v in net.params.items() if k != 'head'})):
+      np.testing.assert_array_equal(a, b, err_msg=f'{stage} {jax.tree_util.keystr(path)}')
+
+
+def test_init_that_does_not_fit_fails_before_training(tmp_path, tiny_data_dir):
+  config = make_tiny_config(tiny_data_dir)
+  config.stages = ('vanilla',)
+  other = jax.device_get(models.init_variables(models.create_model('resnet_tiny', 10, stem='imagenet'),
+                                               jax.random.key(0), (16, 16, 3)))
+  config.init.path = str(tmp_path / 'imagenet_stem.npz')
+  weights.write_state_dict(config.init.path, weights.to_torchvision(other))
+  with pytest.raises(weights.WeightsMismatchError, match=r'conv1.weight: file \(8, 3, 7, 7\), model needs '
+                                                        r'\(8, 3, 3, 3\)'):
+    stages.run(config, str(tmp_path / 'w'))
+  assert not os.path.exists(tmp_path / 'w' / 'vanilla' / '0')
