@@ -1,4 +1,4 @@
-"""Accuracy-storage frontier of the specialists: density x bits, against dense fine-tuning and a linear probe.
+r"""Accuracy-storage frontier of the specialists: density x bits, against dense fine-tuning and a linear probe.
 
   python benchmarks/specialists_sweep.py --config=configs/synthetic.py --workdir=runs/demo \
       --superclasses=0,1,2,3 --out=docs/specialists_sweep

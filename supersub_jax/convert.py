@@ -1,20 +1,33 @@
-"""Checkpoint conversion: a trained workdir to deployable files.
+r"""Checkpoint conversion: pretrained weights in, trained networks out.
 
-* ``bundle``: one msgpack file with everything two-stage inference needs -- the generalist's variables, every
-  specialist's compressed delta, head and BatchNorm statistics, and the hierarchy -- and nothing it does not (no
-  optimizer state, no dense specialist). ``load_bundle`` reads it back; ``inference.build_supersub`` takes it.
-* ``dense``: one specialist materialized as an ordinary dense classifier (``{'params', 'batch_stats'}`` of the same
-  ResNet with its ``n_k``-way head), for use without this package's inference code.
+  python -m supersub_jax.convert VERB [flags]      (VERB --help shows that verb's flags and an example)
 
-  python -m supersub_jax.convert --config=configs/synthetic.py --workdir=runs/demo --to=bundle --out=supersub.msgpack
-  python -m supersub_jax.convert --config=configs/synthetic.py --workdir=runs/demo --to=dense --superclass=0 \
-      --out=specialist0.msgpack
+import-torchvision: a torchvision ResNet state dict (.pth, .safetensors or .npz) -> an orbax checkpoint that
+  config.init can start from (config.init.format='orbax'), or that other flax code restores.
+    python -m supersub_jax.convert import-torchvision --arch=resnet50 --input=resnet50-0676ba61.pth \
+        --output=$PWD/resnet50_orbax
+
+export: specialist K of a trained workdir as one dense network (the generalist's backbone plus K's delta, its own
+  BatchNorm statistics and its n_K-way head). --format=orbax writes a checkpoint like import-torchvision's;
+  safetensors and npz use torchvision's names and layouts, so that for the torchvision architectures
+  `torchvision.models.resnet50(num_classes=n_K).load_state_dict(...)` takes it.
+    python -m supersub_jax.convert export --workdir=runs/demo --superclass=0 --format=safetensors \
+        --output=specialist0.safetensors
+
+bundle: everything two-stage inference needs, in one msgpack file: the generalist's variables, every specialist's
+  compressed delta, head and BatchNorm statistics, and the hierarchy; no optimizer state, no dense specialist.
+  `load_bundle` reads it back and `inference.build_supersub` takes it.
+    python -m supersub_jax.convert bundle --workdir=runs/demo --output=supersub.msgpack
+
+export and bundle read the config stored in the workdir by train.py; --config=FILE and --config.x=y override it
+(with a warning listing what differs from training). Nothing is written unless the whole conversion succeeds.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Any
 
 import jax
@@ -23,31 +36,27 @@ from flax import serialization
 
 from supersub_jax import delta as delta_lib
 from supersub_jax import hierarchy as hierarchy_lib
+from supersub_jax import models
 from supersub_jax import specialists
 from supersub_jax import stages
+from supersub_jax import weights
 
 BUNDLE_FORMAT = 'supersub_jax.bundle/1'
-DENSE_FORMAT = 'supersub_jax.dense_specialist/1'
+EXPORT_FORMATS = ('orbax', 'safetensors', 'npz')
+TORCHVISION_ARCHS = ('resnet18', 'resnet34', 'resnet50')
 
 
-def _write(path: str, tree: Any) -> int:
-  """Atomic write of a msgpack file; returns its size in bytes."""
-  data = serialization.msgpack_serialize(tree)
-  tmp = path + '.tmp'
+# ----------------------------------------------------------------------------------------------------------------------
+# Library
+
+
+def _write_file(path: str, data: bytes) -> int:
+  """Atomic write (a temporary file, then a rename); returns the size in bytes."""
+  tmp = f'{path}.tmp{os.getpid()}'
   with open(tmp, 'wb') as f:
     f.write(data)
   os.replace(tmp, path)
   return len(data)
-
-
-def _read(path: str, expected_format: str, to: str) -> dict:
-  with open(path, 'rb') as f:
-    tree = serialization.msgpack_restore(f.read())
-  found = tree.get('format') if isinstance(tree, dict) else None
-  if found != expected_format:
-    raise ValueError(f'{path} is not a {expected_format} file (format {found!r}); write it with '
-                     f'`python -m supersub_jax.convert --to={to}`.')
-  return tree
 
 
 def make_bundle(config, workdir: str) -> dict:
@@ -62,9 +71,23 @@ def make_bundle(config, workdir: str) -> dict:
           'specialists': {str(k): e for k, e in enumerate(exported)}}
 
 
+def write_bundle(path: str, bundle: dict) -> int:
+  return _write_file(path, serialization.msgpack_serialize(bundle))
+
+
 def load_bundle(path: str) -> tuple[dict, list[dict], hierarchy_lib.Hierarchy, dict]:
   """-> (generalist variables, exported specialists in superclass order, hierarchy, model description)."""
-  tree = _read(path, BUNDLE_FORMAT, 'bundle')
+  with open(path, 'rb') as f:
+    data = f.read()
+  try:
+    tree = serialization.msgpack_restore(data)
+  except Exception as e:  # pylint: disable=broad-except  (msgpack raises several unrelated types)
+    raise ValueError(f'{path} is not a readable msgpack file ({type(e).__name__}: {e}); write it with '
+                     '`python -m supersub_jax.convert bundle`.') from e
+  found = tree.get('format') if isinstance(tree, dict) else None
+  if found != BUNDLE_FORMAT:
+    raise ValueError(f'{path} is not a {BUNDLE_FORMAT} file (format {found!r}); write it with '
+                     '`python -m supersub_jax.convert bundle`.')
   hierarchy = hierarchy_lib.Hierarchy.from_dict(json.loads(tree['hierarchy']))
   exported = [tree['specialists'][str(k)] for k in range(hierarchy.num_superclasses)]
   return tree['generalist'], exported, hierarchy, tree['model']
@@ -73,43 +96,133 @@ def load_bundle(path: str) -> tuple[dict, list[dict], hierarchy_lib.Hierarchy, d
 def dense_specialist(config, workdir: str, k: int) -> dict:
   """Specialist ``k`` as dense ``{'params', 'batch_stats'}`` of the ResNet with an ``n_k``-way head."""
   hierarchy = stages.make_hierarchy(config)
-  generalist = stages.load_network(config, workdir, 'superclass', hierarchy)
+  if not 0 <= k < hierarchy.num_superclasses:
+    raise ValueError(f'--superclass={k} is outside [0, {hierarchy.num_superclasses}) of hierarchy '
+                     f'{hierarchy.name!r}; `python -m supersub_jax.hierarchy {config.hierarchy}` lists them.')
   exported = specialists.load_exported(config, workdir, k, hierarchy)
+  generalist = stages.load_network(config, workdir, 'superclass', hierarchy)
   base, _ = specialists.split_head(generalist.params)
   params = jax.tree.map(np.asarray, delta_lib.materialize_compressed(base, exported['delta']))
   params['head'] = exported['head']
   return {'params': params, 'batch_stats': exported['batch_stats']}
 
 
-def main(argv=None) -> None:
+def export_specialist(config, workdir: str, k: int, fmt: str, output: str) -> str:
+  """Writes specialist ``k`` as a dense network (``fmt`` in EXPORT_FORMATS); returns a one-line description."""
+  if fmt not in EXPORT_FORMATS:
+    raise ValueError(f'--format={fmt!r}: use one of {EXPORT_FORMATS}.')
+  suffix = {'safetensors': '.safetensors', 'npz': '.npz'}.get(fmt)
+  if suffix and not output.endswith(suffix):
+    raise ValueError(f'--output={output!r}: a {fmt} file must end with {suffix}.')
+  if os.path.exists(output):
+    raise FileExistsError(f'{output} already exists; choose a new --output or delete it first.')
+  variables = dense_specialist(config, workdir, k)
+  hierarchy = stages.make_hierarchy(config)
+  superclass = hierarchy.superclasses[k]
+  model = stages.make_model(config, len(superclass.subclasses))
+  if fmt == 'orbax':
+    meta = {**weights.model_meta(model, config.model, config.width), 'superclass': k, 'name': superclass.name,
+            'subclasses': [s.name for s in superclass.subclasses], 'workdir': os.path.abspath(workdir)}
+    weights.save_orbax(output, variables, meta)
+  else:
+    weights.write_state_dict(output, weights.to_torchvision(variables))
+  note = ''
+  if fmt != 'orbax' and (config.model not in TORCHVISION_ARCHS or config.stem != 'imagenet' or config.width != 1):
+    note = (f' (torchvision names and layouts; {config.model} stem={config.stem!r} width={config.width} is not one '
+            'of torchvision.models\' architectures)')
+  return f'specialist {k} ({superclass.name}, {len(superclass.subclasses)} classes) as {fmt}{note}'
+
+
+def import_torchvision(arch: str, input_path: str, output: str, *, stem: str = 'imagenet',
+                       width: float = 1.0) -> str:
+  """A torchvision state dict file -> an orbax checkpoint of our ResNet (``weights.save_orbax``)."""
+  if os.path.exists(output):
+    raise FileExistsError(f'{output} already exists; choose a new --output or delete it first.')
+  state_dict = weights.read_state_dict(input_path)
+  fc = state_dict.get('fc.weight')
+  if fc is None:
+    raise weights.WeightsMismatchError(f'{input_path} has no fc.weight: is it a torchvision ResNet state dict? '
+                                       f'(first keys: {sorted(state_dict)[:5]})')
+  model = models.create_model(arch, int(np.shape(fc)[0]), stem=stem, width=width)
+  variables = weights.from_torchvision(state_dict, model)
+  meta = {**weights.model_meta(model, arch, width), 'source': os.path.abspath(input_path),
+          'source_sha256': weights.file_sha256(input_path)}
+  weights.save_orbax(output, variables, meta)
+  return f'{arch} ({models.param_count(variables["params"]):,} parameters, {model.num_classes} classes)'
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Command line
+
+
+VERBS = {
+    'import-torchvision': ('arch', 'input', 'output', 'stem', 'width'),
+    'export': ('workdir', 'superclass', 'format', 'output', 'config'),
+    'bundle': ('workdir', 'output', 'config'),
+}
+
+
+def _verb_help(verb: str) -> str:
+  """The module docstring's paragraph on ``verb`` plus its flags."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  paragraphs = __doc__.split('\n\n')
+  text = next(p for p in paragraphs if p.startswith(f'{verb}:'))
+  lines = [f'usage: python -m supersub_jax.convert {verb} [flags]', '', text, '', 'flags:']
+  for name in VERBS[verb]:
+    flag = flags.FLAGS[name]
+    default = '' if flag.default in (None, '') else f' (default: {flag.default})'
+    lines.append(f'  --{name}: {flag.help}{default}')
+  lines.append('  --debug: on an error, show the full traceback instead of one line')
+  return '\n'.join(lines)
+
+
+def main() -> None:
   from absl import app, flags  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  flags.DEFINE_string('workdir', None, 'A trained workdir.', required=True)
-  flags.DEFINE_enum('to', 'bundle', ['bundle', 'dense'], 'What to write.')
-  flags.DEFINE_integer('superclass', 0, "With --to=dense: which specialist.")
-  flags.DEFINE_string('out', None, 'Output file.', required=True)
-  config_flags.DEFINE_config_file('config', None, 'The config the workdir was trained with.')
+  from supersub_jax import cli  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_string('workdir', None, 'A workdir trained by train.py.')
+  flags.DEFINE_string('output', None, 'Where to write (a file; a new directory for orbax).')
+  flags.DEFINE_integer('superclass', None, 'Which specialist (superclass index, as in report.md).')
+  flags.DEFINE_enum('format', 'orbax', EXPORT_FORMATS, 'Export file format.')
+  flags.DEFINE_enum('arch', None, sorted(models.MODELS), 'Architecture of the torchvision state dict '
+                    f'(torchvision has {", ".join(TORCHVISION_ARCHS)}).')
+  flags.DEFINE_string('input', None, 'A torchvision state dict: .pth (needs torch), .safetensors or .npz.')
+  flags.DEFINE_enum('stem', 'imagenet', list(models.STEMS), 'Stem of the architecture (torchvision: imagenet).')
+  flags.DEFINE_float('width', 1.0, 'Width multiplier of the architecture (torchvision: 1.0).')
+  cli.define_config_flag(stored_in_workdir=True)
+  cli.define_debug_flag()
 
-  def run(_):
-    from absl import logging  # pylint: disable=g-import-not-at-top
+  def parse(argv):
+    verb = next((a for a in argv[1:] if not a.startswith('-')), None)
+    if verb in VERBS and any(a in ('--help', '-h', '--helpshort', '-?') for a in argv[1:]):
+      print(_verb_help(verb))
+      sys.exit(0)
+    return app.parse_flags_with_usage(argv)
+
+  def run(argv):
     f = flags.FLAGS
-    if not f['verbosity'].present:  # orbax logs every restore at INFO
-      logging.set_verbosity(logging.WARNING)
-    if f.to == 'bundle':
-      tree = make_bundle(f.config, f.workdir)
-      size = _write(f.out, tree)
-      print(f'wrote {f.out}: {size:,} bytes (generalist + {len(tree["specialists"])} compressed specialists)')
+    verbs = argv[1:]
+    if len(verbs) != 1 or verbs[0] not in VERBS:
+      raise ValueError(f'give one verb of {sorted(VERBS)}, got {verbs}; '
+                       '`python -m supersub_jax.convert VERB --help` shows its flags and an example.')
+    verb = verbs[0]
+    required = [n for n in VERBS[verb] if n not in ('config', 'format', 'stem', 'width') and f[n].value is None]
+    if required:
+      raise ValueError(f'{verb} needs --{", --".join(required)} (see `python -m supersub_jax.convert {verb} '
+                       '--help`).')
+    if verb == 'import-torchvision':
+      what = import_torchvision(f.arch, f.input, f.output, stem=f.stem, width=f.width)
+      print(f'wrote {f.output}: {what}')
+      return
+    config = cli.config_for_workdir(f.config, f.workdir)
+    if verb == 'export':
+      what = export_specialist(config, f.workdir, f.superclass, f.format, f.output)
+      print(f'wrote {f.output}: {what}')
     else:
-      tree = {'format': DENSE_FORMAT, **dense_specialist(f.config, f.workdir, f.superclass)}
-      size = _write(f.out, tree)
-      print(f'wrote {f.out}: {size:,} bytes (dense specialist {f.superclass})')
+      size = write_bundle(f.output, make_bundle(config, f.workdir))
+      print(f'wrote {f.output}: {size:,} bytes (generalist + {stages.make_hierarchy(config).num_superclasses} '
+            'compressed specialists)')
 
-  app.run(run, argv=argv)
-
-
-def load_dense(path: str) -> dict:
-  tree = _read(path, DENSE_FORMAT, 'dense')
-  return {'params': tree['params'], 'batch_stats': tree['batch_stats']}
+  cli.run(run, flags_parser=parse)
 
 
 if __name__ == '__main__':

@@ -1,4 +1,8 @@
-"""Conversion of a trained workdir: the inference bundle and a dense specialist."""
+"""Conversion of a trained workdir (bundle, export) and of torchvision weights (import-torchvision)."""
+
+import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -7,13 +11,23 @@ import pytest
 from supersub_jax import convert
 from supersub_jax import delta as delta_lib
 from supersub_jax import inference
+from supersub_jax import models
 from supersub_jax import stages
+from supersub_jax import weights
+
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'fixtures')
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
+
+
+def _convert(*args, timeout=300):
+  return subprocess.run([sys.executable, '-m', 'supersub_jax.convert', *args], capture_output=True, text=True,
+                        timeout=timeout)
 
 
 def test_bundle_round_trip_predicts_like_the_workdir(tiny_workdir, tmp_path):
   config, workdir, _ = tiny_workdir
   path = str(tmp_path / 'supersub.msgpack')
-  size = convert._write(path, convert.make_bundle(config, workdir))
+  size = convert.write_bundle(path, convert.make_bundle(config, workdir))
   generalist, exported, hierarchy, model = convert.load_bundle(path)
   assert model['name'] == config.model and hierarchy.num_superclasses == 3
   from_bundle = inference.build_supersub(generalist, exported, hierarchy)
@@ -28,36 +42,104 @@ def test_bundle_round_trip_predicts_like_the_workdir(tiny_workdir, tmp_path):
   np.testing.assert_array_equal(a['label'], b['label'])
   np.testing.assert_array_equal(a['prob'], b['prob'])
   # The bundle holds the compressed specialists, not N dense copies of the network.
-  dense_network = delta_lib.tree_nbytes(generalist)
-  assert size < dense_network * 2
+  assert size < delta_lib.tree_nbytes(generalist) * 2
 
 
-def test_dense_specialist_equals_materialized_weights(tiny_workdir, tmp_path):
-  config, workdir, _ = tiny_workdir
-  path = str(tmp_path / 'specialist.msgpack')
-  convert._write(path, {'format': convert.DENSE_FORMAT, **convert.dense_specialist(config, workdir, 1)})
-  variables = convert.load_dense(path)
-  hierarchy = stages.make_hierarchy(config)
+def test_garbage_bundle_is_named(tmp_path):
+  path = tmp_path / 'bad.msgpack'
+  path.write_bytes(b'\xc1' * 7)
+  with pytest.raises(ValueError, match='bad.msgpack is not a readable msgpack file'):
+    convert.load_bundle(str(path))
+  convert.write_bundle(str(path), {'format': 'something else'})
+  with pytest.raises(ValueError, match='convert bundle'):
+    convert.load_bundle(str(path))
+
+
+def _banked_specialist(config, workdir, k):
+  """Specialist k as two-stage inference materializes it from the bank (the reference for exports)."""
   bundle = convert.make_bundle(config, workdir)
-  state = inference.build_supersub(bundle['generalist'], [bundle['specialists'][str(k)] for k in range(3)],
+  hierarchy = stages.make_hierarchy(config)
+  state = inference.build_supersub(bundle['generalist'], [bundle['specialists'][str(i)] for i in range(3)],
                                    hierarchy)
-  banked = inference.specialist_variables(state.bank, state.base, 1)
-  n1 = int(hierarchy.sizes[1])
-  for path_, leaf in jax.tree_util.tree_flatten_with_path(variables['params'])[0]:
-    other = banked['params']
-    for key in path_:
-      other = other[key.key]
-    if path_[0].key == 'head':
-      other = other[..., :n1]
-    np.testing.assert_array_equal(np.asarray(leaf), np.asarray(other))
-  model = stages.make_model(config, n1)
-  logits = model.apply(variables, np.zeros((2, 16, 16, 3), np.float32), train=False)
-  assert logits.shape == (2, n1)
+  banked = inference.specialist_variables(state.bank, state.base, k)
+  n = int(hierarchy.sizes[k])
+  return jax.tree_util.tree_map_with_path(
+      lambda p, x: np.asarray(x)[..., :n] if p[1].key == 'head' else np.asarray(x), banked), n
 
 
-def test_wrong_file_kind_is_named(tiny_workdir, tmp_path):
+@pytest.mark.parametrize('fmt', convert.EXPORT_FORMATS)
+def test_export_is_the_banked_specialist(tiny_workdir, tmp_path, fmt):
   config, workdir, _ = tiny_workdir
-  path = str(tmp_path / 'specialist.msgpack')
-  convert._write(path, {'format': convert.DENSE_FORMAT, **convert.dense_specialist(config, workdir, 0)})
-  with pytest.raises(ValueError, match='--to=bundle'):
-    convert.load_bundle(path)
+  k = 1
+  expected, n = _banked_specialist(config, workdir, k)
+  output = str(tmp_path / {'orbax': 'spec', 'safetensors': 'spec.safetensors', 'npz': 'spec.npz'}[fmt])
+  convert.export_specialist(config, workdir, k, fmt, output)
+  model = stages.make_model(config, n)
+  if fmt == 'orbax':
+    variables, meta = weights.load_orbax(output)
+    assert meta['superclass'] == k and meta['num_classes'] == n and len(meta['subclasses']) == n
+  else:
+    variables = weights.from_torchvision(weights.read_state_dict(output), model)
+  for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(expected)[0], jax.tree.leaves(variables)):
+    np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+  logits = model.apply(variables, np.zeros((2, 16, 16, 3), np.float32), train=False)
+  assert logits.shape == (2, n)
+
+
+def test_export_rejects_bad_input_and_writes_nothing(tiny_workdir, tmp_path):
+  config, workdir, _ = tiny_workdir
+  with pytest.raises(ValueError, match=r'--superclass=99 is outside \[0, 3\)'):
+    convert.export_specialist(config, workdir, 99, 'orbax', str(tmp_path / 'a'))
+  with pytest.raises(ValueError, match='must end with .safetensors'):
+    convert.export_specialist(config, workdir, 0, 'safetensors', str(tmp_path / 'a.bin'))
+  empty = str(tmp_path / 'empty_workdir')
+  with pytest.raises(FileNotFoundError, match='No finished specialist 0'):
+    convert.export_specialist(config, empty, 0, 'npz', str(tmp_path / 'a.npz'))
+  assert sorted(os.listdir(tmp_path)) == []  # no output, and no directory created in the empty workdir
+
+
+def test_import_torchvision_cli_reproduces_the_reference_logits(tmp_path):
+  output = str(tmp_path / 'resnet18_orbax')
+  out = _convert('import-torchvision', '--arch=resnet18', '--width=0.125',
+                 f'--input={FIXTURES}/torchvision_basic.safetensors', f'--output={output}')
+  assert out.returncode == 0, out.stderr
+  assert f'wrote {output}: resnet18' in out.stdout
+  variables, meta = weights.load_orbax(output)
+  assert meta['num_classes'] == 10 and meta['source_sha256'] == weights.file_sha256(
+      f'{FIXTURES}/torchvision_basic.safetensors')
+  with np.load(f'{FIXTURES}/torchvision_basic.npz') as ref:
+    model = models.create_model('resnet18', 10, width=0.125)
+    logits = np.asarray(model.apply(variables, ref['input_nchw'].transpose(0, 2, 3, 1), train=False))
+    assert np.abs(logits - ref['logits']).max() / np.abs(ref['logits']).max() < 1e-4
+
+
+def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path):
+  weights_file = f'{FIXTURES}/torchvision_basic.safetensors'
+  output = str(tmp_path / 'out')
+  cases = {
+      'wrong architecture': (['import-torchvision', '--arch=resnet50', f'--input={weights_file}'],
+                             'does not fit ResNet'),
+      'unknown architecture': (['import-torchvision', '--arch=vgg16', f'--input={weights_file}'],
+                               'value should be one of'),
+      'not a state dict': (['import-torchvision', '--arch=resnet18', f'--input={FIXTURES}/torchvision_basic.npz'],
+                           'has no fc.weight'),
+      'wrong file type': (['import-torchvision', '--arch=resnet18', f'--input={FIXTURES}/../conftest.py'],
+                          "unknown weights file type '.py'"),
+      'missing workdir': (['export', f'--workdir={tmp_path}/none', '--superclass=0', f'--config={CONFIGS}/synthetic.py'],
+                          'No finished specialist 0'),
+      'no verb': ([], 'give one verb'),
+  }
+  for name, (args, message) in cases.items():
+    out = _convert(*args, f'--output={output}')
+    assert out.returncode != 0, name
+    assert message in out.stderr, (name, out.stderr)
+    assert 'Traceback' not in out.stderr, name
+  assert os.listdir(tmp_path) == []
+
+
+def test_each_verb_help_shows_an_example():
+  for verb in convert.VERBS:
+    out = _convert(verb, '--help')
+    assert out.returncode == 0
+    assert f'python -m supersub_jax.convert {verb} --' in out.stdout, verb
+    assert '--output' in out.stdout
