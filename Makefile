@@ -24,7 +24,7 @@ install: $(STAMP)
 demo: export XLA_FLAGS ?= --xla_force_host_platform_device_count=2
 demo: $(STAMP)
 	$(BIN)/python train.py --config=$(CONFIG) --workdir=$(WORKDIR)
-	$(BIN)/python evaluate.py --config=$(CONFIG) --workdir=$(WORKDIR)
+	$(BIN)/python evaluate.py --workdir=$(WORKDIR)
 
 # pytest exits 5 when it collects no test: that is not a failure of the suite.
 test: $(STAMP)

@@ -12,12 +12,8 @@ Writes <out>.json, <out>.md (a table) and <out>.png (accuracy against alpha).
 
 import json
 import os
-import sys
 
-# Config files import `configs.default`, a package at the repository root (train.py's directory).
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from absl import app  # pylint: disable=g-import-not-at-top
+from absl import app
 from absl import flags
 from ml_collections import config_flags
 

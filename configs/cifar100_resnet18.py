@@ -2,7 +2,7 @@
 
 Command (after `python -m supersub_jax.data.prepare --dataset=cifar100 --data_dir=./data`):
   python train.py --config=configs/cifar100_resnet18.py --workdir=runs/cifar100
-  python evaluate.py --config=configs/cifar100_resnet18.py --workdir=runs/cifar100
+  python evaluate.py --workdir=runs/cifar100
 Runtime: not measured yet on an accelerator (CIFAR-100 cannot be downloaded where this was written); expect about
 1 hour on one modern GPU for the three stages (200 + 100 epochs-equivalent of 391 steps, 20 x 1500 specialist steps).
 Expected result: not measured yet; a ResNet-18 reaches about 75-78% top-1 on CIFAR-100 with this recipe.

@@ -2,7 +2,7 @@
 
 Command:
   python train.py --config=configs/synthetic.py --workdir=runs/demo
-  python evaluate.py --config=configs/synthetic.py --workdir=runs/demo
+  python evaluate.py --workdir=runs/demo
 Runtime: 13 minutes on a 2-core CPU (two forced XLA host devices, as `make demo` sets) for the three stages
   and the evaluation, measured; the dataset builds in about 6 s the first time.
 Expected result (measured): vanilla top-1 0.942, generalist superclass top-1 0.999, Super-Sub top-1 0.953
