@@ -22,11 +22,9 @@ Usage:
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -130,19 +128,23 @@ def build_resources(src: Path) -> dict[str, bytes]:
   return {TREE_FILE: tree_text.encode('utf-8'), KNOWN_WNIDS_FILE: known_bytes}
 
 
-def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--src', type=Path, required=True,
-                      help='folder holding wordnet.is_a.txt, words.txt, imagenet_class_index.json')
-  parser.add_argument('--out', type=Path,
-                      default=Path(__file__).resolve().parents[1] / 'supersub_jax' / 'resources')
-  args = parser.parse_args(argv)
-  args.out.mkdir(parents=True, exist_ok=True)
-  for name, data in build_resources(args.src).items():
-    (args.out / name).write_bytes(data)
-    print(f'wrote {args.out / name} ({len(data)} bytes)')
-  return 0
+def main() -> None:
+  from absl import app, flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_string('src', None, 'Folder holding wordnet.is_a.txt, words.txt, imagenet_class_index.json.',
+                      required=True)
+  flags.DEFINE_string('out', str(Path(__file__).resolve().parents[1] / 'supersub_jax' / 'resources'),
+                      'Where to write the resources.')
+
+  def run(argv):
+    del argv
+    out = Path(flags.FLAGS.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, data in build_resources(Path(flags.FLAGS.src)).items():
+      (out / name).write_bytes(data)
+      print(f'wrote {out / name} ({len(data)} bytes)')
+
+  app.run(run)
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  main()
