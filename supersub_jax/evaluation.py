@@ -60,7 +60,7 @@ def _peak_rss_bytes() -> int:
 def collect_predictions(config, workdir: str, hierarchy, vanilla, state, generalist_model, specialist_model,
                         *, threshold: float, chunk_size: int) -> dict[str, np.ndarray]:
   """Labels and predictions of every image of config.eval_split, as int arrays [M] (padding dropped)."""
-  source = stages.load_source(config, 'eval', hierarchy)
+  source = stages.load_source(config, config.eval_split, hierarchy)
   batches = stages.eval_batches(config, source, label_mode='subclass', batch_size=config.evaluate.batch_size,
                                 process_index=0, process_count=1, local_device_count=1)
   vanilla_apply = _apply_fn(vanilla.model)

@@ -163,6 +163,7 @@ def train_specialists(config, workdir: str) -> dict:
     n_k = int(hierarchy.sizes[k])
     name = hierarchy.superclasses[k].name
     train_source = stages.load_source(config, 'train', hierarchy, superclass=k)
+    eval_source = stages.load_source(config, config.eval_split, hierarchy, superclass=k)
     num_steps = specialist_steps(cfg, len(train_source), config.batch_size)
     tx, step_fn = compiled_step(num_steps)
     logit_mask = parallel.replicate(np.asarray(hierarchy.local_valid[k]))
@@ -194,9 +195,7 @@ def train_specialists(config, workdir: str) -> dict:
                            save_fn=save_fn, writer=None, log_every=config.log_every_steps,
                            checkpoint_every=config.checkpoint_every_steps)
     test = train_lib.evaluate(rstate, eval_fn=eval_fn, parallel=parallel, frozen=extra,
-                              batches=stages.eval_batches(
-                                  config, stages.load_source(config, 'eval', hierarchy, superclass=k),
-                                  label_mode='local'))
+                              batches=stages.eval_batches(config, eval_source, label_mode='local'))
     host_state = parallel.unreplicate(rstate)
     exported = export(host_state, dcfg, n_k)
     nbytes = exported_nbytes(exported)

@@ -52,8 +52,7 @@ def dataset_kwargs(config) -> dict:
 
 
 def load_source(config, split: str, hierarchy, superclass: int | None = None):
-  """One split of ``config.dataset`` relabelled by ``hierarchy``; ``split='eval'`` is ``config.eval_split``."""
-  split = config.eval_split if split == 'eval' else split
+  """One split of ``config.dataset`` relabelled by ``hierarchy`` (held-out data: ``config.eval_split``)."""
   return sources.load_source(config.dataset, split, hierarchy, ckpt.abs_path(config.data_dir),
                              manual_dir=config.manual_dir or None, superclass=superclass, **dataset_kwargs(config))
 
@@ -166,6 +165,7 @@ def train_network(config, workdir: str, stage: str) -> dict:
 
   manager = ckpt.make_manager(stage_dir(workdir, stage), max_to_keep=config.max_to_keep)
   train_iter = train_batches(config, load_source(config, 'train', hierarchy), label_mode=label_mode, seed=seed)
+  eval_source = load_source(config, config.eval_split, hierarchy)  # now: a missing split must not wait for the end
   meta = {'stage': stage, 'config': config_json(config), 'hierarchy': hierarchy.to_dict(),
           'num_classes': num_classes, 'init': initial_backbone_source(config, stage)}
 
@@ -204,8 +204,7 @@ def train_network(config, workdir: str, stage: str) -> dict:
                          checkpoint_every=config.checkpoint_every_steps)
   eval_fn = parallel.compile(functools.partial(train_lib.eval_step, apply_fn=model.apply), donate_state=False)
   test = train_lib.evaluate(rstate, eval_fn=eval_fn, parallel=parallel, frozen={},
-                            batches=eval_batches(config, load_source(config, 'eval', hierarchy),
-                                                 label_mode=label_mode))
+                            batches=eval_batches(config, eval_source, label_mode=label_mode))
   writer.write(num_steps, config.eval_split, test)
   logging.info('[%s] %s: %s', stage, config.eval_split, test)
   if jax.process_index() == 0:

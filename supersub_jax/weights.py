@@ -81,20 +81,26 @@ def torchvision_name(collection: str, path: tuple[str, ...]) -> str:
   return f'{prefix}.{_BN_PARAMS[leaf]}'
 
 
+def _torch_axes(leaf: str, ndim: int) -> tuple[int, ...] | None:
+  """The transpose from a flax leaf to torch's layout: conv HWIO -> OIHW, Dense [in, out] -> Linear [out, in]."""
+  if leaf != 'kernel':
+    return None
+  return {4: (3, 2, 0, 1), 2: (1, 0)}.get(ndim)
+
+
 def _to_torch_layout(array: np.ndarray, leaf: str) -> np.ndarray:
-  if leaf == 'kernel' and array.ndim == 4:   # flax HWIO -> torch OIHW
-    return np.ascontiguousarray(np.transpose(array, (3, 2, 0, 1)))
-  if leaf == 'kernel' and array.ndim == 2:   # flax Dense [in, out] -> torch Linear [out, in]
-    return np.ascontiguousarray(array.T)
-  return array
+  axes = _torch_axes(leaf, array.ndim)
+  return array if axes is None else np.ascontiguousarray(np.transpose(array, axes))
 
 
-def _from_torch_layout(array: np.ndarray, leaf: str, ndim: int) -> np.ndarray:
-  if leaf == 'kernel' and ndim == 4 and array.ndim == 4:
-    return np.ascontiguousarray(np.transpose(array, (2, 3, 1, 0)))
-  if leaf == 'kernel' and ndim == 2 and array.ndim == 2:
-    return np.ascontiguousarray(array.T)
-  return array
+def _from_torch_layout(array: np.ndarray, leaf: str) -> np.ndarray:
+  axes = _torch_axes(leaf, array.ndim)
+  return array if axes is None else np.ascontiguousarray(np.transpose(array, np.argsort(axes)))
+
+
+def _torch_shape(shape: tuple[int, ...], leaf: str) -> tuple[int, ...]:
+  axes = _torch_axes(leaf, len(shape))
+  return shape if axes is None else tuple(shape[a] for a in axes)
 
 
 def _leaves(tree: PyTree) -> list[tuple[str, tuple[str, ...], Any]]:
@@ -143,11 +149,11 @@ def from_torchvision(state_dict: Mapping[str, np.ndarray], model: models.ResNet,
       missing.append(f'{name} (for {collection}/{"/".join(path)}, {tuple(leaf.shape)})')
       continue
     used.add(name)
-    array = _from_torch_layout(np.asarray(state_dict[name]), path[-1], len(leaf.shape))
-    if tuple(array.shape) != tuple(leaf.shape):
-      misshaped.append(f'{name}: file {tuple(np.shape(state_dict[name]))}, model needs '
-                       f'{tuple(_to_torch_layout(np.zeros(leaf.shape, np.float32), path[-1]).shape)}')
+    array = np.asarray(state_dict[name])
+    if array.shape != _torch_shape(tuple(leaf.shape), path[-1]):
+      misshaped.append(f'{name}: file {array.shape}, model needs {_torch_shape(tuple(leaf.shape), path[-1])}')
       continue
+    array = _from_torch_layout(array, path[-1])
     _set(out, (collection,) + path, array.astype(np.float32))
   bn_modules = {name.rsplit('.', 1)[0] for name in used if name.endswith('.running_mean')}
   ignorable = {f'{m}.num_batches_tracked' for m in bn_modules}

@@ -15,6 +15,7 @@ from supersub_jax import specialists
 from supersub_jax import stages
 from supersub_jax import train as train_lib
 from supersub_jax import weights
+from supersub_jax.data import sources
 
 
 def _final_state(config, workdir, stage='vanilla'):
@@ -150,3 +151,11 @@ def test_init_that_does_not_fit_fails_before_training(tmp_path, tiny_data_dir):
                                                         r'\(8, 3, 3, 3\)'):
     stages.run(config, str(tmp_path / 'w'))
   assert not os.path.exists(tmp_path / 'w' / 'vanilla' / '0')
+
+
+def test_missing_eval_split_fails_before_training(tmp_path, tiny_data_dir):
+  config = make_tiny_config(tiny_data_dir)
+  config.eval_split = 'validation'  # the synthetic dataset has train and test
+  with pytest.raises(sources.DatasetNotPreparedError, match=r"split 'validation' .*available: \['test', 'train'\]"):
+    stages.run(config, str(tmp_path))
+  assert not os.path.exists(tmp_path / 'vanilla' / '0') and not (tmp_path / 'metrics.jsonl').exists()
