@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -275,28 +275,114 @@ def _is_record(node) -> bool:
   return isinstance(node, dict) and _RECORD_KEYS <= set(node)
 
 
-def _decompress_record(rec: dict) -> np.ndarray:
-  shape = tuple(int(s) for s in np.asarray(rec['shape']))
-  size = int(np.prod(shape, dtype=np.int64))
-  bits = int(np.asarray(rec['bits']))
-  idx = decode_positions(int(np.asarray(rec['encoding'])), np.asarray(rec['positions']), size)
-  values = np.asarray(rec['values'])
+MAX_LEAF_SIZE = np.iinfo(np.int32).max - 1  # positions are int32 on device (inference's bank)
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodedRecord:
+  """One validated record, unpacked (numpy): ``indices`` int64 [k] ascending flat positions of the kept entries,
+  and either ``codes`` int8 [k] with ``scale`` float32 [1 or C] (entry i uses ``scale[i % C]``), or ``values``
+  float32 [k] when ``bits == 0``."""
+  shape: tuple[int, ...]
+  bits: int
+  indices: np.ndarray
+  codes: np.ndarray | None
+  scale: np.ndarray | None
+  values: np.ndarray | None
+
+
+def _array(rec, key: str, where: str) -> np.ndarray:
+  try:
+    return np.asarray(rec[key])
+  except Exception as e:  # pylint: disable=broad-except  (anything that is not an array)
+    raise ValueError(f'{where}: {key!r} is not an array ({type(e).__name__}).') from e
+
+
+def _int_scalar(rec, key: str, where: str, choices) -> int:
+  x = _array(rec, key, where)
+  if x.size != 1 or not np.issubdtype(x.dtype, np.integer) or int(x.reshape(-1)[0]) not in choices:
+    raise ValueError(f'{where}: {key!r} must be one integer in {tuple(choices)}, got {x.dtype}{list(x.shape)}.')
+  return int(x.reshape(-1)[0])
+
+
+def decode_record(rec, where: str = 'record', expected_shape: tuple[int, ...] | None = None) -> DecodedRecord:
+  """Validates and unpacks one compressed record (schema in the module docstring).
+
+  Every malformed input -- a missing key, a wrong dtype or length, positions out of range or out of order, a bad
+  scale, a shape other than ``expected_shape`` -- raises ValueError naming ``where``; nothing is allocated at the
+  size a record merely claims before its arrays are checked against it.
+  """
+  if not isinstance(rec, Mapping) or not _RECORD_KEYS <= set(rec):
+    raise ValueError(f'{where}: not a compressed record (needs the keys {sorted(_RECORD_KEYS)}).')
+  shape_arr = _array(rec, 'shape', where)
+  if shape_arr.ndim != 1 or not 1 <= shape_arr.size <= 8 or not np.issubdtype(shape_arr.dtype, np.integer) \
+      or (shape_arr < 1).any():
+    raise ValueError(f'{where}: shape must be 1 to 8 positive integers, got {shape_arr.dtype}{shape_arr.tolist()}.')
+  shape = tuple(int(d) for d in shape_arr)
+  if expected_shape is not None and shape != tuple(expected_shape):
+    raise ValueError(f'{where}: shape {shape}, but the base param has {tuple(expected_shape)}.')
+  size = int(np.prod(shape, dtype=np.float64))
+  if size > MAX_LEAF_SIZE:
+    raise ValueError(f'{where}: shape {shape} has {size} entries, more than {MAX_LEAF_SIZE}.')
+  bits = _int_scalar(rec, 'bits', where, (0,) + quant.SUPPORTED_BITS)
+  encoding = _int_scalar(rec, 'encoding', where, (POSITIONS_BITMASK, POSITIONS_INDICES))
+  positions = _array(rec, 'positions', where)
+  if positions.ndim != 1 or positions.size == 0 or not np.issubdtype(positions.dtype, np.unsignedinteger):
+    raise ValueError(f'{where}: positions must be a non-empty 1-D unsigned array, got '
+                     f'{positions.dtype}{list(positions.shape)}.')
+  if encoding == POSITIONS_BITMASK:
+    if positions.dtype != np.uint8 or positions.size != (size + 7) // 8:
+      raise ValueError(f'{where}: a bitmask of {size} entries is {(size + 7) // 8} uint8 bytes, got '
+                       f'{positions.dtype}[{positions.size}].')
+    indices = np.flatnonzero(np.unpackbits(positions, count=size))
+  else:
+    indices = positions.astype(np.int64)
+    if indices[-1] >= size or (indices.size > 1 and (np.diff(indices) <= 0).any()):
+      raise ValueError(f'{where}: indices must be strictly increasing and below {size}.')
+  k = indices.size
+  values = _array(rec, 'values', where)
+  if values.ndim != 1:
+    raise ValueError(f'{where}: values must be 1-D, got shape {list(values.shape)}.')
   if bits == 0:
+    if values.dtype != np.float32 or values.size != max(k, 1) or not np.isfinite(values).all():
+      raise ValueError(f'{where}: an unquantized record holds {max(k, 1)} finite float32 values, got '
+                       f'{values.dtype}[{values.size}].')
+    return DecodedRecord(shape, 0, indices, None, None, values[:k].copy())
+  if values.dtype != np.uint8 or values.size != max(quant.packed_len(k, bits), 1):
+    raise ValueError(f'{where}: {k} codes of {bits} bits pack into {max(quant.packed_len(k, bits), 1)} uint8 bytes, '
+                     f'got {values.dtype}[{values.size}].')
+  if 'scale' not in rec:
+    raise ValueError(f'{where}: a quantized record (bits={bits}) needs a scale.')
+  scale = _array(rec, 'scale', where)
+  if scale.dtype != np.float32 or scale.size not in (1, shape[-1]) or not (np.isfinite(scale) & (scale > 0)).all():
+    raise ValueError(f'{where}: scale must be 1 or {shape[-1]} (last axis) positive finite float32 values, got '
+                     f'{scale.dtype}{list(scale.shape)}.')
+  return DecodedRecord(shape, bits, indices, quant.unpack_int(values, bits, k), scale.reshape(-1), None)
+
+
+def _dense(d: DecodedRecord) -> np.ndarray:
+  size = int(np.prod(d.shape))
+  if d.values is not None:
     dense = np.zeros(size, np.float32)
-    dense[idx] = values[:idx.size]
-    return dense.reshape(shape)
+    dense[d.indices] = d.values
+    return dense.reshape(d.shape)
   codes = np.zeros(size, np.int8)
-  codes[idx] = quant.unpack_int(values, bits, idx.size)
+  codes[d.indices] = d.codes
+  scale = d.scale if d.scale.size == 1 else d.scale.reshape((1,) * (len(d.shape) - 1) + (-1,))
   # Exact product (grid scale, |code| <= 127): same bits as quant.dequantize under jit.
-  return codes.reshape(shape).astype(np.float32) * np.asarray(rec['scale'], np.float32)
+  return codes.reshape(d.shape).astype(np.float32) * scale
 
 
-def _walk_records(compressed, prefix=()):
+def walk_records(compressed, prefix=()):
+  """(path keys, record) of every record of a ``CompressedDelta``; ValueError on anything else in it."""
+  if not isinstance(compressed, Mapping):
+    raise ValueError(f'compressed delta {"/".join(prefix) or "root"} is a {type(compressed).__name__}, not a dict; '
+                     'was it produced by delta.compress?')
   for k, v in compressed.items():
     if _is_record(v):
       yield prefix + (k,), v
-    elif isinstance(v, dict):
-      yield from _walk_records(v, prefix + (k,))
+    elif isinstance(v, Mapping):
+      yield from walk_records(v, prefix + (k,))
     else:
       raise ValueError(f'compressed delta entry {"/".join(prefix + (k,))!r} is neither a record nor a dict '
                        f'of records; was it produced by delta.compress?')
@@ -310,11 +396,11 @@ def decompress(compressed: CompressedDelta) -> dict:
   them).
   """
   out: dict = {}
-  for keys, rec in _walk_records(compressed):
+  for keys, rec in walk_records(compressed):
     node = out
     for k in keys[:-1]:
       node = node.setdefault(k, {})
-    node[keys[-1]] = _decompress_record(rec)
+    node[keys[-1]] = _dense(decode_record(rec, '/'.join(keys)))
   return out
 
 
@@ -324,25 +410,23 @@ def materialize_compressed(base: PyTree, compressed: CompressedDelta) -> PyTree:
   Decompression runs in numpy, so ``compressed`` must hold concrete arrays; ``base``
   may be traced. Raises ValueError if a record has no base leaf of the same shape.
   """
-  dense = {'/'.join(keys): _decompress_record(rec) for keys, rec in _walk_records(compressed)}
-  used = set()
+  shapes = {path_str(p): tuple(np.shape(b)) for p, b in jax.tree_util.tree_flatten_with_path(base)[0]}
+  dense = {}
+  for keys, rec in walk_records(compressed):
+    p = '/'.join(keys)
+    if p not in shapes:
+      raise ValueError(f'compressed delta has leaf {p!r}, which is not in the base params; compress against the '
+                       'same base architecture.')
+    dense[p] = _dense(decode_record(rec, p, expected_shape=shapes[p]))
 
   def leaf(path, b):
     p = path_str(path)
     if p not in dense:
       return b
-    used.add(p)
-    if dense[p].shape != np.shape(b):
-      raise ValueError(f'compressed leaf {p!r} has shape {dense[p].shape} but the base has {np.shape(b)}.')
     b = jnp.asarray(b)
     return (b + jnp.asarray(dense[p])).astype(b.dtype)
 
-  params = jax.tree_util.tree_map_with_path(leaf, base)
-  missing = sorted(set(dense) - used)
-  if missing:
-    raise ValueError(f'compressed delta has leaves {missing} that are not in the base params; '
-                     'compress against the same base architecture.')
-  return params
+  return jax.tree_util.tree_map_with_path(leaf, base)
 
 
 # ----------------------------------------------------------------------------- storage accounting

@@ -35,7 +35,6 @@ import numpy as np
 from flax import struct
 
 from supersub_jax import delta as delta_lib
-from supersub_jax import quant
 
 PyTree = Any
 SpecialistLogitsFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -126,60 +125,32 @@ def _flat_leaves(tree: PyTree) -> dict[str, Any]:
   return {delta_lib.path_str(p): x for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-def _decode_record(rec: Mapping[str, Any], where: str) -> dict[str, Any]:
-  """One compressed record -> flat int64 indices, int8 codes or float32 values, and the flat scale (numpy)."""
-  shape = tuple(int(s) for s in np.asarray(rec['shape']))
-  size = int(np.prod(shape, dtype=np.int64))
-  bits = int(np.asarray(rec['bits']))
-  try:
-    idx = delta_lib.decode_positions(int(np.asarray(rec['encoding'])), np.asarray(rec['positions']), size)
-  except ValueError as e:
-    raise ValueError(f'{where}: {e}') from e
-  values = np.asarray(rec['values'])
-  if bits == 0:
-    if values.dtype != np.float32 or values.size < idx.size:
-      raise ValueError(f'{where}: unquantized record needs float32 values for {idx.size} kept entries, got '
-                       f'{values.dtype}{list(values.shape)}; re-export it with delta.compress.')
-    return {'shape': shape, 'indices': idx, 'values': values[:idx.size].copy(), 'codes': None, 'scale': None}
-  if 'scale' not in rec:
-    raise ValueError(f'{where}: quantized record (bits={bits}) has no scale; re-export it with delta.compress.')
-  scale = np.asarray(rec['scale'], np.float32).reshape(-1)
-  return {'shape': shape, 'indices': idx, 'values': None, 'codes': quant.unpack_int(values, bits, idx.size),
-          'scale': scale}
-
-
-def _stack_records(path: str, decoded: list[dict | None], leaf_shape: tuple[int, ...]) -> dict[str, np.ndarray]:
+def _stack_records(decoded: list[delta_lib.DecodedRecord | None],
+                   leaf_shape: tuple[int, ...]) -> dict[str, np.ndarray]:
   """Per-specialist decoded records of one leaf (None = no delta) -> one padded bank record."""
   size = int(np.prod(leaf_shape, dtype=np.int64))
-  if size > np.iinfo(np.int32).max - 1:
-    raise ValueError(f'param {path!r} has {size} entries, too many for int32 positions.')
   n = len(decoded)
   present = [d for d in decoded if d is not None]
-  k_max = max(1, max(d['indices'].size for d in present))  # >= 1: no zero-size device arrays
+  k_max = max(1, max(d.indices.size for d in present))  # >= 1: no zero-size device arrays
   indices = np.full((n, k_max), size, np.int32)  # pad = size: out of range, dropped by the scatter
   for i, d in enumerate(decoded):
     if d is not None:
-      indices[i, :d['indices'].size] = d['indices']
+      indices[i, :d.indices.size] = d.indices
   channels = leaf_shape[-1] if leaf_shape else 1
-  per_channel = any(d['scale'] is not None and d['scale'].size > 1 for d in present)
-  c = channels if per_channel else 1
-  for d in present:
-    if d['scale'] is not None and d['scale'].size not in (1, c):
-      raise ValueError(f'param {path!r}: a scale of {d["scale"].size} entries fits neither a per-tensor scale '
-                       f'nor {channels} per-channel scales (last axis).')
+  c = channels if any(d.scale is not None and d.scale.size > 1 for d in present) else 1
 
-  if any(d['values'] is not None for d in present):
+  if any(d.values is not None for d in present):
     # Some specialist stored this leaf unquantized: hold float values for all of them. codes * scale is an exact
     # float32 product (grid scales, see quant), so dequantizing here gives the bits materialize_compressed gives.
     values = np.zeros((n, k_max), np.float32)
     for i, d in enumerate(decoded):
       if d is None:
         continue
-      if d['values'] is not None:
-        v = d['values']
+      if d.values is not None:
+        v = d.values
       else:
-        ch = d['indices'] % channels if d['scale'].size > 1 else np.zeros_like(d['indices'])
-        v = d['codes'].astype(np.float32) * d['scale'][ch]
+        ch = d.indices % channels if d.scale.size > 1 else np.zeros_like(d.indices)
+        v = d.codes.astype(np.float32) * d.scale[ch]
       values[i, :v.size] = v
     return {'indices': indices, 'values': values}
 
@@ -187,8 +158,8 @@ def _stack_records(path: str, decoded: list[dict | None], leaf_shape: tuple[int,
   scale = np.ones((n, c), np.float32)  # 1.0 for specialists without this leaf: their codes are all padding
   for i, d in enumerate(decoded):
     if d is not None:
-      codes[i, :d['codes'].size] = d['codes']
-      scale[i] = np.broadcast_to(d['scale'], (c,)) if d['scale'].size == 1 else d['scale']
+      codes[i, :d.codes.size] = d.codes
+      scale[i] = np.broadcast_to(d.scale, (c,)) if d.scale.size == 1 else d.scale
   return {'indices': indices, 'codes': codes, 'scale': scale}
 
 
@@ -218,16 +189,13 @@ def make_bank(exported: Sequence[Mapping[str, Any]], base: PyTree, max_subclasse
     missing = {'delta', 'head', 'batch_stats'} - set(ex)
     if missing:
       raise ValueError(f'exported specialist {k} lacks {sorted(missing)}; build it with specialists.export.')
-    for keys, rec in delta_lib._walk_records(ex['delta']):  # pylint: disable=protected-access
+    for keys, rec in delta_lib.walk_records(ex['delta']):
       path = '/'.join(keys)
       where = f'specialist {k}, delta leaf {path!r}'
       if path not in base_leaves:
         raise ValueError(f'{where} is not a base param (base has e.g. {sorted(base_leaves)[:4]}); export the '
                          'delta against the same backbone as the generalist.')
-      d = _decode_record(rec, where)
-      if d['shape'] != base_leaves[path]:
-        raise ValueError(f'{where} has shape {d["shape"]} but the base has {base_leaves[path]}.')
-      decoded.setdefault(path, [None] * n)[k] = d
+      decoded.setdefault(path, [None] * n)[k] = delta_lib.decode_record(rec, where, expected_shape=base_leaves[path])
     kernel = np.asarray(ex['head']['kernel'], np.float32)
     bias = np.asarray(ex['head']['bias'], np.float32)
     if kernel.ndim != 2 or bias.shape != (kernel.shape[1],):
@@ -249,7 +217,7 @@ def make_bank(exported: Sequence[Mapping[str, Any]], base: PyTree, max_subclasse
                        'the generalist\'s BatchNorm layout.')
     stats.append(ex['batch_stats'])
 
-  deltas = {p: _stack_records(p, decoded[p], base_leaves[p]) for p in sorted(decoded)}
+  deltas = {p: _stack_records(decoded[p], base_leaves[p]) for p in sorted(decoded)}
   d = heads[0][0].shape[0]
   head = {'kernel': np.zeros((n, d, max_subclasses), np.float32), 'bias': np.zeros((n, max_subclasses), np.float32)}
   for k, (kernel, bias) in enumerate(heads):

@@ -210,7 +210,8 @@ def fake_quant(x: jax.Array, bits: int, channel_axis: int | None = None,
   return _fake_quant_ste(x, scale, bits)
 
 
-def _packed_len(n: int, bits: int) -> int:
+def packed_len(n: int, bits: int) -> int:
+  """Bytes that ``pack_int`` uses for ``n`` codes of ``bits`` bits."""
   per_byte = 8 // bits
   return -(-n // per_byte)
 
@@ -241,7 +242,7 @@ def pack_int(q, bits: int) -> np.ndarray:
   if bits == 8:
     return codes.copy()
   per_byte = 8 // bits
-  padded = np.zeros(_packed_len(flat.size, bits) * per_byte, np.uint8)
+  padded = np.zeros(packed_len(flat.size, bits) * per_byte, np.uint8)
   padded[:flat.size] = codes & np.uint8((1 << bits) - 1)
   shifts = (np.arange(per_byte, dtype=np.uint8) * bits).astype(np.uint8)
   return np.bitwise_or.reduce(padded.reshape(-1, per_byte) << shifts, axis=1).astype(np.uint8)
@@ -253,7 +254,7 @@ def unpack_int(packed, bits: int, n: int) -> np.ndarray:
   packed = np.asarray(packed)
   if packed.dtype != np.uint8 or packed.ndim != 1:
     raise TypeError(f'unpack_int expects a 1-D uint8 array from pack_int, got {packed.dtype}{list(packed.shape)}.')
-  need = _packed_len(n, bits)
+  need = packed_len(n, bits)
   if packed.size < need:
     raise ValueError(f'{packed.size} bytes cannot hold {n} values of {bits} bits ({need} bytes needed).')
   if bits == 8:

@@ -321,3 +321,68 @@ def test_storage_report_alpha():
     dl.storage_report(1000, [])
   with pytest.raises(ValueError, match='positive'):
     dl.storage_report(0, [1])
+
+
+# ----------------------------------------------------------------------------- malformed input (fuzz)
+
+_DTYPES = [np.uint8, np.uint16, np.int8, np.int32, np.int64, np.float32, np.float64, np.bool_]
+
+
+def _array_strategy():
+  from hypothesis import strategies as st  # pylint: disable=g-import-not-at-top
+  from hypothesis.extra import numpy as hnp  # pylint: disable=g-import-not-at-top
+  return st.one_of(
+      hnp.arrays(st.sampled_from(_DTYPES), hnp.array_shapes(min_dims=0, max_dims=2, max_side=6)),
+      st.integers(-3, 300).map(np.asarray), st.just('text'), st.just(None), st.lists(st.integers(0, 9), max_size=4))
+
+
+def _valid_record(rng, bits):
+  shape = (int(rng.integers(1, 5)), int(rng.integers(1, 9)))
+  d = rng.normal(size=shape).astype(np.float32)
+  m = rng.random(shape) < 0.3
+  return dl.compress({'w': d}, {'w': m}, dl.DeltaConfig(bits=bits, granularity='per_channel'))['w']
+
+
+def test_decoder_gives_a_clean_value_error_on_malformed_records():
+  from hypothesis import given, settings  # pylint: disable=g-import-not-at-top
+  from hypothesis import strategies as st  # pylint: disable=g-import-not-at-top
+  keys = ('shape', 'bits', 'encoding', 'positions', 'values', 'scale')
+
+  @settings(max_examples=300, deadline=None)
+  @given(seed=st.integers(0, 2**16), bits=st.sampled_from([None, 8, 4, 2]),
+         replace=st.dictionaries(st.sampled_from(keys), _array_strategy(), max_size=3),
+         drop=st.lists(st.sampled_from(keys), max_size=2))
+  def check(seed, bits, replace, drop):
+    rec = dict(_valid_record(np.random.default_rng(seed), bits))
+    rec.update(replace)
+    for k in drop:
+      rec.pop(k, None)
+    try:
+      decoded = dl.decode_record(rec, 'fuzzed')
+    except ValueError:
+      return
+    # Accepted: then it is self-consistent, and decompress agrees with it.
+    size = int(np.prod(decoded.shape))
+    assert decoded.indices.size <= size and (decoded.indices < size).all()
+    dense = dl.decompress({'w': rec})['w']
+    assert dense.shape == decoded.shape and np.isfinite(dense).all()
+
+  check()
+
+
+def test_decoder_refuses_a_huge_claimed_shape_without_allocating_it():
+  rec = dict(_valid_record(np.random.default_rng(0), 8))
+  rec['shape'] = np.asarray([2**20, 2**20], np.int32)
+  with pytest.raises(ValueError, match='more than'):
+    dl.decode_record(rec)
+  rec['shape'] = np.asarray([4096, 4096], np.int32)  # allowed size, but the bitmask does not cover it
+  with pytest.raises(ValueError, match='a bitmask of 16777216 entries is 2097152 uint8 bytes'):
+    dl.decode_record(rec)
+
+
+def test_nested_junk_in_a_compressed_tree_is_named():
+  good = _valid_record(np.random.default_rng(1), 4)
+  for junk, match in (([good], 'is a list'), ({'a': 3}, "'a' is neither a record"),
+                      ({'a': {'b': {**good, 'bits': np.asarray(3)}}}, "a/b: 'bits' must be one integer")):
+    with pytest.raises(ValueError, match=match):
+      dl.decompress(junk)

@@ -126,7 +126,7 @@ def _padded_head(ex, s):
 
 
 def test_bank_covers_all_encodings_and_stays_sparse(world):
-  walk = dl._walk_records  # pylint: disable=protected-access
+  walk = dl.walk_records
   recs = [rec for ex in world['exported'] for _, rec in walk(ex['delta'])]
   assert {int(r['encoding']) for r in recs} == {dl.POSITIONS_BITMASK, dl.POSITIONS_INDICES}
   assert {int(r['bits']) for r in recs} == {0, 4, 8}
