@@ -14,6 +14,7 @@ only *which* pytree is trained and how the model's parameters are formed from it
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -113,16 +114,25 @@ def make_optimizer(cfg, num_steps: int) -> optax.GradientTransformation:
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, *, label_smoothing: float = 0.0,
-                  weights: jax.Array | None = None) -> jax.Array:
-  """Mean softmax cross-entropy. logits float32 [B, C], labels int32 [B], weights float32 [B] or None -> float32 []."""
+                  valid: jax.Array | None = None) -> jax.Array:
+  """Mean softmax cross-entropy. logits float32 [B, C], labels int32 [B] -> float32 [].
+
+  ``label_smoothing`` moves that much of the target mass uniformly onto the *valid* classes (``valid`` bool [C];
+  default all): a padded class of a specialist's head (logit ~ -3e38) given target mass would make the loss ~1e36.
+  """
   num_classes = logits.shape[-1]
-  targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing) if label_smoothing else \
-      jax.nn.one_hot(labels, num_classes)
-  # Padded (invalid) classes carry logits of -inf-like value; their one-hot target mass must stay zero.
-  losses = optax.softmax_cross_entropy(logits, targets)
-  if weights is None:
-    return losses.mean()
-  return (losses * weights).sum() / jnp.maximum(weights.sum(), 1.0)
+  targets = jax.nn.one_hot(labels, num_classes)
+  if label_smoothing:
+    valid = jnp.ones((num_classes,), bool) if valid is None else valid
+    uniform = valid.astype(targets.dtype) / jnp.sum(valid)
+    targets = (1.0 - label_smoothing) * targets + label_smoothing * uniform
+  return optax.softmax_cross_entropy(logits, targets).mean()
+
+
+def all_finite(tree: PyTree) -> jax.Array:
+  """bool []: every floating-point entry of ``tree`` is finite."""
+  leaves = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
+  return jnp.stack(leaves).all() if leaves else jnp.array(True)
 
 
 def mask_logits(logits: jax.Array, logit_mask: jax.Array | None) -> jax.Array:
@@ -144,7 +154,7 @@ def identity_params(trainable: PyTree, frozen: PyTree, masks: PyTree) -> PyTree:
 def train_step(state: TrainState, batch: Mapping[str, jax.Array], frozen: PyTree, *, apply_fn: Callable,
                tx: optax.GradientTransformation, params_fn: ParamsFn = identity_params,
                label_smoothing: float = 0.0, logit_mask: jax.Array | None = None,
-               post_update: Callable[[TrainState], TrainState] | None = None,
+               post_update: Callable[[TrainState], TrainState] | None = None, skip_nonfinite: bool = False,
                axis_name: str = AXIS) -> tuple[TrainState, dict[str, jax.Array]]:
   """One per-device optimizer step; gradients and BatchNorm statistics are averaged over ``axis_name``.
 
@@ -156,8 +166,12 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], frozen: PyTree
     params_fn: (trainable, frozen, masks) -> model params.
     logit_mask: bool [C] of valid classes (specialist heads are padded to the largest superclass), or None.
     post_update: applied to the new state, e.g. re-applying sparsity masks so masked entries stay exactly zero.
+    skip_nonfinite: when the loss or the updated state is not finite on any device, keep the old state (only the
+      step counter advances) instead of applying the update.
   Returns:
-    (new state, metrics) with metrics 'loss', 'accuracy' float32 [] averaged over all devices.
+    (new state, metrics) with metrics 'loss', 'accuracy' float32 [] averaged over all devices, 'finite' float32 []
+    (1.0 when the loss and the updated state are finite on every device) and 'skipped' float32 [] (1.0 when
+    ``skip_nonfinite`` dropped this update).
   """
 
   def loss_fn(trainable):
@@ -165,7 +179,7 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], frozen: PyTree
     logits, new_vars = apply_fn({'params': params, 'batch_stats': state.batch_stats}, batch['image'], train=True,
                                 mutable=['batch_stats'])
     logits = mask_logits(logits, logit_mask)
-    loss = cross_entropy(logits, batch['label'], label_smoothing=label_smoothing)
+    loss = cross_entropy(logits, batch['label'], label_smoothing=label_smoothing, valid=logit_mask)
     return loss, (logits, new_vars['batch_stats'])
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -176,9 +190,18 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], frozen: PyTree
   new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
   if post_update is not None:
     new_state = post_update(new_state)
+  # One flag per step, on device: the loop checks it before every log and save without a host sync per step.
+  finite = jax.lax.pmin((jnp.isfinite(loss) & all_finite((new_state.params, new_state.batch_stats,
+                                                           new_state.opt_state))).astype(jnp.float32), axis_name)
+  skipped = jnp.zeros((), jnp.float32)
+  if skip_nonfinite:
+    keep = finite > 0
+    new_state = jax.tree.map(lambda new, old: jnp.where(keep, new, old), new_state,
+                             state.replace(step=state.step + 1))
+    skipped, finite = 1.0 - finite, jnp.ones((), jnp.float32)  # the state stays finite
   accuracy = (jnp.argmax(logits, -1) == batch['label']).mean()
   metrics = jax.lax.pmean({'loss': loss, 'accuracy': accuracy}, axis_name)
-  return new_state, metrics
+  return new_state, {**metrics, 'finite': finite, 'skipped': skipped}
 
 
 def eval_step(state: TrainState, batch: Mapping[str, jax.Array], frozen: PyTree, *, apply_fn: Callable,
@@ -283,6 +306,16 @@ def initialize_distributed(cfg) -> None:
   jax.distributed.initialize(**kwargs)
 
 
+def initialize_runtime(config) -> None:
+  """What every entry point does before any other JAX call: ``jax.distributed`` (``config.distributed``) and XLA's
+  persistent compilation cache (``config.compilation_cache_dir``; rerunning a command then loads its compiled
+  programs instead of compiling them again, e.g. about 10 s per ResNet initialisation on a 2-core CPU)."""
+  initialize_distributed(config.distributed)
+  cache = config.get('compilation_cache_dir', '')
+  if cache and not jax.config.jax_compilation_cache_dir:  # JAX_COMPILATION_CACHE_DIR in the environment wins
+    jax.config.update('jax_compilation_cache_dir', os.path.abspath(os.path.expanduser(cache)))
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # The loop
 
@@ -337,20 +370,45 @@ class Progress:
     self.t_last, self.step_last = now, step
     line = (f'[{self.name}] step {step}/{self.total} loss {metrics["loss"]:.4f} acc {metrics["accuracy"]:.4f} '
             f'{ips:,.0f} img/s ETA {eta:,.0f}s')
+    if metrics.get('skipped'):
+      line += f' ({int(metrics["skipped"])} non-finite steps skipped)'
     if jax.process_index() == 0:
       logging.info(line)
       print(line, flush=True)
     return line
 
 
+PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "try again later"; a scheduler can requeue on it, unlike a crash's 1
+
+
+class Preempted(Exception):
+  """Raised after a SIGTERM once the checkpoint of the current step is saved (entry points exit with
+  ``PREEMPTED_EXIT_CODE``)."""
+
+
+class NonFiniteError(FloatingPointError):
+  """A step produced a non-finite loss or state; nothing non-finite was saved."""
+
+
 class Preemption:
-  """Turns SIGTERM into a flag the loop checks, so that it saves a checkpoint and exits cleanly."""
+  """SIGTERM -> save at the same step on every process, then stop.
+
+  One process: a SIGTERM handler sets a flag. Several (``jax.distributed`` initialised): JAX's preemption service
+  (which installs its own SIGTERM notifier, so no Python handler is set) propagates a notice received by any process
+  to all, and ``reached_preemption_sync_point`` answers True at the same step everywhere. Its step ids must grow
+  over the whole process, across stages and specialists, so ``reached`` counts steps itself. Use one object for a
+  whole run (``with Preemption() as p``), so that a signal between two stages is not lost.
+  """
 
   def __init__(self):
     self.requested = False
     self._previous = None
+    self._count = 0
+    self._multiprocess = jax.process_count() > 1
 
   def __enter__(self):
+    if self._multiprocess:
+      return self
     try:
       self._previous = signal.signal(signal.SIGTERM, self._handler)
     except ValueError:  # not in the main thread: no handler, nothing to restore.
@@ -361,55 +419,82 @@ class Preemption:
     del signum, frame
     self.requested = True
 
+  def reached(self) -> bool:
+    """Called once per step, after it: whether to save now and stop."""
+    self._count += 1
+    if self._multiprocess:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      return multihost_utils.reached_preemption_sync_point(self._count)
+    return self.requested
+
   def __exit__(self, *exc):
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
     return False
 
 
-class Preempted(Exception):
-  """Raised after a SIGTERM once the checkpoint of the current step is saved."""
-
-
 def fit(state: PyTree, *, step_fn: Callable, parallel: Parallel, frozen: PyTree, train_iter: Iterator,
         num_steps: int, global_batch: int, name: str, save_fn: Callable[[int, PyTree, bool], None],
         writer: MetricWriter | None = None, log_every: int = 50, checkpoint_every: int = 0,
+        preemption: Preemption | None = None,
         hooks: tuple[Callable[[int, PyTree], PyTree], ...] = ()) -> PyTree:
   """Runs ``step_fn`` from ``state.step`` to ``num_steps``.
 
   Args:
     state: the replicated TrainState (layout of ``parallel``).
-    step_fn: the compiled ``(state, batch, frozen) -> (state, metrics)``.
+    step_fn: the compiled ``(state, batch, frozen) -> (state, metrics)`` (``train_step``: metrics carry 'finite').
     train_iter: host batches [local_devices, per_device_batch, ...].
     save_fn: ``save_fn(step, state, force)`` writes a checkpoint (the caller owns the manager and the data iterator).
-    hooks: ``hook(step, state) -> state`` called before each step (e.g. mask updates on the pruning schedule).
+    preemption: the run's ``Preemption`` (default: one for this call only).
+    hooks: ``hook(step, state) -> state`` called before each step (tests use it to send signals).
   Returns:
-    the final replicated state. Raises ``Preempted`` after saving if SIGTERM arrived.
+    the final replicated state, all finite. Raises ``Preempted`` after saving if SIGTERM arrived, and
+    ``NonFiniteError`` (before any save of a non-finite state) when a step was not finite.
   """
   start = int(parallel.unreplicate(state.step))
   progress = Progress(name, num_steps, start, global_batch, log_every)
-  with Preemption() as preemption:
+  finite, skipped = None, None  # device accumulators: min of 'finite', sum of 'skipped'
+  checked, last_saved = start, start
+
+  def check(done: int) -> None:
+    nonlocal checked
+    if finite is not None and float(parallel.unreplicate(finite)) < 1.0:
+      raise NonFiniteError(
+          f'[{name}] the loss or the parameters became non-finite between step {checked} and step {done}; '
+          f'nothing after step {last_saved} was saved (the last good checkpoint is step {last_saved}'
+          f'{"" if last_saved else ", i.e. none"}). Lower the learning rate or check the data, then rerun the same '
+          "command; or set --config.nonfinite=skip to skip such steps.")
+    checked = done
+
+  owned = preemption is None
+  preemption = preemption or Preemption()
+  with (preemption if owned else contextlib.nullcontext()):
     for step in range(start, num_steps):
       for hook in hooks:
         state = hook(step, state)
       batch = parallel.shard_batch(next(train_iter))
       state, metrics = step_fn(state, batch, frozen)
+      finite = metrics['finite'] if finite is None else jnp.minimum(finite, metrics['finite'])
+      skipped = metrics['skipped'] if skipped is None else skipped + metrics['skipped']
       done = step + 1
       if done % max(log_every, 1) == 0 or done == num_steps or done == start + 1:
-        host_metrics = {k: float(v) for k, v in parallel.unreplicate(metrics).items()}
-        if not all(np.isfinite(v) for v in host_metrics.values()):
-          raise FloatingPointError(f'[{name}] non-finite metrics at step {done}: {host_metrics}. Lower the learning '
-                                   'rate or check the input data; the last checkpoint is left untouched.')
+        check(done)
+        host_metrics = {k: float(v) for k, v in parallel.unreplicate(
+            {'loss': metrics['loss'], 'accuracy': metrics['accuracy'], 'skipped': skipped}).items()}
         progress.update(done, host_metrics)
         if writer is not None:
           writer.write(done, 'train', host_metrics)
-      saved = bool(checkpoint_every) and done % checkpoint_every == 0 and done != num_steps
-      if saved:
-        save_fn(done, state, False)
-      if preemption.requested and done < num_steps:  # at the last step the caller's final save follows
-        if not saved:
-          save_fn(done, state, True)
-        raise Preempted(f'[{name}] SIGTERM received: saved step {done}; rerun the same command to resume.')
+      save_now = bool(checkpoint_every) and done % checkpoint_every == 0 and done != num_steps
+      if preemption.reached():
+        preemption.requested = True  # also at the last step: the caller stops after its final save
+      stop = preemption.requested and done < num_steps
+      if save_now or stop:
+        check(done)
+        save_fn(done, state, stop)
+        last_saved = done
+      if stop:
+        raise Preempted(f'[{name}] preempted (SIGTERM): saved step {done}; rerun the same command to resume.')
+  check(num_steps)
   return state
 
 

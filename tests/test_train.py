@@ -1,7 +1,6 @@
 """Tests of supersub_jax.train: optimizer, loss, the step under pmap and shard_map, the loop."""
 
 import functools
-import os
 import subprocess
 import sys
 
@@ -12,6 +11,7 @@ import numpy as np
 import optax
 import pytest
 
+from conftest import with_devices
 from supersub_jax import models
 from supersub_jax import train as train_lib
 
@@ -64,16 +64,24 @@ def test_unknown_optimizer_and_schedule_errors():
     train_lib.make_schedule(_opt_cfg(schedule='linear'), 10)
 
 
-def test_cross_entropy_label_smoothing_and_weights():
+def test_cross_entropy_matches_the_formula_with_smoothing_over_valid_classes():
   logits = jnp.array([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
   labels = jnp.array([0, 1])
   plain = train_lib.cross_entropy(logits, labels)
   expected = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
   np.testing.assert_allclose(plain, expected, rtol=1e-6)
-  assert train_lib.cross_entropy(logits, labels, label_smoothing=0.1) > plain
-  weighted = train_lib.cross_entropy(logits, labels, weights=jnp.array([1.0, 0.0]))
-  np.testing.assert_allclose(weighted, optax.softmax_cross_entropy_with_integer_labels(logits[:1], labels[:1])[0],
-                             rtol=1e-6)
+  log_p = np.asarray(jax.nn.log_softmax(logits))
+  eps = 0.1
+  smoothed = -np.mean([(1 - eps) * log_p[i, labels[i]] + eps / 3 * log_p[i].sum() for i in range(2)])
+  np.testing.assert_allclose(train_lib.cross_entropy(logits, labels, label_smoothing=eps), smoothed, rtol=1e-6)
+  # A specialist's padded class (masked logit ~ -3e38) gets no target mass: the loss stays ~1, not ~1e36.
+  valid = jnp.array([True, True, False])
+  masked = train_lib.mask_logits(logits, valid)
+  log_q = np.asarray(jax.nn.log_softmax(masked))
+  expected = -np.mean([(1 - eps) * log_q[i, labels[i]] + eps / 2 * log_q[i, :2].sum() for i in range(2)])
+  got = train_lib.cross_entropy(masked, labels, label_smoothing=eps, valid=valid)
+  np.testing.assert_allclose(got, expected, rtol=1e-6)
+  assert got < 10
 
 
 def test_mask_logits_excludes_padded_classes():
@@ -123,7 +131,7 @@ def _check_pmap_equals_shard_map():
 
 
 def _in_subprocess(func: str, devices: int = 2):
-  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}', JAX_PLATFORMS='cpu')
+  env = with_devices(devices)
   out = subprocess.run([sys.executable, __file__, func], env=env, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0 and 'OK' in out.stdout, out.stdout[-3000:] + out.stderr[-3000:]
 
