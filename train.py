@@ -2,8 +2,9 @@
 
   python train.py --config=configs/synthetic.py --workdir=runs/demo [--config.batch_size=128 ...]
 
-Rerunning the same command resumes every stage from its latest checkpoint; finished stages are skipped. The config
-is stored in <workdir>/config.json, which evaluate.py and `python -m supersub_jax.convert` read.
+Rerunning the same command resumes every stage from its latest intact checkpoint; finished stages are skipped. The
+config is stored in <workdir>/config.json, which evaluate.py and `python -m supersub_jax.convert` read. Exit status:
+0 done, 1 an error (one line; --debug for the traceback), 75 preempted by SIGTERM after saving (rerun to resume).
 """
 
 from absl import flags
@@ -22,11 +23,10 @@ def main(argv):
     raise ValueError(f'Unexpected arguments: {argv[1:]}')
   if FLAGS.config is None:
     raise ValueError('--config is required: a configs/*.py file, e.g. --config=configs/synthetic.py.')
-  # Imported here so that jax.distributed.initialize runs before any other JAX call.
-  from supersub_jax import stages, train as train_lib  # pylint: disable=g-import-not-at-top
-  train_lib.initialize_distributed(FLAGS.config.distributed)
+  from supersub_jax import recipe, train as train_lib  # pylint: disable=g-import-not-at-top
+  train_lib.initialize_runtime(FLAGS.config)  # before any other JAX call
   logging.info('config:\n%s', FLAGS.config)
-  stages.run(FLAGS.config, FLAGS.workdir)
+  recipe.run(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == '__main__':

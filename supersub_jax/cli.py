@@ -1,8 +1,14 @@
 """What every absl entry point shares: the --config flag, quiet logs, and one-line errors.
 
 Entry points (``train.py``, ``evaluate.py``, ``python -m supersub_jax.convert|data.prepare|hierarchy``) call
-``run(main)`` instead of ``app.run(main)``: a bad input then ends with one line, ``error: <what and how to fix
-it>``, and exit status 1; ``--debug`` shows the traceback instead.
+``run(main)`` instead of ``app.run(main)``. Exit status:
+
+* 0: done;
+* 1: bad input or a fault the run cannot fix itself (a wrong config, a checkpoint made with other settings, no intact
+  checkpoint, a non-finite step): one line, ``error: <what and how to fix it>`` (``--debug`` shows the traceback);
+* 75 (``train.PREEMPTED_EXIT_CODE``, EX_TEMPFAIL): preempted by SIGTERM after saving a checkpoint; rerun the same
+  command to resume;
+* anything else: a crash, with its traceback.
 """
 
 from __future__ import annotations
@@ -17,10 +23,11 @@ from absl import logging
 from ml_collections import config_flags
 
 from supersub_jax import config as config_lib
+from supersub_jax import train as train_lib
 
 FLAGS = flags.FLAGS
 # Bad input: the message names the problem and the fix; a traceback would only bury it.
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError)
+USER_ERRORS = (ValueError, OSError, FloatingPointError)  # OSError: missing files, permissions, a full disk
 
 
 def _argv_value(name: str, argv: Sequence[str]) -> str | None:
@@ -91,6 +98,9 @@ def run(main: Callable[[list[str]], None], *, flags_parser: Callable | None = No
     quiet_logs()
     try:
       main(argv)
+    except train_lib.Preempted as e:
+      print(str(e), file=sys.stderr)
+      sys.exit(train_lib.PREEMPTED_EXIT_CODE)
     except USER_ERRORS as e:
       if FLAGS.debug:
         raise

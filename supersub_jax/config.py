@@ -6,13 +6,26 @@ level are shared by all stages.
 
 ``train.py`` writes the config it ran with to ``<workdir>/config.json`` (``write``); ``evaluate.py`` and
 ``python -m supersub_jax.convert`` read it back (``read``), so a trained workdir needs no ``--config``.
+
+Which fields a checkpoint depends on. Every checkpoint stores the config it was trained with; resuming it, or
+loading it in evaluate.py and convert, compares the two (``meaning_differences``) and refuses a change that would
+mix settings. Fields fall in three classes:
+
+* ``HARMLESS``: how a run is carried out, not what it computes (logging and saving frequency, evaluation knobs,
+  where the data lives, workers, multi-host set-up, the compilation cache, which stages or specialists to run, the
+  pretrained file's path, which is read once on a fresh start and recorded there) -- free to change at any time;
+* another stage's own section (``config.<stage>``): irrelevant to this stage's checkpoint; what a stage starts from
+  is checked by fingerprint instead (the generalist a specialist was trained on, the vanilla network a generalist
+  started from);
+* everything else, including every field added later: changes the meaning (model, dataset, hierarchy, image size,
+  augmentation, batch, seed, precision, and the stage's own section: step budget, optimizer, delta settings).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import Any, Mapping
 
 import ml_collections
 
@@ -68,6 +81,9 @@ def default_config() -> ml_collections.ConfigDict:
   ))
   # Runs.
   config.seed = 0
+  config.nonfinite = 'stop'             # a step whose loss or updated parameters are not finite: 'stop' the run
+                                        # (nothing non-finite is ever saved) or 'skip' the step (keep the old state)
+  config.compilation_cache_dir = '~/.cache/supersub_jax/jax'  # XLA's persistent compilation cache ('' = off)
   config.stages = ('vanilla', 'superclass', 'specialists')
   config.parallelism = 'pmap'           # 'pmap' | 'shard_map'
   config.log_every_steps = 50
@@ -149,6 +165,24 @@ def read(workdir: str) -> ml_collections.ConfigDict:
   config = default_config()
   config.update(stored)  # recursive; lists from JSON become the tuples the defaults declare
   return config
+
+
+HARMLESS = ('log_every_steps', 'checkpoint_every_steps', 'max_to_keep', 'eval_batch_size', 'eval_split', 'evaluate.',
+            'worker_count', 'data_dir', 'manual_dir', 'distributed.', 'parallelism', 'stages', 'nonfinite',
+            'compilation_cache_dir', 'specialists.superclasses', 'init.path', 'init.format')
+STAGE_SECTIONS = ('vanilla', 'superclass', 'specialists')
+
+
+def meaning_differences(stored: Mapping[str, Any], config: ml_collections.ConfigDict, stage: str) -> list[str]:
+  """'field: stored -> current' for every field that changes what a checkpoint of ``stage`` means.
+
+  ``stored`` is the config dict a checkpoint recorded (fields added since then take their defaults).
+  """
+  old = default_config()
+  old.update(dict(stored))
+  others = tuple(f'{s}.' for s in STAGE_SECTIONS if s != stage)
+  return [d for d in differences(old, config)
+          if not d.split(':', 1)[0].startswith(HARMLESS + others) and d.split(':', 1)[0] not in HARMLESS]
 
 
 def _flatten(tree: Any, prefix: str = '') -> dict[str, Any]:

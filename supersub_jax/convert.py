@@ -39,6 +39,7 @@ from supersub_jax import hierarchy as hierarchy_lib
 from supersub_jax import models
 from supersub_jax import specialists
 from supersub_jax import stages
+from supersub_jax import train as train_lib
 from supersub_jax import weights
 
 BUNDLE_FORMAT = 'supersub_jax.bundle/1'
@@ -63,7 +64,8 @@ def make_bundle(config, workdir: str) -> dict:
   """The inference bundle of a trained workdir, as a pytree of numpy arrays and strings."""
   hierarchy = stages.make_hierarchy(config)
   generalist = stages.load_network(config, workdir, 'superclass', hierarchy)
-  exported = [specialists.load_exported(config, workdir, k, hierarchy) for k in range(hierarchy.num_superclasses)]
+  exported = [specialists.load_exported(config, workdir, k, generalist, hierarchy)
+              for k in range(hierarchy.num_superclasses)]
   return {'format': BUNDLE_FORMAT, 'hierarchy': json.dumps(hierarchy.to_dict()),
           'model': {'name': config.model, 'stem': config.stem, 'width': config.width,
                     'image_size': config.image_size},
@@ -88,9 +90,29 @@ def load_bundle(path: str) -> tuple[dict, list[dict], hierarchy_lib.Hierarchy, d
   if found != BUNDLE_FORMAT:
     raise ValueError(f'{path} is not a {BUNDLE_FORMAT} file (format {found!r}); write it with '
                      '`python -m supersub_jax.convert bundle`.')
-  hierarchy = hierarchy_lib.Hierarchy.from_dict(json.loads(tree['hierarchy']))
-  exported = [tree['specialists'][str(k)] for k in range(hierarchy.num_superclasses)]
-  return tree['generalist'], exported, hierarchy, tree['model']
+  part = 'hierarchy'
+  try:  # a damaged file must give one clear error, whatever part of it is damaged
+    hierarchy = hierarchy_lib.Hierarchy.from_dict(json.loads(tree['hierarchy']))
+    part = 'generalist'
+    generalist = {'params': dict(tree['generalist']['params']),
+                  'batch_stats': dict(tree['generalist']['batch_stats'])}
+    exported = []
+    for k in range(hierarchy.num_superclasses):
+      part = f'specialist {k}'
+      ex = tree['specialists'][str(k)]
+      for keys, rec in delta_lib.walk_records(ex['delta']):
+        delta_lib.decode_record(rec, f'specialist {k}, delta leaf {"/".join(keys)!r}')
+      kernel, bias = np.asarray(ex['head']['kernel']), np.asarray(ex['head']['bias'])
+      if kernel.ndim != 2 or bias.shape != kernel.shape[1:]:
+        raise ValueError(f'head kernel {kernel.shape} and bias {bias.shape} do not fit')
+      exported.append({'delta': ex['delta'], 'head': {'kernel': kernel, 'bias': bias},
+                       'batch_stats': dict(ex['batch_stats'])})
+    part = 'model'
+    model = dict(tree['model'])
+  except (ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
+    raise ValueError(f'{path}: damaged bundle, in its {part} ({type(e).__name__}: {e}); write it again with '
+                     '`python -m supersub_jax.convert bundle`.') from e
+  return generalist, exported, hierarchy, model
 
 
 def dense_specialist(config, workdir: str, k: int) -> dict:
@@ -99,8 +121,8 @@ def dense_specialist(config, workdir: str, k: int) -> dict:
   if not 0 <= k < hierarchy.num_superclasses:
     raise ValueError(f'--superclass={k} is outside [0, {hierarchy.num_superclasses}) of hierarchy '
                      f'{hierarchy.name!r}; `python -m supersub_jax.hierarchy {config.hierarchy}` lists them.')
-  exported = specialists.load_exported(config, workdir, k, hierarchy)
   generalist = stages.load_network(config, workdir, 'superclass', hierarchy)
+  exported = specialists.load_exported(config, workdir, k, generalist, hierarchy)
   base, _ = specialists.split_head(generalist.params)
   params = jax.tree.map(np.asarray, delta_lib.materialize_compressed(base, exported['delta']))
   params['head'] = exported['head']
@@ -214,6 +236,7 @@ def main() -> None:
       print(f'wrote {f.output}: {what}')
       return
     config = cli.config_for_workdir(f.config, f.workdir)
+    train_lib.initialize_runtime(config)
     if verb == 'export':
       what = export_specialist(config, f.workdir, f.superclass, f.format, f.output)
       print(f'wrote {f.output}: {what}')

@@ -128,7 +128,7 @@ def run(config, workdir: str) -> dict:
   n = hierarchy.num_superclasses
   vanilla = stages.load_network(config, workdir, 'vanilla', hierarchy)
   generalist = stages.load_network(config, workdir, 'superclass', hierarchy)
-  exported = [specialists.load_exported(config, workdir, k, hierarchy) for k in range(n)]
+  exported = [specialists.load_exported(config, workdir, k, generalist, hierarchy) for k in range(n)]
   state = inference.build_supersub({'params': generalist.params, 'batch_stats': generalist.batch_stats}, exported,
                                    hierarchy)
   specialist_model = stages.make_model(config, hierarchy.max_subclasses)

@@ -17,17 +17,16 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import os
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from supersub_jax import checkpoint as ckpt
 from supersub_jax import delta as delta_lib
 from supersub_jax import models
+from supersub_jax import runner
 from supersub_jax import sparsity
 from supersub_jax import stages
 from supersub_jax import train as train_lib
@@ -126,13 +125,23 @@ def _init_state(generalist, base, dcfg, tx, max_subclasses: int, seed: int):
   return train_lib.create_train_state(trainable, jax.tree.map(np.asarray, generalist.batch_stats), tx, masks=masks)
 
 
-def train_specialists(config, workdir: str) -> dict:
+def _job(config, workdir: str, hierarchy, k: int, num_steps: int, generalist_fingerprint: str) -> runner.Job:
+  superclass = hierarchy.superclasses[k]
+  meta = {'stage': 'specialists', 'superclass': k, 'name': superclass.name,
+          'num_subclasses': len(superclass.subclasses), 'config': stages.config_json(config),
+          'hierarchy': hierarchy.to_dict(), 'fingerprints': {'generalist': generalist_fingerprint}}
+  return runner.Job(f'specialist {k} {superclass.name}', 'specialists', specialist_dir(workdir, hierarchy, k),
+                    num_steps, meta, ITEMS)
+
+
+def train_specialists(config, workdir: str, *, preemption: train_lib.Preemption | None = None) -> dict:
   """Trains one specialist per superclass (``config.specialists.superclasses``, default all); returns the summary
   (per-specialist oracle accuracy and bytes, and the storage report) also written to
   ``<workdir>/specialists/summary.json``."""
   cfg = config.specialists
   hierarchy = stages.make_hierarchy(config)
   generalist = stages.load_network(config, workdir, 'superclass', hierarchy)
+  generalist_fingerprint = runner.fingerprint(generalist.params, generalist.batch_stats)
   base, _ = split_head(generalist.params)
   dcfg = delta_config(cfg)
   parallel = train_lib.Parallel(config.parallelism)
@@ -154,62 +163,45 @@ def train_specialists(config, workdir: str) -> dict:
         lambda state, batch, frozen_and_mask: train_lib.train_step(
             state, batch, frozen_and_mask['base'], apply_fn=model.apply, tx=tx, params_fn=params_fn,
             label_smoothing=float(cfg.label_smoothing), logit_mask=frozen_and_mask['logit_mask'],
-            post_update=make_post_update(cfg, num_steps)))
+            post_update=make_post_update(cfg, num_steps), skip_nonfinite=config.nonfinite == 'skip'))
     return tx, fn
 
   which = list(cfg.superclasses) or list(range(hierarchy.num_superclasses))
   results = {}
   for k in which:
     n_k = int(hierarchy.sizes[k])
-    name = hierarchy.superclasses[k].name
     train_source = stages.load_source(config, 'train', hierarchy, superclass=k)
     eval_source = stages.load_source(config, config.eval_split, hierarchy, superclass=k)
     num_steps = specialist_steps(cfg, len(train_source), config.batch_size)
+    job = _job(config, workdir, hierarchy, k, num_steps, generalist_fingerprint)
     tx, step_fn = compiled_step(num_steps)
-    logit_mask = parallel.replicate(np.asarray(hierarchy.local_valid[k]))
-    extra = {'base': frozen, 'logit_mask': logit_mask}
+    extra = {'base': frozen, 'logit_mask': parallel.replicate(np.asarray(hierarchy.local_valid[k]))}
     seed = int(config.seed) + 100 + k
-    state = _init_state(generalist, base, dcfg, tx, hierarchy.max_subclasses, seed)
-    manager = ckpt.make_manager(specialist_dir(workdir, hierarchy, k), max_to_keep=config.max_to_keep,
-                                item_names=ITEMS)
-    train_iter = stages.train_batches(config, train_source, label_mode='local', seed=seed)
-    meta = {'stage': 'specialists', 'superclass': k, 'name': name, 'num_subclasses': n_k,
-            'config': stages.config_json(config), 'hierarchy': hierarchy.to_dict()}
-    if manager.latest_step() is not None:
-      state_r, data_state, stored_meta, _ = ckpt.restore(manager, target=state)
-      if int(state_r.step) >= num_steps and stored_meta and 'test' in stored_meta:
-        logging.info('[specialist %d %s] finished: skipping', k, name)
-        results[k] = stored_meta['summary']
-        continue
-      state = state_r
-      if data_state:
-        train_iter.set_state(data_state)
+    fresh_state = functools.partial(_init_state, generalist, base, dcfg, tx, hierarchy.max_subclasses, seed)
 
-    def save_fn(step, rstate, force, manager=manager, train_iter=train_iter, meta=meta):
-      ckpt.save(manager, step, state=parallel.unreplicate(rstate), data=train_iter.get_state(), meta=meta,
-                force=force)
+    def evaluate(rstate, extra=extra, eval_source=eval_source):
+      return train_lib.evaluate(rstate, eval_fn=eval_fn, parallel=parallel, frozen=extra,
+                                batches=stages.eval_batches(config, eval_source, label_mode='local'))
 
-    tag = f'specialist {k} {name}'
-    rstate = train_lib.fit(parallel.replicate(state), step_fn=step_fn, parallel=parallel, frozen=extra,
-                           train_iter=train_iter, num_steps=num_steps, global_batch=config.batch_size, name=tag,
-                           save_fn=save_fn, writer=None, log_every=config.log_every_steps,
-                           checkpoint_every=config.checkpoint_every_steps)
-    test = train_lib.evaluate(rstate, eval_fn=eval_fn, parallel=parallel, frozen=extra,
-                              batches=stages.eval_batches(config, eval_source, label_mode='local'))
-    host_state = parallel.unreplicate(rstate)
-    exported = export(host_state, dcfg, n_k)
-    nbytes = exported_nbytes(exported)
-    kept = float(sparsity.kept_fraction(host_state.masks)) if jax.tree.leaves(host_state.masks) else 0.0
-    summary = {'superclass': k, 'name': name, 'num_subclasses': n_k, 'num_steps': num_steps,
-               'oracle_top1': test['accuracy'],
-               'test_count': test['count'], 'density': kept, 'bytes': nbytes, 'total_bytes': sum(nbytes.values())}
-    writer.write(num_steps, f'test/specialist_{k}', {'accuracy': test['accuracy'], 'density': kept})
-    if jax.process_index() == 0:
-      print(f'[{tag}] oracle top-1 {test["accuracy"]:.4f} on {int(test["count"])} images, density {kept:.3f}, '
-            f'{summary["total_bytes"]:,} bytes', flush=True)
-    ckpt.save(manager, num_steps, state=host_state, data=train_iter.get_state(),
-              meta={**meta, 'test': test, 'summary': summary}, extra={'compressed': exported})
-    results[k] = summary
+    def finish(host_state, metrics, job=job, k=k, n_k=n_k, num_steps=num_steps):
+      exported = export(host_state, dcfg, n_k)
+      nbytes = exported_nbytes(exported)
+      kept = float(sparsity.kept_fraction(host_state.masks)) if jax.tree.leaves(host_state.masks) else 0.0
+      summary = {'superclass': k, 'name': job.meta['name'], 'num_subclasses': n_k, 'num_steps': num_steps,
+                 'oracle_top1': metrics['accuracy'], 'test_count': metrics['count'], 'density': kept,
+                 'bytes': nbytes, 'total_bytes': sum(nbytes.values())}
+      writer.write(num_steps, f'{config.eval_split}/specialist_{k}', {'accuracy': metrics['accuracy'],
+                                                                      'density': kept})
+      if jax.process_index() == 0:
+        print(f'[{job.name}] oracle top-1 {metrics["accuracy"]:.4f} on {int(metrics["count"])} images, density '
+              f'{kept:.3f}, {summary["total_bytes"]:,} bytes', flush=True)
+      return {'compressed': exported}, {'summary': summary}
+
+    result = runner.run_job(config, job, fresh_state=fresh_state, target=fresh_state(),
+                            train_iter=stages.train_batches(config, train_source, label_mode='local', seed=seed),
+                            step_fn=step_fn, evaluate=evaluate, parallel=parallel, frozen=extra,
+                            preemption=preemption, finish=finish)
+    results[k] = result.meta['summary']
 
   base_bytes = delta_lib.tree_nbytes(generalist.params) + delta_lib.tree_nbytes(generalist.batch_stats)
   storage = delta_lib.storage_report(base_bytes, [results[k]['total_bytes'] for k in which])
@@ -220,23 +212,23 @@ def train_specialists(config, workdir: str) -> dict:
                    'leaves': cfg.leaves}}
   if jax.process_index() == 0:
     path = os.path.join(stages.stage_dir(workdir, 'specialists'), 'summary.json')
-    with open(path, 'w') as f:
+    tmp = f'{path}.tmp{os.getpid()}'
+    with open(tmp, 'w') as f:
       json.dump(out, f, indent=2)
+    os.replace(tmp, path)
     print(f'[specialists] oracle-routed top-1 {oracle:.4f}; storage {storage["factor"]:.3f} networks, '
           f'alpha {storage["alpha"]:.4f} (alpha*N+1 with N={storage["num_specialists"]})', flush=True)
   return out
 
 
-def load_exported(config, workdir: str, k: int, hierarchy=None) -> dict:
-  """Reads the deployable form of specialist ``k`` (see ``export``) from its own checkpoint directory only."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+def load_exported(config, workdir: str, k: int, generalist: stages.Network, hierarchy=None) -> dict:
+  """The deployable form of finished specialist ``k`` (see ``export``), read from its own checkpoint directory only,
+  after checking that it was trained with the current settings on this ``generalist``."""
   hierarchy = hierarchy or stages.make_hierarchy(config)
-  directory = specialist_dir(workdir, hierarchy, k)
-  manager = ckpt.make_manager(directory, item_names=ITEMS, create=False) if os.path.isdir(directory) else None
-  step = manager.latest_step() if manager else None
-  if step is None or 'compressed' not in (manager.item_metadata(step) or {}):
-    raise FileNotFoundError(f'No finished specialist {k} under {directory}: run train.py with "specialists" in '
-                            'config.stages for this workdir.')
-  # The compressed form is self-describing (each record carries its shape), so orbax's metadata is the target.
-  restored = manager.restore(step, args=ocp.args.Composite(compressed=ocp.args.StandardRestore()))
-  return jax.tree.map(np.asarray, restored['compressed'])
+  if not 0 <= k < hierarchy.num_superclasses:
+    raise ValueError(f'superclass {k} is outside [0, {hierarchy.num_superclasses}) of hierarchy {hierarchy.name!r}; '
+                     f'`python -m supersub_jax.hierarchy {config.hierarchy}` lists them.')
+  # The step budget only names the job in messages; the settings check compares the config fields themselves.
+  job = _job(config, workdir, hierarchy, k, 0, runner.fingerprint(generalist.params, generalist.batch_stats))
+  # The compressed form is self-describing (each record carries its shape): read as stored.
+  return runner.load_finished(config, job, target=None, extra={'compressed': None}).extra['compressed']

@@ -1,12 +1,12 @@
-"""Stages of the Super-Sub pipeline, each a function of (config, workdir).
+"""The network stages, and what every stage shares: a config's hierarchy, model, data and directories.
 
 * ``vanilla``: one network on all subclasses of the hierarchy (flat global labels): the paper's baseline.
-* ``superclass``: the generalist on superclass labels, optionally initialised from the vanilla backbone.
-* ``specialists``: for each superclass, a sparse fake-quantized delta over the generalist plus a new head
-  (see ``supersub_jax.specialists``).
+* ``superclass``: the generalist on superclass labels, started from the vanilla network's backbone
+  (``superclass.init_from_vanilla``) or from ``config.init``.
 
-Each stage writes its own orbax checkpoint directory ``<workdir>/<stage>`` and, when rerun, resumes from its latest
-checkpoint (a finished stage is skipped).
+The specialists stage is ``supersub_jax.specialists``; ``supersub_jax.recipe.run`` runs ``config.stages`` in order.
+Each stage writes its own orbax checkpoint directory ``<workdir>/<stage>``; resuming, the settings checks and the
+finished marker are ``supersub_jax.runner``'s.
 """
 
 from __future__ import annotations
@@ -14,18 +14,16 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import logging
 import os
-from typing import Any
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from supersub_jax import checkpoint as ckpt
-from supersub_jax import config as config_lib
 from supersub_jax import hierarchy as hierarchy_lib
 from supersub_jax import models
+from supersub_jax import runner
 from supersub_jax import train as train_lib
 from supersub_jax import weights
 from supersub_jax.data import pipeline, sources
@@ -102,27 +100,33 @@ def stage_dir(workdir: str, stage: str) -> str:
   return os.path.join(ckpt.abs_path(workdir), stage)
 
 
-def load_network(config, workdir: str, stage: str, hierarchy=None) -> Network:
-  """Restores the final params and BatchNorm statistics of a 'vanilla' or 'superclass' stage."""
-  hierarchy = hierarchy or make_hierarchy(config)
+def _network_job(config, workdir: str, stage: str, hierarchy, fingerprints: Mapping[str, str] | None = None):
   num_classes = hierarchy.num_subclasses if stage == 'vanilla' else hierarchy.num_superclasses
-  model = make_model(config, num_classes)
-  directory = stage_dir(workdir, stage)
-  manager = ckpt.make_manager(directory, create=False) if os.path.isdir(directory) else None
-  if manager is None or manager.latest_step() is None:
-    raise FileNotFoundError(f'No {stage!r} checkpoint under {stage_dir(workdir, stage)}: run '
-                            f'`python train.py --config=... --workdir={workdir}` with {stage!r} in config.stages.')
-  # The target is built exactly as the stage built its state (optimizer included), so the restore is checked
-  # leaf by leaf against the current config.
-  variables = jax.eval_shape(lambda: models.init_variables(model, jax.random.key(0), image_shape(config)))
+  meta = {'stage': stage, 'config': config_json(config), 'hierarchy': hierarchy.to_dict(),
+          'num_classes': num_classes, 'init': initial_backbone_source(config, stage),
+          'fingerprints': dict(fingerprints or {})}
+  return runner.Job(stage, stage, stage_dir(workdir, stage), int(config[stage].num_train_steps), meta), num_classes
+
+
+def _abstract_state(config, model, stage: str, seed: int = 0):
+  """The TrainState a network stage trains, as ShapeDtypeStructs (the target of every restore)."""
   tx = train_lib.make_optimizer(config[stage], int(config[stage].num_train_steps))
-  target = jax.eval_shape(lambda: train_lib.create_train_state(variables['params'], variables['batch_stats'], tx))
-  state, _, meta, _ = ckpt.restore(manager, target=target, with_data=False)
-  return Network(stage, model, state.params, state.batch_stats, meta or {})
+
+  def build():
+    variables = models.init_variables(model, jax.random.key(seed), image_shape(config))
+    return train_lib.create_train_state(variables['params'], variables['batch_stats'], tx)
+
+  return jax.eval_shape(build), build, tx
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Network stages
+def load_network(config, workdir: str, stage: str, hierarchy=None) -> Network:
+  """The finished 'vanilla' or 'superclass' network (params and BatchNorm statistics, numpy), checked against the
+  current settings (``runner.load_finished``)."""
+  hierarchy = hierarchy or make_hierarchy(config)
+  job, num_classes = _network_job(config, workdir, stage, hierarchy)
+  model = make_model(config, num_classes)
+  restored = runner.load_finished(config, job, target=_abstract_state(config, model, stage)[0])
+  return Network(stage, model, restored.state.params, restored.state.batch_stats, restored.meta)
 
 
 def initial_backbone_source(config, stage: str) -> str:
@@ -132,108 +136,66 @@ def initial_backbone_source(config, stage: str) -> str:
   return ckpt.abs_path(config.init.path) if config.init.path else 'random'
 
 
-def initial_backbone(config, workdir: str, stage: str, hierarchy) -> dict | None:
-  """The backbone (``{'params', 'batch_stats'}`` without the head, numpy) a network stage starts from, or None
-  for a random start; see ``initial_backbone_source``."""
+def _pretrained_backbone(config, stage: str) -> dict | None:
+  """config.init's backbone (``{'params', 'batch_stats'}`` without the head), or None for a random start."""
   source = initial_backbone_source(config, stage)
-  if source == 'random':
+  if source in ('random', 'vanilla'):
     return None
-  if source == 'vanilla':
-    vanilla = load_network(config, workdir, 'vanilla', hierarchy)
-    backbone = {'params': vanilla.params, 'batch_stats': vanilla.batch_stats}
-  else:
-    backbone = weights.load_backbone(source, config.init.format, make_model(config, 1))
+  backbone = weights.load_backbone(source, config.init.format, make_model(config, 1))
   if jax.process_index() == 0:
     print(f'[{stage}] backbone initialised from {source}', flush=True)
-  return {'params': {k: v for k, v in backbone['params'].items() if k != 'head'},
-          'batch_stats': backbone['batch_stats']}
+  return backbone
 
 
-def train_network(config, workdir: str, stage: str) -> dict:
-  """Trains the 'vanilla' (subclass labels) or 'superclass' network; returns its test metrics."""
+def train_network(config, workdir: str, stage: str, *, preemption: train_lib.Preemption | None = None) -> dict:
+  """Trains the 'vanilla' (subclass labels) or 'superclass' network; returns its held-out metrics."""
   if stage not in ('vanilla', 'superclass'):
     raise ValueError(f'train_network trains vanilla or superclass, not {stage!r}.')
   cfg = config[stage]
   hierarchy = make_hierarchy(config)
   label_mode = 'subclass' if stage == 'vanilla' else 'superclass'
-  num_classes = hierarchy.num_subclasses if stage == 'vanilla' else hierarchy.num_superclasses
+  vanilla = None
+  if initial_backbone_source(config, stage) == 'vanilla':
+    vanilla = load_network(config, workdir, 'vanilla', hierarchy)
+  fingerprints = {'vanilla': runner.fingerprint(vanilla.params, vanilla.batch_stats)} if vanilla else {}
+  job, num_classes = _network_job(config, workdir, stage, hierarchy, fingerprints)
   parallel = train_lib.Parallel(config.parallelism)
   model = make_model(config, num_classes)
-  num_steps = int(cfg.num_train_steps)
-  tx = train_lib.make_optimizer(cfg, num_steps)
   seed = int(config.seed) + STAGES.index(stage)
-
-  manager = ckpt.make_manager(stage_dir(workdir, stage), max_to_keep=config.max_to_keep)
+  target, random_state, tx = _abstract_state(config, model, stage, seed)
   train_iter = train_batches(config, load_source(config, 'train', hierarchy), label_mode=label_mode, seed=seed)
   eval_source = load_source(config, config.eval_split, hierarchy)  # now: a missing split must not wait for the end
-  meta = {'stage': stage, 'config': config_json(config), 'hierarchy': hierarchy.to_dict(),
-          'num_classes': num_classes, 'init': initial_backbone_source(config, stage)}
 
-  def random_state():
-    variables = models.init_variables(model, jax.random.key(seed), image_shape(config))
-    return train_lib.create_train_state(variables['params'], variables['batch_stats'], tx)
-
-  if manager.latest_step() is None:
-    start = initial_backbone(config, workdir, stage, hierarchy)
+  def fresh_state():
+    start = ({'params': vanilla.params, 'batch_stats': vanilla.batch_stats} if vanilla is not None
+             else _pretrained_backbone(config, stage))
     if start is None:
-      state = jax.device_get(random_state())
-    else:  # the backbone transfers; the head is new (other classes)
-      features = jax.eval_shape(random_state).params['head']['kernel'].shape[0]
-      head = models.init_head(num_classes, features, jax.random.key(seed))
-      state = train_lib.create_train_state({**start['params'], 'head': jax.device_get(head)}, start['batch_stats'],
-                                           tx)
-  else:  # the starting weights are in the checkpoint: the init file is not read again
-    state, data_state, stored_meta, _ = ckpt.restore(manager, target=jax.eval_shape(random_state))
-    if data_state:
-      train_iter.set_state(data_state)
-    if int(state.step) >= num_steps and stored_meta and 'test' in stored_meta:
-      logging.info('[%s] finished at step %d: skipping', stage, int(state.step))
-      return stored_meta['test']
-    logging.info('[%s] resuming from step %d', stage, int(state.step))
-
-  def save_fn(step, rstate, force):
-    ckpt.save(manager, step, state=parallel.unreplicate(rstate), data=train_iter.get_state(), meta=meta,
-              force=force)
+      return jax.device_get(random_state())
+    if vanilla is not None and jax.process_index() == 0:
+      print(f'[{stage}] backbone initialised from the vanilla network', flush=True)
+    # The backbone transfers; the head is new (other classes). Initialising the head alone skips compiling a whole
+    # network's random initialisers.
+    head = models.init_head(num_classes, target.params['head']['kernel'].shape[0], jax.random.key(seed))
+    params = {**{k: v for k, v in start['params'].items() if k != 'head'}, 'head': jax.device_get(head)}
+    return train_lib.create_train_state(params, start['batch_stats'], tx)
 
   step_fn = parallel.compile(functools.partial(train_lib.train_step, apply_fn=model.apply, tx=tx,
-                                               label_smoothing=float(cfg.label_smoothing)))
-  writer = train_lib.MetricWriter(ckpt.abs_path(workdir), stage)
-  rstate = train_lib.fit(parallel.replicate(state), step_fn=step_fn, parallel=parallel, frozen={},
-                         train_iter=train_iter, num_steps=num_steps, global_batch=config.batch_size, name=stage,
-                         save_fn=save_fn, writer=writer, log_every=config.log_every_steps,
-                         checkpoint_every=config.checkpoint_every_steps)
+                                               label_smoothing=float(cfg.label_smoothing),
+                                               skip_nonfinite=config.nonfinite == 'skip'))
   eval_fn = parallel.compile(functools.partial(train_lib.eval_step, apply_fn=model.apply), donate_state=False)
-  test = train_lib.evaluate(rstate, eval_fn=eval_fn, parallel=parallel, frozen={},
-                            batches=eval_batches(config, eval_source, label_mode=label_mode))
-  writer.write(num_steps, config.eval_split, test)
-  logging.info('[%s] %s: %s', stage, config.eval_split, test)
-  if jax.process_index() == 0:
-    print(f'[{stage}] {config.eval_split} loss {test["loss"]:.4f} top-1 {test["accuracy"]:.4f} '
-          f'({int(test["count"])} images)', flush=True)
-  # The final checkpoint carries the test metrics: its presence marks the stage finished.
-  ckpt.save(manager, num_steps, state=parallel.unreplicate(rstate), data=train_iter.get_state(),
-            meta={**meta, 'test': test})
-  return test
 
+  def evaluate(rstate):
+    return train_lib.evaluate(rstate, eval_fn=eval_fn, parallel=parallel, frozen={},
+                              batches=eval_batches(config, eval_source, label_mode=label_mode))
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Runs ``config.stages`` in order; returns each stage's test metrics."""
-  unknown = [s for s in config.stages if s not in STAGES]
-  if unknown:
-    raise ValueError(f'Unknown stages {unknown} in config.stages; known: {STAGES}.')
-  if jax.process_index() == 0:
-    previous = config_lib.path(workdir)
-    if os.path.exists(previous):
-      changed = config_lib.differences(config_lib.read(workdir), config)
-      if changed:
-        logging.warning('%d config field(s) differ from the previous run in %s:\n  %s', len(changed), workdir,
-                        '\n  '.join(changed))
-    config_lib.write(config, workdir)  # evaluate.py and convert read it: no --config needed there
-  results = {}
-  for stage in config.stages:
-    if stage == 'specialists':
-      from supersub_jax import specialists  # pylint: disable=g-import-not-at-top
-      results[stage] = specialists.train_specialists(config, workdir)
-    else:
-      results[stage] = train_network(config, workdir, stage)
-  return results
+  writer = train_lib.MetricWriter(ckpt.abs_path(workdir), stage)
+  result = runner.run_job(config, job, fresh_state=fresh_state, target=target, train_iter=train_iter,
+                          step_fn=step_fn, evaluate=evaluate, parallel=parallel, frozen={}, preemption=preemption,
+                          writer=writer)
+  if result.state is not None:
+    metrics = result.metrics
+    writer.write(job.num_steps, config.eval_split, metrics)
+    if jax.process_index() == 0:
+      print(f'[{stage}] {config.eval_split} loss {metrics["loss"]:.4f} top-1 {metrics["accuracy"]:.4f} '
+            f'({int(metrics["count"])} images)', flush=True)
+  return result.metrics

@@ -93,7 +93,7 @@ def test_export_rejects_bad_input_and_writes_nothing(tiny_workdir, tmp_path):
   with pytest.raises(ValueError, match='must end with .safetensors'):
     convert.export_specialist(config, workdir, 0, 'safetensors', str(tmp_path / 'a.bin'))
   empty = str(tmp_path / 'empty_workdir')
-  with pytest.raises(FileNotFoundError, match='No finished specialist 0'):
+  with pytest.raises(FileNotFoundError, match='No superclass checkpoint'):
     convert.export_specialist(config, empty, 0, 'npz', str(tmp_path / 'a.npz'))
   assert sorted(os.listdir(tmp_path)) == []  # no output, and no directory created in the empty workdir
 
@@ -126,7 +126,7 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path):
       'wrong file type': (['import-torchvision', '--arch=resnet18', f'--input={FIXTURES}/../conftest.py'],
                           "unknown weights file type '.py'"),
       'missing workdir': (['export', f'--workdir={tmp_path}/none', '--superclass=0', f'--config={CONFIGS}/synthetic.py'],
-                          'No finished specialist 0'),
+                          'No superclass checkpoint'),
       'no verb': ([], 'give one verb'),
   }
   for name, (args, message) in cases.items():
@@ -143,3 +143,31 @@ def test_each_verb_help_shows_an_example():
     assert out.returncode == 0
     assert f'python -m supersub_jax.convert {verb} --' in out.stdout, verb
     assert '--output' in out.stdout
+
+
+def test_damaged_bundles_give_a_clean_value_error(tiny_workdir, tmp_path):
+  from hypothesis import given, settings  # pylint: disable=g-import-not-at-top
+  from hypothesis import strategies as st  # pylint: disable=g-import-not-at-top
+  config, workdir, _ = tiny_workdir
+  good = tmp_path / 'good.msgpack'
+  convert.write_bundle(str(good), convert.make_bundle(config, workdir))
+  data = good.read_bytes()
+  path = tmp_path / 'fuzzed.msgpack'
+
+  @settings(max_examples=150, deadline=None)
+  @given(cut=st.integers(0, len(data)), flips=st.lists(st.tuples(st.integers(0, len(data) - 1), st.integers(0, 255)),
+                                                       max_size=4),
+         noise=st.binary(max_size=64))
+  def check(cut, flips, noise):
+    damaged = bytearray(data[:cut] if not flips else data)
+    for i, b in flips:
+      damaged[i] = b
+    path.write_bytes(bytes(damaged) + (noise if cut == len(data) else b''))
+    try:
+      generalist, exported, hierarchy, _ = convert.load_bundle(str(path))
+    except ValueError as e:
+      assert 'fuzzed.msgpack' in str(e)
+      return
+    assert len(exported) == hierarchy.num_superclasses and 'params' in generalist  # a flip that changed a value
+
+  check()

@@ -66,4 +66,6 @@ def test_evaluate_py_with_another_config_lists_the_differences_and_fails_in_one_
                        timeout=600)
   assert out.returncode == 1
   assert "model: 'resnet_tiny' -> 'resnet_small'" in out.stderr
-  assert 'error: The checkpoint' in out.stderr and 'Traceback' not in out.stderr
+  assert 'error: ' in out.stderr and 'was trained with other settings' in out.stderr
+  assert "  model: 'resnet_tiny' -> 'resnet_small'" in out.stderr.split('error: ')[1]  # the error lists the field too
+  assert 'Traceback' not in out.stderr

@@ -1,0 +1,37 @@
+"""configs/synthetic.py shrunk to seconds, for tests: 3 superclasses of (3, 2, 2) subclasses, 16x16 images,
+resnet_tiny. A config file like the others, so that subprocess tests can run the real entry points with it:
+
+  python train.py --config=tests/tiny_config.py:<data_dir> --workdir=...
+"""
+
+import importlib.util
+import os
+
+
+def get_config(data_dir: str = './data'):
+  spec = importlib.util.spec_from_file_location(  # configs/ by path, as config_flags loads it
+      'synthetic_config', os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs',
+                                       'synthetic.py'))
+  synthetic = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(synthetic)
+  config = synthetic.get_config()
+  config.data_dir = data_dir
+  config.synthetic.sizes = (3, 2, 2)
+  config.synthetic.image_size = 16
+  config.synthetic.train_per_class = 16
+  config.synthetic.test_per_class = 4
+  config.image_size = 16
+  config.model = 'resnet_tiny'
+  config.batch_size = 16
+  config.eval_batch_size = 32
+  config.vanilla.num_train_steps = 6
+  config.vanilla.warmup_steps = 1
+  config.superclass.num_train_steps = 4
+  config.superclass.warmup_steps = 1
+  config.specialists.num_train_steps = 6
+  config.specialists.num_epochs = 0.0  # a fixed budget, whatever the superclass size
+  config.specialists.mask_update_every = 1
+  config.log_every_steps = 2
+  config.checkpoint_every_steps = 2
+  config.evaluate.benchmark_batches = 1
+  return config
