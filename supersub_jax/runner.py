@@ -152,6 +152,8 @@ def run_job(config, job: Job, *, fresh_state: Callable[[], PyTree], target: PyTr
                                  check_meta=functools.partial(check_settings, config=config, job=job))
   if restored is None:
     state = fresh_state()
+    if writer is not None:
+      writer.resume_at(0)
   else:
     if FINISHED in restored.meta:
       _say(f'[{job.name}] finished before (step {restored.step}): skipped')
@@ -162,6 +164,8 @@ def run_job(config, job: Job, *, fresh_state: Callable[[], PyTree], target: PyTr
     state = restored.state
     if restored.data:
       train_iter.set_state(restored.data)
+    if writer is not None:
+      writer.resume_at(restored.step)
     _say(f'[{job.name}] resuming from step {restored.step}')
 
   def save_fn(step, rstate, force):

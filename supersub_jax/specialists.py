@@ -148,7 +148,6 @@ def train_specialists(config, workdir: str, *, preemption: train_lib.Preemption 
   frozen = parallel.replicate(base)  # held once on each device for all specialists
   model = stages.make_model(config, hierarchy.max_subclasses)
   params_fn = make_params_fn(dcfg)
-  writer = train_lib.MetricWriter(ckpt.abs_path(workdir), 'specialists')
   eval_fn = parallel.compile(
       lambda state, batch, frozen_and_mask: train_lib.eval_step(
           state, batch, frozen_and_mask['base'], apply_fn=model.apply, params_fn=params_fn,
@@ -175,6 +174,7 @@ def train_specialists(config, workdir: str, *, preemption: train_lib.Preemption 
     num_steps = specialist_steps(cfg, len(train_source), config.batch_size)
     job = _job(config, workdir, hierarchy, k, num_steps, generalist_fingerprint)
     tx, step_fn = compiled_step(num_steps)
+    writer = train_lib.MetricWriter(ckpt.abs_path(workdir), f'specialist_{k}')
     extra = {'base': frozen, 'logit_mask': parallel.replicate(np.asarray(hierarchy.local_valid[k]))}
     seed = int(config.seed) + 100 + k
     fresh_state = functools.partial(_init_state, generalist, base, dcfg, tx, hierarchy.max_subclasses, seed)
@@ -183,15 +183,14 @@ def train_specialists(config, workdir: str, *, preemption: train_lib.Preemption 
       return train_lib.evaluate(rstate, eval_fn=eval_fn, parallel=parallel, frozen=extra,
                                 batches=stages.eval_batches(config, eval_source, label_mode='local'))
 
-    def finish(host_state, metrics, job=job, k=k, n_k=n_k, num_steps=num_steps):
+    def finish(host_state, metrics, job=job, k=k, n_k=n_k, num_steps=num_steps, writer=writer):
       exported = export(host_state, dcfg, n_k)
       nbytes = exported_nbytes(exported)
       kept = float(sparsity.kept_fraction(host_state.masks)) if jax.tree.leaves(host_state.masks) else 0.0
       summary = {'superclass': k, 'name': job.meta['name'], 'num_subclasses': n_k, 'num_steps': num_steps,
                  'oracle_top1': metrics['accuracy'], 'test_count': metrics['count'], 'density': kept,
                  'bytes': nbytes, 'total_bytes': sum(nbytes.values())}
-      writer.write(num_steps, f'{config.eval_split}/specialist_{k}', {'accuracy': metrics['accuracy'],
-                                                                      'density': kept})
+      writer.write(num_steps, config.eval_split, {'accuracy': metrics['accuracy'], 'density': kept})
       if jax.process_index() == 0:
         print(f'[{job.name}] oracle top-1 {metrics["accuracy"]:.4f} on {int(metrics["count"])} images, density '
               f'{kept:.3f}, {summary["total_bytes"]:,} bytes', flush=True)
@@ -200,7 +199,7 @@ def train_specialists(config, workdir: str, *, preemption: train_lib.Preemption 
     result = runner.run_job(config, job, fresh_state=fresh_state, target=fresh_state(),
                             train_iter=stages.train_batches(config, train_source, label_mode='local', seed=seed),
                             step_fn=step_fn, evaluate=evaluate, parallel=parallel, frozen=extra,
-                            preemption=preemption, finish=finish)
+                            preemption=preemption, finish=finish, writer=writer)
     results[k] = result.meta['summary']
 
   base_bytes = delta_lib.tree_nbytes(generalist.params) + delta_lib.tree_nbytes(generalist.batch_stats)

@@ -347,6 +347,26 @@ class MetricWriter:
       for k, v in metrics.items():
         self._tb.add_scalar(f'{split}/{k}', float(v), int(step))
 
+  def resume_at(self, step: int) -> None:
+    """Drops this stage's records after ``step`` (0: all of them), written by a run that was then killed: the
+    resumed run writes them again, once."""
+    if not self.enabled or not os.path.exists(self.path):
+      return
+    with open(self.path) as f:
+      lines = f.readlines()
+    keep = []
+    for line in lines:
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError:  # a line cut short by a kill
+        continue
+      if record.get('stage') != self.stage or record.get('step', 0) <= step:
+        keep.append(json.dumps(record) + '\n')
+    tmp = f'{self.path}.tmp{os.getpid()}'
+    with open(tmp, 'w') as f:
+      f.writelines(keep)
+    os.replace(tmp, self.path)
+
 
 class Progress:
   """A periodic log line: step, loss, accuracy, images/s and ETA (process 0 only)."""

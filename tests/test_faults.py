@@ -4,6 +4,7 @@ Every case runs the real entry points (train.py, evaluate.py) on tests/tiny_conf
 the signal or save path is mocked.
 """
 
+import json
 import os
 import signal
 import socket
@@ -156,6 +157,9 @@ def test_kill_9_at_any_moment_even_mid_save_leaves_a_restorable_checkpoint(tiny_
     kills.append((moment, sorted(os.listdir(workdir / 'vanilla')) if (workdir / 'vanilla').exists() else []))
   out = _run('train.py', tiny_data_dir, workdir, *flags)
   assert out.returncode == 0, (kills, out.stderr[-3000:])
+  logged = [json.loads(line) for line in open(workdir / 'metrics.jsonl')]
+  train_steps = [r['step'] for r in logged if r['split'] == 'train']
+  assert train_steps == sorted(set(train_steps))  # each step logged once, though runs were killed after logging
   assert any('tmp' in ' '.join(names) for moment, names in kills if moment == 'mid-save'), kills
   a = _vanilla_params(tiny_data_dir, str(reference), *flags[1:])
   b = _vanilla_params(tiny_data_dir, str(workdir), *flags[1:])

@@ -1,5 +1,6 @@
 """Tests of the stages: resume after SIGTERM, the specialists stage and its checkpoints."""
 
+import json
 import os
 import signal
 
@@ -53,14 +54,20 @@ def test_resume_after_sigterm_equals_uninterrupted(tmp_path, tiny_data_dir, monk
     np.testing.assert_array_equal(x, y)
 
 
-def test_all_stages_report_metrics(tiny_workdir):
-  _, _, results = tiny_workdir
+def test_all_stages_report_metrics_and_log_each_job_under_its_own_name(tiny_workdir):
+  config, workdir, results = tiny_workdir
   assert set(results) == {'vanilla', 'superclass', 'specialists'}
   assert results['vanilla']['count'] == 7 * 4  # 7 subclasses x 4 test images
   assert 0.0 <= results['superclass']['accuracy'] <= 1.0
   summary = results['specialists']
   assert [s['superclass'] for s in summary['specialists']] == [0, 1, 2]
   assert summary['storage']['num_specialists'] == 3
+  logged = [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]
+  train_stages = {r['stage'] for r in logged if r['split'] == 'train'}
+  assert train_stages == {'vanilla', 'superclass', 'specialist_0', 'specialist_1', 'specialist_2'}
+  for s in summary['specialists']:
+    [final] = [r for r in logged if r['stage'] == f"specialist_{s['superclass']}" and r['split'] == config.eval_split]
+    assert final['accuracy'] == s['oracle_top1'] and final['step'] == s['num_steps']
 
 
 def test_specialist_masks_reach_target_density_and_delta_stays_sparse(tiny_workdir):
