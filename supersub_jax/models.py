@@ -43,6 +43,13 @@ def _head(num_classes: int) -> nn.Dense:
   return nn.Dense(num_classes, dtype=jnp.float32, name='head')
 
 
+def split_head(params: Mapping[str, Any]) -> tuple[dict, Any]:
+  """A ResNet's params -> (backbone: every entry but ``'head'``, head). Specialists share the backbone."""
+  if 'head' not in params:
+    raise ValueError("params have no 'head'; pass a whole network's params (e.g. the generalist's).")
+  return {k: v for k, v in params.items() if k != 'head'}, params['head']
+
+
 def init_head(num_classes: int, num_features: int, rng: jax.Array) -> dict:
   """Fresh params of a ResNet's ``'head'`` (kernel float32 [D, C], bias float32 [C]) alone.
 
@@ -313,12 +320,16 @@ def flops_per_example(
     image_shape: Sequence[int],
     train: bool = False,
 ) -> float:
-  """Forward-pass FLOPs for one image, from XLA's compiled cost analysis.
+  """Forward-pass FLOPs for one image, from XLA's cost analysis of the lowered
+  (not yet compiled) computation.
 
-  Counts a multiply-add as 2 FLOPs (XLA's convention), for a batch of one
-  ``(H, W, C)`` image. XLA skips multiplies by padding, so this reads a few
-  percent under textbook counts (ResNet-18 at 224: 3.37 vs 3.64 GFLOPs;
-  ResNet-50: 8.00 vs 8.18). This is the forward pass only; a training step
+  The lowered module is analysed because it still holds the convolutions on
+  every backend: a compiled GPU module moves them into cuDNN custom calls that
+  the analysis does not count (it read 40x low on an H200). Counts a
+  multiply-add as 2 FLOPs (XLA's convention), for a batch of one ``(H, W, C)``
+  image. XLA skips multiplies by padding, so this reads a few percent under
+  textbook counts (ResNet-18 at 224: 3.37 vs 3.64 GFLOPs; ResNet-50: 7.95 vs
+  8.18). This is the forward pass only; a training step
   (forward + backward) costs about 3x this. ``train=True`` measures the
   train-mode forward (batch statistics and their update), slightly more.
   ``variables`` may hold arrays or ``jax.ShapeDtypeStruct``s.
@@ -331,8 +342,7 @@ def flops_per_example(
       return model.apply(variables, images, train=True, mutable=['batch_stats'])
     return model.apply(variables, images, train=False)
 
-  compiled = jax.jit(forward).lower(variables, image).compile()
-  analysis = compiled.cost_analysis()
+  analysis = jax.jit(forward).lower(variables, image).cost_analysis()
   # Older jax returned one dict per computation in a list.
   if isinstance(analysis, (list, tuple)):
     analysis = analysis[0] if analysis else {}
