@@ -16,7 +16,7 @@ export: specialist K of a trained workdir as one dense network (the generalist's
 
 bundle: everything two-stage inference needs, in one msgpack file: the generalist's variables, every specialist's
   compressed delta, head and BatchNorm statistics, and the hierarchy; no optimizer state, no dense specialist.
-  `load_bundle` reads it back and `inference.build_supersub` takes it.
+  `load_bundle` reads it back and `bank.build_supersub` takes it.
     python -m supersub_jax.convert bundle --workdir=runs/demo --output=supersub.msgpack
 
 export and bundle read the config stored in the workdir by train.py; --config=FILE and --config.x=y override it
@@ -28,13 +28,13 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any
+
 
 import jax
 import numpy as np
 from flax import serialization
 
-from supersub_jax import delta as delta_lib
+from supersub_jax import exported as exported_lib
 from supersub_jax import hierarchy as hierarchy_lib
 from supersub_jax import models
 from supersub_jax import specialists
@@ -100,8 +100,8 @@ def load_bundle(path: str) -> tuple[dict, list[dict], hierarchy_lib.Hierarchy, d
     for k in range(hierarchy.num_superclasses):
       part = f'specialist {k}'
       ex = tree['specialists'][str(k)]
-      for keys, rec in delta_lib.walk_records(ex['delta']):
-        delta_lib.decode_record(rec, f'specialist {k}, delta leaf {"/".join(keys)!r}')
+      for keys, rec in exported_lib.walk_records(ex['delta']):
+        exported_lib.decode_record(rec, f'specialist {k}, delta leaf {"/".join(keys)!r}')
       kernel, bias = np.asarray(ex['head']['kernel']), np.asarray(ex['head']['bias'])
       if kernel.ndim != 2 or bias.shape != kernel.shape[1:]:
         raise ValueError(f'head kernel {kernel.shape} and bias {bias.shape} do not fit')
@@ -123,8 +123,8 @@ def dense_specialist(config, workdir: str, k: int) -> dict:
                      f'{hierarchy.name!r}; `python -m supersub_jax.hierarchy {config.hierarchy}` lists them.')
   generalist = stages.load_network(config, workdir, 'superclass', hierarchy)
   exported = specialists.load_exported(config, workdir, k, generalist, hierarchy)
-  base, _ = specialists.split_head(generalist.params)
-  params = jax.tree.map(np.asarray, delta_lib.materialize_compressed(base, exported['delta']))
+  base, _ = models.split_head(generalist.params)
+  params = jax.tree.map(np.asarray, exported_lib.materialize_compressed(base, exported['delta']))
   params['head'] = exported['head']
   return {'params': params, 'batch_stats': exported['batch_stats']}
 

@@ -17,36 +17,15 @@ delta: per output channel (last axis) for leaves with ndim >= 2 when
 biases: a per-element scale would store as many scales as values) and for
 ``granularity='per_tensor'``.
 
-Export. ``compress`` turns (delta, masks, cfg) into a ``CompressedDelta``, a plain
-nested dict of numpy arrays with the nesting of the selected params and, in place
-of each selected leaf, a record::
-
-    'shape':     int32[ndim]     shape of the leaf
-    'bits':      int32[]         8, 4 or 2; 0 = not quantized (values are float32)
-    'encoding':  int32[]         0 = bitmask, 1 = indices (POSITIONS_* constants)
-    'positions': uint8[ceil(size/8)]  np.packbits of the flat C-order mask (bitmask), or
-                 uint8/16/32/64[k]    ascending flat indices of kept entries, in the
-                                      smallest unsigned dtype that holds size - 1 (indices);
-                 whichever has fewer bytes (bitmask on a tie, and when k == 0)
-    'values':    uint8[ceil(k*bits/8)]  quant.pack_int of the k kept int codes, or
-                 float32[k]           the kept values themselves when bits == 0;
-                                      when k == 0, one padding element (ignored)
-    'scale':     float32[...]        only when bits > 0: the absmax scale with its
-                                     broadcast shape ([] per tensor, [1,..,1,C] per channel)
-
-``k`` (the number of kept entries) is implied by 'positions'. Leaves that carry no
-delta have no record. Every record entry is a numpy array and none is empty (orbax
-refuses zero-size arrays), so orbax ``StandardSave``/``PyTreeSave`` and ``np.savez``
-(after flattening) can write it. Scalar (0-d) delta leaves cannot be exported.
-``materialize_compressed(base, compress(delta, masks, cfg))`` equals
-``materialize(base, delta, masks, cfg)`` bit for bit (see ``supersub_jax.quant``).
+Export. The stored form of a trained delta (compressed records) lives in
+``supersub_jax.exported``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -55,15 +34,11 @@ import numpy as np
 from supersub_jax import quant
 
 PyTree = Any
-CompressedDelta = dict  # nested dict of records; schema in the module docstring
 
 KERNELS = r'.*kernel$'
 KERNELS_AND_NORM = r'.*(kernel|scale|bias)$'
 EXCLUDE_HEAD = r'^head/'
 GRANULARITIES = ('per_channel', 'per_tensor')
-POSITIONS_BITMASK = 0
-POSITIONS_INDICES = 1
-_RECORD_KEYS = frozenset({'shape', 'bits', 'encoding', 'positions', 'values'})
 
 
 def path_str(key_path) -> str:
@@ -135,7 +110,8 @@ def channel_axis_for(ndim: int, cfg: DeltaConfig) -> int | None:
   return -1 if cfg.granularity == 'per_channel' and ndim >= 2 else None
 
 
-def _masked(d: jax.Array, m) -> jax.Array:
+def masked(d: jax.Array, m) -> jax.Array:
+  """``where(m, d, 0)`` as float32 (``m=None``: ``d`` unmasked)."""
   d = jnp.asarray(d).astype(jnp.float32)
   if m is None:
     return d
@@ -143,13 +119,14 @@ def _masked(d: jax.Array, m) -> jax.Array:
 
 
 def _effective_leaf(d: jax.Array, m, cfg: DeltaConfig) -> jax.Array:
-  x = _masked(d, m)
+  x = masked(d, m)
   if cfg.bits is None:
     return x
   return quant.fake_quant(x, cfg.bits, channel_axis_for(x.ndim, cfg))
 
 
-def _masks_like(delta: PyTree, masks: PyTree | None) -> PyTree:
+def masks_like(delta: PyTree, masks: PyTree | None) -> PyTree:
+  """``masks``, or a tree of None (dense) with ``delta``'s structure when ``masks`` is None."""
   return jax.tree.map(lambda _: None, delta) if masks is None else masks
 
 
@@ -159,7 +136,7 @@ def effective_delta(delta: PyTree, masks: PyTree | None, cfg: DeltaConfig) -> Py
   Masked entries are exactly +0.0 (they quantize to code 0). Gradient w.r.t.
   ``delta``: the clipped STE times the mask, so masked entries get exactly 0.
   """
-  return jax.tree.map(lambda d, m: _effective_leaf(d, m, cfg), delta, _masks_like(delta, masks))
+  return jax.tree.map(lambda d, m: _effective_leaf(d, m, cfg), delta, masks_like(delta, masks))
 
 
 def materialize(base: PyTree, delta: PyTree, masks: PyTree | None, cfg: DeltaConfig) -> PyTree:
@@ -171,7 +148,7 @@ def materialize(base: PyTree, delta: PyTree, masks: PyTree | None, cfg: DeltaCon
   A zero delta gives ``base`` (+0.0 added). ``delta`` must have base's structure
   (``init_delta``), masks delta's.
   """
-  masks = _masks_like(delta, masks)
+  masks = masks_like(delta, masks)
 
   def leaf(path, b, d, m):
     if d is None:
@@ -185,279 +162,6 @@ def materialize(base: PyTree, delta: PyTree, masks: PyTree | None, cfg: DeltaCon
   return jax.tree_util.tree_map_with_path(leaf, base, delta, masks)
 
 
-# ----------------------------------------------------------------------------- export
-
-
-def _index_dtype(size: int) -> np.dtype:
-  for dt in (np.uint8, np.uint16, np.uint32):
-    if size - 1 <= np.iinfo(dt).max:
-      return np.dtype(dt)
-  return np.dtype(np.uint64)
-
-
-def encode_positions(mask: np.ndarray) -> tuple[int, np.ndarray]:
-  """(encoding, positions) for a non-empty bool mask: packed bitmask or indices, whichever
-  is smaller; the bitmask on a tie and when nothing is kept (no empty arrays)."""
-  flat = np.asarray(mask, bool).reshape(-1)
-  bitmask = np.packbits(flat)
-  indices = np.flatnonzero(flat).astype(_index_dtype(flat.size))
-  if 0 < indices.nbytes < bitmask.nbytes:
-    return POSITIONS_INDICES, indices
-  return POSITIONS_BITMASK, bitmask
-
-
-def decode_positions(encoding: int, positions: np.ndarray, size: int) -> np.ndarray:
-  """Ascending flat indices (int64) of kept entries, from ``encode_positions`` output."""
-  if encoding == POSITIONS_BITMASK:
-    return np.flatnonzero(np.unpackbits(positions, count=size))
-  if encoding == POSITIONS_INDICES:
-    return positions.astype(np.int64)
-  raise ValueError(f'unknown positions encoding {encoding}; expected {POSITIONS_BITMASK} (bitmask) or '
-                   f'{POSITIONS_INDICES} (indices).')
-
-
-def _quantize_masked(d, m, bits: int, channel_axis: int | None):
-  x = _masked(d, m)
-  scale = quant.absmax_scale(x, bits, channel_axis)
-  return quant.quantize(x, scale, bits), scale
-
-
-_quantize_masked_jit = jax.jit(_quantize_masked, static_argnums=(2, 3))
-
-
-def _compress_leaf(d, m, cfg: DeltaConfig) -> dict[str, np.ndarray]:
-  d = np.asarray(d, np.float32)
-  if d.ndim == 0 or d.size == 0:
-    raise ValueError(f'cannot export a delta leaf of shape {d.shape} (scalar or empty); exclude it from '
-                     'DeltaConfig.pattern.')
-  mask = np.ones(d.shape, bool) if m is None else np.asarray(m, bool)
-  if mask.shape != d.shape:
-    raise ValueError(f'mask shape {mask.shape} differs from delta shape {d.shape}.')
-  encoding, positions = encode_positions(mask)
-  kept = np.flatnonzero(mask.reshape(-1))
-  record = {'shape': np.asarray(d.shape, np.int32), 'encoding': np.asarray(encoding, np.int32),
-            'positions': positions}
-  if cfg.bits is None:
-    record['bits'] = np.asarray(0, np.int32)
-    values = d.reshape(-1)[kept].copy()
-  else:
-    # Same jnp functions as the training forward, so codes and scales are the same bits.
-    q, scale = _quantize_masked_jit(d, mask, cfg.bits, channel_axis_for(d.ndim, cfg))
-    record['bits'] = np.asarray(cfg.bits, np.int32)
-    values = quant.pack_int(np.asarray(q).reshape(-1)[kept], cfg.bits)
-    record['scale'] = np.asarray(scale, np.float32)
-  record['values'] = values if values.size else np.zeros(1, values.dtype)
-  return record
-
-
-def compress(delta: PyTree, masks: PyTree | None, cfg: DeltaConfig) -> CompressedDelta:
-  """Compressed export of a trained delta (numpy, outside jit); schema in the module docstring."""
-  masks = _masks_like(delta, masks)
-  out: dict = {}
-
-  def leaf(path, d, m):
-    if d is None:
-      return None
-    node = out
-    keys = path_str(path).split('/')
-    for k in keys[:-1]:
-      node = node.setdefault(k, {})
-    node[keys[-1]] = _compress_leaf(d, m, cfg)
-    return None
-
-  jax.tree_util.tree_map_with_path(leaf, delta, masks)
-  return out
-
-
-def _is_record(node) -> bool:
-  # Keys alone decide: a params subtree with all five of these module names does not occur,
-  # and restored checkpoints may hand back numpy scalars or jax arrays as values.
-  return isinstance(node, dict) and _RECORD_KEYS <= set(node)
-
-
-MAX_LEAF_SIZE = np.iinfo(np.int32).max - 1  # positions are int32 on device (inference's bank)
-
-
-@dataclasses.dataclass(frozen=True)
-class DecodedRecord:
-  """One validated record, unpacked (numpy): ``indices`` int64 [k] ascending flat positions of the kept entries,
-  and either ``codes`` int8 [k] with ``scale`` float32 [1 or C] (entry i uses ``scale[i % C]``), or ``values``
-  float32 [k] when ``bits == 0``."""
-  shape: tuple[int, ...]
-  bits: int
-  indices: np.ndarray
-  codes: np.ndarray | None
-  scale: np.ndarray | None
-  values: np.ndarray | None
-
-
-def _array(rec, key: str, where: str) -> np.ndarray:
-  try:
-    return np.asarray(rec[key])
-  except Exception as e:  # pylint: disable=broad-except  (anything that is not an array)
-    raise ValueError(f'{where}: {key!r} is not an array ({type(e).__name__}).') from e
-
-
-def _int_scalar(rec, key: str, where: str, choices) -> int:
-  x = _array(rec, key, where)
-  if x.size != 1 or not np.issubdtype(x.dtype, np.integer) or int(x.reshape(-1)[0]) not in choices:
-    raise ValueError(f'{where}: {key!r} must be one integer in {tuple(choices)}, got {x.dtype}{list(x.shape)}.')
-  return int(x.reshape(-1)[0])
-
-
-def decode_record(rec, where: str = 'record', expected_shape: tuple[int, ...] | None = None) -> DecodedRecord:
-  """Validates and unpacks one compressed record (schema in the module docstring).
-
-  Every malformed input -- a missing key, a wrong dtype or length, positions out of range or out of order, a bad
-  scale, a shape other than ``expected_shape`` -- raises ValueError naming ``where``; nothing is allocated at the
-  size a record merely claims before its arrays are checked against it.
-  """
-  if not isinstance(rec, Mapping) or not _RECORD_KEYS <= set(rec):
-    raise ValueError(f'{where}: not a compressed record (needs the keys {sorted(_RECORD_KEYS)}).')
-  shape_arr = _array(rec, 'shape', where)
-  if shape_arr.ndim != 1 or not 1 <= shape_arr.size <= 8 or not np.issubdtype(shape_arr.dtype, np.integer) \
-      or (shape_arr < 1).any():
-    raise ValueError(f'{where}: shape must be 1 to 8 positive integers, got {shape_arr.dtype}{shape_arr.tolist()}.')
-  shape = tuple(int(d) for d in shape_arr)
-  if expected_shape is not None and shape != tuple(expected_shape):
-    raise ValueError(f'{where}: shape {shape}, but the base param has {tuple(expected_shape)}.')
-  size = int(np.prod(shape, dtype=np.float64))
-  if size > MAX_LEAF_SIZE:
-    raise ValueError(f'{where}: shape {shape} has {size} entries, more than {MAX_LEAF_SIZE}.')
-  bits = _int_scalar(rec, 'bits', where, (0,) + quant.SUPPORTED_BITS)
-  encoding = _int_scalar(rec, 'encoding', where, (POSITIONS_BITMASK, POSITIONS_INDICES))
-  positions = _array(rec, 'positions', where)
-  if positions.ndim != 1 or positions.size == 0 or not np.issubdtype(positions.dtype, np.unsignedinteger):
-    raise ValueError(f'{where}: positions must be a non-empty 1-D unsigned array, got '
-                     f'{positions.dtype}{list(positions.shape)}.')
-  if encoding == POSITIONS_BITMASK:
-    if positions.dtype != np.uint8 or positions.size != (size + 7) // 8:
-      raise ValueError(f'{where}: a bitmask of {size} entries is {(size + 7) // 8} uint8 bytes, got '
-                       f'{positions.dtype}[{positions.size}].')
-    indices = np.flatnonzero(np.unpackbits(positions, count=size))
-  else:
-    indices = positions.astype(np.int64)
-    if indices[-1] >= size or (indices.size > 1 and (np.diff(indices) <= 0).any()):
-      raise ValueError(f'{where}: indices must be strictly increasing and below {size}.')
-  k = indices.size
-  values = _array(rec, 'values', where)
-  if values.ndim != 1:
-    raise ValueError(f'{where}: values must be 1-D, got shape {list(values.shape)}.')
-  if bits == 0:
-    if values.dtype != np.float32 or values.size != max(k, 1) or not np.isfinite(values).all():
-      raise ValueError(f'{where}: an unquantized record holds {max(k, 1)} finite float32 values, got '
-                       f'{values.dtype}[{values.size}].')
-    return DecodedRecord(shape, 0, indices, None, None, values[:k].copy())
-  if values.dtype != np.uint8 or values.size != max(quant.packed_len(k, bits), 1):
-    raise ValueError(f'{where}: {k} codes of {bits} bits pack into {max(quant.packed_len(k, bits), 1)} uint8 bytes, '
-                     f'got {values.dtype}[{values.size}].')
-  if 'scale' not in rec:
-    raise ValueError(f'{where}: a quantized record (bits={bits}) needs a scale.')
-  scale = _array(rec, 'scale', where)
-  if scale.dtype != np.float32 or scale.size not in (1, shape[-1]) or not (np.isfinite(scale) & (scale > 0)).all():
-    raise ValueError(f'{where}: scale must be 1 or {shape[-1]} (last axis) positive finite float32 values, got '
-                     f'{scale.dtype}{list(scale.shape)}.')
-  return DecodedRecord(shape, bits, indices, quant.unpack_int(values, bits, k), scale.reshape(-1), None)
-
-
-def _dense(d: DecodedRecord) -> np.ndarray:
-  size = int(np.prod(d.shape))
-  if d.values is not None:
-    dense = np.zeros(size, np.float32)
-    dense[d.indices] = d.values
-    return dense.reshape(d.shape)
-  codes = np.zeros(size, np.int8)
-  codes[d.indices] = d.codes
-  scale = d.scale if d.scale.size == 1 else d.scale.reshape((1,) * (len(d.shape) - 1) + (-1,))
-  # Exact product (grid scale, |code| <= 127): same bits as quant.dequantize under jit.
-  return codes.reshape(d.shape).astype(np.float32) * scale
-
-
-def walk_records(compressed, prefix=()):
-  """(path keys, record) of every record of a ``CompressedDelta``; ValueError on anything else in it."""
-  if not isinstance(compressed, Mapping):
-    raise ValueError(f'compressed delta {"/".join(prefix) or "root"} is a {type(compressed).__name__}, not a dict; '
-                     'was it produced by delta.compress?')
-  for k, v in compressed.items():
-    if _is_record(v):
-      yield prefix + (k,), v
-    elif isinstance(v, Mapping):
-      yield from walk_records(v, prefix + (k,))
-    else:
-      raise ValueError(f'compressed delta entry {"/".join(prefix + (k,))!r} is neither a record nor a dict '
-                       f'of records; was it produced by delta.compress?')
-
-
-def decompress(compressed: CompressedDelta) -> dict:
-  """Dense float32 effective delta (numpy) for every record, in the same nesting.
-
-  Equals ``effective_delta`` at the selected leaves bit for bit; leaves without a
-  delta are absent (there is no None placeholder: the compressed tree does not know
-  them).
-  """
-  out: dict = {}
-  for keys, rec in walk_records(compressed):
-    node = out
-    for k in keys[:-1]:
-      node = node.setdefault(k, {})
-    node[keys[-1]] = _dense(decode_record(rec, '/'.join(keys)))
-  return out
-
-
-def materialize_compressed(base: PyTree, compressed: CompressedDelta) -> PyTree:
-  """Specialist params from the base and a ``CompressedDelta``; bit-equal to ``materialize``.
-
-  Decompression runs in numpy, so ``compressed`` must hold concrete arrays; ``base``
-  may be traced. Raises ValueError if a record has no base leaf of the same shape.
-  """
-  shapes = {path_str(p): tuple(np.shape(b)) for p, b in jax.tree_util.tree_flatten_with_path(base)[0]}
-  dense = {}
-  for keys, rec in walk_records(compressed):
-    p = '/'.join(keys)
-    if p not in shapes:
-      raise ValueError(f'compressed delta has leaf {p!r}, which is not in the base params; compress against the '
-                       'same base architecture.')
-    dense[p] = _dense(decode_record(rec, p, expected_shape=shapes[p]))
-
-  def leaf(path, b):
-    p = path_str(path)
-    if p not in dense:
-      return b
-    b = jnp.asarray(b)
-    return (b + jnp.asarray(dense[p])).astype(b.dtype)
-
-  return jax.tree_util.tree_map_with_path(leaf, base)
-
-
-# ----------------------------------------------------------------------------- storage accounting
-
-
 def tree_nbytes(tree: PyTree) -> int:
   """Sum of ``nbytes`` of all array leaves (None skipped); works for numpy and jax arrays."""
   return int(sum(x.nbytes if hasattr(x, 'nbytes') else np.asarray(x).nbytes for x in jax.tree.leaves(tree)))
-
-
-def compressed_nbytes(compressed: CompressedDelta) -> int:
-  """Bytes of all arrays stored in a ``CompressedDelta``, metadata arrays included."""
-  return tree_nbytes(compressed)
-
-
-def storage_report(base_nbytes: int, specialist_nbytes: Sequence[int]) -> dict:
-  """Storage of one base network plus N specialists, in bytes and in units of the base.
-
-  ``total = base + sum(specialists) = (alpha * N + 1) * base``; ``factor = total / base``;
-  ``naive_factor = N + 1`` (N full copies plus the generalist).
-
-  Returns dict with keys base_bytes, specialists_bytes (list), total_bytes, factor,
-  alpha, naive_factor, num_specialists.
-  """
-  specialists = [int(s) for s in specialist_nbytes]
-  if base_nbytes <= 0:
-    raise ValueError(f'base_nbytes={base_nbytes} must be positive.')
-  if not specialists:
-    raise ValueError('storage_report needs at least one specialist (alpha is undefined for N = 0).')
-  total = int(base_nbytes) + sum(specialists)
-  factor = total / base_nbytes
-  n = len(specialists)
-  return {'base_bytes': int(base_nbytes), 'specialists_bytes': specialists, 'total_bytes': total,
-          'factor': factor, 'alpha': (factor - 1.0) / n, 'naive_factor': n + 1, 'num_specialists': n}

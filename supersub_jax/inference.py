@@ -1,24 +1,26 @@
-"""Two-stage Super-Sub inference: the generalist picks a superclass, that superclass's specialist the subclass.
+"""Two-stage Super-Sub inference, compiled: the generalist picks a superclass, that superclass's specialist the
+subclass.
 
-Storage on device. The N exported specialists (``specialists.export``: compressed delta over the generalist's
-backbone, the head's real columns, BatchNorm statistics) are loaded into one ``SpecialistBank`` whose arrays carry
-a leading specialist axis, so a compiled function picks specialist ``k`` with a *traced* index. Deltas stay sparse:
-per delta leaf, flat int32 positions plus int8 codes and float32 scales (or float32 values for unquantized
-deltas). A specialist's dense params exist only transiently (``specialist_variables``), one at a time.
+State. The predictors take a ``bank.SuperSub`` pytree (built once on the host by ``bank.build_supersub``): the
+generalist, the ``SpecialistBank`` holding the N specialists in their compact exported encodings, and the
+hierarchy's label maps. ``specialist_variables`` unpacks ONE specialist inside the compiled function (packed codes,
+bitmask or index positions, its head's columns) into dense ``{'params', 'batch_stats'}``, bit for bit what
+``exported.materialize_compressed`` gives on the host.
 
-Routing. ``route`` groups the images of a batch by specialist on device (stable argsort of the routes) and runs a
-``lax.fori_loop`` with a dynamic trip count over chunks of ``chunk_size`` images of one group each. Every iteration
-materializes one specialist, so the peak memory is the bank + ONE dense network + one chunk's activations
-whatever N, and the work is ``sum_k ceil(n_k / chunk_size) * chunk_size <= B + N * chunk_size`` images, not N * B.
-The specialist is re-materialized per chunk (a scatter over its kept entries, cheap next to the forward pass of
-a chunk of ``chunk_size`` >~ 32 images).
+Routing. ``route`` sorts the images of a batch by specialist on device, then visits the non-empty groups in a
+``lax.fori_loop`` with a dynamic trip count. Each visit materializes that group's specialist once and runs it over
+the group in chunks: as many chunks of the largest of ``chunk_sizes`` as fit, then the rest in chunks of the next
+sizes (the last size rounds up). So the peak memory is the bank + ONE dense specialist + one chunk's activations
+whatever N, and the work is the batch plus at most ``N * chunk_sizes[-1]`` padding images (one chunk size: up to
+``N * chunk_size``). The sizes trade that padding against the efficiency of small chunks; docs/benchmarks.md has
+the measurement that chose the default.
 
 Predictions. ``predict`` (top-1 routing), ``predict_oracle`` (routing by the true superclass) and ``predict_top2``
-(a second specialist for images the generalist is unsure about) are jitted with the flax models and the chunk size
-as static arguments, over a ``SuperSub`` state pytree (``build_supersub``). They target a single device: plain
-``jax.jit``, no sharding annotations; evaluation batches are small enough for one accelerator, and the
-specialist loop is sequential anyway. The model-free cores ``decide_top1``/``decide_top2``/``decide_oracle`` take
-superclass logits and a specialist function, so routing can be tested on hand-built outputs.
+(a second specialist for images the generalist is unsure about) are jitted with the flax models and the chunk
+sizes as static arguments. They target a single device: plain ``jax.jit``, no sharding annotations; evaluation
+batches are small enough for one accelerator, and the specialist loop is sequential anyway. The model-free cores
+``decide_top1``/``decide_top2``/``decide_oracle`` take superclass logits and a ``Specialists`` pair, so routing can
+be tested on hand-built outputs.
 
 Padded classes (heads are padded to ``max_subclasses``) and skipped images get the logit ``NEG_LOGIT``, the value
 ``train.mask_logits`` uses in training.
@@ -27,288 +29,124 @@ Padded classes (heads are padded to ``max_subclasses``) and skipped images get t
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import struct
 
+from supersub_jax import bank as bank_lib
 from supersub_jax import delta as delta_lib
 
 PyTree = Any
-SpecialistLogitsFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 # Same value as train.mask_logits: finite, so a softmax over an all-masked row stays defined (uniform).
 NEG_LOGIT = float(np.finfo(np.float32).min / 2)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# State pytrees
-
-
-@struct.dataclass
-class SpecialistBank:
-  """N specialists stacked on a leading axis (see ``make_bank``). All leaves are jax arrays.
+class Specialists(NamedTuple):
+  """How routing reaches the specialists.
 
   Attributes:
-    deltas: '/'-joined backbone param path -> record, for every leaf that any specialist changes. A record holds
-      ``'indices'`` int32[N, K]: ascending flat (C-order) positions of the kept entries, padded with the leaf size
-      (out of range: dropped by the scatter); and either ``'codes'`` int8[N, K] + ``'scale'`` float32[N, C]
-      (C = the leaf's last dim for per-channel scales, 1 for per-tensor ones; entry i uses ``scale[i % C]``),
-      or ``'values'`` float32[N, K] when some specialist stored this leaf unquantized. Padding codes/values are 0.
-    head: ``'kernel'`` float32[N, D, S], ``'bias'`` float32[N, S]; columns >= n_k are zero (S = max_subclasses).
-    batch_stats: the generalist's batch_stats tree with every leaf stacked to [N, ...].
-    num_subclasses: int32[N], n_k of each specialist.
+    load: ``(k int32[]) -> v``: whatever specialist ``k`` needs (a pytree; e.g. its dense variables). Called once
+      per group of images, with a traced ``k``.
+    apply: ``(v, images [C, ...]) -> logits [C, S]``.
   """
-  deltas: dict
-  head: dict
-  batch_stats: PyTree
-  num_subclasses: jax.Array
-
-  @property
-  def num_specialists(self) -> int:
-    return int(self.num_subclasses.shape[0])
-
-  @property
-  def max_subclasses(self) -> int:
-    return int(self.head['bias'].shape[-1])
-
-
-@struct.dataclass
-class HierarchyArrays:
-  """The parts of a ``hierarchy.Hierarchy`` that inference needs, as device arrays.
-
-  Attributes:
-    local_to_label: int32[N, S], global subclass label of (superclass, local index); -1 on padding.
-    local_valid: bool[N, S], True where the local index is a real subclass.
-  """
-  local_to_label: jax.Array
-  local_valid: jax.Array
-
-  @classmethod
-  def from_hierarchy(cls, hierarchy) -> 'HierarchyArrays':
-    return cls(local_to_label=jnp.asarray(hierarchy.local_to_label, jnp.int32),
-               local_valid=jnp.asarray(hierarchy.local_valid, bool))
-
-
-@struct.dataclass
-class SuperSub:
-  """Everything two-stage inference reads: a pytree, passed as a traced argument to the jitted predictors.
-
-  Attributes:
-    generalist: ``{'params', 'batch_stats'}`` of the generalist (head of N outputs).
-    bank: the N specialists (``SpecialistBank``).
-    hierarchy: ``HierarchyArrays`` of the N superclasses.
-  The specialists' base is ``generalist['params']`` without its head (``base``): derived, not stored, so the
-  backbone is held once on device.
-  """
-  generalist: dict
-  bank: SpecialistBank
-  hierarchy: HierarchyArrays
-
-  @property
-  def base(self) -> dict:
-    return backbone(self.generalist['params'])
-
-
-def backbone(params: Mapping[str, Any]) -> dict:
-  """Params without the top-level ``'head'`` (the specialists' base)."""
-  return {k: v for k, v in params.items() if k != 'head'}
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Loading: exported specialists -> bank
-
-
-def _flat_leaves(tree: PyTree) -> dict[str, Any]:
-  return {delta_lib.path_str(p): x for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
-def _stack_records(decoded: list[delta_lib.DecodedRecord | None],
-                   leaf_shape: tuple[int, ...]) -> dict[str, np.ndarray]:
-  """Per-specialist decoded records of one leaf (None = no delta) -> one padded bank record."""
-  size = int(np.prod(leaf_shape, dtype=np.int64))
-  n = len(decoded)
-  present = [d for d in decoded if d is not None]
-  k_max = max(1, max(d.indices.size for d in present))  # >= 1: no zero-size device arrays
-  indices = np.full((n, k_max), size, np.int32)  # pad = size: out of range, dropped by the scatter
-  for i, d in enumerate(decoded):
-    if d is not None:
-      indices[i, :d.indices.size] = d.indices
-  channels = leaf_shape[-1] if leaf_shape else 1
-  c = channels if any(d.scale is not None and d.scale.size > 1 for d in present) else 1
-
-  if any(d.values is not None for d in present):
-    # Some specialist stored this leaf unquantized: hold float values for all of them. codes * scale is an exact
-    # float32 product (grid scales, see quant), so dequantizing here gives the bits materialize_compressed gives.
-    values = np.zeros((n, k_max), np.float32)
-    for i, d in enumerate(decoded):
-      if d is None:
-        continue
-      if d.values is not None:
-        v = d.values
-      else:
-        ch = d.indices % channels if d.scale.size > 1 else np.zeros_like(d.indices)
-        v = d.codes.astype(np.float32) * d.scale[ch]
-      values[i, :v.size] = v
-    return {'indices': indices, 'values': values}
-
-  codes = np.zeros((n, k_max), np.int8)
-  scale = np.ones((n, c), np.float32)  # 1.0 for specialists without this leaf: their codes are all padding
-  for i, d in enumerate(decoded):
-    if d is not None:
-      codes[i, :d.codes.size] = d.codes
-      scale[i] = np.broadcast_to(d.scale, (c,)) if d.scale.size == 1 else d.scale
-  return {'indices': indices, 'codes': codes, 'scale': scale}
-
-
-def make_bank(exported: Sequence[Mapping[str, Any]], base: PyTree, max_subclasses: int) -> SpecialistBank:
-  """Stacks N exported specialists into a device ``SpecialistBank`` (host-side; run once at load time).
-
-  Args:
-    exported: specialist k's ``specialists.export`` dict: ``'delta'`` (``CompressedDelta`` over ``base``),
-      ``'head'`` (``'kernel'`` float32[D, n_k], ``'bias'`` float32[n_k]), ``'batch_stats'`` (one tree shared by all).
-      Specialists may differ in bits (8/4/2/unquantized), scale granularity, kept entries and delta leaves.
-    base: the generalist's backbone params (no ``'head'``); only its structure and shapes are read here.
-    max_subclasses: S, the padded head width (``hierarchy.max_subclasses``).
-  Returns:
-    The bank with arrays on the default device. Bitmask positions are converted to indices and int4/int2 codes
-    unpacked to int8 here, so nothing is decoded inside the compiled predictors.
-  """
-  if not exported:
-    raise ValueError('make_bank needs at least one exported specialist.')
-  if 'head' in base:
-    raise ValueError("base has a 'head' entry; pass the generalist's backbone params (inference.backbone(params)).")
-  base_leaves = {p: tuple(np.shape(x)) for p, x in _flat_leaves(base).items()}
-  n = len(exported)
-  decoded: dict[str, list] = {}
-  heads, stats, sizes = [], [], []
-  stats_struct = None
-  for k, ex in enumerate(exported):
-    missing = {'delta', 'head', 'batch_stats'} - set(ex)
-    if missing:
-      raise ValueError(f'exported specialist {k} lacks {sorted(missing)}; build it with specialists.export.')
-    for keys, rec in delta_lib.walk_records(ex['delta']):
-      path = '/'.join(keys)
-      where = f'specialist {k}, delta leaf {path!r}'
-      if path not in base_leaves:
-        raise ValueError(f'{where} is not a base param (base has e.g. {sorted(base_leaves)[:4]}); export the '
-                         'delta against the same backbone as the generalist.')
-      decoded.setdefault(path, [None] * n)[k] = delta_lib.decode_record(rec, where, expected_shape=base_leaves[path])
-    kernel = np.asarray(ex['head']['kernel'], np.float32)
-    bias = np.asarray(ex['head']['bias'], np.float32)
-    if kernel.ndim != 2 or bias.shape != (kernel.shape[1],):
-      raise ValueError(f'specialist {k} head has kernel {kernel.shape} and bias {bias.shape}; expected [D, n_k] '
-                       'and [n_k].')
-    if not 1 <= kernel.shape[1] <= max_subclasses:
-      raise ValueError(f'specialist {k} has {kernel.shape[1]} subclasses, outside [1, max_subclasses='
-                       f'{max_subclasses}]; pass hierarchy.max_subclasses.')
-    if heads and kernel.shape[0] != heads[0][0].shape[0]:
-      raise ValueError(f'specialist {k} head has {kernel.shape[0]} input features, specialist 0 has '
-                       f'{heads[0][0].shape[0]}; all specialists share the backbone.')
-    heads.append((kernel, bias))
-    sizes.append(kernel.shape[1])
-    struct_k = jax.tree.structure(ex['batch_stats'])
-    if stats_struct is None:
-      stats_struct = struct_k
-    elif struct_k != stats_struct:
-      raise ValueError(f'specialist {k} batch_stats tree differs from specialist 0\'s; every specialist keeps '
-                       'the generalist\'s BatchNorm layout.')
-    stats.append(ex['batch_stats'])
-
-  deltas = {p: _stack_records(decoded[p], base_leaves[p]) for p in sorted(decoded)}
-  d = heads[0][0].shape[0]
-  head = {'kernel': np.zeros((n, d, max_subclasses), np.float32), 'bias': np.zeros((n, max_subclasses), np.float32)}
-  for k, (kernel, bias) in enumerate(heads):
-    head['kernel'][k, :, :kernel.shape[1]] = kernel
-    head['bias'][k, :bias.shape[0]] = bias
-  try:
-    batch_stats = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *stats)
-  except ValueError as e:
-    raise ValueError(f'specialists\' batch_stats leaves differ in shape: {e}') from e
-  bank = SpecialistBank(deltas=deltas, head=head, batch_stats=batch_stats,
-                        num_subclasses=np.asarray(sizes, np.int32))
-  return jax.device_put(bank)
-
-
-def bank_nbytes(bank: SpecialistBank) -> int:
-  """Bytes the bank holds on device (sparse deltas, padded heads, BatchNorm statistics, sizes)."""
-  return delta_lib.tree_nbytes(bank)
-
-
-def build_supersub(generalist_variables: Mapping[str, Any], exported: Sequence[Mapping[str, Any]],
-                   hierarchy) -> SuperSub:
-  """The inference state: generalist variables, the bank of ``exported`` (one per superclass, in order), and
-  the hierarchy's label maps, all on the default device.
-
-  Raises ValueError if the counts of superclasses, generalist outputs and specialists or the specialists'
-  subclass counts disagree with ``hierarchy``.
-  """
-  params = generalist_variables['params']
-  n = int(hierarchy.num_superclasses)
-  if 'head' not in params:
-    raise ValueError("generalist params have no 'head'; pass the generalist's {'params', 'batch_stats'}.")
-  outputs = int(np.shape(params['head']['bias'])[-1])
-  if outputs != n:
-    raise ValueError(f'the generalist has {outputs} outputs but the hierarchy has {n} superclasses.')
-  if len(exported) != n:
-    raise ValueError(f'{len(exported)} exported specialists for {n} superclasses; export one per superclass, '
-                     'in superclass order.')
-  bank = make_bank(exported, backbone(params), int(hierarchy.max_subclasses))
-  got = np.asarray(bank.num_subclasses)
-  want = np.asarray(hierarchy.sizes)
-  if not np.array_equal(got, want):
-    bad = int(np.flatnonzero(got != want)[0])
-    raise ValueError(f'specialist {bad} has {got[bad]} subclasses but superclass {bad} has {want[bad]}; the '
-                     'exported specialists do not match this hierarchy.')
-  generalist = jax.device_put({'params': params, 'batch_stats': generalist_variables.get('batch_stats', {})})
-  return SuperSub(generalist=generalist, bank=bank, hierarchy=HierarchyArrays.from_hierarchy(hierarchy))
+  load: Callable[[jax.Array], PyTree]
+  apply: Callable[[PyTree, jax.Array], jax.Array]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # One specialist, dense and transient
 
 
-def _materialize_leaf(b: jax.Array, rec: Mapping[str, jax.Array], k: jax.Array) -> jax.Array:
-  b = jnp.asarray(b)
-  idx = rec['indices'][k]
-  if 'values' in rec:
-    vals = rec['values'][k]
-  else:
-    scale = rec['scale'][k]
-    # Exact product on the scale grid (quant docstring): the bits of quant.dequantize and of the numpy
-    # dequantization inside delta.materialize_compressed.
-    vals = rec['codes'][k].astype(jnp.float32) * jnp.take(scale, idx % scale.shape[0])
-  flat = b.reshape(-1)
-  # Scatter into zeros, then add densely: exactly materialize_compressed's ``base + dense_delta`` (untouched entries
-  # get + 0.0, kept ones + value), signed zeros included. ``set`` with the out-of-range padding dropped is exact
-  # whatever order the scatter runs in.
-  dense = jnp.zeros(flat.shape, jnp.float32).at[idx].set(vals, mode='drop')
-  return (flat + dense).astype(b.dtype).reshape(b.shape)
+def _codes_at(packed: jax.Array, bits: jax.Array, which: jax.Array) -> jax.Array:
+  """Signed codes int32[...] number ``which`` of ``quant.pack_int`` bytes uint8[P] with ``bits`` (traced) bits."""
+  bitpos = which * bits
+  byte = jnp.take(packed, bitpos >> 3, mode='clip').astype(jnp.int32)
+  raw = (byte >> (bitpos & 7)) & ((1 << bits) - 1)
+  return raw - ((raw >> (bits - 1)) << bits)  # two's complement of `bits` bits
 
 
-def specialist_variables(bank: SpecialistBank, base: PyTree, k: jax.Array | int) -> dict:
-  """Dense ``{'params', 'batch_stats'}`` of specialist ``k`` (int or traced int32 scalar), for the specialist model.
+def _bitmask_ranks(bitmask: jax.Array, size: int) -> tuple[jax.Array, jax.Array]:
+  """(kept bool[size], rank int32[size]) of an ``np.packbits`` mask: entry i is kept entry number rank[i].
 
-  ``params`` is ``base`` plus the dequantized sparse delta, with the padded head [D, S] under ``'head'``; it is
-  bit-for-bit ``{**delta.materialize_compressed(base, exported[k]['delta']), 'head': padded head}``. Jittable;
-  under jit the dense params are a transient of the surrounding computation. An out-of-range traced ``k`` is
-  clamped by jax's indexing.
+  The rank is a prefix count. One over 32-bit words (popcounts), then within the word, so the scan runs over
+  size / 32 elements: XLA's cumsum over all entries cost more than the rest of a specialist's materialization.
+  """
+  pad = (-bitmask.shape[0]) % 4
+  b = jnp.pad(bitmask, (0, pad)).astype(jnp.uint32).reshape(-1, 4)
+  words = (b[:, 0] << 24) | (b[:, 1] << 16) | (b[:, 2] << 8) | b[:, 3]  # entry 32 w + j is bit 31 - j
+  counts = jax.lax.population_count(words).astype(jnp.int32)
+  before = jnp.cumsum(counts) - counts
+  # Per entry [W, 32] by broadcasting, not gathering: gathers of every entry dominated on CPU.
+  j = jnp.arange(32, dtype=jnp.uint32)[None, :]
+  word = words[:, None]
+  kept = ((word >> (31 - j)) & 1).astype(bool)
+  # Kept entries before entry j of its word: the bits above bit 31 - j (none for j = 0: a shift by 32 is undefined).
+  above = jnp.where(j == 0, 0, jax.lax.population_count((word >> 1) >> (31 - j)).astype(jnp.int32))
+  return kept.reshape(-1)[:size], (before[:, None] + above).reshape(-1)[:size]
+
+
+def _leaf_delta(rec: Mapping[str, jax.Array], k: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  """Specialist k's dense effective delta float32[L] of one leaf, from its bank record.
+
+  Codes times scale is an exact float32 product on the scale grid (quant docstring): the bits of
+  quant.dequantize and of the numpy dequantization inside exported.materialize_compressed.
+  """
+  size = int(np.prod(shape))
+  scale = rec.get('scale')
+  channels = 1 if scale is None else scale.shape[1]
+  if 'indices' in rec:  # scatter the K kept entries
+    slots = jnp.arange(rec['indices'].shape[1], dtype=jnp.int32)
+    idx = jnp.where(slots < rec['count'][k], rec['indices'][k].astype(jnp.int32), size)  # size: dropped
+    if scale is None:
+      vals = rec['values'][k]
+    else:
+      vals = (_codes_at(rec['codes'][k], rec['bits'][k], slots).astype(jnp.float32)
+              * jnp.take(scale[k], idx % channels, mode='clip'))
+    return jnp.zeros(size, jnp.float32).at[idx].set(vals, mode='drop')
+  # Bitmask: every entry reads its value by rank (one gather over the leaf, no scatter).
+  kept, rank = _bitmask_ranks(rec['bitmask'][k], size)
+  if scale is None:
+    dense = jnp.take(rec['values'][k], rank, mode='clip')
+  else:  # flat entry i is in channel i % C: broadcast the scales over the leaf's rows
+    dense = _codes_at(rec['codes'][k], rec['bits'][k], rank).astype(jnp.float32)
+    dense = (dense.reshape(-1, channels) * scale[k][None, :]).reshape(-1)
+  return jnp.where(kept, dense, 0.0).astype(jnp.float32)
+
+
+def specialist_variables(bank: bank_lib.SpecialistBank, base: PyTree, k: jax.Array | int,
+                         max_subclasses: int) -> dict:
+  """Dense ``{'params', 'batch_stats'}`` of specialist ``k`` (int or traced int32 scalar) for the specialist model.
+
+  ``params`` is ``base`` plus the dequantized sparse delta, with the head [D, S = max_subclasses] under
+  ``'head'`` (columns >= n_k are zero); it is bit-for-bit
+  ``{**exported.materialize_compressed(base, exported[k]['delta']), 'head': zero-padded head}``. Jittable; under jit
+  the dense params are a transient of the surrounding computation. An out-of-range traced ``k`` is clamped by
+  jax's indexing.
   """
   k = jnp.asarray(k, jnp.int32)
-  base_paths = set(_flat_leaves(base))
-  unknown = sorted(set(bank.deltas) - base_paths)
+  base_leaves = {delta_lib.path_str(p): x for p, x in jax.tree_util.tree_flatten_with_path(base)[0]}
+  unknown = sorted(set(bank.deltas) - set(base_leaves))
   if unknown:
     raise ValueError(f'bank deltas {unknown[:4]} are not params of base; pass the same backbone the bank was '
-                     'built against (inference.backbone(generalist params)).')
+                     'built against (models.split_head(generalist params)[0]).')
 
   def leaf(path, b):
     rec = bank.deltas.get(delta_lib.path_str(path))
-    return b if rec is None else _materialize_leaf(b, rec, k)
+    if rec is None:
+      return b
+    b = jnp.asarray(b)
+    # base + the dense delta (0.0 where nothing is kept), exactly materialize_compressed's sum, signed zeros
+    # included.
+    return (b.reshape(-1) + _leaf_delta(rec, k, b.shape)).astype(b.dtype).reshape(b.shape)
 
   params = jax.tree_util.tree_map_with_path(leaf, dict(base))
-  params['head'] = {'kernel': bank.head['kernel'][k], 'bias': bank.head['bias'][k]}
+  columns = bank.head['offset'][k] + jnp.arange(max_subclasses, dtype=jnp.int32)
+  real = jnp.arange(max_subclasses) < bank.num_subclasses[k]
+  params['head'] = {'kernel': jnp.where(real, jnp.take(bank.head['kernel'], columns, axis=1, mode='clip'), 0.0),
+                    'bias': jnp.where(real, jnp.take(bank.head['bias'], columns, mode='clip'), 0.0)}
   return {'params': params, 'batch_stats': jax.tree.map(lambda x: x[k], bank.batch_stats)}
 
 
@@ -316,36 +154,46 @@ def specialist_variables(bank: SpecialistBank, base: PyTree, k: jax.Array | int)
 # Routing core
 
 
-def route(images: jax.Array, routes: jax.Array, specialist_logits_fn: SpecialistLogitsFn, *,
-          num_superclasses: int, chunk_size: int) -> jax.Array:
+def _chunk_plan(chunk_sizes: Sequence[int], batch: int) -> tuple[int, ...]:
+  if isinstance(chunk_sizes, (int, np.integer)):
+    chunk_sizes = (chunk_sizes,)
+  sizes = tuple(chunk_sizes)
+  if not sizes or any(not isinstance(c, (int, np.integer)) or isinstance(c, bool) or c < 1 for c in sizes):
+    raise ValueError(f'chunk_sizes={chunk_sizes!r} must be positive Python ints (static shapes), e.g. (32, 8).')
+  # Chunks larger than the batch only add padding.
+  return tuple(sorted({min(int(c), max(batch, 1)) for c in sizes}, reverse=True))
+
+
+def route(images: jax.Array, routes: jax.Array, specialists: Specialists, *, num_superclasses: int,
+          chunk_sizes: Sequence[int] | int) -> jax.Array:
   """Runs each image through its routed specialist, grouping images by specialist on device.
 
   Args:
     images: [B, ...] any dtype.
     routes: int32[B], the specialist of each image in [0, num_superclasses), or -1 to skip the image. Values
       outside [-1, N) cannot be reported under jit and are treated as -1.
-    specialist_logits_fn: ``(k int32[], chunk [chunk_size, ...]) -> logits [chunk_size, S]``; traced once, with
-      ``k`` a traced index. Rows of a chunk past its group's end are zero padding or other groups' images; their
-      outputs are discarded.
+    specialists: ``Specialists(load, apply)``; ``load`` runs once per non-empty group, ``apply`` once per chunk
+      (traced once per chunk size). Rows of a chunk past its group's end are zero padding or other groups'
+      images; their outputs are discarded.
     num_superclasses: N (static).
-    chunk_size: images per specialist call (static, >= 1).
+    chunk_sizes: static chunk sizes (any order; capped at B): each group is run in chunks of the largest size,
+      then of the next ones, the smallest rounding up.
   Returns:
-    float32[B, S]: row i is ``specialist_logits_fn(routes[i], ...)``'s row for image i, or ``NEG_LOGIT`` for
-    skipped images. The loop runs ``sum_k ceil(n_k / chunk_size)`` iterations (n_k = images routed to k).
+    float32[B, S]: row i is ``apply(load(routes[i]), ...)``'s row for image i, or ``NEG_LOGIT`` for skipped images.
   """
-  if not isinstance(chunk_size, (int, np.integer)) or isinstance(chunk_size, bool) or chunk_size < 1:
-    raise ValueError(f'chunk_size={chunk_size!r} must be a positive Python int (it is a static shape).')
-  if num_superclasses < 1:
-    raise ValueError(f'num_superclasses={num_superclasses} must be >= 1.')
   images = jnp.asarray(images)
   routes = jnp.asarray(routes)
   if routes.ndim != 1 or images.ndim < 1 or routes.shape[0] != images.shape[0]:
     raise ValueError(f'routes must be int [B] for images [B, ...]; got routes {routes.shape}, images {images.shape}.')
-  b, c, n = images.shape[0], int(chunk_size), int(num_superclasses)
-  chunk_spec = jax.ShapeDtypeStruct((c,) + images.shape[1:], images.dtype)
-  out_spec = jax.eval_shape(specialist_logits_fn, jax.ShapeDtypeStruct((), jnp.int32), chunk_spec)
-  if len(out_spec.shape) != 2 or out_spec.shape[0] != c:
-    raise ValueError(f'specialist_logits_fn must return [chunk_size={c}, S] logits, got {out_spec.shape}.')
+  if num_superclasses < 1:
+    raise ValueError(f'num_superclasses={num_superclasses} must be >= 1.')
+  b, n = images.shape[0], int(num_superclasses)
+  sizes = _chunk_plan(chunk_sizes, b)
+  v_spec = jax.eval_shape(specialists.load, jax.ShapeDtypeStruct((), jnp.int32))
+  out_spec = jax.eval_shape(specialists.apply, v_spec, jax.ShapeDtypeStruct((sizes[0],) + images.shape[1:],
+                                                                            images.dtype))
+  if len(out_spec.shape) != 2 or out_spec.shape[0] != sizes[0]:
+    raise ValueError(f'specialists.apply must return [chunk={sizes[0]}, S] logits, got {out_spec.shape}.')
   s = out_spec.shape[1]
   if b == 0:
     return jnp.zeros((0, s), jnp.float32)
@@ -355,22 +203,34 @@ def route(images: jax.Array, routes: jax.Array, specialist_logits_fn: Specialist
   order = jnp.argsort(groups, stable=True)
   counts = jnp.bincount(groups, length=n + 1)[:n].astype(jnp.int32)
   starts = jnp.cumsum(counts) - counts
-  num_chunks = (counts + c - 1) // c
-  chunk_end = jnp.cumsum(num_chunks)  # chunks of groups 0..g
-  # Padding by one chunk keeps every dynamic_slice in bounds: a clamped start would shift rows out of place.
-  padded = jnp.concatenate([jnp.take(images, order, axis=0), jnp.zeros((c,) + images.shape[1:], images.dtype)])
-  rows = jnp.arange(c, dtype=jnp.int32)
+  visit = jnp.argsort(counts == 0, stable=True).astype(jnp.int32)  # non-empty groups first
+  # Padding by the largest chunk keeps every dynamic_slice in bounds: a clamped start would shift rows.
+  pad = sizes[0]
+  padded = jnp.concatenate([jnp.take(images, order, axis=0), jnp.zeros((pad,) + images.shape[1:], images.dtype)])
 
-  def body(t, out):
-    g = jnp.sum(chunk_end <= t).astype(jnp.int32)  # the group that chunk t belongs to
-    start = starts[g] + (t - (chunk_end[g] - num_chunks[g])) * c
-    chunk = jax.lax.dynamic_slice_in_dim(padded, start, c, axis=0)
-    logits = specialist_logits_fn(g, chunk).astype(jnp.float32)
-    valid = rows < starts[g] + counts[g] - start
-    current = jax.lax.dynamic_slice_in_dim(out, start, c, axis=0)
-    return jax.lax.dynamic_update_slice_in_dim(out, jnp.where(valid[:, None], logits, current), start, axis=0)
+  def run_chunks(c, v, end, last, carry):
+    out, pos = carry
+    rows = jnp.arange(c, dtype=jnp.int32)
+    num = (end - pos + c - 1) // c if last else (end - pos) // c
 
-  out = jax.lax.fori_loop(0, chunk_end[-1], body, jnp.full((b + c, s), NEG_LOGIT, jnp.float32))
+    def body(_, carry):
+      out, pos = carry
+      logits = specialists.apply(v, jax.lax.dynamic_slice_in_dim(padded, pos, c, axis=0)).astype(jnp.float32)
+      current = jax.lax.dynamic_slice_in_dim(out, pos, c, axis=0)
+      new = jnp.where((rows < end - pos)[:, None], logits, current)
+      return jax.lax.dynamic_update_slice_in_dim(out, new, pos, axis=0), pos + c
+
+    return jax.lax.fori_loop(0, num, body, (out, pos))
+
+  def group(t, out):
+    g = visit[t]
+    v = specialists.load(g)
+    carry = (out, starts[g])
+    for i, c in enumerate(sizes):
+      carry = run_chunks(c, v, starts[g] + counts[g], i == len(sizes) - 1, carry)
+    return carry[0]
+
+  out = jax.lax.fori_loop(0, jnp.sum(counts > 0), group, jnp.full((b + pad, s), NEG_LOGIT, jnp.float32))
   return jnp.zeros((b, s), jnp.float32).at[order].set(out[:b], unique_indices=True)
 
 
@@ -378,36 +238,36 @@ def route(images: jax.Array, routes: jax.Array, specialist_logits_fn: Specialist
 # Model-free decision rules
 
 
-def _local_logits(images, routes, specialist_logits_fn, hierarchy: HierarchyArrays, chunk_size):
+def _local_logits(images, routes, specialists, hierarchy: bank_lib.HierarchyArrays, chunk_sizes):
   n = hierarchy.local_valid.shape[0]
-  logits = route(images, routes, specialist_logits_fn, num_superclasses=n, chunk_size=chunk_size)
+  logits = route(images, routes, specialists, num_superclasses=n, chunk_sizes=chunk_sizes)
   valid = hierarchy.local_valid[jnp.clip(routes, 0, n - 1)]
   return jnp.where(valid, logits, NEG_LOGIT)
 
 
-def _check_superclass_logits(superclass_logits, hierarchy: HierarchyArrays):
+def _check_superclass_logits(superclass_logits, hierarchy: bank_lib.HierarchyArrays):
   n = hierarchy.local_valid.shape[0]
   if superclass_logits.ndim != 2 or superclass_logits.shape[1] != n:
     raise ValueError(f'superclass logits must be [B, N={n}], got {superclass_logits.shape}; the generalist '
                      'must have one output per superclass.')
 
 
-def decide_oracle(superclass: jax.Array, images: jax.Array, specialist_logits_fn: SpecialistLogitsFn,
-                  hierarchy: HierarchyArrays, *, chunk_size: int) -> dict[str, jax.Array]:
+def decide_oracle(superclass: jax.Array, images: jax.Array, specialists: Specialists,
+                  hierarchy: bank_lib.HierarchyArrays, *, chunk_sizes: Sequence[int]) -> dict[str, jax.Array]:
   """Routes image i to specialist ``superclass[i]`` (int32[B], the true superclass).
 
   Returns dict: 'superclass' int32[B] (the input), 'local' int32[B], 'label' int32[B] (global subclass label;
   -1 where superclass is -1, a skipped image), 'prob' float32[B] = p(sub = local | superclass) (no generalist).
   """
   superclass = jnp.asarray(superclass, jnp.int32)
-  local_probs = jax.nn.softmax(_local_logits(images, superclass, specialist_logits_fn, hierarchy, chunk_size))
+  local_probs = jax.nn.softmax(_local_logits(images, superclass, specialists, hierarchy, chunk_sizes))
   local = jnp.argmax(local_probs, axis=-1).astype(jnp.int32)
   label = jnp.where(superclass >= 0, hierarchy.local_to_label[jnp.maximum(superclass, 0), local], -1)
   return {'superclass': superclass, 'local': local, 'label': label, 'prob': jnp.max(local_probs, axis=-1)}
 
 
-def decide_top1(superclass_logits: jax.Array, images: jax.Array, specialist_logits_fn: SpecialistLogitsFn,
-                hierarchy: HierarchyArrays, *, chunk_size: int) -> dict[str, jax.Array]:
+def decide_top1(superclass_logits: jax.Array, images: jax.Array, specialists: Specialists,
+                hierarchy: bank_lib.HierarchyArrays, *, chunk_sizes: Sequence[int]) -> dict[str, jax.Array]:
   """Top-1 Super-Sub decision from the generalist's logits float[B, N].
 
   Returns dict: 'superclass_probs' float32[B, N], 'superclass' int32[B] (argmax), 'local' int32[B], 'label'
@@ -416,13 +276,13 @@ def decide_top1(superclass_logits: jax.Array, images: jax.Array, specialist_logi
   _check_superclass_logits(superclass_logits, hierarchy)
   probs = jax.nn.softmax(superclass_logits.astype(jnp.float32), axis=-1)
   superclass = jnp.argmax(probs, axis=-1).astype(jnp.int32)
-  out = decide_oracle(superclass, images, specialist_logits_fn, hierarchy, chunk_size=chunk_size)
+  out = decide_oracle(superclass, images, specialists, hierarchy, chunk_sizes=chunk_sizes)
   p_super = jnp.take_along_axis(probs, superclass[:, None], axis=-1)[:, 0]
   return {**out, 'superclass_probs': probs, 'prob': p_super * out['prob']}
 
 
-def decide_top2(superclass_logits: jax.Array, images: jax.Array, specialist_logits_fn: SpecialistLogitsFn,
-                hierarchy: HierarchyArrays, *, chunk_size: int, threshold: float | jax.Array
+def decide_top2(superclass_logits: jax.Array, images: jax.Array, specialists: Specialists,
+                hierarchy: bank_lib.HierarchyArrays, *, chunk_sizes: Sequence[int], threshold: float | jax.Array
                 ) -> dict[str, jax.Array]:
   """Top-2 Super-Sub decision: images with top superclass probability < ``threshold`` also run the second most
   likely specialist; the answer is the (superclass, subclass) with the larger p(super=k) * max_j p(sub=j | k)
@@ -431,7 +291,7 @@ def decide_top2(superclass_logits: jax.Array, images: jax.Array, specialist_logi
   Returns ``decide_top1``'s keys for the chosen answer plus 'second' bool[B] (the image ran a second
   specialist), 'num_second' int32[] (their count: the extra cost), 'used_second' bool[B] (the second won).
   """
-  top1 = decide_top1(superclass_logits, images, specialist_logits_fn, hierarchy, chunk_size=chunk_size)
+  top1 = decide_top1(superclass_logits, images, specialists, hierarchy, chunk_sizes=chunk_sizes)
   probs = top1['superclass_probs']
   n = probs.shape[1]
   if n < 2:  # no second superclass to try
@@ -441,8 +301,8 @@ def decide_top2(superclass_logits: jax.Array, images: jax.Array, specialist_logi
   second_sc = top_k[:, 1].astype(jnp.int32)
   second = top_p[:, 0] < threshold
   # Images that do not need a second opinion skip the second pass (route -1) and cost nothing there.
-  out2 = decide_oracle(jnp.where(second, second_sc, -1), images, specialist_logits_fn, hierarchy,
-                       chunk_size=chunk_size)
+  out2 = decide_oracle(jnp.where(second, second_sc, -1), images, specialists, hierarchy,
+                       chunk_sizes=chunk_sizes)
   score2 = top_p[:, 1] * out2['prob']
   use2 = second & (score2 > top1['prob'])
   pick = lambda a, b: jnp.where(use2, b, a)
@@ -456,49 +316,48 @@ def decide_top2(superclass_logits: jax.Array, images: jax.Array, specialist_logi
 # Jitted predictors over a SuperSub state
 
 
-def make_specialist_logits_fn(state: SuperSub, specialist_model) -> SpecialistLogitsFn:
-  """``(k, images [C, ...]) -> logits float32[C, S]`` of specialist k (eval-mode BatchNorm, padding not masked)."""
-  base = state.base
-
-  def fn(k, images):
-    return specialist_model.apply(specialist_variables(state.bank, base, k), images, train=False)
-
-  return fn
+def make_specialists(state: bank_lib.SuperSub, specialist_model) -> Specialists:
+  """``Specialists`` of the bank: dense variables of one specialist per group, eval-mode forward (padded classes
+  not masked)."""
+  base, s = state.base, state.hierarchy.max_subclasses
+  return Specialists(load=lambda k: specialist_variables(state.bank, base, k, s),
+                     apply=lambda v, images: specialist_model.apply(v, images, train=False))
 
 
-def _generalist_logits(state: SuperSub, images, generalist_model):
+def _generalist_logits(state: bank_lib.SuperSub, images, generalist_model):
   return generalist_model.apply(state.generalist, images, train=False)
 
 
-_MODELS = ('generalist_model', 'specialist_model', 'chunk_size')
+DEFAULT_CHUNK_SIZES = (32, 8)
+_STATIC = ('generalist_model', 'specialist_model', 'chunk_sizes')
 
 
-@functools.partial(jax.jit, static_argnames=_MODELS)
-def predict(state: SuperSub, images: jax.Array, *, generalist_model, specialist_model,
-            chunk_size: int = 64) -> dict[str, jax.Array]:
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def predict(state: bank_lib.SuperSub, images: jax.Array, *, generalist_model, specialist_model,
+            chunk_sizes: tuple[int, ...] = DEFAULT_CHUNK_SIZES) -> dict[str, jax.Array]:
   """Top-1 Super-Sub prediction for images float[B, H, W, C] (single device; see module docstring).
 
   ``generalist_model``/``specialist_model`` are the flax ResNets with N and S = max_subclasses outputs (static,
-  hashable). Returns ``decide_top1``'s dict: 'superclass_probs' [B, N], 'superclass', 'local', 'label' int32[B],
-  'prob' float32[B] = p(super) * p(sub | super).
+  hashable); ``chunk_sizes`` a static tuple (``route``). Returns ``decide_top1``'s dict: 'superclass_probs' [B, N],
+  'superclass', 'local', 'label' int32[B], 'prob' float32[B] = p(super) * p(sub | super).
   """
   return decide_top1(_generalist_logits(state, images, generalist_model), images,
-                     make_specialist_logits_fn(state, specialist_model), state.hierarchy, chunk_size=chunk_size)
+                     make_specialists(state, specialist_model), state.hierarchy, chunk_sizes=chunk_sizes)
 
 
-@functools.partial(jax.jit, static_argnames=('specialist_model', 'chunk_size'))
-def predict_oracle(state: SuperSub, images: jax.Array, superclass: jax.Array, *, specialist_model,
-                   chunk_size: int = 64) -> dict[str, jax.Array]:
+@functools.partial(jax.jit, static_argnames=('specialist_model', 'chunk_sizes'))
+def predict_oracle(state: bank_lib.SuperSub, images: jax.Array, superclass: jax.Array, *, specialist_model,
+                   chunk_sizes: tuple[int, ...] = DEFAULT_CHUNK_SIZES) -> dict[str, jax.Array]:
   """Specialist prediction routed by the true ``superclass`` int32[B]; ``decide_oracle``'s dict (no generalist)."""
-  return decide_oracle(superclass, images, make_specialist_logits_fn(state, specialist_model), state.hierarchy,
-                       chunk_size=chunk_size)
+  return decide_oracle(superclass, images, make_specialists(state, specialist_model), state.hierarchy,
+                       chunk_sizes=chunk_sizes)
 
 
-@functools.partial(jax.jit, static_argnames=_MODELS)
-def predict_top2(state: SuperSub, images: jax.Array, *, generalist_model, specialist_model, threshold,
-                 chunk_size: int = 64) -> dict[str, jax.Array]:
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def predict_top2(state: bank_lib.SuperSub, images: jax.Array, *, generalist_model, specialist_model, threshold,
+                 chunk_sizes: tuple[int, ...] = DEFAULT_CHUNK_SIZES) -> dict[str, jax.Array]:
   """Top-2 routing (``decide_top2``): a second specialist where the top superclass probability < ``threshold``
   (a traced float; 0 never asks, > 1 always asks). Returns 'num_second' for the cost report."""
   return decide_top2(_generalist_logits(state, images, generalist_model), images,
-                     make_specialist_logits_fn(state, specialist_model), state.hierarchy, chunk_size=chunk_size,
+                     make_specialists(state, specialist_model), state.hierarchy, chunk_sizes=chunk_sizes,
                      threshold=threshold)

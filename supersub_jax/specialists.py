@@ -25,6 +25,7 @@ import numpy as np
 
 from supersub_jax import checkpoint as ckpt
 from supersub_jax import delta as delta_lib
+from supersub_jax import exported as exported_lib
 from supersub_jax import models
 from supersub_jax import runner
 from supersub_jax import sparsity
@@ -45,11 +46,6 @@ def delta_config(cfg) -> delta_lib.DeltaConfig:
   pattern = LEAVES.get(cfg.leaves, cfg.leaves)
   bits = int(cfg.bits) or None
   return delta_lib.DeltaConfig(bits=bits, granularity=cfg.granularity, pattern=pattern, exclude=r'^head/')
-
-
-def split_head(params: PyTree) -> tuple[PyTree, PyTree]:
-  """Generalist params -> (backbone, head)."""
-  return {k: v for k, v in params.items() if k != 'head'}, params['head']
 
 
 def make_params_fn(dcfg: delta_lib.DeltaConfig):
@@ -100,22 +96,6 @@ def specialist_dir(workdir: str, hierarchy, k: int) -> str:
   return os.path.join(stages.stage_dir(workdir, 'specialists'), f'{k:03d}_{name}')
 
 
-def export(state: train_lib.TrainState, dcfg: delta_lib.DeltaConfig, num_subclasses: int) -> dict:
-  """The deployable form of one specialist (numpy): compressed delta, the head's real columns, BN statistics."""
-  head = jax.tree.map(np.asarray, state.params['head'])
-  return {
-      'delta': delta_lib.compress(state.params['delta'], state.masks, dcfg),
-      'head': {'kernel': head['kernel'][:, :num_subclasses], 'bias': head['bias'][:num_subclasses]},
-      'batch_stats': jax.tree.map(np.asarray, state.batch_stats),
-  }
-
-
-def exported_nbytes(exported: dict) -> dict[str, int]:
-  return {'delta': delta_lib.compressed_nbytes(exported['delta']),
-          'head': delta_lib.tree_nbytes(exported['head']),
-          'batch_stats': delta_lib.tree_nbytes(exported['batch_stats'])}
-
-
 def _init_state(generalist, base, dcfg, tx, max_subclasses: int, seed: int):
   """A specialist's initial TrainState: zero delta, dense masks, a fresh head, the generalist's BN statistics."""
   delta = delta_lib.init_delta(base, dcfg.pattern, dcfg.exclude)
@@ -142,7 +122,7 @@ def train_specialists(config, workdir: str, *, preemption: train_lib.Preemption 
   hierarchy = stages.make_hierarchy(config)
   generalist = stages.load_network(config, workdir, 'superclass', hierarchy)
   generalist_fingerprint = runner.fingerprint(generalist.params, generalist.batch_stats)
-  base, _ = split_head(generalist.params)
+  base, _ = models.split_head(generalist.params)
   dcfg = delta_config(cfg)
   parallel = train_lib.Parallel(config.parallelism)
   frozen = parallel.replicate(base)  # held once on each device for all specialists
@@ -184,8 +164,9 @@ def train_specialists(config, workdir: str, *, preemption: train_lib.Preemption 
                                 batches=stages.eval_batches(config, eval_source, label_mode='local'))
 
     def finish(host_state, metrics, job=job, k=k, n_k=n_k, num_steps=num_steps, writer=writer):
-      exported = export(host_state, dcfg, n_k)
-      nbytes = exported_nbytes(exported)
+      exported = exported_lib.export(host_state.params['delta'], host_state.masks, host_state.params['head'],
+                                     host_state.batch_stats, dcfg, n_k)
+      nbytes = exported_lib.exported_nbytes(exported)
       kept = float(sparsity.kept_fraction(host_state.masks)) if jax.tree.leaves(host_state.masks) else 0.0
       summary = {'superclass': k, 'name': job.meta['name'], 'num_subclasses': n_k, 'num_steps': num_steps,
                  'oracle_top1': metrics['accuracy'], 'test_count': metrics['count'], 'density': kept,
@@ -203,7 +184,7 @@ def train_specialists(config, workdir: str, *, preemption: train_lib.Preemption 
     results[k] = result.meta['summary']
 
   base_bytes = delta_lib.tree_nbytes(generalist.params) + delta_lib.tree_nbytes(generalist.batch_stats)
-  storage = delta_lib.storage_report(base_bytes, [results[k]['total_bytes'] for k in which])
+  storage = exported_lib.storage_report(base_bytes, [results[k]['total_bytes'] for k in which])
   count = sum(r['test_count'] for r in results.values())
   oracle = sum(r['oracle_top1'] * r['test_count'] for r in results.values()) / max(count, 1)
   out = {'specialists': [results[k] for k in which], 'storage': storage, 'oracle_top1': oracle,
@@ -221,7 +202,7 @@ def train_specialists(config, workdir: str, *, preemption: train_lib.Preemption 
 
 
 def load_exported(config, workdir: str, k: int, generalist: stages.Network, hierarchy=None) -> dict:
-  """The deployable form of finished specialist ``k`` (see ``export``), read from its own checkpoint directory only,
+  """The deployable form of finished specialist ``k`` (``exported.export``), read from its own checkpoint directory only,
   after checking that it was trained with the current settings on this ``generalist``."""
   hierarchy = hierarchy or stages.make_hierarchy(config)
   if not 0 <= k < hierarchy.num_superclasses:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from supersub_jax import convert
+from supersub_jax import bank as bank_lib
 from supersub_jax import delta as delta_lib
 from supersub_jax import inference
 from supersub_jax import models
@@ -30,10 +31,10 @@ def test_bundle_round_trip_predicts_like_the_workdir(tiny_workdir, tmp_path):
   size = convert.write_bundle(path, convert.make_bundle(config, workdir))
   generalist, exported, hierarchy, model = convert.load_bundle(path)
   assert model['name'] == config.model and hierarchy.num_superclasses == 3
-  from_bundle = inference.build_supersub(generalist, exported, hierarchy)
+  from_bundle = bank_lib.build_supersub(generalist, exported, hierarchy)
   direct = convert.make_bundle(config, workdir)
-  from_workdir = inference.build_supersub(direct['generalist'], [direct['specialists'][str(k)] for k in range(3)],
-                                          hierarchy)
+  from_workdir = bank_lib.build_supersub(direct['generalist'], [direct['specialists'][str(k)] for k in range(3)],
+                                         hierarchy)
   images = jax.random.normal(jax.random.key(0), (8, 16, 16, 3))
   g_model = stages.make_model(config, hierarchy.num_superclasses)
   s_model = stages.make_model(config, hierarchy.max_subclasses)
@@ -59,9 +60,9 @@ def _banked_specialist(config, workdir, k):
   """Specialist k as two-stage inference materializes it from the bank (the reference for exports)."""
   bundle = convert.make_bundle(config, workdir)
   hierarchy = stages.make_hierarchy(config)
-  state = inference.build_supersub(bundle['generalist'], [bundle['specialists'][str(i)] for i in range(3)],
-                                   hierarchy)
-  banked = inference.specialist_variables(state.bank, state.base, k)
+  state = bank_lib.build_supersub(bundle['generalist'], [bundle['specialists'][str(i)] for i in range(3)],
+                                  hierarchy)
+  banked = inference.specialist_variables(state.bank, state.base, k, hierarchy.max_subclasses)
   n = int(hierarchy.sizes[k])
   return jax.tree_util.tree_map_with_path(
       lambda p, x: np.asarray(x)[..., :n] if p[1].key == 'head' else np.asarray(x), banked), n

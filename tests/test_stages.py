@@ -11,6 +11,7 @@ import pytest
 from conftest import make_tiny_config
 from supersub_jax import checkpoint as ckpt
 from supersub_jax import delta as delta_lib
+from supersub_jax import exported as exported_lib
 from supersub_jax import models
 from supersub_jax import recipe
 from supersub_jax import runner
@@ -92,7 +93,7 @@ def test_restoring_one_specialist_reads_only_its_directory(tiny_workdir):
   base_bytes = delta_lib.tree_nbytes(generalist.params)
   for k in range(3):
     exported = specialists.load_exported(config, workdir, k, generalist)
-    assert sum(specialists.exported_nbytes(exported).values()) < 0.5 * base_bytes
+    assert sum(exported_lib.exported_nbytes(exported).values()) < 0.5 * base_bytes
 
 
 def test_changed_config_lists_the_differing_fields(tiny_workdir):

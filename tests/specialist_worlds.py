@@ -1,0 +1,77 @@
+"""Random generalists and hand-built exported specialists over resnet_tiny (8x8 images), for the bank and
+inference tests: every encoding (bitmask and indices, int8/int4/unquantized, per-channel and per-tensor scales,
+kernel-only and kernel+norm deltas, a leaf with nothing kept)."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from supersub_jax import delta as dl
+from supersub_jax import exported as exported_lib
+from supersub_jax import hierarchy as hierarchy_lib
+from supersub_jax import models
+
+IMAGE_SHAPE = (8, 8, 3)
+
+
+def random_variables(model, seed):
+  """Random {'params', 'batch_stats'} for ``model`` without compiling its init (slow on a busy CPU): He-scaled
+  kernels, BN scales near 1, running statistics unlike the init's (mean 0, var 1)."""
+  shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0),
+                          jax.ShapeDtypeStruct((1,) + IMAGE_SHAPE, jnp.float32))
+  r = np.random.RandomState(seed)
+
+  def param(path, x):
+    shape, name = x.shape, path[-1].key
+    if name == 'kernel':
+      return np.float32(r.randn(*shape) * np.sqrt(2.0 / np.prod(shape[:-1])))
+    return np.float32((name == 'scale') + r.randn(*shape) * 0.1)
+
+  return {'params': jax.tree_util.tree_map_with_path(param, shapes['params']),
+          'batch_stats': random_stats(shapes['batch_stats'], seed + 1)}
+
+
+def random_stats(stats, seed):
+  """Running statistics unlike the init's (mean 0, var 1), so a specialist's own statistics matter."""
+  r = np.random.RandomState(seed)
+
+  def leaf(path, x):
+    shape = np.shape(x)
+    return np.float32(r.rand(*shape) + 0.5) if path[-1].key == 'var' else np.float32(r.randn(*shape) * 0.1)
+
+  return jax.tree_util.tree_map_with_path(leaf, stats)
+
+
+def export(base, seed, *, bits, granularity, pattern, density, n_sub, d_feat, stats, empty_leaf=None):
+  """An ``exported.export``-like dict built by hand: random delta, random mask, random head."""
+  r = np.random.RandomState(seed)
+  cfg = dl.DeltaConfig(bits=bits, granularity=granularity, pattern=pattern)
+  delta = jax.tree.map(lambda z: np.float32(r.randn(*z.shape) * 0.05), dl.init_delta(base, pattern))
+  masks = jax.tree.map(lambda d: r.rand(*d.shape) < density, delta)
+  if empty_leaf is not None:  # a selected leaf with nothing kept: a record with k = 0
+    node = functools.reduce(lambda t, key: t[key], empty_leaf[:-1], masks)
+    node[empty_leaf[-1]] = np.zeros_like(node[empty_leaf[-1]])
+  return {'delta': exported_lib.compress(delta, masks, cfg),
+          'head': {'kernel': np.float32(r.randn(d_feat, n_sub)), 'bias': np.float32(r.randn(n_sub) * 0.1)},
+          'batch_stats': random_stats(stats, seed + 7)}
+
+
+def world(sizes, seed=0, mixed=True):
+  """(hierarchy, generalist model, specialist model, generalist variables, exported specialists)."""
+  hierarchy = hierarchy_lib.synthetic(sizes)
+  gm = models.create_model('resnet_tiny', hierarchy.num_superclasses, stem='small')
+  sm = models.create_model('resnet_tiny', hierarchy.max_subclasses, stem='small')
+  gen = random_variables(gm, seed)
+  base = models.split_head(gen['params'])[0]
+  d_feat = gen['params']['head']['kernel'].shape[0]
+  kinds = [dict(bits=4, granularity='per_channel', pattern=dl.KERNELS, density=0.3),
+           dict(bits=8, granularity='per_tensor', pattern=dl.KERNELS_AND_NORM, density=0.3),
+           dict(bits=None, granularity='per_channel', pattern=dl.KERNELS, density=0.05,
+                empty_leaf=('stage1_block1', 'Conv_1', 'kernel'))]
+  if not mixed:
+    kinds = [dict(bits=8, granularity='per_channel', pattern=dl.KERNELS, density=0.3)]
+  exported = [export(base, 100 + k, n_sub=n, d_feat=d_feat, stats=gen['batch_stats'],
+                      **kinds[k % len(kinds)]) for k, n in enumerate(sizes)]
+  return hierarchy, gm, sm, gen, exported
