@@ -69,5 +69,5 @@ def get_config():
   config.specialists.steps_multiple = 50
   config.specialists.learning_rate = 0.02
   config.evaluate.batch_size = 256
-  config.evaluate.chunk_size = 64
+  config.evaluate.chunk_sizes = (64, 16)
   return config

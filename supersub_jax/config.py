@@ -120,8 +120,9 @@ def default_config() -> ml_collections.ConfigDict:
   config.evaluate = ml_collections.ConfigDict(dict(
       batch_size=256,                   # evaluation and benchmark batch (one device)
       top2_threshold=0.8,               # top-2 routing: a second specialist when max p(superclass) < this
-      chunk_size=32,                    # images per specialist call when grouping a batch by superclass
-      benchmark_batches=5))             # timed calls per model for images/s
+      chunk_sizes=(32, 8),              # specialist chunk sizes over a group of images (inference.route)
+      benchmark_batch_sizes=(1, 256),   # timed batch sizes: latency (1) and throughput
+      benchmark_batches=10))            # timed calls per model and batch size, on distinct held-out batches
   return config
 
 

@@ -8,6 +8,7 @@ and PNG plots into the workdir (schema in ``supersub_jax.report``).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import resource
@@ -19,7 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from supersub_jax import bank as bank_lib
 from supersub_jax import delta as delta_lib
+from supersub_jax import exported as exported_lib
 from supersub_jax import inference
 from supersub_jax import report as report_lib
 from supersub_jax import specialists
@@ -33,7 +36,7 @@ def _apply_fn(model):
   return apply
 
 
-def _compiled_bytes(fn: Callable, *args) -> dict[str, int]:
+def compiled_bytes(fn: Callable, *args) -> dict[str, int]:
   """XLA's compiled memory analysis of ``fn(*args)``: argument, output and temporary buffers."""
   analysis = fn.lower(*args).compile().memory_analysis()
   if analysis is None:
@@ -43,22 +46,13 @@ def _compiled_bytes(fn: Callable, *args) -> dict[str, int]:
   return out
 
 
-def _time(fn: Callable[[], Any], repeats: int) -> float:
-  """Seconds per call after one warm-up call (compilation), blocking on the result."""
-  jax.block_until_ready(fn())
-  start = time.perf_counter()
-  for _ in range(repeats):
-    jax.block_until_ready(fn())
-  return (time.perf_counter() - start) / max(repeats, 1)
-
-
 def _peak_rss_bytes() -> int:
   peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
   return int(peak if sys.platform == 'darwin' else peak * 1024)
 
 
 def collect_predictions(config, workdir: str, hierarchy, vanilla, state, generalist_model, specialist_model,
-                        *, threshold: float, chunk_size: int) -> dict[str, np.ndarray]:
+                        *, threshold: float, chunk_sizes: tuple[int, ...]) -> dict[str, np.ndarray]:
   """Labels and predictions of every image of config.eval_split, as int arrays [M] (padding dropped)."""
   source = stages.load_source(config, config.eval_split, hierarchy)
   batches = stages.eval_batches(config, source, label_mode='subclass', batch_size=config.evaluate.batch_size,
@@ -72,11 +66,11 @@ def collect_predictions(config, workdir: str, hierarchy, vanilla, state, general
     images = jnp.asarray(batch['image'].reshape((-1,) + batch['image'].shape[2:]))
     superclass = batch['superclass'].reshape(-1)
     top1 = inference.predict(state, images, generalist_model=generalist_model, specialist_model=specialist_model,
-                             chunk_size=chunk_size)
+                             chunk_sizes=chunk_sizes)
     oracle = inference.predict_oracle(state, images, jnp.asarray(superclass), specialist_model=specialist_model,
-                                      chunk_size=chunk_size)
+                                      chunk_sizes=chunk_sizes)
     top2 = inference.predict_top2(state, images, generalist_model=generalist_model,
-                                  specialist_model=specialist_model, threshold=threshold, chunk_size=chunk_size)
+                                  specialist_model=specialist_model, threshold=threshold, chunk_sizes=chunk_sizes)
     rows = {
         'subclass': batch['subclass'].reshape(-1), 'superclass': superclass,
         'vanilla': np.argmax(np.asarray(vanilla_apply(vanilla_vars, images)), -1),
@@ -89,53 +83,145 @@ def collect_predictions(config, workdir: str, hierarchy, vanilla, state, general
   return {k: np.concatenate(v) for k, v in out.items()}
 
 
-def measure_inference(config, vanilla, state, generalist_model, specialist_model, *, chunk_size: int) -> dict:
-  """Memory (XLA compiled analysis; device peak on accelerators) and images/s at the evaluation batch size."""
-  batch = int(config.evaluate.batch_size)
-  images = jnp.zeros((batch, config.image_size, config.image_size, 3), jnp.float32)
+class _Shuffled:
+  """A random-access view of ``source`` in a fixed random order: held-out splits are often stored class by class,
+  and consecutive images would all go to one specialist (routing's best case)."""
+
+  def __init__(self, source, count: int, seed: int):
+    self.source = source
+    self.index = np.random.default_rng(seed).permutation(len(source))[:count]
+
+  def __len__(self):
+    return len(self.index)
+
+  def __getitem__(self, i):
+    return self.source[int(self.index[i])]
+
+
+def held_out_batches(config, hierarchy, batch_size: int, count: int, seed: int = 0) -> list[np.ndarray]:
+  """Up to ``count`` distinct batches float32[B, H, W, 3] of held-out images (config.eval_split), drawn in a fixed
+  random order and preprocessed as evaluation preprocesses them; B = ``batch_size``, or the whole split if smaller.
+  """
+  source = stages.load_source(config, config.eval_split, hierarchy)
+  batch_size = min(batch_size, len(source))
+  count = max(1, min(count, len(source) // batch_size))
+  view = _Shuffled(source, count * batch_size, seed)
+  batches = stages.eval_batches(config, view, label_mode='subclass', batch_size=batch_size, process_index=0,
+                                process_count=1, local_device_count=1)
+  out = [np.asarray(b['image']).reshape((-1,) + b['image'].shape[2:]) for b in batches]
+  return [x for x in out if x.shape[0] == batch_size][:count]
+
+
+def median_seconds(fns: dict[str, Callable], batches: list) -> dict[str, float]:
+  """Median seconds per call of each ``fn(batch)`` over ``batches`` (each on device), after one warm-up call
+  (compilation); the functions alternate batch by batch, so drifts of the machine hit all of them alike."""
+  for fn in fns.values():
+    jax.block_until_ready(fn(batches[0]))
+  times = {name: [] for name in fns}
+  for x in batches:
+    for name, fn in fns.items():
+      start = time.perf_counter()
+      jax.block_until_ready(fn(x))
+      times[name].append(time.perf_counter() - start)
+  return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def measure_inference(config, trained: Trained, *, chunk_sizes: tuple[int, ...]) -> dict:
+  """Throughput and memory of the single network and of Super-Sub (top-1 routing) on real held-out batches.
+
+  For each of ``config.evaluate.benchmark_batch_sizes``: ``config.evaluate.benchmark_batches`` distinct batches
+  of held-out images in random order, so the generalist routes them as it routes the split; median seconds per
+  call, both models alternating in this process. Memory: XLA's compiled memory analysis of one call at each batch
+  size, and the parameter-resident bytes (what stays on device between calls, plus the one specialist
+  materialized during a call).
+  """
+  repeats = int(config.evaluate.benchmark_batches)
+  hierarchy, vanilla, state = trained.hierarchy, trained.vanilla, trained.state
   vanilla_vars = jax.device_put({'params': vanilla.params, 'batch_stats': vanilla.batch_stats})
   vanilla_apply = _apply_fn(vanilla.model)
-  predict = functools.partial(inference.predict, generalist_model=generalist_model,
-                              specialist_model=specialist_model, chunk_size=chunk_size)
-  single_mem = _compiled_bytes(vanilla_apply, vanilla_vars, images)
-  supersub_mem = _compiled_bytes(
-      jax.jit(lambda s, x: inference.predict(s, x, generalist_model=generalist_model,
-                                             specialist_model=specialist_model, chunk_size=chunk_size)),
-      state, images)
-  # Routing cost depends on how images spread over superclasses: time on real-looking routing (random images
-  # route wherever the generalist sends them), repeated `benchmark_batches` times.
-  repeats = int(config.evaluate.benchmark_batches)
-  single_s = _time(lambda: vanilla_apply(vanilla_vars, images), repeats)
-  supersub_s = _time(lambda: predict(state, images), repeats)
-  memory = {'single_bytes': single_mem.get('total', 0), 'supersub_bytes': supersub_mem.get('total', 0),
-            'single_detail': single_mem, 'supersub_detail': supersub_mem,
-            'bank_bytes': int(inference.bank_nbytes(state.bank)),
-            'process_peak_rss_bytes': _peak_rss_bytes(),
+  predict = jax.jit(functools.partial(inference.predict, generalist_model=trained.generalist.model,
+                                      specialist_model=trained.specialist_model, chunk_sizes=chunk_sizes))
+  device = jax.devices()[0]
+  by_batch_time, by_batch_memory = {}, {}
+  for requested in sorted({int(x) for x in config.evaluate.benchmark_batch_sizes}):
+    batches = [jax.device_put(x) for x in held_out_batches(config, hierarchy, requested, repeats)]
+    b = int(batches[0].shape[0])
+    seconds = median_seconds({'single': lambda x: vanilla_apply(vanilla_vars, x),
+                               'supersub': lambda x: predict(state, x)}, batches)
+    groups = [len(np.unique(np.asarray(predict(state, x)['superclass']))) for x in batches]
+    by_batch_time[str(b)] = {'single_ips': b / seconds['single'], 'supersub_ips': b / seconds['supersub'],
+                             'ratio': seconds['single'] / seconds['supersub'],
+                             'single_ms': 1e3 * seconds['single'], 'supersub_ms': 1e3 * seconds['supersub'],
+                             'batches': len(batches), 'specialists_per_batch': float(np.mean(groups))}
+    spec = jax.ShapeDtypeStruct(batches[0].shape, batches[0].dtype)
+    single_mem = compiled_bytes(vanilla_apply, vanilla_vars, spec)
+    supersub_mem = compiled_bytes(predict, state, spec)
+    by_batch_memory[str(b)] = {'single_bytes': single_mem.get('total', 0), 'supersub_bytes': supersub_mem.get('total', 0),
+                               'single_detail': single_mem, 'supersub_detail': supersub_mem}
+  largest = str(max(int(b) for b in by_batch_time))
+  one_specialist = jax.eval_shape(lambda: inference.specialist_variables(
+      state.bank, state.base, 0, state.hierarchy.max_subclasses))
+  resident = {'single_bytes': delta_lib.tree_nbytes(vanilla_vars),
+              'generalist_bytes': delta_lib.tree_nbytes(state.generalist),
+              'bank_bytes': bank_lib.nbytes(state.bank),
+              'specialist_bytes': int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(one_specialist)))}
+  resident['supersub_bytes'] = resident['generalist_bytes'] + resident['bank_bytes'] + resident['specialist_bytes']
+  memory = {'single_bytes': by_batch_memory[largest]['single_bytes'],
+            'supersub_bytes': by_batch_memory[largest]['supersub_bytes'],
+            'batch_size': int(largest), 'by_batch': by_batch_memory, 'params_resident': resident,
+            'bank_bytes': resident['bank_bytes'], 'process_peak_rss_bytes': _peak_rss_bytes(),
             'method': 'XLA compiled memory analysis (arguments + outputs + temporaries - aliases) of one jitted '
-                      f'call at batch {batch} on {jax.devices()[0].platform}'}
-  stats = getattr(jax.devices()[0], 'memory_stats', lambda: None)()
+                      f'call per batch size on {device.platform}; params_resident: generalist + bank + one '
+                      'materialized specialist, against the single network\'s params and BatchNorm statistics'}
+  stats = getattr(device, 'memory_stats', lambda: None)()
   if stats and 'peak_bytes_in_use' in stats:
     memory['device_peak_bytes_in_use'] = int(stats['peak_bytes_in_use'])
-  throughput = {'single_ips': batch / single_s, 'supersub_ips': batch / supersub_s, 'batch_size': batch,
-                'device': str(jax.devices()[0].device_kind), 'repeats': repeats}
+  throughput = {'single_ips': by_batch_time[largest]['single_ips'],
+                'supersub_ips': by_batch_time[largest]['supersub_ips'], 'batch_size': int(largest),
+                'ratio': by_batch_time[largest]['ratio'], 'by_batch': by_batch_time,
+                'device': str(device.device_kind), 'repeats': repeats, 'chunk_sizes': list(chunk_sizes),
+                'method': f'median seconds per call over {repeats} distinct {config.eval_split} batches per batch '
+                          'size, drawn in random order and routed as the generalist routes them; single network '
+                          'and Super-Sub alternating in one process, after a warm-up call'}
   return {'memory': memory, 'throughput': throughput}
+
+
+@dataclasses.dataclass
+class Trained:
+  """A finished workdir, loaded for inference: the networks, the exported specialists and the SuperSub state."""
+  hierarchy: Any
+  vanilla: stages.Network
+  generalist: stages.Network
+  exported: list
+  state: bank_lib.SuperSub
+  specialist_model: Any
+
+
+def load_trained(config, workdir: str) -> Trained:
+  """Loads the vanilla network, the generalist and every specialist of ``workdir`` (checked against ``config``)."""
+  hierarchy = stages.make_hierarchy(config)
+  vanilla = stages.load_network(config, workdir, 'vanilla', hierarchy)
+  generalist = stages.load_network(config, workdir, 'superclass', hierarchy)
+  exported = [specialists.load_exported(config, workdir, k, generalist, hierarchy)
+              for k in range(hierarchy.num_superclasses)]
+  state = bank_lib.build_supersub({'params': generalist.params, 'batch_stats': generalist.batch_stats}, exported,
+                                  hierarchy)
+  return Trained(hierarchy, vanilla, generalist, exported, state,
+                 stages.make_model(config, hierarchy.max_subclasses))
 
 
 def run(config, workdir: str) -> dict:
   """Evaluates the trained workdir; writes report.json, report.md and PNGs there; returns the report."""
   workdir = stages.ckpt.abs_path(workdir)
-  hierarchy = stages.make_hierarchy(config)
+  trained = load_trained(config, workdir)
+  hierarchy, vanilla, generalist, exported, state = (trained.hierarchy, trained.vanilla, trained.generalist,
+                                                     trained.exported, trained.state)
+  specialist_model = trained.specialist_model
   n = hierarchy.num_superclasses
-  vanilla = stages.load_network(config, workdir, 'vanilla', hierarchy)
-  generalist = stages.load_network(config, workdir, 'superclass', hierarchy)
-  exported = [specialists.load_exported(config, workdir, k, generalist, hierarchy) for k in range(n)]
-  state = inference.build_supersub({'params': generalist.params, 'batch_stats': generalist.batch_stats}, exported,
-                                   hierarchy)
-  specialist_model = stages.make_model(config, hierarchy.max_subclasses)
   threshold = float(config.evaluate.top2_threshold)
-  chunk_size = int(config.evaluate.chunk_size)
+  chunk_sizes = tuple(int(c) for c in config.evaluate.chunk_sizes)
   p = collect_predictions(config, workdir, hierarchy, vanilla, state, generalist.model, specialist_model,
-                          threshold=threshold, chunk_size=chunk_size)
+                          threshold=threshold, chunk_sizes=chunk_sizes)
 
   l2s = np.asarray(hierarchy.label_to_superclass)
   acc = report_lib.accuracy
@@ -151,8 +237,8 @@ def run(config, workdir: str) -> dict:
 
   # Storage: the generalist (params + BatchNorm statistics) once, then each specialist's exported bytes.
   base_bytes = delta_lib.tree_nbytes(generalist.params) + delta_lib.tree_nbytes(generalist.batch_stats)
-  parts = [specialists.exported_nbytes(e) for e in exported]
-  storage = delta_lib.storage_report(base_bytes, [sum(b.values()) for b in parts])
+  parts = [exported_lib.exported_nbytes(e) for e in exported]
+  storage = exported_lib.storage_report(base_bytes, [sum(b.values()) for b in parts])
   storage.update({'num_superclasses': n, 'delta_bytes': sum(b['delta'] for b in parts),
                   'head_bytes': sum(b['head'] for b in parts),
                   'batch_stats_bytes': sum(b['batch_stats'] for b in parts),
@@ -174,8 +260,8 @@ def run(config, workdir: str) -> dict:
       'per_superclass': per_superclass,
       'storage': storage,
   }
-  report.update(measure_inference(config, vanilla, state, generalist.model, specialist_model,
-                                  chunk_size=chunk_size))
+  report.update(measure_inference(config, trained, chunk_sizes=chunk_sizes))
+  report['memory']['bank_export_bytes'] = sum(sum(b.values()) for b in parts)
 
   if jax.process_index() == 0:
     names = [s.name for s in hierarchy.superclasses]

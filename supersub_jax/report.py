@@ -16,10 +16,12 @@ key                                    meaning
 ``storage.factor``                     bytes of generalist + all specialists, in units of one network
 ``storage.alpha``                      alpha in storage = (alpha * N + 1) networks
 ``storage.num_superclasses``           N
-``memory.single_bytes``                inference memory of the single network (see ``memory.method``)
+``memory.single_bytes``                inference memory of the single network at ``memory.batch_size`` (see
+                                       ``memory.method``; ``memory.by_batch`` has every timed batch size)
 ``memory.supersub_bytes``              inference memory of Super-Sub at the same batch
-``throughput.single_ips``              images/s of the single network
-``throughput.supersub_ips``            images/s of Super-Sub (top-1 routing)
+``throughput.single_ips``              images/s of the single network at ``throughput.batch_size``, on real
+                                       held-out batches (``throughput.method``; ``throughput.by_batch``: batch 1 too)
+``throughput.supersub_ips``            images/s of Super-Sub (top-1 routing, as the generalist routes those images)
 =====================================  ==============================================================================
 
 Other keys (per-superclass tables, counts, top-2 cost, the naive N+1 factor, ...) may be added; those above stay.
@@ -170,11 +172,15 @@ def summary_rows(report: Mapping) -> list[tuple[str, str]]:
       ('storage (networks): Super-Sub vs naive N+1', f"{r['storage']['factor']:.3f} vs "
        f"{r['storage'].get('naive_factor', r['storage']['num_superclasses'] + 1)}"),
       ('alpha in alpha*N+1', f"{r['storage']['alpha']:.4f} (N={r['storage']['num_superclasses']})"),
-      ('inference memory: single vs Super-Sub', f"{_fmt_bytes(r['memory']['single_bytes'])} vs "
-       f"{_fmt_bytes(r['memory']['supersub_bytes'])}"),
-      ('throughput (img/s): single vs Super-Sub', f"{r['throughput']['single_ips']:,.0f} vs "
-       f"{r['throughput']['supersub_ips']:,.0f}"),
+      (f"inference memory at batch {r['memory'].get('batch_size', '?')}: single vs Super-Sub",
+       f"{_fmt_bytes(r['memory']['single_bytes'])} vs {_fmt_bytes(r['memory']['supersub_bytes'])}"),
+      (f"throughput at batch {r['throughput'].get('batch_size', '?')} (img/s): single vs Super-Sub",
+       f"{r['throughput']['single_ips']:,.0f} vs {r['throughput']['supersub_ips']:,.0f}"),
   ]
+  resident = r['memory'].get('params_resident')
+  if resident:
+    rows.append(('parameters on device: single vs Super-Sub', f"{_fmt_bytes(resident['single_bytes'])} vs "
+                 f"{_fmt_bytes(resident['supersub_bytes'])}"))
   return rows
 
 
@@ -205,13 +211,27 @@ def render_markdown(report: Mapping) -> str:
             f"BatchNorm statistics {storage.get('batch_stats_bytes', 0):,} B)",
             f"- factor {storage['factor']:.3f} networks = alpha*N+1 with alpha {storage['alpha']:.4f}; naive N+1 = "
             f"{storage.get('naive_factor', storage['num_superclasses'] + 1)}"]
-  mem = report['memory']
-  lines += ['', '## Memory and throughput', '',
-            f"- method: {mem.get('method', '')}",
-            f"- single {mem['single_bytes']:,} B, Super-Sub {mem['supersub_bytes']:,} B "
-            f"(batch {report['throughput'].get('batch_size', '?')})",
-            f"- throughput: single {report['throughput']['single_ips']:,.1f} img/s, "
-            f"Super-Sub {report['throughput']['supersub_ips']:,.1f} img/s"]
+  mem, speed = report['memory'], report['throughput']
+  lines += ['', '## Memory and throughput', '', f"- throughput: {speed.get('method', '')}",
+            f"- memory: {mem.get('method', '')}", '']
+  by_time, by_mem = speed.get('by_batch', {}), mem.get('by_batch', {})
+  if by_time:
+    lines += ['| batch | single img/s | Super-Sub img/s | ratio | single ms | Super-Sub ms | specialists per batch '
+              '| single memory | Super-Sub memory |', '|---|---|---|---|---|---|---|---|---|']
+    for b, t in sorted(by_time.items(), key=lambda kv: int(kv[0])):
+      m = by_mem.get(b, {})
+      lines.append(f"| {b} | {t['single_ips']:,.1f} | {t['supersub_ips']:,.1f} | {t['ratio']:.3f} | "
+                   f"{t['single_ms']:.2f} | {t['supersub_ms']:.2f} | {t['specialists_per_batch']:.1f} | "
+                   f"{m.get('single_bytes', 0):,} B | {m.get('supersub_bytes', 0):,} B |")
+  else:
+    lines += [f"- single {mem['single_bytes']:,} B, Super-Sub {mem['supersub_bytes']:,} B; single "
+              f"{speed['single_ips']:,.1f} img/s, Super-Sub {speed['supersub_ips']:,.1f} img/s"]
+  resident = mem.get('params_resident')
+  if resident:
+    lines += ['', f"- parameters on device: single network {resident['single_bytes']:,} B; Super-Sub "
+              f"{resident['supersub_bytes']:,} B = generalist {resident['generalist_bytes']:,} B + bank "
+              f"{resident['bank_bytes']:,} B (exported: {mem.get('bank_export_bytes', 0):,} B) + one materialized "
+              f"specialist {resident['specialist_bytes']:,} B"]
   plots = report.get('plots', [])
   if plots:
     lines += ['', '## Plots', ''] + [f'![{p}]({p})' for p in plots]

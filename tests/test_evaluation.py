@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from supersub_jax import evaluation
@@ -69,3 +70,35 @@ def test_evaluate_py_with_another_config_lists_the_differences_and_fails_in_one_
   assert 'error: ' in out.stderr and 'was trained with other settings' in out.stderr
   assert "  model: 'resnet_tiny' -> 'resnet_small'" in out.stderr.split('error: ')[1]  # the error lists the field too
   assert 'Traceback' not in out.stderr
+
+
+def test_inference_is_timed_on_distinct_held_out_batches_at_batch_1_and_a_large_batch(evaluated):
+  config, _, _, report = evaluated
+  speed, mem = report['throughput'], report['memory']
+  # tiny_config times batch 1 and 16 (its held-out split has 28 images).
+  assert sorted(speed['by_batch'], key=int) == ['1', '16'] and speed['batch_size'] == 16
+  assert speed['single_ips'] == speed['by_batch']['16']['single_ips']
+  for row in speed['by_batch'].values():
+    assert row['ratio'] == pytest.approx(row['supersub_ips'] / row['single_ips'])
+    assert 1 <= row['specialists_per_batch'] <= 3
+  assert 'held-out' in speed['method'] or config.eval_split in speed['method']
+  assert set(mem['by_batch']) == {'1', '16'} and mem['by_batch']['16']['supersub_bytes'] > 0
+  resident = mem['params_resident']
+  assert resident['supersub_bytes'] == (resident['generalist_bytes'] + resident['bank_bytes'] +
+                                        resident['specialist_bytes'])
+  # On device the bank keeps the exported encodings: within 1.2x of the stored specialists.
+  assert resident['bank_bytes'] <= 1.2 * mem['bank_export_bytes']
+
+
+def test_held_out_batches_are_distinct_and_shuffled(evaluated):
+  config, _, _, _ = evaluated
+  hierarchy = evaluation.stages.make_hierarchy(config)
+  batches = evaluation.held_out_batches(config, hierarchy, 4, 3)
+  assert len(batches) == 3 and all(b.shape == (4, 16, 16, 3) for b in batches)
+  assert not np.array_equal(batches[0], batches[1])
+  in_order = evaluation.stages.eval_batches(config, evaluation.stages.load_source(config, config.eval_split,
+                                                                                   hierarchy),
+                                            label_mode='subclass', batch_size=4, process_index=0, process_count=1,
+                                            local_device_count=1)
+  first = np.asarray(next(iter(in_order))['image']).reshape(batches[0].shape)
+  assert not np.array_equal(first, batches[0])  # not the split's stored order

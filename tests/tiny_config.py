@@ -34,4 +34,5 @@ def get_config(data_dir: str = './data'):
   config.log_every_steps = 2
   config.checkpoint_every_steps = 2
   config.evaluate.benchmark_batches = 1
+  config.evaluate.benchmark_batch_sizes = (1, 16)
   return config

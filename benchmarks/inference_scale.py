@@ -1,0 +1,109 @@
+"""Two-stage inference at model scale without a trained workdir: ResNet-50 at 224px with ImageNet's superclass sizes.
+
+  python benchmarks/inference_scale.py --model=resnet50 --image_size=224 --batch_sizes=1,256   # a GPU
+  python benchmarks/inference_scale.py --model=resnet_tiny --image_size=32 --batch_sizes=1,16   # a CPU smoke run
+
+Costs do not depend on the weights' values, so the networks are random: a generalist of N outputs, a single network
+of sum(sizes) outputs, and N specialists exported from random deltas at the demo's settings (--density of the
+kernels kept, --bits). The images are real held-out images (the synthetic test split, resized to --image_size), and
+the generalist's head is centred on them so that a batch spreads over the superclasses as a trained generalist's
+does (the script prints how many specialists a batch reaches). Both models are timed as report.json times them
+(``evaluation.median_seconds``: median over --repeats distinct batches, alternating, after a warm-up call).
+"""
+
+import json
+
+from absl import app
+from absl import flags
+
+_MODEL = flags.DEFINE_string('model', 'resnet50', 'supersub_jax.models name.')
+_IMAGE = flags.DEFINE_integer('image_size', 224, 'Image side.')
+_STEM = flags.DEFINE_string('stem', 'imagenet', "'imagenet' or 'small'.")
+_SIZES = flags.DEFINE_list('sizes', ['116', '52', '27', '13', '10', '8', '7', '7', '7', '6'],
+                           'Subclasses per superclass (default: mixed_10 of ImageNet).')
+_BATCHES = flags.DEFINE_list('batch_sizes', ['1', '256'], 'Batch sizes.')
+_REPEATS = flags.DEFINE_integer('repeats', 10, 'Distinct batches per batch size.')
+_CHUNKS = flags.DEFINE_multi_string('chunk_sizes', ['64,16'], 'Chunk-size plans (repeatable).')
+_DENSITY = flags.DEFINE_float('density', 0.1, 'Fraction of each kernel kept in a delta.')
+_BITS = flags.DEFINE_integer('bits', 8, 'Bits of the delta codes.')
+_HALF = flags.DEFINE_bool('half_precision', False, 'bf16 compute.')
+_DATA_DIR = flags.DEFINE_string('data_dir', './data', 'Where the synthetic dataset is (built if missing).')
+
+
+def main(argv):
+  del argv
+  import functools  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from supersub_jax import bank as bank_lib, config as config_lib, delta as delta_lib, evaluation  # pylint: disable=g-import-not-at-top
+  from supersub_jax import exported as exported_lib, hierarchy as hierarchy_lib, inference, models, stages  # pylint: disable=g-import-not-at-top
+
+  sizes = tuple(int(s) for s in _SIZES.value)
+  hierarchy = hierarchy_lib.synthetic(sizes)
+  n = len(sizes)
+  dtype = jnp.bfloat16 if _HALF.value else jnp.float32
+  make = functools.partial(models.create_model, _MODEL.value, stem=_STEM.value, dtype=dtype)
+  shape = (_IMAGE.value, _IMAGE.value, 3)
+  gm, sm, vm = make(n), make(hierarchy.max_subclasses), make(hierarchy.num_subclasses)
+  gen = jax.device_get(models.init_variables(gm, jax.random.key(0), shape))
+  single = jax.device_put(jax.device_get(models.init_variables(vm, jax.random.key(1), shape)))
+
+  data_config = config_lib.default_config()
+  data_config.data_dir = _DATA_DIR.value
+  resize = jax.jit(lambda x: jax.image.resize(x, (x.shape[0],) + shape, 'bilinear'))
+  batches = {}
+  for b in sorted({int(x) for x in _BATCHES.value}):
+    held = evaluation.held_out_batches(data_config, stages.make_hierarchy(data_config), b, _REPEATS.value)
+    batches[b] = [resize(jnp.asarray(x)) for x in held]
+  # Centre the random generalist's head on real images so that its argmax spreads over the N superclasses.
+  calibration = batches[max(batches)][0]
+  _, features = jax.jit(functools.partial(gm.apply, train=False, return_features=True))(gen, calibration)
+  features = np.asarray(features, np.float32)
+  rng = np.random.default_rng(0)
+  kernel = rng.normal(size=(features.shape[1], n)).astype(np.float32) * np.float32(3.0 / (features.std() + 1e-6))
+  gen['params']['head'] = {'kernel': kernel, 'bias': -features.mean(0) @ kernel}
+
+  base = models.split_head(gen['params'])[0]
+  cfg = delta_lib.DeltaConfig(bits=_BITS.value or None)
+  exported = []
+  for k, n_k in enumerate(sizes):
+    delta = jax.tree.map(lambda z: rng.normal(size=z.shape).astype(np.float32) * 0.01,
+                         delta_lib.init_delta(base, cfg.pattern, cfg.exclude))
+    masks = jax.tree.map(lambda d: rng.random(d.shape) < _DENSITY.value, delta)
+    head = {'kernel': rng.normal(size=(features.shape[1], n_k)).astype(np.float32), 'bias': np.zeros(n_k, np.float32)}
+    exported.append(exported_lib.export(delta, masks, head, gen['batch_stats'], cfg, n_k))
+  state = bank_lib.build_supersub(gen, exported, hierarchy)
+  stored = sum(sum(exported_lib.exported_nbytes(e).values()) for e in exported)
+  device = jax.devices()[0]
+  print(f'device: {device.platform} {device.device_kind}; {_MODEL.value} at {_IMAGE.value}px '
+        f'{"bf16" if _HALF.value else "fp32"}; N={n} superclasses of {sizes}; bank {bank_lib.nbytes(state.bank):,} B '
+        f'on device, {stored:,} B exported', flush=True)
+  single_apply = jax.jit(lambda v, x: vm.apply(v, x, train=False))
+  rows = []
+  print('| chunk sizes | batch | single img/s | Super-Sub img/s | ratio | single ms | Super-Sub ms | specialists per '
+        'batch | single memory | Super-Sub memory |\n|---|---|---|---|---|---|---|---|---|---|', flush=True)
+  for plan in _CHUNKS.value:
+    chunks = tuple(int(c) for c in plan.split(','))
+    predict = jax.jit(functools.partial(inference.predict, generalist_model=gm, specialist_model=sm,
+                                        chunk_sizes=chunks))
+    for b, xs in batches.items():
+      seconds = evaluation.median_seconds({'single': lambda x: single_apply(single, x),
+                                           'supersub': lambda x: predict(state, x)}, xs)
+      reached = float(np.mean([len(np.unique(np.asarray(predict(state, x)['superclass']))) for x in xs]))
+      spec = jax.ShapeDtypeStruct(xs[0].shape, xs[0].dtype)
+      mem_single = evaluation.compiled_bytes(single_apply, single, spec).get('total', 0)
+      mem_supersub = evaluation.compiled_bytes(predict, state, spec).get('total', 0)
+      row = {'chunk_sizes': list(chunks), 'batch': b, 'single_ms': 1e3 * seconds['single'],
+             'supersub_ms': 1e3 * seconds['supersub'], 'single_ips': b / seconds['single'],
+             'supersub_ips': b / seconds['supersub'], 'ratio': seconds['single'] / seconds['supersub'],
+             'specialists_per_batch': reached, 'single_bytes': mem_single, 'supersub_bytes': mem_supersub}
+      rows.append(row)
+      print(f"| {plan} | {b} | {row['single_ips']:,.1f} | {row['supersub_ips']:,.1f} | {row['ratio']:.3f} | "
+            f"{row['single_ms']:.2f} | {row['supersub_ms']:.2f} | {reached:.1f} | {mem_single:,} | {mem_supersub:,} |",
+            flush=True)
+  print(json.dumps({'device': str(device.device_kind), 'model': _MODEL.value, 'rows': rows}))
+
+
+if __name__ == '__main__':
+  app.run(main)
