@@ -88,6 +88,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.parallelism = 'pmap'           # 'pmap' | 'shard_map'
   config.log_every_steps = 50
   config.checkpoint_every_steps = 500
+  config.profile_steps = 0               # > 0: a jax.profiler trace of that many steps per job, <workdir>/profile/
   config.max_to_keep = 2
   config.distributed = ml_collections.ConfigDict(dict(
       enabled=False, coordinator_address='', num_processes=1, process_id=0, cpu_collectives='',
@@ -168,7 +169,7 @@ def read(workdir: str) -> ml_collections.ConfigDict:
   return config
 
 
-HARMLESS = ('log_every_steps', 'checkpoint_every_steps', 'max_to_keep', 'eval_batch_size', 'eval_split', 'evaluate.',
+HARMLESS = ('log_every_steps', 'checkpoint_every_steps', 'profile_steps', 'max_to_keep', 'eval_batch_size', 'eval_split', 'evaluate.',
             'worker_count', 'data_dir', 'manual_dir', 'distributed.', 'parallelism', 'stages', 'nonfinite',
             'compilation_cache_dir', 'specialists.superclasses', 'init.path', 'init.format')
 STAGE_SECTIONS = ('vanilla', 'superclass', 'specialists')

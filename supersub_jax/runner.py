@@ -175,7 +175,8 @@ def run_job(config, job: Job, *, fresh_state: Callable[[], PyTree], target: PyTr
   rstate = train_lib.fit(parallel.replicate(state), step_fn=step_fn, parallel=parallel, frozen=frozen,
                          train_iter=train_iter, num_steps=job.num_steps, global_batch=config.batch_size,
                          name=job.name, save_fn=save_fn, writer=writer, log_every=config.log_every_steps,
-                         checkpoint_every=config.checkpoint_every_steps, preemption=preemption)
+                         checkpoint_every=config.checkpoint_every_steps, preemption=preemption,
+                         profile_steps=int(config.profile_steps), profile_dir=writer and writer.profile_dir)
   metrics = evaluate(rstate)
   host = parallel.unreplicate(rstate)
   extra_items, extra_meta = finish(host, metrics) if finish else ({}, {})

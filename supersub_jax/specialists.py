@@ -177,10 +177,11 @@ def train_specialists(config, workdir: str, *, preemption: train_lib.Preemption 
               f'{kept:.3f}, {summary["total_bytes"]:,} bytes', flush=True)
       return {'compressed': exported}, {'summary': summary}
 
-    result = runner.run_job(config, job, fresh_state=fresh_state, target=fresh_state(),
-                            train_iter=stages.train_batches(config, train_source, label_mode='local', seed=seed),
-                            step_fn=step_fn, evaluate=evaluate, parallel=parallel, frozen=extra,
-                            preemption=preemption, finish=finish, writer=writer)
+    with writer:
+      result = runner.run_job(config, job, fresh_state=fresh_state, target=fresh_state(),
+                              train_iter=stages.train_batches(config, train_source, label_mode='local', seed=seed),
+                              step_fn=step_fn, evaluate=evaluate, parallel=parallel, frozen=extra,
+                              preemption=preemption, finish=finish, writer=writer)
     results[k] = result.meta['summary']
 
   base_bytes = delta_lib.tree_nbytes(generalist.params) + delta_lib.tree_nbytes(generalist.batch_stats)

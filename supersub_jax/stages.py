@@ -188,13 +188,14 @@ def train_network(config, workdir: str, stage: str, *, preemption: train_lib.Pre
     return train_lib.evaluate(rstate, eval_fn=eval_fn, parallel=parallel, frozen={},
                               batches=eval_batches(config, eval_source, label_mode=label_mode))
 
-  writer = train_lib.MetricWriter(ckpt.abs_path(workdir), stage)
-  result = runner.run_job(config, job, fresh_state=fresh_state, target=target, train_iter=train_iter,
-                          step_fn=step_fn, evaluate=evaluate, parallel=parallel, frozen={}, preemption=preemption,
-                          writer=writer)
+  with train_lib.MetricWriter(ckpt.abs_path(workdir), stage) as writer:
+    result = runner.run_job(config, job, fresh_state=fresh_state, target=target, train_iter=train_iter,
+                            step_fn=step_fn, evaluate=evaluate, parallel=parallel, frozen={}, preemption=preemption,
+                            writer=writer)
+    if result.state is not None:
+      writer.write(job.num_steps, config.eval_split, result.metrics)
   if result.state is not None:
     metrics = result.metrics
-    writer.write(job.num_steps, config.eval_split, metrics)
     if jax.process_index() == 0:
       print(f'[{stage}] {config.eval_split} loss {metrics["loss"]:.4f} top-1 {metrics["accuracy"]:.4f} '
             f'({int(metrics["count"])} images)', flush=True)

@@ -321,20 +321,29 @@ def initialize_runtime(config) -> None:
 
 
 class MetricWriter:
-  """Writes metrics as JSON lines (``<workdir>/metrics.jsonl``) on process 0, plus TensorBoard when installed."""
+  """Writes metrics as JSON lines (``<workdir>/metrics.jsonl``) and TensorBoard event files
+  (``<workdir>/tb/<stage>``, tensorboardX) on process 0. ``profile_dir`` is where ``fit`` puts a profiler trace of
+  this stage (``config.profile_steps``). Use it as a context manager: leaving it writes out the event files
+  (tensorboardX writes them from a thread, every 10 s before that)."""
 
   def __init__(self, workdir: str, stage: str):
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top  (a slow import, needed late)
     self.stage = stage
     self.enabled = jax.process_index() == 0
     self.path = os.path.join(workdir, 'metrics.jsonl')
+    self.profile_dir = os.path.join(workdir, 'profile', stage)
     self._tb = None
     if self.enabled:
       os.makedirs(workdir, exist_ok=True)
-      try:  # TensorBoard is optional.
-        from tensorboardX import SummaryWriter  # type: ignore
-        self._tb = SummaryWriter(os.path.join(workdir, 'tb', stage))
-      except ImportError:
-        self._tb = None
+      self._tb = SummaryWriter(os.path.join(workdir, 'tb', stage), flush_secs=10)
+
+  def __enter__(self) -> 'MetricWriter':
+    return self
+
+  def __exit__(self, *exc) -> None:
+    if self._tb is not None:
+      self._tb.close()
+      self._tb = None
 
   def write(self, step: int, split: str, metrics: Mapping[str, float]) -> None:
     if not self.enabled:
@@ -456,7 +465,7 @@ class Preemption:
 def fit(state: PyTree, *, step_fn: Callable, parallel: Parallel, frozen: PyTree, train_iter: Iterator,
         num_steps: int, global_batch: int, name: str, save_fn: Callable[[int, PyTree, bool], None],
         writer: MetricWriter | None = None, log_every: int = 50, checkpoint_every: int = 0,
-        preemption: Preemption | None = None,
+        preemption: Preemption | None = None, profile_steps: int = 0, profile_dir: str | None = None,
         hooks: tuple[Callable[[int, PyTree], PyTree], ...] = ()) -> PyTree:
   """Runs ``step_fn`` from ``state.step`` to ``num_steps``.
 
@@ -466,6 +475,9 @@ def fit(state: PyTree, *, step_fn: Callable, parallel: Parallel, frozen: PyTree,
     train_iter: host batches [local_devices, per_device_batch, ...].
     save_fn: ``save_fn(step, state, force)`` writes a checkpoint (the caller owns the manager and the data iterator).
     preemption: the run's ``Preemption`` (default: one for this call only).
+    profile_steps, profile_dir: with ``profile_steps > 0``, a ``jax.profiler`` trace of that many steps is written
+      to ``profile_dir`` (TensorBoard's profile plugin or Perfetto read it), starting two steps after ``state.step``
+      so that compilation stays out of it.
     hooks: ``hook(step, state) -> state`` called before each step (tests use it to send signals).
   Returns:
     the final replicated state, all finite. Raises ``Preempted`` after saving if SIGTERM arrived, and
@@ -488,12 +500,23 @@ def fit(state: PyTree, *, step_fn: Callable, parallel: Parallel, frozen: PyTree,
 
   owned = preemption is None
   preemption = preemption or Preemption()
-  with (preemption if owned else contextlib.nullcontext()):
+  trace = (start + 2, start + 2 + profile_steps) if profile_steps > 0 and profile_dir else (-1, -1)
+  tracing = False
+  with (preemption if owned else contextlib.nullcontext()), contextlib.ExitStack() as stack:
     for step in range(start, num_steps):
       for hook in hooks:
         state = hook(step, state)
+      if step == trace[0]:
+        jax.block_until_ready(state)
+        jax.profiler.start_trace(profile_dir)
+        tracing = True
+        stack.callback(lambda: tracing and jax.profiler.stop_trace())  # also when the loop ends early
       batch = parallel.shard_batch(next(train_iter))
       state, metrics = step_fn(state, batch, frozen)
+      if tracing and step + 1 == trace[1]:
+        jax.block_until_ready(state)
+        jax.profiler.stop_trace()
+        tracing = False
       finite = metrics['finite'] if finite is None else jnp.minimum(finite, metrics['finite'])
       skipped = metrics['skipped'] if skipped is None else skipped + metrics['skipped']
       done = step + 1

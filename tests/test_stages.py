@@ -66,6 +66,8 @@ def test_all_stages_report_metrics_and_log_each_job_under_its_own_name(tiny_work
   logged = [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]
   train_stages = {r['stage'] for r in logged if r['split'] == 'train'}
   assert train_stages == {'vanilla', 'superclass', 'specialist_0', 'specialist_1', 'specialist_2'}
+  for stage in train_stages:  # the same metrics as TensorBoard event files, one directory per job
+    assert [f for f in os.listdir(os.path.join(workdir, 'tb', stage)) if f.startswith('events.out.tfevents')]
   for s in summary['specialists']:
     [final] = [r for r in logged if r['stage'] == f"specialist_{s['superclass']}" and r['split'] == config.eval_split]
     assert final['accuracy'] == s['oracle_top1'] and final['step'] == s['num_steps']

@@ -1,6 +1,8 @@
 """Tests of supersub_jax.train: optimizer, loss, the step under pmap and shard_map, the loop."""
 
 import functools
+import json
+import struct
 import subprocess
 import sys
 
@@ -143,6 +145,40 @@ def test_pmap_equals_shard_map_on_two_devices():
 def test_parallel_rejects_unknown_kind():
   with pytest.raises(ValueError, match='parallelism'):
     train_lib.Parallel('pjit')
+
+
+def test_fit_writes_json_lines_tensorboard_events_and_a_profile_of_the_asked_steps(tmp_path):
+  model, params, batch_stats = _setup()
+  tx = train_lib.make_optimizer(_opt_cfg(), 6)
+  parallel = train_lib.Parallel('pmap')
+  step = parallel.compile(functools.partial(train_lib.train_step, apply_fn=model.apply, tx=tx))
+  state = parallel.replicate(train_lib.create_train_state(params, batch_stats, tx))
+  with train_lib.MetricWriter(str(tmp_path), 'vanilla') as writer:
+    train_lib.fit(state, step_fn=step, parallel=parallel, frozen={}, name='vanilla', num_steps=6, global_batch=4,
+                  train_iter=_batches(jax.local_device_count(), 4, 6), save_fn=lambda *a: None, writer=writer,
+                  log_every=2, profile_steps=2, profile_dir=writer.profile_dir)
+  logged = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
+  assert [r['step'] for r in logged] == [1, 2, 4, 6] and all(r['stage'] == 'vanilla' for r in logged)
+  from tensorboardX.event_file_writer import event_pb2  # pylint: disable=g-import-not-at-top
+  [events] = (tmp_path / 'tb' / 'vanilla').glob('events.out.tfevents.*')
+  scalars = []
+  for record in _tf_records(events.read_bytes()):
+    event = event_pb2.Event.FromString(record)
+    scalars += [(v.tag, event.step, v.simple_value) for v in event.summary.value]
+  loss = [(step, value) for tag, step, value in scalars if tag == 'train/loss']
+  assert [s for s, _ in loss] == [1, 2, 4, 6]
+  assert [v for _, v in loss] == pytest.approx([r['loss'] for r in logged])
+  traces = list((tmp_path / 'profile' / 'vanilla').rglob('*.xplane.pb'))
+  assert len(traces) == 1 and traces[0].stat().st_size > 0
+
+
+def _tf_records(data: bytes):
+  """The payloads of a TFRecord file (length, its CRC, payload, its CRC), read without TensorFlow."""
+  pos = 0
+  while pos < len(data):
+    (length,) = struct.unpack('<Q', data[pos:pos + 8])
+    yield data[pos + 12:pos + 12 + length]
+    pos += 12 + length + 4
 
 
 if __name__ == '__main__':
