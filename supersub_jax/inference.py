@@ -11,9 +11,9 @@ Routing. ``route`` sorts the images of a batch by specialist on device, then vis
 ``lax.fori_loop`` with a dynamic trip count. Each visit materializes that group's specialist once and runs it over
 the group in chunks: as many chunks of the largest of ``chunk_sizes`` as fit, then the rest in chunks of the next
 sizes (the last size rounds up). So the peak memory is the bank + ONE dense specialist + one chunk's activations
-whatever N, and the work is the batch plus at most ``N * chunk_sizes[-1]`` padding images (one chunk size: up to
-``N * chunk_size``). The sizes trade that padding against the efficiency of small chunks; docs/benchmarks.md has
-the measurement that chose the default.
+whatever N, and the work is the batch plus fewer than N x (the smallest chunk size) padding images. The sizes
+trade that padding against the efficiency of small chunks; docs/benchmarks.md has the measurement that chose the
+default.
 
 Predictions. ``predict`` (top-1 routing), ``predict_oracle`` (routing by the true superclass) and ``predict_top2``
 (a second specialist for images the generalist is unsure about) are jitted with the flax models and the chunk
