@@ -55,10 +55,6 @@ class SpecialistBank:
   batch_stats: PyTree
   num_subclasses: jax.Array
 
-  @property
-  def num_specialists(self) -> int:
-    return int(self.num_subclasses.shape[0])
-
 
 @struct.dataclass
 class HierarchyArrays:
