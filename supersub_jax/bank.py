@@ -85,15 +85,19 @@ class SuperSub:
     generalist: ``{'params', 'batch_stats'}`` of the generalist (head of N outputs).
     bank: the N specialists (``SpecialistBank``).
     hierarchy: ``HierarchyArrays`` of the N superclasses.
-  The specialists' base is the generalist's backbone (``base``): derived, not stored, so it is held once.
+    branch: the specialists' first layer group (``config.specialists.branch``; static): the layers before it are
+      the generalist's, shared by every specialist.
+  The specialists' base (``base``) is the generalist's backbone from the branch on: derived, not stored, so it is
+  held once.
   """
   generalist: dict
   bank: SpecialistBank
   hierarchy: HierarchyArrays
+  branch: str = struct.field(pytree_node=False, default='stem')
 
   @property
   def base(self) -> dict:
-    return models.split_head(self.generalist['params'])[0]
+    return models.split_at(models.split_head(self.generalist['params'])[0], self.branch)[1]
 
 
 def _flat_leaves(tree: PyTree) -> dict[str, Any]:
@@ -167,7 +171,8 @@ def make_bank(exported: Sequence[Mapping[str, Any]], base: PyTree) -> Specialist
     exported: specialist k's ``exported.export`` dict: ``'delta'`` (``CompressedDelta`` over ``base``),
       ``'head'`` (``'kernel'`` float32[D, n_k], ``'bias'`` float32[n_k]), ``'batch_stats'`` (one layout for all).
       Specialists may differ in bits (8/4/2/unquantized), scale granularity, kept entries and delta leaves.
-    base: the generalist's backbone params (no ``'head'``); only its structure and shapes are read here.
+    base: the generalist's backbone params (no ``'head'``) that the deltas may change (``SuperSub.base``: from the
+      specialists' branch on); only its structure and shapes are read here.
   Raises:
     ValueError naming the specialist and leaf for anything that does not fit ``base`` or the other specialists.
   """
@@ -227,12 +232,14 @@ def nbytes(bank: SpecialistBank) -> int:
 
 
 def build_supersub(generalist_variables: Mapping[str, Any], exported: Sequence[Mapping[str, Any]],
-                   hierarchy) -> SuperSub:
+                   hierarchy, branch: str = 'stem') -> SuperSub:
   """The inference state: generalist variables, the bank of ``exported`` (one per superclass, in order), and
   the hierarchy's label maps, all on the default device.
 
-  Raises ValueError if the counts of superclasses, generalist outputs and specialists or the specialists'
-  subclass counts disagree with ``hierarchy``.
+  ``branch`` is the ``config.specialists.branch`` the specialists were trained with: their deltas and BatchNorm
+  statistics cover the generalist's layers from that group on. Raises ValueError if the counts of superclasses,
+  generalist outputs and specialists or the specialists' subclass counts disagree with ``hierarchy``, or if the
+  specialists do not fit ``branch``.
   """
   params = generalist_variables['params']
   n = int(hierarchy.num_superclasses)
@@ -244,7 +251,17 @@ def build_supersub(generalist_variables: Mapping[str, Any], exported: Sequence[M
   if len(exported) != n:
     raise ValueError(f'{len(exported)} exported specialists for {n} superclasses; export one per superclass, '
                      'in superclass order.')
-  bank = make_bank(exported, models.split_head(params)[0])
+  top_stats = set(models.split_at(generalist_variables.get('batch_stats', {}), branch)[1])
+  for k, ex in enumerate(exported):
+    if set(ex.get('batch_stats', {})) != top_stats:
+      raise ValueError(f'specialist {k} has BatchNorm statistics for {sorted(ex.get("batch_stats", {}))[:4]}..., '
+                       f'but specialists branching at {branch!r} have them for {sorted(top_stats)[:4]}...; pass the '
+                       'config.specialists.branch they were trained with.')
+  try:
+    bank = make_bank(exported, models.split_at(models.split_head(params)[0], branch)[1])
+  except ValueError as e:
+    raise ValueError(f'{e} (specialists branching at {branch!r}: is that the config.specialists.branch they were '
+                     'trained with?)') from e
   got = np.asarray(bank.num_subclasses)
   want = np.asarray(hierarchy.sizes)
   if not np.array_equal(got, want):
@@ -252,4 +269,5 @@ def build_supersub(generalist_variables: Mapping[str, Any], exported: Sequence[M
     raise ValueError(f'specialist {bad} has {got[bad]} subclasses but superclass {bad} has {want[bad]}; the '
                      'exported specialists do not match this hierarchy.')
   generalist = jax.device_put({'params': params, 'batch_stats': generalist_variables.get('batch_stats', {})})
-  return SuperSub(generalist=generalist, bank=bank, hierarchy=HierarchyArrays.from_hierarchy(hierarchy))
+  return SuperSub(generalist=generalist, bank=bank, hierarchy=HierarchyArrays.from_hierarchy(hierarchy),
+                  branch=branch)

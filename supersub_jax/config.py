@@ -112,6 +112,8 @@ def default_config() -> ml_collections.ConfigDict:
       bits=8,                           # 8 | 4 | 2 | 0 (0 = no quantization)
       granularity='per_channel',        # 'per_channel' | 'per_tensor'
       leaves='kernels',                 # 'kernels' | 'kernels_and_norm' | a regex over '/'-joined param paths
+      branch='stem',                    # first layer group with a delta: 'stem' (all) | 'stage<i>' | 'head' (none);
+                                        # the layers before it are shared with the generalist (one pass at inference)
       sparsity_scope='per_leaf',        # 'per_leaf' | 'global'
       sparsity_schedule='gradual',      # 'gradual' (Zhu & Gupta) | 'one_shot' | 'none'
       prune_begin_fraction=0.1,         # schedule range as fractions of num_train_steps

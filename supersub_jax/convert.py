@@ -68,7 +68,7 @@ def make_bundle(config, workdir: str) -> dict:
               for k in range(hierarchy.num_superclasses)]
   return {'format': BUNDLE_FORMAT, 'hierarchy': json.dumps(hierarchy.to_dict()),
           'model': {'name': config.model, 'stem': config.stem, 'width': config.width,
-                    'image_size': config.image_size},
+                    'image_size': config.image_size, 'branch': config.specialists.branch},
           'generalist': {'params': generalist.params, 'batch_stats': generalist.batch_stats},
           'specialists': {str(k): e for k, e in enumerate(exported)}}
 
@@ -78,7 +78,8 @@ def write_bundle(path: str, bundle: dict) -> int:
 
 
 def load_bundle(path: str) -> tuple[dict, list[dict], hierarchy_lib.Hierarchy, dict]:
-  """-> (generalist variables, exported specialists in superclass order, hierarchy, model description)."""
+  """-> (generalist variables, exported specialists in superclass order, hierarchy, model description: 'name',
+  'stem', 'width', 'image_size' and 'branch', which ``bank.build_supersub`` takes)."""
   with open(path, 'rb') as f:
     data = f.read()
   try:
@@ -108,7 +109,7 @@ def load_bundle(path: str) -> tuple[dict, list[dict], hierarchy_lib.Hierarchy, d
       exported.append({'delta': ex['delta'], 'head': {'kernel': kernel, 'bias': bias},
                        'batch_stats': dict(ex['batch_stats'])})
     part = 'model'
-    model = dict(tree['model'])
+    model = {'branch': 'stem', **dict(tree['model'])}  # bundles from before shared trunks have full deltas
   except (ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
     raise ValueError(f'{path}: damaged bundle, in its {part} ({type(e).__name__}: {e}); write it again with '
                      '`python -m supersub_jax.convert bundle`.') from e
@@ -126,7 +127,8 @@ def dense_specialist(config, workdir: str, k: int) -> dict:
   base, _ = models.split_head(generalist.params)
   params = jax.tree.map(np.asarray, exported_lib.materialize_compressed(base, exported['delta']))
   params['head'] = exported['head']
-  return {'params': params, 'batch_stats': exported['batch_stats']}
+  # A shared trunk keeps the generalist's statistics; the specialist's own cover the layers from its branch on.
+  return {'params': params, 'batch_stats': {**generalist.batch_stats, **exported['batch_stats']}}
 
 
 def export_specialist(config, workdir: str, k: int, fmt: str, output: str) -> str:

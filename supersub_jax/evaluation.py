@@ -207,7 +207,7 @@ def load_trained(config, workdir: str) -> Trained:
   exported = [specialists.load_exported(config, workdir, k, generalist, hierarchy)
               for k in range(hierarchy.num_superclasses)]
   state = bank_lib.build_supersub({'params': generalist.params, 'batch_stats': generalist.batch_stats}, exported,
-                                  hierarchy)
+                                  hierarchy, branch=config.specialists.branch)
   return Trained(hierarchy, vanilla, generalist, exported, state,
                  stages.make_model(config, hierarchy.max_subclasses))
 
@@ -255,7 +255,7 @@ def run(config, workdir: str) -> dict:
       'superclass': {'top1': acc(p['generalist'], p['superclass'])},
       'supersub': {'top1': acc(p['supersub'], p['subclass']), 'oracle_top1': acc(p['oracle'], p['subclass']),
                    'top2_top1': acc(p['top2'], p['subclass']), 'top2_threshold': threshold,
-                   'top2_second_fraction': float(np.mean(p['second'])),
+                   'top2_second_fraction': float(np.mean(p['second'])), 'branch': config.specialists.branch,
                    'top1_minus_vanilla': acc(p['supersub'], p['subclass']) - acc(p['vanilla'], p['subclass'])},
       'errors': report_lib.error_breakdown(p['vanilla'], p['subclass'], l2s),
       'supersub_errors': report_lib.error_breakdown(p['supersub'], p['subclass'], l2s),

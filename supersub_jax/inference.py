@@ -15,6 +15,10 @@ whatever N, and the work is the batch plus fewer than N x (the smallest chunk si
 trade that padding against the efficiency of small chunks; docs/benchmarks.md has the measurement that chose the
 default.
 
+Shared trunk. Specialists change the generalist only from ``state.branch`` on (``config.specialists.branch``), so
+the predictors run the generalist's trunk once per batch and route its activations, not the images: each
+specialist runs only the layers from the branch, and ``specialist_variables`` materializes only those.
+
 Predictions. ``predict`` (top-1 routing), ``predict_oracle`` (routing by the true superclass) and ``predict_top2``
 (a second specialist for images the generalist is unsure about) are jitted with the flax models and the chunk
 sizes as static arguments. They target a single device: plain ``jax.jit``, no sharding annotations; evaluation
@@ -118,7 +122,8 @@ def _leaf_delta(rec: Mapping[str, jax.Array], k: jax.Array, shape: tuple[int, ..
 
 def specialist_variables(bank: bank_lib.SpecialistBank, base: PyTree, k: jax.Array | int,
                          max_subclasses: int) -> dict:
-  """Dense ``{'params', 'batch_stats'}`` of specialist ``k`` (int or traced int32 scalar) for the specialist model.
+  """Dense ``{'params', 'batch_stats'}`` of specialist ``k`` (int or traced int32 scalar) for the specialist model
+  from its branch on (``base`` is ``SuperSub.base``; with a shared trunk apply it with ``start=branch``).
 
   ``params`` is ``base`` plus the dequantized sparse delta, with the head [D, S = max_subclasses] under
   ``'head'`` (columns >= n_k are zero); it is bit-for-bit
@@ -317,15 +322,22 @@ def decide_top2(superclass_logits: jax.Array, images: jax.Array, specialists: Sp
 
 
 def make_specialists(state: bank_lib.SuperSub, specialist_model) -> Specialists:
-  """``Specialists`` of the bank: dense variables of one specialist per group, eval-mode forward (padded classes
-  not masked)."""
+  """``Specialists`` of the bank: dense variables of one specialist per group, eval-mode forward from the branch
+  over trunk activations (``trunk``; padded classes not masked)."""
   base, s = state.base, state.hierarchy.max_subclasses
   return Specialists(load=lambda k: specialist_variables(state.bank, base, k, s),
-                     apply=lambda v, images: specialist_model.apply(v, images, train=False))
+                     apply=lambda v, x: specialist_model.apply(v, x, train=False, start=state.branch))
 
 
-def _generalist_logits(state: bank_lib.SuperSub, images, generalist_model):
-  return generalist_model.apply(state.generalist, images, train=False)
+def trunk(state: bank_lib.SuperSub, images: jax.Array, model) -> jax.Array:
+  """The shared trunk's output for images [B, H, W, C]: the generalist's layers before ``state.branch`` (eval
+  mode), run by ``model``, any ResNet of the generalist's architecture. The images themselves for 'stem'."""
+  return model.apply(state.generalist, images, train=False, stop=state.branch)
+
+
+def _trunk_and_superclass_logits(state: bank_lib.SuperSub, images, generalist_model):
+  shared = trunk(state, images, generalist_model)
+  return shared, generalist_model.apply(state.generalist, shared, train=False, start=state.branch)
 
 
 DEFAULT_CHUNK_SIZES = (32, 8)
@@ -341,16 +353,17 @@ def predict(state: bank_lib.SuperSub, images: jax.Array, *, generalist_model, sp
   hashable); ``chunk_sizes`` a static tuple (``route``). Returns ``decide_top1``'s dict: 'superclass_probs' [B, N],
   'superclass', 'local', 'label' int32[B], 'prob' float32[B] = p(super) * p(sub | super).
   """
-  return decide_top1(_generalist_logits(state, images, generalist_model), images,
-                     make_specialists(state, specialist_model), state.hierarchy, chunk_sizes=chunk_sizes)
+  shared, superclass_logits = _trunk_and_superclass_logits(state, images, generalist_model)
+  return decide_top1(superclass_logits, shared, make_specialists(state, specialist_model), state.hierarchy,
+                     chunk_sizes=chunk_sizes)
 
 
 @functools.partial(jax.jit, static_argnames=('specialist_model', 'chunk_sizes'))
 def predict_oracle(state: bank_lib.SuperSub, images: jax.Array, superclass: jax.Array, *, specialist_model,
                    chunk_sizes: tuple[int, ...] = DEFAULT_CHUNK_SIZES) -> dict[str, jax.Array]:
   """Specialist prediction routed by the true ``superclass`` int32[B]; ``decide_oracle``'s dict (no generalist)."""
-  return decide_oracle(superclass, images, make_specialists(state, specialist_model), state.hierarchy,
-                       chunk_sizes=chunk_sizes)
+  return decide_oracle(superclass, trunk(state, images, specialist_model), make_specialists(state, specialist_model),
+                       state.hierarchy, chunk_sizes=chunk_sizes)
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
@@ -358,6 +371,6 @@ def predict_top2(state: bank_lib.SuperSub, images: jax.Array, *, generalist_mode
                  chunk_sizes: tuple[int, ...] = DEFAULT_CHUNK_SIZES) -> dict[str, jax.Array]:
   """Top-2 routing (``decide_top2``): a second specialist where the top superclass probability < ``threshold``
   (a traced float; 0 never asks, > 1 always asks). Returns 'num_second' for the cost report."""
-  return decide_top2(_generalist_logits(state, images, generalist_model), images,
-                     make_specialists(state, specialist_model), state.hierarchy, chunk_sizes=chunk_sizes,
-                     threshold=threshold)
+  shared, superclass_logits = _trunk_and_superclass_logits(state, images, generalist_model)
+  return decide_top2(superclass_logits, shared, make_specialists(state, specialist_model), state.hierarchy,
+                     chunk_sizes=chunk_sizes, threshold=threshold)

@@ -10,6 +10,15 @@ Parameter layout contract (other modules rely on it): the classifier is the
 ``nn.Dense`` named ``'head'`` at the top level of ``params``; every other
 top-level key belongs to the backbone.
 
+Layer groups. In forward order a ResNet of S stages is the groups ``'stem'``
+(``conv_init``, ``bn_init``), ``'stage1'`` .. ``'stageS'`` (``stage{i}_block{j}``;
+the global average pool ends the last stage) and ``'head'``. A group name is also a
+cut point: ``apply(..., stop=g)`` runs the groups before ``g`` and returns their
+output (NHWC activations, or pooled features ``[B, D]`` for ``g='head'``);
+``apply(..., start=g)`` runs the rest from that output. ``split_at`` divides a
+``params`` or ``batch_stats`` tree the same way: specialists with a shared trunk
+change only the groups from their ``branch`` on.
+
 Shapes: images are NHWC ``[B, H, W, 3]``; logits are float32 ``[B, num_classes]``.
 """
 
@@ -17,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -48,6 +58,46 @@ def split_head(params: Mapping[str, Any]) -> tuple[dict, Any]:
   if 'head' not in params:
     raise ValueError("params have no 'head'; pass a whole network's params (e.g. the generalist's).")
   return {k: v for k, v in params.items() if k != 'head'}, params['head']
+
+
+def _group_position(group: str) -> int:
+  """Forward position of a layer group: 'stem' 0, 'stage<i>' i, 'head' after every stage."""
+  if group == 'stem':
+    return 0
+  if group == 'head':
+    return 1 << 30
+  match = re.fullmatch(r'stage([1-9][0-9]*)', group)
+  if not match:
+    raise ValueError(f"unknown layer group {group!r}; use 'stem', 'stage<i>' (i from 1) or 'head'.")
+  return int(match.group(1))
+
+
+def group_of(key: str) -> str:
+  """The layer group of a top-level ``params``/``batch_stats`` key: 'conv_init' -> 'stem',
+  'stage3_block1' -> 'stage3', 'head' -> 'head'."""
+  if key in ('conv_init', 'bn_init'):
+    return 'stem'
+  return key.split('_', 1)[0]
+
+
+def split_at(tree: Mapping[str, Any], branch: str) -> tuple[dict, dict]:
+  """A ``params`` or ``batch_stats`` tree -> (trunk: the groups before ``branch``, top: the rest), by top-level
+  key. ``split_at(params, 'stem')`` is ``({}, params)``."""
+  cut = _group_position(branch)
+  trunk = {k: v for k, v in tree.items() if _group_position(group_of(k)) < cut}
+  return trunk, {k: v for k, v in tree.items() if k not in trunk}
+
+
+def trunk_regex(branch: str) -> str | None:
+  """Regex (``re.search``) over '/'-joined param paths that matches the groups before ``branch``; None for
+  'stem' (no trunk)."""
+  cut = _group_position(branch)
+  if branch == 'stem':
+    return None
+  if branch == 'head':
+    return r'^(?!head/)'
+  stages = '|'.join(str(i) for i in range(1, cut))
+  return rf'^(conv_init|bn_init|stage({stages})_[^/]*)/' if stages else r'^(conv_init|bn_init)/'
 
 
 def init_head(num_classes: int, num_features: int, rng: jax.Array) -> dict:
@@ -150,28 +200,49 @@ class ResNet(nn.Module):
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
 
+  @property
+  def layer_groups(self) -> tuple[str, ...]:
+    """This network's layer groups (and cut points) in forward order: 'stem', 'stage1' .. 'stageS', 'head'."""
+    return ('stem',) + tuple(f'stage{i + 1}' for i in range(len(self.stage_sizes))) + ('head',)
+
   @nn.compact
   def __call__(
-      self, x: jax.Array, train: bool = True, return_features: bool = False
+      self, x: jax.Array, train: bool = True, return_features: bool = False, *, start: str = 'stem',
+      stop: str | None = None,
   ) -> jax.Array | tuple[jax.Array, jax.Array]:
-    """Classifies a batch of images.
+    """Classifies a batch of images, or runs the layer groups from ``start`` to before ``stop``.
 
     Args:
-      x: float images ``[B, H, W, 3]``.
+      x: float images ``[B, H, W, 3]``; with ``start`` past 'stem', the output of ``apply(..., stop=start)``.
       train: if True, BatchNorm normalises with batch statistics and updates
         ``batch_stats`` (apply with ``mutable=['batch_stats']``); if False it
         uses the running averages.
       return_features: also return the pooled features fed to the head.
+      start, stop: layer groups (``layer_groups``; module docstring): run the groups from ``start`` up to, not
+        including, ``stop`` (None: through the head). Only the variables of the groups run are read.
 
     Returns:
       logits float32 ``[B, num_classes]``, or ``(logits, features)`` with
       features float32 ``[B, D]``, ``D = num_filters * 2**(len(stage_sizes)-1)
-      * block_cls.expansion``.
+      * block_cls.expansion``. With ``stop`` set: the activations at ``stop``, ``[B, h, w, c]`` in the compute
+      dtype, or the float32 features ``[B, D]`` for ``stop='head'``.
     """
     if self.stem not in STEMS:
       raise ValueError(f'Unknown stem {self.stem!r}; use one of {STEMS}.')
-    if x.ndim != 4:
-      raise ValueError(f'Expected NHWC images [B, H, W, C], got shape {x.shape}.')
+    groups = self.layer_groups
+    for name, group in (('start', start), ('stop', stop or 'head')):
+      if group not in groups:
+        raise ValueError(f'{name}={group!r} is not a layer group of this ResNet; use one of {groups}.')
+    first, end = groups.index(start), (groups.index(stop) if stop else len(groups))
+    if first > end:
+      raise ValueError(f'start={start!r} comes after stop={stop!r}.')
+    if return_features and stop:
+      raise ValueError('return_features needs the head to run (stop=None).')
+    want_ndim = 2 if start == 'head' else 4
+    if x.ndim != want_ndim:
+      raise ValueError(f'Expected {"features [B, D]" if want_ndim == 2 else "NHWC images [B, H, W, C]"} at '
+                       f'start={start!r}, got shape {x.shape}.')
+    runs = lambda group: first <= groups.index(group) < end
 
     conv = functools.partial(
         nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=_conv_kernel_init
@@ -185,20 +256,23 @@ class ResNet(nn.Module):
         axis_name=self.bn_axis_name,
     )
 
-    if self.stem == 'imagenet':
-      x = conv(
-          self.num_filters, (7, 7), (2, 2), padding=_same_padding(7), name='conv_init'
-      )(x)
-      x = norm(name='bn_init')(x)
-      x = nn.relu(x)
-      # max_pool pads with -inf, so explicit padding matches PyTorch's MaxPool2d(3, 2, 1).
-      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=_same_padding(3))
-    else:
-      x = conv(self.num_filters, (3, 3), padding=_same_padding(3), name='conv_init')(x)
-      x = norm(name='bn_init')(x)
-      x = nn.relu(x)
+    if runs('stem'):
+      if self.stem == 'imagenet':
+        x = conv(
+            self.num_filters, (7, 7), (2, 2), padding=_same_padding(7), name='conv_init'
+        )(x)
+        x = norm(name='bn_init')(x)
+        x = nn.relu(x)
+        # max_pool pads with -inf, so explicit padding matches PyTorch's MaxPool2d(3, 2, 1).
+        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=_same_padding(3))
+      else:
+        x = conv(self.num_filters, (3, 3), padding=_same_padding(3), name='conv_init')(x)
+        x = norm(name='bn_init')(x)
+        x = nn.relu(x)
 
     for i, block_size in enumerate(self.stage_sizes):
+      if not runs(f'stage{i + 1}'):
+        continue
       for j in range(block_size):
         strides = (2, 2) if i > 0 and j == 0 else (1, 1)
         x = self.block_cls(
@@ -209,13 +283,16 @@ class ResNet(nn.Module):
             act=nn.relu,
             name=f'stage{i + 1}_block{j + 1}',
         )(x)
+      if i == len(self.stage_sizes) - 1:
+        # Pool and classify in float32: a bf16 mean over H*W positions and bf16
+        # logits lose precision that the softmax and the specialist deltas need.
+        x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
 
-    # Pool and classify in float32: a bf16 mean over H*W positions and bf16
-    # logits lose precision that the softmax and the specialist deltas need.
-    features = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-    logits = _head(self.num_classes)(features)
+    if not runs('head'):
+      return x
+    logits = _head(self.num_classes)(x)
     if return_features:
-      return logits, features
+      return logits, x
     return logits
 
 

@@ -98,6 +98,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     except re.error as e:
       problems.append(f'specialists.leaves={cfg.leaves!r}: not a known set {tuple(specialists.LEAVES)} nor a valid '
                       f'regex ({e}).')
+  if config.model in models.MODELS:
+    try:
+      specialists.check_branch(cfg.branch, stages.make_model(config, 1))
+    except ValueError as e:
+      problems.append(str(e))
   hierarchy_ok = not any(p.startswith('hierarchy=') for p in problems)
   if hierarchy_ok and cfg.superclasses:
     n = stages.make_hierarchy(config).num_superclasses

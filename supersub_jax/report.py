@@ -11,6 +11,7 @@ key                                    meaning
                                        superclass counts as an error
 ``supersub.oracle_top1``               Super-Sub with the true superclass given (the specialists' own accuracy)
 ``supersub.top2_top1``                 Super-Sub with top-2 routing (uncertain images also run the second specialist)
+``supersub.branch``                    config.specialists.branch: layers before it are the generalist's, run once
 ``errors.within_superclass_fraction``  of the vanilla network's errors, the fraction whose prediction lies in the true
                                        superclass (the paper's finding (i))
 ``storage.factor``                     bytes of generalist + all specialists, in units of one network

@@ -8,6 +8,10 @@ For superclass k the trainable pytree is ``{'delta': delta, 'head': head}``:
 * ``head`` is a new dense classifier over the superclass's subclasses, padded to the largest superclass so that
   every specialist has the same shapes (``logit_mask`` hides the padding); only its ``n_k`` real columns are exported.
 * BatchNorm statistics are per specialist, initialised from the generalist's.
+* ``config.specialists.branch`` (a ``models`` layer group) shares a trunk: the layers before it carry no delta and
+  run in eval mode with the generalist's statistics, so they stay the generalist's exactly, and two-stage
+  inference runs them once per image. 'stem' (nothing shared) puts a delta on every backbone layer; 'head' keeps
+  the generalist's features and trains a head alone. Only the statistics from the branch on are exported.
 
 The sparsity mask lives in ``TrainState.masks`` and follows ``config.specialists.sparsity_schedule``; it is updated
 and re-applied inside the same compiled step, so masked entries are exactly zero after every step.
@@ -42,10 +46,35 @@ ITEMS = ('state', 'compressed', 'data', 'meta')
 
 
 def delta_config(cfg) -> delta_lib.DeltaConfig:
-  """The DeltaConfig of ``config.specialists`` (bits 0 means no quantization)."""
+  """The DeltaConfig of ``config.specialists`` (bits 0 means no quantization): no delta on the head or the trunk
+  before ``cfg.branch``."""
   pattern = LEAVES.get(cfg.leaves, cfg.leaves)
   bits = int(cfg.bits) or None
-  return delta_lib.DeltaConfig(bits=bits, granularity=cfg.granularity, pattern=pattern, exclude=r'^head/')
+  trunk = models.trunk_regex(cfg.branch)
+  exclude = delta_lib.EXCLUDE_HEAD if trunk is None else f'{delta_lib.EXCLUDE_HEAD}|{trunk}'
+  return delta_lib.DeltaConfig(bits=bits, granularity=cfg.granularity, pattern=pattern, exclude=exclude)
+
+
+def check_branch(branch: str, model) -> None:
+  """Raises ValueError unless ``branch`` is a layer group of ``model`` (``models.ResNet.layer_groups``)."""
+  if branch not in model.layer_groups:
+    raise ValueError(f'config.specialists.branch={branch!r} is not a layer group of this model; use one of '
+                     f'{model.layer_groups} (\'stem\': a delta on every layer, \'head\': the generalist\'s '
+                     'features and a new head).')
+
+
+def make_apply_fn(model, branch: str):
+  """``model.apply`` for a specialist with a shared trunk: the groups before ``branch`` are frozen. They always
+  normalise with their running averages, so training neither uses nor changes batch statistics there, and no
+  gradient flows into them (nor is the backward pass through them computed)."""
+  if branch == 'stem':
+    return model.apply
+
+  def apply(variables, images, train: bool = True, mutable=False):
+    trunk_out = jax.lax.stop_gradient(model.apply(variables, images, train=False, stop=branch))
+    return model.apply(variables, trunk_out, train=train, start=branch, mutable=mutable)
+
+  return apply
 
 
 def make_params_fn(dcfg: delta_lib.DeltaConfig):
@@ -96,9 +125,12 @@ def specialist_dir(workdir: str, hierarchy, k: int) -> str:
   return os.path.join(stages.stage_dir(workdir, 'specialists'), f'{k:03d}_{name}')
 
 
-def _init_state(generalist, base, dcfg, tx, max_subclasses: int, seed: int):
+def _init_state(generalist, base, dcfg, tx, max_subclasses: int, seed: int, branch: str):
   """A specialist's initial TrainState: zero delta, dense masks, a fresh head, the generalist's BN statistics."""
-  delta = delta_lib.init_delta(base, dcfg.pattern, dcfg.exclude)
+  if branch == 'head':  # nothing below the head changes: an empty delta (init_delta refuses to select nothing)
+    delta = jax.tree.map(lambda _: None, base)
+  else:
+    delta = delta_lib.init_delta(base, dcfg.pattern, dcfg.exclude)
   masks = jax.tree.map(lambda d: np.ones(d.shape, bool), delta)
   head = models.init_head(max_subclasses, np.shape(generalist.params['head']['kernel'])[0], jax.random.key(seed))
   trainable = {'delta': jax.device_get(delta), 'head': jax.device_get(head)}
@@ -127,10 +159,12 @@ def train_specialists(config, workdir: str, *, preemption: train_lib.Preemption 
   parallel = train_lib.Parallel(config.parallelism)
   frozen = parallel.replicate(base)  # held once on each device for all specialists
   model = stages.make_model(config, hierarchy.max_subclasses)
+  check_branch(cfg.branch, model)
+  apply_fn = make_apply_fn(model, cfg.branch)
   params_fn = make_params_fn(dcfg)
   eval_fn = parallel.compile(
       lambda state, batch, frozen_and_mask: train_lib.eval_step(
-          state, batch, frozen_and_mask['base'], apply_fn=model.apply, params_fn=params_fn,
+          state, batch, frozen_and_mask['base'], apply_fn=apply_fn, params_fn=params_fn,
           logit_mask=frozen_and_mask['logit_mask']), donate_state=False)
 
   @functools.cache
@@ -140,7 +174,7 @@ def train_specialists(config, workdir: str, *, preemption: train_lib.Preemption 
     tx = train_lib.make_optimizer(cfg, num_steps)
     fn = parallel.compile(
         lambda state, batch, frozen_and_mask: train_lib.train_step(
-            state, batch, frozen_and_mask['base'], apply_fn=model.apply, tx=tx, params_fn=params_fn,
+            state, batch, frozen_and_mask['base'], apply_fn=apply_fn, tx=tx, params_fn=params_fn,
             label_smoothing=float(cfg.label_smoothing), logit_mask=frozen_and_mask['logit_mask'],
             post_update=make_post_update(cfg, num_steps), skip_nonfinite=config.nonfinite == 'skip'))
     return tx, fn
@@ -157,7 +191,8 @@ def train_specialists(config, workdir: str, *, preemption: train_lib.Preemption 
     writer = train_lib.MetricWriter(ckpt.abs_path(workdir), f'specialist_{k}')
     extra = {'base': frozen, 'logit_mask': parallel.replicate(np.asarray(hierarchy.local_valid[k]))}
     seed = int(config.seed) + 100 + k
-    fresh_state = functools.partial(_init_state, generalist, base, dcfg, tx, hierarchy.max_subclasses, seed)
+    fresh_state = functools.partial(_init_state, generalist, base, dcfg, tx, hierarchy.max_subclasses, seed,
+                                    cfg.branch)
 
     def evaluate(rstate, extra=extra, eval_source=eval_source):
       return train_lib.evaluate(rstate, eval_fn=eval_fn, parallel=parallel, frozen=extra,
@@ -165,7 +200,7 @@ def train_specialists(config, workdir: str, *, preemption: train_lib.Preemption 
 
     def finish(host_state, metrics, job=job, k=k, n_k=n_k, num_steps=num_steps, writer=writer):
       exported = exported_lib.export(host_state.params['delta'], host_state.masks, host_state.params['head'],
-                                     host_state.batch_stats, dcfg, n_k)
+                                     models.split_at(host_state.batch_stats, cfg.branch)[1], dcfg, n_k)
       nbytes = exported_lib.exported_nbytes(exported)
       kept = float(sparsity.kept_fraction(host_state.masks)) if jax.tree.leaves(host_state.masks) else 0.0
       summary = {'superclass': k, 'name': job.meta['name'], 'num_subclasses': n_k, 'num_steps': num_steps,
@@ -190,7 +225,7 @@ def train_specialists(config, workdir: str, *, preemption: train_lib.Preemption 
   oracle = sum(r['oracle_top1'] * r['test_count'] for r in results.values()) / max(count, 1)
   out = {'specialists': [results[k] for k in which], 'storage': storage, 'oracle_top1': oracle,
          'delta': {'density': float(cfg.density), 'bits': int(cfg.bits), 'granularity': cfg.granularity,
-                   'leaves': cfg.leaves}}
+                   'leaves': cfg.leaves, 'branch': cfg.branch}}
   if jax.process_index() == 0:
     path = os.path.join(stages.stage_dir(workdir, 'specialists'), 'summary.json')
     tmp = f'{path}.tmp{os.getpid()}'

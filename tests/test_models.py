@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +28,10 @@ from supersub_jax.models import (
     flops_per_example,
     init_variables,
     param_count,
+    split_at,
+    trunk_regex,
 )
+from supersub_jax.delta import path_str
 
 NUM_CLASSES = 5
 TINY_FEATURES = 32  # resnet_tiny: 8 filters doubled over 3 stages
@@ -282,6 +286,54 @@ def test_eval_mode_is_per_example_and_train_mode_is_not(tiny_small):
   train_a, _, _ = _apply(model, variables, images, True)
   train_b, _, _ = _apply(model, variables, other, True)
   assert not np.allclose(train_a[0], train_b[0], atol=1e-4)
+
+
+# --- Layer groups: cutting the network at a branch. ---
+
+def test_trunk_then_top_at_every_cut_equals_the_whole_network(tiny):
+  model, variables, images = tiny
+  whole, features, _ = _apply(model, variables, images, False)
+  assert model.layer_groups == ('stem', 'stage1', 'stage2', 'stage3', 'head')
+  for branch in model.layer_groups:
+    trunk_out = jax.jit(functools.partial(model.apply, train=False, stop=branch))(variables, images)
+    # The top reads only its own groups' variables.
+    top = {c: split_at(v, branch)[1] for c, v in variables.items()}
+    logits = jax.jit(functools.partial(model.apply, train=False, start=branch))(top, trunk_out)
+    np.testing.assert_allclose(logits, whole, rtol=1e-5, atol=1e-5, err_msg=branch)
+    if branch == 'stem':
+      np.testing.assert_array_equal(trunk_out, images)
+    elif branch == 'head':
+      np.testing.assert_allclose(trunk_out, features, rtol=1e-5, atol=1e-6)
+    else:  # NHWC activations at the input of the branch's first block
+      assert trunk_out.ndim == 4 and trunk_out.shape[0] == images.shape[0]
+
+
+def test_split_at_and_trunk_regex_divide_params_by_forward_order(tiny_small):
+  _, variables, _ = tiny_small
+  params = variables['params']
+  order = {'conv_init': 0, 'bn_init': 0, 'stage1_block1': 1, 'stage2_block1': 2, 'stage3_block1': 3, 'head': 4}
+  assert set(order) == set(params)
+  for position, branch in enumerate(('stem', 'stage1', 'stage2', 'stage3', 'head')):
+    trunk, top = split_at(params, branch)
+    assert set(trunk) == {k for k, p in order.items() if p < position}
+    assert set(top) == {k for k, p in order.items() if p >= position}
+    regex = trunk_regex(branch)
+    for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]:
+      p = path_str(path)
+      in_trunk = p.split('/')[0] in trunk
+      assert (regex is not None and re.search(regex, p) is not None) == in_trunk, (branch, p)
+  with pytest.raises(ValueError, match='layer group'):
+    split_at(params, 'block3')
+
+
+def test_bad_cut_points_are_rejected(tiny_small):
+  model, variables, images = tiny_small
+  with pytest.raises(ValueError, match='stage9'):
+    model.apply(variables, images, train=False, stop='stage9')
+  with pytest.raises(ValueError, match='comes after'):
+    model.apply(variables, images, train=False, start='stage3', stop='stage1')
+  with pytest.raises(ValueError, match=r'features \[B, D\]'):
+    model.apply(variables, images, train=False, start='head')
 
 
 # --- Registry, factory, helpers. ---

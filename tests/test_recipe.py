@@ -31,6 +31,14 @@ def test_every_problem_is_listed_at_once_with_its_field_and_fix(tmp_path):
   assert 'specialist: unknown field; did you mean specialists?' in message
 
 
+def test_a_branch_outside_the_model_names_its_layer_groups(tmp_path):
+  config = make_tiny_config(str(tmp_path / 'data'))
+  config.specialists.branch = 'stage4'  # resnet_tiny has three stages
+  message = _problems(config)
+  assert "config.specialists.branch='stage4' is not a layer group of this model" in message
+  assert "('stem', 'stage1', 'stage2', 'stage3', 'head')" in message
+
+
 def test_unknown_hierarchy_dataset_and_missing_init_file(tmp_path):
   config = make_tiny_config(str(tmp_path / 'data'))
   config.hierarchy = 'mixed_11'

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 
 import jax
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import make_tiny_config
+from supersub_jax import bank as bank_lib
 from supersub_jax import checkpoint as ckpt
 from supersub_jax import delta as delta_lib
 from supersub_jax import exported as exported_lib
@@ -171,3 +173,72 @@ def test_missing_eval_split_fails_before_training(tmp_path, tiny_data_dir):
   with pytest.raises(sources.DatasetNotPreparedError, match=r"split 'validation' .*available: \['test', 'train'\]"):
     recipe.run(config, str(tmp_path))
   assert not os.path.exists(tmp_path / 'vanilla' / '0') and not (tmp_path / 'metrics.jsonl').exists()
+
+
+def test_shared_trunk_apply_leaves_trunk_statistics_and_gradients_alone(tiny_data_dir):
+  config = make_tiny_config(tiny_data_dir)
+  model = stages.make_model(config, 4)
+  variables = jax.device_get(models.init_variables(model, jax.random.key(0), (16, 16, 3)))
+  images = np.float32(np.random.RandomState(0).randn(4, 16, 16, 3))
+  apply = specialists.make_apply_fn(model, 'stage2')
+
+  def loss(params):
+    logits, new = apply({'params': params, 'batch_stats': variables['batch_stats']}, images, train=True,
+                        mutable=['batch_stats'])
+    return logits.sum(), new['batch_stats']
+
+  grads, new_stats = jax.grad(loss, has_aux=True)(variables['params'])
+  for key in variables['batch_stats']:
+    same = all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(variables['batch_stats'][key]),
+                                                    jax.tree.leaves(new_stats[key])))
+    assert same == (key in ('bn_init',) or key.startswith('stage1_')), key  # train mode only from the branch
+  for key in grads:
+    nonzero = any(np.abs(g).max() > 0 for g in jax.tree.leaves(grads[key]))
+    assert nonzero == (models.group_of(key) in ('stage2', 'stage3', 'head')), key
+
+
+@pytest.mark.parametrize('branch', ['stage2', 'head'])
+def test_shared_trunk_specialists_change_only_the_top_and_predict_like_their_dense_exports(
+    tmp_path, tiny_workdir, branch):
+  from supersub_jax import convert  # pylint: disable=g-import-not-at-top
+  from supersub_jax import evaluation  # pylint: disable=g-import-not-at-top
+  from supersub_jax import inference  # pylint: disable=g-import-not-at-top
+  config, trained, _ = tiny_workdir
+  workdir = str(tmp_path / 'w')
+  for stage in ('vanilla', 'superclass'):  # the same generalist; only the specialists are new
+    shutil.copytree(os.path.join(trained, stage), os.path.join(workdir, stage))
+  config = make_tiny_config(config.data_dir)
+  config.stages, config.specialists.branch = ('specialists',), branch
+  recipe.run(config, workdir)
+
+  hierarchy = stages.make_hierarchy(config)
+  generalist = stages.load_network(config, workdir, 'superclass', hierarchy)
+  top_stats = set(models.split_at(generalist.batch_stats, branch)[1])
+  gm = stages.make_model(config, hierarchy.num_superclasses)
+  images = np.float32(np.random.RandomState(1).randn(12, 16, 16, 3))
+  routes = np.argmax(gm.apply({'params': generalist.params, 'batch_stats': generalist.batch_stats}, images,
+                              train=False), -1)
+  want = np.zeros(len(images), np.int64)
+  for k in range(hierarchy.num_superclasses):
+    exported = specialists.load_exported(config, workdir, k, generalist, hierarchy)
+    groups = {models.group_of(keys[0]) for keys, _ in exported_lib.walk_records(exported['delta'])}
+    assert groups == ({'stage2', 'stage3'} if branch == 'stage2' else set()), groups
+    assert set(exported['batch_stats']) == top_stats
+    dense = convert.dense_specialist(config, workdir, k)
+    trunk = models.split_at(generalist.params, branch)[0]
+    for a, b in zip(jax.tree.leaves(trunk), jax.tree.leaves(models.split_at(dense['params'], branch)[0])):
+      np.testing.assert_array_equal(a, b)
+    # The reference: the dense network, whole, on the images the generalist sends to k.
+    local = np.argmax(stages.make_model(config, int(hierarchy.sizes[k])).apply(dense, images, train=False), -1)
+    want[routes == k] = np.asarray(hierarchy.local_to_label)[k, local[routes == k]]
+
+  state = evaluation.load_trained(config, workdir).state
+  assert state.branch == branch
+  got = inference.predict(state, images, generalist_model=gm,
+                          specialist_model=stages.make_model(config, hierarchy.max_subclasses))
+  np.testing.assert_array_equal(got['superclass'], routes)
+  np.testing.assert_array_equal(got['label'], want)
+  with pytest.raises(ValueError, match="branching at 'stem'"):  # specialists built for another branch
+    bank_lib.build_supersub({'params': generalist.params, 'batch_stats': generalist.batch_stats},
+                            [specialists.load_exported(config, workdir, k, generalist, hierarchy) for k in range(3)],
+                            hierarchy, branch='stem')
