@@ -84,7 +84,8 @@ def default_config() -> ml_collections.ConfigDict:
   config.nonfinite = 'stop'             # a step whose loss or updated parameters are not finite: 'stop' the run
                                         # (nothing non-finite is ever saved) or 'skip' the step (keep the old state)
   config.compilation_cache_dir = '~/.cache/supersub_jax/jax'  # XLA's persistent compilation cache ('' = off)
-  config.stages = ('vanilla', 'superclass', 'specialists')
+  config.stages = ('vanilla', 'superclass', 'specialists')  # + 'vanilla_matched': the flat network trained for the
+                                        # whole pipeline's steps, the compute-matched baseline of report.json
   config.parallelism = 'pmap'           # 'pmap' | 'shard_map'
   config.log_every_steps = 50
   config.checkpoint_every_steps = 500
@@ -184,7 +185,8 @@ def meaning_differences(stored: Mapping[str, Any], config: ml_collections.Config
   """
   old = default_config()
   old.update(dict(stored))
-  others = tuple(f'{s}.' for s in STAGE_SECTIONS if s != stage)
+  section = 'vanilla' if stage == 'vanilla_matched' else stage  # trained with config.vanilla's settings
+  others = tuple(f'{s}.' for s in STAGE_SECTIONS if s != section)
   return [d for d in differences(old, config)
           if not d.split(':', 1)[0].startswith(HARMLESS + others) and d.split(':', 1)[0] not in HARMLESS]
 

@@ -52,14 +52,20 @@ def _peak_rss_bytes() -> int:
 
 
 def collect_predictions(config, workdir: str, hierarchy, vanilla, state, generalist_model, specialist_model,
-                        *, threshold: float, chunk_sizes: tuple[int, ...]) -> dict[str, np.ndarray]:
-  """Labels and predictions of every image of config.eval_split, as int arrays [M] (padding dropped)."""
+                        *, threshold: float, chunk_sizes: tuple[int, ...],
+                        vanilla_matched: stages.Network | None = None) -> dict[str, np.ndarray]:
+  """Labels and predictions of every image of config.eval_split, as int arrays [M] (padding dropped); with
+  ``vanilla_matched``, its predictions too."""
   source = stages.load_source(config, config.eval_split, hierarchy)
   batches = stages.eval_batches(config, source, label_mode='subclass', batch_size=config.evaluate.batch_size,
                                 process_index=0, process_count=1, local_device_count=1)
   vanilla_apply = _apply_fn(vanilla.model)
   vanilla_vars = {'params': vanilla.params, 'batch_stats': vanilla.batch_stats}
   keys = ('subclass', 'superclass', 'vanilla', 'generalist', 'supersub', 'oracle', 'top2', 'second')
+  if vanilla_matched is not None:
+    keys += ('vanilla_matched',)
+    matched_apply = _apply_fn(vanilla_matched.model)
+    matched_vars = {'params': vanilla_matched.params, 'batch_stats': vanilla_matched.batch_stats}
   out = {k: [] for k in keys}
   for batch in batches:
     keep = batch['mask'].reshape(-1) > 0
@@ -78,6 +84,8 @@ def collect_predictions(config, workdir: str, hierarchy, vanilla, state, general
         'oracle': np.asarray(oracle['label']), 'top2': np.asarray(top2['label']),
         'second': np.asarray(top2['second']),
     }
+    if vanilla_matched is not None:
+      rows['vanilla_matched'] = np.argmax(np.asarray(matched_apply(matched_vars, images)), -1)
     for k in keys:
       out[k].append(np.asarray(rows[k])[keep])
   return {k: np.concatenate(v) for k, v in out.items()}
@@ -190,13 +198,15 @@ def measure_inference(config, trained: Trained, *, chunk_sizes: tuple[int, ...])
 
 @dataclasses.dataclass
 class Trained:
-  """A finished workdir, loaded for inference: the networks, the exported specialists and the SuperSub state."""
+  """A finished workdir, loaded for inference: the networks, the exported specialists and the SuperSub state
+  (``vanilla_matched``: the compute-matched baseline, when ``config.stages`` trains it)."""
   hierarchy: Any
   vanilla: stages.Network
   generalist: stages.Network
   exported: list
   state: bank_lib.SuperSub
   specialist_model: Any
+  vanilla_matched: stages.Network | None = None
 
 
 def load_trained(config, workdir: str) -> Trained:
@@ -208,8 +218,11 @@ def load_trained(config, workdir: str) -> Trained:
               for k in range(hierarchy.num_superclasses)]
   state = bank_lib.build_supersub({'params': generalist.params, 'batch_stats': generalist.batch_stats}, exported,
                                   hierarchy, branch=config.specialists.branch)
+  matched = None
+  if 'vanilla_matched' in config.stages:
+    matched = stages.load_network(config, workdir, 'vanilla_matched', hierarchy)
   return Trained(hierarchy, vanilla, generalist, exported, state,
-                 stages.make_model(config, hierarchy.max_subclasses))
+                 stages.make_model(config, hierarchy.max_subclasses), matched)
 
 
 def run(config, workdir: str) -> dict:
@@ -223,7 +236,7 @@ def run(config, workdir: str) -> dict:
   threshold = float(config.evaluate.top2_threshold)
   chunk_sizes = tuple(int(c) for c in config.evaluate.chunk_sizes)
   p = collect_predictions(config, workdir, hierarchy, vanilla, state, generalist.model, specialist_model,
-                          threshold=threshold, chunk_sizes=chunk_sizes)
+                          threshold=threshold, chunk_sizes=chunk_sizes, vanilla_matched=trained.vanilla_matched)
 
   l2s = np.asarray(hierarchy.label_to_superclass)
   acc = report_lib.accuracy
@@ -261,7 +274,17 @@ def run(config, workdir: str) -> dict:
       'supersub_errors': report_lib.error_breakdown(p['supersub'], p['subclass'], l2s),
       'per_superclass': per_superclass,
       'storage': storage,
+      'compute': {'vanilla_steps': int(config.vanilla.num_train_steps), 'supersub_steps': stages.pipeline_steps(
+          config, hierarchy), 'batch_size': int(config.batch_size)},
   }
+  supersub_top1 = report['supersub']['top1']
+  if 'vanilla_matched' in p:  # the flat network trained for Super-Sub's whole budget
+    top1 = acc(p['vanilla_matched'], p['subclass'])
+    report['baselines'] = {'vanilla_matched': {'top1': top1, 'steps': report['compute']['supersub_steps']['total'],
+                                               'supersub_minus': supersub_top1 - top1}}
+    for k, row in enumerate(per_superclass):
+      sel = p['superclass'] == k
+      row['vanilla_matched_top1'] = acc(p['vanilla_matched'][sel], p['subclass'][sel])
   report.update(measure_inference(config, trained, chunk_sizes=chunk_sizes))
   report['memory']['bank_export_bytes'] = sum(sum(b.values()) for b in parts)
 

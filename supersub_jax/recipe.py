@@ -76,7 +76,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config[field] < 1 or config[field] % devices:
       problems.append(f'{field}={config[field]}: not divisible by the {devices} devices; use a multiple of '
                       f'{devices}, e.g. {max(devices, config[field] // devices * devices)}.')
-  for stage in stages.STAGES:
+  for stage in config_lib.STAGE_SECTIONS:
     cfg = config[stage]
     _choice(problems, f'{stage}.optimizer', cfg.optimizer, ('sgd', 'adamw'))
     _choice(problems, f'{stage}.schedule', cfg.schedule, ('cosine', 'step', 'constant'))
@@ -109,7 +109,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     bad = [k for k in cfg.superclasses if not 0 <= k < n]
     if bad:
       problems.append(f'specialists.superclasses: {bad} outside [0, {n}) of hierarchy {config.hierarchy!r}.')
-  uses_init = 'vanilla' in config.stages or ('superclass' in config.stages and not config.superclass.init_from_vanilla)
+  uses_init = ({'vanilla', 'vanilla_matched'} & set(config.stages)
+               or ('superclass' in config.stages and not config.superclass.init_from_vanilla))
   if uses_init and config.init.path and not os.path.exists(os.path.expanduser(config.init.path)):
     problems.append(f'init.path={config.init.path!r}: no such file or directory; download the weights (see the '
                     "config's docstring) or leave init.path empty for a random start.")

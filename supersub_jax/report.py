@@ -12,6 +12,9 @@ key                                    meaning
 ``supersub.oracle_top1``               Super-Sub with the true superclass given (the specialists' own accuracy)
 ``supersub.top2_top1``                 Super-Sub with top-2 routing (uncertain images also run the second specialist)
 ``supersub.branch``                    config.specialists.branch: layers before it are the generalist's, run once
+``baselines.vanilla_matched.top1``     with the ``vanilla_matched`` stage: the flat network trained for Super-Sub's whole
+                                       budget (``compute.supersub_steps.total`` steps); ``.supersub_minus`` the gap
+``compute.supersub_steps.total``       optimizer steps behind Super-Sub's predictions (``stages.pipeline_steps``)
 ``errors.within_superclass_fraction``  of the vanilla network's errors, the fraction whose prediction lies in the true
                                        superclass (the paper's finding (i))
 ``storage.factor``                     bytes of generalist + all specialists, in units of one network
@@ -156,6 +159,58 @@ def _fmt_bytes(n: float) -> str:
   return str(n)
 
 
+def mean_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
+  """(mean, low, high): the Student-t interval for the mean of ``values`` (e.g. paired differences over seeds);
+  NaN bounds for fewer than two values."""
+  from scipy import stats  # pylint: disable=g-import-not-at-top  (a jax dependency; only needed here)
+  v = np.asarray(values, float)
+  mean = float(v.mean())
+  if v.size < 2:
+    return mean, float('nan'), float('nan')
+  half = float(stats.t.ppf(0.5 + confidence / 2, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size))
+  return mean, mean - half, mean + half
+
+
+def _compute_rows(r: Mapping) -> list[tuple[str, str]]:
+  compute, matched = r.get('compute'), r.get('baselines', {}).get('vanilla_matched')
+  rows = []
+  if compute:
+    steps = compute['supersub_steps']
+    rows.append((f"optimizer steps at batch {compute['batch_size']}: vanilla vs Super-Sub",
+                 f"{compute['vanilla_steps']:,} vs {steps['total']:,} ({steps['vanilla']:,} vanilla + "
+                 f"{steps['superclass']:,} generalist + {steps['specialists']:,} specialists)"))
+  if matched:
+    rows += [(f"vanilla trained for Super-Sub's {matched['steps']:,} steps, top-1", f"{matched['top1']:.4f}"),
+             ('Super-Sub - compute-matched vanilla (top-1 points)', f"{100 * matched['supersub_minus']:+.2f}")]
+  return rows
+
+
+# The paper's headline claims (Wen et al., arXiv 2201.08098), each with the report value that tests it.
+PAPER_CLAIMS = (
+    ('most errors of one network stay within the true superclass', 'most'),
+    ('Super-Sub top-1 over one network trained on all subclasses', '+3.3 points'),
+    ('storage of N specialists + generalist', '0.2N+1'),
+    ('inference memory', 'that of one network'),
+)
+
+
+def paper_claims_rows(report: Mapping) -> list[tuple[str, str, str]]:
+  """(claim, the paper's value, ours) for ``PAPER_CLAIMS``, from one report (one run: no interval)."""
+  r = report
+  gain = f"{100 * (r['supersub']['top1'] - r['vanilla']['top1']):+.2f} points"
+  matched = r.get('baselines', {}).get('vanilla_matched')
+  gain += (f"; {100 * matched['supersub_minus']:+.2f} against one network trained as long" if matched else
+           '; not at equal compute (no vanilla_matched stage in this run)')
+  mem, resident = r['memory'], r['memory'].get('params_resident')
+  memory = (f"{mem['supersub_bytes'] / max(mem['single_bytes'], 1):.2f}x at batch {mem.get('batch_size', '?')} "
+            '(compiled call)')
+  if resident:
+    memory += f"; parameters on device {resident['supersub_bytes'] / max(resident['single_bytes'], 1):.2f}x"
+  ours = (f"{r['errors']['within_superclass_fraction']:.1%} of {r['errors']['errors']}", gain,
+          f"{r['storage']['alpha']:.3f}N+1 (N={r['storage']['num_superclasses']})", memory)
+  return [(claim, paper, value) for (claim, paper), value in zip(PAPER_CLAIMS, ours)]
+
+
 def summary_rows(report: Mapping) -> list[tuple[str, str]]:
   """(metric, value) rows of the headline table."""
   r = report
@@ -168,6 +223,7 @@ def summary_rows(report: Mapping) -> list[tuple[str, str]]:
        f"{r['supersub'].get('top2_second_fraction', 0):.1%} of images run 2 specialists)",
        f"{r['supersub']['top2_top1']:.4f}"),
       ('Super-Sub - vanilla (top-1 points)', f"{100 * (r['supersub']['top1'] - r['vanilla']['top1']):+.2f}"),
+      *_compute_rows(r),
       ('vanilla errors within the true superclass', f"{r['errors']['within_superclass_fraction']:.1%} "
        f"of {r['errors']['errors']}"),
       ('storage (networks): Super-Sub vs naive N+1', f"{r['storage']['factor']:.3f} vs "
@@ -195,15 +251,21 @@ def render_markdown(report: Mapping) -> str:
            f"Dataset `{report.get('dataset', '?')}`, hierarchy `{report.get('hierarchy', '?')}` "
            f"({report['storage']['num_superclasses']} superclasses, {report.get('num_subclasses', '?')} subclasses), "
            f"{report.get('test_count', '?')} held-out images (split `{report.get('split', 'test')}`).", '',
-           '| metric | value |', '|---|---|']
+           '## The paper\'s claims beside this run', '', '| claim | paper | this run |', '|---|---|---|']
+  lines += [f'| {a} | {b} | {c} |' for a, b, c in paper_claims_rows(report)]
+  lines += ['', 'One run, so no interval: `benchmarks/seeds.py` repeats the job over seeds.', '',
+            '## Summary', '', '| metric | value |', '|---|---|']
   lines += [f'| {a} | {b} |' for a, b in summary_rows(report)]
   per = report.get('per_superclass')
   if per:
+    matched = 'vanilla_matched_top1' in per[0]
     lines += ['', '## Per superclass (subclass top-1 on the superclass\'s held-out images)', '',
-              '| # | superclass | subclasses | vanilla | Super-Sub | specialist (oracle) | generalist routing |',
-              '|---|---|---|---|---|---|---|']
+              '| # | superclass | subclasses | vanilla | ' + ('compute-matched vanilla | ' if matched else '')
+              + 'Super-Sub | specialist (oracle) | generalist routing |',
+              '|---|---|---|---|---|---|---|' + ('---|' if matched else '')]
     for row in per:
-      lines.append(f"| {row['index']} | {row['name']} | {row['num_subclasses']} | {row['vanilla_top1']:.4f} | "
+      extra = f" {row['vanilla_matched_top1']:.4f} |" if matched else ''
+      lines.append(f"| {row['index']} | {row['name']} | {row['num_subclasses']} | {row['vanilla_top1']:.4f} |{extra} "
                    f"{row['supersub_top1']:.4f} | {row['oracle_top1']:.4f} | {row['routing_top1']:.4f} |")
   storage = report['storage']
   lines += ['', '## Storage', '',

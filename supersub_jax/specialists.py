@@ -108,18 +108,6 @@ def make_post_update(cfg, num_steps: int):
   return post_update
 
 
-def specialist_steps(cfg, num_examples: int, batch_size: int) -> int:
-  """Optimizer steps of one specialist: ``cfg.num_train_steps``, or with ``cfg.num_epochs > 0`` that many passes
-  over the superclass's training examples (at least ``cfg.min_steps``, rounded up to a multiple of
-  ``cfg.steps_multiple`` so that specialists of similar size share one compiled step)."""
-  epochs = float(cfg.get('num_epochs', 0.0))
-  if epochs <= 0:
-    return int(cfg.num_train_steps)
-  steps = max(int(np.ceil(epochs * num_examples / batch_size)), int(cfg.get('min_steps', 1)))
-  multiple = max(int(cfg.get('steps_multiple', 1)), 1)
-  return int(np.ceil(steps / multiple) * multiple)
-
-
 def specialist_dir(workdir: str, hierarchy, k: int) -> str:
   name = hierarchy.superclasses[k].name.replace('/', '_').replace(' ', '_')
   return os.path.join(stages.stage_dir(workdir, 'specialists'), f'{k:03d}_{name}')
@@ -185,7 +173,7 @@ def train_specialists(config, workdir: str, *, preemption: train_lib.Preemption 
     n_k = int(hierarchy.sizes[k])
     train_source = stages.load_source(config, 'train', hierarchy, superclass=k)
     eval_source = stages.load_source(config, config.eval_split, hierarchy, superclass=k)
-    num_steps = specialist_steps(cfg, len(train_source), config.batch_size)
+    num_steps = stages.specialist_steps(cfg, len(train_source), config.batch_size)
     job = _job(config, workdir, hierarchy, k, num_steps, generalist_fingerprint)
     tx, step_fn = compiled_step(num_steps)
     writer = train_lib.MetricWriter(ckpt.abs_path(workdir), f'specialist_{k}')

@@ -3,6 +3,8 @@
 * ``vanilla``: one network on all subclasses of the hierarchy (flat global labels): the paper's baseline.
 * ``superclass``: the generalist on superclass labels, started from the vanilla network's backbone
   (``superclass.init_from_vanilla``) or from ``config.init``.
+* ``vanilla_matched`` (optional): the vanilla network's recipe (``config.vanilla``) trained for as many optimizer
+  steps, hence images, as the whole Super-Sub pipeline (``pipeline_steps``): the compute-matched baseline.
 
 The specialists stage is ``supersub_jax.specialists``; ``supersub_jax.recipe.run`` runs ``config.stages`` in order.
 Each stage writes its own orbax checkpoint directory ``<workdir>/<stage>``; resuming, the settings checks and the
@@ -19,6 +21,7 @@ from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from supersub_jax import checkpoint as ckpt
 from supersub_jax import hierarchy as hierarchy_lib
@@ -28,7 +31,13 @@ from supersub_jax import train as train_lib
 from supersub_jax import weights
 from supersub_jax.data import pipeline, sources
 
-STAGES = ('vanilla', 'superclass', 'specialists')
+STAGES = ('vanilla', 'superclass', 'specialists', 'vanilla_matched')
+NETWORK_STAGES = ('vanilla', 'superclass', 'vanilla_matched')  # one network each, trained by train_network
+
+
+def section(stage: str) -> str:
+  """The config section holding a stage's optimizer settings: ``vanilla_matched`` trains with ``config.vanilla``'s."""
+  return 'vanilla' if stage == 'vanilla_matched' else stage
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -86,9 +95,41 @@ def config_json(config) -> dict:
   return json.loads(config.to_json_best_effort())
 
 
+def specialist_steps(cfg, num_examples: int, batch_size: int) -> int:
+  """Optimizer steps of one specialist: ``cfg.num_train_steps``, or with ``cfg.num_epochs > 0`` that many passes
+  over the superclass's training examples (at least ``cfg.min_steps``, rounded up to a multiple of
+  ``cfg.steps_multiple`` so that specialists of similar size share one compiled step)."""
+  epochs = float(cfg.get('num_epochs', 0.0))
+  if epochs <= 0:
+    return int(cfg.num_train_steps)
+  steps = max(int(np.ceil(epochs * num_examples / batch_size)), int(cfg.get('min_steps', 1)))
+  multiple = max(int(cfg.get('steps_multiple', 1)), 1)
+  return int(np.ceil(steps / multiple) * multiple)
+
+
+def pipeline_steps(config, hierarchy=None) -> dict[str, int]:
+  """Optimizer steps (at ``config.batch_size``) that Super-Sub's predictions cost: the generalist, each specialist
+  of ``config.specialists.superclasses`` (all by default), and the vanilla network when the generalist starts from
+  it. Returns {'vanilla', 'superclass', 'specialists', 'total'}; 'total' is ``vanilla_matched``'s budget."""
+  hierarchy = hierarchy or make_hierarchy(config)
+  which = list(config.specialists.superclasses) or list(range(hierarchy.num_superclasses))
+  specialists = sum(specialist_steps(config.specialists, len(load_source(config, 'train', hierarchy, superclass=k)),
+                                     config.batch_size) for k in which)
+  vanilla = int(config.vanilla.num_train_steps) if initial_backbone_source(config, 'superclass') == 'vanilla' else 0
+  steps = {'vanilla': vanilla, 'superclass': int(config.superclass.num_train_steps), 'specialists': specialists}
+  return {**steps, 'total': sum(steps.values())}
+
+
+def stage_steps(config, stage: str, hierarchy=None) -> int:
+  """The step budget of a network stage."""
+  if stage == 'vanilla_matched':
+    return pipeline_steps(config, hierarchy)['total']
+  return int(config[stage].num_train_steps)
+
+
 @dataclasses.dataclass
 class Network:
-  """A trained vanilla or superclass network, as host numpy pytrees."""
+  """A trained network of one of ``NETWORK_STAGES``, as host numpy pytrees."""
   stage: str
   model: Any
   params: Any
@@ -101,16 +142,17 @@ def stage_dir(workdir: str, stage: str) -> str:
 
 
 def _network_job(config, workdir: str, stage: str, hierarchy, fingerprints: Mapping[str, str] | None = None):
-  num_classes = hierarchy.num_subclasses if stage == 'vanilla' else hierarchy.num_superclasses
+  num_classes = hierarchy.num_superclasses if stage == 'superclass' else hierarchy.num_subclasses
   meta = {'stage': stage, 'config': config_json(config), 'hierarchy': hierarchy.to_dict(),
           'num_classes': num_classes, 'init': initial_backbone_source(config, stage),
           'fingerprints': dict(fingerprints or {})}
-  return runner.Job(stage, stage, stage_dir(workdir, stage), int(config[stage].num_train_steps), meta), num_classes
+  num_steps = stage_steps(config, stage, hierarchy)
+  return runner.Job(stage, stage, stage_dir(workdir, stage), num_steps, meta), num_classes
 
 
-def _abstract_state(config, model, stage: str, seed: int = 0):
+def _abstract_state(config, model, stage: str, num_steps: int, seed: int = 0):
   """The TrainState a network stage trains, as ShapeDtypeStructs (the target of every restore)."""
-  tx = train_lib.make_optimizer(config[stage], int(config[stage].num_train_steps))
+  tx = train_lib.make_optimizer(config[section(stage)], num_steps)
 
   def build():
     variables = models.init_variables(model, jax.random.key(seed), image_shape(config))
@@ -120,12 +162,12 @@ def _abstract_state(config, model, stage: str, seed: int = 0):
 
 
 def load_network(config, workdir: str, stage: str, hierarchy=None) -> Network:
-  """The finished 'vanilla' or 'superclass' network (params and BatchNorm statistics, numpy), checked against the
-  current settings (``runner.load_finished``)."""
+  """The finished network of ``stage`` (``NETWORK_STAGES``; params and BatchNorm statistics, numpy), checked
+  against the current settings (``runner.load_finished``)."""
   hierarchy = hierarchy or make_hierarchy(config)
   job, num_classes = _network_job(config, workdir, stage, hierarchy)
   model = make_model(config, num_classes)
-  restored = runner.load_finished(config, job, target=_abstract_state(config, model, stage)[0])
+  restored = runner.load_finished(config, job, target=_abstract_state(config, model, stage, job.num_steps)[0])
   return Network(stage, model, restored.state.params, restored.state.batch_stats, restored.meta)
 
 
@@ -148,12 +190,13 @@ def _pretrained_backbone(config, stage: str) -> dict | None:
 
 
 def train_network(config, workdir: str, stage: str, *, preemption: train_lib.Preemption | None = None) -> dict:
-  """Trains the 'vanilla' (subclass labels) or 'superclass' network; returns its held-out metrics."""
-  if stage not in ('vanilla', 'superclass'):
-    raise ValueError(f'train_network trains vanilla or superclass, not {stage!r}.')
-  cfg = config[stage]
+  """Trains the network of ``stage`` (``NETWORK_STAGES``: subclass labels, or superclass labels for the generalist);
+  returns its held-out metrics."""
+  if stage not in NETWORK_STAGES:
+    raise ValueError(f'train_network trains one of {NETWORK_STAGES}, not {stage!r}.')
+  cfg = config[section(stage)]
   hierarchy = make_hierarchy(config)
-  label_mode = 'subclass' if stage == 'vanilla' else 'superclass'
+  label_mode = 'superclass' if stage == 'superclass' else 'subclass'
   vanilla = None
   if initial_backbone_source(config, stage) == 'vanilla':
     vanilla = load_network(config, workdir, 'vanilla', hierarchy)
@@ -162,7 +205,7 @@ def train_network(config, workdir: str, stage: str, *, preemption: train_lib.Pre
   parallel = train_lib.Parallel(config.parallelism)
   model = make_model(config, num_classes)
   seed = int(config.seed) + STAGES.index(stage)
-  target, random_state, tx = _abstract_state(config, model, stage, seed)
+  target, random_state, tx = _abstract_state(config, model, stage, job.num_steps, seed)
   train_iter = train_batches(config, load_source(config, 'train', hierarchy), label_mode=label_mode, seed=seed)
   eval_source = load_source(config, config.eval_split, hierarchy)  # now: a missing split must not wait for the end
 

@@ -60,3 +60,26 @@ def test_schema_accepts_a_full_report_and_names_missing_keys(tmp_path):
     report.validate(broken)
   assert 'supersub.top2_top1: missing' in str(err.value)
   assert 'memory.single_bytes' in str(err.value)
+
+
+def test_mean_interval_is_the_student_t_interval():
+  # [1, 2, 3]: mean 2, sample std 1, t(0.975, df=2) = 4.302652729911275 (statistical tables).
+  mean, low, high = report.mean_interval([1.0, 2.0, 3.0])
+  half = 4.302652729911275 / np.sqrt(3)
+  assert mean == 2.0 and low == pytest.approx(2 - half) and high == pytest.approx(2 + half)
+  assert np.isnan(report.mean_interval([0.5])[1])
+
+
+def test_report_md_opens_with_the_papers_claims_and_shows_the_compute_matched_gap(tmp_path):
+  full = _minimal_report()
+  full['compute'] = {'vanilla_steps': 1200, 'batch_size': 128,
+                     'supersub_steps': {'vanilla': 1200, 'superclass': 300, 'specialists': 950, 'total': 2450}}
+  full['baselines'] = {'vanilla_matched': {'top1': 0.9, 'steps': 2450, 'supersub_minus': -0.0125}}
+  md = open(report.write(full, str(tmp_path))['md']).read()
+  claims = md.index("## The paper's claims beside this run")
+  assert claims < md.index('## Summary')
+  assert '| Super-Sub top-1 over one network trained on all subclasses | +3.3 points |' in md
+  assert '-1.25 against one network trained as long' in md
+  assert '| storage of N specialists + generalist | 0.2N+1 | 0.090N+1 (N=10) |' in md
+  assert "| vanilla trained for Super-Sub's 2,450 steps, top-1 | 0.9000 |" in md
+  assert '1,200 vs 2,450 (1,200 vanilla + 300 generalist + 950 specialists)' in md

@@ -123,11 +123,11 @@ def test_unknown_stage_is_rejected(tmp_path, tiny_data_dir):
 
 def test_specialist_steps_follow_the_superclass_size(tiny_data_dir):
   cfg = make_tiny_config(tiny_data_dir).specialists
-  assert specialists.specialist_steps(cfg, 10_000, 128) == cfg.num_train_steps  # num_epochs 0: fixed budget
+  assert stages.specialist_steps(cfg, 10_000, 128) == cfg.num_train_steps  # num_epochs 0: fixed budget
   cfg.num_epochs, cfg.min_steps, cfg.steps_multiple = 2.0, 5, 10
-  assert specialists.specialist_steps(cfg, 640, 128) == 10     # 2 epochs of 5 batches
-  assert specialists.specialist_steps(cfg, 1000, 128) == 20    # 16 steps, rounded up to a multiple of 10
-  assert specialists.specialist_steps(cfg, 100, 128) == 10     # at least min_steps, rounded up
+  assert stages.specialist_steps(cfg, 640, 128) == 10     # 2 epochs of 5 batches
+  assert stages.specialist_steps(cfg, 1000, 128) == 20    # 16 steps, rounded up to a multiple of 10
+  assert stages.specialist_steps(cfg, 100, 128) == 10     # at least min_steps, rounded up
 
 
 def test_vanilla_and_generalist_start_from_the_init_backbone(tmp_path, tiny_data_dir):
@@ -242,3 +242,32 @@ def test_shared_trunk_specialists_change_only_the_top_and_predict_like_their_den
     bank_lib.build_supersub({'params': generalist.params, 'batch_stats': generalist.batch_stats},
                             [specialists.load_exported(config, workdir, k, generalist, hierarchy) for k in range(3)],
                             hierarchy, branch='stem')
+
+
+def test_vanilla_matched_trains_for_the_whole_pipelines_steps_and_the_report_compares_with_it(tmp_path, tiny_workdir):
+  from supersub_jax import evaluation  # pylint: disable=g-import-not-at-top
+  config, trained, results = tiny_workdir
+  workdir = str(tmp_path / 'w')
+  for stage in ('vanilla', 'superclass', 'specialists'):  # finished: only the new stage trains
+    shutil.copytree(os.path.join(trained, stage), os.path.join(workdir, stage))
+  config = make_tiny_config(config.data_dir)
+  config.stages = ('vanilla', 'superclass', 'specialists', 'vanilla_matched')
+  matched = recipe.run(config, workdir)['vanilla_matched']
+  steps = stages.pipeline_steps(config)
+  # tiny config: 6 vanilla + 4 generalist + 3 specialists x 6 steps, all at the same batch size.
+  assert steps == {'vanilla': 6, 'superclass': 4, 'specialists': 18, 'total': 28}
+  assert ckpt.make_manager(os.path.join(workdir, 'vanilla_matched'), create=False).latest_step() == 28
+  net = stages.load_network(config, workdir, 'vanilla_matched')
+  assert net.params['head']['kernel'].shape[-1] == 7  # the flat network: every subclass
+
+  report = evaluation.run(config, workdir)
+  baseline = report['baselines']['vanilla_matched']
+  assert baseline['top1'] == pytest.approx(matched['accuracy'])  # inference agrees with the stage's own eval
+  assert baseline['steps'] == 28 and report['compute']['supersub_steps']['total'] == 28
+  assert baseline['supersub_minus'] == pytest.approx(report['supersub']['top1'] - baseline['top1'])
+  assert report['vanilla']['top1'] == pytest.approx(results['vanilla']['accuracy'])
+  assert all('vanilla_matched_top1' in row for row in report['per_superclass'])
+  # A changed vanilla recipe invalidates the matched network too: it is trained with config.vanilla's settings.
+  config.vanilla.learning_rate = 0.5
+  with pytest.raises(runner.SettingsMismatchError, match='vanilla.learning_rate'):
+    stages.load_network(config, workdir, 'vanilla_matched')
