@@ -1,18 +1,27 @@
-"""Input-pipeline throughput on the synthetic dataset (train pipeline, 32x32, batch 128).
+"""Input-pipeline throughput: images/s of the train pipeline by grain worker count.
 
     python benchmarks/input_pipeline.py --data_dir=/tmp/supersub_data [--workers=0,2]
+    python benchmarks/input_pipeline.py --dataset=imagenet2012 --data_dir=/tmp/fake_imagenet_data \
+        --image_size=224 --augment=random_resized_crop --workers=0,1,2 --batch_size=64
 
-Builds the default synthetic dataset if needed, then for each worker count times
-`train_iterator` batches after a warm-up and prints images/s.  Run under `absl.app.run`:
-grain's worker processes read absl flags, which must be parsed.
+The synthetic dataset (32x32, crop + flip) is built if needed. For imagenet2012 the script writes a fake
+ILSVRC2012 train tar of photo-like JPEGs (``--photo_size``, default 375x500; ``--fake_classes`` classes of
+Superclassing ImageNet x ``--fake_per_class`` images) into ``<data_dir>/manual`` and prepares it as the real one
+would be (array_record of the encoded JPEGs), so each batch pays what ImageNet costs: JPEG decoding, the
+random-resized crop and the resize to ``--image_size``. After a warm-up, times ``--batches`` batches and prints
+images/s, and images/s per reading process. Run under ``absl.app.run``: grain's worker processes read absl
+flags, which must be parsed.
 """
 
 import time
 
 from absl import app, flags
 
+import os
+import sys
+
 from supersub_jax import hierarchy
-from supersub_jax.data import pipeline, sources
+from supersub_jax.data import pipeline, prepare, sources
 
 _DATA_DIR = flags.DEFINE_string('data_dir', '/tmp/supersub_data', 'TFDS data directory.')
 _WORKERS = flags.DEFINE_list('workers', ['0', '2'], 'grain worker counts to measure.')
@@ -20,15 +29,21 @@ _BATCH = flags.DEFINE_integer('batch_size', 128, 'global batch size.')
 _BATCHES = flags.DEFINE_integer('batches', 60, 'timed batches per configuration.')
 _WARMUP = flags.DEFINE_integer('warmup', 10, 'untimed batches first (worker start-up).')
 _AUGMENT = flags.DEFINE_enum('augment', 'crop_flip', pipeline.AUGMENTATIONS, 'augmentation.')
+_DATASET = flags.DEFINE_enum('dataset', 'synthetic', ['synthetic', 'imagenet2012'], 'what to read.')
+_IMAGE_SIZE = flags.DEFINE_integer('image_size', 0, 'output side (0: the dataset\'s default).')
+_READ_THREADS = flags.DEFINE_integer('read_threads', 1, 'threads preparing batches in each reading process.')
+_FAKE_CLASSES = flags.DEFINE_integer('fake_classes', 10, 'imagenet2012: classes in the fake tar.')
+_FAKE_PER_CLASS = flags.DEFINE_integer('fake_per_class', 100, 'imagenet2012: JPEGs per class in the fake tar.')
+_PHOTO_SIZE = flags.DEFINE_list('photo_size', ['375', '500'], 'imagenet2012: H,W of the fake JPEGs.')
 
 
 def measure(source, workers: int) -> float:
   """Images per second of the train pipeline with `workers` grain worker processes."""
-  stats = pipeline.DATASET_STATS['synthetic']
+  stats = pipeline.DATASET_STATS[_DATASET.value]
   it = pipeline.train_iterator(
       source, global_batch_size=_BATCH.value, seed=0, augment=_AUGMENT.value,
-      image_size=stats.image_size, mean=stats.mean, std=stats.std, worker_count=workers,
-      process_index=0, process_count=1, local_device_count=1)
+      image_size=_IMAGE_SIZE.value or stats.image_size, mean=stats.mean, std=stats.std, worker_count=workers,
+      read_threads=_READ_THREADS.value, process_index=0, process_count=1, local_device_count=1)
   for _ in range(_WARMUP.value):
     next(it)
   start = time.perf_counter()
@@ -43,13 +58,32 @@ def measure(source, workers: int) -> float:
 def main(argv):
   del argv
   start = time.perf_counter()
-  source = sources.load_source('synthetic', 'train', hierarchy.synthetic(), _DATA_DIR.value)
+  if _DATASET.value == 'imagenet2012':
+    source = _fake_imagenet_source()
+  else:
+    source = sources.load_source('synthetic', 'train', hierarchy.synthetic(), _DATA_DIR.value)
   print(f'source: {source} (ready in {time.perf_counter() - start:.1f} s)')
   rows = [(int(w), measure(source, int(w))) for w in _WORKERS.value]
-  print(f'\n| workers | images/s (batch {_BATCH.value}, 32x32, {_AUGMENT.value}) |')
-  print('|---:|---:|')
+  side = _IMAGE_SIZE.value or pipeline.DATASET_STATS[_DATASET.value].image_size
+  print(f'\n| workers | images/s (batch {_BATCH.value}, {_DATASET.value} -> {side}x{side}, {_AUGMENT.value}, '
+        f'{_READ_THREADS.value} read thread(s)) | per reading process |')
+  print('|---:|---:|---:|')
   for workers, rate in rows:
-    print(f'| {workers} | {rate:,.0f} |')
+    print(f'| {workers} | {rate:,.0f} | {rate / max(workers, 1):,.0f} |')
+
+
+def _fake_imagenet_source():
+  """The train split of a fake ILSVRC2012 of photo-like JPEGs, written and prepared under --data_dir once."""
+  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'tests'))
+  from fake_imagenet import write_fake_imagenet  # pylint: disable=g-import-not-at-top
+  tree = hierarchy.get('mixed_10')
+  wnids = [sub.wnid for sup in tree.superclasses for sub in sup.subclasses][:_FAKE_CLASSES.value]
+  manual = os.path.join(_DATA_DIR.value, 'manual')
+  if not os.path.exists(os.path.join(manual, 'ILSVRC2012_img_train.tar')):
+    write_fake_imagenet(manual, wnids, _FAKE_PER_CLASS.value, val_wnids=wnids[:1],
+                        photo_size=tuple(int(x) for x in _PHOTO_SIZE.value))
+  prepare.prepare('imagenet2012', _DATA_DIR.value, manual_dir=manual)
+  return sources.load_source('imagenet2012', 'train', tree, _DATA_DIR.value, manual_dir=manual)
 
 
 if __name__ == '__main__':

@@ -25,18 +25,29 @@ def _jpeg(rng, h, w):
   return buffer.getvalue()
 
 
+def _photo_jpeg(rng, h, w):
+  """A photo-sized JPEG with photo-like statistics (smooth structure plus grain, quality 90), so that decoding
+  costs about what an ImageNet image costs; pure noise would be several times larger than a photo."""
+  coarse = Image.fromarray(rng.integers(0, 256, (max(h // 24, 2), max(w // 24, 2), 3), dtype=np.uint8))
+  smooth = np.asarray(coarse.resize((w, h), Image.BICUBIC), np.float32)
+  pixels = np.clip(smooth + rng.normal(0, 10, smooth.shape), 0, 255).astype(np.uint8)
+  buffer = io.BytesIO()
+  Image.fromarray(pixels).save(buffer, format='jpeg', quality=90)
+  return buffer.getvalue()
+
+
 def _add(tar, name, blob):
   info = tarfile.TarInfo(name)
   info.size = len(blob)
   tar.addfile(info, io.BytesIO(blob))
 
 
-def write_fake_imagenet(manual_dir, wnids, per_class, num_val=0, val_wnids=(), seed=0):
+def write_fake_imagenet(manual_dir, wnids, per_class, num_val=0, val_wnids=(), seed=0, photo_size=None):
   """ILSVRC2012_img_train.tar (one inner tar of `per_class` JPEGs per wnid) and ILSVRC2012_img_val.tar.
 
   The validation tar holds the first `num_val` validation files, plus for each of `val_wnids` the first
   validation file whose label it is (so that every listed class has a held-out image). No validation tar when
-  both are empty.
+  both are empty. Training JPEGs are tiny noise images, or photo-like ones of `photo_size` (H, W) pixels.
   """
   rng = np.random.default_rng(seed)
   os.makedirs(manual_dir, exist_ok=True)
@@ -45,7 +56,8 @@ def write_fake_imagenet(manual_dir, wnids, per_class, num_val=0, val_wnids=(), s
       inner_bytes = io.BytesIO()
       with tarfile.open(fileobj=inner_bytes, mode='w') as inner:
         for j in range(per_class):
-          _add(inner, f'{wnid}_{j}.JPEG', _jpeg(rng, 20 + 3 * j, 28))
+          blob = _photo_jpeg(rng, *photo_size) if photo_size else _jpeg(rng, 20 + 3 * j, 28)
+          _add(inner, f'{wnid}_{j}.JPEG', blob)
       _add(outer, f'{wnid}.tar', inner_bytes.getvalue())
   labels = validation_wnids()
   numbers = set(range(1, num_val + 1))
