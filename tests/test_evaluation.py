@@ -42,6 +42,15 @@ def test_report_agrees_with_the_training_stages(evaluated):
   assert report['test_count'] == 28
 
 
+def test_report_compares_with_the_compute_matched_vanilla(evaluated):
+  _, _, results, report = evaluated
+  baseline = report['baselines']['vanilla_matched']
+  assert baseline['top1'] == pytest.approx(results['vanilla_matched']['accuracy'])  # inference = the stage's eval
+  assert baseline['steps'] == report['compute']['supersub_steps']['total'] == 28
+  assert baseline['supersub_minus'] == pytest.approx(report['supersub']['top1'] - baseline['top1'])
+  assert all('vanilla_matched_top1' in row for row in report['per_superclass'])
+
+
 def test_supersub_top1_is_bounded_by_routing(evaluated):
   _, _, _, report = evaluated
   # An image counts for Super-Sub only if the generalist routed it right: top-1 <= routing accuracy.
