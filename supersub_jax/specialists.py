@@ -41,7 +41,8 @@ PyTree = Any
 LEAVES = {
     'kernels': delta_lib.KERNELS,
     'kernels_and_norm': delta_lib.KERNELS_AND_NORM,
-}  # A head-only specialist (the generalist's own features) is density=0.0: the delta is pruned to nothing.
+}  # A head-only specialist (the generalist's own features) is branch='head'; density=0.0 prunes the delta to
+   # nothing but still re-estimates every BatchNorm statistic on the superclass's images.
 ITEMS = ('state', 'compressed', 'data', 'meta')
 
 
