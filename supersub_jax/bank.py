@@ -251,17 +251,14 @@ def build_supersub(generalist_variables: Mapping[str, Any], exported: Sequence[M
   if len(exported) != n:
     raise ValueError(f'{len(exported)} exported specialists for {n} superclasses; export one per superclass, '
                      'in superclass order.')
+  # Every layer group has BatchNorm, so specialists of another branch always differ here, before any delta is read.
   top_stats = set(models.split_at(generalist_variables.get('batch_stats', {}), branch)[1])
   for k, ex in enumerate(exported):
     if set(ex.get('batch_stats', {})) != top_stats:
       raise ValueError(f'specialist {k} has BatchNorm statistics for {sorted(ex.get("batch_stats", {}))[:4]}..., '
                        f'but specialists branching at {branch!r} have them for {sorted(top_stats)[:4]}...; pass the '
                        'config.specialists.branch they were trained with.')
-  try:
-    bank = make_bank(exported, models.split_at(models.split_head(params)[0], branch)[1])
-  except ValueError as e:
-    raise ValueError(f'{e} (specialists branching at {branch!r}: is that the config.specialists.branch they were '
-                     'trained with?)') from e
+  bank = make_bank(exported, models.split_at(models.split_head(params)[0], branch)[1])
   got = np.asarray(bank.num_subclasses)
   want = np.asarray(hierarchy.sizes)
   if not np.array_equal(got, want):
