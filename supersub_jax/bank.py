@@ -2,11 +2,13 @@
 
 ``make_bank`` decodes each exported specialist (``exported.decode_record``, the one validated reader) and stacks the
 N of them on a leading axis, so that a compiled function picks specialist ``k`` with a *traced* index. The bank keeps
-the exported encodings on device: packed int8/int4/int2 codes stay packed and kept positions stay a bitmask or
-small unsigned indices (``inference`` unpacks them inside the compiled function, for one specialist at a time).
-Heads are stored side by side, without padding to the widest one. So the bank's device bytes stay close to the
-exported bytes (``nbytes`` against ``exported.exported_nbytes``); what it adds is padding to the largest specialist
-per leaf.
+the exported encodings on device where they allow random access: packed int8/int4/int2 codes stay packed and kept
+positions are a bitmask or small unsigned indices, whichever is smaller (``inference`` unpacks them inside the
+compiled function, for one specialist at a time). Elias-Fano positions, the densest code on disk, are decoded here
+into one of those two, which the compiled gather reads directly. Heads are stored side by side, without padding to
+the widest one. So the bank's device bytes stay close to the exported bytes (``nbytes`` against
+``exported.exported_nbytes``); what it adds is padding to the largest specialist per leaf and, for Elias-Fano
+positions, the difference to a bitmask or indices.
 
 ``build_supersub`` assembles everything two-stage inference reads into one ``SuperSub`` pytree: the generalist, the
 bank and the hierarchy's label maps. Nothing here is jitted; ``supersub_jax.inference`` holds the compiled side.
