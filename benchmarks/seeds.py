@@ -4,12 +4,12 @@ r"""The main job over several seeds: Super-Sub against its baselines, with paire
       --workdir=runs/seeds --seeds=0,1,2 --out=docs/seeds
 
 For each seed (``config.seed``: initialisations, data order and augmentation; the dataset stays the same), in
-``<workdir>/seed<s>/``: the config's stages plus ``vanilla_matched`` (the flat network trained for as many steps as
-the whole Super-Sub pipeline), then evaluate.py's evaluation; and, in ``<workdir>/seed<s>/head_only/``, specialists
-that keep the generalist's features and train a head alone (``specialists.branch='head'``, over the same
-generalist, linked, not copied), evaluated the same way. Finished parts are reused, so an interrupted run resumes
-with the same command. Prints and writes (<out>.json, <out>.md) the mean and standard deviation of each accuracy
-over seeds, and Super-Sub minus each baseline as a paired mean with a 95% Student-t interval.
+``<workdir>/seed<s>/``: the config's stages plus the two baseline stages, ``vanilla_matched`` (the flat network
+trained for as many steps as the whole Super-Sub pipeline) and ``head_only`` (specialists that keep the generalist's
+features and train a head alone), then evaluate.py's evaluation. Finished stages are reused, so an interrupted run
+resumes with the same command. Prints and writes (<out>.json, <out>.md) the mean and standard deviation of each accuracy
+over seeds, and Super-Sub minus each baseline as a paired mean with a 95% Student-t interval; <out>.png shows the
+same paired gains per superclass.
 """
 
 import json
@@ -29,7 +29,7 @@ METRICS = {
     'supersub': ('Super-Sub top-1 (routed)', ('supersub', 'top1')),
     'vanilla': ('vanilla top-1 (the report\'s baseline)', ('vanilla', 'top1')),
     'vanilla_matched': ('vanilla at Super-Sub\'s compute', ('baselines', 'vanilla_matched', 'top1')),
-    'head_only': ('head-only specialists (generalist features)', ('head_only', 'supersub', 'top1')),
+    'head_only': ('head-only specialists (generalist features)', ('baselines', 'head_only', 'top1')),
     'oracle': ('Super-Sub, oracle routing', ('supersub', 'oracle_top1')),
     'routing': ('generalist superclass top-1', ('superclass', 'top1')),
 }
@@ -48,26 +48,15 @@ def _done(workdir: str) -> dict | None:
 
 
 def run_seed(config, workdir: str) -> dict:
-  """The main job with vanilla_matched at ``config.seed``, and its head-only specialists; their two reports."""
+  """The main job with both baseline stages at ``config.seed``; its report."""
   from supersub_jax import evaluation, recipe  # pylint: disable=g-import-not-at-top
   config = config.copy_and_resolve_references()
-  config.stages = tuple(config.stages) + ('vanilla_matched',)
+  config.stages = tuple(config.stages) + tuple(s for s in ('vanilla_matched', 'head_only') if s not in config.stages)
   report = _done(workdir)
-  if report is None:
+  if report is None or 'head_only' not in report.get('baselines', {}):
     recipe.run(config, workdir)
     report = evaluation.run(config, workdir)
-  head_dir = os.path.join(workdir, 'head_only')
-  head = _done(head_dir)
-  if head is None:
-    os.makedirs(head_dir, exist_ok=True)
-    for stage in ('vanilla', 'superclass'):
-      if not os.path.lexists(os.path.join(head_dir, stage)):
-        os.symlink(os.path.join(workdir, stage), os.path.join(head_dir, stage))
-    config.stages, config.specialists.branch = ('specialists',), 'head'
-    recipe.run(config, head_dir)
-    config.stages = ('vanilla', 'superclass', 'specialists')
-    head = evaluation.run(config, head_dir)
-  return {**report, 'head_only': head}
+  return report
 
 
 def summarize(reports: dict[int, dict]) -> dict:
@@ -83,6 +72,13 @@ def summarize(reports: dict[int, dict]) -> dict:
     diffs = [a - b for a, b in zip(values['supersub'], values[base])]
     mean, low, high = report_lib.mean_interval(diffs)
     out['supersub_minus'][base] = {'diffs': diffs, 'mean': mean, 'ci95': [low, high]}
+  first = next(iter(reports.values()))
+  out['superclasses'] = [row['name'] for row in first['per_superclass']]
+  out['per_superclass_minus'] = {}
+  for base in BASELINES:
+    gains = [[r['per_superclass'][k]['supersub_top1'] - r['per_superclass'][k][f'{base}_top1']
+              for r in reports.values()] for k in range(len(out['superclasses']))]  # [superclass][seed]
+    out['per_superclass_minus'][base] = [list(report_lib.mean_interval(g)) for g in gains]  # [superclass][3]
   return out
 
 
@@ -105,6 +101,7 @@ def markdown(summary: dict) -> str:
 
 def main(argv):
   del argv
+  import numpy as np  # pylint: disable=g-import-not-at-top
   from supersub_jax import checkpoint as ckpt  # pylint: disable=g-import-not-at-top
   config = flags.FLAGS.config
   parent = ckpt.abs_path(_WORKDIR.value)
@@ -121,6 +118,10 @@ def main(argv):
       json.dump(summary, f, indent=2)
     with open(_OUT.value + '.md', 'w') as f:
       f.write(text)
+    from supersub_jax import report as report_lib  # pylint: disable=g-import-not-at-top
+    report_lib.plot_per_superclass_gain(
+        summary['superclasses'], {METRICS[b][0]: np.asarray(v).T for b, v in summary['per_superclass_minus'].items()},
+        _OUT.value + '.png')
   print(text)
 
 

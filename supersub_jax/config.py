@@ -85,7 +85,9 @@ def default_config() -> ml_collections.ConfigDict:
                                         # (nothing non-finite is ever saved) or 'skip' the step (keep the old state)
   config.compilation_cache_dir = '~/.cache/supersub_jax/jax'  # XLA's persistent compilation cache ('' = off)
   config.stages = ('vanilla', 'superclass', 'specialists')  # + 'vanilla_matched': the flat network trained for the
-                                        # whole pipeline's steps, the compute-matched baseline of report.json
+                                        # whole pipeline's steps, the compute-matched baseline of report.json;
+                                        # + 'head_only': specialists that train a head on the generalist's
+                                        # features (branch 'head'), the floor of what the deltas add
   config.parallelism = 'pmap'           # 'pmap' | 'shard_map'
   config.log_every_steps = 50
   config.checkpoint_every_steps = 500
@@ -176,6 +178,13 @@ HARMLESS = ('log_every_steps', 'checkpoint_every_steps', 'profile_steps', 'max_t
             'worker_count', 'data_dir', 'manual_dir', 'distributed.', 'parallelism', 'stages', 'nonfinite',
             'compilation_cache_dir', 'specialists.superclasses', 'init.path', 'init.format')
 STAGE_SECTIONS = ('vanilla', 'superclass', 'specialists')
+# The baseline stages train with another stage's settings: the vanilla recipe for longer, specialists at branch 'head'.
+_BASELINE_SECTIONS = {'vanilla_matched': 'vanilla', 'head_only': 'specialists'}
+
+
+def section(stage: str) -> str:
+  """The config section (one of ``STAGE_SECTIONS``) that holds the settings ``stage`` trains with."""
+  return _BASELINE_SECTIONS.get(stage, stage)
 
 
 def meaning_differences(stored: Mapping[str, Any], config: ml_collections.ConfigDict, stage: str) -> list[str]:
@@ -185,8 +194,7 @@ def meaning_differences(stored: Mapping[str, Any], config: ml_collections.Config
   """
   old = default_config()
   old.update(dict(stored))
-  section = 'vanilla' if stage == 'vanilla_matched' else stage  # trained with config.vanilla's settings
-  others = tuple(f'{s}.' for s in STAGE_SECTIONS if s != section)
+  others = tuple(f'{s}.' for s in STAGE_SECTIONS if s != section(stage))
   return [d for d in differences(old, config)
           if not d.split(':', 1)[0].startswith(HARMLESS + others) and d.split(':', 1)[0] not in HARMLESS]
 

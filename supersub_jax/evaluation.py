@@ -53,9 +53,10 @@ def _peak_rss_bytes() -> int:
 
 def collect_predictions(config, workdir: str, hierarchy, vanilla, state, generalist_model, specialist_model,
                         *, threshold: float, chunk_sizes: tuple[int, ...],
-                        vanilla_matched: stages.Network | None = None) -> dict[str, np.ndarray]:
+                        vanilla_matched: stages.Network | None = None,
+                        head_only: bank_lib.SuperSub | None = None) -> dict[str, np.ndarray]:
   """Labels and predictions of every image of config.eval_split, as int arrays [M] (padding dropped); with
-  ``vanilla_matched``, its predictions too."""
+  ``vanilla_matched``, its predictions too, and with ``head_only``, Super-Sub's with the head-only specialists."""
   source = stages.load_source(config, config.eval_split, hierarchy)
   batches = stages.eval_batches(config, source, label_mode='subclass', batch_size=config.evaluate.batch_size,
                                 process_index=0, process_count=1, local_device_count=1)
@@ -66,6 +67,8 @@ def collect_predictions(config, workdir: str, hierarchy, vanilla, state, general
     keys += ('vanilla_matched',)
     matched_apply = _apply_fn(vanilla_matched.model)
     matched_vars = {'params': vanilla_matched.params, 'batch_stats': vanilla_matched.batch_stats}
+  if head_only is not None:
+    keys += ('head_only',)
   out = {k: [] for k in keys}
   for batch in batches:
     keep = batch['mask'].reshape(-1) > 0
@@ -86,6 +89,10 @@ def collect_predictions(config, workdir: str, hierarchy, vanilla, state, general
     }
     if vanilla_matched is not None:
       rows['vanilla_matched'] = np.argmax(np.asarray(matched_apply(matched_vars, images)), -1)
+    if head_only is not None:
+      rows['head_only'] = np.asarray(inference.predict(head_only, images, generalist_model=generalist_model,
+                                                       specialist_model=specialist_model,
+                                                       chunk_sizes=chunk_sizes)['label'])
     for k in keys:
       out[k].append(np.asarray(rows[k])[keep])
   return {k: np.concatenate(v) for k, v in out.items()}
@@ -199,7 +206,8 @@ def measure_inference(config, trained: Trained, *, chunk_sizes: tuple[int, ...])
 @dataclasses.dataclass
 class Trained:
   """A finished workdir, loaded for inference: the networks, the exported specialists and the SuperSub state
-  (``vanilla_matched``: the compute-matched baseline, when ``config.stages`` trains it)."""
+  (``vanilla_matched``: the compute-matched baseline, and ``head_only``: the SuperSub state of the head-only
+  specialists, when ``config.stages`` trains them)."""
   hierarchy: Any
   vanilla: stages.Network
   generalist: stages.Network
@@ -207,6 +215,7 @@ class Trained:
   state: bank_lib.SuperSub
   specialist_model: Any
   vanilla_matched: stages.Network | None = None
+  head_only: bank_lib.SuperSub | None = None
 
 
 def load_trained(config, workdir: str) -> Trained:
@@ -218,11 +227,16 @@ def load_trained(config, workdir: str) -> Trained:
               for k in range(hierarchy.num_superclasses)]
   state = bank_lib.build_supersub({'params': generalist.params, 'batch_stats': generalist.batch_stats}, exported,
                                   hierarchy, branch=config.specialists.branch)
-  matched = None
+  matched = head_only = None
   if 'vanilla_matched' in config.stages:
     matched = stages.load_network(config, workdir, 'vanilla_matched', hierarchy)
+  if 'head_only' in config.stages:
+    head_only = bank_lib.build_supersub(
+        {'params': generalist.params, 'batch_stats': generalist.batch_stats},
+        [specialists.load_exported(config, workdir, k, generalist, hierarchy, stage='head_only')
+         for k in range(hierarchy.num_superclasses)], hierarchy, branch='head')
   return Trained(hierarchy, vanilla, generalist, exported, state,
-                 stages.make_model(config, hierarchy.max_subclasses), matched)
+                 stages.make_model(config, hierarchy.max_subclasses), matched, head_only)
 
 
 def run(config, workdir: str) -> dict:
@@ -236,7 +250,8 @@ def run(config, workdir: str) -> dict:
   threshold = float(config.evaluate.top2_threshold)
   chunk_sizes = tuple(int(c) for c in config.evaluate.chunk_sizes)
   p = collect_predictions(config, workdir, hierarchy, vanilla, state, generalist.model, specialist_model,
-                          threshold=threshold, chunk_sizes=chunk_sizes, vanilla_matched=trained.vanilla_matched)
+                          threshold=threshold, chunk_sizes=chunk_sizes, vanilla_matched=trained.vanilla_matched,
+                          head_only=trained.head_only)
 
   l2s = np.asarray(hierarchy.label_to_superclass)
   acc = report_lib.accuracy
@@ -277,14 +292,17 @@ def run(config, workdir: str) -> dict:
       'compute': {'vanilla_steps': int(config.vanilla.num_train_steps), 'supersub_steps': stages.pipeline_steps(
           config, hierarchy), 'batch_size': int(config.batch_size)},
   }
-  supersub_top1 = report['supersub']['top1']
-  if 'vanilla_matched' in p:  # the flat network trained for Super-Sub's whole budget
-    top1 = acc(p['vanilla_matched'], p['subclass'])
-    report['baselines'] = {'vanilla_matched': {'top1': top1, 'steps': report['compute']['supersub_steps']['total'],
-                                               'supersub_minus': supersub_top1 - top1}}
-    for k, row in enumerate(per_superclass):
-      sel = p['superclass'] == k
-      row['vanilla_matched_top1'] = acc(p['vanilla_matched'][sel], p['subclass'][sel])
+  # The optional baselines: the flat network trained for Super-Sub's whole budget, and Super-Sub with head-only
+  # specialists (the same routes, no delta).
+  for name in ('vanilla_matched', 'head_only'):
+    if name in p:
+      top1 = acc(p[name], p['subclass'])
+      report.setdefault('baselines', {})[name] = {'top1': top1, 'supersub_minus': report['supersub']['top1'] - top1}
+      for k, row in enumerate(per_superclass):
+        sel = p['superclass'] == k
+        row[f'{name}_top1'] = acc(p[name][sel], p['subclass'][sel])
+  if 'vanilla_matched' in p:
+    report['baselines']['vanilla_matched']['steps'] = report['compute']['supersub_steps']['total']
   report.update(measure_inference(config, trained, chunk_sizes=chunk_sizes))
   report['memory']['bank_export_bytes'] = sum(sum(b.values()) for b in parts)
 

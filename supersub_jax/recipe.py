@@ -184,8 +184,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   results = {}
   with train_lib.Preemption() as preemption:
     for stage in config.stages:
-      if stage == 'specialists':
-        results[stage] = specialists.train_specialists(config, workdir, preemption=preemption)
+      if stage in stages.SPECIALIST_STAGES:
+        results[stage] = specialists.train_specialists(config, workdir, stage=stage, preemption=preemption)
       else:
         results[stage] = stages.train_network(config, workdir, stage, preemption=preemption)
   return results

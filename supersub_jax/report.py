@@ -14,6 +14,8 @@ key                                    meaning
 ``supersub.branch``                    config.specialists.branch: layers before it are the generalist's, run once
 ``baselines.vanilla_matched.top1``     with the ``vanilla_matched`` stage: the flat network trained for Super-Sub's whole
                                        budget (``compute.supersub_steps.total`` steps); ``.supersub_minus`` the gap
+``baselines.head_only.top1``           with the ``head_only`` stage: Super-Sub with specialists that train a head on
+                                       the generalist's features (no delta); ``.supersub_minus`` what deltas add
 ``compute.supersub_steps.total``       optimizer steps behind Super-Sub's predictions (``stages.pipeline_steps``)
 ``errors.within_superclass_fraction``  of the vanilla network's errors, the fraction whose prediction lies in the true
                                        superclass (the paper's finding (i))
@@ -151,6 +153,35 @@ def plot_per_superclass(names: Sequence[str], vanilla: Sequence[float], speciali
   plt.close(fig)
 
 
+def plot_per_superclass_gain(names: Sequence[str], gains: Mapping[str, np.ndarray], path: str) -> None:
+  """Bars of Super-Sub minus each baseline per superclass, in points, with error bars.
+
+  Args:
+    names: [N] superclass names.
+    gains: baseline label -> float[3, N]: mean, 95% interval low and high (fractions), e.g. over seeds.
+    path: the PNG written.
+  """
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  x = np.arange(len(names))
+  width = 0.8 / max(len(gains), 1)
+  fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(names) + 2), 4))
+  for i, (label, (mean, low, high)) in enumerate(gains.items()):
+    mean, low, high = (100 * np.asarray(v, float) for v in (mean, low, high))
+    offset = (i - (len(gains) - 1) / 2) * width
+    ax.bar(x + offset, mean, width, yerr=np.stack([mean - low, high - mean]), capsize=2,
+           label=f'Super-Sub - {label}')
+  ax.axhline(0, color='black', linewidth=0.8)
+  ax.set_xticks(x, names, rotation=45, ha='right')
+  ax.set_ylabel('top-1 gain within superclass (points)')
+  ax.legend(fontsize=8)
+  ax.set_title('Per-superclass gain, mean and 95% interval over seeds')
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
 def _fmt_bytes(n: float) -> str:
   for unit in ('B', 'KiB', 'MiB', 'GiB'):
     if abs(n) < 1024 or unit == 'GiB':
@@ -171,8 +202,9 @@ def mean_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[fl
   return mean, mean - half, mean + half
 
 
-def _compute_rows(r: Mapping) -> list[tuple[str, str]]:
-  compute, matched = r.get('compute'), r.get('baselines', {}).get('vanilla_matched')
+def _baseline_rows(r: Mapping) -> list[tuple[str, str]]:
+  baselines = r.get('baselines', {})
+  compute, matched, head = r.get('compute'), baselines.get('vanilla_matched'), baselines.get('head_only')
   rows = []
   if compute:
     steps = compute['supersub_steps']
@@ -182,6 +214,9 @@ def _compute_rows(r: Mapping) -> list[tuple[str, str]]:
   if matched:
     rows += [(f"vanilla trained for Super-Sub's {matched['steps']:,} steps, top-1", f"{matched['top1']:.4f}"),
              ('Super-Sub - compute-matched vanilla (top-1 points)', f"{100 * matched['supersub_minus']:+.2f}")]
+  if head:
+    rows += [("Super-Sub with head-only specialists (the generalist's features), top-1", f"{head['top1']:.4f}"),
+             ('Super-Sub - head-only specialists (top-1 points)', f"{100 * head['supersub_minus']:+.2f}")]
   return rows
 
 
@@ -223,7 +258,7 @@ def summary_rows(report: Mapping) -> list[tuple[str, str]]:
        f"{r['supersub'].get('top2_second_fraction', 0):.1%} of images run 2 specialists)",
        f"{r['supersub']['top2_top1']:.4f}"),
       ('Super-Sub - vanilla (top-1 points)', f"{100 * (r['supersub']['top1'] - r['vanilla']['top1']):+.2f}"),
-      *_compute_rows(r),
+      *_baseline_rows(r),
       ('vanilla errors within the true superclass', f"{r['errors']['within_superclass_fraction']:.1%} "
        f"of {r['errors']['errors']}"),
       ('storage (networks): Super-Sub vs naive N+1', f"{r['storage']['factor']:.3f} vs "
@@ -258,13 +293,14 @@ def render_markdown(report: Mapping) -> str:
   lines += [f'| {a} | {b} |' for a, b in summary_rows(report)]
   per = report.get('per_superclass')
   if per:
-    matched = 'vanilla_matched_top1' in per[0]
+    optional = [(key, label) for key, label in (('vanilla_matched_top1', 'compute-matched vanilla'),
+                                                ('head_only_top1', 'head-only Super-Sub')) if key in per[0]]
     lines += ['', '## Per superclass (subclass top-1 on the superclass\'s held-out images)', '',
-              '| # | superclass | subclasses | vanilla | ' + ('compute-matched vanilla | ' if matched else '')
+              '| # | superclass | subclasses | vanilla | ' + ''.join(f'{label} | ' for _, label in optional)
               + 'Super-Sub | specialist (oracle) | generalist routing |',
-              '|---|---|---|---|---|---|---|' + ('---|' if matched else '')]
+              '|---|---|---|---|---|---|---|' + '---|' * len(optional)]
     for row in per:
-      extra = f" {row['vanilla_matched_top1']:.4f} |" if matched else ''
+      extra = ''.join(f" {row[key]:.4f} |" for key, _ in optional)
       lines.append(f"| {row['index']} | {row['name']} | {row['num_subclasses']} | {row['vanilla_top1']:.4f} |{extra} "
                    f"{row['supersub_top1']:.4f} | {row['oracle_top1']:.4f} | {row['routing_top1']:.4f} |")
   storage = report['storage']

@@ -13,6 +13,10 @@ For superclass k the trainable pytree is ``{'delta': delta, 'head': head}``:
   inference runs them once per image. 'stem' (nothing shared) puts a delta on every backbone layer; 'head' keeps
   the generalist's features and trains a head alone. Only the statistics from the branch on are exported.
 
+Two stages train specialists (``stages.SPECIALIST_STAGES``), each into its own directory: ``specialists``, and the
+optional baseline ``head_only``, the same settings at branch 'head' (``stage_settings``): what the generalist's
+features give without a delta, the floor of what the deltas add.
+
 The sparsity mask lives in ``TrainState.masks`` and follows ``config.specialists.sparsity_schedule``; it is updated
 and re-applied inside the same compiled step, so masked entries are exactly zero after every step.
 """
@@ -25,6 +29,7 @@ import os
 from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 
 from supersub_jax import checkpoint as ckpt
@@ -44,6 +49,17 @@ LEAVES = {
 }  # A head-only specialist (the generalist's own features) is branch='head'; density=0.0 prunes the delta to
    # nothing but still re-estimates every BatchNorm statistic on the superclass's images.
 ITEMS = ('state', 'compressed', 'data', 'meta')
+
+
+def stage_settings(config, stage: str = 'specialists'):
+  """``config.specialists`` as ``stage`` trains it: ``head_only`` takes the same settings at branch 'head'."""
+  if stage not in stages.SPECIALIST_STAGES:
+    raise ValueError(f'{stage!r} is not a specialist stage; use one of {stages.SPECIALIST_STAGES}.')
+  cfg = config.specialists
+  if stage == 'head_only':
+    cfg = ml_collections.ConfigDict(cfg.to_dict())
+    cfg.branch = 'head'
+  return cfg
 
 
 def delta_config(cfg) -> delta_lib.DeltaConfig:
@@ -109,9 +125,9 @@ def make_post_update(cfg, num_steps: int):
   return post_update
 
 
-def specialist_dir(workdir: str, hierarchy, k: int) -> str:
+def specialist_dir(workdir: str, hierarchy, k: int, stage: str = 'specialists') -> str:
   name = hierarchy.superclasses[k].name.replace('/', '_').replace(' ', '_')
-  return os.path.join(stages.stage_dir(workdir, 'specialists'), f'{k:03d}_{name}')
+  return os.path.join(stages.stage_dir(workdir, stage), f'{k:03d}_{name}')
 
 
 def _init_state(generalist, base, dcfg, tx, max_subclasses: int, seed: int, branch: str):
@@ -126,20 +142,27 @@ def _init_state(generalist, base, dcfg, tx, max_subclasses: int, seed: int, bran
   return train_lib.create_train_state(trainable, jax.tree.map(np.asarray, generalist.batch_stats), tx, masks=masks)
 
 
-def _job(config, workdir: str, hierarchy, k: int, num_steps: int, generalist_fingerprint: str) -> runner.Job:
+def _label(stage: str) -> str:
+  """How logs and metrics name one specialist of ``stage``: 'specialist' for the main stage."""
+  return 'specialist' if stage == 'specialists' else stage
+
+
+def _job(config, workdir: str, hierarchy, k: int, num_steps: int, generalist_fingerprint: str,
+         stage: str) -> runner.Job:
   superclass = hierarchy.superclasses[k]
-  meta = {'stage': 'specialists', 'superclass': k, 'name': superclass.name,
+  meta = {'stage': stage, 'superclass': k, 'name': superclass.name,
           'num_subclasses': len(superclass.subclasses), 'config': stages.config_json(config),
           'hierarchy': hierarchy.to_dict(), 'fingerprints': {'generalist': generalist_fingerprint}}
-  return runner.Job(f'specialist {k} {superclass.name}', 'specialists', specialist_dir(workdir, hierarchy, k),
+  return runner.Job(f'{_label(stage)} {k} {superclass.name}', stage, specialist_dir(workdir, hierarchy, k, stage),
                     num_steps, meta, ITEMS)
 
 
-def train_specialists(config, workdir: str, *, preemption: train_lib.Preemption | None = None) -> dict:
-  """Trains one specialist per superclass (``config.specialists.superclasses``, default all); returns the summary
-  (per-specialist oracle accuracy and bytes, and the storage report) also written to
-  ``<workdir>/specialists/summary.json``."""
-  cfg = config.specialists
+def train_specialists(config, workdir: str, *, stage: str = 'specialists',
+                      preemption: train_lib.Preemption | None = None) -> dict:
+  """Trains one specialist of ``stage`` (``stages.SPECIALIST_STAGES``) per superclass
+  (``config.specialists.superclasses``, default all); returns the summary (per-specialist oracle accuracy and bytes,
+  and the storage report) also written to ``<workdir>/<stage>/summary.json``."""
+  cfg = stage_settings(config, stage)
   hierarchy = stages.make_hierarchy(config)
   generalist = stages.load_network(config, workdir, 'superclass', hierarchy)
   generalist_fingerprint = runner.fingerprint(generalist.params, generalist.batch_stats)
@@ -175,9 +198,9 @@ def train_specialists(config, workdir: str, *, preemption: train_lib.Preemption 
     train_source = stages.load_source(config, 'train', hierarchy, superclass=k)
     eval_source = stages.load_source(config, config.eval_split, hierarchy, superclass=k)
     num_steps = stages.specialist_steps(cfg, len(train_source), config.batch_size)
-    job = _job(config, workdir, hierarchy, k, num_steps, generalist_fingerprint)
+    job = _job(config, workdir, hierarchy, k, num_steps, generalist_fingerprint, stage)
     tx, step_fn = compiled_step(num_steps)
-    writer = train_lib.MetricWriter(ckpt.abs_path(workdir), f'specialist_{k}')
+    writer = train_lib.MetricWriter(ckpt.abs_path(workdir), f'{_label(stage)}_{k}')
     extra = {'base': frozen, 'logit_mask': parallel.replicate(np.asarray(hierarchy.local_valid[k]))}
     seed = int(config.seed) + 100 + k
     fresh_state = functools.partial(_init_state, generalist, base, dcfg, tx, hierarchy.max_subclasses, seed,
@@ -216,24 +239,25 @@ def train_specialists(config, workdir: str, *, preemption: train_lib.Preemption 
          'delta': {'density': float(cfg.density), 'bits': int(cfg.bits), 'granularity': cfg.granularity,
                    'leaves': cfg.leaves, 'branch': cfg.branch}}
   if jax.process_index() == 0:
-    path = os.path.join(stages.stage_dir(workdir, 'specialists'), 'summary.json')
+    path = os.path.join(stages.stage_dir(workdir, stage), 'summary.json')
     tmp = f'{path}.tmp{os.getpid()}'
     with open(tmp, 'w') as f:
       json.dump(out, f, indent=2)
     os.replace(tmp, path)
-    print(f'[specialists] oracle-routed top-1 {oracle:.4f}; storage {storage["factor"]:.3f} networks, '
+    print(f'[{stage}] oracle-routed top-1 {oracle:.4f}; storage {storage["factor"]:.3f} networks, '
           f'alpha {storage["alpha"]:.4f} (alpha*N+1 with N={storage["num_specialists"]})', flush=True)
   return out
 
 
-def load_exported(config, workdir: str, k: int, generalist: stages.Network, hierarchy=None) -> dict:
-  """The deployable form of finished specialist ``k`` (``exported.export``), read from its own checkpoint directory only,
-  after checking that it was trained with the current settings on this ``generalist``."""
+def load_exported(config, workdir: str, k: int, generalist: stages.Network, hierarchy=None,
+                  stage: str = 'specialists') -> dict:
+  """The deployable form of finished specialist ``k`` of ``stage`` (``exported.export``), read from its own checkpoint
+  directory only, after checking that it was trained with the current settings on this ``generalist``."""
   hierarchy = hierarchy or stages.make_hierarchy(config)
   if not 0 <= k < hierarchy.num_superclasses:
     raise ValueError(f'superclass {k} is outside [0, {hierarchy.num_superclasses}) of hierarchy {hierarchy.name!r}; '
                      f'`python -m supersub_jax.hierarchy {config.hierarchy}` lists them.')
   # The step budget only names the job in messages; the settings check compares the config fields themselves.
-  job = _job(config, workdir, hierarchy, k, 0, runner.fingerprint(generalist.params, generalist.batch_stats))
+  job = _job(config, workdir, hierarchy, k, 0, runner.fingerprint(generalist.params, generalist.batch_stats), stage)
   # The compressed form is self-describing (each record carries its shape): read as stored.
   return runner.load_finished(config, job, target=None, extra={'compressed': None}).extra['compressed']

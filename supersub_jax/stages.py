@@ -6,7 +6,8 @@
 * ``vanilla_matched`` (optional): the vanilla network's recipe (``config.vanilla``) trained for as many optimizer
   steps, hence images, as the whole Super-Sub pipeline (``pipeline_steps``): the compute-matched baseline.
 
-The specialists stage is ``supersub_jax.specialists``; ``supersub_jax.recipe.run`` runs ``config.stages`` in order.
+The specialist stages are ``supersub_jax.specialists``'s: ``specialists``, and the optional baseline ``head_only``
+(the same settings at branch 'head'); ``supersub_jax.recipe.run`` runs ``config.stages`` in order.
 Each stage writes its own orbax checkpoint directory ``<workdir>/<stage>``; resuming, the settings checks and the
 finished marker are ``supersub_jax.runner``'s.
 """
@@ -24,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from supersub_jax import checkpoint as ckpt
+from supersub_jax import config as config_lib
 from supersub_jax import hierarchy as hierarchy_lib
 from supersub_jax import models
 from supersub_jax import runner
@@ -31,13 +33,9 @@ from supersub_jax import train as train_lib
 from supersub_jax import weights
 from supersub_jax.data import pipeline, sources
 
-STAGES = ('vanilla', 'superclass', 'specialists', 'vanilla_matched')
+STAGES = ('vanilla', 'superclass', 'specialists', 'vanilla_matched', 'head_only')
 NETWORK_STAGES = ('vanilla', 'superclass', 'vanilla_matched')  # one network each, trained by train_network
-
-
-def section(stage: str) -> str:
-  """The config section holding a stage's optimizer settings: ``vanilla_matched`` trains with ``config.vanilla``'s."""
-  return 'vanilla' if stage == 'vanilla_matched' else stage
+SPECIALIST_STAGES = ('specialists', 'head_only')  # one specialist per superclass each, trained by train_specialists
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -152,7 +150,7 @@ def _network_job(config, workdir: str, stage: str, hierarchy, fingerprints: Mapp
 
 def _abstract_state(config, model, stage: str, num_steps: int, seed: int = 0):
   """The TrainState a network stage trains, as ShapeDtypeStructs (the target of every restore)."""
-  tx = train_lib.make_optimizer(config[section(stage)], num_steps)
+  tx = train_lib.make_optimizer(config[config_lib.section(stage)], num_steps)
 
   def build():
     variables = models.init_variables(model, jax.random.key(seed), image_shape(config))
@@ -194,7 +192,7 @@ def train_network(config, workdir: str, stage: str, *, preemption: train_lib.Pre
   returns its held-out metrics."""
   if stage not in NETWORK_STAGES:
     raise ValueError(f'train_network trains one of {NETWORK_STAGES}, not {stage!r}.')
-  cfg = config[section(stage)]
+  cfg = config[config_lib.section(stage)]
   hierarchy = make_hierarchy(config)
   label_mode = 'superclass' if stage == 'superclass' else 'subclass'
   vanilla = None

@@ -36,11 +36,11 @@ def tiny_data_dir(tmp_path_factory):
 
 @pytest.fixture(scope='session')
 def tiny_workdir(tmp_path_factory, tiny_data_dir):
-  """A workdir with all stages trained on the tiny config, the compute-matched vanilla network included (shared by
-  stage and evaluation tests)."""
-  from supersub_jax import recipe  # pylint: disable=g-import-not-at-top
+  """A workdir with all stages trained on the tiny config, the baselines' (vanilla_matched, head_only) included
+  (shared by stage and evaluation tests)."""
+  from supersub_jax import recipe, stages  # pylint: disable=g-import-not-at-top
   config = make_tiny_config(tiny_data_dir)
-  config.stages = ('vanilla', 'superclass', 'specialists', 'vanilla_matched')
+  config.stages = stages.STAGES
   workdir = str(tmp_path_factory.mktemp('workdir'))
   results = recipe.run(config, workdir)
   return config, workdir, results

@@ -51,6 +51,16 @@ def test_report_compares_with_the_compute_matched_vanilla(evaluated):
   assert all('vanilla_matched_top1' in row for row in report['per_superclass'])
 
 
+def test_report_compares_with_head_only_specialists_on_the_same_routes(evaluated):
+  _, _, _, report = evaluated
+  head = report['baselines']['head_only']
+  assert head['supersub_minus'] == pytest.approx(report['supersub']['top1'] - head['top1'])
+  assert head['top1'] <= report['superclass']['top1'] + 1e-9  # routed: a wrong superclass is an error
+  rows = report['per_superclass']
+  total = sum(r['head_only_top1'] * r['test_count'] for r in rows) / sum(r['test_count'] for r in rows)
+  assert head['top1'] == pytest.approx(total)
+
+
 def test_supersub_top1_is_bounded_by_routing(evaluated):
   _, _, _, report = evaluated
   # An image counts for Super-Sub only if the generalist routed it right: top-1 <= routing accuracy.

@@ -70,11 +70,12 @@ def test_mean_interval_is_the_student_t_interval():
   assert np.isnan(report.mean_interval([0.5])[1])
 
 
-def test_report_md_opens_with_the_papers_claims_and_shows_the_compute_matched_gap(tmp_path):
+def test_report_md_opens_with_the_papers_claims_and_shows_both_baselines_gaps(tmp_path):
   full = _minimal_report()
   full['compute'] = {'vanilla_steps': 1200, 'batch_size': 128,
                      'supersub_steps': {'vanilla': 1200, 'superclass': 300, 'specialists': 950, 'total': 2450}}
-  full['baselines'] = {'vanilla_matched': {'top1': 0.9, 'steps': 2450, 'supersub_minus': -0.0125}}
+  full['baselines'] = {'vanilla_matched': {'top1': 0.9, 'steps': 2450, 'supersub_minus': -0.0125},
+                       'head_only': {'top1': 0.7, 'supersub_minus': 0.1875}}
   md = open(report.write(full, str(tmp_path))['md']).read()
   claims = md.index("## The paper's claims beside this run")
   assert claims < md.index('## Summary')
@@ -83,3 +84,20 @@ def test_report_md_opens_with_the_papers_claims_and_shows_the_compute_matched_ga
   assert '| storage of N specialists + generalist | 0.2N+1 | 0.090N+1 (N=10) |' in md
   assert "| vanilla trained for Super-Sub's 2,450 steps, top-1 | 0.9000 |" in md
   assert '1,200 vs 2,450 (1,200 vanilla + 300 generalist + 950 specialists)' in md
+  assert '| Super-Sub - head-only specialists (top-1 points) | +18.75 |' in md
+
+
+def test_per_superclass_gain_plot_draws_one_bar_and_one_error_bar_per_superclass_and_baseline(tmp_path, monkeypatch):
+  import matplotlib.axes  # pylint: disable=g-import-not-at-top
+  calls = []
+  bar = matplotlib.axes.Axes.bar
+  monkeypatch.setattr(matplotlib.axes.Axes, 'bar', lambda self, *a, **k: calls.append((a, k)) or bar(self, *a, **k))
+  mean = np.asarray([0.02, -0.01, 0.0])
+  gains = {'vanilla': np.stack([mean, mean - 0.01, mean + 0.03]), 'head-only': np.stack([mean + 0.2] * 3)}
+  path = str(tmp_path / 'gain.png')
+  report.plot_per_superclass_gain(['a', 'b', 'c'], gains, path)
+  assert open(path, 'rb').read(8) == b'\x89PNG\r\n\x1a\n'
+  (x, heights, _), kwargs = calls[0]
+  np.testing.assert_allclose(heights, [2, -1, 0])  # points
+  np.testing.assert_allclose(kwargs['yerr'], [[1, 1, 1], [3, 3, 3]])  # below and above the mean, in points
+  assert len(calls) == 2 and calls[1][1]['label'] == 'Super-Sub - head-only'

@@ -59,7 +59,7 @@ def test_resume_after_sigterm_equals_uninterrupted(tmp_path, tiny_data_dir, monk
 
 def test_all_stages_report_metrics_and_log_each_job_under_its_own_name(tiny_workdir):
   config, workdir, results = tiny_workdir
-  assert set(results) == {'vanilla', 'superclass', 'specialists', 'vanilla_matched'}
+  assert set(results) == {'vanilla', 'superclass', 'specialists', 'vanilla_matched', 'head_only'}
   assert results['vanilla']['count'] == 7 * 4  # 7 subclasses x 4 test images
   assert 0.0 <= results['superclass']['accuracy'] <= 1.0
   summary = results['specialists']
@@ -67,7 +67,8 @@ def test_all_stages_report_metrics_and_log_each_job_under_its_own_name(tiny_work
   assert summary['storage']['num_specialists'] == 3
   logged = [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]
   train_stages = {r['stage'] for r in logged if r['split'] == 'train'}
-  assert train_stages == {'vanilla', 'superclass', 'specialist_0', 'specialist_1', 'specialist_2', 'vanilla_matched'}
+  assert train_stages == {'vanilla', 'superclass', 'specialist_0', 'specialist_1', 'specialist_2', 'vanilla_matched',
+                          'head_only_0', 'head_only_1', 'head_only_2'}
   for stage in train_stages:  # the same metrics as TensorBoard event files, one directory per job
     assert [f for f in os.listdir(os.path.join(workdir, 'tb', stage)) if f.startswith('events.out.tfevents')]
   for s in summary['specialists']:
@@ -256,3 +257,34 @@ def test_vanilla_matched_trains_the_vanilla_recipe_for_the_whole_pipelines_steps
   changed.stages, changed.vanilla.learning_rate = config.stages, 0.5
   with pytest.raises(runner.SettingsMismatchError, match='vanilla.learning_rate'):
     stages.load_network(changed, workdir, 'vanilla_matched')
+
+
+def test_head_only_stage_routes_the_generalists_own_features_through_a_head_per_superclass(tiny_workdir):
+  from supersub_jax import evaluation  # pylint: disable=g-import-not-at-top
+  from supersub_jax import inference  # pylint: disable=g-import-not-at-top
+  config, workdir, results = tiny_workdir
+  hierarchy = stages.make_hierarchy(config)
+  assert results['head_only']['delta']['branch'] == 'head' and config.specialists.branch == 'stem'
+  assert os.path.isdir(os.path.join(workdir, 'head_only', os.path.basename(specialists.specialist_dir(
+      workdir, hierarchy, 0))))
+  generalist = stages.load_network(config, workdir, 'superclass', hierarchy)
+  gm = stages.make_model(config, hierarchy.num_superclasses)
+  variables = {'params': generalist.params, 'batch_stats': generalist.batch_stats}
+  images = np.float32(np.random.RandomState(2).randn(12, 16, 16, 3))
+  routes = np.argmax(gm.apply(variables, images, train=False), -1)
+  features = np.asarray(gm.apply(variables, images, train=False, stop='head'))  # [12, D] pooled
+  want = np.zeros(len(images), np.int64)
+  for k in range(hierarchy.num_superclasses):
+    exported = specialists.load_exported(config, workdir, k, generalist, hierarchy, stage='head_only')
+    assert not list(exported_lib.walk_records(exported['delta']))  # no delta at all
+    logits = features @ exported['head']['kernel'] + exported['head']['bias']  # [12, n_k], numpy reference
+    want[routes == k] = np.asarray(hierarchy.local_to_label)[k, np.argmax(logits, -1)[routes == k]]
+  state = evaluation.load_trained(config, workdir).head_only
+  got = inference.predict(state, images, generalist_model=gm,
+                          specialist_model=stages.make_model(config, hierarchy.max_subclasses))
+  np.testing.assert_array_equal(got['label'], want)
+  # Trained with config.specialists' settings: a changed specialist recipe invalidates the head-only ones too.
+  changed = make_tiny_config(config.data_dir)
+  changed.stages, changed.specialists.learning_rate = config.stages, 0.5
+  with pytest.raises(runner.SettingsMismatchError, match='specialists.learning_rate'):
+    specialists.load_exported(changed, workdir, 0, generalist, hierarchy, stage='head_only')
