@@ -7,9 +7,9 @@ For each seed (``config.seed``: initialisations, data order and augmentation; th
 ``<workdir>/seed<s>/``: the config's stages plus the two baseline stages, ``vanilla_matched`` (the flat network
 trained for as many steps as the whole Super-Sub pipeline) and ``head_only`` (specialists that keep the generalist's
 features and train a head alone), then evaluate.py's evaluation. Finished stages are reused, so an interrupted run
-resumes with the same command. Prints and writes (<out>.json, <out>.md) the mean and standard deviation of each accuracy
-over seeds, and Super-Sub minus each baseline as a paired mean with a 95% Student-t interval; <out>.png shows the
-same paired gains per superclass.
+resumes with the same command. Prints and writes (<out>.json, <out>.md) the mean and standard deviation of each
+accuracy over seeds, and Super-Sub minus each baseline as a paired mean with a 95% Student-t interval; <out>.png
+shows the same paired gains per superclass.
 """
 
 import json
