@@ -84,7 +84,7 @@ def test_changed_settings_are_refused_on_resume_and_on_load(tiny_workdir):
              '--config.vanilla.num_train_steps=4')
   assert out.returncode == 1
   message = _error_line(out)
-  assert 'specialists.density: 0.1 -> 0.5 (checkpoints of specialists)' in message
+  assert 'specialists.density: 0.1 -> 0.5 (checkpoints of specialists, head_only)' in message
   assert 'vanilla.num_train_steps: 6 -> 4 (checkpoints of vanilla, vanilla_matched)' in message
   assert 'fresh --workdir' in message
   out = subprocess.run([sys.executable, os.path.join(ROOT, 'evaluate.py'), f'--workdir={workdir}',
