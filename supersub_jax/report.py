@@ -154,7 +154,8 @@ def plot_per_superclass(names: Sequence[str], vanilla: Sequence[float], speciali
 
 
 def plot_per_superclass_gain(names: Sequence[str], gains: Mapping[str, np.ndarray], path: str) -> None:
-  """Bars of Super-Sub minus each baseline per superclass, in points, with error bars.
+  """Super-Sub minus each baseline per superclass, in points, with error bars: one panel per baseline (each on its
+  own scale, as a weak baseline's gains would flatten the others').
 
   Args:
     names: [N] superclass names.
@@ -165,18 +166,17 @@ def plot_per_superclass_gain(names: Sequence[str], gains: Mapping[str, np.ndarra
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   x = np.arange(len(names))
-  width = 0.8 / max(len(gains), 1)
-  fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(names) + 2), 4))
-  for i, (label, (mean, low, high)) in enumerate(gains.items()):
+  fig, axes = plt.subplots(len(gains), 1, sharex=True, squeeze=False,
+                           figsize=(max(6, 0.7 * len(names) + 2), 2.2 * len(gains) + 1))
+  for ax, (label, (mean, low, high)) in zip(axes[:, 0], gains.items()):
     mean, low, high = (100 * np.asarray(v, float) for v in (mean, low, high))
-    offset = (i - (len(gains) - 1) / 2) * width
-    ax.bar(x + offset, mean, width, yerr=np.stack([mean - low, high - mean]), capsize=2,
-           label=f'Super-Sub - {label}')
-  ax.axhline(0, color='black', linewidth=0.8)
-  ax.set_xticks(x, names, rotation=45, ha='right')
-  ax.set_ylabel('top-1 gain within superclass (points)')
-  ax.legend(fontsize=8)
-  ax.set_title('Per-superclass gain, mean and 95% interval over seeds')
+    ax.bar(x, mean, 0.6, yerr=np.stack([mean - low, high - mean]), capsize=3,
+           color=np.where(mean >= 0, 'tab:blue', 'tab:orange'))
+    ax.axhline(0, color='black', linewidth=0.8)
+    ax.set_title(f'Super-Sub - {label}', fontsize=9)
+    ax.set_ylabel('points')
+  axes[-1, 0].set_xticks(x, names, rotation=45, ha='right')
+  fig.suptitle('Per-superclass top-1 gain: mean and 95% interval over seeds', fontsize=10)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)

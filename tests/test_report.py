@@ -87,17 +87,18 @@ def test_report_md_opens_with_the_papers_claims_and_shows_both_baselines_gaps(tm
   assert '| Super-Sub - head-only specialists (top-1 points) | +18.75 |' in md
 
 
-def test_per_superclass_gain_plot_draws_one_bar_and_one_error_bar_per_superclass_and_baseline(tmp_path, monkeypatch):
+def test_per_superclass_gain_plot_draws_one_panel_per_baseline_with_points_and_intervals(tmp_path, monkeypatch):
   import matplotlib.axes  # pylint: disable=g-import-not-at-top
   calls = []
   bar = matplotlib.axes.Axes.bar
-  monkeypatch.setattr(matplotlib.axes.Axes, 'bar', lambda self, *a, **k: calls.append((a, k)) or bar(self, *a, **k))
+  monkeypatch.setattr(matplotlib.axes.Axes, 'bar', lambda self, *a, **k: calls.append((self, a, k)) or bar(self, *a, **k))
   mean = np.asarray([0.02, -0.01, 0.0])
   gains = {'vanilla': np.stack([mean, mean - 0.01, mean + 0.03]), 'head-only': np.stack([mean + 0.2] * 3)}
   path = str(tmp_path / 'gain.png')
   report.plot_per_superclass_gain(['a', 'b', 'c'], gains, path)
   assert open(path, 'rb').read(8) == b'\x89PNG\r\n\x1a\n'
-  (x, heights, _), kwargs = calls[0]
+  assert len(calls) == 2 and calls[0][0] is not calls[1][0]  # one panel each
+  ax, (_, heights, _), kwargs = calls[0]
   np.testing.assert_allclose(heights, [2, -1, 0])  # points
   np.testing.assert_allclose(kwargs['yerr'], [[1, 1, 1], [3, 3, 3]])  # below and above the mean, in points
-  assert len(calls) == 2 and calls[1][1]['label'] == 'Super-Sub - head-only'
+  assert ax.get_title() == 'Super-Sub - vanilla' and calls[1][0].get_title() == 'Super-Sub - head-only'
