@@ -8,10 +8,14 @@ of sum(sizes) outputs, and N specialists exported from random deltas at the demo
 kernels kept, --bits). The images are real held-out images (the synthetic test split, resized to --image_size), and
 the generalist's head is centred on them so that a batch spreads over the superclasses as a trained generalist's
 does (the script prints how many specialists a batch reaches). Both models are timed as report.json times them
-(``evaluation.median_seconds``: median over --repeats distinct batches, alternating, after a warm-up call).
+(``evaluation.median_seconds``: median over --repeats distinct batches, alternating, after a warm-up call); the
+first call at each batch size is timed on its own (compilation plus one run: what a fresh process waits for).
+Storage is that of the exported specialists (``exported.storage_report``): random masks at --density cost in
+positions what trained ones do (the export codes both near their entropy), and values cost --bits each.
 """
 
 import json
+import time
 
 from absl import app
 from absl import flags
@@ -74,7 +78,10 @@ def main(argv):
     head = {'kernel': rng.normal(size=(features.shape[1], n_k)).astype(np.float32), 'bias': np.zeros(n_k, np.float32)}
     exported.append(exported_lib.export(delta, masks, head, gen['batch_stats'], cfg, n_k))
   state = bank_lib.build_supersub(gen, exported, hierarchy)
-  stored = sum(sum(exported_lib.exported_nbytes(e).values()) for e in exported)
+  per_specialist = [sum(exported_lib.exported_nbytes(e).values()) for e in exported]
+  stored = sum(per_specialist)
+  storage = exported_lib.storage_report(
+      delta_lib.tree_nbytes(gen['params']) + delta_lib.tree_nbytes(gen['batch_stats']), per_specialist)
   device = jax.devices()[0]
   print(f'device: {device.platform} {device.device_kind}; {_MODEL.value} at {_IMAGE.value}px '
         f'{"bf16" if _HALF.value else "fp32"}; N={n} superclasses of {sizes}; bank {bank_lib.nbytes(state.bank):,} B '
@@ -88,6 +95,12 @@ def main(argv):
     predict = jax.jit(functools.partial(inference.predict, generalist_model=gm, specialist_model=sm,
                                         chunk_sizes=chunks))
     for b, xs in batches.items():
+      # The first call of each model at this shape: compilation plus one run, what a fresh process waits for.
+      first = {}
+      for name, fn in (('single', lambda x: single_apply(single, x)), ('supersub', lambda x: predict(state, x))):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(xs[0]))
+        first[name] = time.perf_counter() - start
       seconds = evaluation.median_seconds({'single': lambda x: single_apply(single, x),
                                            'supersub': lambda x: predict(state, x)}, xs)
       reached = float(np.mean([len(np.unique(np.asarray(predict(state, x)['superclass']))) for x in xs]))
@@ -97,12 +110,16 @@ def main(argv):
       row = {'chunk_sizes': list(chunks), 'batch': b, 'single_ms': 1e3 * seconds['single'],
              'supersub_ms': 1e3 * seconds['supersub'], 'single_ips': b / seconds['single'],
              'supersub_ips': b / seconds['supersub'], 'ratio': seconds['single'] / seconds['supersub'],
-             'specialists_per_batch': reached, 'single_bytes': mem_single, 'supersub_bytes': mem_supersub}
+             'specialists_per_batch': reached, 'single_bytes': mem_single, 'supersub_bytes': mem_supersub,
+             'single_first_call_s': first['single'], 'supersub_first_call_s': first['supersub']}
       rows.append(row)
       print(f"| {plan} | {b} | {row['single_ips']:,.1f} | {row['supersub_ips']:,.1f} | {row['ratio']:.3f} | "
             f"{row['single_ms']:.2f} | {row['supersub_ms']:.2f} | {reached:.1f} | {mem_single:,} | {mem_supersub:,} |",
             flush=True)
-  print(json.dumps({'device': str(device.device_kind), 'model': _MODEL.value, 'rows': rows}))
+  print(f"storage: generalist {storage['base_bytes']:,} B + {n} specialists {stored:,} B = {storage['factor']:.3f} "
+        f"networks (alpha {storage['alpha']:.4f}; naive {storage['naive_factor']})", flush=True)
+  print(json.dumps({'device': str(device.device_kind), 'model': _MODEL.value, 'sizes': list(sizes),
+                    'storage': {k: v for k, v in storage.items() if k != 'specialists_bytes'}, 'rows': rows}))
 
 
 if __name__ == '__main__':

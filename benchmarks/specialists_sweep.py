@@ -31,8 +31,8 @@ def variants() -> dict[str, dict]:
       'head_only': dict(leaves='kernels', density=0.0, bits=8, sparsity_schedule='one_shot',
                         prune_begin_fraction=0.0, prune_end_fraction=0.01),
   }
-  for density in (1.0, 0.5, 0.2, 0.1):
-    for bits in (8, 4):
+  for density in (1.0, 0.5, 0.2, 0.1, 0.05, 0.02):
+    for bits in (8, 4, 2):
       out[f'd{density:g}_b{bits}'] = dict(leaves='kernels', density=density, bits=bits,
                                            sparsity_schedule='none' if density == 1.0 else 'gradual')
   return out
@@ -43,7 +43,7 @@ def plot(rows, path):
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   fig, ax = plt.subplots(figsize=(6.5, 4.2))
-  for bits, marker in ((8, 'o'), (4, 's')):
+  for bits, marker in ((8, 'o'), (4, 's'), (2, '^')):
     pts = sorted((r['alpha'], r['oracle_top1'], r['density']) for r in rows
                  if r['bits'] == bits and r['variant'].startswith('d') and r['variant'] != 'dense_finetune')
     if pts:
