@@ -131,14 +131,14 @@ def plot(rows: list[dict], path: str) -> None:
 
 def main(argv):
   del argv
+  os.makedirs(os.path.dirname(_OUT.value) or '.', exist_ok=True)
   rows = []
   for model in _MODELS.value:
     for n in (int(x) for x in _NS.value):
       rows.append(measure(model, n))
       print(f'{model} N={n}: done ({rows[-1]["device"]})', flush=True)
-  os.makedirs(os.path.dirname(_OUT.value) or '.', exist_ok=True)
-  with open(_OUT.value + '.json', 'w') as f:
-    json.dump(rows, f, indent=2)
+      with open(_OUT.value + '.json', 'w') as f:  # after each row: a long run stopped early keeps what it measured
+        json.dump(rows, f, indent=2)
   text = table(rows)
   with open(_OUT.value + '.md', 'w') as f:
     f.write(text + '\n')
