@@ -57,7 +57,10 @@ def plot(rows, path):
   ax.set_xscale('log')
   ax.set_xlabel('alpha (specialist bytes / network bytes)')
   ax.set_ylabel('oracle-routed specialist top-1')
-  ax.axvline(0.1, color='gray', lw=0.8, ls='--')
+  for target in (0.1, 0.03):  # the first storage target, and the one the frontier aims at now
+    ax.axvline(target, color='gray', lw=0.8, ls='--')
+    ax.annotate(f'alpha {target:g}', (target, ax.get_ylim()[0]), textcoords='offset points', xytext=(3, 4),
+                fontsize=7, color='gray')
   ax.set_title('Specialists: accuracy against storage')
   ax.legend(fontsize=8)
   fig.tight_layout()
