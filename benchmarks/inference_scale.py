@@ -95,14 +95,14 @@ def main(argv):
     predict = jax.jit(functools.partial(inference.predict, generalist_model=gm, specialist_model=sm,
                                         chunk_sizes=chunks))
     for b, xs in batches.items():
+      fns = {'single': lambda x: single_apply(single, x), 'supersub': lambda x: predict(state, x)}
       # The first call of each model at this shape: compilation plus one run, what a fresh process waits for.
       first = {}
-      for name, fn in (('single', lambda x: single_apply(single, x)), ('supersub', lambda x: predict(state, x))):
+      for name, fn in fns.items():
         start = time.perf_counter()
         jax.block_until_ready(fn(xs[0]))
         first[name] = time.perf_counter() - start
-      seconds = evaluation.median_seconds({'single': lambda x: single_apply(single, x),
-                                           'supersub': lambda x: predict(state, x)}, xs)
+      seconds = evaluation.median_seconds(fns, xs)
       reached = float(np.mean([len(np.unique(np.asarray(predict(state, x)['superclass']))) for x in xs]))
       spec = jax.ShapeDtypeStruct(xs[0].shape, xs[0].dtype)
       mem_single = evaluation.compiled_bytes(single_apply, single, spec).get('total', 0)
