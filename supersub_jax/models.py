@@ -397,12 +397,13 @@ def flops_per_example(
     image_shape: Sequence[int],
     train: bool = False,
 ) -> float:
-  """Forward-pass FLOPs for one image, from XLA's cost analysis of the lowered
-  (not yet compiled) computation.
+  """Forward-pass FLOPs for one image, from XLA's cost analysis of the
+  computation lowered for the CPU, whatever the default backend.
 
-  The lowered module is analysed because it still holds the convolutions on
-  every backend: a compiled GPU module moves them into cuDNN custom calls that
-  the analysis does not count (it read 40x low on an H200). Counts a
+  FLOPs do not depend on the backend, but the analysis does: a compiled GPU
+  module moves the convolutions into cuDNN custom calls that it does not count
+  (it read 40x low on an H200), and jax 0.11's GPU client analyses no lowered
+  module at all. The CPU lowering holds every convolution as HLO. Counts a
   multiply-add as 2 FLOPs (XLA's convention), for a batch of one ``(H, W, C)``
   image. XLA skips multiplies by padding, so this reads a few percent under
   textbook counts (ResNet-18 at 224: 3.37 vs 3.64 GFLOPs; ResNet-50: 7.95 vs
@@ -412,7 +413,11 @@ def flops_per_example(
   ``variables`` may hold arrays or ``jax.ShapeDtypeStruct``s.
   """
   h, w, c = _check_image_shape(image_shape)
-  image = jax.ShapeDtypeStruct((1, h, w, c), jnp.float32)
+  on_cpu = jax.sharding.SingleDeviceSharding(jax.devices('cpu')[0])
+  image = jax.ShapeDtypeStruct((1, h, w, c), jnp.float32, sharding=on_cpu)
+  variables = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=on_cpu), variables
+  )
 
   def forward(variables, images):
     if train:
