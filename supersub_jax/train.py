@@ -273,9 +273,13 @@ class Parallel:
     return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
 
   def shard_batch(self, batch: Mapping[str, np.ndarray]) -> Mapping[str, jax.Array]:
-    """Host batch [local_devices, per_device_batch, ...] -> the layout of the compiled step."""
+    """Host batch [local_devices, per_device_batch, ...] -> device arrays in the layout of the compiled step.
+
+    The copy is dispatched here, asynchronously, not inside the step's call: a pmapped call given numpy arrays
+    copies them synchronously on every call.
+    """
     if self.kind == 'pmap':
-      return batch
+      return {k: jax.device_put(v, self._pmap_sharding) for k, v in batch.items()}
     sharding = NamedSharding(self.mesh, P(AXIS))
     return {k: jax.make_array_from_process_local_data(sharding, v.reshape((-1,) + v.shape[2:]))
             for k, v in batch.items()}
