@@ -7,8 +7,8 @@ delta leaves that are not trained; ``None`` is an empty pytree node, not a leaf,
 map directly to the packed bitmask of the export. Multiply by a mask
 (``delta * mask`` promotes bool to the delta dtype) or use ``apply_masks``.
 
-Every function here is jittable, including with a traced ``density``: ranking is
-done with a stable sort, so the number of kept entries ``k`` can be a traced value.
+Every function here is jittable, including with a traced ``density``: the number of
+kept entries ``k`` can be a traced value, because selection counts instead of sorting.
 The intended training-loop use is::
 
     density = schedule(step)                      # jnp scalar, inside jit
@@ -65,22 +65,38 @@ def num_kept(density, size: int):
 
 
 @jax.jit  # k is a traced argument: one compile per shape, whatever the density
-def _keep_top(scores: jax.Array, k) -> jax.Array:
-  """Bool mask over flat ``scores`` keeping the ``k`` largest; ties go to the lower index.
+def _keep_top(keys: jax.Array, k) -> jax.Array:
+  """Bool mask over flat uint32 ``keys`` keeping the ``k`` largest; ties go to the lower index.
 
-  ``k`` may be traced: a stable sort ranks every entry, then rank < k.
+  ``k`` may be traced. Exact selection without a sort, which costs the mask-update
+  step several plain steps on a CPU: the k-th largest key ``t`` is found by bisection
+  over the key range, the largest ``t`` with ``count(keys >= t) >= k`` (32 counting
+  passes, each O(size)), then the ties at ``t`` are kept in index order by a
+  cumulative count.
   """
-  order = jnp.argsort(-scores, stable=True)
-  kept_in_order = jnp.arange(scores.size) < k
-  return jnp.zeros(scores.shape, bool).at[order].set(kept_in_order)
+  def halve(_, bounds):
+    lo, hi = bounds
+    mid = lo + (hi - lo) // 2
+    enough = jnp.sum(keys >= mid, dtype=jnp.int32) >= k
+    return jnp.where(enough, mid, lo), jnp.where(enough, hi, mid)
+
+  # Keys lie in [0, 2**31]: 32 halvings of [0, 2**31 + 1) leave one value.
+  t, _ = jax.lax.fori_loop(0, 32, halve, (jnp.uint32(0), jnp.uint32(2**31 + 1)))
+  above = keys > t
+  tied = keys == t
+  return above | (tied & (jnp.cumsum(tied, dtype=jnp.int32) <= k - jnp.sum(above, dtype=jnp.int32)))
 
 
-def _scores(x: jax.Array, mask: jax.Array | None) -> jax.Array:
-  """Flat float32 ranking scores: |x|, and -1 (below any magnitude) where already pruned."""
-  score = jnp.abs(jnp.asarray(x).astype(jnp.float32)).reshape(-1)
+def _keys(x: jax.Array, mask: jax.Array | None) -> jax.Array:
+  """Flat uint32 ranking keys in the order of |x|, and 0 (below any magnitude) where already pruned or NaN.
+
+  A float32 >= 0 orders as its bit pattern, so a key is the bits of |x| plus one.
+  """
+  magnitude = jnp.abs(jnp.asarray(x).astype(jnp.float32)).reshape(-1)
+  ranked = ~jnp.isnan(magnitude)
   if mask is not None:
-    score = jnp.where(jnp.asarray(mask, bool).reshape(-1), score, -1.0)
-  return score
+    ranked &= jnp.asarray(mask, bool).reshape(-1)
+  return jnp.where(ranked, jax.lax.bitcast_convert_type(magnitude, jnp.uint32) + 1, jnp.uint32(0))
 
 
 def topk_mask(x: jax.Array, density) -> jax.Array:
@@ -90,7 +106,7 @@ def topk_mask(x: jax.Array, density) -> jax.Array:
   deterministic. ``density`` may be a traced scalar under jit.
   """
   x = jnp.asarray(x)
-  return _keep_top(_scores(x, None), num_kept(density, x.size)).reshape(x.shape)
+  return _keep_top(_keys(x, None), num_kept(density, x.size)).reshape(x.shape)
 
 
 def _leaves_and_rebuild(tree: PyTree) -> tuple[list, Callable[[list], PyTree]]:
@@ -106,8 +122,8 @@ def _global_masks(tree: PyTree, density, old_masks: PyTree | None) -> PyTree:
   if len(old) != len(leaves):
     raise ValueError(f'masks have {len(old)} leaves but the tree has {len(leaves)}; build masks from the '
                      'same tree (None where the tree is None).')
-  scores = jnp.concatenate([_scores(x, m) for x, m in zip(leaves, old)])
-  flat = _keep_top(scores, num_kept(density, scores.size))
+  keys = jnp.concatenate([_keys(x, m) for x, m in zip(leaves, old)])
+  flat = _keep_top(keys, num_kept(density, keys.size))
   sizes = [int(np.size(x)) for x in leaves]
   pieces = jnp.split(flat, np.cumsum(sizes)[:-1])
   return rebuild([p.reshape(np.shape(x)) for p, x in zip(pieces, leaves)])
@@ -150,7 +166,7 @@ def update_masks(delta: PyTree, masks: PyTree, density, scope: str = 'per_leaf')
     new = _global_masks(delta, density, masks)
   else:
     def leaf(x, m):
-      return _keep_top(_scores(x, m), num_kept(density, np.size(x))).reshape(np.shape(x))
+      return _keep_top(_keys(x, m), num_kept(density, np.size(x))).reshape(np.shape(x))
     new = jax.tree.map(leaf, delta, masks)
   return jax.tree.map(lambda n, m: n & jnp.asarray(m, bool), new, masks)
 

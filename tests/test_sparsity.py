@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from supersub_jax import sparsity
@@ -53,6 +53,34 @@ def test_topk_mask_under_jit_with_traced_density(density):
 def test_topk_mask_ties_broken_by_index():
   m = sparsity.topk_mask(np.ones((2, 5), np.float32), 0.3)
   np.testing.assert_array_equal(np.asarray(m).reshape(-1), [1, 1, 1, 0, 0, 0, 0, 0, 0, 0])
+
+
+def _reference_top(x, mask, k):
+  """numpy: a stable sort of -|x| with pruned and NaN entries at -1 (below every magnitude); the first k kept."""
+  score = np.abs(x.astype(np.float32)).reshape(-1)
+  score[np.isnan(score) | ~mask.reshape(-1)] = -1.0
+  keep = np.zeros(score.size, bool)
+  keep[np.argsort(-score, kind='stable')[:k]] = True
+  return keep.reshape(x.shape)
+
+
+@settings(max_examples=40, deadline=None)
+@given(values=st.lists(st.sampled_from([0.0, -0.0, 1e-45, -1e-45, 1e-38, 0.5, -0.5, 0.5000001, 3.0, -3.0,
+                                        3.4e38, np.inf, -np.inf, np.nan]), min_size=1, max_size=40),
+       kept=st.lists(st.booleans(), min_size=40, max_size=40), k_fraction=st.floats(0.0, 1.0))
+@example(values=[0.0, 1e-45, 0.0], kept=[True] * 40, k_fraction=1 / 3)  # keys 1 and 2: adjacent
+@example(values=[0.5, 0.5000001, 0.5], kept=[True] * 40, k_fraction=1 / 3)  # one ulp apart
+@example(values=[3.4e38, np.inf, np.nan, 3.4e38], kept=[True, False] + [True] * 38, k_fraction=0.5)
+def test_selection_matches_a_stable_sort_with_ties_zeros_subnormals_infinities_and_nan(values, kept, k_fraction):
+  x = np.asarray(values, np.float32)
+  mask = np.asarray(kept[:x.size])
+  density = round(k_fraction * x.size) / x.size
+  k = sparsity.num_kept(density, x.size)
+  np.testing.assert_array_equal(np.asarray(sparsity.topk_mask(x, density)), _reference_top(x, np.ones_like(mask), k))
+  np.testing.assert_array_equal(np.asarray(sparsity.update_masks({'k': x}, {'k': mask}, density)['k']),
+                                _reference_top(x, mask, k) & mask)
+  traced = jax.jit(sparsity.update_masks)({'k': x}, {'k': mask}, jnp.float32(density))['k']
+  np.testing.assert_array_equal(np.asarray(traced), _reference_top(x, mask, k) & mask)
 
 
 def test_num_kept_and_density_validation():
