@@ -2,8 +2,9 @@ r"""How Super-Sub's costs grow with the number of superclasses N and with the mo
 
   python benchmarks/scaling.py --models=resnet18 --out=docs/scaling_resnet18       # 14 min on the 2-core CPU
   python benchmarks/scaling.py --models=resnet50 --num_superclasses=2,20 --out=docs/scaling_resnet50  # 16 min
-  python benchmarks/scaling.py --image_size=224 --stem=imagenet --batch_sizes=1,256 --train_batch_size=256 \
-      --half_precision --repeats=10 --out=docs/scaling_gpu                          # a GPU (not run yet)
+  python benchmarks/scaling.py --models=resnet50 --num_superclasses=2,20 --image_size=224 --stem=imagenet \
+      --batch_sizes=1,256 --train_batch_size=256 --half_precision --repeats=10 --chunk_sizes=64,16 \
+      --out=docs/scaling_gpu       # H200: N = 2 done, N = 20 stopped by the end of the 15-minute lease
 
 For each model and each N, --subclasses subclasses are split as evenly as possible over N superclasses (so the total
 task stays the same and only the hierarchy changes), and two existing benchmarks run in their own processes:
@@ -14,7 +15,8 @@ task stays the same and only the hierarchy changes), and two existing benchmarks
     images (random weights, exported specialists at --density/--bits): the first call (compilation plus one run),
     images/s at each of --batch_sizes, the specialists a batch reaches, and the storage (alpha, alpha*N+1 against
     the naive N+1).
-Prints a table and writes <out>.json, <out>.md and <out>.png (inference throughput and storage against N).
+Prints a table and writes <out>.json and <out>.md after each row (a run stopped early keeps what it measured) and
+<out>.png at the end (inference throughput and storage against N).
 """
 
 import json
@@ -138,13 +140,12 @@ def main(argv):
     for n in (int(x) for x in _NS.value):
       rows.append(measure(model, n))
       print(f'{model} N={n}: done ({rows[-1]["device"]})', flush=True)
-      with open(_OUT.value + '.json', 'w') as f:  # after each row: a long run stopped early keeps what it measured
+      with open(_OUT.value + '.json', 'w') as f:
         json.dump(rows, f, indent=2)
-  text = table(rows)
-  with open(_OUT.value + '.md', 'w') as f:
-    f.write(text + '\n')
+      with open(_OUT.value + '.md', 'w') as f:
+        f.write(table(rows) + '\n')
   plot(rows, _OUT.value + '.png')
-  print(text)
+  print(table(rows))
 
 
 if __name__ == '__main__':
