@@ -24,6 +24,9 @@ _VARIANTS = flags.DEFINE_list('variants', [], 'Subset of variant names to run (d
 config_flags.DEFINE_config_file('config', None, 'The config the workdir was trained with.', lock_config=False)
 
 
+NORM = r'(scale|bias)$'
+
+
 def variants() -> dict[str, dict]:
   out = {
       'dense_finetune': dict(leaves='kernels_and_norm', density=1.0, bits=0, sparsity_schedule='none'),
@@ -35,6 +38,10 @@ def variants() -> dict[str, dict]:
     for bits in (8, 4, 2):
       out[f'd{density:g}_b{bits}'] = dict(leaves='kernels', density=density, bits=bits,
                                            sparsity_schedule='none' if density == 1.0 else 'gradual')
+      # The same sparse kernels, plus BatchNorm scale and bias deltas kept whole (quantized alike), as dense
+      # fine-tuning trains them: a few kilobytes per specialist.
+      out[f'd{density:g}_b{bits}_norm'] = dict(out[f'd{density:g}_b{bits}'], leaves='kernels_and_norm',
+                                                dense_leaves=NORM)
   return out
 
 
@@ -44,12 +51,14 @@ def plot(rows, path):
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   fig, ax = plt.subplots(figsize=(6.5, 4.2))
   for bits, marker in ((8, 'o'), (4, 's'), (2, '^')):
-    pts = sorted((r['alpha'], r['oracle_top1'], r['density']) for r in rows
-                 if r['bits'] == bits and r['variant'].startswith('d') and r['variant'] != 'dense_finetune')
-    if pts:
-      ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=f'delta, int{bits}')
-      for a, acc, d in pts:
-        ax.annotate(f'd={d:g}', (a, acc), textcoords='offset points', xytext=(4, -10), fontsize=7)
+    for norm, style, what in ((False, '-', ''), (True, ':', ' + dense norm')):
+      pts = sorted((r['alpha'], r['oracle_top1'], r['density']) for r in rows
+                   if r['bits'] == bits and r['variant'].startswith('d') and r['variant'] != 'dense_finetune'
+                   and r['variant'].endswith('_norm') == norm)
+      if pts:
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, ls=style, label=f'delta, int{bits}{what}')
+        for a, acc, d in pts:
+          ax.annotate(f'd={d:g}', (a, acc), textcoords='offset points', xytext=(4, -10), fontsize=7)
   for name, marker in (('dense_finetune', '*'), ('head_only', 'x')):
     for r in rows:
       if r['variant'] == name:
@@ -87,7 +96,8 @@ def main(argv):
     cfg.specialists.superclasses = tuple(int(k) for k in _SUPER.value)
     summary = specialists.train_specialists(cfg, sub)
     per = summary['specialists']
-    rows.append({'variant': name, **{k: overrides[k] for k in ('leaves', 'density', 'bits')}, 'oracle_top1': summary['oracle_top1'],
+    rows.append({'variant': name, **{k: overrides[k] for k in ('leaves', 'density', 'bits')},
+                 'dense_leaves': overrides.get('dense_leaves', ''), 'oracle_top1': summary['oracle_top1'],
                  'alpha': summary['storage']['alpha'],
                  'bytes_per_specialist': sum(p['total_bytes'] for p in per) / len(per),
                  'per_superclass': {p['name']: p['oracle_top1'] for p in per}})
@@ -99,7 +109,9 @@ def main(argv):
   lines = ['| variant | leaves | density | bits | oracle top-1 | vs dense (points) | alpha |', '|---|---|---|---|---|---|---|']
   for r in rows:
     gap = f"{100 * (r['oracle_top1'] - dense['oracle_top1']):+.2f}" if dense else ''
-    lines.append(f"| {r['variant']} | {r['leaves']} | {r['density']:g} | {r['bits'] or 'fp32'} | "
+    whole = r.get('dense_leaves', '').replace('|', '\\|')  # a pipe would split the table's cell
+    leaves = r['leaves'] + (f' (`{whole}` whole)' if whole else '')
+    lines.append(f"| {r['variant']} | {leaves} | {r['density']:g} | {r['bits'] or 'fp32'} | "
                  f"{r['oracle_top1']:.4f} | {gap} | {r['alpha']:.4f} |")
   table = '\n'.join(lines)
   with open(_OUT.value + '.md', 'w') as f:

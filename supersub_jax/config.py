@@ -115,6 +115,8 @@ def default_config() -> ml_collections.ConfigDict:
       bits=8,                           # 8 | 4 | 2 | 0 (0 = no quantization)
       granularity='per_channel',        # 'per_channel' | 'per_tensor'
       leaves='kernels',                 # 'kernels' | 'kernels_and_norm' | a regex over '/'-joined param paths
+      dense_leaves='',                  # regex of delta leaves never pruned (still quantized), e.g. '(scale|bias)$'
+                                        # with leaves='kernels_and_norm': BatchNorm affine deltas kept whole
       branch='stem',                    # first layer group with a delta: 'stem' (all) | 'stage<i>' | 'head' (none);
                                         # the layers before it are shared with the generalist (one pass at inference)
       sparsity_scope='per_leaf',        # 'per_leaf' | 'global'

@@ -98,6 +98,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     except re.error as e:
       problems.append(f'specialists.leaves={cfg.leaves!r}: not a known set {tuple(specialists.LEAVES)} nor a valid '
                       f'regex ({e}).')
+  try:
+    re.compile(cfg.dense_leaves)
+  except re.error as e:
+    problems.append(f"specialists.dense_leaves={cfg.dense_leaves!r}: not a valid regex ({e}); use '' for none.")
   if config.model in models.MODELS:
     try:
       specialists.check_branch(cfg.branch, stages.make_model(config, 1))

@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 from typing import Any
 
 import jax
@@ -103,13 +104,26 @@ def make_params_fn(dcfg: delta_lib.DeltaConfig):
   return params_fn
 
 
+def pruned_masks(delta: PyTree, masks: PyTree, density, cfg) -> PyTree:
+  """``sparsity.update_masks`` over the delta leaves that ``cfg.dense_leaves`` does not name; the masks of the
+  leaves it names (a regex over '/'-joined paths, '' for none) are returned unchanged, so those leaves stay whole
+  and take no share of a global budget."""
+  if not cfg.dense_leaves:
+    return sparsity.update_masks(delta, masks, density, cfg.sparsity_scope)
+  dense = re.compile(cfg.dense_leaves)
+  sparse = lambda tree: jax.tree_util.tree_map_with_path(
+      lambda path, x: None if dense.search(delta_lib.path_str(path)) else x, tree)
+  updated = sparsity.update_masks(sparse(delta), sparse(masks), density, cfg.sparsity_scope)
+  by_path = {delta_lib.path_str(path): m for path, m in jax.tree_util.tree_flatten_with_path(updated)[0]}
+  return jax.tree_util.tree_map_with_path(lambda path, m: by_path.get(delta_lib.path_str(path), m), masks)
+
+
 def make_post_update(cfg, num_steps: int):
   """Mask schedule + re-masking, run inside the compiled step after the optimizer update."""
   begin = int(round(cfg.prune_begin_fraction * num_steps))
   end = max(int(round(cfg.prune_end_fraction * num_steps)), begin + 1)
   schedule = sparsity.make_density_schedule(cfg.sparsity_schedule, float(cfg.density), begin, end)
   every = max(int(cfg.mask_update_every), 1)
-  scope = cfg.sparsity_scope
 
   def post_update(state: train_lib.TrainState) -> train_lib.TrainState:
     step = state.step  # steps done, after this update
@@ -117,8 +131,7 @@ def make_post_update(cfg, num_steps: int):
     density = schedule(step)
     # Update on the schedule's grid and at its end, so the final density is exactly the target.
     due = ((step % every == 0) & (step >= begin) & (step <= end)) | (step == end)
-    masks = jax.lax.cond(due, lambda: sparsity.update_masks(delta, state.masks, density, scope),
-                         lambda: state.masks)
+    masks = jax.lax.cond(due, lambda: pruned_masks(delta, state.masks, density, cfg), lambda: state.masks)
     params = {**state.params, 'delta': sparsity.apply_masks(delta, masks)}
     return state.replace(params=params, masks=masks)
 

@@ -18,12 +18,14 @@ def test_every_problem_is_listed_at_once_with_its_field_and_fix(tmp_path):
   config = make_tiny_config(str(tmp_path / 'data'))
   config.specialists.bits = 3
   config.specialists.density = 1.5
+  config.specialists.dense_leaves = '(scale'
   config.model = 'resnet_huge'
   config.stages = ('superclass', 'vanilla')
   config.unlock()
   config.specialist = config.specialists  # a typo'd field, as an API user could add it
   message = _problems(config)
-  assert 'cannot run (5 problem(s))' in message
+  assert 'cannot run (6 problem(s))' in message
+  assert "specialists.dense_leaves='(scale': not a valid regex" in message
   assert 'specialists.bits=3: use one of (8, 4, 2), or 0 for no quantization.' in message
   assert 'specialists.density=1.5: use a fraction in [0, 1]' in message
   assert "model='resnet_huge': use one of" in message and 'resnet50' in message
