@@ -4,8 +4,8 @@
   python benchmarks/train_step.py --model=resnet50 --image_size=224 --batch_size=16 --devices=1,2 --steps=3
   python benchmarks/train_step.py --model=resnet50 --image_size=224 --batch_size=256 --half_precision  # GPU
 
-For each device count (a subprocess with that many devices; on CPU via
---xla_force_host_platform_device_count) and each kind:
+For each device count, one subprocess with that many devices (on CPU via --xla_force_host_platform_device_count)
+builds each kind:
   plain: the vanilla/superclass step (all params trainable; also what dense fine-tuning costs);
   delta: the specialists step (frozen base + sparse, fake-quantized delta materialized inside the step, new head,
          mask schedule updated and re-applied inside the step).
@@ -13,6 +13,8 @@ Prints compile time, the mean step time over whole mask-update periods (the delt
 step in ``mask_update_every`` = 10: a median would hide it), that update step alone, the median, images/s from the
 mean, and model FLOP utilisation when the peak is known (--peak_tflops, or the H100/H200/A100 bf16 dense peak
 picked from the device kind). Batches are 4 distinct random batches in turn, put on the devices before timing.
+The kinds take turns by whole mask-update periods in the one process, so a machine whose speed drifts (a shared
+CPU: +-30% over minutes here) slows them alike and their ratio holds.
 """
 
 import functools
@@ -40,7 +42,7 @@ _WORKER = flags.DEFINE_string('worker', '', 'Internal: run one measurement, prin
 PEAK_BF16_TFLOPS = {'H100': 989.0, 'H200': 989.0, 'A100': 312.0}
 
 
-def _measure(kind: str) -> dict:
+def _measure(kinds: list[str]) -> list[dict]:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -62,49 +64,58 @@ def _measure(kind: str) -> dict:
                   mask_update_every=every))
   tx = train_lib.make_optimizer(cfg, 1000)
   parallel = train_lib.Parallel('pmap')
-  if kind == 'plain':
-    state = train_lib.create_train_state(variables['params'], variables['batch_stats'], tx)
-    frozen = {}
-    fn = functools.partial(train_lib.train_step, apply_fn=model.apply, tx=tx)
-  elif kind == 'delta':
-    dcfg = specialists.delta_config(cfg)
-    base, head = models.split_head(variables['params'])
-    delta = delta_lib.init_delta(base, dcfg.pattern, dcfg.exclude)
-    masks = jax.tree.map(lambda d: np.ones(d.shape, bool), delta)
-    state = train_lib.create_train_state({'delta': delta, 'head': head}, variables['batch_stats'], tx, masks=masks)
-    frozen = base
-    # The gradual schedule outlasts the timed steps (its end, a multiple of the period, is never reached), so
-    # masks are updated on exactly one step per period.
-    fn = functools.partial(train_lib.train_step, apply_fn=model.apply, tx=tx,
-                           params_fn=specialists.make_params_fn(dcfg),
-                           post_update=specialists.make_post_update(cfg, steps + 2 * every))
-  else:
-    raise ValueError(f'unknown kind {kind!r}')
-  step = parallel.compile(fn)
-  rstate, rfrozen = parallel.replicate(state), parallel.replicate(frozen)
+
+  def build(kind):
+    if kind == 'plain':
+      state = train_lib.create_train_state(variables['params'], variables['batch_stats'], tx)
+      frozen = {}
+      fn = functools.partial(train_lib.train_step, apply_fn=model.apply, tx=tx)
+    elif kind == 'delta':
+      dcfg = specialists.delta_config(cfg)
+      base, head = models.split_head(variables['params'])
+      delta = delta_lib.init_delta(base, dcfg.pattern, dcfg.exclude)
+      masks = jax.tree.map(lambda d: np.ones(d.shape, bool), delta)
+      state = train_lib.create_train_state({'delta': delta, 'head': head}, variables['batch_stats'], tx, masks=masks)
+      frozen = base
+      # The gradual schedule outlasts the timed steps (its end, a multiple of the period, is never reached), so
+      # masks are updated on exactly one step per period.
+      fn = functools.partial(train_lib.train_step, apply_fn=model.apply, tx=tx,
+                             params_fn=specialists.make_params_fn(dcfg),
+                             post_update=specialists.make_post_update(cfg, steps + 2 * every))
+    else:
+      raise ValueError(f'unknown kind {kind!r}')
+    return parallel.compile(fn), [parallel.replicate(state)], parallel.replicate(frozen)
+
   rng = np.random.default_rng(0)
   batches = [jax.device_put({'image': rng.normal(size=(n, _BATCH.value // n) + shape).astype(np.float32),
                              'label': rng.integers(0, _CLASSES.value, size=(n, _BATCH.value // n)).astype(np.int32)})
              for _ in range(4)]
-  t0 = time.perf_counter()
-  rstate, metrics = step(rstate, batches[0], rfrozen)
-  jax.block_until_ready(metrics)
-  compile_s = time.perf_counter() - t0
-  # Steps done after the compile call: 1, so timed step i ends at step i + 2. Start the timing on a period's
-  # first step, so the timed steps hold whole periods with exactly one update each.
+  built = {kind: build(kind) for kind in kinds}
+
+  def run(kind, i):
+    step, state, frozen = built[kind]
+    state[0], metrics = step(state[0], batches[i % 4], frozen)
+    return metrics
+
+  compile_s = {}
+  for kind in kinds:
+    t0 = time.perf_counter()
+    jax.block_until_ready(run(kind, 0))
+    compile_s[kind] = time.perf_counter() - t0
+    # Steps done after the compile call: 1, so timed step i ends at step i + 2. Start the timing on a period's
+    # first step, so the timed steps hold whole periods with exactly one update each.
+    for i in range((-2) % every):
+      jax.block_until_ready(run(kind, i))
   offset = (-2) % every
-  for i in range(offset):
-    rstate, metrics = step(rstate, batches[i % 4], rfrozen)
-  jax.block_until_ready(metrics)
-  times, due = [], []
-  for i in range(steps):
-    t = time.perf_counter()
-    rstate, metrics = step(rstate, batches[i % 4], rfrozen)
-    jax.block_until_ready(metrics)
-    times.append(time.perf_counter() - t)
-    due.append((i + offset + 2) % every == 0)
-  times, due = np.asarray(times), np.asarray(due)
-  step_s = float(times.mean())
+  times = {kind: [] for kind in kinds}
+  due = [(i + offset + 2) % every == 0 for i in range(steps)]
+  # The kinds take turns by whole update periods, so that a machine whose speed drifts slows them alike.
+  for period in range(steps // every):
+    for kind in kinds:
+      for i in range(period * every, (period + 1) * every):
+        t = time.perf_counter()
+        jax.block_until_ready(run(kind, i))
+        times[kind].append(time.perf_counter() - t)
   try:
     flops = 3 * models.flops_per_example(model, variables, shape)  # forward + backward ~ 3x forward
   except RuntimeError as e:  # the timings stand without it
@@ -112,35 +123,41 @@ def _measure(kind: str) -> dict:
     flops = 0.0
   device = jax.devices()[0]
   peak = _PEAK.value or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in device.device_kind), 0.0)
-  achieved = flops * _BATCH.value / step_s / 1e12
-  return {'kind': kind, 'devices': n, 'device': f'{device.platform}:{device.device_kind}', 'model': _MODEL.value,
-          'image_size': _IMAGE.value, 'batch_size': _BATCH.value, 'bf16': _HALF.value,
-          'compile_s': compile_s, 'step_s': step_s, 'median_step_s': float(np.median(times)),
-          'update_step_s': float(times[due].mean()), 'other_step_s': float(times[~due].mean()),
-          'timed_steps': steps, 'images_per_s': _BATCH.value / step_s,
-          'train_tflops': achieved, 'mfu': achieved / (peak * n) if peak and flops else None}
+  due = np.asarray(due)
+  rows = []
+  for kind in kinds:
+    t = np.asarray(times[kind])
+    step_s = float(t.mean())
+    achieved = flops * _BATCH.value / step_s / 1e12
+    rows.append({'kind': kind, 'devices': n, 'device': f'{device.platform}:{device.device_kind}',
+                 'model': _MODEL.value, 'image_size': _IMAGE.value, 'batch_size': _BATCH.value, 'bf16': _HALF.value,
+                 'compile_s': compile_s[kind], 'step_s': step_s, 'median_step_s': float(np.median(t)),
+                 'update_step_s': float(t[due].mean()), 'other_step_s': float(t[~due].mean()),
+                 'timed_steps': steps, 'images_per_s': _BATCH.value / step_s,
+                 'train_tflops': achieved, 'mfu': achieved / (peak * n) if peak and flops else None})
+  return rows
 
 
 def main(argv):
   del argv
   if _WORKER.value:
-    print('RESULT ' + json.dumps(_measure(_WORKER.value)), flush=True)
+    print('RESULT ' + json.dumps(_measure(_WORKER.value.split(','))), flush=True)
     return
   rows = []
   for devices in _DEVICES.value:
-    for kind in _KINDS.value:
-      env = dict(os.environ)
-      if 'cuda' not in env.get('JAX_PLATFORMS', '') and not os.path.exists('/dev/nvidia0'):
-        env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') + f' --xla_force_host_platform_device_count={devices}').strip()
-      else:
-        env['CUDA_VISIBLE_DEVICES'] = ','.join(str(i) for i in range(int(devices)))
-      args = [sys.executable, __file__, f'--worker={kind}'] + [a for a in sys.argv[1:] if not a.startswith('--worker')]
-      out = subprocess.run(args, env=env, capture_output=True, text=True)
-      line = next((l for l in out.stdout.splitlines() if l.startswith('RESULT ')), None)
-      if line is None:
-        raise RuntimeError(f'benchmark worker failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}')
-      rows.append(json.loads(line[len('RESULT '):]))
-      r = rows[-1]
+    env = dict(os.environ)
+    if 'cuda' not in env.get('JAX_PLATFORMS', '') and not os.path.exists('/dev/nvidia0'):
+      env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') + f' --xla_force_host_platform_device_count={devices}').strip()
+    else:
+      env['CUDA_VISIBLE_DEVICES'] = ','.join(str(i) for i in range(int(devices)))
+    args = ([sys.executable, __file__, f'--worker={",".join(_KINDS.value)}'] +
+            [a for a in sys.argv[1:] if not a.startswith('--worker')])
+    out = subprocess.run(args, env=env, capture_output=True, text=True)
+    line = next((l for l in out.stdout.splitlines() if l.startswith('RESULT ')), None)
+    if line is None:
+      raise RuntimeError(f'benchmark worker failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}')
+    for r in json.loads(line[len('RESULT '):]):
+      rows.append(r)
       print(f"{r['model']:>12} {r['image_size']:>4}px batch {r['batch_size']:>4} {r['kind']:>6} "
             f"{r['devices']} dev ({r['device']}): mean step {r['step_s'] * 1e3:8.1f} ms (update step "
             f"{r['update_step_s'] * 1e3:.1f}, median {r['median_step_s'] * 1e3:.1f}), {r['images_per_s']:9.1f} img/s, "
