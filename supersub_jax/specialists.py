@@ -111,8 +111,11 @@ def pruned_masks(delta: PyTree, masks: PyTree, density, cfg) -> PyTree:
   if not cfg.dense_leaves:
     return sparsity.update_masks(delta, masks, density, cfg.sparsity_scope)
   dense = re.compile(cfg.dense_leaves)
-  sparse = lambda tree: jax.tree_util.tree_map_with_path(
-      lambda path, x: None if dense.search(delta_lib.path_str(path)) else x, tree)
+
+  def sparse(tree):
+    return jax.tree_util.tree_map_with_path(lambda path, x: None if dense.search(delta_lib.path_str(path)) else x,
+                                            tree)
+
   updated = sparsity.update_masks(sparse(delta), sparse(masks), density, cfg.sparsity_scope)
   by_path = {delta_lib.path_str(path): m for path, m in jax.tree_util.tree_flatten_with_path(updated)[0]}
   return jax.tree_util.tree_map_with_path(lambda path, m: by_path.get(delta_lib.path_str(path), m), masks)
