@@ -77,6 +77,19 @@ def plot(rows, path):
   plt.close(fig)
 
 
+def markdown(rows) -> str:
+  """The rows as a table, each with its gap to dense fine-tuning when that variant is among them."""
+  dense = next((r for r in rows if r['variant'] == 'dense_finetune'), None)
+  lines = ['| variant | leaves | density | bits | oracle top-1 | vs dense (points) | alpha |', '|---|---|---|---|---|---|---|']
+  for r in rows:
+    gap = f"{100 * (r['oracle_top1'] - dense['oracle_top1']):+.2f}" if dense else ''
+    whole = r.get('dense_leaves', '').replace('|', '\\|')  # a pipe would split the table's cell
+    leaves = r['leaves'] + (f' (`{whole}` whole)' if whole else '')
+    lines.append(f"| {r['variant']} | {leaves} | {r['density']:g} | {r['bits'] or 'fp32'} | "
+                 f"{r['oracle_top1']:.4f} | {gap} | {r['alpha']:.4f} |")
+  return '\n'.join(lines)
+
+
 def main(argv):
   del argv
   from supersub_jax import checkpoint as ckpt, specialists  # pylint: disable=g-import-not-at-top
@@ -105,15 +118,7 @@ def main(argv):
   os.makedirs(os.path.dirname(_OUT.value) or '.', exist_ok=True)
   with open(_OUT.value + '.json', 'w') as f:
     json.dump(rows, f, indent=2)
-  dense = next((r for r in rows if r['variant'] == 'dense_finetune'), None)
-  lines = ['| variant | leaves | density | bits | oracle top-1 | vs dense (points) | alpha |', '|---|---|---|---|---|---|---|']
-  for r in rows:
-    gap = f"{100 * (r['oracle_top1'] - dense['oracle_top1']):+.2f}" if dense else ''
-    whole = r.get('dense_leaves', '').replace('|', '\\|')  # a pipe would split the table's cell
-    leaves = r['leaves'] + (f' (`{whole}` whole)' if whole else '')
-    lines.append(f"| {r['variant']} | {leaves} | {r['density']:g} | {r['bits'] or 'fp32'} | "
-                 f"{r['oracle_top1']:.4f} | {gap} | {r['alpha']:.4f} |")
-  table = '\n'.join(lines)
+  table = markdown(rows)
   with open(_OUT.value + '.md', 'w') as f:
     f.write(table + '\n')
   plot(rows, _OUT.value + '.png')
