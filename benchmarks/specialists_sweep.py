@@ -17,14 +17,14 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from supersub_jax import delta as delta_lib
+
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A workdir with a trained superclass stage.', required=True)
 _SUPER = flags.DEFINE_list('superclasses', ['0', '1', '2', '3'], 'Superclasses that get specialists.')
 _OUT = flags.DEFINE_string('out', 'docs/specialists_sweep', 'Output path prefix (.json, .md, .png).')
 _VARIANTS = flags.DEFINE_list('variants', [], 'Subset of variant names to run (default: all).')
 config_flags.DEFINE_config_file('config', None, 'The config the workdir was trained with.', lock_config=False)
 
-
-NORM = r'(scale|bias)$'
 
 
 def variants() -> dict[str, dict]:
@@ -41,7 +41,7 @@ def variants() -> dict[str, dict]:
       # The same sparse kernels, plus BatchNorm scale and bias deltas kept whole (quantized alike), as dense
       # fine-tuning trains them: a few kilobytes per specialist.
       out[f'd{density:g}_b{bits}_norm'] = dict(out[f'd{density:g}_b{bits}'], leaves='kernels_and_norm',
-                                                dense_leaves=NORM)
+                                                dense_leaves=delta_lib.NORM)
   return out
 
 
@@ -54,7 +54,7 @@ def plot(rows, path):
     for norm, style, what in ((False, '-', ''), (True, ':', ' + dense norm')):
       pts = sorted((r['alpha'], r['oracle_top1'], r['density']) for r in rows
                    if r['bits'] == bits and r['variant'].startswith('d') and r['variant'] != 'dense_finetune'
-                   and r['variant'].endswith('_norm') == norm)
+                   and bool(r.get('dense_leaves')) == norm)
       if pts:
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, ls=style, label=f'delta, int{bits}{what}')
         for a, acc, d in pts:

@@ -37,6 +37,7 @@ PyTree = Any
 
 KERNELS = r'.*kernel$'
 KERNELS_AND_NORM = r'.*(kernel|scale|bias)$'
+NORM = r'(scale|bias)$'  # BatchNorm's affine parameters, e.g. for config.specialists.dense_leaves
 EXCLUDE_HEAD = r'^head/'
 GRANULARITIES = ('per_channel', 'per_tensor')
 

@@ -6,6 +6,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from supersub_jax import delta as delta_lib
 from supersub_jax import sparsity, specialists
 
 
@@ -25,7 +26,7 @@ def _cfg(dense_leaves, scope):
 def test_dense_leaves_keep_every_entry_and_take_no_share_of_the_budget(scope):
   delta = _delta()
   masks = sparsity.dense_masks(delta)
-  new = specialists.pruned_masks(delta, masks, 0.25, _cfg('(scale|bias)$', scope))
+  new = specialists.pruned_masks(delta, masks, 0.25, _cfg(delta_lib.NORM, scope))
   assert new['Dense_0']['bias'] is None
   assert np.all(new['BatchNorm_0']['scale']) and np.all(new['BatchNorm_0']['bias'])
   kernels = [np.asarray(new['Conv_0']['kernel']), np.asarray(new['Dense_0']['kernel'])]
