@@ -142,6 +142,21 @@ def test_superclasses_differ_in_coarse_structure():
   assert 0.18 < edges < 0.8, edges  # chance is 0.1: position jitter blurs the pooled silhouette
 
 
+def test_partners_share_a_texture_and_meet_halfway():
+  families = np.arange(len(synthetic.SHAPE_FAMILIES))
+  partners = synthetic.partner(families)
+  np.testing.assert_array_equal(partners % len(synthetic.TEXTURES), families % len(synthetic.TEXTURES))
+  np.testing.assert_array_equal(synthetic.partner(partners), families)  # a pairing: no family left alone
+  assert (partners != families).all()
+  xs, ys = np.meshgrid(np.arange(32, dtype=np.float32) + 0.5, np.arange(32, dtype=np.float32) + 0.5)
+  pose = [np.full(10, v, np.float32) for v in (16.0, 16.0, 10.0, 0.1)]
+  halfway = synthetic._shape_mask(families, *pose, xs, ys, morph=np.full(10, 0.5, np.float32))
+  from_partner = synthetic._shape_mask(partners, *pose, xs, ys, morph=np.full(10, 0.5, np.float32))
+  np.testing.assert_allclose(halfway, from_partner, atol=1e-5)  # the two superclasses' silhouettes coincide
+  unmorphed = synthetic._shape_mask(families, *pose, xs, ys)
+  assert (np.abs(unmorphed - synthetic._shape_mask(partners, *pose, xs, ys)).mean(axis=(1, 2)) > 0.05).all()
+
+
 def test_invalid_sizes_and_knobs():
   with pytest.raises(ValueError, match='only 10 shape families'):
     synthetic.validate_sizes((1,) * 11)

@@ -1,7 +1,9 @@
 """Synthetic hierarchical images: a miniature of Superclassing ImageNet that needs no download.
 
 Superclass s is COARSE structure: its object has shape family s (disc, square, triangle, ...) and
-texture type s mod 5 (stripes, checks, waves, dots, hatch), like fur vs feathers.
+texture type s mod 5 (stripes, checks, waves, dots, hatch), like fur vs feathers.  Superclasses s and
+s + 5 share a texture type, and each image's silhouette morphs part of the way (up to halfway) toward the
+partner's shape, so the coarse level is not separable at a glance: ambiguous shapes lie between partners.
 Subclass j of superclass s is FINE detail: the (orientation, period) of that texture, from the
 12 pairs in `GRATINGS` -- visible at 32x32, invisible to a shape-only classifier, and never
 enough on its own to tell superclasses apart (superclasses s and s + 5 share a texture type).
@@ -54,6 +56,13 @@ GRATINGS: tuple[tuple[float, float], ...] = (
 
 # Texture type of superclass s is TEXTURES[s % len(TEXTURES)].
 TEXTURES: tuple[str, ...] = ('stripes', 'checks', 'waves', 'dots', 'hatch')
+
+# Superclass s's silhouette morphs toward that of its partner (the superclass sharing its texture type): the
+# signed distance is (1 - w) sdf(s) + w sdf(partner(s)), w ~ U(0, MORPH_MAX) per image.  At w = 0.5 the two
+# superclasses draw the same silhouette, so images near it are ambiguous at 32x32, as some ImageNet superclasses
+# are (a fox-like dog), and the minority superclass of a pair loses most of them; texture cannot help, since
+# partners share it.  MORPH_MAX = 0.5 keeps a perfect observer always right.
+MORPH_MAX: float = 0.5
 
 _NUM_DISTRACTORS = 2
 _CHUNK = 1024  # images rendered at once: bounds memory to ~ _CHUNK * H * W * 3 float32.
@@ -188,10 +197,16 @@ def _hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
   return rgb
 
 
-def _shape_mask(families: np.ndarray, cx, cy, radius, angle, xs, ys) -> np.ndarray:
+def partner(family: np.ndarray) -> np.ndarray:
+  """The shape family that ``family`` morphs toward: the next one with the same texture type.  int [...]."""
+  return (family + len(TEXTURES)) % len(SHAPE_FAMILIES)
+
+
+def _shape_mask(families: np.ndarray, cx, cy, radius, angle, xs, ys, morph=None) -> np.ndarray:
   """Soft (anti-aliased) masks of one shape per image.
 
-  families: int [N]; cx, cy, radius, angle: float [N]; xs, ys: float32 [H, W] pixel centres.
+  families: int [N]; cx, cy, radius, angle: float [N]; xs, ys: float32 [H, W] pixel centres;
+  morph: float [N] in [0, 1], the weight of the partner family's distance (None: no morph).
   Returns float32 [N, H, W] in [0, 1].
   """
   dx = xs[None] - cx[:, None, None]
@@ -204,6 +219,9 @@ def _shape_mask(families: np.ndarray, cx, cy, radius, angle, xs, ys) -> np.ndarr
   for family in np.unique(families):
     sel = families == family
     dist[sel] = _sdf(int(family), u[sel], v[sel])
+    if morph is not None:
+      w = morph[sel][:, None, None]
+      dist[sel] = (1 - w) * dist[sel] + w * _sdf(int(partner(family)), u[sel], v[sel])
   # One pixel of soft edge: distance is in radius units, so scale by radius (pixels).
   return np.clip(0.5 - dist * rad, 0.0, 1.0)
 
@@ -258,7 +276,7 @@ def render(labels: np.ndarray, sizes: Sequence[int], image_size: int,
   radius = uniform(0.24, 0.38) * size
   cx = size / 2 + uniform(-0.18, 0.18) * size
   cy = size / 2 + uniform(-0.18, 0.18) * size
-  mask = _shape_mask(families, cx, cy, radius, uniform(-0.25, 0.25), xs, ys)
+  mask = _shape_mask(families, cx, cy, radius, uniform(-0.25, 0.25), xs, ys, morph=uniform(0, MORPH_MAX))
   # Hue kept away from the background's so the silhouette stays visible.
   obj_hue = (bg_hue + uniform(0.2, 0.8)) % 1.0
   obj = _hsv_to_rgb(obj_hue, uniform(0.35, 1.0), uniform(0.65, 1.0))
@@ -328,7 +346,7 @@ def make_config(*, image_size: int = 32, train_per_class: int = 300, test_per_cl
       raise ValueError(f'{knob}={value!r} must be an integer >= {low}.')
   knobs = dict(image_size=int(image_size), train_per_class=int(train_per_class),
                test_per_class=int(test_per_class), seed=int(seed), sizes=sizes)
-  return SyntheticConfig(name=config_name(**knobs), version='1.1.0',
+  return SyntheticConfig(name=config_name(**knobs), version='1.2.0',
                          description='synthetic hierarchical shapes', **knobs)
 
 
@@ -341,11 +359,13 @@ class SupersubSynthetic(tfds.core.GeneratorBasedBuilder,
                         skip_registration=__name__ == '__main__'):
   """Synthetic hierarchical images (see module docstring).  Build with `build_synthetic`."""
 
-  VERSION = tfds.core.Version('1.1.0')
+  VERSION = tfds.core.Version('1.2.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release.',
                    '1.1.0': 'Flip-invariant subclasses (orientation sign drawn per image), 30/60 degree '
                             'gratings (+-10 degree jitter: neighbouring orientations overlap), wider pose, '
-                            'weaker texture contrast, more pixel noise.'}
+                            'weaker texture contrast, more pixel noise.',
+                   '1.2.0': 'Superclasses that share a texture type morph into each other\'s shape (up to halfway): '
+                            'the coarse level is no longer nearly separable.'}
   # Other configs are made on the fly by `make_config` (see `synthetic_builder`).
   BUILDER_CONFIGS = [_DEFAULT_CONFIG]
 
