@@ -233,9 +233,14 @@ def paper_claims_rows(report: Mapping) -> list[tuple[str, str, str]]:
   """(claim, the paper's value, ours) for ``PAPER_CLAIMS``, from one report (one run: no interval)."""
   r = report
   gain = f"{100 * (r['supersub']['top1'] - r['vanilla']['top1']):+.2f} points"
-  matched = r.get('baselines', {}).get('vanilla_matched')
-  gain += (f"; {100 * matched['supersub_minus']:+.2f} against one network trained as long" if matched else
-           '; not at equal compute (no vanilla_matched stage in this run)')
+  matched, compute = r.get('baselines', {}).get('vanilla_matched'), r.get('compute')
+  if matched:
+    gain += f"; {100 * matched['supersub_minus']:+.2f} against one network trained as long"
+  elif compute and compute['vanilla_steps'] >= compute['supersub_steps']['total']:
+    gain += (f" at equal compute (vanilla {compute['vanilla_steps']:,} steps, Super-Sub "
+             f"{compute['supersub_steps']['total']:,})")
+  else:
+    gain += '; not at equal compute (no vanilla_matched stage in this run)'
   mem, resident = r['memory'], r['memory'].get('params_resident')
   memory = (f"{mem['supersub_bytes'] / max(mem['single_bytes'], 1):.2f}x at batch {mem.get('batch_size', '?')} "
             '(compiled call)')

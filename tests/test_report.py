@@ -87,6 +87,22 @@ def test_report_md_opens_with_the_papers_claims_and_shows_both_baselines_gaps(tm
   assert '| Super-Sub - head-only specialists (top-1 points) | +18.75 |' in md
 
 
+@pytest.mark.parametrize('vanilla_steps,matched,expected', [
+    (1200, None, '; not at equal compute (no vanilla_matched stage in this run)'),
+    (2450, None, ' at equal compute (vanilla 2,450 steps, Super-Sub 2,450)'),
+    (1200, -0.0125, '; -1.25 against one network trained as long'),
+])
+def test_papers_gain_claim_says_whether_the_vanilla_network_had_equal_compute(vanilla_steps, matched, expected):
+  r = _minimal_report()
+  r['compute'] = {'vanilla_steps': vanilla_steps, 'batch_size': 128,
+                  'supersub_steps': {'vanilla': 0, 'superclass': 1200, 'specialists': 1250, 'total': 2450}}
+  if matched is not None:
+    r['baselines'] = {'vanilla_matched': {'top1': 0.9, 'steps': 2450, 'supersub_minus': matched}}
+  gain = dict((claim, ours) for claim, _, ours in report.paper_claims_rows(r))[report.PAPER_CLAIMS[1][0]]
+  expected_gain = 100 * (r['supersub']['top1'] - r['vanilla']['top1'])
+  assert gain == f'{expected_gain:+.2f} points' + expected
+
+
 def test_per_superclass_gain_plot_draws_one_panel_per_baseline_with_points_and_intervals(tmp_path, monkeypatch):
   import matplotlib.axes  # pylint: disable=g-import-not-at-top
   calls = []
