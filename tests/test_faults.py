@@ -84,12 +84,12 @@ def test_changed_settings_are_refused_on_resume_and_on_load(tiny_workdir):
              '--config.vanilla.num_train_steps=4')
   assert out.returncode == 1
   message = _error_line(out)
-  assert 'specialists.density: 0.1 -> 0.5 (checkpoints of specialists, head_only)' in message
+  assert 'specialists.density: 0.05 -> 0.5 (checkpoints of specialists, head_only)' in message
   assert 'vanilla.num_train_steps: 6 -> 4 (checkpoints of vanilla, vanilla_matched)' in message
   assert 'fresh --workdir' in message
   out = subprocess.run([sys.executable, os.path.join(ROOT, 'evaluate.py'), f'--workdir={workdir}',
-                        '--config.specialists.bits=4'], capture_output=True, text=True, timeout=600)
-  assert out.returncode == 1 and 'specialists.bits: 8 -> 4' in _error_line(out)
+                        '--config.specialists.bits=8'], capture_output=True, text=True, timeout=600)
+  assert out.returncode == 1 and 'specialists.bits: 4 -> 8' in _error_line(out)
   # Nothing was rewritten: the specialists' summary and the stored config are those of the run that made them.
   assert open(summary).read() == before
   assert open(os.path.join(workdir, 'config.json')).read() == stored_config

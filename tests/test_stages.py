@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 
@@ -79,10 +80,19 @@ def test_all_stages_report_metrics_and_log_each_job_under_its_own_name(tiny_work
 def test_specialist_masks_reach_target_density_and_delta_stays_sparse(tiny_workdir):
   config, workdir, _ = tiny_workdir
   hierarchy = stages.make_hierarchy(config)
+  # The kept fraction over all delta leaves: the pruned leaves at the target density, the dense_leaves whole.
+  backbone = models.split_head(stages.load_network(config, workdir, 'superclass').params)[0]
+  sizes = {delta_lib.path_str(p): x.size for p, x in jax.tree_util.tree_flatten_with_path(backbone)[0]}
+  in_delta = [p for p in sizes if re.fullmatch(delta_lib.KERNELS_AND_NORM, p)]
+  assert config.specialists.leaves == 'kernels_and_norm' and config.specialists.dense_leaves == delta_lib.NORM
+  whole = sum(sizes[p] for p in in_delta if re.search(delta_lib.NORM, p))
+  pruned = sum(sizes[p] for p in in_delta) - whole
+  expected = (config.specialists.density * pruned + whole) / (pruned + whole)
+  assert whole > 0 and expected > config.specialists.density + 0.005
   for k in range(hierarchy.num_superclasses):
     manager = ckpt.make_manager(specialists.specialist_dir(workdir, hierarchy, k), item_names=specialists.ITEMS)
     meta = ckpt.read_meta(specialists.specialist_dir(workdir, hierarchy, k))
-    assert meta['summary']['density'] == pytest.approx(config.specialists.density, abs=0.01)
+    assert meta['summary']['density'] == pytest.approx(expected, abs=0.003)
     metadata = manager.item_metadata(manager.latest_step())
     assert 'compressed' in metadata and 'state' in metadata
 
