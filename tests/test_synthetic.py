@@ -176,6 +176,7 @@ def test_cli_summary_and_grid(tmp_path):
   assert result.returncode == 0, result.stderr
   out = result.stdout
   assert 'superclass  0 disc' in out and 'split train: 8 examples' in out
+  assert 'morphs toward bars' in out  # its partner, superclass 5, absent here: the shape still morphs
   assert 'build time' in out
   from PIL import Image  # pylint: disable=g-import-not-at-top
   with Image.open(grid_path) as image:
