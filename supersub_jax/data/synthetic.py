@@ -198,7 +198,7 @@ def _hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 def partner(family: np.ndarray) -> np.ndarray:
-  """The shape family that ``family`` morphs toward: the next one with the same texture type.  int [...]."""
+  """The shape family that ``family`` morphs toward: the next one with the same texture type.  int or int [...]."""
   return (family + len(TEXTURES)) % len(SHAPE_FAMILIES)
 
 
@@ -452,7 +452,7 @@ def summary_lines(builder: SupersubSynthetic, build_seconds: float | None = None
   for s, n in enumerate(cfg.sizes):
     patterns = ', '.join(f'{GRATINGS[j][0]:.0f}deg/{GRATINGS[j][1]:.1f}px' for j in range(n))
     lines.append(f'  superclass {s:2d} {SHAPE_FAMILIES[s]:8s} {TEXTURES[s % len(TEXTURES)]:7s} '
-                 f'morphs toward {SHAPE_FAMILIES[int(partner(np.int64(s)))]:8s} {n:2d} subclasses '
+                 f'morphs toward {SHAPE_FAMILIES[partner(s)]:8s} {n:2d} subclasses '
                  f'(labels {offset}..{offset + n - 1}): {patterns}')
     offset += n
   for split, info in builder.info.splits.items():
