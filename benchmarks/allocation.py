@@ -27,6 +27,8 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+import results  # benchmarks/results.py
+
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Parent of the per-allocation workdirs.', required=True)
 _RUNS = flags.DEFINE_list(
     'runs', ['1200/scratch:0.5', '1200/vanilla_first:0.4898:0.1224', '2450/vanilla_first:0.4898:0.1224'],
@@ -170,12 +172,7 @@ def main(argv):
     print(f"[B={budget} {allocation}] Super-Sub {rows[-1]['supersub']:.4f} flat {rows[-1]['flat']:.4f}", flush=True)
   text = markdown(rows)
   if _OUT.value:
-    os.makedirs(os.path.dirname(_OUT.value) or '.', exist_ok=True)
-    with open(_OUT.value + '.json', 'w') as f:
-      json.dump(rows, f, indent=2)
-    with open(_OUT.value + '.md', 'w') as f:
-      f.write(text)
-    plot(rows, _OUT.value + '.png')
+    results.write(_OUT.value, rows, text, plot)
   print(text)
 
 

@@ -12,12 +12,13 @@ the generalist's routing, oracle top-1, alpha, and throughput and memory on real
 one process against the same single network. Writes <out>.json, <out>.md (a table) and <out>.png.
 """
 
-import json
 import os
 import time
 
 from absl import app
 from absl import flags
+
+import results  # benchmarks/results.py
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A finished demo workdir (see the docstring).', required=True)
 _BRANCHES = flags.DEFINE_list('branches', ['stem', 'stage2', 'stage3', 'stage4', 'head'],
@@ -95,9 +96,6 @@ def main(argv):
     print(f"{branch:>7}: Super-Sub {rows[-1]['supersub_top1']:.4f} oracle {rows[-1]['oracle_top1']:.4f} alpha "
           f"{rows[-1]['alpha']:.4f} speed {rows[-1]['ratio_256']:.2f}x (b256) {rows[-1]['ratio_1']:.2f}x (b1)",
           flush=True)
-  os.makedirs(os.path.dirname(_OUT.value) or '.', exist_ok=True)
-  with open(_OUT.value + '.json', 'w') as f:
-    json.dump(rows, f, indent=2)
   full = rows[0]
   lines = ['| branch | Super-Sub top-1 | vs first row (points) | oracle top-1 | alpha | speed b256 | speed b1 | '
            'resident params MB (single) | memory b256 MB (single) | specialists train s |',
@@ -109,9 +107,7 @@ def main(argv):
                  f"{r['resident_bytes'] / 1e6:.2f} ({r['single_resident_bytes'] / 1e6:.2f}) | "
                  f"{r['memory_256_bytes'] / 1e6:.1f} ({r['single_memory_256_bytes'] / 1e6:.1f}) | {secs} |")
   table = '\n'.join(lines)
-  with open(_OUT.value + '.md', 'w') as f:
-    f.write(table + '\n')
-  plot(rows, _OUT.value + '.png')
+  results.write(_OUT.value, rows, table, plot)
   print(table)
 
 

@@ -27,6 +27,8 @@ import sys
 from absl import app
 from absl import flags
 
+import results  # benchmarks/results.py
+
 _MODELS = flags.DEFINE_list('models', ['resnet18', 'resnet50'], 'supersub_jax.models names.')
 _NS = flags.DEFINE_list('num_superclasses', ['2', '5', '10', '20'], 'Values of N.')
 _SUBCLASSES = flags.DEFINE_integer('subclasses', 100, 'Subclasses in all, split over the N superclasses.')
@@ -134,17 +136,13 @@ def plot(rows: list[dict], path: str) -> None:
 
 def main(argv):
   del argv
-  os.makedirs(os.path.dirname(_OUT.value) or '.', exist_ok=True)
   rows = []
   for model in _MODELS.value:
     for n in (int(x) for x in _NS.value):
       rows.append(measure(model, n))
       print(f'{model} N={n}: done ({rows[-1]["device"]})', flush=True)
-      with open(_OUT.value + '.json', 'w') as f:
-        json.dump(rows, f, indent=2)
-      with open(_OUT.value + '.md', 'w') as f:
-        f.write(table(rows) + '\n')
-  plot(rows, _OUT.value + '.png')
+      results.write(_OUT.value, rows, table(rows))
+  results.write(_OUT.value, rows, table(rows), plot)
   print(table(rows))
 
 

@@ -19,6 +19,8 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+import results  # benchmarks/results.py
+
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Parent directory of the per-seed workdirs.', required=True)
 _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'config.seed values (3 or more for an interval).')
 _OUT = flags.DEFINE_string('out', '', 'Output path prefix (.json, .md); empty: print only.')
@@ -113,15 +115,9 @@ def main(argv):
   summary = summarize(reports)
   text = markdown(summary)
   if _OUT.value:
-    os.makedirs(os.path.dirname(_OUT.value) or '.', exist_ok=True)
-    with open(_OUT.value + '.json', 'w') as f:
-      json.dump(summary, f, indent=2)
-    with open(_OUT.value + '.md', 'w') as f:
-      f.write(text)
     from supersub_jax import report as report_lib  # pylint: disable=g-import-not-at-top
-    report_lib.plot_per_superclass_gain(
-        summary['superclasses'], {METRICS[b][0]: np.asarray(v).T for b, v in summary['per_superclass_minus'].items()},
-        _OUT.value + '.png')
+    results.write(_OUT.value, summary, text, lambda s, path: report_lib.plot_per_superclass_gain(
+        s['superclasses'], {METRICS[b][0]: np.asarray(v).T for b, v in s['per_superclass_minus'].items()}, path))
   print(text)
 
 

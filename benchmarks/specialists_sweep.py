@@ -10,7 +10,6 @@ alpha is per specialist: (specialist bytes / generalist bytes), averaged, which 
 Writes <out>.json, <out>.md (a table) and <out>.png (accuracy against alpha).
 """
 
-import json
 import os
 
 from absl import app
@@ -18,6 +17,8 @@ from absl import flags
 from ml_collections import config_flags
 
 from supersub_jax import delta as delta_lib
+
+import results  # benchmarks/results.py
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A workdir with a trained superclass stage.', required=True)
 _SUPER = flags.DEFINE_list('superclasses', ['0', '1', '2', '3'], 'Superclasses that get specialists.')
@@ -115,13 +116,8 @@ def main(argv):
                  'bytes_per_specialist': sum(p['total_bytes'] for p in per) / len(per),
                  'per_superclass': {p['name']: p['oracle_top1'] for p in per}})
     print(f"{name:>15}: oracle top-1 {rows[-1]['oracle_top1']:.4f}  alpha {rows[-1]['alpha']:.4f}", flush=True)
-  os.makedirs(os.path.dirname(_OUT.value) or '.', exist_ok=True)
-  with open(_OUT.value + '.json', 'w') as f:
-    json.dump(rows, f, indent=2)
   table = markdown(rows)
-  with open(_OUT.value + '.md', 'w') as f:
-    f.write(table + '\n')
-  plot(rows, _OUT.value + '.png')
+  results.write(_OUT.value, rows, table, plot)
   print(table)
 
 

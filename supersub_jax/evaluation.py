@@ -289,7 +289,7 @@ def run(config, workdir: str) -> dict:
       'supersub_errors': report_lib.error_breakdown(p['supersub'], p['subclass'], l2s),
       'per_superclass': per_superclass,
       'storage': storage,
-      'compute': {'vanilla_steps': int(config.vanilla.num_train_steps), 'supersub_steps': stages.pipeline_steps(
+      'compute': {'vanilla_steps': vanilla.steps, 'supersub_steps': stages.pipeline_steps(
           config, hierarchy), 'batch_size': int(config.batch_size)},
   }
   # The optional baselines: the flat network trained for Super-Sub's whole budget, and Super-Sub with head-only
@@ -302,7 +302,7 @@ def run(config, workdir: str) -> dict:
         sel = p['superclass'] == k
         row[f'{name}_top1'] = acc(p[name][sel], p['subclass'][sel])
   if 'vanilla_matched' in p:
-    report['baselines']['vanilla_matched']['steps'] = report['compute']['supersub_steps']['total']
+    report['baselines']['vanilla_matched']['steps'] = trained.vanilla_matched.steps
   report.update(measure_inference(config, trained, chunk_sizes=chunk_sizes))
   report['memory']['bank_export_bytes'] = sum(sum(b.values()) for b in parts)
 

@@ -127,12 +127,14 @@ def stage_steps(config, stage: str, hierarchy=None) -> int:
 
 @dataclasses.dataclass
 class Network:
-  """A trained network of one of ``NETWORK_STAGES``, as host numpy pytrees."""
+  """A trained network of one of ``NETWORK_STAGES``, as host numpy pytrees; ``steps``: the optimizer steps it was
+  trained for (its checkpoint's, which a linked or reused stage may not share with the current config)."""
   stage: str
   model: Any
   params: Any
   batch_stats: Any
   meta: dict
+  steps: int
 
 
 def stage_dir(workdir: str, stage: str) -> str:
@@ -166,7 +168,7 @@ def load_network(config, workdir: str, stage: str, hierarchy=None) -> Network:
   job, num_classes = _network_job(config, workdir, stage, hierarchy)
   model = make_model(config, num_classes)
   restored = runner.load_finished(config, job, target=_abstract_state(config, model, stage, job.num_steps)[0])
-  return Network(stage, model, restored.state.params, restored.state.batch_stats, restored.meta)
+  return Network(stage, model, restored.state.params, restored.state.batch_stats, restored.meta, int(restored.step))
 
 
 def initial_backbone_source(config, stage: str) -> str:

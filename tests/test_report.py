@@ -87,17 +87,28 @@ def test_report_md_opens_with_the_papers_claims_and_shows_both_baselines_gaps(tm
   assert '| Super-Sub - head-only specialists (top-1 points) | +18.75 |' in md
 
 
-@pytest.mark.parametrize('vanilla_steps,matched,expected', [
-    (1200, None, '; not at equal compute (no vanilla_matched stage in this run)'),
-    (2450, None, ' at equal compute (vanilla 2,450 steps, Super-Sub 2,450)'),
-    (1200, -0.0125, '; -1.25 against one network trained as long'),
+def test_baseline_rows_give_both_step_counts_when_the_matched_network_trained_longer():
+  r = _minimal_report()
+  r['compute'] = {'vanilla_steps': 1200, 'batch_size': 128,
+                  'supersub_steps': {'vanilla': 1200, 'superclass': 300, 'specialists': 880, 'total': 2380}}
+  r['baselines'] = {'vanilla_matched': {'top1': 0.9, 'steps': 2450, 'supersub_minus': -0.0125}}
+  rows = dict(report._baseline_rows(r))  # pylint: disable=protected-access
+  assert rows['vanilla trained for 2,450 steps (Super-Sub: 2,380), top-1'] == '0.9000'
+
+
+@pytest.mark.parametrize('vanilla_steps,matched,matched_steps,expected', [
+    (1200, None, None, '; not at equal compute (no vanilla_matched stage in this run)'),
+    (2450, None, None, ' at equal compute (vanilla 2,450 steps, Super-Sub 2,450)'),
+    (1200, -0.0125, 2450, '; -1.25 against one network trained as long'),
+    (1200, -0.0125, 2500, '; -1.25 against one network trained for 2,500 steps'),  # e.g. a linked, longer stage
 ])
-def test_papers_gain_claim_says_whether_the_vanilla_network_had_equal_compute(vanilla_steps, matched, expected):
+def test_papers_gain_claim_says_whether_the_vanilla_network_had_equal_compute(vanilla_steps, matched, matched_steps,
+                                                                             expected):
   r = _minimal_report()
   r['compute'] = {'vanilla_steps': vanilla_steps, 'batch_size': 128,
                   'supersub_steps': {'vanilla': 0, 'superclass': 1200, 'specialists': 1250, 'total': 2450}}
   if matched is not None:
-    r['baselines'] = {'vanilla_matched': {'top1': 0.9, 'steps': 2450, 'supersub_minus': matched}}
+    r['baselines'] = {'vanilla_matched': {'top1': 0.9, 'steps': matched_steps, 'supersub_minus': matched}}
   gain = dict((claim, ours) for claim, _, ours in report.paper_claims_rows(r))[report.PAPER_CLAIMS[1][0]]
   expected_gain = 100 * (r['supersub']['top1'] - r['vanilla']['top1'])
   assert gain == f'{expected_gain:+.2f} points' + expected
