@@ -10,7 +10,8 @@ Expected result (measured at seed 0, dataset 1.2.0, 2026-11-26): vanilla top-1 0
   0.976, Super-Sub top-1 0.948 (+3.0 points; oracle routing 0.972), storage 1.26 networks (alpha 0.026 for N=10),
   53% of vanilla's errors within the superclass; Super-Sub throughput 0.45x the single network's at batch 256 on
   real held-out batches, 0.36x at batch 1 (CPU). Not at equal compute: a flat network trained for Super-Sub's
-  2,450 steps reached 0.955 (README). Seeds vary: at seed 1, Super-Sub 0.928 against 0.957 for that flat network.
+  2,450 steps reached 0.955 (README). Over seeds 0-2, Super-Sub
+  0.936 ± 0.011 against 0.956 ± 0.001 for that flat network (docs/benchmarks.md).
 """
 
 from supersub_jax import config as config_lib
