@@ -33,23 +33,23 @@ COLUMNS = (('routing', 'generalist superclass top-1'),
 
 def decompose(subclass, superclass, route, supersub, flat, label_to_superclass) -> dict:
   """The split of Super-Sub minus the flat network by route, from int arrays [M] of labels and predictions."""
+  from supersub_jax.report import accuracy, confusion_matrix  # pylint: disable=g-import-not-at-top
   right = route == superclass
-  share = right.mean()
+  share = float(right.mean())
 
   def top1(pred, sel):
-    return float((pred[sel] == subclass[sel]).mean()) if sel.any() else float('nan')
+    return accuracy(pred[sel], subclass[sel])
 
-  confusion = np.zeros((int(superclass.max()) + 1,) * 2, np.int64)
-  np.add.at(confusion, (superclass[~right], route[~right]), 1)
-  out = {'images': int(subclass.size), 'misrouted': int((~right).sum()), 'routing': float(share),
-         'flat_superclass': float((label_to_superclass[flat] == superclass).mean()),
+  confusion = confusion_matrix(route[~right], superclass[~right], len(np.unique(label_to_superclass)))
+  out = {'images': int(subclass.size), 'misrouted': int((~right).sum()), 'routing': share,
+         'flat_superclass': accuracy(label_to_superclass[flat], superclass),
          'top_confusion': float(confusion.max(1).sum() / max(confusion.sum(), 1)),
          'supersub_routed_right': top1(supersub, right), 'flat_routed_right': top1(flat, right),
          'supersub_misrouted': top1(supersub, ~right), 'flat_misrouted': top1(flat, ~right)}
   # nan (no misrouted image) contributes nothing: that share is 0.
   out['gain_routed_right'] = share * (out['supersub_routed_right'] - out['flat_routed_right'])
-  out['loss_misrouted'] = np.nan_to_num((1 - share) * (out['supersub_misrouted'] - out['flat_misrouted']))
-  out['supersub_minus_flat'] = float((supersub == subclass).mean() - (flat == subclass).mean())
+  out['loss_misrouted'] = float(np.nan_to_num((1 - share) * (out['supersub_misrouted'] - out['flat_misrouted'])))
+  out['supersub_minus_flat'] = accuracy(supersub, subclass) - accuracy(flat, subclass)
   return out
 
 
