@@ -10,8 +10,8 @@ Model: --model (ResNet-18 by default) with --stem ('small': the 3x3 stem, stride
 mode. JAX: ``train.train_step`` compiled by ``train.Parallel('pmap')`` on --devices (forced host devices on CPU),
 parameters in fp32 and compute in bf16 with --half_precision. PyTorch: torchvision's model of the same name (the
 layouts ``weights`` converts between), channels_last, ``torch.set_num_threads(--threads)`` on CPU, on the GPU
-when there is one; --half_precision is ``torch.autocast`` to bf16 (fp32 parameters), --torch_compile wraps the
-model in ``torch.compile``. Each framework runs --warmup steps, then the two alternate in --rounds rounds of
+when there is one; --half_precision is ``torch.autocast`` to bf16 (fp32 parameters); --torch_compile adds a third
+runner, the same PyTorch model under ``torch.compile`` (default inductor backend). Each framework runs --warmup steps, then the two alternate in --rounds rounds of
 --steps steps on distinct random batches already on the device; the mean step time over all timed steps of each
 gives images/s. Each step ends by reading its loss on the host, in both frameworks alike. torch is never a
 dependency of the package or its tests.
@@ -29,7 +29,7 @@ _STEM = flags.DEFINE_enum('stem', 'small', ['small', 'imagenet'], "'small': 3x3 
 _IMAGE = flags.DEFINE_integer('image_size', 32, 'Image side.')
 _CLASSES = flags.DEFINE_integer('num_classes', 10, 'Classes of the head.')
 _HALF = flags.DEFINE_bool('half_precision', False, 'bf16 compute, fp32 parameters, in both frameworks.')
-_TORCH_COMPILE = flags.DEFINE_bool('torch_compile', False, 'Wrap the PyTorch model in torch.compile.')
+_TORCH_COMPILE = flags.DEFINE_bool('torch_compile', False, 'Also time the PyTorch model under torch.compile.')
 _DEVICES = flags.DEFINE_integer('devices', 1, 'JAX devices (forced host devices on CPU).')
 _THREADS = flags.DEFINE_integer('threads', 2, 'PyTorch intra-op threads (CPU).')
 _BATCH = flags.DEFINE_integer('batch_size', 128, 'Global batch.')
@@ -64,7 +64,7 @@ def _jax_runner(batches):
   return run
 
 
-def _torch_runner(batches):
+def _torch_runner(batches, compiled):
   import contextlib  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   import torchvision  # pylint: disable=g-import-not-at-top
@@ -78,7 +78,7 @@ def _torch_runner(batches):
   model = model.to(device, memory_format=torch.channels_last).train()
   opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
   loss_fn = torch.nn.CrossEntropyLoss()
-  forward = torch.compile(model) if _TORCH_COMPILE.value else model
+  forward = torch.compile(model) if compiled else model
   data = [(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).to(device, memory_format=torch.channels_last),
            torch.from_numpy(y.astype('int64')).to(device)) for x, y in batches]
 
@@ -106,8 +106,10 @@ def main(argv):
   batches = [(rng.normal(size=shape).astype(np.float32),
               rng.integers(0, _CLASSES.value, size=_BATCH.value).astype(np.int32)) for _ in range(4)]
   jax_run = _jax_runner(batches)  # first: each framework's CUDA libraries as it would load them alone
-  torch_run, torch_device = _torch_runner(batches)
+  torch_run, torch_device = _torch_runner(batches, compiled=False)
   runners = {'jax': jax_run, 'pytorch': torch_run}
+  if _TORCH_COMPILE.value:
+    runners['pytorch_compile'], _ = _torch_runner(batches, compiled=True)
   for run in runners.values():
     for i in range(_WARMUP.value):
       run(i)
@@ -128,14 +130,15 @@ def main(argv):
         f'{precision} training step, mean of {_ROUNDS.value * _STEPS.value} steps each, alternating:')
   print(f'  JAX {jax.__version__} on {jax.local_device_count()} {jax.devices()[0].device_kind} device(s): '
         f'{ips["jax"]:.1f} img/s')
-  print(f'  PyTorch {torch.__version__} on {where}, channels_last'
-        f'{", torch.compile" if _TORCH_COMPILE.value else ""}: {ips["pytorch"]:.1f} img/s')
-  print(f'  JAX / PyTorch: {ips["jax"] / ips["pytorch"]:.2f}x')
-  print(json.dumps({'jax_ips': ips['jax'], 'pytorch_ips': ips['pytorch'], 'ratio': ips['jax'] / ips['pytorch'],
+  for name in ips:
+    if name != 'jax':
+      label = 'channels_last, torch.compile' if name == 'pytorch_compile' else 'channels_last, eager'
+      print(f'  PyTorch {torch.__version__} on {where}, {label}: {ips[name]:.1f} img/s '
+            f'(JAX / this: {ips["jax"] / ips[name]:.2f}x)')
+  print(json.dumps({**{f'{name}_ips': v for name, v in ips.items()}, 'ratio': ips['jax'] / ips['pytorch'],
                     'model': _MODEL.value, 'stem': _STEM.value, 'image_size': _IMAGE.value, 'precision': precision,
-                    'torch_compile': _TORCH_COMPILE.value, 'jax_device': jax.devices()[0].device_kind,
+                    'jax_device': jax.devices()[0].device_kind,
                     'torch_device': where, 'devices': _DEVICES.value, 'batch_size': _BATCH.value}))
-
 
 if __name__ == '__main__':
   app.run(main)

@@ -243,9 +243,11 @@ class Parallel:
 
   @functools.cached_property
   def _pmap_sharding(self):
-    # pmap's own output layout (leading axis over the local devices): pmapped calls take such arrays without moving
-    # them. Read off one identity pmap, then reused for leaves of any shape (one compile, not one per shape).
-    return jax.pmap(lambda y: y)(np.zeros(jax.local_device_count(), np.float32)).sharding
+    # pmap's own output layout (leading axis over the local devices), read off one identity pmap and reused for
+    # leaves of any shape. Its axis name must be the compiled functions' own: pmap keys its cache on the inputs'
+    # sharding, mesh axis names included, so state placed under another name would compile the step a second time
+    # when its own output comes back as the next input.
+    return jax.pmap(lambda y: y, axis_name=AXIS)(np.zeros(jax.local_device_count(), np.float32)).sharding
 
   def compile(self, fn: Callable, *, donate_state: bool = True) -> Callable:
     """Compiles ``fn(state, batch, frozen)`` written for one device."""

@@ -143,6 +143,26 @@ def test_pmap_equals_shard_map_on_two_devices():
   _in_subprocess('_check_pmap_equals_shard_map')
 
 
+@pytest.mark.parametrize('kind', ['pmap', 'shard_map'])
+def test_step_compiles_once_when_fed_its_own_output(kind):
+  # A second trace means a second compile of the whole step: it happened when replicate() placed the state under
+  # another mesh axis name than the one the step's outputs carry.
+  model, params, batch_stats = _setup()
+  tx = train_lib.make_optimizer(_opt_cfg(), 10)
+  traces = []
+
+  def counted_step(*args):
+    traces.append(1)
+    return train_lib.train_step(*args, apply_fn=model.apply, tx=tx)
+
+  parallel = train_lib.Parallel(kind)
+  step = parallel.compile(counted_step)
+  state = parallel.replicate(train_lib.create_train_state(params, batch_stats, tx))
+  for batch in _batches(jax.local_device_count(), 2, 3):
+    state, _ = step(state, parallel.shard_batch(batch), {})
+  assert len(traces) == 1
+
+
 def test_parallel_rejects_unknown_kind():
   with pytest.raises(ValueError, match='parallelism'):
     train_lib.Parallel('pjit')
