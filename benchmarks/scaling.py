@@ -75,6 +75,8 @@ def measure(model: str, n: int) -> dict:
                                                    f'--batch_size={_TRAIN_BATCH.value}',
                                                    f'--steps={_TRAIN_STEPS.value}'])
     train[kind] = {k: row[k] for k in ('compile_s', 'step_s', 'update_step_s', 'images_per_s')}
+    # One line per measurement: a run stopped inside a row (a lease ending) still says what it had measured.
+    print(f'{model} N={n} {kind} step: {1e3 * row["step_s"]:,.1f} ms (compile {row["compile_s"]:.1f} s)', flush=True)
   infer = _last_json('inference_scale.py', common + [f'--sizes={",".join(map(str, sizes))}',
                                                       f'--batch_sizes={",".join(_BATCHES.value)}',
                                                       f'--repeats={_REPEATS.value}',
