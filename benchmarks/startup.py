@@ -6,9 +6,9 @@ Each run is a fresh `python train.py` process on a fresh workdir (vanilla stage 
 is done; the seconds from launching the process to the step-1 record in ``metrics.jsonl`` (written after the step's
 metrics reach the host) are what a user waits before training starts: imports, data opening, model init and the
 compilation of the step. The step-2 record (``log_every_steps=2``) shows whether the second call runs at speed or
-compiles the step again (as it did while the replicated state and the step's output state differed in sharding). ``cold``: an empty compilation cache
-directory; ``warm``: the same directory again, now filled by the cold run. The dataset is already built (its first
-build is not counted). Prints a table and JSON.
+compiles the step again (as it did while the replicated state and the step's output state differed in sharding).
+``cold``: an empty compilation cache directory; ``warm``: the same directory again, now filled by the cold run. The
+dataset is already built (its first build is not counted). Prints a table and JSON.
 """
 
 import json
@@ -34,8 +34,8 @@ def _time_to_steps(cache: str, workdir: str) -> tuple[float, float]:
   proc = subprocess.Popen(
       [sys.executable, os.path.join(ROOT, 'train.py'), f'--config={_CONFIG.value}', f'--workdir={workdir}',
        f'--config.data_dir={os.path.abspath(_DATA_DIR.value)}', "--config.stages=('vanilla',)",
-       '--config.vanilla.num_train_steps=1000', '--config.log_every_steps=2'], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-      env=env, cwd=ROOT)
+       '--config.vanilla.num_train_steps=1000', '--config.log_every_steps=2'],
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
   metrics = os.path.join(workdir, 'metrics.jsonl')
   seconds = {}
   while proc.poll() is None:

@@ -20,8 +20,8 @@ output (NHWC activations, or pooled features ``[B, D]`` for ``g='head'``);
 change only the groups from their ``branch`` on.
 
 Convolutions run through ``conv_general_dilated``: ``jax.lax``'s values and gradients, except that on CPU the
-kernel gradient is one matmul per kernel tap instead of XLA:CPU's backward-filter convolution (3.8-8.5x faster
-for ResNet-18's early layers; ``benchmarks/conv.py``).
+kernel gradient is one matmul per kernel tap instead of XLA:CPU's backward-filter convolution (5-12x faster for
+ResNet-18's first two stages at 32x32; ``benchmarks/conv.py``).
 
 Shapes: images are NHWC ``[B, H, W, 3]``; logits are float32 ``[B, num_classes]``.
 """
@@ -58,21 +58,22 @@ def _kernel_grad_by_shifts(x: jax.Array, g: jax.Array, kernel_shape: Sequence[in
   """The kernel gradient of a 2-D NHWC/HWIO convolution as one matmul per kernel tap.
 
   x: input [B, H, W, C]; g: output cotangent [B, Ho, Wo, O]; returns [kh, kw, C, O] in x's dtype. Tap (i, j) sees
-  the input window shifted by (i, j) and strided as the convolution: its gradient is that window, flattened to
-  [B*Ho*Wo, C], contracted with g flattened to [B*Ho*Wo, O] (accumulated in float32).
+  the padded input window shifted by (i, j) and strided as the convolution: its gradient is that window, flattened
+  to [B*Ho*Wo, C], contracted with g flattened to [B*Ho*Wo, O] (accumulated in float32). The taps run in a loop
+  (``lax.map``), not unrolled: one matmul in the program instead of kh*kw compiles faster and ran faster here.
   """
   kh, kw = kernel_shape[0], kernel_shape[1]
   _, ho, wo, o = g.shape
   xp = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
   g2 = g.reshape(-1, o)
-  taps = []
-  for i in range(kh):
-    for j in range(kw):
-      window = jax.lax.slice(xp, (0, i, j, 0), (xp.shape[0], i + (ho - 1) * strides[0] + 1,
-                                                 j + (wo - 1) * strides[1] + 1, xp.shape[3]), (1, *strides, 1))
-      taps.append(jax.lax.dot_general(window.reshape(-1, x.shape[-1]), g2, (((0,), (0,)), ((), ())),
-                                      preferred_element_type=jnp.float32))
-  return jnp.stack(taps).reshape(kh, kw, x.shape[-1], o).astype(x.dtype)
+  extent = (xp.shape[0], (ho - 1) * strides[0] + 1, (wo - 1) * strides[1] + 1, xp.shape[3])
+
+  def tap(t):
+    window = jax.lax.dynamic_slice(xp, (0, t // kw, t % kw, 0), extent)[:, ::strides[0], ::strides[1]]
+    return jax.lax.dot_general(window.reshape(-1, x.shape[-1]), g2, (((0,), (0,)), ((), ())),
+                               preferred_element_type=jnp.float32)
+
+  return jax.lax.map(tap, jnp.arange(kh * kw)).reshape(kh, kw, x.shape[-1], o).astype(x.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -90,9 +91,9 @@ def _conv_nhwc_bwd(strides, padding, residuals, g):
   conv = functools.partial(jax.lax.conv_general_dilated, window_strides=strides, padding=padding,
                            dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
   (dx,) = jax.vjp(lambda x_: conv(x_, kernel), x)[1](g)
-  # XLA:CPU computes the kernel gradient as a convolution whose "features" are the batch and spatial positions,
-  # 10-17x slower than the forward convolution on a 2-core x86 CPU; nine (or 49, or one) plain matmuls run at the
-  # speed of a GEMM. Other platforms keep XLA's own transpose (cuDNN's backward-filter kernels on GPU).
+  # XLA:CPU computes the kernel gradient as a convolution whose "features" are the batch and spatial positions: on
+  # large feature maps up to 17x slower than the forward convolution (2-core x86 CPU); nine (or 49, or one) plain
+  # matmuls run at the speed of a GEMM. Other platforms keep XLA's own transpose (cuDNN's backward-filter kernels on GPU).
   dk = jax.lax.platform_dependent(
       x, g, cpu=lambda x_, g_: _kernel_grad_by_shifts(x_, g_, kernel.shape, strides, padding),
       default=lambda x_, g_: jax.vjp(lambda k_: conv(x_, k_), kernel)[1](g_)[0])

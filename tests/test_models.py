@@ -21,11 +21,11 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from supersub_jax.models import (
-    conv_general_dilated,
     MODELS,
     BottleneckResNetBlock,
     ResNet,
     ResNetBlock,
+    conv_general_dilated,
     create_model,
     flops_per_example,
     init_variables,
