@@ -11,9 +11,9 @@ mode. JAX: ``train.train_step`` compiled by ``train.Parallel('pmap')`` on --devi
 parameters in fp32 and compute in bf16 with --half_precision. PyTorch: torchvision's model of the same name (the
 layouts ``weights`` converts between), channels_last, ``torch.set_num_threads(--threads)`` on CPU, on the GPU
 when there is one; --half_precision is ``torch.autocast`` to bf16 (fp32 parameters); --torch_compile adds a third
-runner, the same PyTorch model under ``torch.compile`` (default inductor backend). Each framework runs --warmup steps, then the two alternate in --rounds rounds of
---steps steps on distinct random batches already on the device; the mean step time over all timed steps of each
-gives images/s. Each step ends by reading its loss on the host, in both frameworks alike. torch is never a
+runner, the same PyTorch model under ``torch.compile`` (default inductor backend). Each runner takes --warmup
+steps, then the runners alternate in --rounds rounds of --steps steps on distinct random batches already on the
+device; the mean step time over all timed steps of each gives images/s. Each step ends by reading its loss on the host, in both frameworks alike. torch is never a
 dependency of the package or its tests.
 """
 

@@ -92,8 +92,9 @@ def _conv_nhwc_bwd(strides, padding, residuals, g):
                            dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
   (dx,) = jax.vjp(lambda x_: conv(x_, kernel), x)[1](g)
   # XLA:CPU computes the kernel gradient as a convolution whose "features" are the batch and spatial positions: on
-  # large feature maps up to 17x slower than the forward convolution (2-core x86 CPU); nine (or 49, or one) plain
-  # matmuls run at the speed of a GEMM. Other platforms keep XLA's own transpose (cuDNN's backward-filter kernels on GPU).
+  # large feature maps up to 17x slower than the forward convolution (2-core x86 CPU), while one matmul per kernel
+  # tap runs at the speed of a GEMM. Other platforms keep XLA's own transpose (cuDNN's backward-filter kernels on
+  # GPU).
   dk = jax.lax.platform_dependent(
       x, g, cpu=lambda x_, g_: _kernel_grad_by_shifts(x_, g_, kernel.shape, strides, padding),
       default=lambda x_, g_: jax.vjp(lambda k_: conv(x_, k_), kernel)[1](g_)[0])
