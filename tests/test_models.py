@@ -481,3 +481,19 @@ def test_every_resnet_convolution_is_the_custom_convolution(tiny_small):
   names = list(primitives(jaxpr))
   convs = sum(1 for p in traverse_util.flatten_dict(variables['params']) if p[-1] == 'kernel' and p[0] != 'head')
   assert names.count('custom_vjp_call') == names.count('conv_general_dilated') == convs == 9
+
+
+def test_resnet_training_gradient_equals_the_one_through_lax_convolutions(tiny_small, monkeypatch):
+  model, variables, images = tiny_small
+
+  def grads():
+    def loss(params):
+      logits, _ = model.apply({**variables, 'params': params}, images, train=True, mutable=['batch_stats'])
+      return jax.nn.log_softmax(logits)[:, 0].mean()
+    return jax.jit(jax.grad(loss))(variables['params'])
+
+  ours = grads()
+  monkeypatch.setattr('supersub_jax.models.conv_general_dilated', jax.lax.conv_general_dilated)
+  xla = grads()
+  for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(xla)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.abs(b).max()))
