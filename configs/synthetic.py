@@ -11,7 +11,10 @@ Expected result (measured at seed 0, dataset 1.2.0, 2026-11-26): vanilla top-1 0
   53% of vanilla's errors within the superclass; Super-Sub throughput 0.45x the single network's at batch 256 on
   real held-out batches, 0.36x at batch 1 (CPU). Not at equal compute: a flat network trained for Super-Sub's
   2,450 steps reached 0.955 (README). Over seeds 0-2, Super-Sub
-  0.936 ± 0.011 against 0.956 ± 0.001 for that flat network (docs/benchmarks.md).
+  0.936 ± 0.011 against 0.956 ± 0.001 for that flat network (docs/benchmarks.md). A clean-clone `make demo` on
+  2026-11-27, after the CPU kernel gradient of the convolutions changed (same values to 1.5e-6), took 23 min 18 s
+  and gave vanilla 0.816, Super-Sub 0.872 (+5.6) at the same seed: the vanilla network left its early plateau
+  later, so expect a spread wider than the seeds' (README).
 """
 
 from supersub_jax import config as config_lib
