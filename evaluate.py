@@ -20,9 +20,9 @@ cli.define_config_flag(stored_in_workdir=True)
 def main(argv):
   if len(argv) > 1:
     raise ValueError(f'Unexpected arguments: {argv[1:]}')
-  from supersub_jax import evaluation, report, train as train_lib  # pylint: disable=g-import-not-at-top
+  from supersub_jax import evaluation, report, runtime  # pylint: disable=g-import-not-at-top
   config = cli.config_for_workdir(FLAGS.config, FLAGS.workdir)
-  train_lib.initialize_runtime(config)
+  runtime.initialize_runtime(config)
   result = evaluation.run(config, FLAGS.workdir)
   print(report.table(report.summary_rows(result)))
   print(f'\nWrote {FLAGS.workdir}/report.json, report.md and {", ".join(result.get("plots", []))}')

@@ -23,8 +23,8 @@ def main(argv):
     raise ValueError(f'Unexpected arguments: {argv[1:]}')
   if FLAGS.config is None:
     raise ValueError('--config is required: a configs/*.py file, e.g. --config=configs/synthetic.py.')
-  from supersub_jax import recipe, train as train_lib  # pylint: disable=g-import-not-at-top
-  train_lib.initialize_runtime(FLAGS.config)  # before any other JAX call
+  from supersub_jax import recipe, runtime  # pylint: disable=g-import-not-at-top
+  runtime.initialize_runtime(FLAGS.config)  # before any other JAX call
   logging.info('config:\n%s', FLAGS.config)
   recipe.run(FLAGS.config, FLAGS.workdir)
 

@@ -28,9 +28,9 @@ flags.mark_flags_as_required(['workdir'])
 def main(argv):
   del argv
   import jax  # pylint: disable=g-import-not-at-top
-  from supersub_jax import checkpoint as ckpt, config as config_lib, evaluation, train as train_lib  # pylint: disable=g-import-not-at-top
+  from supersub_jax import checkpoint as ckpt, config as config_lib, evaluation, runtime  # pylint: disable=g-import-not-at-top
   config = config_lib.read(_WORKDIR.value)
-  train_lib.initialize_runtime(config)
+  runtime.initialize_runtime(config)
   if _BATCHES.value:
     config.evaluate.benchmark_batch_sizes = tuple(int(b) for b in _BATCHES.value)
   if _REPEATS.value:

@@ -46,7 +46,7 @@ def _measure(kinds: list[str]) -> list[dict]:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from supersub_jax import config as config_lib, delta as delta_lib, models, specialists, train as train_lib  # pylint: disable=g-import-not-at-top
+  from supersub_jax import config as config_lib, delta as delta_lib, models, runtime, specialists, step as step_lib  # pylint: disable=g-import-not-at-top
 
   n = jax.local_device_count()
   if _BATCH.value % n:
@@ -62,24 +62,24 @@ def _measure(kinds: list[str]) -> list[dict]:
   cfg = config_lib.default_config().specialists
   cfg.update(dict(learning_rate=0.01, warmup_steps=0, prune_begin_fraction=0.0, prune_end_fraction=1.0,
                   mask_update_every=every))
-  tx = train_lib.make_optimizer(cfg, 1000)
-  parallel = train_lib.Parallel('pmap')
+  tx = step_lib.make_optimizer(cfg, 1000)
+  parallel = runtime.Parallel('pmap')
 
   def build(kind):
     if kind == 'plain':
-      state = train_lib.create_train_state(variables['params'], variables['batch_stats'], tx)
+      state = step_lib.create_train_state(variables['params'], variables['batch_stats'], tx)
       frozen = {}
-      fn = functools.partial(train_lib.train_step, apply_fn=model.apply, tx=tx)
+      fn = functools.partial(step_lib.train_step, apply_fn=model.apply, tx=tx)
     elif kind == 'delta':
       dcfg = specialists.delta_config(cfg)
       base, head = models.split_head(variables['params'])
       delta = delta_lib.init_delta(base, dcfg.pattern, dcfg.exclude)
       masks = jax.tree.map(lambda d: np.ones(d.shape, bool), delta)
-      state = train_lib.create_train_state({'delta': delta, 'head': head}, variables['batch_stats'], tx, masks=masks)
+      state = step_lib.create_train_state({'delta': delta, 'head': head}, variables['batch_stats'], tx, masks=masks)
       frozen = base
       # The gradual schedule outlasts the timed steps (its end, a multiple of the period, is never reached), so
       # masks are updated on exactly one step per period.
-      fn = functools.partial(train_lib.train_step, apply_fn=model.apply, tx=tx,
+      fn = functools.partial(step_lib.train_step, apply_fn=model.apply, tx=tx,
                              params_fn=specialists.make_params_fn(dcfg),
                              post_update=specialists.make_post_update(cfg, steps + 2 * every))
     else:

@@ -43,17 +43,17 @@ def _jax_runner(batches):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
-  from supersub_jax import models, train as train_lib  # pylint: disable=g-import-not-at-top
+  from supersub_jax import models, runtime, step as step_lib  # pylint: disable=g-import-not-at-top
   n = jax.local_device_count()
   model = models.create_model(_MODEL.value, _CLASSES.value, stem=_STEM.value,
                               dtype=jnp.bfloat16 if _HALF.value else jnp.float32)
   variables = jax.device_get(models.init_variables(model, jax.random.key(0), batches[0][0].shape[1:]))
   cfg = ml_collections.ConfigDict(dict(learning_rate=0.01, warmup_steps=0, schedule='constant', optimizer='sgd',
                                        momentum=0.9, nesterov=True, weight_decay=0.0))
-  tx = train_lib.make_optimizer(cfg, 1000)
-  parallel = train_lib.Parallel('pmap')
-  step = parallel.compile(functools.partial(train_lib.train_step, apply_fn=model.apply, tx=tx))
-  state = [parallel.replicate(train_lib.create_train_state(variables['params'], variables['batch_stats'], tx))]
+  tx = step_lib.make_optimizer(cfg, 1000)
+  parallel = runtime.Parallel('pmap')
+  step = parallel.compile(functools.partial(step_lib.train_step, apply_fn=model.apply, tx=tx))
+  state = [parallel.replicate(step_lib.create_train_state(variables['params'], variables['batch_stats'], tx))]
   sharded = [parallel.shard_batch({'image': x.reshape((n, -1) + x.shape[1:]), 'label': y.reshape(n, -1)})
              for x, y in batches]
 

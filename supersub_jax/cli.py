@@ -23,7 +23,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from supersub_jax import config as config_lib
-from supersub_jax import train as train_lib
+from supersub_jax import runtime
 
 FLAGS = flags.FLAGS
 # Bad input: the message names the problem and the fix; a traceback would only bury it.
@@ -98,9 +98,9 @@ def run(main: Callable[[list[str]], None], *, flags_parser: Callable | None = No
     quiet_logs()
     try:
       main(argv)
-    except train_lib.Preempted as e:
+    except runtime.Preempted as e:
       print(str(e), file=sys.stderr)
-      sys.exit(train_lib.PREEMPTED_EXIT_CODE)
+      sys.exit(runtime.PREEMPTED_EXIT_CODE)
     except USER_ERRORS as e:
       if FLAGS.debug:
         raise

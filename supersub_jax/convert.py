@@ -37,9 +37,9 @@ from flax import serialization
 from supersub_jax import exported as exported_lib
 from supersub_jax import hierarchy as hierarchy_lib
 from supersub_jax import models
+from supersub_jax import runtime
 from supersub_jax import specialists
 from supersub_jax import stages
-from supersub_jax import train as train_lib
 from supersub_jax import weights
 
 BUNDLE_FORMAT = 'supersub_jax.bundle/1'
@@ -238,7 +238,7 @@ def main() -> None:
       print(f'wrote {f.output}: {what}')
       return
     config = cli.config_for_workdir(f.config, f.workdir)
-    train_lib.initialize_runtime(config)
+    runtime.initialize_runtime(config)
     if verb == 'export':
       what = export_specialist(config, f.workdir, f.superclass, f.format, f.output)
       print(f'wrote {f.output}: {what}')

@@ -22,10 +22,10 @@ from supersub_jax import config as config_lib
 from supersub_jax import models
 from supersub_jax import quant
 from supersub_jax import runner
+from supersub_jax import runtime
 from supersub_jax import sparsity
 from supersub_jax import specialists
 from supersub_jax import stages
-from supersub_jax import train as train_lib
 from supersub_jax.data import pipeline, sources
 
 
@@ -186,7 +186,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   if jax.process_index() == 0:
     config_lib.write(config, workdir)  # evaluate.py and convert read it: no --config needed there
   results = {}
-  with train_lib.Preemption() as preemption:
+  with runtime.Preemption() as preemption:
     for stage in config.stages:
       if stage in stages.SPECIALIST_STAGES:
         results[stage] = specialists.train_specialists(config, workdir, stage=stage, preemption=preemption)

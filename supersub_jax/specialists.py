@@ -38,9 +38,10 @@ from supersub_jax import delta as delta_lib
 from supersub_jax import exported as exported_lib
 from supersub_jax import models
 from supersub_jax import runner
+from supersub_jax import runtime
 from supersub_jax import sparsity
 from supersub_jax import stages
-from supersub_jax import train as train_lib
+from supersub_jax import step as step_lib
 
 PyTree = Any
 
@@ -128,7 +129,7 @@ def make_post_update(cfg, num_steps: int):
   schedule = sparsity.make_density_schedule(cfg.sparsity_schedule, float(cfg.density), begin, end)
   every = max(int(cfg.mask_update_every), 1)
 
-  def post_update(state: train_lib.TrainState) -> train_lib.TrainState:
+  def post_update(state: step_lib.TrainState) -> step_lib.TrainState:
     step = state.step  # steps done, after this update
     delta = state.params['delta']
     density = schedule(step)
@@ -155,7 +156,7 @@ def _init_state(generalist, base, dcfg, tx, max_subclasses: int, seed: int, bran
   masks = jax.tree.map(lambda d: np.ones(d.shape, bool), delta)
   head = models.init_head(max_subclasses, np.shape(generalist.params['head']['kernel'])[0], jax.random.key(seed))
   trainable = {'delta': jax.device_get(delta), 'head': jax.device_get(head)}
-  return train_lib.create_train_state(trainable, jax.tree.map(np.asarray, generalist.batch_stats), tx, masks=masks)
+  return step_lib.create_train_state(trainable, jax.tree.map(np.asarray, generalist.batch_stats), tx, masks=masks)
 
 
 def _label(stage: str) -> str:
@@ -174,7 +175,7 @@ def _job(config, workdir: str, hierarchy, k: int, num_steps: int, generalist_fin
 
 
 def train_specialists(config, workdir: str, *, stage: str = 'specialists',
-                      preemption: train_lib.Preemption | None = None) -> dict:
+                      preemption: runtime.Preemption | None = None) -> dict:
   """Trains one specialist of ``stage`` (``stages.SPECIALIST_STAGES``) per superclass
   (``config.specialists.superclasses``, default all); returns the summary (per-specialist oracle accuracy and bytes,
   and the storage report) also written to ``<workdir>/<stage>/summary.json``."""
@@ -184,14 +185,14 @@ def train_specialists(config, workdir: str, *, stage: str = 'specialists',
   generalist_fingerprint = runner.fingerprint(generalist.params, generalist.batch_stats)
   base, _ = models.split_head(generalist.params)
   dcfg = delta_config(cfg)
-  parallel = train_lib.Parallel(config.parallelism)
+  parallel = runtime.Parallel(config.parallelism)
   frozen = parallel.replicate(base)  # held once on each device for all specialists
   model = stages.make_model(config, hierarchy.max_subclasses)
   check_branch(cfg.branch, model)
   apply_fn = make_apply_fn(model, cfg.branch)
   params_fn = make_params_fn(dcfg)
   eval_fn = parallel.compile(
-      lambda state, batch, frozen_and_mask: train_lib.eval_step(
+      lambda state, batch, frozen_and_mask: step_lib.eval_step(
           state, batch, frozen_and_mask['base'], apply_fn=apply_fn, params_fn=params_fn,
           logit_mask=frozen_and_mask['logit_mask']), donate_state=False)
 
@@ -199,9 +200,9 @@ def train_specialists(config, workdir: str, *, stage: str = 'specialists',
   def compiled_step(num_steps: int):
     """The step for a specialist budget of ``num_steps``: one compile per distinct budget, shared by all
     specialists with that budget (the logit mask and base are data, not constants)."""
-    tx = train_lib.make_optimizer(cfg, num_steps)
+    tx = step_lib.make_optimizer(cfg, num_steps)
     fn = parallel.compile(
-        lambda state, batch, frozen_and_mask: train_lib.train_step(
+        lambda state, batch, frozen_and_mask: step_lib.train_step(
             state, batch, frozen_and_mask['base'], apply_fn=apply_fn, tx=tx, params_fn=params_fn,
             label_smoothing=float(cfg.label_smoothing), logit_mask=frozen_and_mask['logit_mask'],
             post_update=make_post_update(cfg, num_steps), skip_nonfinite=config.nonfinite == 'skip'))
@@ -216,14 +217,14 @@ def train_specialists(config, workdir: str, *, stage: str = 'specialists',
     num_steps = stages.specialist_steps(cfg, len(train_source), config.batch_size)
     job = _job(config, workdir, hierarchy, k, num_steps, generalist_fingerprint, stage)
     tx, step_fn = compiled_step(num_steps)
-    writer = train_lib.MetricWriter(ckpt.abs_path(workdir), f'{_label(stage)}_{k}')
+    writer = runner.MetricWriter(ckpt.abs_path(workdir), f'{_label(stage)}_{k}')
     extra = {'base': frozen, 'logit_mask': parallel.replicate(np.asarray(hierarchy.local_valid[k]))}
     seed = int(config.seed) + 100 + k
     fresh_state = functools.partial(_init_state, generalist, base, dcfg, tx, hierarchy.max_subclasses, seed,
                                     cfg.branch)
 
     def evaluate(rstate, extra=extra, eval_source=eval_source):
-      return train_lib.evaluate(rstate, eval_fn=eval_fn, parallel=parallel, frozen=extra,
+      return runner.eval_metrics(rstate, eval_fn=eval_fn, parallel=parallel, frozen=extra,
                                 batches=stages.eval_batches(config, eval_source, label_mode='local'))
 
     def finish(host_state, metrics, job=job, k=k, n_k=n_k, num_steps=num_steps, writer=writer):

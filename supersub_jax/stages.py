@@ -29,7 +29,8 @@ from supersub_jax import config as config_lib
 from supersub_jax import hierarchy as hierarchy_lib
 from supersub_jax import models
 from supersub_jax import runner
-from supersub_jax import train as train_lib
+from supersub_jax import runtime
+from supersub_jax import step as step_lib
 from supersub_jax import weights
 from supersub_jax.data import pipeline, sources
 
@@ -152,11 +153,11 @@ def _network_job(config, workdir: str, stage: str, hierarchy, fingerprints: Mapp
 
 def _abstract_state(config, model, stage: str, num_steps: int, seed: int = 0):
   """The TrainState a network stage trains, as ShapeDtypeStructs (the target of every restore)."""
-  tx = train_lib.make_optimizer(config[config_lib.section(stage)], num_steps)
+  tx = step_lib.make_optimizer(config[config_lib.section(stage)], num_steps)
 
   def build():
     variables = models.init_variables(model, jax.random.key(seed), image_shape(config))
-    return train_lib.create_train_state(variables['params'], variables['batch_stats'], tx)
+    return step_lib.create_train_state(variables['params'], variables['batch_stats'], tx)
 
   return jax.eval_shape(build), build, tx
 
@@ -189,7 +190,7 @@ def _pretrained_backbone(config, stage: str) -> dict | None:
   return backbone
 
 
-def train_network(config, workdir: str, stage: str, *, preemption: train_lib.Preemption | None = None) -> dict:
+def train_network(config, workdir: str, stage: str, *, preemption: runtime.Preemption | None = None) -> dict:
   """Trains the network of ``stage`` (``NETWORK_STAGES``: subclass labels, or superclass labels for the generalist);
   returns its held-out metrics."""
   if stage not in NETWORK_STAGES:
@@ -202,7 +203,7 @@ def train_network(config, workdir: str, stage: str, *, preemption: train_lib.Pre
     vanilla = load_network(config, workdir, 'vanilla', hierarchy)
   fingerprints = {'vanilla': runner.fingerprint(vanilla.params, vanilla.batch_stats)} if vanilla else {}
   job, num_classes = _network_job(config, workdir, stage, hierarchy, fingerprints)
-  parallel = train_lib.Parallel(config.parallelism)
+  parallel = runtime.Parallel(config.parallelism)
   model = make_model(config, num_classes)
   seed = int(config.seed) + STAGES.index(stage)
   target, random_state, tx = _abstract_state(config, model, stage, job.num_steps, seed)
@@ -220,18 +221,18 @@ def train_network(config, workdir: str, stage: str, *, preemption: train_lib.Pre
     # network's random initialisers.
     head = models.init_head(num_classes, target.params['head']['kernel'].shape[0], jax.random.key(seed))
     params = {**{k: v for k, v in start['params'].items() if k != 'head'}, 'head': jax.device_get(head)}
-    return train_lib.create_train_state(params, start['batch_stats'], tx)
+    return step_lib.create_train_state(params, start['batch_stats'], tx)
 
-  step_fn = parallel.compile(functools.partial(train_lib.train_step, apply_fn=model.apply, tx=tx,
+  step_fn = parallel.compile(functools.partial(step_lib.train_step, apply_fn=model.apply, tx=tx,
                                                label_smoothing=float(cfg.label_smoothing),
                                                skip_nonfinite=config.nonfinite == 'skip'))
-  eval_fn = parallel.compile(functools.partial(train_lib.eval_step, apply_fn=model.apply), donate_state=False)
+  eval_fn = parallel.compile(functools.partial(step_lib.eval_step, apply_fn=model.apply), donate_state=False)
 
   def evaluate(rstate):
-    return train_lib.evaluate(rstate, eval_fn=eval_fn, parallel=parallel, frozen={},
+    return runner.eval_metrics(rstate, eval_fn=eval_fn, parallel=parallel, frozen={},
                               batches=eval_batches(config, eval_source, label_mode=label_mode))
 
-  with train_lib.MetricWriter(ckpt.abs_path(workdir), stage) as writer:
+  with runner.MetricWriter(ckpt.abs_path(workdir), stage) as writer:
     result = runner.run_job(config, job, fresh_state=fresh_state, target=target, train_iter=train_iter,
                             step_fn=step_fn, evaluate=evaluate, parallel=parallel, frozen={}, preemption=preemption,
                             writer=writer)

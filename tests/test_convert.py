@@ -8,8 +8,8 @@ import jax
 import numpy as np
 import pytest
 
-from supersub_jax import convert
 from supersub_jax import bank as bank_lib
+from supersub_jax import convert
 from supersub_jax import delta as delta_lib
 from supersub_jax import inference
 from supersub_jax import models

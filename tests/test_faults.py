@@ -19,8 +19,8 @@ import pytest
 from conftest import make_tiny_config, with_devices
 from processes import run_together
 from supersub_jax import checkpoint as ckpt
+from supersub_jax import runtime
 from supersub_jax import stages
-from supersub_jax import train as train_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, 'tests', 'tiny_config.py')
@@ -121,7 +121,7 @@ def test_sigterm_saves_exits_75_in_one_line_and_the_rerun_resumes(tiny_data_dir,
   _wait_for(proc, lambda line: 'step 4/400' in line)
   proc.send_signal(signal.SIGTERM)
   _, stderr = proc.communicate(timeout=300)
-  assert proc.returncode == train_lib.PREEMPTED_EXIT_CODE == 75
+  assert proc.returncode == runtime.PREEMPTED_EXIT_CODE == 75
   assert 'Traceback' not in stderr
   [line] = [l for l in stderr.splitlines() if 'preempted' in l]
   saved = int(line.split('saved step ')[1].split(';')[0])
@@ -269,7 +269,7 @@ def test_two_processes_build_the_data_once_and_stop_together_on_one_sigterm(tmp_
     for p in procs:
       p.kill()
   for p, o in zip(procs, outputs):
-    assert p.returncode == train_lib.PREEMPTED_EXIT_CODE, o[-3000:]
+    assert p.returncode == runtime.PREEMPTED_EXIT_CODE, o[-3000:]
   saved = [int(o.split('saved step ')[1].split(';')[0]) for o in outputs]
   assert saved[0] == saved[1]
   assert ckpt.make_manager(str(tmp_path / 'w' / 'vanilla')).all_steps() == [saved[0]]

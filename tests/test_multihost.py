@@ -31,18 +31,18 @@ def _train(process_id: int, out_dir: str) -> None:
   """Trains STEPS steps with each kind of compilation; writes <out_dir>/<kind>.npz."""
   import jax  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
-  from supersub_jax import models, train as train_lib  # pylint: disable=g-import-not-at-top
+  from supersub_jax import models, runtime, step as step_lib  # pylint: disable=g-import-not-at-top
   local = jax.local_device_count()
   assert jax.device_count() == 4, jax.devices()
   model = models.create_model('resnet_tiny', 5, stem='small')
   variables = jax.device_get(models.init_variables(model, jax.random.key(0), IMAGE))
   cfg = ml_collections.ConfigDict(dict(learning_rate=0.1, warmup_steps=1, schedule='cosine', optimizer='sgd',
                                        momentum=0.9, nesterov=True, weight_decay=1e-3))
-  tx = train_lib.make_optimizer(cfg, STEPS)
+  tx = step_lib.make_optimizer(cfg, STEPS)
   for kind in KINDS:
-    parallel = train_lib.Parallel(kind)
-    step = parallel.compile(functools.partial(train_lib.train_step, apply_fn=model.apply, tx=tx))
-    state = parallel.replicate(train_lib.create_train_state(variables['params'], variables['batch_stats'], tx))
+    parallel = runtime.Parallel(kind)
+    step = parallel.compile(functools.partial(step_lib.train_step, apply_fn=model.apply, tx=tx))
+    state = parallel.replicate(step_lib.create_train_state(variables['params'], variables['batch_stats'], tx))
     for batch in _global_batches():
       mine = {k: v[process_id * local:(process_id + 1) * local] for k, v in batch.items()}  # this process's shard
       state, _ = step(state, parallel.shard_batch(mine), {})

@@ -1,10 +1,19 @@
-"""What the stage runner refuses to mix (supersub_jax.runner): the settings a checkpoint depends on."""
+"""The stage runner (supersub_jax.runner): what it refuses to mix (the settings a checkpoint depends on), and the
+loop's metric, TensorBoard and profile output."""
 
+import functools
+import json
+import struct
+
+import jax
 import pytest
 
 from supersub_jax import config as config_lib
 from supersub_jax import hierarchy as hierarchy_lib
 from supersub_jax import runner
+from supersub_jax import runtime
+from supersub_jax import step as step_lib
+from tiny_nets import batches, opt_cfg, setup
 
 
 def _job(stage, config, hierarchy=None, fingerprints=None):
@@ -48,3 +57,37 @@ def test_a_checkpoint_from_before_a_field_existed_compares_to_the_default():
   config.specialists.min_steps = 5
   assert runner.settings_differences({'config': stored}, config, _job('specialists', config)) == [
       'specialists.min_steps: 20 -> 5']
+
+
+def test_fit_writes_json_lines_tensorboard_events_and_a_profile_of_the_asked_steps(tmp_path):
+  model, params, batch_stats = setup()
+  tx = step_lib.make_optimizer(opt_cfg(), 6)
+  parallel = runtime.Parallel('pmap')
+  step = parallel.compile(functools.partial(step_lib.train_step, apply_fn=model.apply, tx=tx))
+  state = parallel.replicate(step_lib.create_train_state(params, batch_stats, tx))
+  with runner.MetricWriter(str(tmp_path), 'vanilla') as writer:
+    runner.fit(state, step_fn=step, parallel=parallel, frozen={}, name='vanilla', num_steps=6, global_batch=4,
+                  train_iter=batches(jax.local_device_count(), 4, 6), save_fn=lambda *a: None, writer=writer,
+                  log_every=2, profile_steps=2, profile_dir=writer.profile_dir)
+  logged = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
+  assert [r['step'] for r in logged] == [1, 2, 4, 6] and all(r['stage'] == 'vanilla' for r in logged)
+  from tensorboardX.event_file_writer import event_pb2  # pylint: disable=g-import-not-at-top
+  [events] = (tmp_path / 'tb' / 'vanilla').glob('events.out.tfevents.*')
+  scalars = []
+  for record in _tf_records(events.read_bytes()):
+    event = event_pb2.Event.FromString(record)
+    scalars += [(v.tag, event.step, v.simple_value) for v in event.summary.value]
+  loss = [(step, value) for tag, step, value in scalars if tag == 'train/loss']
+  assert [s for s, _ in loss] == [1, 2, 4, 6]
+  assert [v for _, v in loss] == pytest.approx([r['loss'] for r in logged])
+  traces = list((tmp_path / 'profile' / 'vanilla').rglob('*.xplane.pb'))
+  assert len(traces) == 1 and traces[0].stat().st_size > 0
+
+
+def _tf_records(data: bytes):
+  """The payloads of a TFRecord file (length, its CRC, payload, its CRC), read without TensorFlow."""
+  pos = 0
+  while pos < len(data):
+    (length,) = struct.unpack('<Q', data[pos:pos + 8])
+    yield data[pos + 12:pos + 12 + length]
+    pos += 12 + length + 4

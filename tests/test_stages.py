@@ -18,9 +18,9 @@ from supersub_jax import exported as exported_lib
 from supersub_jax import models
 from supersub_jax import recipe
 from supersub_jax import runner
+from supersub_jax import runtime
 from supersub_jax import specialists
 from supersub_jax import stages
-from supersub_jax import train as train_lib
 from supersub_jax import weights
 from supersub_jax.data import sources
 
@@ -37,7 +37,7 @@ def test_resume_after_sigterm_equals_uninterrupted(tmp_path, tiny_data_dir, monk
   recipe.run(config, uninterrupted)
 
   interrupted = str(tmp_path / 'b')
-  real_fit = train_lib.fit
+  real_fit = runner.fit
 
   def fit_with_sigterm(*args, **kwargs):
     def kill_at_step_3(step, state):
@@ -46,10 +46,10 @@ def test_resume_after_sigterm_equals_uninterrupted(tmp_path, tiny_data_dir, monk
       return state
     return real_fit(*args, **{**kwargs, 'hooks': (kill_at_step_3,)})
 
-  monkeypatch.setattr(train_lib, 'fit', fit_with_sigterm)
-  with pytest.raises(train_lib.Preempted, match='saved step 4'):
+  monkeypatch.setattr(runner, 'fit', fit_with_sigterm)
+  with pytest.raises(runtime.Preempted, match='saved step 4'):
     recipe.run(config, interrupted)
-  monkeypatch.setattr(train_lib, 'fit', real_fit)
+  monkeypatch.setattr(runner, 'fit', real_fit)
   assert ckpt.make_manager(os.path.join(interrupted, 'vanilla')).latest_step() == 4
   recipe.run(config, interrupted)  # the same command again resumes from step 4
 
