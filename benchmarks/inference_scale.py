@@ -76,7 +76,7 @@ def main(argv):
                          delta_lib.init_delta(base, cfg.pattern, cfg.exclude))
     masks = jax.tree.map(lambda d: rng.random(d.shape) < _DENSITY.value, delta)
     head = {'kernel': rng.normal(size=(features.shape[1], n_k)).astype(np.float32), 'bias': np.zeros(n_k, np.float32)}
-    exported.append(exported_lib.export(delta, masks, head, gen['batch_stats'], cfg, n_k))
+    exported.append(exported_lib.export(delta, masks, head, gen['batch_stats'], cfg, n_k, cut=models.Cut()))
   state = bank_lib.build_supersub(gen, exported, hierarchy)
   per_specialist = [sum(exported_lib.exported_nbytes(e).values()) for e in exported]
   stored = sum(per_specialist)

@@ -88,19 +88,19 @@ class SuperSub:
     generalist: ``{'params', 'batch_stats'}`` of the generalist (head of N outputs).
     bank: the N specialists (``SpecialistBank``).
     hierarchy: ``HierarchyArrays`` of the N superclasses.
-    branch: the specialists' first layer group (``config.specialists.branch``; static): the layers before it are
-      the generalist's, shared by every specialist.
-  The specialists' base (``base``) is the generalist's backbone from the branch on: derived, not stored, so it is
+    cut: where the specialists branch (``models.Cut``, from their specs; static): the layers before it are the
+      generalist's, shared by every specialist.
+  The specialists' base (``base``) is the generalist's backbone from the cut on: derived, not stored, so it is
   held once.
   """
   generalist: dict
   bank: SpecialistBank
   hierarchy: HierarchyArrays
-  branch: str = struct.field(pytree_node=False, default='stem')
+  cut: models.Cut = struct.field(pytree_node=False, default=models.Cut())
 
   @property
   def base(self) -> dict:
-    return models.split_at(models.split_head(self.generalist['params'])[0], self.branch)[1]
+    return self.cut.split(models.split_head(self.generalist['params'])[0])[1]
 
 
 def _flat_leaves(tree: PyTree) -> dict[str, Any]:
@@ -175,7 +175,7 @@ def make_bank(exported: Sequence[Mapping[str, Any]], base: PyTree) -> Specialist
       ``'head'`` (``'kernel'`` float32[D, n_k], ``'bias'`` float32[n_k]), ``'batch_stats'`` (one layout for all).
       Specialists may differ in bits (8/4/2/unquantized), scale granularity, kept entries and delta leaves.
     base: the generalist's backbone params (no ``'head'``) that the deltas may change (``SuperSub.base``: from the
-      specialists' branch on); only its structure and shapes are read here.
+      specialists' cut on); only its structure and shapes are read here.
   Raises:
     ValueError naming the specialist and leaf for anything that does not fit ``base`` or the other specialists.
   """
@@ -235,14 +235,14 @@ def nbytes(bank: SpecialistBank) -> int:
 
 
 def build_supersub(generalist_variables: Mapping[str, Any], exported: Sequence[Mapping[str, Any]],
-                   hierarchy, branch: str = 'stem') -> SuperSub:
+                   hierarchy) -> SuperSub:
   """The inference state: generalist variables, the bank of ``exported`` (one per superclass, in order), and
   the hierarchy's label maps, all on the default device.
 
-  ``branch`` is the ``config.specialists.branch`` the specialists were trained with: their deltas and BatchNorm
+  The specialists say where they branch (their specs' cut, ``exported.cut_of``): their deltas and BatchNorm
   statistics cover the generalist's layers from that group on. Raises ValueError if the counts of superclasses,
-  generalist outputs and specialists or the specialists' subclass counts disagree with ``hierarchy``, or if the
-  specialists do not fit ``branch``.
+  generalist outputs and specialists or the specialists' subclass counts disagree with ``hierarchy``, if the
+  specialists do not share one cut, or if their statistics do not fit it.
   """
   params = generalist_variables['params']
   n = int(hierarchy.num_superclasses)
@@ -254,14 +254,15 @@ def build_supersub(generalist_variables: Mapping[str, Any], exported: Sequence[M
   if len(exported) != n:
     raise ValueError(f'{len(exported)} exported specialists for {n} superclasses; export one per superclass, '
                      'in superclass order.')
-  # Every layer group has BatchNorm, so specialists of another branch always differ here, before any delta is read.
-  top_stats = set(models.split_at(generalist_variables.get('batch_stats', {}), branch)[1])
+  cut = exported_lib.cut_of(exported)
+  # Every layer group has BatchNorm, so statistics that do not fit the cut show here, before any delta is read.
+  top_stats = set(cut.split(generalist_variables.get('batch_stats', {}))[1])
   for k, ex in enumerate(exported):
     if set(ex.get('batch_stats', {})) != top_stats:
       raise ValueError(f'specialist {k} has BatchNorm statistics for {sorted(ex.get("batch_stats", {}))[:4]}..., '
-                       f'but specialists branching at {branch!r} have them for {sorted(top_stats)[:4]}...; pass the '
-                       'config.specialists.branch they were trained with.')
-  bank = make_bank(exported, models.split_at(models.split_head(params)[0], branch)[1])
+                       f'but specialists branching at {cut.name!r} (its spec) have them for {sorted(top_stats)[:4]}'
+                       '...; the specialist does not fit this generalist: export it again.')
+  bank = make_bank(exported, cut.split(models.split_head(params)[0])[1])
   got = np.asarray(bank.num_subclasses)
   want = np.asarray(hierarchy.sizes)
   if not np.array_equal(got, want):
@@ -269,5 +270,4 @@ def build_supersub(generalist_variables: Mapping[str, Any], exported: Sequence[M
     raise ValueError(f'specialist {bad} has {got[bad]} subclasses but superclass {bad} has {want[bad]}; the '
                      'exported specialists do not match this hierarchy.')
   generalist = jax.device_put({'params': params, 'batch_stats': generalist_variables.get('batch_stats', {})})
-  return SuperSub(generalist=generalist, bank=bank, hierarchy=HierarchyArrays.from_hierarchy(hierarchy),
-                  branch=branch)
+  return SuperSub(generalist=generalist, bank=bank, hierarchy=HierarchyArrays.from_hierarchy(hierarchy), cut=cut)

@@ -68,7 +68,7 @@ def make_bundle(config, workdir: str) -> dict:
               for k in range(hierarchy.num_superclasses)]
   return {'format': BUNDLE_FORMAT, 'hierarchy': json.dumps(hierarchy.to_dict()),
           'model': {'name': config.model, 'stem': config.stem, 'width': config.width,
-                    'image_size': config.image_size, 'branch': config.specialists.branch},
+                    'image_size': config.image_size},
           'generalist': {'params': generalist.params, 'batch_stats': generalist.batch_stats},
           'specialists': {str(k): e for k, e in enumerate(exported)}}
 
@@ -78,8 +78,12 @@ def write_bundle(path: str, bundle: dict) -> int:
 
 
 def load_bundle(path: str) -> tuple[dict, list[dict], hierarchy_lib.Hierarchy, dict]:
-  """-> (generalist variables, exported specialists in superclass order, hierarchy, model description: 'name',
-  'stem', 'width', 'image_size' and 'branch', which ``bank.build_supersub`` takes)."""
+  """-> (generalist variables, exported specialists in superclass order, each with its ``'spec'``, which
+  ``bank.build_supersub`` takes; hierarchy; model description: 'name', 'stem', 'width', 'image_size').
+
+  Bundles written before specialists described themselves (no ``'spec'``) get the one their time implies: the
+  cut their model description names ('branch'), 'stem' before shared trunks existed.
+  """
   with open(path, 'rb') as f:
     data = f.read()
   try:
@@ -106,10 +110,13 @@ def load_bundle(path: str) -> tuple[dict, list[dict], hierarchy_lib.Hierarchy, d
       kernel, bias = np.asarray(ex['head']['kernel']), np.asarray(ex['head']['bias'])
       if kernel.ndim != 2 or bias.shape != kernel.shape[1:]:
         raise ValueError(f'head kernel {kernel.shape} and bias {bias.shape} do not fit')
+      spec = ex.get('spec') or {'version': 1, 'cut': str(tree['model'].get('branch', 'stem')),
+                                'num_subclasses': int(kernel.shape[1]), 'delta': {}}
+      models.Cut(spec['cut'])  # an unknown layer group is damage, reported below
       exported.append({'delta': ex['delta'], 'head': {'kernel': kernel, 'bias': bias},
-                       'batch_stats': dict(ex['batch_stats'])})
+                       'batch_stats': dict(ex['batch_stats']), 'spec': dict(spec)})
     part = 'model'
-    model = {'branch': 'stem', **dict(tree['model'])}  # bundles from before shared trunks have full deltas
+    model = {k: v for k, v in dict(tree['model']).items() if k != 'branch'}  # the cut is the specialists' own
   except (ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
     raise ValueError(f'{path}: damaged bundle, in its {part} ({type(e).__name__}: {e}); write it again with '
                      '`python -m supersub_jax.convert bundle`.') from e

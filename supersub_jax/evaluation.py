@@ -226,7 +226,7 @@ def load_trained(config, workdir: str) -> Trained:
   exported = [specialists.load_exported(config, workdir, k, generalist, hierarchy)
               for k in range(hierarchy.num_superclasses)]
   state = bank_lib.build_supersub({'params': generalist.params, 'batch_stats': generalist.batch_stats}, exported,
-                                  hierarchy, branch=config.specialists.branch)
+                                  hierarchy)
   matched = head_only = None
   if 'vanilla_matched' in config.stages:
     matched = stages.load_network(config, workdir, 'vanilla_matched', hierarchy)
@@ -234,7 +234,7 @@ def load_trained(config, workdir: str) -> Trained:
     head_only = bank_lib.build_supersub(
         {'params': generalist.params, 'batch_stats': generalist.batch_stats},
         [specialists.load_exported(config, workdir, k, generalist, hierarchy, stage='head_only')
-         for k in range(hierarchy.num_superclasses)], hierarchy, branch='head')
+         for k in range(hierarchy.num_superclasses)], hierarchy)
   return Trained(hierarchy, vanilla, generalist, exported, state,
                  stages.make_model(config, hierarchy.max_subclasses), matched, head_only)
 
@@ -283,7 +283,7 @@ def run(config, workdir: str) -> dict:
       'superclass': {'top1': acc(p['generalist'], p['superclass'])},
       'supersub': {'top1': acc(p['supersub'], p['subclass']), 'oracle_top1': acc(p['oracle'], p['subclass']),
                    'top2_top1': acc(p['top2'], p['subclass']), 'top2_threshold': threshold,
-                   'top2_second_fraction': float(np.mean(p['second'])), 'branch': config.specialists.branch,
+                   'top2_second_fraction': float(np.mean(p['second'])), 'branch': state.cut.name,
                    'top1_minus_vanilla': acc(p['supersub'], p['subclass']) - acc(p['vanilla'], p['subclass'])},
       'errors': report_lib.error_breakdown(p['vanilla'], p['subclass'], l2s),
       'supersub_errors': report_lib.error_breakdown(p['supersub'], p['subclass'], l2s),

@@ -29,9 +29,15 @@ refuses zero-size arrays), so orbax ``StandardSave``/``PyTreeSave`` and ``np.sav
 
 ``export`` gives one specialist's deployable form (``ExportedSpecialist``)::
 
-    'delta':       CompressedDelta over the generalist's backbone
+    'delta':       CompressedDelta over the generalist's backbone from the cut on
     'head':        {'kernel': float32[D, n_k], 'bias': float32[n_k]} (its real classes only)
-    'batch_stats': the specialist's BatchNorm statistics (the generalist's layout)
+    'batch_stats': the specialist's BatchNorm statistics (the generalist's layout, from the cut on)
+    'spec':        what it is (``describe``), JSON: {'version': 2, 'cut': a layer group name (``models.Cut``),
+                   'num_subclasses': n_k, 'delta': {'bits', 'granularity', 'pattern', 'exclude', 'density'}}
+
+The spec is what every reader (the inference bank, bundles, ``convert``) takes the cut from: a specialist says
+where it branches, and no reader goes back to a config for it. Checkpoints keep it in their JSON metadata (the
+arrays go to orbax), bundles beside the arrays.
 
 ``decode_record`` is the one validated reader of a record (every consumer -- ``decompress``,
 ``materialize_compressed``, the inference bank, bundles -- goes through it); ``exported_nbytes``
@@ -49,11 +55,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from supersub_jax import delta as delta_lib
+from supersub_jax import models
 from supersub_jax import quant
 
 PyTree = Any
 CompressedDelta = dict  # nested dict of records; schema in the module docstring
-ExportedSpecialist = dict  # {'delta', 'head', 'batch_stats'}; schema in the module docstring
+ExportedSpecialist = dict  # {'delta', 'head', 'batch_stats', 'spec'}; schema in the module docstring
 
 POSITIONS_BITMASK = 0
 POSITIONS_INDICES = 1
@@ -384,22 +391,56 @@ def storage_report(base_nbytes: int, specialist_nbytes: Sequence[int]) -> dict:
 
 
 
+SPEC_VERSION = 2  # 1: specialists before they described themselves (no 'spec'; the cut was the config's)
+
+
+def describe(cut: models.Cut, cfg: delta_lib.DeltaConfig, *, num_subclasses: int, density: float) -> dict:
+  """The ``'spec'`` of an exported specialist (JSON types only): its cut, subclass count and delta settings;
+  ``density`` is the fraction of delta entries it keeps."""
+  return {'version': SPEC_VERSION, 'cut': cut.name, 'num_subclasses': int(num_subclasses),
+          'delta': {'bits': int(cfg.bits or 0), 'granularity': cfg.granularity, 'pattern': cfg.pattern,
+                    'exclude': cfg.exclude, 'density': float(density)}}
+
+
+def cut_of(exported: Sequence[Mapping[str, Any]]) -> models.Cut:
+  """The one cut of a list of exported specialists, from their specs; ValueError when a spec is missing or they
+  branch at different layers."""
+  cuts = []
+  for k, ex in enumerate(exported):
+    spec = ex.get('spec') if isinstance(ex, Mapping) else None
+    if not isinstance(spec, Mapping) or 'cut' not in spec:
+      raise ValueError(f"exported specialist {k} has no 'spec' (what it is: its cut and delta settings); build it "
+                       'with exported.export, or load it with specialists.load_exported or convert.load_bundle, '
+                       'which describe older specialists.')
+    cuts.append(str(spec['cut']))
+  if len(set(cuts)) > 1:
+    raise ValueError(f'the exported specialists branch at different layers ({sorted(set(cuts))}); one bank needs '
+                     'one cut.')
+  return models.Cut(cuts[0])
+
+
 def export(delta: PyTree, masks: PyTree | None, head: Mapping[str, Any], batch_stats: PyTree,
-           cfg: delta_lib.DeltaConfig, num_subclasses: int) -> ExportedSpecialist:
+           cfg: delta_lib.DeltaConfig, num_subclasses: int, *, cut: models.Cut) -> ExportedSpecialist:
   """The deployable form of one trained specialist (numpy).
 
   Args:
     delta, masks: the trained delta and its masks (``delta.init_delta`` structure).
     head: ``{'kernel': [D, S], 'bias': [S]}``, padded to S >= num_subclasses columns; the real ones are kept.
-    batch_stats: the specialist's BatchNorm statistics.
+    batch_stats: the specialist's BatchNorm statistics from ``cut`` on.
     cfg: the DeltaConfig it was trained with.
     num_subclasses: n_k.
+    cut: where it branches off the generalist.
   """
   head = jax.tree.map(np.asarray, head)
+  sizes = jax.tree.leaves(jax.tree.map(
+      lambda d, m: np.asarray([np.size(d), np.size(d) if m is None else np.count_nonzero(m)]), delta,
+      delta_lib.masks_like(delta, masks)))
+  total, kept = np.sum(sizes, axis=0) if sizes else (0, 0)
   return {
       'delta': compress(delta, masks, cfg),
       'head': {'kernel': head['kernel'][:, :num_subclasses], 'bias': head['bias'][:num_subclasses]},
       'batch_stats': jax.tree.map(np.asarray, batch_stats),
+      'spec': describe(cut, cfg, num_subclasses=num_subclasses, density=float(kept / total) if total else 0.0),
   }
 
 

@@ -15,9 +15,9 @@ whatever N, and the work is the batch plus fewer than N x (the smallest chunk si
 trade that padding against the efficiency of small chunks; docs/benchmarks.md has the measurement that chose the
 default.
 
-Shared trunk. Specialists change the generalist only from ``state.branch`` on (``config.specialists.branch``), so
-the predictors run the generalist's trunk once per batch and route its activations, not the images: each
-specialist runs only the layers from the branch, and ``specialist_variables`` materializes only those.
+Shared trunk. Specialists change the generalist only from their cut on (``state.cut``, from their specs), so the
+predictors run the generalist's trunk once per batch and route its activations, not the images: each specialist
+runs only the layers from the cut, and ``specialist_variables`` materializes only those.
 
 Predictions. ``predict`` (top-1 routing), ``predict_oracle`` (routing by the true superclass) and ``predict_top2``
 (a second specialist for images the generalist is unsure about) are jitted with the flax models and the chunk
@@ -123,7 +123,7 @@ def _leaf_delta(rec: Mapping[str, jax.Array], k: jax.Array, shape: tuple[int, ..
 def specialist_variables(bank: bank_lib.SpecialistBank, base: PyTree, k: jax.Array | int,
                          max_subclasses: int) -> dict:
   """Dense ``{'params', 'batch_stats'}`` of specialist ``k`` (int or traced int32 scalar) for the specialist model
-  from its branch on (``base`` is ``SuperSub.base``; with a shared trunk apply it with ``start=branch``).
+  from its cut on (``base`` is ``SuperSub.base``; with a shared trunk apply it with ``start=cut.name``).
 
   ``params`` is ``base`` plus the dequantized sparse delta, with the head [D, S = max_subclasses] under
   ``'head'`` (columns >= n_k are zero); it is bit-for-bit
@@ -322,22 +322,22 @@ def decide_top2(superclass_logits: jax.Array, images: jax.Array, specialists: Sp
 
 
 def make_specialists(state: bank_lib.SuperSub, specialist_model) -> Specialists:
-  """``Specialists`` of the bank: dense variables of one specialist per group, eval-mode forward from the branch
+  """``Specialists`` of the bank: dense variables of one specialist per group, eval-mode forward from the cut
   over trunk activations (``trunk``; padded classes not masked)."""
   base, s = state.base, state.hierarchy.max_subclasses
   return Specialists(load=lambda k: specialist_variables(state.bank, base, k, s),
-                     apply=lambda v, x: specialist_model.apply(v, x, train=False, start=state.branch))
+                     apply=lambda v, x: specialist_model.apply(v, x, train=False, start=state.cut.name))
 
 
 def trunk(state: bank_lib.SuperSub, images: jax.Array, model) -> jax.Array:
-  """The shared trunk's output for images [B, H, W, C]: the generalist's layers before ``state.branch`` (eval
+  """The shared trunk's output for images [B, H, W, C]: the generalist's layers before ``state.cut`` (eval
   mode), run by ``model``, any ResNet of the generalist's architecture. The images themselves for 'stem'."""
-  return model.apply(state.generalist, images, train=False, stop=state.branch)
+  return model.apply(state.generalist, images, train=False, stop=state.cut.name)
 
 
 def _trunk_and_superclass_logits(state: bank_lib.SuperSub, images, generalist_model):
   shared = trunk(state, images, generalist_model)
-  return shared, generalist_model.apply(state.generalist, shared, train=False, start=state.branch)
+  return shared, generalist_model.apply(state.generalist, shared, train=False, start=state.cut.name)
 
 
 DEFAULT_CHUNK_SIZES = (32, 8)

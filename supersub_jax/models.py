@@ -15,9 +15,9 @@ Layer groups. In forward order a ResNet of S stages is the groups ``'stem'``
 the global average pool ends the last stage) and ``'head'``. A group name is also a
 cut point: ``apply(..., stop=g)`` runs the groups before ``g`` and returns their
 output (NHWC activations, or pooled features ``[B, D]`` for ``g='head'``);
-``apply(..., start=g)`` runs the rest from that output. ``split_at`` divides a
-``params`` or ``batch_stats`` tree the same way: specialists with a shared trunk
-change only the groups from their ``branch`` on.
+``apply(..., start=g)`` runs the rest from that output. ``Cut(g)`` is such a
+point as specialists use it: it divides a ``params`` or ``batch_stats`` tree the
+same way, and specialists with a shared trunk change only the groups from it on.
 
 Convolutions run through ``conv_general_dilated``: ``jax.lax``'s values and gradients, except that on CPU the
 kernel gradient is one matmul per kernel tap instead of XLA:CPU's backward-filter convolution (5-12x faster for
@@ -28,6 +28,7 @@ Shapes: images are NHWC ``[B, H, W, 3]``; logits are float32 ``[B, num_classes]`
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import re
@@ -141,11 +142,14 @@ def _group_position(group: str) -> int:
   if group == 'stem':
     return 0
   if group == 'head':
-    return 1 << 30
+    return HEAD_POSITION
   match = re.fullmatch(r'stage([1-9][0-9]*)', group)
   if not match:
     raise ValueError(f"unknown layer group {group!r}; use 'stem', 'stage<i>' (i from 1) or 'head'.")
   return int(match.group(1))
+
+
+HEAD_POSITION = 1 << 30  # after every stage, whatever the depth
 
 
 def group_of(key: str) -> str:
@@ -156,24 +160,59 @@ def group_of(key: str) -> str:
   return key.split('_', 1)[0]
 
 
-def split_at(tree: Mapping[str, Any], branch: str) -> tuple[dict, dict]:
-  """A ``params`` or ``batch_stats`` tree -> (trunk: the groups before ``branch``, top: the rest), by top-level
-  key. ``split_at(params, 'stem')`` is ``({}, params)``."""
-  cut = _group_position(branch)
-  trunk = {k: v for k, v in tree.items() if _group_position(group_of(k)) < cut}
-  return trunk, {k: v for k, v in tree.items() if k not in trunk}
+@dataclasses.dataclass(frozen=True)
+class Cut:
+  """Where specialists branch off the generalist: a layer group (``ResNet.layer_groups``) named ``name``.
 
+  The groups before the cut are the *trunk*, the generalist's own, shared by every specialist and run once per
+  image; the groups from it on are each specialist's. ``Cut('stem')`` shares nothing (a delta may touch every
+  layer); ``Cut('head')`` shares the whole backbone (a specialist is a new head on the generalist's features).
+  This one object answers every question about that boundary: ``split`` divides a params or batch_stats tree,
+  ``trunk_regex`` matches the trunk's '/'-joined param paths, ``shares_trunk`` and ``keeps_backbone`` say what
+  the cut leaves to the generalist. Frozen and hashable: it is a static field of compiled state.
+  """
+  name: str = 'stem'
 
-def trunk_regex(branch: str) -> str | None:
-  """Regex (``re.search``) over '/'-joined param paths that matches the groups before ``branch``; None for
-  'stem' (no trunk)."""
-  cut = _group_position(branch)
-  if branch == 'stem':
-    return None
-  if branch == 'head':
-    return r'^(?!head/)'
-  stages = '|'.join(str(i) for i in range(1, cut))
-  return rf'^(conv_init|bn_init|stage({stages})_[^/]*)/' if stages else r'^(conv_init|bn_init)/'
+  def __post_init__(self):
+    _group_position(self.name)  # raises for a name that is no layer group
+
+  @property
+  def position(self) -> int:
+    return _group_position(self.name)
+
+  @property
+  def shares_trunk(self) -> bool:
+    """Whether some layers before the cut stay the generalist's (every cut but 'stem')."""
+    return self.position > 0
+
+  @property
+  def keeps_backbone(self) -> bool:
+    """Whether the whole backbone stays the generalist's, so a specialist has no delta at all ('head')."""
+    return self.position == HEAD_POSITION
+
+  def split(self, tree: Mapping[str, Any]) -> tuple[dict, dict]:
+    """A ``params`` or ``batch_stats`` tree -> (trunk: the groups before the cut, top: the rest), by top-level key.
+    ``Cut('stem').split(params)`` is ``({}, params)``."""
+    trunk = {k: v for k, v in tree.items() if _group_position(group_of(k)) < self.position}
+    return trunk, {k: v for k, v in tree.items() if k not in trunk}
+
+  @property
+  def trunk_regex(self) -> str | None:
+    """Regex (``re.search``) over '/'-joined param paths that matches the trunk's params; None when there is no
+    trunk."""
+    if not self.shares_trunk:
+      return None
+    if self.keeps_backbone:
+      return r'^(?!head/)'
+    stages = '|'.join(str(i) for i in range(1, self.position))
+    return rf'^(conv_init|bn_init|stage({stages})_[^/]*)/' if stages else r'^(conv_init|bn_init)/'
+
+  def check(self, model: 'ResNet') -> None:
+    """Raises ValueError unless the cut is a layer group of ``model``."""
+    if self.name not in model.layer_groups:
+      raise ValueError(f'config.specialists.branch={self.name!r} is not a layer group of this model; use one of '
+                       f"{model.layer_groups} ('stem': a delta on every layer, 'head': the generalist's features "
+                       'and a new head).')
 
 
 def init_head(num_classes: int, num_features: int, rng: jax.Array) -> dict:

@@ -102,11 +102,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
     re.compile(cfg.dense_leaves)
   except re.error as e:
     problems.append(f"specialists.dense_leaves={cfg.dense_leaves!r}: not a valid regex ({e}); use '' for none.")
-  if config.model in models.MODELS:
-    try:
-      specialists.check_branch(cfg.branch, stages.make_model(config, 1))
-    except ValueError as e:
-      problems.append(str(e))
+  try:
+    cut = models.Cut(cfg.branch)
+  except ValueError as e:
+    problems.append(f'specialists.branch={cfg.branch!r}: {e}')
+  else:
+    if config.model in models.MODELS:
+      try:
+        cut.check(stages.make_model(config, 1))
+      except ValueError as e:
+        problems.append(str(e))
   hierarchy_ok = not any(p.startswith('hierarchy=') for p in problems)
   if hierarchy_ok and cfg.superclasses:
     n = stages.make_hierarchy(config).num_superclasses

@@ -11,7 +11,7 @@ key                                    meaning
                                        superclass counts as an error
 ``supersub.oracle_top1``               Super-Sub with the true superclass given (the specialists' own accuracy)
 ``supersub.top2_top1``                 Super-Sub with top-2 routing (uncertain images also run the second specialist)
-``supersub.branch``                    config.specialists.branch: layers before it are the generalist's, run once
+``supersub.branch``                    the specialists' cut (their specs): layers before it are the generalist's, run once
 ``baselines.vanilla_matched.top1``     with the ``vanilla_matched`` stage: the flat network trained for Super-Sub's whole
                                        budget (``compute.supersub_steps.total`` steps); ``.supersub_minus`` the gap
 ``baselines.head_only.top1``           with the ``head_only`` stage: Super-Sub with specialists that train a head on

@@ -34,6 +34,7 @@ import ml_collections
 import numpy as np
 
 from supersub_jax import checkpoint as ckpt
+from supersub_jax import config as config_lib
 from supersub_jax import delta as delta_lib
 from supersub_jax import exported as exported_lib
 from supersub_jax import models
@@ -69,29 +70,21 @@ def delta_config(cfg) -> delta_lib.DeltaConfig:
   before ``cfg.branch``."""
   pattern = LEAVES.get(cfg.leaves, cfg.leaves)
   bits = int(cfg.bits) or None
-  trunk = models.trunk_regex(cfg.branch)
+  trunk = models.Cut(cfg.branch).trunk_regex
   exclude = delta_lib.EXCLUDE_HEAD if trunk is None else f'{delta_lib.EXCLUDE_HEAD}|{trunk}'
   return delta_lib.DeltaConfig(bits=bits, granularity=cfg.granularity, pattern=pattern, exclude=exclude)
 
 
-def check_branch(branch: str, model) -> None:
-  """Raises ValueError unless ``branch`` is a layer group of ``model`` (``models.ResNet.layer_groups``)."""
-  if branch not in model.layer_groups:
-    raise ValueError(f'config.specialists.branch={branch!r} is not a layer group of this model; use one of '
-                     f'{model.layer_groups} (\'stem\': a delta on every layer, \'head\': the generalist\'s '
-                     'features and a new head).')
-
-
-def make_apply_fn(model, branch: str):
-  """``model.apply`` for a specialist with a shared trunk: the groups before ``branch`` are frozen. They always
-  normalise with their running averages, so training neither uses nor changes batch statistics there, and no
-  gradient flows into them (nor is the backward pass through them computed)."""
-  if branch == 'stem':
+def make_apply_fn(model, cut: models.Cut):
+  """``model.apply`` for a specialist that branches at ``cut``: a shared trunk is frozen. It always normalises with
+  its running averages, so training neither uses nor changes batch statistics there, and no gradient flows into
+  it (nor is the backward pass through it computed)."""
+  if not cut.shares_trunk:
     return model.apply
 
   def apply(variables, images, train: bool = True, mutable=False):
-    trunk_out = jax.lax.stop_gradient(model.apply(variables, images, train=False, stop=branch))
-    return model.apply(variables, trunk_out, train=train, start=branch, mutable=mutable)
+    trunk_out = jax.lax.stop_gradient(model.apply(variables, images, train=False, stop=cut.name))
+    return model.apply(variables, trunk_out, train=train, start=cut.name, mutable=mutable)
 
   return apply
 
@@ -147,9 +140,9 @@ def specialist_dir(workdir: str, hierarchy, k: int, stage: str = 'specialists') 
   return os.path.join(stages.stage_dir(workdir, stage), f'{k:03d}_{name}')
 
 
-def _init_state(generalist, base, dcfg, tx, max_subclasses: int, seed: int, branch: str):
+def _init_state(generalist, base, dcfg, tx, max_subclasses: int, seed: int, cut: models.Cut):
   """A specialist's initial TrainState: zero delta, dense masks, a fresh head, the generalist's BN statistics."""
-  if branch == 'head':  # nothing below the head changes: an empty delta (init_delta refuses to select nothing)
+  if cut.keeps_backbone:  # nothing below the head changes: an empty delta (init_delta refuses to select nothing)
     delta = jax.tree.map(lambda _: None, base)
   else:
     delta = delta_lib.init_delta(base, dcfg.pattern, dcfg.exclude)
@@ -188,8 +181,9 @@ def train_specialists(config, workdir: str, *, stage: str = 'specialists',
   parallel = runtime.Parallel(config.parallelism)
   frozen = parallel.replicate(base)  # held once on each device for all specialists
   model = stages.make_model(config, hierarchy.max_subclasses)
-  check_branch(cfg.branch, model)
-  apply_fn = make_apply_fn(model, cfg.branch)
+  cut = models.Cut(cfg.branch)
+  cut.check(model)
+  apply_fn = make_apply_fn(model, cut)
   params_fn = make_params_fn(dcfg)
   eval_fn = parallel.compile(
       lambda state, batch, frozen_and_mask: step_lib.eval_step(
@@ -220,8 +214,7 @@ def train_specialists(config, workdir: str, *, stage: str = 'specialists',
     writer = runner.MetricWriter(ckpt.abs_path(workdir), f'{_label(stage)}_{k}')
     extra = {'base': frozen, 'logit_mask': parallel.replicate(np.asarray(hierarchy.local_valid[k]))}
     seed = int(config.seed) + 100 + k
-    fresh_state = functools.partial(_init_state, generalist, base, dcfg, tx, hierarchy.max_subclasses, seed,
-                                    cfg.branch)
+    fresh_state = functools.partial(_init_state, generalist, base, dcfg, tx, hierarchy.max_subclasses, seed, cut)
 
     def evaluate(rstate, extra=extra, eval_source=eval_source):
       return runner.eval_metrics(rstate, eval_fn=eval_fn, parallel=parallel, frozen=extra,
@@ -229,9 +222,10 @@ def train_specialists(config, workdir: str, *, stage: str = 'specialists',
 
     def finish(host_state, metrics, job=job, k=k, n_k=n_k, num_steps=num_steps, writer=writer):
       exported = exported_lib.export(host_state.params['delta'], host_state.masks, host_state.params['head'],
-                                     models.split_at(host_state.batch_stats, cfg.branch)[1], dcfg, n_k)
+                                     cut.split(host_state.batch_stats)[1], dcfg, n_k, cut=cut)
+      spec = exported.pop('spec')  # JSON, kept in the checkpoint's metadata; the arrays are an orbax item
       nbytes = exported_lib.exported_nbytes(exported)
-      kept = float(sparsity.kept_fraction(host_state.masks)) if jax.tree.leaves(host_state.masks) else 0.0
+      kept = spec['delta']['density']
       summary = {'superclass': k, 'name': job.meta['name'], 'num_subclasses': n_k, 'num_steps': num_steps,
                  'oracle_top1': metrics['accuracy'], 'test_count': metrics['count'], 'density': kept,
                  'bytes': nbytes, 'total_bytes': sum(nbytes.values())}
@@ -239,7 +233,7 @@ def train_specialists(config, workdir: str, *, stage: str = 'specialists',
       if jax.process_index() == 0:
         print(f'[{job.name}] oracle top-1 {metrics["accuracy"]:.4f} on {int(metrics["count"])} images, density '
               f'{kept:.3f}, {summary["total_bytes"]:,} bytes', flush=True)
-      return {'compressed': exported}, {'summary': summary}
+      return {'compressed': exported}, {'summary': summary, 'specialist': spec}
 
     with writer:
       result = runner.run_job(config, job, fresh_state=fresh_state, target=fresh_state(),
@@ -268,8 +262,9 @@ def train_specialists(config, workdir: str, *, stage: str = 'specialists',
 
 def load_exported(config, workdir: str, k: int, generalist: stages.Network, hierarchy=None,
                   stage: str = 'specialists') -> dict:
-  """The deployable form of finished specialist ``k`` of ``stage`` (``exported.export``), read from its own checkpoint
-  directory only, after checking that it was trained with the current settings on this ``generalist``."""
+  """The deployable form of finished specialist ``k`` of ``stage`` (``exported.export``, with its ``'spec'``), read
+  from its own checkpoint directory only, after checking that it was trained with the current settings on this
+  ``generalist``."""
   hierarchy = hierarchy or stages.make_hierarchy(config)
   if not 0 <= k < hierarchy.num_superclasses:
     raise ValueError(f'superclass {k} is outside [0, {hierarchy.num_superclasses}) of hierarchy {hierarchy.name!r}; '
@@ -277,4 +272,16 @@ def load_exported(config, workdir: str, k: int, generalist: stages.Network, hier
   # The step budget only names the job in messages; the settings check compares the config fields themselves.
   job = _job(config, workdir, hierarchy, k, 0, runner.fingerprint(generalist.params, generalist.batch_stats), stage)
   # The compressed form is self-describing (each record carries its shape): read as stored.
-  return runner.load_finished(config, job, target=None, extra={'compressed': None}).extra['compressed']
+  restored = runner.load_finished(config, job, target=None, extra={'compressed': None})
+  return {**restored.extra['compressed'], 'spec': restored.meta.get('specialist') or _legacy_spec(restored.meta)}
+
+
+def _legacy_spec(meta: dict) -> dict:
+  """The spec of a specialist checkpointed before specialists described themselves (spec version 1), from what its
+  own metadata recorded: the config it was trained with and its stage (``head_only`` trained at the head)."""
+  cfg = config_lib.default_config().specialists
+  cfg.update(meta['config']['specialists'])
+  if meta.get('stage') == 'head_only':
+    cfg.branch = 'head'
+  return exported_lib.describe(models.Cut(cfg.branch), delta_config(cfg), num_subclasses=meta['num_subclasses'],
+                               density=float(meta.get('summary', {}).get('density', cfg.density)))

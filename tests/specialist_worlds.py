@@ -55,7 +55,8 @@ def export(base, seed, *, bits, granularity, pattern, density, n_sub, d_feat, st
     node[empty_leaf[-1]] = np.zeros_like(node[empty_leaf[-1]])
   return {'delta': exported_lib.compress(delta, masks, cfg),
           'head': {'kernel': np.float32(r.randn(d_feat, n_sub)), 'bias': np.float32(r.randn(n_sub) * 0.1)},
-          'batch_stats': random_stats(stats, seed + 7)}
+          'batch_stats': random_stats(stats, seed + 7),
+          'spec': exported_lib.describe(models.Cut('stem'), cfg, num_subclasses=n_sub, density=density)}
 
 
 def world(sizes, seed=0, mixed=True):

@@ -46,6 +46,24 @@ def test_bundle_round_trip_predicts_like_the_workdir(tiny_workdir, tmp_path):
   assert size < delta_lib.tree_nbytes(generalist) * 2
 
 
+def test_a_bundle_from_before_specialists_described_themselves_loads_with_the_cut_of_its_time(tiny_workdir, tmp_path):
+  config, workdir, _ = tiny_workdir
+  bundle = convert.make_bundle(config, workdir)
+  expected = bank_lib.build_supersub(bundle['generalist'], [bundle['specialists'][str(k)] for k in range(3)],
+                                     stages.make_hierarchy(config))
+  for version_1 in ({}, {'branch': 'stem'}):  # bundles from before shared trunks, and from after them
+    old = {**bundle, 'model': {**bundle['model'], **version_1},
+           'specialists': {k: {n: v for n, v in ex.items() if n != 'spec'} for k, ex in bundle['specialists'].items()}}
+    path = str(tmp_path / 'old.msgpack')
+    convert.write_bundle(path, old)
+    generalist, exported, hierarchy, model = convert.load_bundle(path)
+    assert [ex['spec']['cut'] for ex in exported] == ['stem'] * 3 and 'branch' not in model
+    state = bank_lib.build_supersub(generalist, exported, hierarchy)
+    assert state.cut == expected.cut == models.Cut('stem')
+    for a, b in zip(jax.tree.leaves(state.bank), jax.tree.leaves(expected.bank)):
+      np.testing.assert_array_equal(a, b)
+
+
 def test_garbage_bundle_is_named(tmp_path):
   path = tmp_path / 'bad.msgpack'
   path.write_bytes(b'\xc1' * 7)

@@ -310,3 +310,30 @@ def test_nested_junk_in_a_compressed_tree_is_named():
                       ({'a': {'b': {**good, 'bits': np.asarray(3)}}}, "a/b: 'bits' must be one integer")):
     with pytest.raises(ValueError, match=match):
       ex.decompress(junk)
+
+
+# ----------------------------------------------------------------------------- the spec: what a specialist is
+
+
+def test_export_describes_its_cut_subclasses_and_the_kept_fraction_in_json():
+  from supersub_jax import models  # pylint: disable=g-import-not-at-top
+  delta = {'conv': {'kernel': np.ones((3, 3, 2, 4), np.float32)}, 'bn': {'scale': np.ones(4, np.float32)}}
+  masks = {'conv': {'kernel': np.arange(72).reshape(3, 3, 2, 4) < 18}, 'bn': {'scale': np.ones(4, bool)}}
+  head = {'kernel': np.zeros((4, 6), np.float32), 'bias': np.zeros(6, np.float32)}
+  cfg = dl.DeltaConfig(bits=4, granularity='per_channel', pattern=dl.KERNELS_AND_NORM)
+  out = ex.export(delta, masks, head, {}, cfg, 3, cut=models.Cut('stage2'))
+  spec = out['spec']
+  assert spec == {'version': ex.SPEC_VERSION, 'cut': 'stage2', 'num_subclasses': 3,
+                  'delta': {'bits': 4, 'granularity': 'per_channel', 'pattern': dl.KERNELS_AND_NORM,
+                            'exclude': dl.EXCLUDE_HEAD, 'density': (18 + 4) / (72 + 4)}}
+  import json  # pylint: disable=g-import-not-at-top
+  assert json.loads(json.dumps(spec)) == spec
+  assert out['head']['kernel'].shape == (4, 3)
+  assert ex.cut_of([out, out]) == models.Cut('stage2')
+
+
+def test_cut_of_refuses_specialists_without_a_spec_or_with_two_cuts():
+  with pytest.raises(ValueError, match="specialist 1 has no 'spec'"):
+    ex.cut_of([{'spec': {'cut': 'stem'}}, {}])
+  with pytest.raises(ValueError, match='different layers'):
+    ex.cut_of([{'spec': {'cut': 'stem'}}, {'spec': {'cut': 'stage2'}}])

@@ -29,9 +29,8 @@ from supersub_jax.models import (
     create_model,
     flops_per_example,
     init_variables,
+    Cut,
     param_count,
-    split_at,
-    trunk_regex,
 )
 from supersub_jax.delta import path_str
 
@@ -299,7 +298,7 @@ def test_trunk_then_top_at_every_cut_equals_the_whole_network(tiny):
   for branch in model.layer_groups:
     trunk_out = jax.jit(functools.partial(model.apply, train=False, stop=branch))(variables, images)
     # The top reads only its own groups' variables.
-    top = {c: split_at(v, branch)[1] for c, v in variables.items()}
+    top = {c: Cut(branch).split(v)[1] for c, v in variables.items()}
     logits = jax.jit(functools.partial(model.apply, train=False, start=branch))(top, trunk_out)
     np.testing.assert_allclose(logits, whole, rtol=1e-5, atol=1e-5, err_msg=branch)
     if branch == 'stem':
@@ -310,22 +309,30 @@ def test_trunk_then_top_at_every_cut_equals_the_whole_network(tiny):
       assert trunk_out.ndim == 4 and trunk_out.shape[0] == images.shape[0]
 
 
-def test_split_at_and_trunk_regex_divide_params_by_forward_order(tiny_small):
+def test_cut_splits_params_and_matches_its_trunk_by_forward_order(tiny_small):
   _, variables, _ = tiny_small
   params = variables['params']
   order = {'conv_init': 0, 'bn_init': 0, 'stage1_block1': 1, 'stage2_block1': 2, 'stage3_block1': 3, 'head': 4}
   assert set(order) == set(params)
   for position, branch in enumerate(('stem', 'stage1', 'stage2', 'stage3', 'head')):
-    trunk, top = split_at(params, branch)
+    cut = Cut(branch)
+    trunk, top = cut.split(params)
     assert set(trunk) == {k for k, p in order.items() if p < position}
     assert set(top) == {k for k, p in order.items() if p >= position}
-    regex = trunk_regex(branch)
+    assert cut.shares_trunk == (position > 0) and cut.keeps_backbone == (branch == 'head')
     for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]:
       p = path_str(path)
       in_trunk = p.split('/')[0] in trunk
-      assert (regex is not None and re.search(regex, p) is not None) == in_trunk, (branch, p)
+      assert (cut.trunk_regex is not None and re.search(cut.trunk_regex, p) is not None) == in_trunk, (branch, p)
   with pytest.raises(ValueError, match='layer group'):
-    split_at(params, 'block3')
+    Cut('block3')
+
+
+def test_a_cut_beyond_the_models_stages_is_refused_by_name(tiny_small):
+  model, _, _ = tiny_small
+  Cut('stage3').check(model)
+  with pytest.raises(ValueError, match="branch='stage4' is not a layer group of this model"):
+    Cut('stage4').check(model)
 
 
 def test_bad_cut_points_are_rejected(tiny_small):

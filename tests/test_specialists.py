@@ -49,3 +49,14 @@ def test_no_dense_leaves_is_the_plain_mask_update_also_under_jit(scope):
     got = jax.jit(lambda d, m, density: specialists.pruned_masks(d, m, density, _cfg(dense_leaves, scope)))(
         delta, masks, jnp.float32(0.3))
     jax.tree.map(np.testing.assert_array_equal, got, expected)
+
+
+def test_a_checkpoint_from_before_specialists_described_themselves_gets_its_own_recorded_cut():
+  from supersub_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  stored = config_lib.default_config().to_dict()
+  stored['specialists']['branch'] = 'stage2'
+  spec = specialists._legacy_spec({'config': stored, 'stage': 'specialists', 'num_subclasses': 4,
+                                   'summary': {'density': 0.07}})
+  assert spec['cut'] == 'stage2' and spec['num_subclasses'] == 4 and spec['delta']['density'] == 0.07
+  # head_only recorded config.specialists as given, and trained it at the head.
+  assert specialists._legacy_spec({'config': stored, 'stage': 'head_only', 'num_subclasses': 2})['cut'] == 'head'

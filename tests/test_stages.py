@@ -191,7 +191,7 @@ def test_shared_trunk_apply_leaves_trunk_statistics_and_gradients_alone(tiny_dat
   model = stages.make_model(config, 4)
   variables = jax.device_get(models.init_variables(model, jax.random.key(0), (16, 16, 3)))
   images = np.float32(np.random.RandomState(0).randn(4, 16, 16, 3))
-  apply = specialists.make_apply_fn(model, 'stage2')
+  apply = specialists.make_apply_fn(model, models.Cut('stage2'))
 
   def loss(params):
     logits, new = apply({'params': params, 'batch_stats': variables['batch_stats']}, images, train=True,
@@ -224,7 +224,7 @@ def test_shared_trunk_specialists_change_only_the_top_and_predict_like_their_den
 
   hierarchy = stages.make_hierarchy(config)
   generalist = stages.load_network(config, workdir, 'superclass', hierarchy)
-  top_stats = set(models.split_at(generalist.batch_stats, branch)[1])
+  top_stats = set(models.Cut(branch).split(generalist.batch_stats)[1])
   gm = stages.make_model(config, hierarchy.num_superclasses)
   images = np.float32(np.random.RandomState(1).randn(12, 16, 16, 3))
   routes = np.argmax(gm.apply({'params': generalist.params, 'batch_stats': generalist.batch_stats}, images,
@@ -236,23 +236,29 @@ def test_shared_trunk_specialists_change_only_the_top_and_predict_like_their_den
     assert groups == ({'stage2', 'stage3'} if branch == 'stage2' else set()), groups
     assert set(exported['batch_stats']) == top_stats
     dense = convert.dense_specialist(config, workdir, k)
-    trunk = models.split_at(generalist.params, branch)[0]
-    for a, b in zip(jax.tree.leaves(trunk), jax.tree.leaves(models.split_at(dense['params'], branch)[0])):
+    trunk = models.Cut(branch).split(generalist.params)[0]
+    for a, b in zip(jax.tree.leaves(trunk), jax.tree.leaves(models.Cut(branch).split(dense['params'])[0])):
       np.testing.assert_array_equal(a, b)
     # The reference: the dense network, whole, on the images the generalist sends to k.
     local = np.argmax(stages.make_model(config, int(hierarchy.sizes[k])).apply(dense, images, train=False), -1)
     want[routes == k] = np.asarray(hierarchy.local_to_label)[k, local[routes == k]]
 
   state = evaluation.load_trained(config, workdir).state
-  assert state.branch == branch
+  assert state.cut == models.Cut(branch)
   got = inference.predict(state, images, generalist_model=gm,
                           specialist_model=stages.make_model(config, hierarchy.max_subclasses))
   np.testing.assert_array_equal(got['superclass'], routes)
   np.testing.assert_array_equal(got['label'], want)
-  with pytest.raises(ValueError, match="branching at 'stem'"):  # specialists built for another branch
+  # The cut is the specialists' own word: one that says 'stem' over statistics from another cut is refused.
+  exported = [specialists.load_exported(config, workdir, k, generalist, hierarchy) for k in range(3)]
+  assert {ex['spec']['cut'] for ex in exported} == {branch}
+  mislabelled = [{**ex, 'spec': {**ex['spec'], 'cut': 'stem'}} for ex in exported]
+  with pytest.raises(ValueError, match="branching at 'stem' \\(its spec\\)"):
+    bank_lib.build_supersub({'params': generalist.params, 'batch_stats': generalist.batch_stats}, mislabelled,
+                            hierarchy)
+  with pytest.raises(ValueError, match='different layers'):
     bank_lib.build_supersub({'params': generalist.params, 'batch_stats': generalist.batch_stats},
-                            [specialists.load_exported(config, workdir, k, generalist, hierarchy) for k in range(3)],
-                            hierarchy, branch='stem')
+                            mislabelled[:1] + exported[1:], hierarchy)
 
 
 def test_vanilla_matched_trains_the_vanilla_recipe_for_the_whole_pipelines_steps(tiny_workdir):
