@@ -12,7 +12,6 @@ forward + backward (both gradients) in channels_last with --threads threads. Pri
 """
 
 import json
-import time
 
 from absl import app
 from absl import flags
@@ -27,20 +26,12 @@ _TORCH = flags.DEFINE_bool('torch', False, 'Also time PyTorch (needs torch).')
 _THREADS = flags.DEFINE_integer('threads', 2, 'PyTorch intra-op threads.')
 
 
-def _mean_seconds(fn, repeats):
-  fn()
-  start = time.perf_counter()
-  for _ in range(repeats):
-    fn()
-  return (time.perf_counter() - start) / repeats
-
-
 def main(argv):
   del argv
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from supersub_jax import models  # pylint: disable=g-import-not-at-top
+  from supersub_jax import measure, models  # pylint: disable=g-import-not-at-top
 
   b, s, c, k, stride = _BATCH.value, _SIZE.value, _CHANNELS.value, _KERNEL.value, _STRIDE.value
   rng = np.random.default_rng(0)
@@ -61,8 +52,8 @@ def main(argv):
       'dk xla': jax.jit(jax.grad(lambda *a: loss(jax.lax.conv_general_dilated, *a), 1)),
       'dk ours': jax.jit(jax.grad(lambda *a: loss(models.conv_general_dilated, *a), 1)),
   }
-  rows = {name: _mean_seconds(lambda f=f: f(x, kernel, g).block_until_ready(), _REPEATS.value)
-          for name, f in calls.items()}
+  timing = measure.time_calls({name: (lambda i, f=f: f(x, kernel, g)) for name, f in calls.items()}, _REPEATS.value)
+  rows = {name: t.mean for name, t in timing.items()}
   if _TORCH.value:
     import torch  # pylint: disable=g-import-not-at-top
     torch.set_num_threads(_THREADS.value)
@@ -80,8 +71,8 @@ def main(argv):
       xt.grad = kt.grad = None
       (conv() * gt).sum().backward()
 
-    rows['torch fwd'] = _mean_seconds(fwd, _REPEATS.value)
-    rows['torch fwd+dx+dk'] = _mean_seconds(fwd_bwd, _REPEATS.value)
+    timing = measure.time_calls({'torch fwd': lambda i: fwd(), 'torch fwd+dx+dk': lambda i: fwd_bwd()}, _REPEATS.value)
+    rows.update({name: t.mean for name, t in timing.items()})
   print(f'{k}x{k} conv {c}->{c}, stride {stride}, input [{b}, {s}, {s}, {c}], float32, on '
         f'{jax.devices()[0].device_kind} ({flops / 1e9:.2f} GFLOP per pass)')
   print('| call | ms | GFLOP/s |\n|---|---|---|')

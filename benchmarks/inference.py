@@ -4,9 +4,9 @@
   python benchmarks/inference.py --workdir=runs/demo --chunk_sizes=32 --chunk_sizes=32,8 --chunk_sizes=64,16 \
       --batch_sizes=1,256 --repeats=20
 
-For each chunk-size plan (``inference.route``) and batch size: the median seconds per call of the single (vanilla)
+For each chunk-size plan (``inference.route``) and batch size: the mean seconds per call of the single (vanilla)
 network and of Super-Sub top-1 prediction over ``--repeats`` distinct held-out batches drawn in random order
-(``evaluation.measure_inference``, the same measurement as report.json), alternating in this process; images/s,
+(``measure.measure_inference``, the same measurement as report.json), taking turns in this process; images/s,
 the ratio, how many specialists a batch reaches, XLA's compiled memory of one call, and the parameter-resident
 bytes. Uses the config stored in the workdir. Prints a markdown table and the rows as JSON.
 """
@@ -28,7 +28,7 @@ flags.mark_flags_as_required(['workdir'])
 def main(argv):
   del argv
   import jax  # pylint: disable=g-import-not-at-top
-  from supersub_jax import checkpoint as ckpt, config as config_lib, evaluation, runtime  # pylint: disable=g-import-not-at-top
+  from supersub_jax import checkpoint as ckpt, config as config_lib, evaluation, measure, runtime  # pylint: disable=g-import-not-at-top
   config = config_lib.read(_WORKDIR.value)
   runtime.initialize_runtime(config)
   if _BATCHES.value:
@@ -45,7 +45,9 @@ def main(argv):
   print('| chunk sizes | batch | single img/s | Super-Sub img/s | ratio | specialists per batch | single memory | '
         'Super-Sub memory |\n|---|---|---|---|---|---|---|---|', flush=True)
   for plan in plans:
-    result = evaluation.measure_inference(config, trained, chunk_sizes=plan)
+    result = measure.measure_inference(config, trained.hierarchy, trained.vanilla, trained.state,
+                                       generalist_model=trained.generalist.model,
+                                       specialist_model=trained.specialist_model, chunk_sizes=plan)
     for b, t in sorted(result['throughput']['by_batch'].items(), key=lambda kv: int(kv[0])):
       m = result['memory']['by_batch'][b]
       rows.append({'chunk_sizes': list(plan), 'batch': int(b), **t, 'single_bytes': m['single_bytes'],

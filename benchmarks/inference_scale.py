@@ -8,14 +8,13 @@ of sum(sizes) outputs, and N specialists exported from random deltas at the demo
 kernels kept, --bits). The images are real held-out images (the synthetic test split, resized to --image_size), and
 the generalist's head is centred on them so that a batch spreads over the superclasses as a trained generalist's
 does (the script prints how many specialists a batch reaches). Both models are timed as report.json times them
-(``evaluation.median_seconds``: median over --repeats distinct batches, alternating, after a warm-up call); the
+(``measure.time_calls``: the mean over --repeats distinct batches, taking turns, after a compiling call); the
 first call at each batch size is timed on its own (compilation plus one run: what a fresh process waits for).
 Storage is that of the exported specialists (``exported.storage_report``): random masks at --density cost in
 positions what trained ones do (the export codes both near their entropy), and values cost --bits each.
 """
 
 import json
-import time
 
 from absl import app
 from absl import flags
@@ -40,7 +39,7 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from supersub_jax import bank as bank_lib, config as config_lib, delta as delta_lib, evaluation  # pylint: disable=g-import-not-at-top
+  from supersub_jax import bank as bank_lib, config as config_lib, delta as delta_lib, measure  # pylint: disable=g-import-not-at-top
   from supersub_jax import exported as exported_lib, hierarchy as hierarchy_lib, inference, models, stages  # pylint: disable=g-import-not-at-top
 
   sizes = tuple(int(s) for s in _SIZES.value)
@@ -58,7 +57,7 @@ def main(argv):
   resize = jax.jit(lambda x: jax.image.resize(x, (x.shape[0],) + shape, 'bilinear'))
   batches = {}
   for b in sorted({int(x) for x in _BATCHES.value}):
-    held = evaluation.held_out_batches(data_config, stages.make_hierarchy(data_config), b, _REPEATS.value)
+    held = measure.held_out_batches(data_config, stages.make_hierarchy(data_config), b, _REPEATS.value)
     batches[b] = [resize(jnp.asarray(x)) for x in held]
   # Centre the random generalist's head on real images so that its argmax spreads over the N superclasses.
   calibration = batches[max(batches)][0]
@@ -95,18 +94,16 @@ def main(argv):
     predict = jax.jit(functools.partial(inference.predict, generalist_model=gm, specialist_model=sm,
                                         chunk_sizes=chunks))
     for b, xs in batches.items():
-      fns = {'single': lambda x: single_apply(single, x), 'supersub': lambda x: predict(state, x)}
-      # The first call of each model at this shape: compilation plus one run, what a fresh process waits for.
-      first = {}
-      for name, fn in fns.items():
-        start = time.perf_counter()
-        jax.block_until_ready(fn(xs[0]))
-        first[name] = time.perf_counter() - start
-      seconds = evaluation.median_seconds(fns, xs)
+      # The first call of each model at this shape (Timing.first_s): compilation plus one run, what a fresh process
+      # waits for.
+      timing = measure.time_calls({'single': lambda i: single_apply(single, xs[i]),
+                                   'supersub': lambda i: predict(state, xs[i])}, len(xs))
+      seconds = {name: t.mean for name, t in timing.items()}
+      first = {name: t.first_s for name, t in timing.items()}
       reached = float(np.mean([len(np.unique(np.asarray(predict(state, x)['superclass']))) for x in xs]))
       spec = jax.ShapeDtypeStruct(xs[0].shape, xs[0].dtype)
-      mem_single = evaluation.compiled_bytes(single_apply, single, spec).get('total', 0)
-      mem_supersub = evaluation.compiled_bytes(predict, state, spec).get('total', 0)
+      mem_single = measure.compiled_bytes(single_apply, single, spec).get('total', 0)
+      mem_supersub = measure.compiled_bytes(predict, state, spec).get('total', 0)
       row = {'chunk_sizes': list(chunks), 'batch': b, 'single_ms': 1e3 * seconds['single'],
              'supersub_ms': 1e3 * seconds['supersub'], 'single_ips': b / seconds['single'],
              'supersub_ips': b / seconds['supersub'], 'ratio': seconds['single'] / seconds['supersub'],

@@ -22,7 +22,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 from absl import app
 from absl import flags
@@ -46,7 +45,7 @@ def _measure(kinds: list[str]) -> list[dict]:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from supersub_jax import config as config_lib, delta as delta_lib, models, runtime, specialists, step as step_lib  # pylint: disable=g-import-not-at-top
+  from supersub_jax import config as config_lib, delta as delta_lib, measure, models, runtime, specialists, step as step_lib  # pylint: disable=g-import-not-at-top
 
   n = jax.local_device_count()
   if _BATCH.value % n:
@@ -97,25 +96,12 @@ def _measure(kinds: list[str]) -> list[dict]:
     state[0], metrics = step(state[0], batches[i % 4], frozen)
     return metrics
 
-  compile_s = {}
-  for kind in kinds:
-    t0 = time.perf_counter()
-    jax.block_until_ready(run(kind, 0))
-    compile_s[kind] = time.perf_counter() - t0
-    # Steps done after the compile call: 1, so timed step i ends at step i + 2. Start the timing on a period's
-    # first step, so the timed steps hold whole periods with exactly one update each.
-    for i in range((-2) % every):
-      jax.block_until_ready(run(kind, i))
-  offset = (-2) % every
-  times = {kind: [] for kind in kinds}
-  due = [(i + offset + 2) % every == 0 for i in range(steps)]
-  # The kinds take turns by whole update periods, so that a machine whose speed drifts slows them alike.
-  for period in range(steps // every):
-    for kind in kinds:
-      for i in range(period * every, (period + 1) * every):
-        t = time.perf_counter()
-        jax.block_until_ready(run(kind, i))
-        times[kind].append(time.perf_counter() - t)
+  # Steps done after the compiling call: 1, so timed call i ends at step i + 1 + warmup. Start the timing on a
+  # period's first step, so that each kind's turns hold whole periods with exactly one update each.
+  warmup = 1 + (-2) % every
+  timing = measure.time_calls({kind: functools.partial(run, kind) for kind in kinds}, steps, turn=every,
+                              warmup=warmup)
+  due = [(i + warmup + 1) % every == 0 for i in range(steps)]
   try:
     flops = 3 * models.flops_per_example(model, variables, shape)  # forward + backward ~ 3x forward
   except RuntimeError as e:  # the timings stand without it
@@ -126,12 +112,12 @@ def _measure(kinds: list[str]) -> list[dict]:
   due = np.asarray(due)
   rows = []
   for kind in kinds:
-    t = np.asarray(times[kind])
+    t = timing[kind].seconds
     step_s = float(t.mean())
     achieved = flops * _BATCH.value / step_s / 1e12
     rows.append({'kind': kind, 'devices': n, 'device': f'{device.platform}:{device.device_kind}',
                  'model': _MODEL.value, 'image_size': _IMAGE.value, 'batch_size': _BATCH.value, 'bf16': _HALF.value,
-                 'compile_s': compile_s[kind], 'step_s': step_s, 'median_step_s': float(np.median(t)),
+                 'compile_s': timing[kind].first_s, 'step_s': step_s, 'median_step_s': float(np.median(t)),
                  'update_step_s': float(t[due].mean()), 'other_step_s': float(t[~due].mean()),
                  'timed_steps': steps, 'images_per_s': _BATCH.value / step_s,
                  'train_tflops': achieved, 'mfu': achieved / (peak * n) if peak and flops else None})

@@ -19,7 +19,6 @@ dependency of the package or its tests.
 
 import json
 import os
-import time
 
 from absl import app
 from absl import flags
@@ -110,16 +109,9 @@ def main(argv):
   runners = {'jax': jax_run, 'pytorch': torch_run}
   if _TORCH_COMPILE.value:
     runners['pytorch_compile'], _ = _torch_runner(batches, compiled=True)
-  for run in runners.values():
-    for i in range(_WARMUP.value):
-      run(i)
-  times = {name: [] for name in runners}
-  for _ in range(_ROUNDS.value):
-    for name, run in runners.items():
-      for i in range(_STEPS.value):
-        start = time.perf_counter()
-        run(i)
-        times[name].append(time.perf_counter() - start)
+  from supersub_jax import measure  # pylint: disable=g-import-not-at-top  (after both frameworks loaded theirs)
+  timing = measure.time_calls(runners, _ROUNDS.value * _STEPS.value, turn=_STEPS.value, warmup=_WARMUP.value)
+  times = {name: t.seconds for name, t in timing.items()}
   ips = {name: _BATCH.value / float(np.mean(t)) for name, t in times.items()}
   import jax  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top

@@ -104,6 +104,90 @@ def confusion_matrix(pred: np.ndarray, true: np.ndarray, num_classes: int) -> np
   return cm
 
 
+def build(p: Mapping[str, np.ndarray], hierarchy, *, dataset: str, split: str, storage: Mapping,
+          compute: Mapping, top2_threshold: float, cut: str, matched_steps: int | None = None) -> dict:
+  """The report's metrics (the schema above, less memory and throughput) from held-out predictions.
+
+  Args:
+    p: int arrays [M] of one held-out split (``evaluation.collect_predictions``): 'subclass', 'superclass' (truth),
+      'vanilla', 'generalist' (its superclass), 'supersub', 'oracle', 'top2' (labels), 'second' (bool: the image
+      ran a second specialist), and the optional baselines 'vanilla_matched' and 'head_only'.
+    hierarchy: the ``hierarchy.Hierarchy`` of the labels.
+    storage, compute: report.json's 'storage' and 'compute' (``evaluation.storage``, ``stages.pipeline_steps``).
+    top2_threshold: the top-2 rule's threshold; cut: the specialists' cut; matched_steps: the steps the
+      ``vanilla_matched`` network trained for (its checkpoint's).
+  """
+  l2s = np.asarray(hierarchy.label_to_superclass)
+  truth = p['subclass']
+  per_superclass = []
+  for k, sup in enumerate(hierarchy.superclasses):
+    sel = p['superclass'] == k
+    per_superclass.append({
+        'index': k, 'name': sup.name, 'wnid': sup.wnid, 'num_subclasses': len(sup.subclasses),
+        'test_count': int(sel.sum()), 'vanilla_top1': accuracy(p['vanilla'][sel], truth[sel]),
+        'supersub_top1': accuracy(p['supersub'][sel], truth[sel]),
+        'oracle_top1': accuracy(p['oracle'][sel], truth[sel]),
+        'routing_top1': accuracy(p['generalist'][sel], p['superclass'][sel])})
+  supersub = accuracy(p['supersub'], truth)
+  report = {
+      'dataset': dataset, 'split': split, 'hierarchy': hierarchy.name, 'num_subclasses': hierarchy.num_subclasses,
+      'test_count': int(len(truth)),
+      'vanilla': {'top1': accuracy(p['vanilla'], truth), 'superclass_top1': accuracy(l2s[p['vanilla']], p['superclass'])},
+      'superclass': {'top1': accuracy(p['generalist'], p['superclass'])},
+      'supersub': {'top1': supersub, 'oracle_top1': accuracy(p['oracle'], truth),
+                   'top2_top1': accuracy(p['top2'], truth), 'top2_threshold': float(top2_threshold),
+                   'top2_second_fraction': float(np.mean(p['second'])), 'branch': cut,
+                   'top1_minus_vanilla': supersub - accuracy(p['vanilla'], truth)},
+      'errors': error_breakdown(p['vanilla'], truth, l2s),
+      'supersub_errors': error_breakdown(p['supersub'], truth, l2s),
+      'per_superclass': per_superclass,
+      'storage': dict(storage),
+      'compute': dict(compute),
+  }
+  # The optional baselines: the flat network trained for Super-Sub's whole budget, and Super-Sub with head-only
+  # specialists (the same routes, no delta).
+  for name in ('vanilla_matched', 'head_only'):
+    if name in p:
+      top1 = accuracy(p[name], truth)
+      report.setdefault('baselines', {})[name] = {'top1': top1, 'supersub_minus': supersub - top1}
+      for k, row in enumerate(per_superclass):
+        sel = p['superclass'] == k
+        row[f'{name}_top1'] = accuracy(p[name][sel], truth[sel])
+  if 'vanilla_matched' in p:
+    report['baselines']['vanilla_matched']['steps'] = int(matched_steps)
+  return report
+
+
+PLOTS = ('confusion_superclass.png', 'confusion_largest_superclass.png', 'per_superclass.png')
+
+
+def write_plots(p: Mapping[str, np.ndarray], hierarchy, report: Mapping, workdir: str) -> list[str]:
+  """The report's PNGs (``PLOTS``) from the predictions ``p`` (as in ``build``); returns their file names."""
+  l2s = np.asarray(hierarchy.label_to_superclass)
+  n = hierarchy.num_superclasses
+  names = [s.name for s in hierarchy.superclasses]
+  plot_confusion(confusion_matrix(l2s[p['vanilla']], p['superclass'], n), names, os.path.join(workdir, PLOTS[0]),
+                 'Vanilla network, superclass of its prediction (rows: true superclass)')
+  largest = int(np.argmax(hierarchy.sizes))
+  sel = p['superclass'] == largest
+  offset, size = int(hierarchy.offsets[largest]), int(hierarchy.sizes[largest])
+  # Predictions outside the superclass go to an extra last column ('other superclass').
+  pred_local = np.where(l2s[p['vanilla'][sel]] == largest, p['vanilla'][sel] - offset, size)
+  cm = confusion_matrix(pred_local, p['subclass'][sel] - offset, size + 1)[:size]
+  sub_names = [s.name.split('/')[-1] for s in hierarchy.superclasses[largest].subclasses]
+  plot_confusion(cm, sub_names, os.path.join(workdir, PLOTS[1]),
+                 f'Vanilla network within "{names[largest]}" ({size} subclasses)',
+                 col_names=sub_names + ['other superclass'])
+  rows = report['per_superclass']
+  series = {'vanilla': [r['vanilla_top1'] for r in rows]}
+  if 'vanilla_matched_top1' in rows[0]:
+    series['vanilla, compute-matched'] = [r['vanilla_matched_top1'] for r in rows]
+  series['Super-Sub (routed)'] = [r['supersub_top1'] for r in rows]
+  series['specialist (oracle routing)'] = [r['oracle_top1'] for r in rows]
+  plot_per_superclass(names, series, [r['test_count'] for r in rows], os.path.join(workdir, PLOTS[2]))
+  return list(PLOTS)
+
+
 def plot_confusion(cm: np.ndarray, names: Sequence[str], path: str, title: str,
                    col_names: Sequence[str] | None = None) -> None:
   """Row-normalised confusion matrix as a PNG (``col_names`` for rectangular matrices; default ``names``)."""
@@ -133,21 +217,29 @@ def plot_confusion(cm: np.ndarray, names: Sequence[str], path: str, title: str,
   plt.close(fig)
 
 
-def plot_per_superclass(names: Sequence[str], vanilla: Sequence[float], specialists: Sequence[float],
-                        supersub: Sequence[float], path: str) -> None:
+def plot_per_superclass(names: Sequence[str], series: Mapping[str, Sequence[float]], counts: Sequence[int],
+                        path: str) -> None:
+  """Grouped bars of per-superclass subclass top-1, one bar per entry of ``series`` (label -> N accuracies), with
+  95% binomial error bars from each superclass's ``counts`` held-out images. The axis starts just below the lowest
+  bar, not at 0, so differences of a few points show; the legend sits above the axes, clear of the bars."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   x = np.arange(len(names))
-  fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(names) + 2), 4))
-  ax.bar(x - 0.27, vanilla, 0.27, label='vanilla')
-  ax.bar(x, supersub, 0.27, label='Super-Sub (routed)')
-  ax.bar(x + 0.27, specialists, 0.27, label='specialist (oracle)')
+  width = 0.8 / len(series)
+  counts = np.maximum(np.asarray(counts, float), 1.0)
+  fig, ax = plt.subplots(figsize=(max(7, 0.8 * len(names) + 2), 4.5))
+  lowest = 1.0
+  for i, (label, values) in enumerate(series.items()):
+    v = np.asarray(values, float)
+    err = 1.96 * np.sqrt(np.clip(v * (1 - v), 0, None) / counts)
+    ax.bar(x + (i - (len(series) - 1) / 2) * width, v, width, yerr=err, capsize=2, label=label)
+    lowest = min(lowest, float(np.nanmin(v - err)))
+  ax.set_ylim(max(0.0, np.floor(lowest * 20) / 20 - 0.02), 1.0)
   ax.set_xticks(x, names, rotation=45, ha='right')
-  ax.set_ylabel('top-1 within superclass')
-  ax.set_ylim(0, 1)
-  ax.legend()
-  ax.set_title('Per-superclass subclass accuracy')
+  ax.set_ylabel('subclass top-1 within the superclass')
+  ax.grid(axis='y', alpha=0.3)
+  ax.legend(loc='lower center', bbox_to_anchor=(0.5, 1.0), ncol=len(series), fontsize=8, frameon=False)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
@@ -352,9 +444,13 @@ def render_markdown(report: Mapping) -> str:
   return '\n'.join(lines) + '\n'
 
 
-def write(report: Mapping, workdir: str) -> dict[str, str]:
-  """Writes report.json and report.md into ``workdir``; returns their paths."""
+def write(report: dict, workdir: str, *, predictions: Mapping[str, np.ndarray] | None = None,
+          hierarchy=None) -> dict[str, str]:
+  """Writes report.json, report.md and, given the predictions and hierarchy, the PNG plots (``write_plots``) into
+  ``workdir``; returns the paths of the two reports. ``report['plots']`` lists the PNGs."""
   validate(report)
+  if predictions is not None:
+    report['plots'] = write_plots(predictions, hierarchy, report, workdir)
   paths = {'json': os.path.join(workdir, 'report.json'), 'md': os.path.join(workdir, 'report.md')}
   tmp = paths['json'] + '.tmp'
   with open(tmp, 'w') as f:

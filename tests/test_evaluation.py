@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from supersub_jax import evaluation
@@ -108,17 +107,3 @@ def test_inference_is_timed_on_distinct_held_out_batches_at_batch_1_and_a_large_
   # On device the bank keeps the exported encodings, but Elias-Fano positions (about 2 + log2(L/K) bits an entry)
   # become a bitmask or 8-bit indices: at the default density 0.05 with int4 codes that adds ~20% here.
   assert resident['bank_bytes'] <= 1.5 * mem['bank_export_bytes']
-
-
-def test_held_out_batches_are_distinct_and_shuffled(evaluated):
-  config, _, _, _ = evaluated
-  hierarchy = evaluation.stages.make_hierarchy(config)
-  batches = evaluation.held_out_batches(config, hierarchy, 4, 3)
-  assert len(batches) == 3 and all(b.shape == (4, 16, 16, 3) for b in batches)
-  assert not np.array_equal(batches[0], batches[1])
-  in_order = evaluation.stages.eval_batches(config, evaluation.stages.load_source(config, config.eval_split,
-                                                                                   hierarchy),
-                                            label_mode='subclass', batch_size=4, process_index=0, process_count=1,
-                                            local_device_count=1)
-  first = np.asarray(next(iter(in_order))['image']).reshape(batches[0].shape)
-  assert not np.array_equal(first, batches[0])  # not the split's stored order

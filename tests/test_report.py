@@ -129,3 +129,41 @@ def test_per_superclass_gain_plot_draws_one_panel_per_baseline_with_points_and_i
   np.testing.assert_allclose(heights, [2, -1, 0])  # points
   np.testing.assert_allclose(kwargs['yerr'], [[1, 1, 1], [3, 3, 3]])  # below and above the mean, in points
   assert ax.get_title() == 'Super-Sub - vanilla' and calls[1][0].get_title() == 'Super-Sub - head-only'
+
+
+def test_per_superclass_plot_zooms_on_the_bars_and_keeps_the_legend_off_them(tmp_path, monkeypatch):
+  import matplotlib.figure  # pylint: disable=g-import-not-at-top
+  saved = []
+  savefig = matplotlib.figure.Figure.savefig
+  monkeypatch.setattr(matplotlib.figure.Figure, 'savefig', lambda self, *a, **k: saved.append(self) or savefig(self, *a, **k))
+  series = {'vanilla': [0.91, 0.95], 'Super-Sub': [0.93, 0.97]}
+  path = str(tmp_path / 'per.png')
+  report.plot_per_superclass(['a', 'b'], series, [100, 400], path)
+  assert open(path, 'rb').read(8) == b'\x89PNG\r\n\x1a\n'
+  [ax] = saved[0].axes
+  low, high = ax.get_ylim()
+  # The lowest bar minus its 95% binomial half-width, 0.91 - 1.96 sqrt(0.91 * 0.09 / 100) = 0.854, floored to the
+  # 0.05 grid, less 0.02: differences of two points fill a visible part of the axis.
+  assert low == pytest.approx(0.83) and high == 1.0
+  legend = ax.get_legend()
+  assert legend is not None and legend.get_bbox_to_anchor().y0 >= ax.bbox.y1 - 1  # above the axes
+
+
+def test_build_computes_every_accuracy_from_the_predictions():
+  from supersub_jax import hierarchy as hierarchy_lib  # pylint: disable=g-import-not-at-top
+  h = hierarchy_lib.synthetic((2, 1))  # labels 0, 1 in superclass 0; 2 in superclass 1
+  truth = np.asarray([0, 1, 2, 2])
+  p = {'subclass': truth, 'superclass': np.asarray([0, 0, 1, 1]),
+       'vanilla': np.asarray([0, 0, 2, 1]),  # errors: 1 -> 0 (within), 2 -> 1 (across)
+       'generalist': np.asarray([0, 0, 1, 0]), 'supersub': np.asarray([0, 1, 2, 0]),
+       'oracle': np.asarray([0, 1, 2, 2]), 'top2': np.asarray([0, 1, 2, 2]), 'second': np.asarray([0, 0, 0, 1]),
+       'vanilla_matched': np.asarray([0, 1, 2, 1])}
+  r = report.build(p, h, dataset='synthetic', split='test', storage={}, compute={}, top2_threshold=0.8, cut='stem',
+                   matched_steps=7)
+  assert r['vanilla']['top1'] == 0.5 and r['vanilla']['superclass_top1'] == 0.75
+  assert r['superclass']['top1'] == 0.75 and r['supersub']['top1'] == 0.75 and r['supersub']['oracle_top1'] == 1.0
+  assert r['supersub']['top2_second_fraction'] == 0.25 and r['supersub']['top1_minus_vanilla'] == 0.25
+  assert r['errors']['within_superclass'] == 1 and r['errors']['across_superclass'] == 1
+  assert r['baselines']['vanilla_matched'] == {'top1': 0.75, 'supersub_minus': 0.0, 'steps': 7}
+  assert [row['vanilla_top1'] for row in r['per_superclass']] == [0.5, 0.5]
+  assert [row['routing_top1'] for row in r['per_superclass']] == [1.0, 0.5]
