@@ -29,6 +29,9 @@ from typing import Any, Mapping
 
 import ml_collections
 
+from supersub_jax import files
+from supersub_jax import hierarchy as hierarchy_lib
+
 CONFIG_FILE = 'config.json'
 INIT_FORMATS = ('torchvision', 'orbax')
 
@@ -61,7 +64,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.eval_split = 'test'            # held-out split of every stage's evaluation and of evaluate.py
                                         # ('validation' for imagenet2012, which has no labelled test split)
   config.synthetic = ml_collections.ConfigDict(dict(
-      image_size=32, train_per_class=300, test_per_class=100, seed=0, sizes=(12, 6, 4, 3, 3, 2, 2, 2, 2, 2)))
+      image_size=32, train_per_class=300, test_per_class=100, seed=0, sizes=hierarchy_lib.DEFAULT_SYNTHETIC_SIZES))
   config.image_size = 32
   config.augment = 'crop_flip'          # 'crop_flip' | 'random_resized_crop' | 'none'
   config.worker_count = 0               # grain worker processes per host
@@ -150,10 +153,7 @@ def write(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Writes ``<workdir>/config.json`` atomically (write, then rename)."""
   target = path(workdir)
   os.makedirs(os.path.dirname(target), exist_ok=True)
-  tmp = f'{target}.tmp{os.getpid()}'
-  with open(tmp, 'w') as f:
-    f.write(to_json(config) + '\n')
-  os.replace(tmp, target)
+  files.write_text(target, to_json(config) + '\n')
 
 
 def read(workdir: str) -> ml_collections.ConfigDict:

@@ -35,6 +35,7 @@ import numpy as np
 from flax import serialization
 
 from supersub_jax import exported as exported_lib
+from supersub_jax import files
 from supersub_jax import hierarchy as hierarchy_lib
 from supersub_jax import models
 from supersub_jax import runtime
@@ -51,15 +52,6 @@ TORCHVISION_ARCHS = ('resnet18', 'resnet34', 'resnet50')
 # Library
 
 
-def _write_file(path: str, data: bytes) -> int:
-  """Atomic write (a temporary file, then a rename); returns the size in bytes."""
-  tmp = f'{path}.tmp{os.getpid()}'
-  with open(tmp, 'wb') as f:
-    f.write(data)
-  os.replace(tmp, path)
-  return len(data)
-
-
 def make_bundle(config, workdir: str) -> dict:
   """The inference bundle of a trained workdir, as a pytree of numpy arrays and strings."""
   hierarchy = stages.make_hierarchy(config)
@@ -74,7 +66,7 @@ def make_bundle(config, workdir: str) -> dict:
 
 
 def write_bundle(path: str, bundle: dict) -> int:
-  return _write_file(path, serialization.msgpack_serialize(bundle))
+  return files.write_bytes(path, serialization.msgpack_serialize(bundle))
 
 
 def load_bundle(path: str) -> tuple[dict, list[dict], hierarchy_lib.Hierarchy, dict]:

@@ -19,6 +19,7 @@ import jax
 import ml_collections
 
 from supersub_jax import config as config_lib
+from supersub_jax import delta as delta_lib
 from supersub_jax import models
 from supersub_jax import quant
 from supersub_jax import runner
@@ -26,6 +27,7 @@ from supersub_jax import runtime
 from supersub_jax import sparsity
 from supersub_jax import specialists
 from supersub_jax import stages
+from supersub_jax import step as step_lib
 from supersub_jax.data import pipeline, sources
 
 
@@ -58,8 +60,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _choice(problems, 'stem', config.stem, models.STEMS)
   _choice(problems, 'dataset', config.dataset, sources.DATASETS)
   _choice(problems, 'augment', config.augment, pipeline.AUGMENTATIONS)
-  _choice(problems, 'parallelism', config.parallelism, ('pmap', 'shard_map'))
-  _choice(problems, 'nonfinite', config.nonfinite, ('stop', 'skip'))
+  _choice(problems, 'parallelism', config.parallelism, runtime.PARALLELISMS)
+  _choice(problems, 'nonfinite', config.nonfinite, step_lib.NONFINITE)
   _choice(problems, 'init.format', config.init.format, config_lib.INIT_FORMATS)
   try:
     stages.make_hierarchy(config)
@@ -78,8 +80,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
                       f'{devices}, e.g. {max(devices, config[field] // devices * devices)}.')
   for stage in config_lib.STAGE_SECTIONS:
     cfg = config[stage]
-    _choice(problems, f'{stage}.optimizer', cfg.optimizer, ('sgd', 'adamw'))
-    _choice(problems, f'{stage}.schedule', cfg.schedule, ('cosine', 'step', 'constant'))
+    _choice(problems, f'{stage}.optimizer', cfg.optimizer, step_lib.OPTIMIZERS)
+    _choice(problems, f'{stage}.schedule', cfg.schedule, step_lib.SCHEDULES)
     if not 0.0 <= cfg.label_smoothing < 1.0:
       problems.append(f'{stage}.label_smoothing={cfg.label_smoothing}: use a value in [0, 1).')
     if cfg.num_train_steps < 1:
@@ -89,8 +91,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     problems.append(f'specialists.bits={cfg.bits}: use one of {quant.SUPPORTED_BITS}, or 0 for no quantization.')
   if not 0.0 <= cfg.density <= 1.0:
     problems.append(f'specialists.density={cfg.density}: use a fraction in [0, 1] (0 keeps only the new head).')
-  _choice(problems, 'specialists.granularity', cfg.granularity, ('per_channel', 'per_tensor'))
-  _choice(problems, 'specialists.sparsity_scope', cfg.sparsity_scope, ('per_leaf', 'global'))
+  _choice(problems, 'specialists.granularity', cfg.granularity, delta_lib.GRANULARITIES)
+  _choice(problems, 'specialists.sparsity_scope', cfg.sparsity_scope, sparsity.SCOPES)
   _choice(problems, 'specialists.sparsity_schedule', cfg.sparsity_schedule, sparsity.SCHEDULE_KINDS)
   if cfg.leaves not in specialists.LEAVES:
     try:

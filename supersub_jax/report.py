@@ -41,6 +41,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from supersub_jax import files
+
 REQUIRED_KEYS = (
     'vanilla.top1', 'superclass.top1', 'supersub.top1', 'supersub.oracle_top1', 'supersub.top2_top1',
     'errors.within_superclass_fraction', 'storage.factor', 'storage.alpha', 'storage.num_superclasses',
@@ -188,6 +190,14 @@ def write_plots(p: Mapping[str, np.ndarray], hierarchy, report: Mapping, workdir
   return list(PLOTS)
 
 
+def save_figure(fig, path: str, dpi: int = 120) -> None:
+  """Writes a matplotlib figure as a PNG, atomically, and closes it."""
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  with files.atomic_write(path, 'wb') as f:
+    fig.savefig(f, format='png', dpi=dpi)
+  plt.close(fig)
+
+
 def plot_confusion(cm: np.ndarray, names: Sequence[str], path: str, title: str,
                    col_names: Sequence[str] | None = None) -> None:
   """Row-normalised confusion matrix as a PNG (``col_names`` for rectangular matrices; default ``names``)."""
@@ -213,8 +223,7 @@ def plot_confusion(cm: np.ndarray, names: Sequence[str], path: str, title: str,
                   color='white' if norm[i, j] < 0.6 else 'black')
   fig.colorbar(im, ax=ax, fraction=0.046)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  save_figure(fig, path)
 
 
 def plot_per_superclass(names: Sequence[str], series: Mapping[str, Sequence[float]], counts: Sequence[int],
@@ -241,8 +250,7 @@ def plot_per_superclass(names: Sequence[str], series: Mapping[str, Sequence[floa
   ax.grid(axis='y', alpha=0.3)
   ax.legend(loc='lower center', bbox_to_anchor=(0.5, 1.0), ncol=len(series), fontsize=8, frameon=False)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  save_figure(fig, path)
 
 
 def plot_per_superclass_gain(names: Sequence[str], gains: Mapping[str, np.ndarray], path: str) -> None:
@@ -270,8 +278,7 @@ def plot_per_superclass_gain(names: Sequence[str], gains: Mapping[str, np.ndarra
   axes[-1, 0].set_xticks(x, names, rotation=45, ha='right')
   fig.suptitle('Per-superclass top-1 gain: mean and 95% interval over seeds', fontsize=10)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  save_figure(fig, path)
 
 
 def _fmt_bytes(n: float) -> str:
@@ -452,10 +459,6 @@ def write(report: dict, workdir: str, *, predictions: Mapping[str, np.ndarray] |
   if predictions is not None:
     report['plots'] = write_plots(predictions, hierarchy, report, workdir)
   paths = {'json': os.path.join(workdir, 'report.json'), 'md': os.path.join(workdir, 'report.md')}
-  tmp = paths['json'] + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(report, f, indent=2, default=float)
-  os.replace(tmp, paths['json'])  # atomic: a reader never sees half a report
-  with open(paths['md'], 'w') as f:
-    f.write(render_markdown(report))
+  files.write_text(paths['json'], json.dumps(report, indent=2, default=float))
+  files.write_text(paths['md'], render_markdown(report))
   return paths

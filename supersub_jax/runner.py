@@ -28,6 +28,7 @@ import jax.numpy as jnp
 
 from supersub_jax import checkpoint as ckpt
 from supersub_jax import config as config_lib
+from supersub_jax import files
 from supersub_jax import runtime
 
 PyTree = Any
@@ -89,10 +90,7 @@ class MetricWriter:
         continue
       if record.get('stage') != self.stage or record.get('step', 0) <= step:
         keep.append(json.dumps(record) + '\n')
-    tmp = f'{self.path}.tmp{os.getpid()}'
-    with open(tmp, 'w') as f:
-      f.writelines(keep)
-    os.replace(tmp, self.path)
+    files.write_text(self.path, ''.join(keep))
 
 
 class Progress:

@@ -18,6 +18,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 PyTree = Any
 AXIS = 'batch'  # the named device axis of data parallelism, in pmap and in shard_map alike
+PARALLELISMS = ('pmap', 'shard_map')  # Parallel's kinds (config.parallelism)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -36,8 +37,8 @@ class Parallel:
   kind: str = 'pmap'
 
   def __post_init__(self):
-    if self.kind not in ('pmap', 'shard_map'):
-      raise ValueError(f"config.parallelism={self.kind!r}: use 'pmap' or 'shard_map'.")
+    if self.kind not in PARALLELISMS:
+      raise ValueError(f'config.parallelism={self.kind!r}: use one of {PARALLELISMS}.')
 
   @functools.cached_property
   def mesh(self) -> Mesh:

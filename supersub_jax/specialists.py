@@ -37,6 +37,7 @@ from supersub_jax import checkpoint as ckpt
 from supersub_jax import config as config_lib
 from supersub_jax import delta as delta_lib
 from supersub_jax import exported as exported_lib
+from supersub_jax import files
 from supersub_jax import models
 from supersub_jax import runner
 from supersub_jax import runtime
@@ -250,11 +251,7 @@ def train_specialists(config, workdir: str, *, stage: str = 'specialists',
          'delta': {'density': float(cfg.density), 'bits': int(cfg.bits), 'granularity': cfg.granularity,
                    'leaves': cfg.leaves, 'branch': cfg.branch}}
   if jax.process_index() == 0:
-    path = os.path.join(stages.stage_dir(workdir, stage), 'summary.json')
-    tmp = f'{path}.tmp{os.getpid()}'
-    with open(tmp, 'w') as f:
-      json.dump(out, f, indent=2)
-    os.replace(tmp, path)
+    files.write_text(os.path.join(stages.stage_dir(workdir, stage), 'summary.json'), json.dumps(out, indent=2))
     print(f'[{stage}] oracle-routed top-1 {oracle:.4f}; storage {storage["factor"]:.3f} networks, '
           f'alpha {storage["alpha"]:.4f} (alpha*N+1 with N={storage["num_specialists"]})', flush=True)
   return out

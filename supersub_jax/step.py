@@ -26,6 +26,9 @@ import optax
 from supersub_jax.runtime import AXIS  # the device axis the step's collectives reduce over
 
 PyTree = Any
+SCHEDULES = ('cosine', 'step', 'constant')  # make_schedule's kinds
+OPTIMIZERS = ('sgd', 'adamw')  # make_optimizer's
+NONFINITE = ('stop', 'skip')  # config.nonfinite: what the loop does with a non-finite step (train_step's skip_nonfinite)
 
 
 @flax.struct.dataclass
@@ -65,15 +68,15 @@ def make_schedule(cfg, num_steps: int) -> optax.Schedule:
   lr = float(cfg.learning_rate)
   warmup = int(min(cfg.get('warmup_steps', 0), max(num_steps - 1, 0)))
   kind = cfg.get('schedule', 'cosine')
+  if kind not in SCHEDULES:
+    raise ValueError(f'Unknown learning-rate schedule {kind!r}: use one of {SCHEDULES}.')
   if kind == 'cosine':
     return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(num_steps, warmup + 1))
   if kind == 'step':
     boundaries = {int(f * num_steps): float(cfg.get('decay_factor', 0.1)) for f in cfg.get('decay_at', (0.5, 0.75))}
     decay = optax.piecewise_constant_schedule(lr, {k - warmup: v for k, v in boundaries.items()})
-  elif kind == 'constant':
+  else:  # 'constant'
     decay = optax.constant_schedule(lr)
-  else:
-    raise ValueError(f"Unknown learning-rate schedule {kind!r}: use 'cosine', 'step' or 'constant'.")
   if warmup == 0:
     return decay
   return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), decay], [warmup])
@@ -92,13 +95,13 @@ def make_optimizer(cfg, num_steps: int) -> optax.GradientTransformation:
   schedule = make_schedule(cfg, num_steps)
   wd = float(cfg.get('weight_decay', 0.0))
   name = cfg.get('optimizer', 'sgd')
+  if name not in OPTIMIZERS:
+    raise ValueError(f'Unknown optimizer {name!r}: use one of {OPTIMIZERS}.')
   if name == 'sgd':
     return optax.chain(optax.add_decayed_weights(wd, mask=weight_decay_mask),
                        optax.sgd(schedule, momentum=cfg.get('momentum', 0.9), nesterov=cfg.get('nesterov', False)))
-  if name == 'adamw':
-    return optax.adamw(schedule, b1=cfg.get('b1', 0.9), b2=cfg.get('b2', 0.999), weight_decay=wd,
-                       mask=weight_decay_mask)
-  raise ValueError(f"Unknown optimizer {name!r}: use 'sgd' or 'adamw'.")
+  return optax.adamw(schedule, b1=cfg.get('b1', 0.9), b2=cfg.get('b2', 0.999), weight_decay=wd,
+                     mask=weight_decay_mask)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from supersub_jax import checkpoint as ckpt
+from supersub_jax import files
 from supersub_jax import models
 
 PyTree = Any
@@ -252,18 +253,12 @@ def write_state_dict(path: str, state_dict: StateDict) -> None:
   suffix = os.path.splitext(path)[1].lower()
   if suffix not in ('.safetensors', '.npz'):
     raise ValueError(f'{path}: write weights as .safetensors or .npz.')
-  tmp = f'{path}.tmp{os.getpid()}{suffix}'
-  try:
+  with files.atomic_write(path, 'wb') as f:
     if suffix == '.safetensors':
-      from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
-      save_file({k: np.ascontiguousarray(v) for k, v in state_dict.items()}, tmp)
+      from safetensors.numpy import save  # pylint: disable=g-import-not-at-top
+      f.write(save({k: np.ascontiguousarray(v) for k, v in state_dict.items()}))
     else:
-      with open(tmp, 'wb') as f:
-        np.savez(f, **state_dict)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+      np.savez(f, **state_dict)
 
 
 def file_sha256(path: str) -> str:

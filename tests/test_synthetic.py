@@ -4,14 +4,12 @@ import collections
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from supersub_jax import hierarchy as hierarchy_lib
 from supersub_jax.data import synthetic
 
 TINY = dict(image_size=16, train_per_class=4, test_per_class=2, sizes=(3, 2, 2))
@@ -27,18 +25,11 @@ def read_all(builder, split):
 @pytest.fixture(scope='module')
 def tiny(tmp_path_factory):
   data_dir = tmp_path_factory.mktemp('synthetic')
-  start = time.perf_counter()
-  builder = synthetic.build_synthetic(data_dir, seed=0, **TINY)
-  return builder, time.perf_counter() - start
+  return synthetic.build_synthetic(data_dir, seed=0, **TINY)
 
 
-def test_default_sizes_match_hierarchy():
-  assert synthetic.DEFAULT_SIZES == hierarchy_lib.DEFAULT_SYNTHETIC_SIZES
-
-
-def test_class_counts_features_and_build_time(tiny):
-  builder, seconds = tiny
-  assert seconds < 30, f'building {sum(TINY["sizes"]) * 6} tiny images took {seconds:.1f} s'
+def test_class_counts_and_features(tiny):
+  builder = tiny
   superclass_of, _ = synthetic.class_table(TINY['sizes'])
   for split, per_class in (('train', TINY['train_per_class']), ('test', TINY['test_per_class'])):
     images, labels, superclasses = read_all(builder, split)
@@ -50,14 +41,14 @@ def test_class_counts_features_and_build_time(tiny):
 
 
 def test_train_and_test_images_differ(tiny):
-  builder, _ = tiny
+  builder = tiny
   train, _, _ = read_all(builder, 'train')
   test, _, _ = read_all(builder, 'test')
   assert not any((test == image).all(axis=(1, 2, 3)).any() for image in train)
 
 
 def test_same_seed_identical_different_seed_differs(tiny, tmp_path):
-  builder, _ = tiny
+  builder = tiny
   again = synthetic.build_synthetic(tmp_path / 'again', seed=0, **TINY)
   other = synthetic.build_synthetic(tmp_path / 'other', seed=1, **TINY)
   reference = read_all(builder, 'train')
@@ -67,13 +58,11 @@ def test_same_seed_identical_different_seed_differs(tiny, tmp_path):
 
 
 def test_build_is_idempotent_and_configs_do_not_collide(tiny):
-  builder, _ = tiny
+  builder = tiny
   data_dir = os.path.dirname(os.path.dirname(os.path.dirname(builder.data_dir)))
   files = sorted(os.listdir(builder.data_dir))
   stamps = [os.path.getmtime(os.path.join(builder.data_dir, f)) for f in files]
-  start = time.perf_counter()
-  reused = synthetic.build_synthetic(data_dir, seed=0, **TINY)
-  assert time.perf_counter() - start < 5
+  reused = synthetic.build_synthetic(data_dir, seed=0, **TINY)  # nothing rewritten: the files keep their times
   assert reused.data_dir == builder.data_dir
   assert stamps == [os.path.getmtime(os.path.join(builder.data_dir, f)) for f in files]
   paths = {synthetic.synthetic_builder(data_dir, **dict(TINY, **change)).data_dir
@@ -170,7 +159,8 @@ def test_invalid_sizes_and_knobs():
 
 def test_cli_summary_and_grid(tmp_path):
   grid_path = tmp_path / 'grid.png'
-  result = subprocess.run([sys.executable, '-m', 'supersub_jax.data.synthetic', f'--data_dir={tmp_path}',
+  result = subprocess.run([sys.executable, '-m', 'supersub_jax.data.prepare', '--dataset=synthetic',
+                           f'--data_dir={tmp_path}',
                            '--image_size=16', '--train_per_class=2', '--test_per_class=2', '--sizes=3,1',
                            f'--grid={grid_path}'], capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr

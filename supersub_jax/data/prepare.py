@@ -1,9 +1,11 @@
-"""Prepares the datasets as TFDS array_record files, without TensorFlow.
+"""Prepares the datasets as TFDS array_record files, without TensorFlow: the one command that builds each dataset.
 
-  python -m supersub_jax.data.prepare --dataset=synthetic --data_dir=DIR
+  python -m supersub_jax.data.prepare --dataset=synthetic --data_dir=DIR [--grid=samples.png] [--sizes=12,6,...]
   python -m supersub_jax.data.prepare --dataset=cifar100 --data_dir=DIR [--manual_dir=M]
   python -m supersub_jax.data.prepare --dataset=imagenet2012 --data_dir=DIR --manual_dir=M
 
+synthetic generates the embedded default dataset (`supersub_jax.data.synthetic`; its knobs as flags, defaults those
+of configs/synthetic.py), prints a summary of its classes and, with --grid, writes a PNG of samples.
 imagenet2012 reads ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar from --manual_dir (the builders are in
 `supersub_jax.data.builders`); cifar100 reads cifar-100-binary.tar.gz from --manual_dir, or downloads it.
 
@@ -76,6 +78,7 @@ def main() -> None:
   flags.DEFINE_integer('test_per_class', None, 'synthetic only')
   flags.DEFINE_integer('seed', None, 'synthetic only')
   flags.DEFINE_list('sizes', None, 'synthetic only: subclasses per superclass, e.g. 12,6,4,3')
+  flags.DEFINE_string('grid', None, 'synthetic only: write a PNG grid of test samples here.')
 
   def run(argv):
     if len(argv) > 1:
@@ -85,14 +88,25 @@ def main() -> None:
              if f[k].value is not None}
     if f.sizes:
       knobs['sizes'] = tuple(int(x) for x in f.sizes)
+    if f.grid and f.dataset != 'synthetic':
+      raise ValueError('--grid draws samples of the synthetic dataset; drop it for other datasets.')
     start = time.perf_counter()
     try:
       builder = prepare(f.dataset, os.path.abspath(os.path.expanduser(f.data_dir)), manual_dir=f.manual_dir,
                         **knobs)
     except TypeError as e:  # synthetic knobs given for another dataset
       raise ValueError(str(e)) from e
+    seconds = time.perf_counter() - start
+    if f.dataset == 'synthetic':
+      print('\n'.join(synthetic.summary_lines(builder, seconds)))
+      if f.grid:
+        sizes = builder.builder_config.sizes
+        grid, row_labels = synthetic.sample_grid(builder.as_data_source('test'), sizes)
+        synthetic.save_grid_png(f.grid, grid, row_labels, sizes)
+        print(f'  sample grid: {f.grid}')
+      return
     splits = ', '.join(f'{name}={info.num_examples}' for name, info in builder.info.splits.items())
-    print(f'{builder.name} prepared at {builder.data_dir} ({splits}) in {time.perf_counter() - start:.1f} s')
+    print(f'{builder.name} prepared at {builder.data_dir} ({splits}) in {seconds:.1f} s')
 
   cli.run(run)
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -25,6 +24,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
+from supersub_jax import files
 from supersub_jax import hierarchy as hierarchy_lib
 from supersub_jax.data import synthetic
 
@@ -136,10 +136,9 @@ def cached_labels(builder: tfds.core.DatasetBuilder, split: str,
       for k in keys:
         labels[k][start + offset] = example[k]
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  # Write-then-rename: several processes may scan at once; readers never see a partial file.
-  with tempfile.NamedTemporaryFile(dir=os.path.dirname(path), suffix='.npz', delete=False) as f:
+  # Several processes may scan at once; readers never see a partial file.
+  with files.atomic_write(path, 'wb') as f:
     np.savez(f, **labels)
-  os.replace(f.name, path)
   return labels
 
 

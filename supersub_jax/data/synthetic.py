@@ -17,7 +17,7 @@ The dataset is a TFDS `GeneratorBasedBuilder` written as array_record (no Tensor
 images are PNG-encoded with pillow before TFDS sees them) and read back with
 `builder.as_data_source(split)`.
 
-Run `python -m supersub_jax.data.synthetic --data_dir=DIR --grid=samples.png` to build it,
+Run `python -m supersub_jax.data.prepare --dataset=synthetic --data_dir=DIR --grid=samples.png` to build it,
 print a summary and write a PNG grid of samples.
 """
 
@@ -26,16 +26,14 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
-import time
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-# Kept equal to `hierarchy.DEFAULT_SYNTHETIC_SIZES`; duplicated (and checked equal in the tests)
-# so that building the dataset does not depend on the hierarchy module.
-DEFAULT_SIZES: tuple[int, ...] = (12, 6, 4, 3, 3, 2, 2, 2, 2, 2)
+from supersub_jax import files
+from supersub_jax.hierarchy import DEFAULT_SYNTHETIC_SIZES as DEFAULT_SIZES  # one home: the hierarchy's
 
 SHAPE_FAMILIES: tuple[str, ...] = (
     'disc', 'square', 'triangle', 'cross', 'ring', 'bars', 'star', 'diamond', 'crescent', 'L',
@@ -353,10 +351,7 @@ def make_config(*, image_size: int = 32, train_per_class: int = 300, test_per_cl
 _DEFAULT_CONFIG = make_config()
 
 
-# Under `python -m supersub_jax.data.synthetic` this body also runs as `__main__`; only the
-# package module's class may register the TFDS name (see the bottom of this file).
-class SupersubSynthetic(tfds.core.GeneratorBasedBuilder,
-                        skip_registration=__name__ == '__main__'):
+class SupersubSynthetic(tfds.core.GeneratorBasedBuilder):
   """Synthetic hierarchical images (see module docstring).  Build with `build_synthetic`."""
 
   VERSION = tfds.core.Version('1.2.0')
@@ -520,42 +515,6 @@ def save_grid_png(path: str | os.PathLike, grid: np.ndarray, row_labels: list[li
     axes[s, 0].set_ylabel(f'{s}: {SHAPE_FAMILIES[s]}\n{TEXTURES[s % len(TEXTURES)]}, '
                           f'{sizes[s]} sub', fontsize=7)
   fig.tight_layout(pad=0.3)
-  fig.savefig(os.fspath(path), dpi=110)
+  with files.atomic_write(path, 'wb') as f:
+    fig.savefig(f, format='png', dpi=110)
   plt.close(fig)
-
-
-def main() -> None:
-  """`python -m supersub_jax.data.synthetic --data_dir=DIR [--grid=PNG]`: builds the dataset and summarises it."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from supersub_jax import cli  # pylint: disable=g-import-not-at-top
-  flags.DEFINE_string('data_dir', None, 'TFDS data directory to build into.', required=True)
-  flags.DEFINE_integer('image_size', 32, 'Image side in pixels.')
-  flags.DEFINE_integer('train_per_class', 300, 'Training images per subclass.')
-  flags.DEFINE_integer('test_per_class', 100, 'Test images per subclass.')
-  flags.DEFINE_integer('seed', 0, 'Generator seed.')
-  flags.DEFINE_list('sizes', [str(n) for n in DEFAULT_SIZES], 'Subclasses per superclass, comma-separated.')
-  flags.DEFINE_string('grid', None, 'Write a PNG grid of test samples here.')
-
-  def run(argv):
-    if len(argv) > 1:
-      raise ValueError(f'Unexpected arguments: {argv[1:]}')
-    f = flags.FLAGS
-    sizes = tuple(int(x) for x in f.sizes)
-    start = time.perf_counter()
-    builder = build_synthetic(os.path.abspath(f.data_dir), image_size=f.image_size,
-                              train_per_class=f.train_per_class, test_per_class=f.test_per_class, seed=f.seed,
-                              sizes=sizes)
-    print('\n'.join(summary_lines(builder, time.perf_counter() - start)))
-    if f.grid:
-      grid, row_labels = sample_grid(builder.as_data_source('test'), sizes)
-      save_grid_png(f.grid, grid, row_labels, sizes)
-      print(f'  sample grid: {f.grid}')
-
-  cli.run(run)
-
-
-if __name__ == '__main__':
-  # Run the imported module's main: TFDS locates a builder through its defining module, which
-  # must be a real package module rather than `__main__`.
-  from supersub_jax.data import synthetic as _synthetic  # pylint: disable=g-import-not-at-top
-  _synthetic.main()

@@ -1,0 +1,49 @@
+"""supersub_jax.files: a file is written whole or not at all."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from supersub_jax import files
+
+
+def test_atomic_write_replaces_the_file_whole(tmp_path):
+  path = tmp_path / 'report.json'
+  files.write_text(path, 'old')
+  with files.atomic_write(path) as f:
+    f.write('new, ')
+    assert path.read_text() == 'old'  # readers see the old file until the block ends
+    f.write('complete')
+  assert path.read_text() == 'new, complete'
+  assert os.listdir(tmp_path) == ['report.json']
+  assert files.write_bytes(tmp_path / 'b.bin', b'\x00\x01') == 2 and (tmp_path / 'b.bin').read_bytes() == b'\x00\x01'
+
+
+@pytest.mark.parametrize('error', [ValueError, KeyboardInterrupt, SystemExit])
+def test_a_block_that_raises_leaves_the_old_file_and_no_temporary(tmp_path, error):
+  path = tmp_path / 'report.md'
+  files.write_text(path, 'old')
+  with pytest.raises(error):
+    with files.atomic_write(path) as f:
+      f.write('half')
+      raise error()
+  assert path.read_text() == 'old' and os.listdir(tmp_path) == ['report.md']
+
+
+def test_temporaries_of_dead_processes_are_swept_and_a_live_ones_kept(tmp_path):
+  dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True)
+  stale = tmp_path / f'.x.json.tmp-{int(dead.stdout)}-abc'
+  live = tmp_path / f'.x.json.tmp-{os.getppid()}-def'  # our parent runs
+  other = tmp_path / f'.y.json.tmp-{int(dead.stdout)}-ghi'  # another file's: not ours to touch
+  for p in (stale, live, other):
+    p.write_text('partial')
+  files.write_text(tmp_path / 'x.json', '{}')
+  assert sorted(os.listdir(tmp_path)) == sorted([live.name, other.name, 'x.json'])
+
+
+def test_only_whole_file_modes_are_accepted(tmp_path):
+  with pytest.raises(ValueError, match="mode 'w' or 'wb'"):
+    with files.atomic_write(tmp_path / 'a', 'a'):
+      pass
