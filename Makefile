@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 WORKDIR ?= runs/demo
 CONFIG ?= configs/synthetic.py
 
-.PHONY: demo test install clean bench
+.PHONY: demo test install clean
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)

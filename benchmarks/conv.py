@@ -1,8 +1,8 @@
 """One ResNet convolution's forward pass and both gradients: XLA's own against ``models.conv_general_dilated``.
 
-  python benchmarks/conv.py                                   # ResNet-18's 3x3 64->64 at 32x32, batch 128
-  python benchmarks/conv.py --torch                           # and PyTorch's (optional extra), same shapes
-  python benchmarks/conv.py --channels=256 --size=8 --stride=2
+  python -m benchmarks.conv                                   # ResNet-18's 3x3 64->64 at 32x32, batch 128
+  python -m benchmarks.conv --torch                           # and PyTorch's (optional extra), same shapes
+  python -m benchmarks.conv --channels=256 --size=8 --stride=2
 
 Times, alternating in one process, the mean of --repeats calls after one warm-up call, each under its own jit:
 ``fwd`` the convolution; ``dx`` the input gradient; ``dk`` the kernel gradient, by ``jax.lax``'s transpose (``xla``)

@@ -1,7 +1,7 @@
 """Two-stage inference against the single network, on real held-out batches routed as the generalist routes them.
 
-  python benchmarks/inference.py --workdir=runs/demo
-  python benchmarks/inference.py --workdir=runs/demo --chunk_sizes=32 --chunk_sizes=32,8 --chunk_sizes=64,16 \
+  python -m benchmarks.inference --workdir=runs/demo
+  python -m benchmarks.inference --workdir=runs/demo --chunk_sizes=32 --chunk_sizes=32,8 --chunk_sizes=64,16 \
       --batch_sizes=1,256 --repeats=20
 
 For each chunk-size plan (``inference.route``) and batch size: the mean seconds per call of the single (vanilla)

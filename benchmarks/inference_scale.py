@@ -1,7 +1,7 @@
 """Two-stage inference at model scale without a trained workdir: ResNet-50 at 224px with ImageNet's superclass sizes.
 
-  python benchmarks/inference_scale.py --model=resnet50 --image_size=224 --batch_sizes=1,256   # a GPU
-  python benchmarks/inference_scale.py --model=resnet_tiny --image_size=32 --batch_sizes=1,16   # a CPU smoke run
+  python -m benchmarks.inference_scale --model=resnet50 --image_size=224 --batch_sizes=1,256   # a GPU
+  python -m benchmarks.inference_scale --model=resnet_tiny --image_size=32 --batch_sizes=1,16   # a CPU smoke run
 
 Costs do not depend on the weights' values, so the networks are random: a generalist of N outputs, a single network
 of sum(sizes) outputs, and N specialists exported from random deltas at the demo's settings (--density of the
@@ -33,8 +33,9 @@ _HALF = flags.DEFINE_bool('half_precision', False, 'bf16 compute.')
 _DATA_DIR = flags.DEFINE_string('data_dir', './data', 'Where the synthetic dataset is (built if missing).')
 
 
-def main(argv):
-  del argv
+def measure_scale(*, model: str, image_size: int, stem: str, sizes: list[int], batch_sizes: list[int], repeats: int,
+                  chunk_sizes: list[str], density: float, bits: int, half_precision: bool, data_dir: str) -> dict:
+  """The measurement of the module docstring; prints a table row per plan and batch size, returns the rows."""
   import functools  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -42,22 +43,22 @@ def main(argv):
   from supersub_jax import bank as bank_lib, config as config_lib, delta as delta_lib, measure  # pylint: disable=g-import-not-at-top
   from supersub_jax import exported as exported_lib, hierarchy as hierarchy_lib, inference, models, stages  # pylint: disable=g-import-not-at-top
 
-  sizes = tuple(int(s) for s in _SIZES.value)
+  sizes = tuple(int(s) for s in sizes)
   hierarchy = hierarchy_lib.synthetic(sizes)
   n = len(sizes)
-  dtype = jnp.bfloat16 if _HALF.value else jnp.float32
-  make = functools.partial(models.create_model, _MODEL.value, stem=_STEM.value, dtype=dtype)
-  shape = (_IMAGE.value, _IMAGE.value, 3)
+  dtype = jnp.bfloat16 if half_precision else jnp.float32
+  make = functools.partial(models.create_model, model, stem=stem, dtype=dtype)
+  shape = (image_size, image_size, 3)
   gm, sm, vm = make(n), make(hierarchy.max_subclasses), make(hierarchy.num_subclasses)
   gen = jax.device_get(models.init_variables(gm, jax.random.key(0), shape))
   single = jax.device_put(jax.device_get(models.init_variables(vm, jax.random.key(1), shape)))
 
   data_config = config_lib.default_config()
-  data_config.data_dir = _DATA_DIR.value
+  data_config.data_dir = data_dir
   resize = jax.jit(lambda x: jax.image.resize(x, (x.shape[0],) + shape, 'bilinear'))
   batches = {}
-  for b in sorted({int(x) for x in _BATCHES.value}):
-    held = measure.held_out_batches(data_config, stages.make_hierarchy(data_config), b, _REPEATS.value)
+  for b in sorted({int(x) for x in batch_sizes}):
+    held = measure.held_out_batches(data_config, stages.make_hierarchy(data_config), b, repeats)
     batches[b] = [resize(jnp.asarray(x)) for x in held]
   # Centre the random generalist's head on real images so that its argmax spreads over the N superclasses.
   calibration = batches[max(batches)][0]
@@ -68,12 +69,12 @@ def main(argv):
   gen['params']['head'] = {'kernel': kernel, 'bias': -features.mean(0) @ kernel}
 
   base = models.split_head(gen['params'])[0]
-  cfg = delta_lib.DeltaConfig(bits=_BITS.value or None)
+  cfg = delta_lib.DeltaConfig(bits=bits or None)
   exported = []
   for k, n_k in enumerate(sizes):
     delta = jax.tree.map(lambda z: rng.normal(size=z.shape).astype(np.float32) * 0.01,
                          delta_lib.init_delta(base, cfg.pattern, cfg.exclude))
-    masks = jax.tree.map(lambda d: rng.random(d.shape) < _DENSITY.value, delta)
+    masks = jax.tree.map(lambda d: rng.random(d.shape) < density, delta)
     head = {'kernel': rng.normal(size=(features.shape[1], n_k)).astype(np.float32), 'bias': np.zeros(n_k, np.float32)}
     exported.append(exported_lib.export(delta, masks, head, gen['batch_stats'], cfg, n_k, cut=models.Cut()))
   state = bank_lib.build_supersub(gen, exported, hierarchy)
@@ -82,14 +83,14 @@ def main(argv):
   storage = exported_lib.storage_report(
       delta_lib.tree_nbytes(gen['params']) + delta_lib.tree_nbytes(gen['batch_stats']), per_specialist)
   device = jax.devices()[0]
-  print(f'device: {device.platform} {device.device_kind}; {_MODEL.value} at {_IMAGE.value}px '
-        f'{"bf16" if _HALF.value else "fp32"}; N={n} superclasses of {sizes}; bank {bank_lib.nbytes(state.bank):,} B '
+  print(f'device: {device.platform} {device.device_kind}; {model} at {image_size}px '
+        f'{"bf16" if half_precision else "fp32"}; N={n} superclasses of {sizes}; bank {bank_lib.nbytes(state.bank):,} B '
         f'on device, {stored:,} B exported', flush=True)
   single_apply = jax.jit(lambda v, x: vm.apply(v, x, train=False))
   rows = []
   print('| chunk sizes | batch | single img/s | Super-Sub img/s | ratio | single ms | Super-Sub ms | specialists per '
         'batch | single memory | Super-Sub memory |\n|---|---|---|---|---|---|---|---|---|---|', flush=True)
-  for plan in _CHUNKS.value:
+  for plan in chunk_sizes:
     chunks = tuple(int(c) for c in plan.split(','))
     predict = jax.jit(functools.partial(inference.predict, generalist_model=gm, specialist_model=sm,
                                         chunk_sizes=chunks))
@@ -115,8 +116,16 @@ def main(argv):
             flush=True)
   print(f"storage: generalist {storage['base_bytes']:,} B + {n} specialists {stored:,} B = {storage['factor']:.3f} "
         f"networks (alpha {storage['alpha']:.4f}; naive {storage['naive_factor']})", flush=True)
-  print(json.dumps({'device': str(device.device_kind), 'model': _MODEL.value, 'sizes': list(sizes),
-                    'storage': {k: v for k, v in storage.items() if k != 'specialists_bytes'}, 'rows': rows}))
+  return ({'device': str(device.device_kind), 'model': model, 'sizes': list(sizes),
+                    'storage': {k: v for k, v in storage.items() if k != 'specialists_bytes'}, 'rows': rows})
+
+
+def main(argv):
+  del argv
+  print(json.dumps(measure_scale(
+      model=_MODEL.value, image_size=_IMAGE.value, stem=_STEM.value, sizes=[int(x) for x in _SIZES.value],
+      batch_sizes=[int(x) for x in _BATCHES.value], repeats=_REPEATS.value, chunk_sizes=_CHUNKS.value,
+      density=_DENSITY.value, bits=_BITS.value, half_precision=_HALF.value, data_dir=_DATA_DIR.value)))
 
 
 if __name__ == '__main__':

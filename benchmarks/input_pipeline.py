@@ -1,7 +1,7 @@
 """Input-pipeline throughput: images/s of the train pipeline by grain worker count.
 
-    python benchmarks/input_pipeline.py --data_dir=/tmp/supersub_data [--workers=0,2]
-    python benchmarks/input_pipeline.py --dataset=imagenet2012 --data_dir=/tmp/fake_imagenet_data \
+    python -m benchmarks.input_pipeline --data_dir=/tmp/supersub_data [--workers=0,2]
+    python -m benchmarks.input_pipeline --dataset=imagenet2012 --data_dir=/tmp/fake_imagenet_data \
         --image_size=224 --augment=random_resized_crop --workers=0,1,2 --batch_size=64
 
 The synthetic dataset (32x32, crop + flip) is built if needed. For imagenet2012 the script writes a fake
@@ -18,7 +18,6 @@ import time
 from absl import app, flags
 
 import os
-import sys
 
 from supersub_jax import hierarchy
 from supersub_jax.data import pipeline, prepare, sources
@@ -74,8 +73,7 @@ def main(argv):
 
 def _fake_imagenet_source():
   """The train split of a fake ILSVRC2012 of photo-like JPEGs, written and prepared under --data_dir once."""
-  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'tests'))
-  from fake_imagenet import write_fake_imagenet  # pylint: disable=g-import-not-at-top
+  from supersub_jax.data.fake_imagenet import write_fake_imagenet  # pylint: disable=g-import-not-at-top
   tree = hierarchy.get('mixed_10')
   wnids = [sub.wnid for sup in tree.superclasses for sub in sup.subclasses][:_FAKE_CLASSES.value]
   manual = os.path.join(_DATA_DIR.value, 'manual')

@@ -1,13 +1,14 @@
 r"""How Super-Sub's costs grow with the number of superclasses N and with the model.
 
-  python benchmarks/scaling.py --models=resnet18 --out=docs/scaling_resnet18       # 14 min on the 2-core CPU
-  python benchmarks/scaling.py --models=resnet50 --num_superclasses=2,20 --out=docs/scaling_resnet50  # 16 min
-  python benchmarks/scaling.py --models=resnet50 --num_superclasses=2,20 --image_size=224 --stem=imagenet \
+  python -m benchmarks.scaling --models=resnet18 --out=docs/results/scaling_resnet18       # 14 min on the 2-core CPU
+  python -m benchmarks.scaling --models=resnet50 --num_superclasses=2,20 --out=docs/results/scaling_resnet50  # 16 min
+  python -m benchmarks.scaling --models=resnet50 --num_superclasses=2,20 --image_size=224 --stem=imagenet \
       --batch_sizes=1,256 --train_batch_size=256 --half_precision --repeats=10 --chunk_sizes=64,16 \
-      --out=docs/scaling_gpu       # H200: N = 2 done, N = 20 stopped by the end of the 15-minute lease
+      --out=docs/results/scaling_gpu       # H200: N = 2 done, N = 20 stopped by the end of the 15-minute lease
 
 For each model and each N, --subclasses subclasses are split as evenly as possible over N superclasses (so the total
-task stays the same and only the hierarchy changes), and two existing benchmarks run in their own processes:
+task stays the same and only the hierarchy changes), and two existing benchmarks run in their own processes
+(``measure.in_subprocess``):
   * benchmarks/train_step.py on one device: the generalist's step (an N-way head) and the specialists' delta step
     (a head as wide as the largest superclass), each with its compile time and its mean over whole mask-update
     periods (random data on device: step time does not depend on the values);
@@ -19,15 +20,11 @@ Prints a table and writes <out>.json and <out>.md after each row (a run stopped 
 <out>.png at the end (inference throughput and storage against N).
 """
 
-import json
-import os
-import subprocess
-import sys
-
 from absl import app
 from absl import flags
 
-import results  # benchmarks/results.py
+from supersub_jax import report as report_lib
+
 
 _MODELS = flags.DEFINE_list('models', ['resnet18', 'resnet50'], 'supersub_jax.models names.')
 _NS = flags.DEFINE_list('num_superclasses', ['2', '5', '10', '20'], 'Values of N.')
@@ -43,10 +40,7 @@ _DENSITY = flags.DEFINE_float('density', 0.1, 'Fraction of each kernel kept in a
 _BITS = flags.DEFINE_integer('bits', 8, 'Bits of the delta codes.')
 _HALF = flags.DEFINE_bool('half_precision', False, 'bf16 compute.')
 _DATA_DIR = flags.DEFINE_string('data_dir', './data', 'Where the synthetic dataset is (built if missing).')
-_OUT = flags.DEFINE_string('out', 'docs/scaling', 'Output path prefix (.json, .md, .png).')
-
-_HERE = os.path.dirname(os.path.abspath(__file__))
-
+_OUT = flags.DEFINE_string('out', 'docs/results/scaling', 'Output path prefix (.json, .md, .png).')
 
 def split_evenly(total: int, n: int) -> list[int]:
   """``total`` subclasses over ``n`` superclasses, sizes differing by at most one, largest first."""
@@ -55,34 +49,21 @@ def split_evenly(total: int, n: int) -> list[int]:
   return [total // n + (i < total % n) for i in range(n)]
 
 
-def _last_json(script: str, args: list[str]):
-  """Runs ``benchmarks/<script>`` with ``args`` and returns the JSON its last stdout line holds."""
-  out = subprocess.run([sys.executable, os.path.join(_HERE, script)] + args, capture_output=True, text=True)
-  lines = out.stdout.strip().splitlines()
-  if out.returncode or not lines:
-    raise RuntimeError(f'{script} {" ".join(args)} failed (exit {out.returncode}):\n{out.stdout[-2000:]}\n'
-                       f'{out.stderr[-4000:]}')
-  return json.loads(lines[-1])
-
-
 def measure(model: str, n: int) -> dict:
+  from supersub_jax import measure as measure_lib  # pylint: disable=g-import-not-at-top
   sizes = split_evenly(_SUBCLASSES.value, n)
-  common = [f'--model={model}', f'--image_size={_IMAGE.value}', f'--stem={_STEM.value}',
-            f'--half_precision={_HALF.value}']
+  common = dict(model=model, image_size=_IMAGE.value, stem=_STEM.value, half_precision=_HALF.value)
   train = {}
   for kind, classes in (('plain', n), ('delta', max(sizes))):
-    (row,) = _last_json('train_step.py', common + [f'--kinds={kind}', '--devices=1', f'--num_classes={classes}',
-                                                   f'--batch_size={_TRAIN_BATCH.value}',
-                                                   f'--steps={_TRAIN_STEPS.value}'])
+    (row,) = measure_lib.in_subprocess('benchmarks.train_step.measure_steps', dict(
+        common, kinds=[kind], num_classes=classes, batch_size=_TRAIN_BATCH.value, steps=_TRAIN_STEPS.value),
+        devices=1)
     train[kind] = {k: row[k] for k in ('compile_s', 'step_s', 'update_step_s', 'images_per_s')}
     # One line per measurement: a run stopped inside a row (a lease ending) still says what it had measured.
     print(f'{model} N={n} {kind} step: {1e3 * row["step_s"]:,.1f} ms (compile {row["compile_s"]:.1f} s)', flush=True)
-  infer = _last_json('inference_scale.py', common + [f'--sizes={",".join(map(str, sizes))}',
-                                                      f'--batch_sizes={",".join(_BATCHES.value)}',
-                                                      f'--repeats={_REPEATS.value}',
-                                                      f'--chunk_sizes={_CHUNKS.value}',
-                                                      f'--density={_DENSITY.value}', f'--bits={_BITS.value}',
-                                                      f'--data_dir={_DATA_DIR.value}'])
+  infer = measure_lib.in_subprocess('benchmarks.inference_scale.measure_scale', dict(
+      common, sizes=sizes, batch_sizes=[int(b) for b in _BATCHES.value], repeats=_REPEATS.value,
+      chunk_sizes=[_CHUNKS.value], density=_DENSITY.value, bits=_BITS.value, data_dir=_DATA_DIR.value))
   return {'model': model, 'num_superclasses': n, 'sizes': sizes, 'device': infer['device'],
           'generalist_step': train['plain'], 'delta_step': train['delta'], 'storage': infer['storage'],
           'inference': infer['rows']}
@@ -132,8 +113,7 @@ def plot(rows: list[dict], path: str) -> None:
     ax.set_xticks(ns)
     ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=130)
-  plt.close(fig)
+  report_lib.save_figure(fig, path, dpi=130)
 
 
 def main(argv):
@@ -143,8 +123,8 @@ def main(argv):
     for n in (int(x) for x in _NS.value):
       rows.append(measure(model, n))
       print(f'{model} N={n}: done ({rows[-1]["device"]})', flush=True)
-      results.write(_OUT.value, rows, table(rows))
-  results.write(_OUT.value, rows, table(rows), plot)
+      report_lib.write_results(_OUT.value, rows, table(rows))
+  report_lib.write_results(_OUT.value, rows, table(rows), plot)
   print(table(rows))
 
 

@@ -1,6 +1,6 @@
 """Time to the first and second training steps of train.py, with a cold and a warm persistent compilation cache.
 
-  python benchmarks/startup.py --config=configs/synthetic.py --runs=2
+  python -m benchmarks.startup --config=configs/synthetic.py --runs=2
 
 Each run is a fresh `python train.py` process on a fresh workdir (vanilla stage only), killed once its first step
 is done; the seconds from launching the process to the step-1 record in ``metrics.jsonl`` (written after the step's

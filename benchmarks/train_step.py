@@ -1,10 +1,10 @@
 """Train-step throughput: plain training vs specialist delta training, over 1..n devices.
 
-  python benchmarks/train_step.py --model=resnet_small --image_size=32 --stem=small --batch_size=128 --devices=1,2
-  python benchmarks/train_step.py --model=resnet50 --image_size=224 --batch_size=16 --devices=1,2 --steps=3
-  python benchmarks/train_step.py --model=resnet50 --image_size=224 --batch_size=256 --half_precision  # GPU
+  python -m benchmarks.train_step --model=resnet_small --image_size=32 --stem=small --batch_size=128 --devices=1,2
+  python -m benchmarks.train_step --model=resnet50 --image_size=224 --batch_size=16 --devices=1,2 --steps=3
+  python -m benchmarks.train_step --model=resnet50 --image_size=224 --batch_size=256 --half_precision  # GPU
 
-For each device count, one subprocess with that many devices (on CPU via --xla_force_host_platform_device_count)
+For each device count, one subprocess with that many devices (``measure.in_subprocess``; on CPU forced host devices)
 builds each kind:
   plain: the vanilla/superclass step (all params trainable; also what dense fine-tuning costs);
   delta: the specialists step (frozen base + sparse, fake-quantized delta materialized inside the step, new head,
@@ -19,8 +19,6 @@ CPU: +-30% over minutes here) slows them alike and their ratio holds.
 
 import functools
 import json
-import os
-import subprocess
 import sys
 
 from absl import app
@@ -36,26 +34,27 @@ _KINDS = flags.DEFINE_list('kinds', ['plain', 'delta'], 'Step kinds.')
 _HALF = flags.DEFINE_bool('half_precision', False, 'bf16 compute.')
 _PEAK = flags.DEFINE_float('peak_tflops', 0.0, 'Peak TFLOP/s per device for MFU (0: from the device kind).')
 _CLASSES = flags.DEFINE_integer('num_classes', 10, 'Classes of the head.')
-_WORKER = flags.DEFINE_string('worker', '', 'Internal: run one measurement, print JSON.')
 
 PEAK_BF16_TFLOPS = {'H100': 989.0, 'H200': 989.0, 'A100': 312.0}
 
 
-def _measure(kinds: list[str]) -> list[dict]:
+def measure_steps(*, kinds: list[str], model: str, image_size: int, stem: str, batch_size: int, steps: int,
+                  half_precision: bool, num_classes: int, peak_tflops: float = 0.0) -> list[dict]:
+  """Times the step kinds on this process's devices (see the module docstring); one row per kind."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from supersub_jax import config as config_lib, delta as delta_lib, measure, models, runtime, specialists, step as step_lib  # pylint: disable=g-import-not-at-top
+  from supersub_jax import config as config_lib, measure, models, runtime, specialists, step as step_lib  # pylint: disable=g-import-not-at-top
 
   n = jax.local_device_count()
-  if _BATCH.value % n:
-    raise ValueError(f'--batch_size={_BATCH.value} is not divisible by {n} devices.')
-  model = models.create_model(_MODEL.value, _CLASSES.value, stem=_STEM.value,
-                              dtype=jnp.bfloat16 if _HALF.value else jnp.float32)
-  shape = (_IMAGE.value, _IMAGE.value, 3)
-  variables = jax.device_get(models.init_variables(model, jax.random.key(0), shape))
+  if batch_size % n:
+    raise ValueError(f'--batch_size={batch_size} is not divisible by {n} devices.')
+  net = models.create_model(model, num_classes, stem=stem,
+                            dtype=jnp.bfloat16 if half_precision else jnp.float32)
+  shape = (image_size, image_size, 3)
+  variables = jax.device_get(models.init_variables(net, jax.random.key(0), shape))
   every = 10
-  steps = -(-_STEPS.value // every) * every
+  steps = -(-steps // every) * every
   # The specialists' own defaults (density 0.1, int8, per-channel kernels, gradual schedule, a delta from the stem),
   # with a schedule that spans the timed steps.
   cfg = config_lib.default_config().specialists
@@ -68,17 +67,15 @@ def _measure(kinds: list[str]) -> list[dict]:
     if kind == 'plain':
       state = step_lib.create_train_state(variables['params'], variables['batch_stats'], tx)
       frozen = {}
-      fn = functools.partial(step_lib.train_step, apply_fn=model.apply, tx=tx)
+      fn = functools.partial(step_lib.train_step, apply_fn=net.apply, tx=tx)
     elif kind == 'delta':
       dcfg = specialists.delta_config(cfg)
       base, head = models.split_head(variables['params'])
-      delta = delta_lib.init_delta(base, dcfg.pattern, dcfg.exclude)
-      masks = jax.tree.map(lambda d: np.ones(d.shape, bool), delta)
-      state = step_lib.create_train_state({'delta': delta, 'head': head}, variables['batch_stats'], tx, masks=masks)
+      state = specialists.initial_state(base, head, variables['batch_stats'], dcfg, tx, models.Cut(cfg.branch))
       frozen = base
       # The gradual schedule outlasts the timed steps (its end, a multiple of the period, is never reached), so
       # masks are updated on exactly one step per period.
-      fn = functools.partial(step_lib.train_step, apply_fn=model.apply, tx=tx,
+      fn = functools.partial(step_lib.train_step, apply_fn=net.apply, tx=tx,
                              params_fn=specialists.make_params_fn(dcfg),
                              post_update=specialists.make_post_update(cfg, steps + 2 * every))
     else:
@@ -86,8 +83,8 @@ def _measure(kinds: list[str]) -> list[dict]:
     return parallel.compile(fn), [parallel.replicate(state)], parallel.replicate(frozen)
 
   rng = np.random.default_rng(0)
-  batches = [jax.device_put({'image': rng.normal(size=(n, _BATCH.value // n) + shape).astype(np.float32),
-                             'label': rng.integers(0, _CLASSES.value, size=(n, _BATCH.value // n)).astype(np.int32)})
+  batches = [jax.device_put({'image': rng.normal(size=(n, batch_size // n) + shape).astype(np.float32),
+                             'label': rng.integers(0, num_classes, size=(n, batch_size // n)).astype(np.int32)})
              for _ in range(4)]
   built = {kind: build(kind) for kind in kinds}
 
@@ -103,46 +100,36 @@ def _measure(kinds: list[str]) -> list[dict]:
                               warmup=warmup)
   due = [(i + warmup + 1) % every == 0 for i in range(steps)]
   try:
-    flops = 3 * models.flops_per_example(model, variables, shape)  # forward + backward ~ 3x forward
+    flops = 3 * models.flops_per_example(net, variables, shape)  # forward + backward ~ 3x forward
   except RuntimeError as e:  # the timings stand without it
     print(f'no MFU: {e}', file=sys.stderr)
     flops = 0.0
   device = jax.devices()[0]
-  peak = _PEAK.value or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in device.device_kind), 0.0)
+  peak = peak_tflops or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in device.device_kind), 0.0)
   due = np.asarray(due)
   rows = []
   for kind in kinds:
     t = timing[kind].seconds
     step_s = float(t.mean())
-    achieved = flops * _BATCH.value / step_s / 1e12
+    achieved = flops * batch_size / step_s / 1e12
     rows.append({'kind': kind, 'devices': n, 'device': f'{device.platform}:{device.device_kind}',
-                 'model': _MODEL.value, 'image_size': _IMAGE.value, 'batch_size': _BATCH.value, 'bf16': _HALF.value,
+                 'model': model, 'image_size': image_size, 'batch_size': batch_size, 'bf16': half_precision,
                  'compile_s': timing[kind].first_s, 'step_s': step_s, 'median_step_s': float(np.median(t)),
                  'update_step_s': float(t[due].mean()), 'other_step_s': float(t[~due].mean()),
-                 'timed_steps': steps, 'images_per_s': _BATCH.value / step_s,
+                 'timed_steps': steps, 'images_per_s': batch_size / step_s,
                  'train_tflops': achieved, 'mfu': achieved / (peak * n) if peak and flops else None})
   return rows
 
 
 def main(argv):
   del argv
-  if _WORKER.value:
-    print('RESULT ' + json.dumps(_measure(_WORKER.value.split(','))), flush=True)
-    return
+  from supersub_jax import measure  # pylint: disable=g-import-not-at-top
   rows = []
   for devices in _DEVICES.value:
-    env = dict(os.environ)
-    if 'cuda' not in env.get('JAX_PLATFORMS', '') and not os.path.exists('/dev/nvidia0'):
-      env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') + f' --xla_force_host_platform_device_count={devices}').strip()
-    else:
-      env['CUDA_VISIBLE_DEVICES'] = ','.join(str(i) for i in range(int(devices)))
-    args = ([sys.executable, __file__, f'--worker={",".join(_KINDS.value)}'] +
-            [a for a in sys.argv[1:] if not a.startswith('--worker')])
-    out = subprocess.run(args, env=env, capture_output=True, text=True)
-    line = next((l for l in out.stdout.splitlines() if l.startswith('RESULT ')), None)
-    if line is None:
-      raise RuntimeError(f'benchmark worker failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}')
-    for r in json.loads(line[len('RESULT '):]):
+    kwargs = dict(kinds=_KINDS.value, model=_MODEL.value, image_size=_IMAGE.value, stem=_STEM.value,
+                  batch_size=_BATCH.value, steps=_STEPS.value, half_precision=_HALF.value,
+                  num_classes=_CLASSES.value, peak_tflops=_PEAK.value)
+    for r in measure.in_subprocess('benchmarks.train_step.measure_steps', kwargs, devices=int(devices)):
       rows.append(r)
       print(f"{r['model']:>12} {r['image_size']:>4}px batch {r['batch_size']:>4} {r['kind']:>6} "
             f"{r['devices']} dev ({r['device']}): mean step {r['step_s'] * 1e3:8.1f} ms (update step "

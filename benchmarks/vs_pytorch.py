@@ -1,8 +1,8 @@
 """The same training step in JAX (this project) and in PyTorch, on the same hardware, alternating.
 
-  python benchmarks/vs_pytorch.py --devices=1 --threads=2        # needs torch + torchvision (optional extras)
-  python benchmarks/vs_pytorch.py --devices=2 --threads=2        # JAX over 2 forced host devices (pmap)
-  python benchmarks/vs_pytorch.py --model=resnet50 --stem=imagenet --image_size=224 --batch_size=256 \
+  python -m benchmarks.vs_pytorch --devices=1 --threads=2        # needs torch + torchvision (optional extras)
+  python -m benchmarks.vs_pytorch --devices=2 --threads=2        # JAX over 2 forced host devices (pmap)
+  python -m benchmarks.vs_pytorch --model=resnet50 --stem=imagenet --image_size=224 --batch_size=256 \
       --half_precision --steps=10 --torch_compile    # H200: JAX, eager, compiled 5,886 / 4,504 / 6,090 img/s
 
 Model: --model (ResNet-18 by default) with --stem ('small': the 3x3 stem, stride 1, no max-pool) at --image_size,

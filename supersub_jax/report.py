@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -402,7 +402,7 @@ def render_markdown(report: Mapping) -> str:
            f"{report.get('test_count', '?')} held-out images (split `{report.get('split', 'test')}`).", '',
            '## The paper\'s claims beside this run', '', '| claim | paper | this run |', '|---|---|---|']
   lines += [f'| {a} | {b} | {c} |' for a, b, c in paper_claims_rows(report)]
-  lines += ['', 'One run, so no interval: `benchmarks/seeds.py` repeats the job over seeds.', '',
+  lines += ['', 'One run, so no interval: `studies/seeds.py` repeats the job over seeds.', '',
             '## Summary', '', '| metric | value |', '|---|---|']
   lines += [f'| {a} | {b} |' for a, b in summary_rows(report)]
   per = report.get('per_superclass')
@@ -462,3 +462,16 @@ def write(report: dict, workdir: str, *, predictions: Mapping[str, np.ndarray] |
   files.write_text(paths['json'], json.dumps(report, indent=2, default=float))
   files.write_text(paths['md'], render_markdown(report))
   return paths
+
+
+def write_results(prefix: str, data: Any, table_md: str, plot: Callable[[Any, str], None] | None = None) -> None:
+  """A benchmark's or study's results: ``<prefix>.json`` (``data``), ``<prefix>.md`` (``table_md``) and, with
+  ``plot``, ``plot(data, '<prefix>.png')``, each written atomically; makes the folder.
+
+  Rewriting after each finished row keeps what a long sweep measured if it is stopped part-way.
+  """
+  os.makedirs(os.path.dirname(prefix) or '.', exist_ok=True)
+  files.write_text(prefix + '.json', json.dumps(data, indent=2, default=float))
+  files.write_text(prefix + '.md', table_md.rstrip('\n') + '\n')
+  if plot is not None:
+    plot(data, prefix + '.png')

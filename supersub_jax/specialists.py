@@ -141,16 +141,22 @@ def specialist_dir(workdir: str, hierarchy, k: int, stage: str = 'specialists') 
   return os.path.join(stages.stage_dir(workdir, stage), f'{k:03d}_{name}')
 
 
-def _init_state(generalist, base, dcfg, tx, max_subclasses: int, seed: int, cut: models.Cut):
-  """A specialist's initial TrainState: zero delta, dense masks, a fresh head, the generalist's BN statistics."""
+def initial_state(base, head, batch_stats, dcfg: delta_lib.DeltaConfig, tx, cut: models.Cut) -> step_lib.TrainState:
+  """A specialist's TrainState before its first step (host arrays): a zero delta over ``base`` (the generalist's
+  backbone params) with dense masks, ``head`` ({'kernel', 'bias'}) and ``batch_stats`` to train on."""
   if cut.keeps_backbone:  # nothing below the head changes: an empty delta (init_delta refuses to select nothing)
     delta = jax.tree.map(lambda _: None, base)
   else:
     delta = delta_lib.init_delta(base, dcfg.pattern, dcfg.exclude)
-  masks = jax.tree.map(lambda d: np.ones(d.shape, bool), delta)
+  trainable = jax.device_get({'delta': delta, 'head': head})
+  masks = jax.device_get(sparsity.dense_masks(trainable['delta']))
+  return step_lib.create_train_state(trainable, jax.tree.map(np.asarray, batch_stats), tx, masks=masks)
+
+
+def _init_state(generalist, base, dcfg, tx, max_subclasses: int, seed: int, cut: models.Cut):
+  """Specialist training's first state: a fresh head of ``max_subclasses`` outputs, the generalist's statistics."""
   head = models.init_head(max_subclasses, np.shape(generalist.params['head']['kernel'])[0], jax.random.key(seed))
-  trainable = {'delta': jax.device_get(delta), 'head': jax.device_get(head)}
-  return step_lib.create_train_state(trainable, jax.tree.map(np.asarray, generalist.batch_stats), tx, masks=masks)
+  return initial_state(base, head, generalist.batch_stats, dcfg, tx, cut)
 
 
 def _label(stage: str) -> str:

@@ -17,7 +17,7 @@ import tensorflow_datasets as tfds
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fake_imagenet import imagenet_wnids, write_fake_imagenet
+from supersub_jax.data.fake_imagenet import imagenet_wnids, write_fake_imagenet
 from supersub_jax import hierarchy as hierarchy_lib
 from supersub_jax.data import prepare, sources
 

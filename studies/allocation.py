@@ -1,7 +1,7 @@
 r"""Super-Sub against the flat network at equal compute: one total budget of optimizer steps, split several ways.
 
-  XLA_FLAGS=--xla_force_host_platform_device_count=2 python benchmarks/allocation.py --config=configs/synthetic.py \
-      --workdir=runs/allocation --out=docs/allocation \
+  XLA_FLAGS=--xla_force_host_platform_device_count=2 python -m studies.allocation --config=configs/synthetic.py \
+      --workdir=runs/allocation --out=docs/results/allocation \
       --runs=1200/scratch:0.5,1200/vanilla_first:0.4898:0.1224,2450/vanilla_first:0.4898:0.1224
 
 Each run is ``B/allocation``. A budget B is optimizer steps at ``config.batch_size`` (images seen = B x batch); an
@@ -27,7 +27,8 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-import results  # benchmarks/results.py
+from supersub_jax import report as report_lib
+
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Parent of the per-allocation workdirs.', required=True)
 _RUNS = flags.DEFINE_list(
@@ -150,8 +151,7 @@ def plot(rows: list[dict], path: str) -> None:
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  report_lib.save_figure(fig, path, dpi=120)
 
 
 def main(argv):
@@ -172,7 +172,7 @@ def main(argv):
     print(f"[B={budget} {allocation}] Super-Sub {rows[-1]['supersub']:.4f} flat {rows[-1]['flat']:.4f}", flush=True)
   text = markdown(rows)
   if _OUT.value:
-    results.write(_OUT.value, rows, text, plot)
+    report_lib.write_results(_OUT.value, rows, text, plot)
   print(text)
 
 

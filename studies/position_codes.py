@@ -1,6 +1,6 @@
 r"""Bytes of the kept positions of trained specialists under each position code, and the alpha each gives.
 
-  python benchmarks/position_codes.py --workdir=runs/demo
+  python -m studies.position_codes --workdir=runs/demo
 
 Reads the workdir's exported specialists (config stored in the workdir) and re-encodes every record's kept
 positions (``exported.encode_positions``' three codes) with nothing else changed (values, scales, heads and

@@ -1,9 +1,9 @@
 r"""Where Super-Sub loses to the compute-matched flat network: on the images the generalist routes right, or wrong.
 
-  XLA_FLAGS=--xla_force_host_platform_device_count=2 python benchmarks/routing_errors.py \
-      --workdirs=runs/seeds/seed0,runs/seeds/seed1,runs/seeds/seed2 --out=docs/routing_errors
+  XLA_FLAGS=--xla_force_host_platform_device_count=2 python -m studies.routing_errors \
+      --workdirs=runs/seeds/seed0,runs/seeds/seed1,runs/seeds/seed2 --out=docs/results/routing_errors
 
-Needs finished workdirs with the `vanilla_matched` stage (e.g. `benchmarks/seeds.py`'s). For each, the test split
+Needs finished workdirs with the `vanilla_matched` stage (e.g. `studies/seeds.py`'s). For each, the test split
 is cut by the generalist's route; on each part, Super-Sub's and the flat network's top-1. Their gap splits exactly
 into (share routed right) x (gap there) + (share misrouted) x (gap there): the first is what the specialists add,
 the second what routing errors cost. Also: how often each network's prediction lies in the true superclass, and the
@@ -15,9 +15,10 @@ import os
 
 from absl import app
 from absl import flags
+
+from supersub_jax import report as report_lib
 import numpy as np
 
-import results  # benchmarks/results.py
 
 _WORKDIRS = flags.DEFINE_list('workdirs', None, 'Finished workdirs with a vanilla_matched stage.', required=True)
 _OUT = flags.DEFINE_string('out', '', 'Output path prefix (.json, .md); empty: print only.')
@@ -74,7 +75,7 @@ def main(argv):
   for workdir in (ckpt.abs_path(w) for w in _WORKDIRS.value):
     config = config_lib.read(workdir)
     if 'vanilla_matched' not in config.stages:
-      raise ValueError(f'{workdir} has no vanilla_matched stage: train it first (benchmarks/seeds.py does, or add '
+      raise ValueError(f'{workdir} has no vanilla_matched stage: train it first (studies/seeds.py does, or add '
                        "'vanilla_matched' to --config.stages of train.py).")
     t = evaluation.load_trained(config, workdir)
     p = evaluation.collect_predictions(
@@ -86,7 +87,7 @@ def main(argv):
     print(f"{workdir}: Super-Sub - flat {100 * rows[workdir]['supersub_minus_flat']:+.2f} points", flush=True)
   text = markdown(rows)
   if _OUT.value:
-    results.write(_OUT.value, rows, text)
+    report_lib.write_results(_OUT.value, rows, text)
   print(text)
 
 

@@ -1,7 +1,7 @@
 r"""Accuracy-storage frontier of the specialists: density x bits, against dense fine-tuning and a linear probe.
 
-  python benchmarks/specialists_sweep.py --config=configs/synthetic.py --workdir=runs/demo \
-      --superclasses=0,1,2,3 --out=docs/specialists_sweep
+  python -m studies.specialists_sweep --config=configs/synthetic.py --workdir=runs/demo \
+      --superclasses=0,1,2,3 --out=docs/results/specialists_sweep
 
 Needs a workdir whose 'superclass' stage is trained (e.g. after `make demo`). For each variant, specialists are
 trained for --superclasses on the same frozen generalist, in `<workdir>/sweep/<variant>/` (its 'superclass' entry
@@ -16,13 +16,14 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from supersub_jax import report as report_lib
+
 from supersub_jax import delta as delta_lib
 
-import results  # benchmarks/results.py
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A workdir with a trained superclass stage.', required=True)
 _SUPER = flags.DEFINE_list('superclasses', ['0', '1', '2', '3'], 'Superclasses that get specialists.')
-_OUT = flags.DEFINE_string('out', 'docs/specialists_sweep', 'Output path prefix (.json, .md, .png).')
+_OUT = flags.DEFINE_string('out', 'docs/results/specialists_sweep', 'Output path prefix (.json, .md, .png).')
 _VARIANTS = flags.DEFINE_list('variants', [], 'Subset of variant names to run (default: all).')
 config_flags.DEFINE_config_file('config', None, 'The config the workdir was trained with.', lock_config=False)
 
@@ -74,8 +75,7 @@ def plot(rows, path):
   ax.set_title('Specialists: accuracy against storage')
   ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=130)
-  plt.close(fig)
+  report_lib.save_figure(fig, path, dpi=130)
 
 
 def markdown(rows) -> str:
@@ -117,7 +117,7 @@ def main(argv):
                  'per_superclass': {p['name']: p['oracle_top1'] for p in per}})
     print(f"{name:>15}: oracle top-1 {rows[-1]['oracle_top1']:.4f}  alpha {rows[-1]['alpha']:.4f}", flush=True)
   table = markdown(rows)
-  results.write(_OUT.value, rows, table, plot)
+  report_lib.write_results(_OUT.value, rows, table, plot)
   print(table)
 
 

@@ -1,7 +1,7 @@
 r"""The main job over several seeds: Super-Sub against its baselines, with paired 95% intervals.
 
-  XLA_FLAGS=--xla_force_host_platform_device_count=2 python benchmarks/seeds.py --config=configs/synthetic.py \
-      --workdir=runs/seeds --seeds=0,1,2 --out=docs/seeds
+  XLA_FLAGS=--xla_force_host_platform_device_count=2 python -m studies.seeds --config=configs/synthetic.py \
+      --workdir=runs/seeds --seeds=0,1,2 --out=docs/results/seeds
 
 For each seed (``config.seed``: initialisations, data order and augmentation; the dataset stays the same), in
 ``<workdir>/seed<s>/``: the config's stages plus the two baseline stages, ``vanilla_matched`` (the flat network
@@ -19,7 +19,8 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-import results  # benchmarks/results.py
+from supersub_jax import report as report_lib
+
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Parent directory of the per-seed workdirs.', required=True)
 _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'config.seed values (3 or more for an interval).')
@@ -64,7 +65,6 @@ def run_seed(config, workdir: str) -> dict:
 def summarize(reports: dict[int, dict]) -> dict:
   """Per-metric values over seeds, mean and std, and paired differences Super-Sub - baseline with 95% intervals."""
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from supersub_jax import report as report_lib  # pylint: disable=g-import-not-at-top
   values = {name: [_get(r, path) for r in reports.values()] for name, (_, path) in METRICS.items()}
   out = {'seeds': sorted(reports), 'values': values,
          'mean': {k: float(np.mean(v)) for k, v in values.items()},
@@ -115,8 +115,7 @@ def main(argv):
   summary = summarize(reports)
   text = markdown(summary)
   if _OUT.value:
-    from supersub_jax import report as report_lib  # pylint: disable=g-import-not-at-top
-    results.write(_OUT.value, summary, text, lambda s, path: report_lib.plot_per_superclass_gain(
+    report_lib.write_results(_OUT.value, summary, text, lambda s, path: report_lib.plot_per_superclass_gain(
         s['superclasses'], {METRICS[b][0]: np.asarray(v).T for b, v in s['per_superclass_minus'].items()}, path))
   print(text)
 

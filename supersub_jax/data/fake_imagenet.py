@@ -1,4 +1,9 @@
-"""A fake ILSVRC2012 in the original layout, for tests: the train tar of per-class tars and the validation tar."""
+"""A fake ILSVRC2012 in the original layout: the train tar of per-class tars and the validation tar.
+
+The real ImageNet cannot be downloaded everywhere; this writes tars the stock TFDS builder reads, so the ImageNet
+path (prepare, train, evaluate) runs end to end on small data in the original format: in the tests, in
+`benchmarks.input_pipeline`, and on a GPU host without ImageNet.
+"""
 
 import io
 import os

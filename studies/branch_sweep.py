@@ -1,7 +1,7 @@
 r"""Where should specialists branch off the generalist? Accuracy, storage, speed and memory per branch.
 
-  XLA_FLAGS=--xla_force_host_platform_device_count=2 python benchmarks/branch_sweep.py --workdir=runs/demo \
-      --out=docs/branch_sweep
+  XLA_FLAGS=--xla_force_host_platform_device_count=2 python -m studies.branch_sweep --workdir=runs/demo \
+      --out=docs/results/branch_sweep
 
 Needs a workdir where `make demo` (train.py + evaluate.py with configs/synthetic.py) has run: its config.json, its
 vanilla and superclass stages, and its own specialists (for its own `specialists.branch`, 'stem' by default). Every
@@ -18,12 +18,13 @@ import time
 from absl import app
 from absl import flags
 
-import results  # benchmarks/results.py
+from supersub_jax import report as report_lib
+
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A finished demo workdir (see the docstring).', required=True)
 _BRANCHES = flags.DEFINE_list('branches', ['stem', 'stage2', 'stage3', 'stage4', 'head'],
                               'Values of config.specialists.branch to compare.')
-_OUT = flags.DEFINE_string('out', 'docs/branch_sweep', 'Output path prefix (.json, .md, .png).')
+_OUT = flags.DEFINE_string('out', 'docs/results/branch_sweep', 'Output path prefix (.json, .md, .png).')
 
 
 def _link(src: str, dst: str) -> None:
@@ -54,8 +55,7 @@ def plot(rows, path):
   ax2.legend(fontsize=8)
   fig.suptitle('Shared trunk: accuracy and speed of two-stage inference by branch point')
   fig.tight_layout()
-  fig.savefig(path, dpi=130)
-  plt.close(fig)
+  report_lib.save_figure(fig, path, dpi=130)
 
 
 def main(argv):
@@ -107,7 +107,7 @@ def main(argv):
                  f"{r['resident_bytes'] / 1e6:.2f} ({r['single_resident_bytes'] / 1e6:.2f}) | "
                  f"{r['memory_256_bytes'] / 1e6:.1f} ({r['single_memory_256_bytes'] / 1e6:.1f}) | {secs} |")
   table = '\n'.join(lines)
-  results.write(_OUT.value, rows, table, plot)
+  report_lib.write_results(_OUT.value, rows, table, plot)
   print(table)
 
 
