@@ -1,5 +1,8 @@
 """Shared fixtures: a tiny config of the real pipeline and a workdir trained once per session."""
 
+import contextlib
+import fcntl
+import json
 import os
 
 import pytest
@@ -14,6 +17,9 @@ if os.environ.get('CI'):
 # jax is imported): a persistent compilation cache shares them, and XLA:CPU's backend at optimization level 0
 # compiles a train step 2x and a network initialisation 6x faster; tests check results, not speed.
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.expanduser('~/.cache/supersub_jax/jax'))
+# Every program, not only those that compile for over a second (JAX's default): most of the suite's are small, and
+# its subprocesses compile the same ones again.
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ['XLA_FLAGS'] = f'{os.environ.get("XLA_FLAGS", "")} --xla_backend_optimization_level=0'.strip()
 
 
@@ -29,18 +35,50 @@ def make_tiny_config(data_dir: str):
   return tiny_config.get_config(data_dir)
 
 
+@contextlib.contextmanager
+def _once(tmp_path_factory, name: str):
+  """A folder shared by every pytest-xdist worker of this run, and whether this worker must fill it.
+
+  The first worker to arrive fills it while holding an OS lock (released if that worker dies); the others wait,
+  then reuse it. ``done()`` marks it filled. Without xdist, the folder is this session's own.
+  """
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get('PYTEST_XDIST_WORKER'):
+    root = root.parent  # the run's base folder, shared by its workers
+  folder = root / name
+  folder.mkdir(exist_ok=True)
+  with open(root / f'{name}.lock', 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      marker = folder / '.done'
+      yield folder, not marker.exists(), lambda: marker.write_text('1')
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 @pytest.fixture(scope='session')
 def tiny_data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp('data'))
+  """The tiny config's data_dir, with its dataset built once for the whole run."""
+  with _once(tmp_path_factory, 'data') as (folder, fill, done):
+    if fill:
+      from supersub_jax import recipe, stages  # pylint: disable=g-import-not-at-top
+      config = make_tiny_config(str(folder))
+      recipe.prepare_data(config, stages.make_hierarchy(config))
+      done()
+  return str(folder)
 
 
 @pytest.fixture(scope='session')
 def tiny_workdir(tmp_path_factory, tiny_data_dir):
-  """A workdir with all stages trained on the tiny config, the baselines' (vanilla_matched, head_only) included
-  (shared by stage and evaluation tests)."""
-  from supersub_jax import recipe, stages  # pylint: disable=g-import-not-at-top
-  config = make_tiny_config(tiny_data_dir)
-  config.stages = stages.STAGES
-  workdir = str(tmp_path_factory.mktemp('workdir'))
-  results = recipe.run(config, workdir)
-  return config, workdir, results
+  """A workdir with all stages trained on the tiny config, the baselines' (vanilla_matched, head_only) included,
+  trained once for the whole run and shared by the stage, evaluation, conversion and fault tests (read-only: a test
+  that changes a workdir copies it first)."""
+  with _once(tmp_path_factory, 'workdir') as (folder, fill, done):
+    from supersub_jax import recipe, stages  # pylint: disable=g-import-not-at-top
+    config = make_tiny_config(tiny_data_dir)
+    config.stages = stages.STAGES
+    if fill:
+      (folder / 'results.json').write_text(json.dumps(recipe.run(config, str(folder))))
+      done()
+    results = json.loads((folder / 'results.json').read_text())
+  return config, str(folder), results

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -14,8 +15,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope='module')
-def evaluated(tiny_workdir):
-  config, workdir, results = tiny_workdir
+def evaluated(tiny_workdir, tmp_path_factory):
+  config, trained, results = tiny_workdir
+  workdir = str(tmp_path_factory.mktemp('evaluated') / 'workdir')
+  shutil.copytree(trained, workdir)  # evaluation writes its report there: a copy of this module's own
   return config, workdir, results, evaluation.run(config, workdir)
 
 

@@ -6,6 +6,7 @@ the signal or save path is mocked.
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -17,7 +18,6 @@ import numpy as np
 import pytest
 
 from conftest import make_tiny_config, with_devices
-from processes import run_together
 from supersub_jax import checkpoint as ckpt
 from supersub_jax import runtime
 from supersub_jax import stages
@@ -274,8 +274,16 @@ def test_two_processes_build_the_data_once_and_stop_together_on_one_sigterm(tmp_
   assert saved[0] == saved[1]
   assert ckpt.make_manager(str(tmp_path / 'w' / 'vanilla')).all_steps() == [saved[0]]
   assert not [n for n in os.listdir(data_dir / 'supersub_synthetic') if 'incomplete' in n]
+  # The same command again resumes both from the saved step (seen, then stopped: training on to step 400 would
+  # only cost time).
   commands, env = _two_processes(data_dir, tmp_path / 'w', _free_port(), *flags)
-  results = run_together(commands, env=env, timeout=600)
-  for returncode, output in results:
-    assert returncode == 0, output[-3000:]
-  assert f'[vanilla] resuming from step {saved[0]}' in results[0][1]
+  procs = [subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           for c in commands]
+  try:
+    _wait_for(procs[0], lambda line: f'[vanilla] resuming from step {saved[0]}' in line)
+    # Both processes step on together: process 0 logs a step after the saved one.
+    _wait_for(procs[0], lambda line: (m := re.search(r'\[vanilla\] step (\d+)/400', line)) and int(m[1]) > saved[0])
+  finally:
+    for p in procs:
+      p.kill()
+      p.communicate()
