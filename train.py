@@ -4,8 +4,11 @@
 
 Rerunning the same command resumes every stage from its latest intact checkpoint; finished stages are skipped. The
 config is stored in <workdir>/config.json, which evaluate.py and `python -m supersub_jax.convert` read. Exit status:
-0 done, 1 an error (one line; --debug for the traceback), 75 preempted by SIGTERM after saving (rerun to resume).
+0 done, 1 an error (one line; --debug for the traceback), 75 preempted by SIGTERM after saving (rerun to resume), 130
+interrupted by SIGINT (the last saved step is kept; rerun to resume).
 """
+
+import signal
 
 from absl import flags
 from absl import logging
@@ -30,4 +33,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  cli.run(main)
+  cli.run(main, interrupt_signals=(signal.SIGINT,))  # SIGTERM is a preemption: save, exit 75 (runtime.Preemption)

@@ -6,14 +6,17 @@ Entry points (``train.py``, ``evaluate.py``, ``python -m supersub_jax.convert|da
 * 0: done;
 * 1: bad input or a fault the run cannot fix itself (a wrong config, a checkpoint made with other settings, no intact
   checkpoint, a non-finite step): one line, ``error: <what and how to fix it>`` (``--debug`` shows the traceback);
-* 75 (``train.PREEMPTED_EXIT_CODE``, EX_TEMPFAIL): preempted by SIGTERM after saving a checkpoint; rerun the same
-  command to resume;
+* 75 (``runtime.PREEMPTED_EXIT_CODE``, EX_TEMPFAIL): train.py preempted by SIGTERM after saving a checkpoint; rerun
+  the same command to resume;
+* 130 / 143 (``runtime.INTERRUPT_EXIT_CODES``): stopped by SIGINT / SIGTERM (SIGINT only for train.py, whose SIGTERM
+  is a preemption), in one line; every file is the old one or the new one, never half of one;
 * anything else: a crash, with its traceback.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from typing import Callable, Sequence
 
@@ -90,22 +93,42 @@ def define_debug_flag() -> None:
     flags.DEFINE_bool('debug', False, 'On an error, show the full traceback instead of one line.')
 
 
-def run(main: Callable[[list[str]], None], *, flags_parser: Callable | None = None) -> None:
-  """``app.run(main)``, with bad input reported as one line (exit status 1) unless --debug."""
+def _exit_interrupted(signum: int) -> None:
+  for s in runtime.INTERRUPT_EXIT_CODES:  # a second signal while this one is reported ends the process at once
+    signal.signal(s, signal.SIG_DFL)
+  print(f'interrupted by {signal.Signals(signum).name}: stopped; no file was left half-written (each is the old one '
+        'or the new one). Rerun the same command to finish.', file=sys.stderr)
+  sys.exit(runtime.INTERRUPT_EXIT_CODES.get(signum, 128 + signum))
+
+
+def run(main: Callable[[list[str]], None], *, flags_parser: Callable | None = None,
+        interrupt_signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM)) -> None:
+  """``app.run(main)``, with bad input reported as one line (exit status 1) unless --debug, and each of
+  ``interrupt_signals`` ending the run in one line with its own exit status (``runtime.INTERRUPT_EXIT_CODES``)."""
   define_debug_flag()
 
   def wrapped(argv):
     quiet_logs()
+    runtime.install_interrupt_handlers(interrupt_signals)
     try:
       main(argv)
+      runtime.raise_if_interrupted()  # a signal that arrived as the work ended still ends the run as interrupted
+    except runtime.Interrupted as e:
+      _exit_interrupted(e.signum)
     except runtime.Preempted as e:
       print(str(e), file=sys.stderr)
       sys.exit(runtime.PREEMPTED_EXIT_CODE)
     except USER_ERRORS as e:
+      if runtime.interrupted() is not None:  # an interrupt that a library turned into another error on its way
+        _exit_interrupted(runtime.interrupted())
       if FLAGS.debug:
         raise
       print(f'error: {e}', file=sys.stderr)
       sys.exit(1)
+    except Exception:  # pylint: disable=broad-except
+      if runtime.interrupted() is not None:
+        _exit_interrupted(runtime.interrupted())
+      raise
 
   if flags_parser is None:
     app.run(wrapped)

@@ -1,20 +1,30 @@
-"""Files written whole or not at all: the one atomic-write helper every output of the project goes through.
+"""Files written whole or not at all, and arrays read back within the bytes present.
+
+The one atomic-write helper every output of the project goes through, and ``load_npz``, the one reader of ``.npz``
+files (label caches, torchvision weights), which checks every array's declared size before allocating it.
 
 ``atomic_write(path)`` hands out a file opened on a temporary name beside ``path``; when the block ends normally the
 data is flushed to disk and the temporary file is renamed over ``path`` (a rename within one directory is atomic on
 POSIX), so a reader sees the old file or the new one, never half of one. When the block raises -- an error, or the
 KeyboardInterrupt / SystemExit that a SIGINT or SIGTERM becomes -- the temporary file is removed. Only a kill that
 gives no chance to clean up (SIGKILL, power loss) leaves one behind, named ``.<name>.tmp-<pid>-<random>``; the next
-write of the same path removes those whose process is gone.
+write of the same path removes those whose process is gone. Once a SIGINT or SIGTERM has asked the process to stop
+(``runtime.Interrupted``), no write is committed any more.
 """
 
 from __future__ import annotations
 
 import contextlib
 import glob
+import math
 import os
 import tempfile
+import zipfile
 from typing import IO, Iterator
+
+import numpy as np
+
+from supersub_jax import runtime
 
 
 def _pid_alive(pid: int) -> bool:
@@ -56,6 +66,7 @@ def atomic_write(path: str | os.PathLike, mode: str = 'w') -> Iterator[IO]:
       yield f
       f.flush()
       os.fsync(f.fileno())
+    runtime.raise_if_interrupted()  # an interrupt that Python dropped on its way must still stop the write
     os.replace(tmp, path)
   except BaseException:
     with contextlib.suppress(OSError):
@@ -74,3 +85,61 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> int:
   with atomic_write(path, 'wb') as f:
     f.write(data)
   return len(data)
+
+
+# Deflate expands at most about 1032:1 (a run of zeros); a member that claims more than that of its compressed bytes
+# claims bytes the file does not hold.
+_MAX_DEFLATE_RATIO = 1032
+
+
+class ArrayFileError(ValueError):
+  """An array file is damaged or claims more data than it holds; the message names the file and the array."""
+
+
+def _npy_header(f, version) -> tuple[tuple[int, ...], bool, np.dtype]:
+  if version == (1, 0):
+    return np.lib.format.read_array_header_1_0(f)
+  if version == (2, 0):
+    return np.lib.format.read_array_header_2_0(f)
+  raise ValueError(f'.npy format version {version} is not supported (1.0 or 2.0 are)')
+
+
+def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+  """{name: array} of an ``.npz`` file, every size checked against the bytes present before anything is allocated.
+
+  ``numpy.load`` allocates whatever shape a member's header declares, then reads: a damaged or hostile header of
+  10^12 elements ends in a MemoryError (or, under memory overcommit, in the kernel's OOM killer). Here each header is
+  read first (``numpy.lib.format``) and its shape times its item size must be the member's size in the zip, which
+  must be bytes the file holds (stored, or compressed at most as far as deflate can). Object arrays are refused (no
+  pickle). Raises ``ArrayFileError`` naming the file and the member, or FileNotFoundError.
+  """
+  path = os.fspath(path)
+  present = os.path.getsize(path)
+  try:
+    with zipfile.ZipFile(path) as z:
+      members = z.infolist()
+      if sum(m.compress_size for m in members) > present:
+        raise ValueError(f'its members claim {sum(m.compress_size for m in members):,} bytes, the file has '
+                         f'{present:,}')
+      out = {}
+      for m in members:
+        name = m.filename[:-4] if m.filename.endswith('.npy') else m.filename
+        with z.open(m) as f:
+          version = np.lib.format.read_magic(f)
+          shape, _, dtype = _npy_header(f, version)
+          header = f.tell()
+        if dtype.hasobject:
+          raise ValueError(f'{name!r} holds Python objects (pickles), which are not read')
+        nbytes = math.prod(shape) * dtype.itemsize
+        if header + nbytes != m.file_size:
+          raise ValueError(f'{name!r} declares {dtype}{list(shape)} ({nbytes:,} bytes) but holds '
+                           f'{m.file_size - header:,} bytes')
+        if m.compress_type != zipfile.ZIP_STORED and m.file_size > _MAX_DEFLATE_RATIO * m.compress_size + 4096:
+          raise ValueError(f'{name!r} claims {m.file_size:,} bytes from {m.compress_size:,} compressed bytes')
+        with z.open(m) as f:
+          out[name] = np.lib.format.read_array(f, allow_pickle=False)
+      return out
+  except (ValueError, OSError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile, KeyError) as e:
+    if isinstance(e, FileNotFoundError):
+      raise
+    raise ArrayFileError(f'{path} is not a readable .npz file: {e}') from e

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from supersub_jax import files
+from supersub_jax import runtime
 
 
 def test_atomic_write_replaces_the_file_whole(tmp_path):
@@ -47,3 +48,32 @@ def test_only_whole_file_modes_are_accepted(tmp_path):
   with pytest.raises(ValueError, match="mode 'w' or 'wb'"):
     with files.atomic_write(tmp_path / 'a', 'a'):
       pass
+
+
+def test_nothing_is_committed_once_an_interrupt_is_pending(tmp_path, monkeypatch):
+  # A SIGINT whose exception Python dropped (raised in a gc callback) must still keep the file as it was.
+  path = tmp_path / 'report.md'
+  files.write_text(path, 'old')
+  monkeypatch.setattr(runtime, '_pending', 2)
+  with pytest.raises(runtime.Interrupted):
+    files.write_text(path, 'new')
+  assert path.read_text() == 'old' and os.listdir(tmp_path) == ['report.md']
+
+
+def test_npz_arrays_are_checked_against_the_bytes_present_before_they_are_read(tmp_path):
+  import io  # pylint: disable=g-import-not-at-top
+  import zipfile  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  np.savez(tmp_path / 'ok.npz', a=np.arange(3), b=np.ones((2, 2), np.float32))
+  loaded = files.load_npz(tmp_path / 'ok.npz')
+  assert sorted(loaded) == ['a', 'b'] and loaded['b'].shape == (2, 2)
+  header = io.BytesIO()
+  np.lib.format.write_array_header_1_0(header, {'descr': '<f4', 'fortran_order': False, 'shape': (10**12,)})
+  for compression, padding in ((zipfile.ZIP_STORED, 16), (zipfile.ZIP_DEFLATED, 10**6)):
+    with zipfile.ZipFile(tmp_path / 'hostile.npz', 'w', compression) as z:  # 4 TB declared
+      z.writestr('fc.weight.npy', header.getvalue() + bytes(padding))
+    with pytest.raises(files.ArrayFileError, match=r"hostile.npz .*'fc.weight' declares float32\[1000000000000\]"):
+      files.load_npz(tmp_path / 'hostile.npz')
+  np.savez(tmp_path / 'objects.npz', a=np.array([{}], object))
+  with pytest.raises(files.ArrayFileError, match='objects.npz.*pickles'):
+    files.load_npz(tmp_path / 'objects.npz')
