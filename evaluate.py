@@ -4,7 +4,8 @@
 
 Uses the config train.py stored in the workdir; --config=FILE and --config.x=y override it (with a warning that
 lists what differs from training). Writes report.json, report.md and PNG plots into the workdir and prints the
-report table.
+report table. Holds the workdir's lock while it runs (one run at a time, train.py included). Exit status: 0 done,
+1 an error (one line), 130 / 143 stopped by SIGINT / SIGTERM (the previous report files are left as they were).
 """
 
 from absl import flags
@@ -20,10 +21,15 @@ cli.define_config_flag(stored_in_workdir=True)
 def main(argv):
   if len(argv) > 1:
     raise ValueError(f'Unexpected arguments: {argv[1:]}')
-  from supersub_jax import evaluation, report, runtime  # pylint: disable=g-import-not-at-top
+  from supersub_jax import evaluation, locks, recipe, report, runtime  # pylint: disable=g-import-not-at-top
   config = cli.config_for_workdir(FLAGS.config, FLAGS.workdir)
   runtime.initialize_runtime(config)
-  result = evaluation.run(config, FLAGS.workdir)
+  recipe.validate(config, training=False)
+  # One run at a time per workdir (train.py holds the same lock); taking it also finds a workdir that cannot be
+  # written, before any work.
+  with locks.hold_workdir(FLAGS.workdir, program='evaluate.py', writes='report.json, report.md and the PNG plots',
+                          create=False):
+    result = evaluation.run(config, FLAGS.workdir)
   print(report.table(report.summary_rows(result)))
   print(f'\nWrote {FLAGS.workdir}/report.json, report.md and {", ".join(result.get("plots", []))}')
 

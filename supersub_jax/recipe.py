@@ -20,6 +20,7 @@ import ml_collections
 
 from supersub_jax import config as config_lib
 from supersub_jax import delta as delta_lib
+from supersub_jax import locks
 from supersub_jax import models
 from supersub_jax import quant
 from supersub_jax import runner
@@ -53,8 +54,98 @@ def _choice(problems, field, value, choices):
     problems.append(f'{field}={value!r}: use one of {tuple(choices)}.')
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-  """Raises ``ConfigError`` listing every problem of ``config`` that is known before training starts."""
+def _number(problems, field, value, *, low=None, high=None, low_open=False, high_open=False, integer=False,
+            fix=''):
+  """Appends a problem unless ``value`` is a (finite) number in the interval; NaN and non-numbers fail too."""
+  bool_or_str = isinstance(value, (bool, str))
+  try:
+    ok = (not bool_or_str and (not integer or float(value) == int(value))
+          and (low is None or (value > low if low_open else value >= low))
+          and (high is None or (value < high if high_open else value <= high)) and value == value)
+  except (TypeError, ValueError, OverflowError):
+    ok = False
+  if not ok:
+    if high is None:
+      bound = f'{">" if low_open else ">="} {low}'
+    else:
+      bound = f'in {"(" if low_open else "["}{low}, {high}{")" if high_open else "]"}'
+    problems.append(f'{field}={value!r}: use {"an integer" if integer else "a number"} {bound}'
+                    + (f'; {fix}' if fix else '') + '.')
+
+
+def _sizes(problems, field, value, fix):
+  """A non-empty tuple of positive integers (batch or chunk sizes)."""
+  try:
+    ok = len(value) > 0 and all(not isinstance(v, bool) and int(v) == v and v >= 1 for v in value)
+  except (TypeError, ValueError):
+    ok = False
+  if not ok:
+    problems.append(f'{field}={value!r}: use a non-empty tuple of positive integers, {fix}.')
+
+
+def _training_problems(config) -> list[str]:
+  """What only training reads: logging and saving periods, step budgets and optimizers, the pretrained file."""
+  problems = []
+  _number(problems, 'log_every_steps', config.log_every_steps, low=1, integer=True,
+          fix='it is the period of the progress lines and train metrics')
+  _number(problems, 'checkpoint_every_steps', config.checkpoint_every_steps, low=1, integer=True,
+          fix='it is the period of the saves (the final step is always saved); a large value saves rarely')
+  _number(problems, 'max_to_keep', config.max_to_keep, low=1, integer=True, fix='checkpoint steps kept per job')
+  _number(problems, 'profile_steps', config.profile_steps, low=0, integer=True, fix='0 profiles nothing')
+  for stage in config_lib.STAGE_SECTIONS:
+    cfg = config[stage]
+    _choice(problems, f'{stage}.optimizer', cfg.optimizer, step_lib.OPTIMIZERS)
+    _choice(problems, f'{stage}.schedule', cfg.schedule, step_lib.SCHEDULES)
+    if not 0.0 <= cfg.label_smoothing < 1.0:
+      problems.append(f'{stage}.label_smoothing={cfg.label_smoothing}: use a value in [0, 1).')
+    if cfg.num_train_steps < 1:
+      problems.append(f'{stage}.num_train_steps={cfg.num_train_steps}: use at least 1.')
+    _number(problems, f'{stage}.learning_rate', cfg.learning_rate, low=0, low_open=True,
+            fix='the peak learning rate, e.g. 0.1 for SGD (a negative one climbs the loss)')
+    _number(problems, f'{stage}.warmup_steps', cfg.warmup_steps, low=0, integer=True)
+    _number(problems, f'{stage}.momentum', cfg.momentum, low=0, high=1, high_open=True)
+    _number(problems, f'{stage}.weight_decay', cfg.weight_decay, low=0)
+  cfg = config.specialists
+  _number(problems, 'specialists.mask_update_every', cfg.mask_update_every, low=1, integer=True,
+          fix='steps between two updates of the sparsity mask')
+  _number(problems, 'specialists.num_epochs', cfg.num_epochs, low=0, fix='0 uses num_train_steps')
+  _number(problems, 'specialists.min_steps', cfg.min_steps, low=1, integer=True)
+  _number(problems, 'specialists.steps_multiple', cfg.steps_multiple, low=1, integer=True)
+  for field in ('prune_begin_fraction', 'prune_end_fraction'):
+    _number(problems, f'specialists.{field}', cfg[field], low=0, high=1, fix='a fraction of the step budget')
+  try:
+    if cfg.prune_begin_fraction > cfg.prune_end_fraction:
+      problems.append(f'specialists.prune_begin_fraction={cfg.prune_begin_fraction} is after '
+                      f'prune_end_fraction={cfg.prune_end_fraction}: pruning must begin before it ends.')
+  except TypeError:
+    pass  # reported above
+  uses_init = ({'vanilla', 'vanilla_matched'} & set(config.stages)
+               or ('superclass' in config.stages and not config.superclass.init_from_vanilla))
+  if uses_init and config.init.path and not os.path.exists(os.path.expanduser(config.init.path)):
+    problems.append(f'init.path={config.init.path!r}: no such file or directory; download the weights (see the '
+                    "config's docstring) or leave init.path empty for a random start.")
+  return problems
+
+
+def _evaluation_problems(config) -> list[str]:
+  """``config.evaluate``: what evaluate.py reads (training evaluates with eval_batch_size alone)."""
+  problems = []
+  cfg = config.evaluate
+  _number(problems, 'evaluate.batch_size', cfg.batch_size, low=1, integer=True)
+  _number(problems, 'evaluate.top2_threshold', cfg.top2_threshold, low=0, high=1,
+          fix='a superclass probability below which a second specialist runs')
+  _sizes(problems, 'evaluate.chunk_sizes', cfg.chunk_sizes, 'e.g. (32, 8)')
+  _sizes(problems, 'evaluate.benchmark_batch_sizes', cfg.benchmark_batch_sizes, 'e.g. (1, 256)')
+  _number(problems, 'evaluate.benchmark_batches', cfg.benchmark_batches, low=1, integer=True)
+  return problems
+
+
+def validate(config: ml_collections.ConfigDict, *, training: bool = True) -> None:
+  """Raises ``ConfigError`` listing every problem of ``config`` that is known before training starts.
+
+  ``training=False`` (evaluate.py) leaves out what only training reads (``_training_problems``): a workdir trained
+  before a check existed can still be evaluated.
+  """
   problems = _unknown_fields(config.to_dict(), config_lib.default_config().to_dict())
   _choice(problems, 'model', config.model, sorted(models.MODELS))
   _choice(problems, 'stem', config.stem, models.STEMS)
@@ -75,17 +166,26 @@ def validate(config: ml_collections.ConfigDict) -> None:
                     f'so list them in the order of {stages.STAGES}.')
   devices = jax.device_count()
   for field in ('batch_size', 'eval_batch_size'):
-    if config[field] < 1 or config[field] % devices:
+    if not isinstance(config[field], int) or config[field] < 1:
+      problems.append(f'{field}={config[field]!r}: use a positive multiple of the {devices} devices, e.g. '
+                      f'{max(devices, 128 // devices * devices)}.')
+    elif config[field] % devices:
       problems.append(f'{field}={config[field]}: not divisible by the {devices} devices; use a multiple of '
                       f'{devices}, e.g. {max(devices, config[field] // devices * devices)}.')
-  for stage in config_lib.STAGE_SECTIONS:
-    cfg = config[stage]
-    _choice(problems, f'{stage}.optimizer', cfg.optimizer, step_lib.OPTIMIZERS)
-    _choice(problems, f'{stage}.schedule', cfg.schedule, step_lib.SCHEDULES)
-    if not 0.0 <= cfg.label_smoothing < 1.0:
-      problems.append(f'{stage}.label_smoothing={cfg.label_smoothing}: use a value in [0, 1).')
-    if cfg.num_train_steps < 1:
-      problems.append(f'{stage}.num_train_steps={cfg.num_train_steps}: use at least 1.')
+  _number(problems, 'image_size', config.image_size, low=1, integer=True,
+          fix='the side of the square images the networks see, e.g. 32 (224 for ImageNet)')
+  _number(problems, 'width', config.width, low=0, low_open=True, high=64, fix='a width multiplier, 1.0 by default')
+  _number(problems, 'worker_count', config.worker_count, low=0, integer=True, fix='0 reads in this process')
+  if config.dataset == 'synthetic':
+    for field in ('image_size', 'train_per_class', 'test_per_class'):
+      _number(problems, f'synthetic.{field}', config.synthetic[field], low=1, integer=True)
+  if config.distributed.enabled and config.distributed.coordinator_address:
+    _number(problems, 'distributed.num_processes', config.distributed.num_processes, low=1, integer=True)
+    _number(problems, 'distributed.process_id', config.distributed.process_id, low=0,
+            high=max(int(config.distributed.num_processes) - 1, 0), integer=True)
+  if training:
+    problems += _training_problems(config)
+  problems += _evaluation_problems(config)
   cfg = config.specialists
   if cfg.bits not in (0,) + quant.SUPPORTED_BITS:
     problems.append(f'specialists.bits={cfg.bits}: use one of {quant.SUPPORTED_BITS}, or 0 for no quantization.')
@@ -120,11 +220,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
     bad = [k for k in cfg.superclasses if not 0 <= k < n]
     if bad:
       problems.append(f'specialists.superclasses: {bad} outside [0, {n}) of hierarchy {config.hierarchy!r}.')
-  uses_init = ({'vanilla', 'vanilla_matched'} & set(config.stages)
-               or ('superclass' in config.stages and not config.superclass.init_from_vanilla))
-  if uses_init and config.init.path and not os.path.exists(os.path.expanduser(config.init.path)):
-    problems.append(f'init.path={config.init.path!r}: no such file or directory; download the weights (see the '
-                    "config's docstring) or leave init.path empty for a random start.")
   data_dir = os.path.abspath(os.path.expanduser(config.data_dir))
   try:
     os.makedirs(data_dir, exist_ok=True)
@@ -137,29 +232,52 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f'the config cannot run ({len(problems)} problem(s)):\n  ' + '\n  '.join(problems))
 
 
+def _job_directories(workdir: str, stage: str) -> list[str]:
+  """The checkpoint directories of ``stage``'s jobs in ``workdir``: the stage's own, or one per specialist."""
+  root = stages.stage_dir(workdir, stage)
+  if stage in stages.NETWORK_STAGES or not os.path.isdir(root):
+    return [root]
+  return sorted(os.path.join(root, name) for name in os.listdir(root) if os.path.isdir(os.path.join(root, name)))
+
+
 def check_previous_run(config, workdir: str) -> None:
-  """Before anything is written: the settings of the previous run in ``workdir`` (its config.json) against the
-  current ones, for every stage that has checkpoints there. Each job checks its own checkpoint again when it
-  resumes (with the networks it was built on); this makes a wrong rerun fail at once and leaves config.json as it
-  was."""
-  if not os.path.exists(config_lib.path(workdir)):
-    return
-  previous = config_lib.read(workdir)
-  changed = config_lib.differences(previous, config)
+  """Before anything is written: the current settings against those the checkpoints in ``workdir`` record, for
+  every stage that has one. Only checkpoints count: a config.json or a stage directory left by a run that failed
+  before its first save backs nothing, and must not block the corrected command. Each job checks its own checkpoint
+  again when it resumes (with the networks it was built on); this makes a wrong rerun fail at once, with every
+  difference listed, and leaves config.json as it was."""
   where: dict[str, list[str]] = {}  # difference -> the stages whose checkpoints it concerns
   for stage in stages.STAGES:
-    if os.path.isdir(stages.stage_dir(workdir, stage)):
-      for d in config_lib.meaning_differences(previous.to_dict(), config, stage):
-        where.setdefault(d, []).append(stage)
+    for directory in _job_directories(workdir, stage):
+      stored = runner.recorded_config(directory)
+      if stored is None:
+        continue
+      for d in config_lib.meaning_differences(stored, config, stage):
+        if stage not in where.setdefault(d, []):
+          where[d].append(stage)
   problems = [f'{d} (checkpoints of {", ".join(s)})' for d, s in where.items()]
   if problems:
     raise runner.SettingsMismatchError(
         f'{workdir} was trained with other settings ({len(problems)} differ, stored -> now):\n  '
         + '\n  '.join(problems) + '\nRun with the stored settings, or use a fresh --workdir, or delete the stage '
         'directories named above to retrain them. Which fields may change is documented in supersub_jax/config.py.')
+  try:
+    changed = config_lib.differences(config_lib.read(workdir), config) if os.path.exists(
+        config_lib.path(workdir)) else []
+  except ValueError:  # unreadable: rewritten below
+    changed = []
   if changed and jax.process_index() == 0:
-    print(f'{len(changed)} harmless config field(s) differ from the previous run in {workdir}:\n  '
-          + '\n  '.join(changed), flush=True)
+    print(f'{len(changed)} config field(s) differ from the previous run in {workdir} (no checkpoint there depends '
+          'on them):\n  ' + '\n  '.join(changed), flush=True)
+
+
+def _check_writable(workdir: str) -> None:
+  """The stage directories a rerun writes into (the lock found the workdir itself writable)."""
+  for stage in stages.STAGES:
+    for directory in [stages.stage_dir(workdir, stage)] + _job_directories(workdir, stage):
+      if os.path.isdir(directory) and not os.access(directory, os.W_OK):
+        raise locks.NotWritableError(f'{directory} cannot be written: train.py saves checkpoints there. Make it '
+                                     'writable, or copy the workdir to a writable place and pass that instead.')
 
 
 def prepare_data(config, hierarchy) -> None:
@@ -181,22 +299,26 @@ def prepare_data(config, hierarchy) -> None:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Validates ``config``, prepares the data, then runs ``config.stages`` in order; returns each stage's result.
+  """Validates ``config``, takes the workdir's lock (one run at a time: ``locks``), checks the checkpoints already
+  there, prepares the data, then runs ``config.stages`` in order; returns each stage's result.
 
   One ``Preemption`` spans the whole run, so a SIGTERM that arrives between two stages stops the next one at its
   first step (after saving). Raises ``train.Preempted`` after a preemption save.
   """
   validate(config)
-  check_previous_run(config, workdir)
-  hierarchy = stages.make_hierarchy(config)
-  prepare_data(config, hierarchy)
-  if jax.process_index() == 0:
-    config_lib.write(config, workdir)  # evaluate.py and convert read it: no --config needed there
-  results = {}
-  with runtime.Preemption() as preemption:
-    for stage in config.stages:
-      if stage in stages.SPECIALIST_STAGES:
-        results[stage] = specialists.train_specialists(config, workdir, stage=stage, preemption=preemption)
-      else:
-        results[stage] = stages.train_network(config, workdir, stage, preemption=preemption)
+  with locks.hold_workdir(workdir, program='train.py', writes='its checkpoints, metrics and config.json'):
+    # Preflight: nothing is written into the workdir until these pass, so a refused start leaves it as it was.
+    check_previous_run(config, workdir)
+    _check_writable(workdir)
+    hierarchy = stages.make_hierarchy(config)
+    prepare_data(config, hierarchy)
+    if jax.process_index() == 0:
+      config_lib.write(config, workdir)  # evaluate.py and convert read it: no --config needed there
+    results = {}
+    with runtime.Preemption() as preemption:
+      for stage in config.stages:
+        if stage in stages.SPECIALIST_STAGES:
+          results[stage] = specialists.train_specialists(config, workdir, stage=stage, preemption=preemption)
+        else:
+          results[stage] = stages.train_network(config, workdir, stage, preemption=preemption)
   return results

@@ -283,6 +283,23 @@ def check_settings(stored_meta: Mapping[str, Any], step: int, *, config, job: Jo
         f'Which fields may change is documented in supersub_jax/config.py.')
 
 
+def recorded_config(directory: str) -> dict | None:
+  """The config a job's checkpoints in ``directory`` were trained with (its newest step whose metadata reads back),
+  or None when it holds no step: a directory left empty by a run that failed before its first save backs nothing.
+  Reads JSON only, never an array."""
+  if not os.path.isdir(directory):
+    return None
+  manager = ckpt.make_manager(directory, create=False)
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      meta = ckpt.read_meta(directory, step)
+    except Exception:  # pylint: disable=broad-except  (a damaged step: resuming falls back past it, so may this)
+      continue
+    if isinstance(meta, dict) and isinstance(meta.get('config'), dict):
+      return meta['config']
+  return None
+
+
 def _not_finished(job: Job, step: int) -> str:
   return (f'{job.name} is not finished in {job.directory} (its latest intact step is {step}): run '
           f'`python train.py --config=... --workdir=...` with {job.stage!r} in config.stages to finish it.')

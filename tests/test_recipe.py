@@ -69,3 +69,59 @@ def test_a_bad_config_fails_before_anything_is_written(tmp_path):
 
 def test_defaults_and_shipped_configs_are_valid(tmp_path):
   recipe.validate(make_tiny_config(str(tmp_path / 'data')))
+
+
+def test_values_of_the_right_type_but_no_meaning_are_listed(tmp_path):
+  config = make_tiny_config(str(tmp_path / 'data'))
+  config.image_size = 0
+  config.synthetic.test_per_class = 0
+  config.width = -1.0
+  config.vanilla.learning_rate = -0.1
+  config.superclass.momentum = 1.0
+  config.specialists.mask_update_every = 0
+  config.specialists.prune_begin_fraction = 0.7  # after prune_end_fraction = 0.6
+  config.log_every_steps = 0
+  config.checkpoint_every_steps = 0
+  config.evaluate.benchmark_batch_sizes = (0,)
+  config.evaluate.chunk_sizes = ()
+  config.evaluate.top2_threshold = 1.5
+  config.batch_size = 0
+  message = _problems(config)
+  assert 'cannot run (14 problem(s))' in message
+  for expected in ('image_size=0: use an integer >= 1', 'synthetic.test_per_class=0: use an integer >= 1',
+                   'width=-1.0: use a number in (0, 64]', 'vanilla.learning_rate=-0.1: use a number > 0',
+                   'superclass.momentum=1.0: use a number in [0, 1)', 'specialists.mask_update_every=0',
+                   'prune_begin_fraction=0.7 is after prune_end_fraction=0.6', 'log_every_steps=0',
+                   'checkpoint_every_steps=0', 'evaluate.benchmark_batch_sizes=(0,): use a non-empty tuple',
+                   'evaluate.chunk_sizes=(): use a non-empty tuple', 'evaluate.top2_threshold=1.5',
+                   'batch_size=0: use a positive multiple of the'):
+    assert expected in message, expected
+
+
+def test_evaluation_checks_what_it_reads_and_not_the_training_knobs(tmp_path):
+  config = make_tiny_config(str(tmp_path / 'data'))
+  config.checkpoint_every_steps = 0  # a workdir trained before the check existed is still evaluated
+  config.init.path = str(tmp_path / 'deleted_since.pth')
+  recipe.validate(config, training=False)
+  config.evaluate.batch_size = 0
+  with pytest.raises(recipe.ConfigError, match=r'\(1 problem\(s\)\):\n  evaluate.batch_size=0'):
+    recipe.validate(config, training=False)
+
+
+def test_only_checkpoints_count_in_the_settings_check_not_a_config_json_they_do_not_back(tmp_path, tiny_workdir):
+  # A start that failed after writing config.json and an empty stage directory must not block the corrected command.
+  from supersub_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  config = make_tiny_config(str(tmp_path / 'data'))
+  failed = make_tiny_config(str(tmp_path / 'data'))
+  failed.image_size = 8
+  config_lib.write(failed, str(tmp_path / 'w'))
+  os.makedirs(tmp_path / 'w' / 'vanilla')
+  recipe.check_previous_run(config, str(tmp_path / 'w'))
+  trained_config, trained, _ = tiny_workdir  # read only
+  changed = trained_config.copy_and_resolve_references()
+  changed.seed = 1
+  changed.specialists.density = 0.5
+  with pytest.raises(recipe.runner.SettingsMismatchError) as info:
+    recipe.check_previous_run(changed, trained)
+  assert 'seed: 0 -> 1 (checkpoints of vanilla, superclass, specialists, vanilla_matched, head_only)' in str(info.value)
+  assert 'specialists.density: 0.05 -> 0.5 (checkpoints of specialists, head_only)' in str(info.value)
