@@ -20,11 +20,14 @@ bundle: everything two-stage inference needs, in one msgpack file: the generalis
     python -m supersub_jax.convert bundle --workdir=runs/demo --output=supersub.msgpack
 
 export and bundle read the config stored in the workdir by train.py; --config=FILE and --config.x=y override it
-(with a warning listing what differs from training). Nothing is written unless the whole conversion succeeds.
+(with a warning listing what differs from training). Nothing is written unless the whole conversion succeeds, and
+one conversion at a time writes an --output (a lock beside it). SIGINT and SIGTERM stop a conversion in one line
+(exit status 130 and 143), leaving no partial file.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -37,6 +40,7 @@ from flax import serialization
 from supersub_jax import exported as exported_lib
 from supersub_jax import files
 from supersub_jax import hierarchy as hierarchy_lib
+from supersub_jax import locks
 from supersub_jax import models
 from supersub_jax import runtime
 from supersub_jax import specialists
@@ -79,6 +83,8 @@ def load_bundle(path: str) -> tuple[dict, list[dict], hierarchy_lib.Hierarchy, d
   with open(path, 'rb') as f:
     data = f.read()
   try:
+    # Every array in msgpack is its own bytes (flax checks each buffer against its shape): nothing here allocates
+    # more than the file holds. The sizes the bundle only states (the hierarchy's, the model's) are checked below.
     tree = serialization.msgpack_restore(data)
   except Exception as e:  # pylint: disable=broad-except  (msgpack raises several unrelated types)
     raise ValueError(f'{path} is not a readable msgpack file ({type(e).__name__}: {e}); write it with '
@@ -89,30 +95,72 @@ def load_bundle(path: str) -> tuple[dict, list[dict], hierarchy_lib.Hierarchy, d
                      '`python -m supersub_jax.convert bundle`.')
   part = 'hierarchy'
   try:  # a damaged file must give one clear error, whatever part of it is damaged
+    # Hierarchy checks its stated sizes (source classes, label grid) against sane limits before allocating.
     hierarchy = hierarchy_lib.Hierarchy.from_dict(json.loads(tree['hierarchy']))
+    part = 'model'
+    model = {k: v for k, v in dict(tree['model']).items() if k != 'branch'}  # the cut is the specialists' own
     part = 'generalist'
     generalist = {'params': dict(tree['generalist']['params']),
                   'batch_stats': dict(tree['generalist']['batch_stats'])}
+    _check_model(model, generalist, hierarchy.num_superclasses)
+    base_shapes = {'/'.join(str(k.key) for k in p): tuple(np.shape(x))
+                   for p, x in jax.tree_util.tree_flatten_with_path(generalist['params'])[0]}
     exported = []
     for k in range(hierarchy.num_superclasses):
       part = f'specialist {k}'
       ex = tree['specialists'][str(k)]
       for keys, rec in exported_lib.walk_records(ex['delta']):
-        exported_lib.decode_record(rec, f'specialist {k}, delta leaf {"/".join(keys)!r}')
+        leaf = '/'.join(keys)
+        if leaf not in base_shapes:
+          raise ValueError(f'delta leaf {leaf!r} is not a parameter of the generalist')
+        exported_lib.decode_record(rec, f'specialist {k}, delta leaf {leaf!r}', expected_shape=base_shapes[leaf])
       kernel, bias = np.asarray(ex['head']['kernel']), np.asarray(ex['head']['bias'])
       if kernel.ndim != 2 or bias.shape != kernel.shape[1:]:
         raise ValueError(f'head kernel {kernel.shape} and bias {bias.shape} do not fit')
+      features = np.shape(generalist['params']['head']['kernel'])[0]
+      if kernel.shape != (features, len(hierarchy.superclasses[k].subclasses)):
+        raise ValueError(f'head kernel {kernel.shape}, expected ({features}, '
+                         f'{len(hierarchy.superclasses[k].subclasses)}): the generalist\'s features by the '
+                         'superclass\'s subclasses')
       spec = ex.get('spec') or {'version': 1, 'cut': str(tree['model'].get('branch', 'stem')),
                                 'num_subclasses': int(kernel.shape[1]), 'delta': {}}
       models.Cut(spec['cut'])  # an unknown layer group is damage, reported below
       exported.append({'delta': ex['delta'], 'head': {'kernel': kernel, 'bias': bias},
                        'batch_stats': dict(ex['batch_stats']), 'spec': dict(spec)})
-    part = 'model'
-    model = {k: v for k, v in dict(tree['model']).items() if k != 'branch'}  # the cut is the specialists' own
-  except (ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
+  # RecursionError: a hierarchy or a delta nested deeper than any bundle is (json and the record walk recurse).
+  except (ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError) as e:
     raise ValueError(f'{path}: damaged bundle, in its {part} ({type(e).__name__}: {e}); write it again with '
                      '`python -m supersub_jax.convert bundle`.') from e
   return generalist, exported, hierarchy, model
+
+
+MAX_IMAGE_SIZE = 8192  # a bundle's image side; ImageNet networks see 224
+
+
+@functools.lru_cache(maxsize=16)
+def _generalist_shapes(name: str, stem: str, width: float, num_classes: int) -> dict:
+  """{'/'-joined path: shape} of the generalist that a bundle's model description names (shapes only, traced)."""
+  variables = weights.abstract_variables(models.create_model(name, num_classes, stem=stem, width=width))
+  return {'/'.join(str(k.key) for k in p): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(variables)[0]}
+
+
+def _check_model(model: dict, generalist: dict, num_superclasses: int) -> None:
+  """Raises ValueError unless a bundle's model description is one this package builds (a known name and stem, a
+  sane width and image size) and describes the generalist stored beside it, leaf for leaf."""
+  name, stem, width, size = model.get('name'), model.get('stem'), model.get('width'), model.get('image_size')
+  if name not in models.MODELS or stem not in models.STEMS:
+    raise ValueError(f'name {name!r} and stem {stem!r}: use one of {sorted(models.MODELS)} and {models.STEMS}')
+  if isinstance(width, bool) or not isinstance(width, (int, float)) or not 0 < width <= 64:
+    raise ValueError(f'width {width!r} is not a multiplier in (0, 64]')
+  if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 1 <= size <= MAX_IMAGE_SIZE:
+    raise ValueError(f'image_size {size!r} is not a side in [1, {MAX_IMAGE_SIZE}]')
+  expected = _generalist_shapes(name, stem, float(width), num_superclasses)
+  stored = {'/'.join(str(k.key) for k in p): tuple(np.shape(x))
+            for p, x in jax.tree_util.tree_flatten_with_path(generalist)[0]}
+  if stored != expected:
+    wrong = sorted(k for k in set(stored) | set(expected) if stored.get(k) != expected.get(k))
+    raise ValueError(f'the generalist does not fit {name} (stem {stem!r}, width {width}): {len(wrong)} leaves '
+                     f'differ, e.g. {wrong[0]}: stored {stored.get(wrong[0])}, expected {expected.get(wrong[0])}')
 
 
 def dense_specialist(config, workdir: str, k: int) -> dict:
@@ -233,18 +281,21 @@ def main() -> None:
       raise ValueError(f'{verb} needs --{", --".join(required)} (see `python -m supersub_jax.convert {verb} '
                        '--help`).')
     if verb == 'import-torchvision':
-      what = import_torchvision(f.arch, f.input, f.output, stem=f.stem, width=f.width)
+      with locks.hold_output(f.output, program='convert import-torchvision'):
+        what = import_torchvision(f.arch, f.input, f.output, stem=f.stem, width=f.width)
       print(f'wrote {f.output}: {what}')
       return
     config = cli.config_for_workdir(f.config, f.workdir)
     runtime.initialize_runtime(config)
-    if verb == 'export':
-      what = export_specialist(config, f.workdir, f.superclass, f.format, f.output)
-      print(f'wrote {f.output}: {what}')
-    else:
-      size = write_bundle(f.output, make_bundle(config, f.workdir))
-      print(f'wrote {f.output}: {size:,} bytes (generalist + {stages.make_hierarchy(config).num_superclasses} '
-            'compressed specialists)')
+    # The workdir is only read (finished checkpoints); the output is what two conversions could both write.
+    with locks.hold_output(f.output, program=f'convert {verb}'):
+      if verb == 'export':
+        what = export_specialist(config, f.workdir, f.superclass, f.format, f.output)
+        print(f'wrote {f.output}: {what}')
+      else:
+        size = write_bundle(f.output, make_bundle(config, f.workdir))
+        print(f'wrote {f.output}: {size:,} bytes (generalist + {stages.make_hierarchy(config).num_superclasses} '
+              'compressed specialists)')
 
   cli.run(run, flags_parser=parse)
 

@@ -59,6 +59,11 @@ MIXED_10_WNIDS: tuple[str, ...] = (
 ENTITY_WNID = 'n00001740'  # root of the WordNet noun tree
 
 _WNID_RE = re.compile(r'n\d{8}')
+# Sane limits, checked before the label maps are allocated: a hierarchy read from a file (a bundle) states its sizes
+# itself. ImageNet-21k has 21,841 classes; the label grid (superclasses x the largest superclass) of mixed_10 is
+# 10 x 116, and a specialist's head is as wide as the largest superclass.
+MAX_SOURCE_CLASSES = 10**6
+MAX_LABEL_GRID = 10**7
 _TREE_FILE = 'imagenet_tree.json'
 _KNOWN_WNIDS_FILE = 'known_wnids.gz'
 _TREE_FORMAT_VERSION = 1
@@ -117,6 +122,14 @@ class Hierarchy:
     object.__setattr__(self, 'superclasses', superclasses)
     if not superclasses:
       raise ValueError(f'hierarchy {self.name!r} has no superclass; give at least one.')
+    if not 1 <= self.num_source_classes <= MAX_SOURCE_CLASSES:
+      raise ValueError(f'hierarchy {self.name!r} has num_source_classes={self.num_source_classes}, outside [1, '
+                       f'{MAX_SOURCE_CLASSES:,}] (the label map has one entry per source class).')
+    grid = len(superclasses) * max(len(s.subclasses) for s in superclasses)
+    if grid > MAX_LABEL_GRID:
+      raise ValueError(f'hierarchy {self.name!r} has {len(superclasses)} superclasses of up to '
+                       f'{max(len(s.subclasses) for s in superclasses)} subclasses: its label grid of {grid:,} '
+                       f'entries is over {MAX_LABEL_GRID:,}.')
     label = 0
     owner: dict[int, str] = {}
     for k, sup in enumerate(superclasses):
@@ -195,7 +208,7 @@ class Hierarchy:
           for s in d['superclasses'])
       return cls(name=str(d['name']), superclasses=superclasses,
                  num_source_classes=int(d['num_source_classes']))
-    except (KeyError, TypeError) as e:
+    except (KeyError, TypeError, OverflowError) as e:
       raise ValueError(
           f'not a Hierarchy.to_dict() dict (missing or malformed field: {e!r}); '
           'expected keys name, num_source_classes, superclasses[name, wnid, '

@@ -240,11 +240,7 @@ def read_state_dict(path: str) -> StateDict:
     except (SafetensorError, OSError) as e:
       raise ValueError(f'{path} is not a readable safetensors file: {e}') from e
   if suffix == '.npz':
-    try:
-      with np.load(path, allow_pickle=False) as data:
-        return _unwrap({k: data[k] for k in data.files}, path)
-    except (OSError, ValueError) as e:
-      raise ValueError(f'{path} is not a readable .npz file: {e}') from e
+    return _unwrap(files.load_npz(path), path)  # every array's size checked against the file before it is read
   raise ValueError(f'{path}: unknown weights file type {suffix!r}; use one of {STATE_DICT_SUFFIXES}.')
 
 

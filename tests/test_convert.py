@@ -190,3 +190,28 @@ def test_damaged_bundles_give_a_clean_value_error(tiny_workdir, tmp_path):
     assert len(exported) == hierarchy.num_superclasses and 'params' in generalist  # a flip that changed a value
 
   check()
+
+
+def test_hostile_bundles_are_refused_before_anything_is_allocated(tiny_workdir, tmp_path):
+  # Sizes a bundle only states are checked against sane limits and against the arrays it holds: a hierarchy of 6e8
+  # or 1e12 source classes used to allocate 7 GB, or raise MemoryError; a deep JSON raised RecursionError.
+  import json  # pylint: disable=g-import-not-at-top
+  config, workdir, _ = tiny_workdir
+  good = convert.make_bundle(config, workdir)
+  hierarchy = json.loads(good['hierarchy'])
+  cases = {
+      'classes_6e8': ({'hierarchy': json.dumps({**hierarchy, 'num_source_classes': 6 * 10**8})},
+                      'num_source_classes=600000000, outside'),
+      'classes_1e12': ({'hierarchy': json.dumps({**hierarchy, 'num_source_classes': 10**12})},
+                       'num_source_classes=1000000000000, outside'),
+      'deep_json': ({'hierarchy': '[' * 100_000 + ']' * 100_000}, 'in its hierarchy (RecursionError'),
+      'wide_model': ({'model': {**good['model'], 'width': 1e6}}, 'width 1000000.0 is not a multiplier'),
+      'no_image': ({'model': {**good['model'], 'image_size': 0}}, 'image_size 0 is not a side'),
+      'other_width': ({'model': {**good['model'], 'width': 2.0}}, 'the generalist does not fit resnet_tiny'),
+  }
+  for name, (change, expected) in cases.items():
+    path = tmp_path / f'{name}.msgpack'
+    convert.write_bundle(str(path), {**good, **change})
+    with pytest.raises(ValueError) as info:
+      convert.load_bundle(str(path))
+    assert f'{path}: damaged bundle' in str(info.value) and expected in str(info.value), (name, str(info.value))

@@ -404,3 +404,16 @@ def test_known_wnids_match_words_txt():
   assert len(tree.known_wnids) == len(set(words))
   assert all(H._is_known_wnid(tree, w) for w in words[::997])
   assert all(re.fullmatch(r'n\d{8}', w) for w in tree.wnids)
+
+
+def test_stated_sizes_are_bounded_before_the_label_maps_are_allocated():
+  d = H.synthetic((2, 1)).to_dict()
+  for count in (6 * 10**8, 10**12, 0):
+    with pytest.raises(ValueError, match=f'num_source_classes={count}, outside'):
+      H.Hierarchy.from_dict({**d, 'num_source_classes': count})
+  wide = {**d, 'num_source_classes': 10**6, 'superclasses': [
+      {'name': f's{k}', 'wnid': '', 'subclasses': [{'label': k, 'source_index': k, 'wnid': '', 'name': f'c{k}'}]}
+      for k in range(4000)] + [{'name': 'big', 'wnid': '', 'subclasses': [
+          {'label': 4000 + i, 'source_index': 4000 + i, 'wnid': '', 'name': f'b{i}'} for i in range(4000)]}]}
+  with pytest.raises(ValueError, match='label grid of 16,004,000 entries'):
+    H.Hierarchy.from_dict(wide)

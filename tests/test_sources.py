@@ -102,6 +102,33 @@ def test_synthetic_errors(synthetic_dir):
     sources.load_source('mnist', 'train', h, synthetic_dir)
 
 
+def test_a_damaged_record_names_its_file_and_the_rebuild_and_a_damaged_label_cache_is_rebuilt(tmp_path):
+  h = hierarchy_lib.synthetic((3, 2))
+  source = sources.load_source('synthetic', 'train', h, tmp_path, **SYNTH)
+  [record_file] = [os.path.join(r, n) for r, _, ns in os.walk(tmp_path) for n in ns if '-train.array_record' in n]
+  [cache] = [os.path.join(r, n) for r, _, ns in os.walk(tmp_path) for n in ns if n == 'train.npz']
+  with open(cache, 'r+b') as f:  # cut short, as a kill during a copy leaves it
+    f.truncate(os.path.getsize(cache) // 2)
+  source = sources.load_source('synthetic', 'train', h, tmp_path, **SYNTH)
+  assert sorted(np.load(cache)) == ['label', 'superclass']  # rebuilt
+  with open(record_file, 'r+b') as f:  # a flipped byte in the first record's chunk
+    f.seek(100)
+    byte = f.read(1)
+    f.seek(100)
+    f.write(bytes([byte[0] ^ 0xFF]))
+  rebuild = (f'delete {os.path.dirname(record_file)}, then run: python -m supersub_jax.data.prepare '
+             f'--dataset=synthetic --data_dir={tmp_path} --image_size=16 --train_per_class=3 --test_per_class=2 '
+             '--seed=0 --sizes=3,2')
+  with pytest.raises(sources.DataCorruptError) as info:
+    [source[i] for i in range(len(source))]
+  assert str(info.value).startswith(f'{record_file} is damaged: record 0 of synthetic/train cannot be read (Runtime')
+  assert str(info.value).endswith(rebuild)
+  os.remove(cache)  # the label scan reads every record: it names the damaged file the same way
+  with pytest.raises(sources.DataCorruptError, match='records 0-14 of supersub_synthetic/train') as info:
+    sources.load_source('synthetic', 'train', h, tmp_path, **SYNTH)
+  assert str(info.value).startswith(f'{record_file} is damaged') and str(info.value).endswith(rebuild)
+
+
 def test_source_is_picklable(synthetic_dir):
   import pickle  # pylint: disable=g-import-not-at-top
   h = hierarchy_lib.synthetic((3, 2))

@@ -43,9 +43,15 @@ class DatasetNotPreparedError(FileNotFoundError):
   """A dataset or split is missing from data_dir; the message says how to prepare it."""
 
 
+class DataCorruptError(ValueError):
+  """A record of a prepared dataset cannot be read back (a damaged array_record file); the message names the file
+  and the command that rebuilds the dataset."""
+
+
 def prepare_command(dataset: str, data_dir: str | os.PathLike,
-                    manual_dir: str | os.PathLike | None = None) -> str:
-  """The shell command that prepares `dataset` in `data_dir` (quoted in error messages)."""
+                    manual_dir: str | os.PathLike | None = None, **synthetic_knobs) -> str:
+  """The shell command that prepares `dataset` in `data_dir` (quoted in error messages); `synthetic_knobs`
+  (image_size, train_per_class, test_per_class, seed, sizes) name one synthetic dataset among several."""
   command = (f'python -m supersub_jax.data.prepare --dataset={dataset} '
              f'--data_dir={os.fspath(data_dir)}')
   if dataset == 'imagenet2012':
@@ -53,7 +59,48 @@ def prepare_command(dataset: str, data_dir: str | os.PathLike,
     command += f' --manual_dir={os.fspath(manual_dir) if manual_dir else f"<dir with {tars}>"}'
   elif manual_dir:
     command += f' --manual_dir={os.fspath(manual_dir)}'
+  for knob, value in synthetic_knobs.items():
+    command += f' --{knob}={",".join(map(str, value)) if isinstance(value, (tuple, list)) else value}'
   return command
+
+
+def _rebuild_advice(builder: tfds.core.DatasetBuilder, data_dir: str | os.PathLike,
+                    manual_dir: str | os.PathLike | None = None) -> str:
+  """How to rebuild the dataset of `builder` once a file of it is found damaged: `prepare` skips a dataset that is
+  already there, so its folder goes first."""
+  knobs = {}
+  if builder.name == synthetic.SupersubSynthetic.name:
+    cfg = builder.builder_config
+    knobs = dict(image_size=cfg.image_size, train_per_class=cfg.train_per_class,
+                 test_per_class=cfg.test_per_class, seed=cfg.seed, sizes=tuple(cfg.sizes))
+  dataset = 'synthetic' if knobs else builder.name
+  return (f'delete {builder.data_dir}, then run: '
+          f'{prepare_command(dataset, data_dir, manual_dir, **knobs)}')
+
+
+def _record_file(shards: Sequence[tuple[str, int, int]], index: int) -> str:
+  """The file holding record `index` of a split read through `shards` ((filename, skip, take) each)."""
+  for filename, _, take in shards:
+    if index < take:
+      return filename
+    index -= take
+  return shards[-1][0] if shards else '<unknown file>'
+
+
+def _corrupt(shards, first: int, last: int, name: str, rebuild: str, error: Exception) -> DataCorruptError:
+  files_ = sorted({_record_file(shards, i) for i in (first, last)})
+  records = f'record {first}' if first == last else f'records {first}-{last}'
+  detail = str(error).splitlines()[0][:300] if str(error) else ''
+  return DataCorruptError(f'{" / ".join(files_)} is damaged: {records} of {name} cannot be read '
+                          f'({type(error).__name__}: {detail}). Rebuild the dataset: {rebuild}')
+
+
+def _shards(builder: tfds.core.DatasetBuilder, split: str) -> tuple[tuple[str, int, int], ...]:
+  try:
+    instructions = builder.info.splits[split].file_instructions
+  except Exception:  # pylint: disable=broad-except  (only error messages use it)
+    return ()
+  return tuple((os.fspath(fi.filename), int(fi.skip), int(fi.take)) for fi in instructions)
 
 
 # --------------------------------------------------------------------------------------------
@@ -110,29 +157,50 @@ def _cache_path(builder: tfds.core.DatasetBuilder, split: str,
                       str(builder.version), f'{safe_split}.npz')
 
 
+def _read_cache(path: str, keys: Sequence[str], count: int) -> dict[str, np.ndarray] | None:
+  """The labels cached at `path` if they pass their check (the keys, int [count] each), else None with a
+  warning: a damaged or stale cache is rebuilt, never trusted nor fatal."""
+  try:
+    labels = files.load_npz(path)  # sizes checked against the file before anything is allocated
+    if set(labels) != set(keys):
+      raise ValueError(f'keys {sorted(labels)}, expected {sorted(keys)}')
+    for k, v in labels.items():
+      if v.shape != (count,) or not np.issubdtype(v.dtype, np.integer):
+        raise ValueError(f'{k!r} is {v.dtype}{list(v.shape)}, expected int[{count}]')
+    return labels
+  except Exception as e:  # pylint: disable=broad-except  (zipfile, numpy and OS errors alike mean: rebuild it)
+    logging.warning('Label cache %s fails its check (%s: %s); rebuilding it.', path, type(e).__name__,
+                    str(e).splitlines()[0][:200] if str(e) else '')
+    return None
+
+
 def cached_labels(builder: tfds.core.DatasetBuilder, split: str,
                   data_dir: str | os.PathLike) -> dict[str, np.ndarray]:
   """Label features of every record of `split` (int64 [num_records] each), cached on disk.
 
   The first call reads the records with the image left undecoded (no JPEG/PNG decoding) and
   saves `<data_dir>/supersub_labels/<name>/<config>/<version>/<split>.npz`; later calls load it.
+  A cache that fails its check (damaged, or of other records) is rebuilt. A record that cannot
+  be read raises `DataCorruptError` naming its file and the command that rebuilds the dataset.
   """
   keys = _LABEL_KEYS.get(builder.name, ('label',))
   path = _cache_path(builder, split, data_dir)
   raw = builder.as_data_source(split, decoders={'image': tfds.decode.SkipDecoding()})
   if os.path.exists(path):
-    with np.load(path) as cached:
-      labels = {k: cached[k] for k in cached.files}
-    if set(labels) == set(keys) and all(len(v) == len(raw) for v in labels.values()):
+    labels = _read_cache(path, keys, len(raw))
+    if labels is not None:
       return labels
-    logging.warning('Label cache %s does not match %s/%s (%d records); rescanning.', path,
-                    builder.name, split, len(raw))
   logging.info('Scanning the labels of %d records of %s/%s (images not decoded)...', len(raw),
                builder.name, split)
   labels = {k: np.empty(len(raw), np.int64) for k in keys}
   for start in range(0, len(raw), _SCAN_CHUNK):
     stop = min(start + _SCAN_CHUNK, len(raw))
-    for offset, example in enumerate(raw.__getitems__(range(start, stop))):
+    try:
+      examples = raw.__getitems__(range(start, stop))
+    except Exception as e:  # pylint: disable=broad-except  (array_record raises RuntimeError; decoders others)
+      raise _corrupt(_shards(builder, split), start, stop - 1, f'{builder.name}/{split}',
+                     _rebuild_advice(builder, data_dir), e) from e
+    for offset, example in enumerate(examples):
       for k in keys:
         labels[k][start + offset] = example[k]
   os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -155,11 +223,16 @@ class HierarchicalSource:
   """
 
   def __init__(self, records: Sequence[Mapping[str, Any]], labels: Relabelled, *,
-               name: str, hierarchy: hierarchy_lib.Hierarchy):
+               name: str, hierarchy: hierarchy_lib.Hierarchy,
+               shards: Sequence[tuple[str, int, int]] = (), rebuild: str = ''):
+    """`shards`: the split's files as (filename, skip, take), and `rebuild`: how to rebuild the
+    dataset; both only name a damaged record's file in `DataCorruptError`."""
     self._records = records
     self.labels = labels
     self.name = name
     self.hierarchy = hierarchy
+    self._shards = tuple(shards)
+    self._rebuild = rebuild or 'delete the dataset folder and prepare it again (python -m supersub_jax.data.prepare).'
 
   def __len__(self) -> int:
     return len(self.labels.record)
@@ -167,7 +240,11 @@ class HierarchicalSource:
   def __getitem__(self, index: int) -> dict[str, Any]:
     if not -len(self) <= index < len(self):
       raise IndexError(f'index {index} out of range for {self.name} of {len(self)} examples')
-    example = self._records[int(self.labels.record[index])]
+    record = int(self.labels.record[index])
+    try:
+      example = self._records[record]
+    except Exception as e:  # pylint: disable=broad-except  (array_record: RuntimeError; image decoders: others)
+      raise _corrupt(self._shards, record, record, self.name, self._rebuild, e) from e
     image = np.asarray(example['image'])
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
       raise ValueError(f'{self.name}[{index}]: expected a uint8 [H, W, 3] image, got '
@@ -181,7 +258,8 @@ class HierarchicalSource:
       raise ValueError(f'superclass={k} is outside [0, {self.hierarchy.num_superclasses}) of '
                        f'hierarchy {self.hierarchy.name!r}.')
     return HierarchicalSource(self._records, self.labels.select(self.labels.superclass == k),
-                              name=f'{self.name}[superclass={k}]', hierarchy=self.hierarchy)
+                              name=f'{self.name}[superclass={k}]', hierarchy=self.hierarchy,
+                              shards=self._shards, rebuild=self._rebuild)
 
   def __repr__(self) -> str:
     return (f'HierarchicalSource({self.name}, {len(self)} examples, '
@@ -268,7 +346,9 @@ def load_source(dataset: str, split: str, hierarchy: hierarchy_lib.Hierarchy,
           f'{labels.superclass[wrong[0]]} ({wrong.size} such records). Use the matching '
           f'hierarchy: hierarchy.{"cifar100()" if dataset == "cifar100" else "synthetic(sizes)"}.')
   source = HierarchicalSource(builder.as_data_source(split), labels,
-                              name=f'{dataset}/{split}', hierarchy=hierarchy)
+                              name=f'{dataset}/{split}', hierarchy=hierarchy,
+                              shards=_shards(builder, split),
+                              rebuild=_rebuild_advice(builder, data_dir, manual_dir))
   if superclass is not None:
     source = source.for_superclass(superclass)
   if len(source) == 0:
