@@ -7,6 +7,7 @@ the signal or save path is mocked.
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -18,6 +19,7 @@ import numpy as np
 import pytest
 
 from conftest import make_tiny_config, with_devices
+from processes import run_together
 from supersub_jax import checkpoint as ckpt
 from supersub_jax import runtime
 from supersub_jax import stages
@@ -60,12 +62,17 @@ def _vanilla_params(data_dir, workdir, *overrides):
 
 
 def test_bad_config_fails_before_training_with_one_error(tiny_data_dir, tmp_path):
-  out = _run('train.py', tiny_data_dir, tmp_path / 'w', '--config.specialists.bits=3',
-             '--config.specialists.density=1.5')
+  bad = {'specialists.bits': '3', 'specialists.density': '1.5', 'image_size': '0', 'vanilla.learning_rate': '-0.1',
+         'specialists.mask_update_every': '0', 'log_every_steps': '0', 'checkpoint_every_steps': '0',
+         'evaluate.benchmark_batch_sizes': '(0,)', 'batch_size': '0', 'evaluate.top2_threshold': '1.5'}
+  out = _run('train.py', tiny_data_dir, tmp_path / 'runs' / 'w', *[f'--config.{k}={v}' for k, v in bad.items()])
   assert out.returncode == 1
   message = _error_line(out)
-  assert 'cannot run (2 problem(s))' in message and 'specialists.bits=3' in message
-  assert not (tmp_path / 'w').exists()
+  assert f'cannot run ({len(bad)} problem(s))' in message
+  for field, value in bad.items():
+    assert f'{field}={value}' in message, field
+  assert 'batch_size=0: use a positive multiple of the 1 devices' in message
+  assert not (tmp_path / 'runs').exists()  # nothing written, not even the workdir
   env = with_devices(2)
   out = _run('train.py', tiny_data_dir, tmp_path / 'w', '--config.batch_size=15', env=env)
   assert out.returncode == 1
@@ -113,12 +120,21 @@ def _wait_for(proc, predicate, timeout=300):
   raise AssertionError('never saw the expected line:\n' + ''.join(seen[-50:]))
 
 
-def test_sigterm_saves_exits_75_in_one_line_and_the_rerun_resumes(tiny_data_dir, tmp_path):
+def test_one_run_per_workdir_sigterm_saves_exits_75_and_the_rerun_resumes_until_sigint(tiny_data_dir, tmp_path):
   workdir = tmp_path / 'w'
-  flags = [*VANILLA_ONLY, '--config.vanilla.num_train_steps=400', '--config.checkpoint_every_steps=1000']
+  flags = [*VANILLA_ONLY, '--config.vanilla.num_train_steps=100000', '--config.checkpoint_every_steps=100000']
   proc = subprocess.Popen(_command('train.py', tiny_data_dir, workdir, *flags), stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
-  _wait_for(proc, lambda line: 'step 4/400' in line)
+  _wait_for(proc, lambda line: 'step 4/100000' in line)
+  stored_config = (workdir / 'config.json').read_text()
+  # While it trains, a second train.py (other settings, which used to rewrite config.json) and evaluate.py are
+  # refused at once, in one line that names the holder.
+  for rc, output in run_together([
+      _command('train.py', tiny_data_dir, workdir, *flags, '--config.seed=1'),
+      [sys.executable, os.path.join(ROOT, 'evaluate.py'), f'--workdir={workdir}']], timeout=300):
+    assert rc == 1 and 'Traceback' not in output, output[-3000:]
+    assert f'error: {workdir} is in use by train.py (pid {proc.pid} on host ' in output
+  assert (workdir / 'config.json').read_text() == stored_config
   proc.send_signal(signal.SIGTERM)
   _, stderr = proc.communicate(timeout=300)
   assert proc.returncode == runtime.PREEMPTED_EXIT_CODE == 75
@@ -126,9 +142,16 @@ def test_sigterm_saves_exits_75_in_one_line_and_the_rerun_resumes(tiny_data_dir,
   [line] = [l for l in stderr.splitlines() if 'preempted' in l]
   saved = int(line.split('saved step ')[1].split(';')[0])
   assert ckpt.make_manager(str(workdir / 'vanilla')).all_steps() == [saved]
-  out = _run('train.py', tiny_data_dir, workdir, *flags)
-  assert out.returncode == 0, out.stderr[-3000:]
-  assert f'[vanilla] resuming from step {saved}' in out.stdout
+  # The rerun takes the lock its predecessor held, resumes, and stops in one line on SIGINT (saved steps kept).
+  proc = subprocess.Popen(_command('train.py', tiny_data_dir, workdir, *flags), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  _wait_for(proc, lambda line: f'[vanilla] resuming from step {saved}' in line)
+  proc.send_signal(signal.SIGINT)
+  _, stderr = proc.communicate(timeout=300)
+  assert proc.returncode == 130 and 'Traceback' not in stderr, stderr[-3000:]
+  assert 'interrupted by SIGINT' in stderr
+  assert ckpt.make_manager(str(workdir / 'vanilla')).all_steps() == [saved]
+  assert not (workdir / '.lock').exists()
 
 
 def _find_tmp_step(directory):
@@ -155,7 +178,7 @@ def test_kill_9_at_any_moment_even_mid_save_leaves_a_restorable_checkpoint(tiny_
     proc.kill()
     proc.wait()
     kills.append((moment, sorted(os.listdir(workdir / 'vanilla')) if (workdir / 'vanilla').exists() else []))
-  out = _run('train.py', tiny_data_dir, workdir, *flags)
+  out = _run('train.py', tiny_data_dir, workdir, *flags)  # the killed runs' lock died with them
   assert out.returncode == 0, (kills, out.stderr[-3000:])
   logged = [json.loads(line) for line in open(workdir / 'metrics.jsonl')]
   train_steps = [r['step'] for r in logged if r['split'] == 'train']
@@ -232,6 +255,141 @@ def test_disk_full_while_saving_is_one_error_and_keeps_the_last_good_step(tiny_d
   out = _run('train.py', tiny_data_dir, moved, *flags)  # with room again, it resumes from the last good step
   assert out.returncode == 0, out.stderr[-3000:]
   assert f'[vanilla] resuming from step {max(steps)}' in out.stdout
+
+
+def _bind_read_only(source, target) -> bool:
+  """``target`` becomes a read-only view of ``source`` (a read-only disk: root ignores file permissions)."""
+  os.makedirs(target, exist_ok=True)
+  if subprocess.run(['mount', '--bind', str(source), str(target)], capture_output=True).returncode:
+    return False
+  if subprocess.run(['mount', '-o', 'remount,bind,ro', str(target)], capture_output=True).returncode:
+    subprocess.run(['umount', str(target)], check=False)
+    return False
+  return True
+
+
+def test_a_read_only_workdir_is_refused_at_once_naming_the_folder(tiny_workdir, tmp_path):
+  config, workdir, _ = tiny_workdir
+  read_only = tmp_path / 'read_only'
+  if not _bind_read_only(workdir, read_only):
+    pytest.skip('bind-mounting read-only is not permitted here (needs root / CAP_SYS_ADMIN)')
+  try:
+    results = run_together([
+        _command('train.py', config.data_dir, read_only, '--config.stages=("vanilla", "superclass")'),
+        [sys.executable, os.path.join(ROOT, 'evaluate.py'), f'--workdir={read_only}']], timeout=300)
+  finally:
+    subprocess.run(['umount', str(read_only)], check=False)
+  for (rc, output), program in zip(results, ('train.py', 'evaluate.py')):
+    assert rc == 1 and 'Traceback' not in output, output[-3000:]
+    assert f'error: {read_only} cannot be written (Read-only file system): {program} writes' in output
+    assert '[vanilla]' not in output  # refused before any work
+
+
+def _damage_records(data_dir: str) -> list[str]:
+  """Flips a byte every KiB in the first 80% of each array_record file (every record, not the files' index)."""
+  damaged = []
+  for root, _, names in os.walk(data_dir):
+    for name in names:
+      if '.array_record' in name:
+        path = os.path.join(root, name)
+        size = os.path.getsize(path)
+        with open(path, 'r+b') as f:
+          for offset in range(1024, int(size * 0.8), 1024):
+            f.seek(offset)
+            byte = f.read(1)
+            f.seek(offset)
+            f.write(bytes([byte[0] ^ 0xFF]))
+        damaged.append(path)
+  return damaged
+
+
+def test_damaged_records_are_named_with_the_rebuild_command_and_a_damaged_label_cache_is_rebuilt(
+    tiny_data_dir, tiny_workdir, tmp_path):
+  _, trained, _ = tiny_workdir
+  data_dir = str(tmp_path / 'data')
+  shutil.copytree(tiny_data_dir, data_dir)
+  damaged = _damage_records(data_dir)
+  evaluated = str(tmp_path / 'evaluated')
+  shutil.copytree(trained, evaluated)
+  workdir = tmp_path / 'w'
+  train_out, evaluate_out = run_together([
+      _command('train.py', data_dir, workdir, *VANILLA_ONLY),
+      [sys.executable, os.path.join(ROOT, 'evaluate.py'), f'--workdir={evaluated}', f'--config.data_dir={data_dir}']],
+      timeout=300)
+  for (rc, output), split in ((train_out, 'train'), (evaluate_out, 'test')):
+    assert rc == 1 and 'Traceback' not in output, output[-3000:]
+    [line] = [l for l in output.splitlines() if l.startswith('error: ')]
+    [path] = [p for p in damaged if f'-{split}.array_record' in p]
+    assert line.startswith(f'error: {path} is damaged: record') and f'of synthetic/{split}' in line
+    assert f'python -m supersub_jax.data.prepare --dataset=synthetic --data_dir={data_dir} --image_size=16' in line
+  # The dataset rebuilt (its good files back) and its label cache damaged: the corrected command runs, with other
+  # settings than the config.json its failed start left (no checkpoint backs that one), and rebuilds the cache.
+  for path in damaged:
+    shutil.copyfile(path.replace(data_dir, tiny_data_dir), path)
+  [cache] = [os.path.join(r, n) for r, _, ns in os.walk(os.path.join(data_dir, 'supersub_labels')) for n in ns
+             if n == 'train.npz']
+  with open(cache, 'r+b') as f:  # inside the first array's bytes: its CRC-32 fails
+    f.seek(os.path.getsize(cache) // 3)
+    f.write(b'\xff' * 16)
+  out = _run('train.py', data_dir, workdir, *VANILLA_ONLY, '--config.seed=1')
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert f'Label cache {cache} fails its check' in out.stderr and 'rebuilding it' in out.stderr
+  assert json.loads((workdir / 'config.json').read_text())['seed'] == 1
+  assert sorted(np.load(cache)) == ['label', 'superclass']
+
+
+def _wait_for_lock(proc, path, timeout=300):
+  """Waits until ``proc`` holds the lock at ``path`` (its pid recorded there): its run has begun its work."""
+  deadline = time.monotonic() + timeout
+  while not (os.path.exists(path) and f'"pid": {proc.pid}' in open(path).read()):
+    if proc.poll() is not None or time.monotonic() > deadline:
+      proc.kill()
+      raise AssertionError(f'{path} never held:\n' + proc.communicate()[1][-3000:])
+    time.sleep(0.05)
+
+
+def test_sigint_and_sigterm_stop_evaluate_and_convert_in_one_line_leaving_no_partial_file(tiny_workdir, tmp_path):
+  _, trained, _ = tiny_workdir
+  runs = []
+  for signum in (signal.SIGINT, signal.SIGTERM):
+    workdir = tmp_path / signal.Signals(signum).name
+    shutil.copytree(trained, workdir)
+    (workdir / 'report.md').write_text('the previous report')
+    runs.append((signum, workdir / '.lock', workdir, [sys.executable, os.path.join(ROOT, 'evaluate.py'),
+                                                      f'--workdir={workdir}']))
+  bundle = tmp_path / 'supersub.msgpack'  # convert only reads the workdir: the shared one
+  runs.append((signal.SIGTERM, tmp_path / '.supersub.msgpack.lock', tmp_path,
+               [sys.executable, '-m', 'supersub_jax.convert', 'bundle', f'--workdir={trained}', f'--output={bundle}']))
+  procs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+           for *_, command in runs]
+  for proc, (signum, lock, _, _) in zip(procs, runs):
+    _wait_for_lock(proc, lock)
+    proc.send_signal(signum)
+  for proc, (signum, _, folder, _) in zip(procs, runs):
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == {signal.SIGINT: 130, signal.SIGTERM: 143}[signum], stderr[-3000:]
+    assert 'Traceback' not in stderr
+    assert f'interrupted by {signal.Signals(signum).name}: stopped' in stderr
+    assert not [n for n in os.listdir(folder) if '.tmp' in n or n.endswith('.lock')]
+  for _, _, workdir, _ in runs[:2]:
+    assert (workdir / 'report.md').read_text() == 'the previous report'
+  assert not bundle.exists()
+
+
+def test_a_hostile_npz_header_is_one_error_naming_the_file_not_a_memory_error(tmp_path):
+  import io  # pylint: disable=g-import-not-at-top
+  import zipfile  # pylint: disable=g-import-not-at-top
+  header = io.BytesIO()
+  np.lib.format.write_array_header_1_0(header, {'descr': '<f4', 'fortran_order': False, 'shape': (10**6, 10**6)})
+  hostile = tmp_path / 'resnet18.npz'
+  with zipfile.ZipFile(hostile, 'w') as z:
+    z.writestr('fc.weight.npy', header.getvalue() + bytes(64))
+  out = subprocess.run([sys.executable, '-m', 'supersub_jax.convert', 'import-torchvision', '--arch=resnet18',
+                        f'--input={hostile}', f'--output={tmp_path / "out"}'], capture_output=True, text=True,
+                       timeout=300, cwd=ROOT)
+  assert out.returncode == 1
+  assert f"{hostile} is not a readable .npz file: 'fc.weight' declares float32[1000000, 1000000]" in _error_line(out)
+  assert os.listdir(tmp_path) == ['resnet18.npz']
 
 
 # -------------------------------------------------------------------------------------------- several processes
