@@ -8,9 +8,13 @@ report table. Holds the workdir's lock while it runs (one run at a time, train.p
 1 an error (one line), 130 / 143 stopped by SIGINT / SIGTERM (the previous report files are left as they were).
 """
 
-from absl import flags
+from supersub_jax import interrupts
 
-from supersub_jax import cli
+interrupts.install()  # before the heavy imports: a SIGINT or SIGTERM during them must stop the run too
+
+from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from supersub_jax import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'The workdir that train.py wrote.')

@@ -10,10 +10,15 @@ interrupted by SIGINT (the last saved step is kept; rerun to resume).
 
 import signal
 
-from absl import flags
-from absl import logging
+from supersub_jax import interrupts
 
-from supersub_jax import cli
+# Before the heavy imports: a SIGINT during them must stop the run too. SIGTERM is a preemption (save, exit 75).
+interrupts.install((signal.SIGINT,))
+
+from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import logging  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from supersub_jax import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and reports.')

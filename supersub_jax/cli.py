@@ -8,7 +8,7 @@ Entry points (``train.py``, ``evaluate.py``, ``python -m supersub_jax.convert|da
   checkpoint, a non-finite step): one line, ``error: <what and how to fix it>`` (``--debug`` shows the traceback);
 * 75 (``runtime.PREEMPTED_EXIT_CODE``, EX_TEMPFAIL): train.py preempted by SIGTERM after saving a checkpoint; rerun
   the same command to resume;
-* 130 / 143 (``runtime.INTERRUPT_EXIT_CODES``): stopped by SIGINT / SIGTERM (SIGINT only for train.py, whose SIGTERM
+* 130 / 143 (``interrupts.INTERRUPT_EXIT_CODES``): stopped by SIGINT / SIGTERM (SIGINT only for train.py, whose SIGTERM
   is a preemption), in one line; every file is the old one or the new one, never half of one;
 * anything else: a crash, with its traceback.
 """
@@ -26,6 +26,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from supersub_jax import config as config_lib
+from supersub_jax import interrupts
 from supersub_jax import runtime
 
 FLAGS = flags.FLAGS
@@ -94,40 +95,40 @@ def define_debug_flag() -> None:
 
 
 def _exit_interrupted(signum: int) -> None:
-  for s in runtime.INTERRUPT_EXIT_CODES:  # a second signal while this one is reported ends the process at once
+  for s in interrupts.INTERRUPT_EXIT_CODES:  # a second signal while this one is reported ends the process at once
     signal.signal(s, signal.SIG_DFL)
-  print(f'interrupted by {signal.Signals(signum).name}: stopped; no file was left half-written (each is the old one '
-        'or the new one). Rerun the same command to finish.', file=sys.stderr)
-  sys.exit(runtime.INTERRUPT_EXIT_CODES.get(signum, 128 + signum))
+  print(interrupts.message(signum), file=sys.stderr)
+  sys.exit(interrupts.INTERRUPT_EXIT_CODES.get(signum, 128 + signum))
 
 
 def run(main: Callable[[list[str]], None], *, flags_parser: Callable | None = None,
         interrupt_signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM)) -> None:
   """``app.run(main)``, with bad input reported as one line (exit status 1) unless --debug, and each of
-  ``interrupt_signals`` ending the run in one line with its own exit status (``runtime.INTERRUPT_EXIT_CODES``)."""
+  ``interrupt_signals`` ending the run in one line with its own exit status (``interrupts.INTERRUPT_EXIT_CODES``;
+  entry points install them before their heavy imports too, ``interrupts.install``)."""
   define_debug_flag()
 
   def wrapped(argv):
     quiet_logs()
-    runtime.install_interrupt_handlers(interrupt_signals)
+    interrupts.install(interrupt_signals)
     try:
       main(argv)
-      runtime.raise_if_interrupted()  # a signal that arrived as the work ended still ends the run as interrupted
-    except runtime.Interrupted as e:
+      interrupts.raise_if_interrupted()  # a signal that arrived as the work ended still ends the run as interrupted
+    except interrupts.Interrupted as e:
       _exit_interrupted(e.signum)
     except runtime.Preempted as e:
       print(str(e), file=sys.stderr)
       sys.exit(runtime.PREEMPTED_EXIT_CODE)
     except USER_ERRORS as e:
-      if runtime.interrupted() is not None:  # an interrupt that a library turned into another error on its way
-        _exit_interrupted(runtime.interrupted())
+      if interrupts.interrupted() is not None:  # an interrupt that a library turned into another error on its way
+        _exit_interrupted(interrupts.interrupted())
       if FLAGS.debug:
         raise
       print(f'error: {e}', file=sys.stderr)
       sys.exit(1)
     except Exception:  # pylint: disable=broad-except
-      if runtime.interrupted() is not None:
-        _exit_interrupted(runtime.interrupted())
+      if interrupts.interrupted() is not None:
+        _exit_interrupted(interrupts.interrupted())
       raise
 
   if flags_parser is None:

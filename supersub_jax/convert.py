@@ -27,6 +27,10 @@ one conversion at a time writes an --output (a lock beside it). SIGINT and SIGTE
 
 from __future__ import annotations
 
+if __name__ == '__main__':  # run as a program: before the heavy imports, so that a signal during them stops it too
+  from supersub_jax import interrupts  # pylint: disable=g-import-not-at-top
+  interrupts.install()
+
 import functools
 import json
 import os

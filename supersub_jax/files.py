@@ -9,7 +9,7 @@ POSIX), so a reader sees the old file or the new one, never half of one. When th
 KeyboardInterrupt / SystemExit that a SIGINT or SIGTERM becomes -- the temporary file is removed. Only a kill that
 gives no chance to clean up (SIGKILL, power loss) leaves one behind, named ``.<name>.tmp-<pid>-<random>``; the next
 write of the same path removes those whose process is gone. Once a SIGINT or SIGTERM has asked the process to stop
-(``runtime.Interrupted``), no write is committed any more.
+(``interrupts.Interrupted``), no write is committed any more.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import IO, Iterator
 
 import numpy as np
 
-from supersub_jax import runtime
+from supersub_jax import interrupts
 
 
 def _pid_alive(pid: int) -> bool:
@@ -66,7 +66,7 @@ def atomic_write(path: str | os.PathLike, mode: str = 'w') -> Iterator[IO]:
       yield f
       f.flush()
       os.fsync(f.fileno())
-    runtime.raise_if_interrupted()  # an interrupt that Python dropped on its way must still stop the write
+    interrupts.raise_if_interrupted()  # an interrupt that Python dropped on its way must still stop the write
     os.replace(tmp, path)
   except BaseException:
     with contextlib.suppress(OSError):

@@ -1,5 +1,5 @@
-"""The host runtime: devices and data placement (pmap or shard_map), ``jax.distributed``, preemption, interrupts,
-exit codes.
+"""The host runtime: devices and data placement (pmap or shard_map), ``jax.distributed``, preemption, exit codes.
+(Interrupts, which must be in place before jax is even imported, are ``supersub_jax.interrupts``.)
 
 It compiles and places the per-device functions of ``supersub_jax.step`` but knows nothing of what a stage is;
 ``supersub_jax.runner`` drives it.
@@ -11,9 +11,6 @@ import dataclasses
 import functools
 import os
 import signal
-import sys
-import threading
-import time
 from typing import Any, Callable, Mapping
 
 import jax
@@ -134,6 +131,7 @@ def initialize_runtime(config) -> None:
 
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "try again later"; a scheduler can requeue on it, unlike a crash's 1
+# SIGINT / SIGTERM outside a preemption: interrupts.INTERRUPT_EXIT_CODES (130 / 143).
 
 
 class Preempted(Exception):
@@ -182,75 +180,3 @@ class Preemption:
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
     return False
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Interrupts (SIGINT, and SIGTERM outside training): stop at once, in one line, with nothing half-written
-
-
-INTERRUPT_EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the signal's number, as shells report it
-_pending: int | None = None  # the signal that asked this process to stop, once one has
-
-
-class Interrupted(BaseException):
-  """Raised in the main thread by SIGINT or SIGTERM (``install_interrupt_handlers``).
-
-  A BaseException, like KeyboardInterrupt, so that ``except Exception`` in a library does not swallow it; every
-  ``files.atomic_write`` block it crosses removes its temporary file. Entry points exit with ``exit_code``.
-  """
-
-  def __init__(self, signum: int):
-    self.signum = int(signum)
-    self.exit_code = INTERRUPT_EXIT_CODES.get(self.signum, 128 + self.signum)
-    super().__init__(f'interrupted by {signal.Signals(self.signum).name}')
-
-
-def interrupted() -> int | None:
-  """The signal that interrupted this process (it may not have reached the main code yet), or None."""
-  return _pending
-
-
-def raise_if_interrupted() -> None:
-  """Raises ``Interrupted`` if a signal asked this process to stop: called before anything is committed to disk, so
-  that an interrupt that was lost on its way (see ``install_interrupt_handlers``) still prevents the write."""
-  if _pending is not None:
-    raise Interrupted(_pending)
-
-
-def _interrupt_handler(signum, frame):
-  del frame
-  global _pending
-  _pending = signum
-  raise Interrupted(signum)
-
-
-def _redeliver_lost_interrupt(unraisable, previous=None) -> None:
-  """``sys.unraisablehook``: an ``Interrupted`` raised where Python cannot propagate it is sent again.
-
-  Python runs a signal's handler in the main thread at the next bytecode boundary, which may be inside a garbage
-  collector callback (jax registers one, ``_xla_gc_callback``, that runs on every collection), a ``__del__`` or a
-  weakref callback. An exception raised there is printed as "Exception ignored" and dropped, and the run went on:
-  that is how SIGINT was ignored by evaluate.py about one time in three. The signal is sent again from a thread a
-  moment later, when the main thread is back in ordinary code.
-  """
-  if unraisable.exc_type is not None and issubclass(unraisable.exc_type, Interrupted):
-    signum = unraisable.exc_value.signum if unraisable.exc_value is not None else (_pending or signal.SIGINT)
-
-    def resend():
-      time.sleep(0.05)
-      os.kill(os.getpid(), signum)
-
-    threading.Thread(target=resend, name='redeliver-interrupt', daemon=True).start()
-    return
-  (previous or sys.__unraisablehook__)(unraisable)
-
-
-def install_interrupt_handlers(signals=(signal.SIGINT, signal.SIGTERM)) -> None:
-  """Makes each of ``signals`` raise ``Interrupted`` in the main thread, never lost (call it from the main thread).
-
-  train.py passes SIGINT only: its SIGTERM is a preemption (``Preemption``: save, then exit 75).
-  """
-  for signum in signals:
-    signal.signal(signum, _interrupt_handler)
-  if getattr(sys.unraisablehook, 'func', None) is not _redeliver_lost_interrupt:
-    sys.unraisablehook = functools.partial(_redeliver_lost_interrupt, previous=sys.unraisablehook)

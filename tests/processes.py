@@ -1,5 +1,7 @@
 """Child processes for tests: several at once, all killed on a timeout, their output always read."""
 
+import contextlib
+import signal
 import subprocess
 import time
 
@@ -24,3 +26,17 @@ def run_together(commands, *, env=None, timeout: float = 600, cwd=None) -> list[
     raise AssertionError(f'killed {len(procs)} processes after {timeout:.0f} s:\n' + '\n'.join(
         f'--- process {i} ---\n{t[-3000:]}' for i, t in enumerate(texts))) from None
   return [(p.returncode, o) for p, o in zip(procs, outputs)]
+
+
+@contextlib.contextmanager
+def default_sigint():
+  """Children started in this block get SIGINT as a terminal gives it, whatever this process inherited: a shell
+  without job control starts background jobs with SIGINT ignored, and the entry points keep an ignored signal
+  ignored. (A handled signal is reset to its default by exec; no preexec_fn, which would fork a threaded process.)"""
+  previous = signal.getsignal(signal.SIGINT)
+  if previous is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGINT, previous)

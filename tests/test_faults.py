@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from conftest import make_tiny_config, with_devices
-from processes import run_together
+from processes import default_sigint, run_together
 from supersub_jax import checkpoint as ckpt
 from supersub_jax import runtime
 from supersub_jax import stages
@@ -143,8 +143,9 @@ def test_one_run_per_workdir_sigterm_saves_exits_75_and_the_rerun_resumes_until_
   saved = int(line.split('saved step ')[1].split(';')[0])
   assert ckpt.make_manager(str(workdir / 'vanilla')).all_steps() == [saved]
   # The rerun takes the lock its predecessor held, resumes, and stops in one line on SIGINT (saved steps kept).
-  proc = subprocess.Popen(_command('train.py', tiny_data_dir, workdir, *flags), stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
+  with default_sigint():
+    proc = subprocess.Popen(_command('train.py', tiny_data_dir, workdir, *flags), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
   _wait_for(proc, lambda line: f'[vanilla] resuming from step {saved}' in line)
   proc.send_signal(signal.SIGINT)
   _, stderr = proc.communicate(timeout=300)
@@ -360,8 +361,9 @@ def test_sigint_and_sigterm_stop_evaluate_and_convert_in_one_line_leaving_no_par
   bundle = tmp_path / 'supersub.msgpack'  # convert only reads the workdir: the shared one
   runs.append((signal.SIGTERM, tmp_path / '.supersub.msgpack.lock', tmp_path,
                [sys.executable, '-m', 'supersub_jax.convert', 'bundle', f'--workdir={trained}', f'--output={bundle}']))
-  procs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-           for *_, command in runs]
+  with default_sigint():
+    procs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+             for *_, command in runs]
   for proc, (signum, lock, _, _) in zip(procs, runs):
     _wait_for_lock(proc, lock)
     proc.send_signal(signum)

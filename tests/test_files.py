@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from supersub_jax import files
-from supersub_jax import runtime
+from supersub_jax import interrupts
 
 
 def test_atomic_write_replaces_the_file_whole(tmp_path):
@@ -54,8 +54,8 @@ def test_nothing_is_committed_once_an_interrupt_is_pending(tmp_path, monkeypatch
   # A SIGINT whose exception Python dropped (raised in a gc callback) must still keep the file as it was.
   path = tmp_path / 'report.md'
   files.write_text(path, 'old')
-  monkeypatch.setattr(runtime, '_pending', 2)
-  with pytest.raises(runtime.Interrupted):
+  monkeypatch.setattr(interrupts, '_pending', 2)
+  with pytest.raises(interrupts.Interrupted):
     files.write_text(path, 'new')
   assert path.read_text() == 'old' and os.listdir(tmp_path) == ['report.md']
 

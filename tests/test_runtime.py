@@ -72,37 +72,5 @@ def test_parallel_rejects_unknown_kind():
     runtime.Parallel('pjit')
 
 
-def _check_an_interrupt_dropped_in_a_gc_callback_comes_again():
-  # jax runs a Python callback on every garbage collection: a SIGINT handled inside it raised there, Python printed
-  # "Exception ignored" and evaluate.py went on to the end. The interrupt must reach the main code all the same.
-  import gc  # pylint: disable=g-import-not-at-top
-  import os  # pylint: disable=g-import-not-at-top
-  import signal  # pylint: disable=g-import-not-at-top
-  import time  # pylint: disable=g-import-not-at-top
-  runtime.install_interrupt_handlers()
-  armed = [True]
-
-  def callback(phase, info):
-    del phase, info
-    if armed[0]:
-      armed[0] = False
-      os.kill(os.getpid(), signal.SIGINT)
-      for _ in range(10000):  # Python code: the handler runs here, inside the callback
-        pass
-  gc.callbacks.append(callback)
-  try:
-    gc.collect()
-    assert not armed[0]
-    for _ in range(500):
-      time.sleep(0.01)
-  except runtime.Interrupted as e:
-    assert e.signum == signal.SIGINT and e.exit_code == 130 and runtime.interrupted() == signal.SIGINT
-    print('OK')
-
-
-def test_an_interrupt_that_python_drops_in_a_gc_callback_is_delivered_again():
-  _in_subprocess('_check_an_interrupt_dropped_in_a_gc_callback_comes_again', devices=1)
-
-
 if __name__ == '__main__':
   globals()[sys.argv[1]]()

@@ -15,6 +15,10 @@ the first training run does not pay for it.
 
 from __future__ import annotations
 
+if __name__ == '__main__':  # run as a program: before the heavy imports, so that a signal during them stops it too
+  from supersub_jax import interrupts  # pylint: disable=g-import-not-at-top
+  interrupts.install()
+
 import os
 import time
 

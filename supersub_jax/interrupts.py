@@ -1,0 +1,111 @@
+"""Interrupts: SIGINT (and SIGTERM where it is not a preemption) stop a run at once, in one line, never lost.
+
+  from supersub_jax import interrupts
+  interrupts.install()       # first thing in an entry point, before jax is imported
+
+Each signal raises ``Interrupted`` in the main thread; ``cli.run`` reports it in one line and exits 130 (SIGINT) or
+143 (SIGTERM); every ``files.atomic_write`` block it crosses removes its temporary file, and none commits once a
+signal came. Standard library only, so that an entry point can install it before its heavy imports: jax registers a
+garbage-collector callback as it is imported, and a signal handled inside that callback is lost (see
+``_redeliver_lost_interrupt``).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import sys
+import threading
+import time
+
+INTERRUPT_EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the signal's number, as shells report it
+_pending: int | None = None  # the signal that asked this process to stop, once one has
+
+
+class Interrupted(BaseException):
+  """Raised in the main thread by SIGINT or SIGTERM (``install``).
+
+  A BaseException, like KeyboardInterrupt, so that ``except Exception`` in a library does not swallow it.
+  """
+
+  def __init__(self, signum: int):
+    self.signum = int(signum)
+    self.exit_code = INTERRUPT_EXIT_CODES.get(self.signum, 128 + self.signum)
+    super().__init__(f'interrupted by {signal.Signals(self.signum).name}')
+
+
+def interrupted() -> int | None:
+  """The signal that interrupted this process (its exception may not have reached the main code yet), or None."""
+  return _pending
+
+
+def raise_if_interrupted() -> None:
+  """Raises ``Interrupted`` if a signal asked this process to stop: called before anything is committed to disk, so
+  that an interrupt that was lost on its way still prevents the write."""
+  if _pending is not None:
+    raise Interrupted(_pending)
+
+
+def _handler(signum, frame):
+  del frame
+  global _pending
+  _pending = signum
+  raise Interrupted(signum)
+
+
+def _redeliver_lost_interrupt(unraisable, previous=None) -> None:
+  """``sys.unraisablehook``: an ``Interrupted`` raised where Python cannot propagate it is sent again.
+
+  Python runs a signal's handler in the main thread at the next bytecode boundary, which may be inside a garbage
+  collector callback (jax registers one, ``_xla_gc_callback``, that runs on every collection), a ``__del__`` or a
+  weakref callback. An exception raised there is printed as "Exception ignored" and dropped, and the run goes on:
+  that is how SIGINT was ignored by evaluate.py. The signal is sent again from a thread a moment later, when the
+  main thread is back in ordinary code.
+  """
+  if unraisable.exc_type is not None and issubclass(unraisable.exc_type, Interrupted):
+    signum = unraisable.exc_value.signum if unraisable.exc_value is not None else (_pending or signal.SIGINT)
+
+    def resend():
+      time.sleep(0.05)
+      os.kill(os.getpid(), signum)
+
+    threading.Thread(target=resend, name='redeliver-interrupt', daemon=True).start()
+    return
+  (previous or sys.__unraisablehook__)(unraisable)
+
+
+def message(signum: int) -> str:
+  """The one line a run stopped by ``signum`` ends with."""
+  return (f'interrupted by {signal.Signals(signum).name}: stopped; no file was left half-written (each is the old '
+          'one or the new one). Rerun the same command to finish.')
+
+
+def _report_at_top_level(exc_type, exc, tb, previous=None) -> None:
+  """``sys.excepthook``: an ``Interrupted`` that escapes to the top level (it came during the entry point's imports,
+  before ``cli.run``) ends the process as one inside the run does: one line, its exit status. Nothing was written
+  yet, so nothing is left to clean up."""
+  if issubclass(exc_type, Interrupted):
+    sys.stdout.flush()
+    print(message(exc.signum), file=sys.stderr, flush=True)
+    os._exit(exc.exit_code)  # pylint: disable=protected-access  (an excepthook cannot choose the exit status)
+  (previous or sys.__excepthook__)(exc_type, exc, tb)
+
+
+def install(signals=(signal.SIGINT, signal.SIGTERM)) -> None:
+  """Makes each of ``signals`` raise ``Interrupted`` in the main thread, never lost (call it from the main thread;
+  calling it again is harmless).
+
+  train.py passes SIGINT only: its SIGTERM is a preemption (``runtime.Preemption``: save, then exit 75). A signal
+  that the parent process set to be ignored stays ignored, as Python itself leaves SIGINT then: a shell without job
+  control ignores SIGINT in the jobs it starts with ``&``, so that a Ctrl-C meant for the foreground does not stop
+  them.
+  """
+  for signum in signals:
+    if signal.getsignal(signum) is signal.SIG_IGN:
+      continue
+    signal.signal(signum, _handler)
+  if getattr(sys.unraisablehook, 'func', None) is not _redeliver_lost_interrupt:
+    sys.unraisablehook = functools.partial(_redeliver_lost_interrupt, previous=sys.unraisablehook)
+  if getattr(sys.excepthook, 'func', None) is not _report_at_top_level:
+    sys.excepthook = functools.partial(_report_at_top_level, previous=sys.excepthook)
