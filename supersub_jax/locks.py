@@ -57,7 +57,7 @@ def _holder_text(program: str) -> str:
 
 
 def _describe_holder(fd: int) -> str:
-  """'train.py (pid 123 on host h, since 2026-..., command ...)' from the lock file, as well as it can be read."""
+  """'train.py (pid 123 on host h, since 2026-...: python train.py ...)' from the lock file, as far as it reads."""
   try:
     holder = json.loads(os.pread(fd, _HOLDER_BYTES, 0).decode())
     return (f'{holder["program"]} (pid {holder["pid"]} on host {holder["host"]}, since {holder["started"]}: '
@@ -80,8 +80,8 @@ def _open_locked(lock_path: str, program: str, what: str, fix: str) -> int:
     except BlockingIOError:
       holder = _describe_holder(fd)
       os.close(fd)
-      raise LockedError(f'{what} is in use by {holder}. One run at a time: wait for it to end (or stop '
-                                     f'it), then rerun; {fix}') from None
+      raise LockedError(f'{what} is in use by {holder}. One run at a time: wait for it to end (or stop it), then '
+                        f'rerun; {fix}') from None
     except OSError as e:
       os.close(fd)
       if e.errno in _NO_LOCKS:
@@ -112,8 +112,8 @@ def _release(fd: int, lock_path: str) -> None:
 
 
 def _not_writable(folder: str, e: OSError, program: str, writes: str) -> NotWritableError:
-  return NotWritableError(f'{folder} cannot be written ({e.strerror}): {program} writes {writes} there. '
-                                   'Make it writable, or copy it to a writable place and pass that instead.')
+  return NotWritableError(f'{folder} cannot be written ({e.strerror}): {program} writes {writes} there. Make it '
+                          'writable, or copy it to a writable place and pass that instead.')
 
 
 @contextlib.contextmanager

@@ -1,7 +1,9 @@
-"""Faults as a hostile user meets them: real processes, real signals, damaged files, a full disk, two processes.
+"""Faults as a hostile user meets them: real processes, real signals, damaged files, a full disk, a read-only disk,
+two runs on one workdir, two processes of one run.
 
-Every case runs the real entry points (train.py, evaluate.py) on tests/tiny_config.py in subprocesses; nothing on
-the signal or save path is mocked.
+Every case runs the real entry points (train.py, evaluate.py, python -m supersub_jax.convert) on
+tests/tiny_config.py in subprocesses; nothing on the signal, lock or save path is mocked. Tests that write into a
+workdir or the data copy the session's shared ones first.
 """
 
 import json
