@@ -100,8 +100,8 @@ def _training_problems(config) -> list[str]:
       problems.append(f'{stage}.label_smoothing={cfg.label_smoothing}: use a value in [0, 1).')
     if cfg.num_train_steps < 1:
       problems.append(f'{stage}.num_train_steps={cfg.num_train_steps}: use at least 1.')
-    _number(problems, f'{stage}.learning_rate', cfg.learning_rate, low=0, low_open=True,
-            fix='the peak learning rate, e.g. 0.1 for SGD (a negative one climbs the loss)')
+    _number(problems, f'{stage}.learning_rate', cfg.learning_rate, low=0,
+            fix='the peak learning rate, e.g. 0.1 for SGD (a negative one climbs the loss; 0 keeps the start)')
     _number(problems, f'{stage}.warmup_steps', cfg.warmup_steps, low=0, integer=True)
     _number(problems, f'{stage}.momentum', cfg.momentum, low=0, high=1, high_open=True)
     _number(problems, f'{stage}.weight_decay', cfg.weight_decay, low=0)

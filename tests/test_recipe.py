@@ -89,7 +89,7 @@ def test_values_of_the_right_type_but_no_meaning_are_listed(tmp_path):
   message = _problems(config)
   assert 'cannot run (14 problem(s))' in message
   for expected in ('image_size=0: use an integer >= 1', 'synthetic.test_per_class=0: use an integer >= 1',
-                   'width=-1.0: use a number in (0, 64]', 'vanilla.learning_rate=-0.1: use a number > 0',
+                   'width=-1.0: use a number in (0, 64]', 'vanilla.learning_rate=-0.1: use a number >= 0',
                    'superclass.momentum=1.0: use a number in [0, 1)', 'specialists.mask_update_every=0',
                    'prune_begin_fraction=0.7 is after prune_end_fraction=0.6', 'log_every_steps=0',
                    'checkpoint_every_steps=0', 'evaluate.benchmark_batch_sizes=(0,): use a non-empty tuple',
