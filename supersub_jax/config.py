@@ -122,6 +122,12 @@ def default_config() -> ml_collections.ConfigDict:
                                         # with leaves='kernels_and_norm': BatchNorm affine deltas kept whole
       branch='stem',                    # first layer group with a delta: 'stem' (all) | 'stage<i>' | 'head' (none);
                                         # the layers before it are shared with the generalist (one pass at inference)
+      dustbin=False,                    # one more output, "not my superclass" (Hinton et al. 2015, section 5),
+                                        # trained on other superclasses' images; inference corrects its logit for
+                                        # the training mix (specialists.dustbin_correction)
+      dustbin_fraction=0.5,             # with dustbin: share of each device's batch from other superclasses
+      dustbin_others='all',             # 'all': other superclasses in their natural shares | 'confused': in
+                                        # proportion to the generalist's p(this superclass) on their training images
       sparsity_scope='per_leaf',        # 'per_leaf' | 'global'
       sparsity_schedule='gradual',      # 'gradual' (Zhu & Gupta) | 'one_shot' | 'none'
       prune_begin_fraction=0.1,         # schedule range as fractions of num_train_steps
@@ -133,7 +139,11 @@ def default_config() -> ml_collections.ConfigDict:
       top2_threshold=0.8,               # top-2 routing: a second specialist when max p(superclass) < this
       chunk_sizes=(32, 8),              # specialist chunk sizes over a group of images (inference.route)
       benchmark_batch_sizes=(1, 256),   # timed batch sizes: latency (1) and throughput
-      benchmark_batches=10))            # timed calls per model and batch size, on distinct held-out batches
+      benchmark_batches=10,             # timed calls per model and batch size, on distinct held-out batches
+      # Decision rules reported beside the paper's ('hard'), as '<rule>[:k][/<router>]' (supersub_jax.decide):
+      # rule 'hard' | 'soft' | 'product' over the router's top k superclasses, router 'generalist' | 'flat' (the
+      # vanilla network's summed subclass probabilities) | 'mean' of the two.
+      rules=('hard', 'soft:2', 'product:2', 'hard/mean', 'product:2/mean')))
   return config
 
 

@@ -116,7 +116,8 @@ def load_bundle(path: str) -> tuple[dict, list[dict], hierarchy_lib.Hierarchy, d
 
 
 def dense_specialist(config, workdir: str, k: int) -> dict:
-  """Specialist ``k`` as dense ``{'params', 'batch_stats'}`` of the ResNet with an ``n_k``-way head."""
+  """Specialist ``k`` as dense ``{'params', 'batch_stats'}`` of the ResNet with an ``n_k``-way head, or n_k + 1
+  with a dustbin: its last output, "not my superclass", with the inference-time logit correction in its bias."""
   hierarchy = stages.make_hierarchy(config)
   if not 0 <= k < hierarchy.num_superclasses:
     raise ValueError(f'--superclass={k} is outside [0, {hierarchy.num_superclasses}) of hierarchy '
@@ -125,7 +126,12 @@ def dense_specialist(config, workdir: str, k: int) -> dict:
   exported = specialists.load_exported(config, workdir, k, generalist, hierarchy)
   base, _ = models.split_head(generalist.params)
   params = jax.tree.map(np.asarray, exported_lib.materialize_compressed(base, exported['delta']))
-  params['head'] = exported['head']
+  params['head'] = dict(exported['head'])
+  dustbin = exported_lib.dustbin_of(exported)
+  if dustbin:
+    bias = np.array(params['head']['bias'], np.float32)
+    bias[-1] += np.float32(dustbin['logit_correction'])
+    params['head']['bias'] = bias
   # A shared trunk keeps the generalist's statistics; the specialist's own cover the layers from its branch on.
   return {'params': params, 'batch_stats': {**generalist.batch_stats, **exported['batch_stats']}}
 
@@ -142,10 +148,12 @@ def export_specialist(config, workdir: str, k: int, fmt: str, output: str) -> st
   variables = dense_specialist(config, workdir, k)
   hierarchy = stages.make_hierarchy(config)
   superclass = hierarchy.superclasses[k]
-  model = stages.make_model(config, len(superclass.subclasses))
+  outputs = int(np.shape(variables['params']['head']['bias'])[-1])  # n_k, or n_k + 1 with a dustbin
+  model = stages.make_model(config, outputs)
   if fmt == 'orbax':
     meta = {**weights.model_meta(model, config.model, config.width), 'superclass': k, 'name': superclass.name,
-            'subclasses': [s.name for s in superclass.subclasses], 'workdir': os.path.abspath(workdir)}
+            'subclasses': [s.name for s in superclass.subclasses] + ['(not this superclass)'] * (
+                outputs - len(superclass.subclasses)), 'workdir': os.path.abspath(workdir)}
     weights.save_orbax(output, variables, meta)
   else:
     weights.write_state_dict(output, weights.to_torchvision(variables))

@@ -10,7 +10,7 @@ turns the predictions into the report (``report.build``), with the inference mea
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +18,7 @@ import numpy as np
 
 from supersub_jax import bank as bank_lib
 from supersub_jax import checkpoint as ckpt
+from supersub_jax import decide
 from supersub_jax import delta as delta_lib
 from supersub_jax import exported as exported_lib
 from supersub_jax import inference
@@ -27,12 +28,20 @@ from supersub_jax import specialists
 from supersub_jax import stages
 
 
+def rules_of(config) -> list[decide.Rule]:
+  """``config.evaluate.rules`` parsed, without repeats, in order."""
+  return list(dict.fromkeys(decide.Rule.parse(spec) for spec in config.evaluate.rules))
+
+
 def collect_predictions(config, workdir: str, hierarchy, vanilla, state, generalist_model, specialist_model,
                         *, threshold: float, chunk_sizes: tuple[int, ...],
                         vanilla_matched: stages.Network | None = None,
-                        head_only: bank_lib.SuperSub | None = None) -> dict[str, np.ndarray]:
+                        head_only: bank_lib.SuperSub | None = None,
+                        rules: Sequence[decide.Rule] = ()) -> dict[str, np.ndarray]:
   """Labels and predictions of every image of config.eval_split, as int arrays [M] (padding dropped); with
-  ``vanilla_matched``, its predictions too, and with ``head_only``, Super-Sub's with the head-only specialists."""
+  ``vanilla_matched``, its predictions too, with ``head_only``, Super-Sub's with the head-only specialists, and
+  for each of ``rules``, Super-Sub's under that decision rule (key 'rule:<rule.key>'; the vanilla network is the
+  flat router)."""
   source = stages.load_source(config, config.eval_split, hierarchy)
   batches = stages.eval_batches(config, source, label_mode='subclass', batch_size=config.evaluate.batch_size,
                                 process_index=0, process_count=1, local_device_count=1)
@@ -45,6 +54,7 @@ def collect_predictions(config, workdir: str, hierarchy, vanilla, state, general
     matched_vars = {'params': vanilla_matched.params, 'batch_stats': vanilla_matched.batch_stats}
   if head_only is not None:
     keys += ('head_only',)
+  keys += tuple(f'rule:{rule.key}' for rule in rules)
   out = {k: [] for k in keys}
   for batch in batches:
     keep = batch['mask'].reshape(-1) > 0
@@ -69,6 +79,10 @@ def collect_predictions(config, workdir: str, hierarchy, vanilla, state, general
       rows['head_only'] = np.asarray(inference.predict(head_only, images, generalist_model=generalist_model,
                                                        specialist_model=specialist_model,
                                                        chunk_sizes=chunk_sizes)['label'])
+    for rule in rules:
+      rows[f'rule:{rule.key}'] = rows['supersub'] if rule == decide.Rule() else np.asarray(inference.predict_rule(
+          state, images, vanilla_vars, rule=rule, generalist_model=generalist_model,
+          specialist_model=specialist_model, flat_model=vanilla.model, chunk_sizes=chunk_sizes)['label'])
     for k in keys:
       out[k].append(np.asarray(rows[k])[keep])
   return {k: np.concatenate(v) for k, v in out.items()}
@@ -107,7 +121,7 @@ def load_trained(config, workdir: str) -> Trained:
         [specialists.load_exported(config, workdir, k, generalist, hierarchy, stage='head_only')
          for k in range(hierarchy.num_superclasses)], hierarchy)
   return Trained(hierarchy, vanilla, generalist, exported, state,
-                 stages.make_model(config, hierarchy.max_subclasses), matched, head_only)
+                 stages.make_model(config, state.num_outputs), matched, head_only)
 
 
 def storage(trained: Trained) -> dict:
@@ -131,19 +145,27 @@ def run(config, workdir: str) -> dict:
   trained = load_trained(config, workdir)
   threshold = float(config.evaluate.top2_threshold)
   chunk_sizes = tuple(int(c) for c in config.evaluate.chunk_sizes)
+  rules = rules_of(config)
   p = collect_predictions(config, workdir, trained.hierarchy, trained.vanilla, trained.state,
                           trained.generalist.model, trained.specialist_model, threshold=threshold,
                           chunk_sizes=chunk_sizes, vanilla_matched=trained.vanilla_matched,
-                          head_only=trained.head_only)
+                          head_only=trained.head_only, rules=rules)
   compute = {'vanilla_steps': trained.vanilla.steps, 'supersub_steps': stages.pipeline_steps(config, trained.hierarchy),
              'batch_size': int(config.batch_size)}
   report = report_lib.build(p, trained.hierarchy, dataset=config.dataset, split=config.eval_split,
                             storage=storage(trained), compute=compute, top2_threshold=threshold,
                             cut=trained.state.cut.name,
-                            matched_steps=trained.vanilla_matched.steps if trained.vanilla_matched else None)
+                            matched_steps=trained.vanilla_matched.steps if trained.vanilla_matched else None,
+                            rules={rule.key: rule.k for rule in rules})
   report.update(measure.measure_inference(config, trained.hierarchy, trained.vanilla, trained.state,
                                           generalist_model=trained.generalist.model,
                                           specialist_model=trained.specialist_model, chunk_sizes=chunk_sizes))
+  if rules:
+    speed = measure.measure_rules(config, trained.hierarchy, trained.state, rules, flat=trained.vanilla,
+                                  generalist_model=trained.generalist.model,
+                                  specialist_model=trained.specialist_model, chunk_sizes=chunk_sizes)
+    for rule in rules:
+      report['rules'][rule.key].update(speed[rule.key])
   report['memory']['bank_export_bytes'] = sum(report['storage']['specialists_bytes'])
   if jax.process_index() == 0:
     report_lib.write(report, workdir, predictions=p, hierarchy=trained.hierarchy)

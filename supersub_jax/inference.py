@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from supersub_jax import bank as bank_lib
+from supersub_jax import decide as decide_lib
 from supersub_jax import delta as delta_lib
 
 PyTree = Any
@@ -125,8 +126,9 @@ def specialist_variables(bank: bank_lib.SpecialistBank, base: PyTree, k: jax.Arr
   """Dense ``{'params', 'batch_stats'}`` of specialist ``k`` (int or traced int32 scalar) for the specialist model
   from its cut on (``base`` is ``SuperSub.base``; with a shared trunk apply it with ``start=cut.name``).
 
-  ``params`` is ``base`` plus the dequantized sparse delta, with the head [D, S = max_subclasses] under
-  ``'head'`` (columns >= n_k are zero); it is bit-for-bit
+  ``params`` is ``base`` plus the dequantized sparse delta, with the head [D, S + d] under ``'head'``: S =
+  max_subclasses columns (those >= n_k are zero), then with dustbins (d = 1) the dustbin column, its bias plus the
+  bank's ``dustbin_correction``; without a dustbin it is bit-for-bit
   ``{**exported.materialize_compressed(base, exported[k]['delta']), 'head': zero-padded head}``. Jittable; under jit
   the dense params are a transient of the surrounding computation. An out-of-range traced ``k`` is clamped by
   jax's indexing.
@@ -150,8 +152,13 @@ def specialist_variables(bank: bank_lib.SpecialistBank, base: PyTree, k: jax.Arr
   params = jax.tree_util.tree_map_with_path(leaf, dict(base))
   columns = bank.head['offset'][k] + jnp.arange(max_subclasses, dtype=jnp.int32)
   real = jnp.arange(max_subclasses) < bank.num_subclasses[k]
-  params['head'] = {'kernel': jnp.where(real, jnp.take(bank.head['kernel'], columns, axis=1, mode='clip'), 0.0),
-                    'bias': jnp.where(real, jnp.take(bank.head['bias'], columns, mode='clip'), 0.0)}
+  kernel = jnp.where(real, jnp.take(bank.head['kernel'], columns, axis=1, mode='clip'), 0.0)
+  bias = jnp.where(real, jnp.take(bank.head['bias'], columns, mode='clip'), 0.0)
+  if bank.dustbin:  # its column follows the real ones; inference corrects its logit for the training mix
+    column = bank.head['offset'][k] + bank.num_subclasses[k]
+    kernel = jnp.concatenate([kernel, bank.head['kernel'][:, column, None]], axis=1)
+    bias = jnp.concatenate([bias, bank.head['bias'][column, None] + bank.dustbin_correction[k, None]])
+  params['head'] = {'kernel': kernel, 'bias': bias}
   return {'params': params, 'batch_stats': jax.tree.map(lambda x: x[k], bank.batch_stats)}
 
 
@@ -244,10 +251,20 @@ def route(images: jax.Array, routes: jax.Array, specialists: Specialists, *, num
 
 
 def _local_logits(images, routes, specialists, hierarchy: bank_lib.HierarchyArrays, chunk_sizes):
+  """Each image's routed specialist's logits float32[B, S + d], NEG_LOGIT on its padding (a dustbin column,
+  d = 1, is always valid)."""
   n = hierarchy.local_valid.shape[0]
   logits = route(images, routes, specialists, num_superclasses=n, chunk_sizes=chunk_sizes)
   valid = hierarchy.local_valid[jnp.clip(routes, 0, n - 1)]
+  valid = jnp.concatenate([valid, jnp.ones((valid.shape[0], logits.shape[1] - valid.shape[1]), bool)], axis=1)
   return jnp.where(valid, logits, NEG_LOGIT)
+
+
+def local_distributions(images, routes: jax.Array, specialists: Specialists, hierarchy: bank_lib.HierarchyArrays, *,
+                        chunk_sizes: Sequence[int]) -> jax.Array:
+  """The routed specialists' local distributions float32[B, S + d] (``decide``'s layout: real subclasses, zero on
+  padding, then the dustbin's mass)."""
+  return jax.nn.softmax(_local_logits(images, routes, specialists, hierarchy, chunk_sizes), axis=-1)
 
 
 def _check_superclass_logits(superclass_logits, hierarchy: bank_lib.HierarchyArrays):
@@ -265,7 +282,9 @@ def decide_oracle(superclass: jax.Array, images: jax.Array, specialists: Special
   -1 where superclass is -1, a skipped image), 'prob' float32[B] = p(sub = local | superclass) (no generalist).
   """
   superclass = jnp.asarray(superclass, jnp.int32)
-  local_probs = jax.nn.softmax(_local_logits(images, superclass, specialists, hierarchy, chunk_sizes))
+  # A dustbin's mass lowers the answer's probability; the answer itself is a real subclass.
+  local_probs = local_distributions(images, superclass, specialists, hierarchy,
+                                    chunk_sizes=chunk_sizes)[:, :hierarchy.max_subclasses]
   local = jnp.argmax(local_probs, axis=-1).astype(jnp.int32)
   label = jnp.where(superclass >= 0, hierarchy.local_to_label[jnp.maximum(superclass, 0), local], -1)
   return {'superclass': superclass, 'local': local, 'label': label, 'prob': jnp.max(local_probs, axis=-1)}
@@ -374,3 +393,33 @@ def predict_top2(state: bank_lib.SuperSub, images: jax.Array, *, generalist_mode
   shared, superclass_logits = _trunk_and_superclass_logits(state, images, generalist_model)
   return decide_top2(superclass_logits, shared, make_specialists(state, specialist_model), state.hierarchy,
                      chunk_sizes=chunk_sizes, threshold=threshold)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC + ('rule', 'flat_model'))
+def predict_rule(state: bank_lib.SuperSub, images: jax.Array, flat: PyTree | None = None, *, rule: decide_lib.Rule,
+                 generalist_model, specialist_model, flat_model=None,
+                 chunk_sizes: tuple[int, ...] = DEFAULT_CHUNK_SIZES) -> dict[str, jax.Array]:
+  """Super-Sub's answer under a decision ``rule`` (``decide.Rule``, static) for images float[B, H, W, C].
+
+  The router (``rule.router``) gives p(s | x): the generalist's, a flat network's (``flat``: its
+  ``{'params', 'batch_stats'}``, run by ``flat_model``; needed for the 'flat' and 'mean' routers) or their mean.
+  Its top ``rule.k`` superclasses are each run as one more ``route`` pass, and ``decide.decide`` combines their
+  local distributions. Returns 'label' int32[B], 'routes' int32[B, k] and 'router' float32[B, N].
+  ``Rule('hard')`` gives ``predict``'s labels.
+  """
+  shared, superclass_logits = _trunk_and_superclass_logits(state, images, generalist_model)
+  _check_superclass_logits(superclass_logits, state.hierarchy)
+  flat_logits = None
+  if rule.router != 'generalist':
+    if flat is None or flat_model is None:
+      raise ValueError(f'rule {rule.key!r} routes by a flat network: pass flat= its variables and flat_model=.')
+    flat_logits = flat_model.apply(flat, images, train=False)
+  n = state.hierarchy.local_valid.shape[0]
+  router = decide_lib.router_probs(rule.router, superclass_logits, flat_logits, state.hierarchy.label_to_superclass, n)
+  routes = decide_lib.top_routes(router, min(rule.k, n))
+  specialists = make_specialists(state, specialist_model)
+  local = jnp.stack([local_distributions(shared, routes[:, j], specialists, state.hierarchy, chunk_sizes=chunk_sizes)
+                     for j in range(routes.shape[1])], axis=1)
+  label = decide_lib.decide(rule, router, routes, local, state.hierarchy.local_to_label,
+                            state.hierarchy.label_to_superclass)
+  return {'label': label, 'routes': routes, 'router': router}

@@ -67,11 +67,12 @@ def _stats(config):
   return pipeline.DATASET_STATS[config.dataset]
 
 
-def train_batches(config, source, *, label_mode: str, seed: int):
+def train_batches(config, source, *, label_mode: str, seed: int, mix=None):
+  """The training batches of ``source`` (``pipeline.train_iterator``; ``mix``: a second source and its share)."""
   stats = _stats(config)
   return pipeline.train_iterator(source, global_batch_size=config.batch_size, seed=seed, augment=config.augment,
                                  image_size=config.image_size, mean=stats.mean, std=stats.std,
-                                 label_mode=label_mode, worker_count=config.worker_count)
+                                 label_mode=label_mode, worker_count=config.worker_count, mix=mix)
 
 
 def eval_batches(config, source, *, label_mode: str, batch_size: int | None = None, **kwargs):

@@ -326,6 +326,63 @@ def test_predict_top2_runs_and_counts_second_passes(world):
   np.testing.assert_array_equal(np.asarray(out['used_second']), np.asarray(out['superclass']) != top1['superclass'])
 
 
+def test_predict_rule_hard_is_predict_and_soft_and_product_combine_the_routed_specialists(world):
+  from supersub_jax import decide  # pylint: disable=g-import-not-at-top
+  images, state = world['images'], world['state']
+  kw = dict(generalist_model=world['gm'], specialist_model=world['sm'], chunk_sizes=(4,))
+  top1 = inf.predict(state, images, **kw)
+  hard = inf.predict_rule(state, images, rule=decide.Rule('hard'), **kw)
+  np.testing.assert_array_equal(hard['label'], top1['label'])
+  h = world['hierarchy']
+  p_super = np.asarray(jax.nn.softmax(world['gen_logits']))
+  routes = np.argsort(-p_super, axis=1, kind='stable')[:, :2]
+  # The reference: each of the two routes' specialists run alone (materialize_compressed, dense), combined by the
+  # formulas of decide (whose own tests check them against hand computations).
+  local = np.zeros((10, 2, max(SIZES)), np.float32)
+  for j in range(2):
+    apply = _jitted_apply(world['sm'])
+    for i in range(10):
+      ex = world['exported'][routes[i, j]]
+      params = {**exported_lib.materialize_compressed(world['base'], ex['delta']), 'head': _padded_head(ex, 4)}
+      logits = np.asarray(apply({'params': params, 'batch_stats': ex['batch_stats']}, images[i:i + 1]))[0]
+      logits = np.where(h.local_valid[routes[i, j]], logits, -np.inf)
+      local[i, j] = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+  args = (jnp.asarray(p_super), jnp.asarray(routes, jnp.int32), jnp.asarray(local), jnp.asarray(h.local_to_label))
+  for rule, want in (('soft:2', decide.soft(*args, h.num_subclasses)),
+                     ('product:2', decide.product(*args, jnp.asarray(h.label_to_superclass)))):
+    got = inf.predict_rule(state, images, rule=decide.Rule.parse(rule), **kw)
+    np.testing.assert_array_equal(got['routes'], routes)
+    np.testing.assert_array_equal(got['label'], want, err_msg=rule)
+  with pytest.raises(ValueError, match='flat network'):
+    inf.predict_rule(state, images, rule=decide.Rule.parse('hard/flat'), **kw)
+
+
+def test_a_dustbin_bank_adds_its_column_after_the_real_ones_with_the_logit_correction(world):
+  hierarchy, gen, base = world['hierarchy'], world['gen'], world['base']
+  rng = np.random.default_rng(5)
+  exported = []
+  for k, ex in enumerate(world['exported']):
+    n = ex['head']['kernel'].shape[1]
+    extra = {'kernel': rng.normal(size=(ex['head']['kernel'].shape[0], 1)).astype(np.float32),
+             'bias': np.float32([0.25 * k])}
+    head = {name: np.concatenate([ex['head'][name], extra[name]], axis=-1) for name in ('kernel', 'bias')}
+    spec = {**ex['spec'], 'dustbin': {'fraction': 0.5, 'others': 'all', 'logit_correction': 1.0 + k}}
+    exported.append({**ex, 'head': head, 'spec': spec})
+    assert exported_lib.dustbin_of(exported[-1])['logit_correction'] == 1.0 + k and n == SIZES[k]
+  state = bank_lib.build_supersub(gen, exported, hierarchy)
+  assert state.bank.dustbin == 1 and state.num_outputs == max(SIZES) + 1
+  np.testing.assert_array_equal(state.bank.num_subclasses, SIZES)
+  for k, ex in enumerate(exported):
+    got = inf.specialist_variables(state.bank, base, k, max(SIZES))['params']['head']
+    n = SIZES[k]
+    np.testing.assert_array_equal(got['kernel'][:, :n], ex['head']['kernel'][:, :n])
+    assert not np.asarray(got['kernel'][:, n:max(SIZES)]).any()  # padding
+    np.testing.assert_array_equal(got['kernel'][:, -1], ex['head']['kernel'][:, -1])
+    np.testing.assert_allclose(got['bias'][-1], 0.25 * k + 1.0 + k, rtol=1e-6)  # trained bias + correction
+  with pytest.raises(ValueError, match='all or none'):
+    bank_lib.build_supersub(gen, exported[:2] + world['exported'][2:], hierarchy)
+
+
 def test_predict_temp_memory_does_not_grow_like_n_dense_specialists():
   temps, dense_bytes = {}, None
   batch = jax.ShapeDtypeStruct((8,) + IMAGE_SHAPE, jnp.float32)

@@ -260,3 +260,56 @@ def test_synthetic_stats_match_the_data(tmp_path):
   stats = pipeline.DATASET_STATS['synthetic']
   np.testing.assert_allclose(mean, stats.mean, atol=0.02)
   np.testing.assert_allclose(std, stats.std, atol=0.02)
+
+
+@pytest.mark.parametrize('devices,batch,fraction', [(2, 16, 0.5), (1, 8, 0.25), (4, 24, 0.3)])
+def test_a_mixed_in_source_fills_exactly_its_fraction_of_every_devices_batch(devices, batch, fraction):
+  source = indexed_source(40)  # superclass of example i: (i % 5) >= 3
+  own = source.for_superclass(0)
+  others = source.outside(0, local=7)
+  it = train(own, global_batch_size=batch, local_device_count=devices, mix=(others, fraction), label_mode='local')
+  main, mixed = pipeline.mixed_counts(batch // devices, fraction)
+  assert mixed == round(fraction * batch / devices)
+  seen_own, seen_other = set(), set()
+  for b in take(it, 12):
+    ids = example_ids(b).reshape(devices, batch // devices)
+    label = b['label']
+    # Each device: its own examples first, then exactly `mixed` from the other superclasses, labelled 7.
+    assert (b['superclass'][:, :main] == 0).all() and (b['superclass'][:, main:] == 1).all()
+    assert (label[:, main:] == 7).all() and (label[:, :main] < 3).all()
+    seen_own |= set(ids[:, :main].ravel().tolist())
+    seen_other |= set(ids[:, main:].ravel().tolist())
+  assert seen_own == {i for i in range(40) if i % 5 < 3}  # 12 batches cover both sources
+  assert seen_other == {i for i in range(40) if i % 5 >= 3}
+
+
+def test_a_mixed_iterator_resumes_both_streams():
+  source = indexed_source(30)
+  kwargs = dict(mix=(source.outside(1, local=5), 0.5), label_mode='local')
+  it = train(source.for_superclass(1), **kwargs)
+  take(it, 3)
+  state = json.loads(json.dumps(it.get_state()))
+  expected = take(it, 4)
+  resumed = train(source.for_superclass(1), **kwargs)
+  resumed.set_state(state)
+  assert_batches_equal(take(resumed, 4), expected)
+
+
+def test_weighted_outside_draws_superclasses_in_the_given_shares():
+  h = hierarchy_lib.synthetic((2, 2, 2, 2))  # 4 superclasses, 750 examples each
+  records = [{'image': np.zeros((SIZE, SIZE, 3), np.uint8)}] * 3000
+  source = sources.HierarchicalSource(records, sources.relabel(np.arange(3000) % 8, h), name='many', hierarchy=h)
+  view = source.outside(0, local=2, weights=np.asarray([5.0, 1.0, 3.0, 0.0]), seed=3)
+  share = np.bincount(view.labels.superclass, minlength=4) / len(view)
+  assert len(view) == 2250 and share[0] == 0 and share[3] == 0
+  np.testing.assert_allclose(share[1:3], [0.25, 0.75], atol=0.03)  # 3 sigma of a binomial share of 2250 draws
+  assert (view.labels.local == 2).all() and view[0]['local'] == 2
+  with pytest.raises(ValueError, match='no mass'):
+    source.outside(0, local=2, weights=np.asarray([1.0, 0.0, 0.0, 0.0]))
+
+
+def test_mixed_fraction_that_leaves_no_example_on_a_side_is_refused():
+  with pytest.raises(ValueError, match='raise the batch size'):
+    pipeline.mixed_counts(2, 0.2)
+  with pytest.raises(ValueError, match=r'in \(0, 1\)'):
+    pipeline.mixed_counts(8, 1.0)

@@ -32,6 +32,7 @@ and absl flags must be parsed (run under `absl.app.run`).  Close such iterators 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -206,6 +207,21 @@ class _EvalView(grain.transforms.Map):
             'mask': np.float32(real)}
 
 
+class _Interleave(grain.transforms.Map):
+  """Batch-level: joins a batch of the main stream and one of the mixed-in stream so that each device's share
+  holds its own examples, then the mixed-in ones (a per-device BatchNorm sees every device's mix alike)."""
+
+  def __init__(self, local_device_count: int):
+    self.local_device_count = local_device_count
+
+  def map(self, pair: tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    d = self.local_device_count
+    main, mixed = pair
+    return {k: np.concatenate([main[k].reshape((d, -1) + main[k].shape[1:]),
+                               mixed[k].reshape((d, -1) + mixed[k].shape[1:])], axis=1).reshape(
+                                   (-1,) + main[k].shape[1:]) for k in main}
+
+
 class _Finalize(grain.transforms.Map):
   """Batch-level: normalise images to float32, pick the label, reshape to [devices, per_dev]."""
 
@@ -291,11 +307,39 @@ def _finish(ds: grain.MapDataset, worker_count: int, read_threads: int) -> grain
   return iter(iter_ds)
 
 
+def _augmented_stream(source, *, seed: int, augment: str, image_size: int, layout: BatchLayout) -> grain.MapDataset:
+  """This process's share of ``source`` shuffled anew each epoch, repeated forever and augmented."""
+  if len(source) < layout.process_count:
+    raise ValueError(f'source has {len(source)} examples, fewer than process_count='
+                     f'{layout.process_count}: every process needs at least one.')
+  shuffle_seed, augment_seed = (int(s) for s in np.random.SeedSequence(seed).generate_state(2))
+  ds = (grain.MapDataset.source(source)
+        .shuffle(seed=shuffle_seed)   # a fresh permutation per epoch (seed + epoch)
+        .repeat()
+        # Before sharding: the rng index is the position in the global stream, so no two
+        # processes draw the same augmentation.
+        .random_map(_Augment(augment, image_size), seed=augment_seed))
+  return ds[layout.process_index::layout.process_count]
+
+
+def mixed_counts(per_device_batch: int, fraction: float) -> tuple[int, int]:
+  """(main, mixed-in) examples of each device's batch for a mixed-in ``fraction``: round(fraction * per-device
+  batch) mixed in, the rest from the main source."""
+  if not 0.0 < fraction < 1.0:
+    raise ValueError(f'a mixed-in fraction is in (0, 1), got {fraction}.')
+  mixed = int(round(fraction * per_device_batch))
+  if not 0 < mixed < per_device_batch:
+    raise ValueError(f'a mixed-in fraction {fraction} of {per_device_batch} examples per device leaves '
+                     f'{mixed} mixed in: raise the batch size, or move the fraction away from 0 and 1.')
+  return per_device_batch - mixed, mixed
+
+
 def train_iterator(source, *, global_batch_size: int, seed: int, augment: str = 'crop_flip',
                    image_size: int, mean: Sequence[float], std: Sequence[float],
                    label_mode: str = 'subclass', worker_count: int = 0, read_threads: int = 1,
                    process_index: int | None = None, process_count: int | None = None,
-                   local_device_count: int | None = None) -> grain.DatasetIterator:
+                   local_device_count: int | None = None,
+                   mix: tuple[Any, float] | None = None) -> grain.DatasetIterator:
   """Endless, reshuffled-each-epoch, augmented training batches of this process.
 
   Args:
@@ -312,6 +356,9 @@ def train_iterator(source, *, global_batch_size: int, seed: int, augment: str = 
     read_threads: threads preparing batches in each reading process; raise it for ImageNet
       (JPEG decoding releases the GIL), keep 1 for 32x32 data.
     process_index, process_count, local_device_count: default to jax's.
+    mix: (second source, fraction): every device's batch ends with exactly ``mixed_counts(per_device_batch,
+      fraction)[1]`` examples of the second source (shuffled, repeated and augmented as the first, under its own
+      seeds), e.g. a specialist's "not my superclass" examples.
 
   Returns:
     A grain DatasetIterator (supports get_state / set_state) of dict batches (module doc).
@@ -319,20 +366,19 @@ def train_iterator(source, *, global_batch_size: int, seed: int, augment: str = 
   layout = batch_layout(global_batch_size, process_index, process_count, local_device_count)
   _check_choice('augment', augment, AUGMENTATIONS)
   _check_choice('label_mode', label_mode, LABEL_MODES)
-  if len(source) < layout.process_count:
-    raise ValueError(f'source has {len(source)} examples, fewer than process_count='
-                     f'{layout.process_count}: every process needs at least one.')
   if not 0 <= seed < 2 ** 32:
     raise ValueError(f'seed={seed} must be in [0, 2**32).')
-  shuffle_seed, augment_seed = (int(s) for s in np.random.SeedSequence(seed).generate_state(2))
-  ds = (grain.MapDataset.source(source)
-        .shuffle(seed=shuffle_seed)   # a fresh permutation per epoch (seed + epoch)
-        .repeat()
-        # Before sharding: the rng index is the position in the global stream, so no two
-        # processes draw the same augmentation.
-        .random_map(_Augment(augment, image_size), seed=augment_seed))
-  ds = ds[layout.process_index::layout.process_count]
-  ds = ds.batch(layout.process_batch_size, drop_remainder=True)
+  main_seed, mix_seed = (int(s) for s in np.random.SeedSequence(seed).generate_state(2)) if mix else (seed, 0)
+  stream = functools.partial(_augmented_stream, augment=augment, image_size=image_size, layout=layout)
+  if mix is None:
+    ds = stream(source, seed=main_seed).batch(layout.process_batch_size, drop_remainder=True)
+  else:
+    other, fraction = mix
+    main, mixed = mixed_counts(layout.per_device_batch_size, fraction)
+    a = stream(source, seed=main_seed).batch(main * layout.local_device_count, drop_remainder=True)
+    b = stream(other, seed=mix_seed).batch(mixed * layout.local_device_count, drop_remainder=True)
+    length = min(len(a), len(b))
+    ds = grain.experimental.ZipMapDataset([a[:length], b[:length]]).map(_Interleave(layout.local_device_count))
   ds = ds.map(_Finalize(mean, std, label_mode, layout.local_device_count))
   return _finish(ds, worker_count, read_threads)
 

@@ -183,6 +183,37 @@ class HierarchicalSource:
     return HierarchicalSource(self._records, self.labels.select(self.labels.superclass == k),
                               name=f'{self.name}[superclass={k}]', hierarchy=self.hierarchy)
 
+  def outside(self, k: int, *, local: int, weights: np.ndarray | None = None,
+              seed: int = 0) -> HierarchicalSource:
+    """The examples of every superclass but k, with their 'local' label set to ``local`` (a specialist's dustbin
+    class: "not my superclass"); 'subclass' and 'superclass' stay the true ones.
+
+    With ``weights`` (float [N], >= 0; entry k ignored), a resample of as many examples, drawn with replacement by
+    a ``seed``-ed generator, in which superclass j makes up a weights[j] / sum(weights) share (its examples equally
+    likely); without, every outside example once (each superclass in its natural share).
+    """
+    if not 0 <= k < self.hierarchy.num_superclasses:
+      raise ValueError(f'superclass={k} is outside [0, {self.hierarchy.num_superclasses}) of '
+                       f'hierarchy {self.hierarchy.name!r}.')
+    keep = np.flatnonzero(self.labels.superclass != k)
+    if keep.size == 0:
+      raise ValueError(f'{self.name} has no example outside superclass {k}: a dustbin needs other superclasses.')
+    if weights is not None:
+      w = np.asarray(weights, np.float64).copy()
+      if w.shape != (self.hierarchy.num_superclasses,) or not np.isfinite(w).all() or (w < 0).any():
+        raise ValueError(f'weights must be {self.hierarchy.num_superclasses} finite values >= 0, got {weights!r}.')
+      w[k] = 0.0
+      counts = np.bincount(self.labels.superclass[keep], minlength=w.size).astype(np.float64)
+      w[counts == 0] = 0.0
+      if w.sum() <= 0:
+        raise ValueError(f'weights {weights!r} give no mass to a superclass with examples outside superclass {k}.')
+      p = (w / w.sum() / np.maximum(counts, 1.0))[self.labels.superclass[keep]]
+      keep = np.random.default_rng(seed).choice(keep, size=keep.size, replace=True, p=p / p.sum())
+    chosen = self.labels.select(keep)
+    labels = dataclasses.replace(chosen, local=np.full(keep.size, local, chosen.local.dtype))
+    return HierarchicalSource(self._records, labels, name=f'{self.name}[outside superclass {k}]',
+                              hierarchy=self.hierarchy)
+
   def __repr__(self) -> str:
     return (f'HierarchicalSource({self.name}, {len(self)} examples, '
             f'hierarchy={self.hierarchy.name!r})')
