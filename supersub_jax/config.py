@@ -81,6 +81,10 @@ def default_config() -> ml_collections.ConfigDict:
       path='',                          # '' = random initialisation
       format='torchvision',             # 'torchvision': a torchvision ResNet state dict (.pth, .safetensors, .npz);
                                         # 'orbax': a directory written by `python -m supersub_jax.convert`
+      keep_head=False,                  # the flat stages (vanilla, vanilla_matched) continue the whole network,
+                                        # head included (it must have one output per subclass); with the generalist
+                                        # also from init (superclass.init_from_vanilla False), the vanilla stage is
+                                        # the flat network given Super-Sub's compute, and init the flat router
   ))
   # Runs.
   config.seed = 0

@@ -14,6 +14,11 @@ export: specialist K of a trained workdir as one dense network (the generalist's
     python -m supersub_jax.convert export --workdir=runs/demo --superclass=0 --format=safetensors \
         --output=specialist0.safetensors
 
+network: a trained network stage of a workdir (vanilla, superclass or vanilla_matched) as one dense network, in the
+  formats of export; e.g. a flat network for config.init (with init.keep_head to continue it).
+    python -m supersub_jax.convert network --workdir=runs/pretrain --stage=vanilla --format=safetensors \
+        --output=flat.safetensors
+
 bundle: everything two-stage inference needs, in one msgpack file: the generalist's variables, every specialist's
   compressed delta, head and BatchNorm statistics, and the hierarchy; no optimizer state, no dense specialist.
   `load_bundle` reads it back and `bank.build_supersub` takes it.
@@ -138,13 +143,7 @@ def dense_specialist(config, workdir: str, k: int) -> dict:
 
 def export_specialist(config, workdir: str, k: int, fmt: str, output: str) -> str:
   """Writes specialist ``k`` as a dense network (``fmt`` in EXPORT_FORMATS); returns a one-line description."""
-  if fmt not in EXPORT_FORMATS:
-    raise ValueError(f'--format={fmt!r}: use one of {EXPORT_FORMATS}.')
-  suffix = {'safetensors': '.safetensors', 'npz': '.npz'}.get(fmt)
-  if suffix and not output.endswith(suffix):
-    raise ValueError(f'--output={output!r}: a {fmt} file must end with {suffix}.')
-  if os.path.exists(output):
-    raise FileExistsError(f'{output} already exists; choose a new --output or delete it first.')
+  _check_output(fmt, output)
   variables = dense_specialist(config, workdir, k)
   hierarchy = stages.make_hierarchy(config)
   superclass = hierarchy.superclasses[k]
@@ -162,6 +161,34 @@ def export_specialist(config, workdir: str, k: int, fmt: str, output: str) -> st
     note = (f' (torchvision names and layouts; {config.model} stem={config.stem!r} width={config.width} is not one '
             'of torchvision.models\' architectures)')
   return f'specialist {k} ({superclass.name}, {len(superclass.subclasses)} classes) as {fmt}{note}'
+
+
+def _check_output(fmt: str, output: str) -> None:
+  if fmt not in EXPORT_FORMATS:
+    raise ValueError(f'--format={fmt!r}: use one of {EXPORT_FORMATS}.')
+  suffix = {'safetensors': '.safetensors', 'npz': '.npz'}.get(fmt)
+  if suffix and not output.endswith(suffix):
+    raise ValueError(f'--output={output!r}: a {fmt} file must end with {suffix}.')
+  if os.path.exists(output):
+    raise FileExistsError(f'{output} already exists; choose a new --output or delete it first.')
+
+
+def export_network(config, workdir: str, stage: str, fmt: str, output: str) -> str:
+  """Writes the finished network of ``stage`` (``stages.NETWORK_STAGES``) as a dense network (``fmt`` in
+  EXPORT_FORMATS); returns a one-line description."""
+  if stage not in stages.NETWORK_STAGES:
+    raise ValueError(f'--stage={stage!r}: use one of {stages.NETWORK_STAGES} (specialists: the export verb).')
+  _check_output(fmt, output)
+  hierarchy = stages.make_hierarchy(config)
+  net = stages.load_network(config, workdir, stage, hierarchy)
+  variables = {'params': net.params, 'batch_stats': net.batch_stats}
+  if fmt == 'orbax':
+    meta = {**weights.model_meta(net.model, config.model, config.width), 'stage': stage, 'steps': net.steps,
+            'workdir': os.path.abspath(workdir), 'test': net.meta.get('test')}
+    weights.save_orbax(output, variables, meta)
+  else:
+    weights.write_state_dict(output, weights.to_torchvision(variables))
+  return f'the {stage} network ({net.model.num_classes} classes, {net.steps:,} steps) as {fmt}'
 
 
 def import_torchvision(arch: str, input_path: str, output: str, *, stem: str = 'imagenet',
@@ -189,6 +216,7 @@ def import_torchvision(arch: str, input_path: str, output: str, *, stem: str = '
 VERBS = {
     'import-torchvision': ('arch', 'input', 'output', 'stem', 'width'),
     'export': ('workdir', 'superclass', 'format', 'output', 'config'),
+    'network': ('workdir', 'stage', 'format', 'output', 'config'),
     'bundle': ('workdir', 'output', 'config'),
 }
 
@@ -214,6 +242,7 @@ def main() -> None:
   flags.DEFINE_string('output', None, 'Where to write (a file; a new directory for orbax).')
   flags.DEFINE_integer('superclass', None, 'Which specialist (superclass index, as in report.md).')
   flags.DEFINE_enum('format', 'orbax', EXPORT_FORMATS, 'Export file format.')
+  flags.DEFINE_enum('stage', None, list(stages.NETWORK_STAGES), 'Which network stage (the network verb).')
   flags.DEFINE_enum('arch', None, sorted(models.MODELS), 'Architecture of the torchvision state dict '
                     f'(torchvision has {", ".join(TORCHVISION_ARCHS)}).')
   flags.DEFINE_string('input', None, 'A torchvision state dict: .pth (needs torch), .safetensors or .npz.')
@@ -248,6 +277,9 @@ def main() -> None:
     runtime.initialize_runtime(config)
     if verb == 'export':
       what = export_specialist(config, f.workdir, f.superclass, f.format, f.output)
+      print(f'wrote {f.output}: {what}')
+    elif verb == 'network':
+      what = export_network(config, f.workdir, f.stage, f.format, f.output)
       print(f'wrote {f.output}: {what}')
     else:
       size = write_bundle(f.output, make_bundle(config, f.workdir))

@@ -37,11 +37,18 @@ def collect_predictions(config, workdir: str, hierarchy, vanilla, state, general
                         *, threshold: float, chunk_sizes: tuple[int, ...],
                         vanilla_matched: stages.Network | None = None,
                         head_only: bank_lib.SuperSub | None = None,
-                        rules: Sequence[decide.Rule] = ()) -> dict[str, np.ndarray]:
+                        rules: Sequence[decide.Rule] = (),
+                        flat_router: stages.Network | None = None) -> dict[str, np.ndarray]:
   """Labels and predictions of every image of config.eval_split, as int arrays [M] (padding dropped); with
   ``vanilla_matched``, its predictions too, with ``head_only``, Super-Sub's with the head-only specialists, and
-  for each of ``rules``, Super-Sub's under that decision rule (key 'rule:<rule.key>'; the vanilla network is the
-  flat router)."""
+  for each of ``rules``, Super-Sub's under that decision rule (key 'rule:<rule.key>'), routed by ``flat_router``
+  where the rule's router needs a flat network."""
+  if flat_router is None and any(rule.router != 'generalist' for rule in rules):
+    raise ValueError(f'decision rules {[r.key for r in rules if r.router != "generalist"]} route by a flat network, '
+                     'and this pipeline has none (the generalist starts neither from the vanilla network nor from '
+                     "config.init's): drop them from config.evaluate.rules.")
+  router_vars = None if flat_router is None else {'params': flat_router.params,
+                                                  'batch_stats': flat_router.batch_stats}
   source = stages.load_source(config, config.eval_split, hierarchy)
   batches = stages.eval_batches(config, source, label_mode='subclass', batch_size=config.evaluate.batch_size,
                                 process_index=0, process_count=1, local_device_count=1)
@@ -81,8 +88,8 @@ def collect_predictions(config, workdir: str, hierarchy, vanilla, state, general
                                                        chunk_sizes=chunk_sizes)['label'])
     for rule in rules:
       rows[f'rule:{rule.key}'] = rows['supersub'] if rule == decide.Rule() else np.asarray(inference.predict_rule(
-          state, images, vanilla_vars, rule=rule, generalist_model=generalist_model,
-          specialist_model=specialist_model, flat_model=vanilla.model, chunk_sizes=chunk_sizes)['label'])
+          state, images, router_vars, rule=rule, generalist_model=generalist_model, specialist_model=specialist_model,
+          flat_model=flat_router and flat_router.model, chunk_sizes=chunk_sizes)['label'])
     for k in keys:
       out[k].append(np.asarray(rows[k])[keep])
   return {k: np.concatenate(v) for k, v in out.items()}
@@ -92,7 +99,8 @@ def collect_predictions(config, workdir: str, hierarchy, vanilla, state, general
 class Trained:
   """A finished workdir, loaded for inference: the networks, the exported specialists and the SuperSub state
   (``vanilla_matched``: the compute-matched baseline, and ``head_only``: the SuperSub state of the head-only
-  specialists, when ``config.stages`` trains them)."""
+  specialists, when ``config.stages`` trains them). ``flat_router``: the flat network Super-Sub's pipeline started
+  from (``flat_router_of``), which the 'flat' and 'mean' decision rules route by; None when there is none."""
   hierarchy: Any
   vanilla: stages.Network
   generalist: stages.Network
@@ -101,6 +109,16 @@ class Trained:
   specialist_model: Any
   vanilla_matched: stages.Network | None = None
   head_only: bank_lib.SuperSub | None = None
+  flat_router: stages.Network | None = None
+
+
+def flat_router_of(config, vanilla: stages.Network, hierarchy) -> stages.Network | None:
+  """The flat network Super-Sub's own pipeline paid for or started from: the vanilla network when the generalist
+  starts from it, else config.init's network (pretrained: paid for by neither Super-Sub nor the flat network it is
+  compared with), else None. Routing by any other flat network would spend compute Super-Sub is not charged for."""
+  if config.superclass.init_from_vanilla:
+    return vanilla
+  return stages.load_init_network(config, hierarchy)
 
 
 def load_trained(config, workdir: str) -> Trained:
@@ -120,8 +138,8 @@ def load_trained(config, workdir: str) -> Trained:
         {'params': generalist.params, 'batch_stats': generalist.batch_stats},
         [specialists.load_exported(config, workdir, k, generalist, hierarchy, stage='head_only')
          for k in range(hierarchy.num_superclasses)], hierarchy)
-  return Trained(hierarchy, vanilla, generalist, exported, state,
-                 stages.make_model(config, state.num_outputs), matched, head_only)
+  return Trained(hierarchy, vanilla, generalist, exported, state, stages.make_model(config, state.num_outputs),
+                 matched, head_only, flat_router_of(config, vanilla, hierarchy))
 
 
 def storage(trained: Trained) -> dict:
@@ -149,7 +167,7 @@ def run(config, workdir: str) -> dict:
   p = collect_predictions(config, workdir, trained.hierarchy, trained.vanilla, trained.state,
                           trained.generalist.model, trained.specialist_model, threshold=threshold,
                           chunk_sizes=chunk_sizes, vanilla_matched=trained.vanilla_matched,
-                          head_only=trained.head_only, rules=rules)
+                          head_only=trained.head_only, rules=rules, flat_router=trained.flat_router)
   compute = {'vanilla_steps': trained.vanilla.steps, 'supersub_steps': stages.pipeline_steps(config, trained.hierarchy),
              'batch_size': int(config.batch_size)}
   report = report_lib.build(p, trained.hierarchy, dataset=config.dataset, split=config.eval_split,
@@ -161,7 +179,7 @@ def run(config, workdir: str) -> dict:
                                           generalist_model=trained.generalist.model,
                                           specialist_model=trained.specialist_model, chunk_sizes=chunk_sizes))
   if rules:
-    speed = measure.measure_rules(config, trained.hierarchy, trained.state, rules, flat=trained.vanilla,
+    speed = measure.measure_rules(config, trained.hierarchy, trained.state, rules, flat=trained.flat_router,
                                   generalist_model=trained.generalist.model,
                                   specialist_model=trained.specialist_model, chunk_sizes=chunk_sizes)
     for rule in rules:

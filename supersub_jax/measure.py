@@ -192,19 +192,20 @@ def measure_inference(config, hierarchy, single: stages.Network, state: bank_lib
   return {'memory': memory, 'throughput': throughput}
 
 
-def measure_rules(config, hierarchy, state: bank_lib.SuperSub, rules, *, flat: stages.Network, generalist_model,
-                  specialist_model, chunk_sizes: tuple[int, ...]) -> dict[str, dict]:
+def measure_rules(config, hierarchy, state: bank_lib.SuperSub, rules, *, flat: stages.Network | None,
+                  generalist_model, specialist_model, chunk_sizes: tuple[int, ...]) -> dict[str, dict]:
   """Images/s of Super-Sub under each decision rule (``inference.predict_rule``; ``flat`` is the flat router) at
   the largest of ``config.evaluate.benchmark_batch_sizes``, on ``config.evaluate.benchmark_batches`` distinct
   held-out batches, the rules taking turns (``time_calls``). Returns rule key -> {'images_per_s', 'batch_size'}."""
   requested = max(int(x) for x in config.evaluate.benchmark_batch_sizes)
   batches = [jax.device_put(x) for x in held_out_batches(config, hierarchy, requested,
                                                           int(config.evaluate.benchmark_batches))]
-  flat_vars = jax.device_put({'params': flat.params, 'batch_stats': flat.batch_stats})
+  flat_vars = None if flat is None else jax.device_put({'params': flat.params, 'batch_stats': flat.batch_stats})
   fns = {}
   for rule in rules:
     run = functools.partial(inference.predict_rule, rule=rule, generalist_model=generalist_model,
-                            specialist_model=specialist_model, flat_model=flat.model, chunk_sizes=chunk_sizes)
+                            specialist_model=specialist_model, flat_model=flat and flat.model,
+                            chunk_sizes=chunk_sizes)
     fns[rule.key] = lambda i, run=run: run(state, batches[i], flat_vars)
   timing = time_calls(fns, len(batches))
   b = int(batches[0].shape[0])

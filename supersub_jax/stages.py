@@ -180,15 +180,37 @@ def initial_backbone_source(config, stage: str) -> str:
   return ckpt.abs_path(config.init.path) if config.init.path else 'random'
 
 
-def _pretrained_backbone(config, stage: str) -> dict | None:
-  """config.init's backbone (``{'params', 'batch_stats'}`` without the head), or None for a random start."""
+def keeps_init_head(config, stage: str) -> bool:
+  """Whether ``stage`` starts from config.init's whole network, head included (``config.init.keep_head``): the
+  flat stages, whose classes are the init network's, continue it."""
+  return bool(config.init.keep_head) and stage in ('vanilla', 'vanilla_matched') and bool(config.init.path)
+
+
+def _pretrained_start(config, stage: str, num_classes: int) -> dict | None:
+  """config.init's variables for ``stage`` (``{'params', 'batch_stats'}``; without the head unless
+  ``keeps_init_head``), or None for a random start."""
   source = initial_backbone_source(config, stage)
   if source in ('random', 'vanilla'):
     return None
-  backbone = weights.load_backbone(source, config.init.format, make_model(config, 1))
+  if keeps_init_head(config, stage):
+    start = weights.load_network(source, config.init.format, make_model(config, num_classes))
+  else:
+    start = weights.load_backbone(source, config.init.format, make_model(config, 1))
   if jax.process_index() == 0:
-    print(f'[{stage}] backbone initialised from {source}', flush=True)
-  return backbone
+    print(f'[{stage}] {"network" if "head" in start["params"] else "backbone"} initialised from {source}', flush=True)
+  return start
+
+
+def load_init_network(config, hierarchy=None) -> Network | None:
+  """config.init's network as a flat classifier over the hierarchy's subclasses (its head must have M outputs), or
+  None without config.init. What Super-Sub starts from when the generalist starts from config.init: its flat
+  router (``decide`` 'flat' and 'mean'), paid for by no stage."""
+  if not config.init.path:
+    return None
+  hierarchy = hierarchy or make_hierarchy(config)
+  model = make_model(config, hierarchy.num_subclasses)
+  variables = weights.load_network(ckpt.abs_path(config.init.path), config.init.format, model)
+  return Network('init', model, variables['params'], variables['batch_stats'], {'init': config.init.path}, 0)
 
 
 def train_network(config, workdir: str, stage: str, *, preemption: runtime.Preemption | None = None) -> dict:
@@ -213,9 +235,11 @@ def train_network(config, workdir: str, stage: str, *, preemption: runtime.Preem
 
   def fresh_state():
     start = ({'params': vanilla.params, 'batch_stats': vanilla.batch_stats} if vanilla is not None
-             else _pretrained_backbone(config, stage))
+             else _pretrained_start(config, stage, num_classes))
     if start is None:
       return jax.device_get(random_state())
+    if keeps_init_head(config, stage):  # a flat network continued: same classes, same head
+      return step_lib.create_train_state(start['params'], start['batch_stats'], tx)
     if vanilla is not None and jax.process_index() == 0:
       print(f'[{stage}] backbone initialised from the vanilla network', flush=True)
     # The backbone transfers; the head is new (other classes). Initialising the head alone skips compiling a whole
