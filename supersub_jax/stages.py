@@ -107,6 +107,26 @@ def specialist_steps(cfg, num_examples: int, batch_size: int) -> int:
   return int(np.ceil(steps / multiple) * multiple)
 
 
+def specialist_epochs_for(config, hierarchy, steps: int) -> float:
+  """The largest ``specialists.num_epochs`` (to 1e-4) whose specialists, all together, train at most ``steps``
+  optimizer steps; ValueError when even the smallest budget of ``specialists.min_steps`` each is larger."""
+  sizes = [len(load_source(config, 'train', hierarchy, superclass=k)) for k in range(hierarchy.num_superclasses)]
+  spec = config.specialists.copy_and_resolve_references()
+
+  def total(epochs):
+    spec.num_epochs = epochs
+    return sum(specialist_steps(spec, n, config.batch_size) for n in sizes)
+
+  low, high = 1e-3, 1e3
+  if total(low) > steps:
+    raise ValueError(f'{steps} specialist steps cannot train {len(sizes)} specialists (at least '
+                     f'{total(low)} with specialists.min_steps={spec.min_steps}): raise the budget.')
+  for _ in range(60):
+    mid = (low + high) / 2
+    low, high = (mid, high) if total(mid) <= steps else (low, mid)
+  return float(np.floor(low * 1e4) / 1e4)  # rounded down: never over the budget
+
+
 def pipeline_steps(config, hierarchy=None) -> dict[str, int]:
   """Optimizer steps (at ``config.batch_size``) that Super-Sub's predictions cost: the generalist, each specialist
   of ``config.specialists.superclasses`` (all by default), and the vanilla network when the generalist starts from
