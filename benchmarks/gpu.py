@@ -16,7 +16,7 @@ files, because the device tool returns at most 8 from ``$OUT``.
 
 Items (``ITEMS``, in default order):
   env               python, jax, devices, nvidia-smi;
-  dali_contract     tests/test_decoders.py: the CPU and DALI decoders meet one contract (skipped without DALI);
+  dali_contract     tests/test_dali.py: the CPU and DALI decoders meet one contract (skipped without DALI);
   bare_step         benchmarks.train_step: the plain ResNet-50 bf16 step at batch 256, batches already on device;
   routed_inference  benchmarks.inference_scale: the single network against Super-Sub on every routing path
                     (``inference.ROUTINGS``), ResNet-50 at 224 in bf16, batches 1 and 256;
@@ -114,7 +114,7 @@ def _items(smoke: bool, work: str, extra: list[str]) -> dict[str, dict]:
   return {
       'env': {'timeout': 60, 'commands': env},
       'dali_contract': {'timeout': 90, 'commands': [[py, '-m', 'pytest', '-q', '-rs', '-p', 'no:cacheprovider',
-                                                     'tests/test_decoders.py']]},
+                                                     'tests/test_dali.py']]},
       'bare_step': {'timeout': 90, 'commands': [bare]},
       'routed_inference': {'timeout': 150, 'commands': routed},
       'input_pipeline': {'timeout': 90, 'commands': [pipeline_cmd]},

@@ -63,6 +63,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _choice(problems, 'parallelism', config.parallelism, runtime.PARALLELISMS)
   _choice(problems, 'nonfinite', config.nonfinite, step_lib.NONFINITE)
   _choice(problems, 'init.format', config.init.format, config_lib.INIT_FORMATS)
+  _choice(problems, 'input.decoder', config.input.decoder, pipeline.DECODERS)
+  _choice(problems, 'input.normalize', config.input.normalize, config_lib.NORMALIZE)
+  if config.input.decoder == 'dali':
+    from supersub_jax.data import dali  # pylint: disable=g-import-not-at-top
+    problem = dali.unavailable()
+    if problem:
+      problems.append(f'input.decoder=\'dali\': {problem}')
+    if config.augment != 'random_resized_crop':
+      problems.append(f"input.decoder='dali' runs random_resized_crop, not augment={config.augment!r}; use "
+                      "input.decoder='cpu'.")
   try:
     stages.make_hierarchy(config)
   except ValueError as e:
