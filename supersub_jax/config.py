@@ -143,6 +143,13 @@ def default_config() -> ml_collections.ConfigDict:
       batch_size=256,                   # evaluation and benchmark batch (one device)
       top2_threshold=0.8,               # top-2 routing: a second specialist when max p(superclass) < this
       chunk_sizes=(32, 8),              # specialist chunk sizes over a group of images (inference.route)
+      routing='loop',                   # 'loop': each batch's groups one after another (inference.route);
+                                        # 'padded': all groups in one vmapped call of fixed shape
+                                        # (inference.route_padded); 'auto': inference.ROUTING_BY_PLATFORM
+      slot_size=32,                     # routing='padded': images per slot
+      materialize='group',              # 'group': a whole dense specialist per group of images; 'layer': each
+                                        # layer's dense kernel inside the forward, only while it runs
+                                        # (inference.lazy_specialist_variables: parameters near one network)
       benchmark_batch_sizes=(1, 256),   # timed batch sizes: latency (1) and throughput
       benchmark_batches=10))            # timed calls per model and batch size, on distinct held-out batches
   return config

@@ -516,9 +516,9 @@ def path_settings(config_evaluate, platform: str | None = None) -> dict:
           'chunk_sizes': tuple(int(c) for c in config_evaluate.chunk_sizes)}
 
 
-# routing='auto' by platform. cpu: 'loop', measured (docs/benchmarks.md, "Two-stage inference": the padded call
-# runs the padding images for real, which a CPU pays in full). gpu: 'padded', NOT yet measured -- benchmarks/gpu.sh's
-# routed_inference item times both; change this entry by what it prints.
+# routing='auto' by platform. cpu: 'loop': the padded call runs its padding images for real, which a CPU pays in full
+# (0.13x against the loop's 0.27x of the single network in a toy CPU run; docs/benchmarks.md, "Three paths"). gpu:
+# 'padded', NOT yet measured -- benchmarks/gpu.sh's routed_inference item times both; set this entry by what it prints.
 ROUTING_BY_PLATFORM = {'cpu': 'loop', 'gpu': 'padded', 'tpu': 'padded'}
 
 

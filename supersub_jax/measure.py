@@ -172,6 +172,10 @@ def measure_inference(config, hierarchy, single: stages.Network, state: bank_lib
               'bank_bytes': bank_lib.nbytes(state.bank),
               'specialist_bytes': int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(one_specialist)))}
   resident['supersub_bytes'] = resident['generalist_bytes'] + resident['bank_bytes'] + resident['specialist_bytes']
+  # With materialize='layer' (inference.lazy_specialist_variables) one layer's dense kernel is materialized at a time.
+  resident['largest_layer_bytes'] = inference.largest_dense_leaf_bytes(state.bank, state.base)
+  resident['per_layer_supersub_bytes'] = (resident['generalist_bytes'] + resident['bank_bytes']
+                                          + resident['largest_layer_bytes'])
   memory = {'single_bytes': by_batch_memory[largest]['single_bytes'],
             'supersub_bytes': by_batch_memory[largest]['supersub_bytes'],
             'batch_size': int(largest), 'by_batch': by_batch_memory, 'params_resident': resident,
