@@ -34,6 +34,7 @@ from supersub_jax import hierarchy as hierarchy_lib
 
 CONFIG_FILE = 'config.json'
 INIT_FORMATS = ('torchvision', 'orbax')
+NORMALIZE = ('host', 'device')
 
 
 def optimizer_config(**overrides) -> ml_collections.ConfigDict:
@@ -68,6 +69,16 @@ def default_config() -> ml_collections.ConfigDict:
   config.image_size = 32
   config.augment = 'crop_flip'          # 'crop_flip' | 'random_resized_crop' | 'none'
   config.worker_count = 0               # grain worker processes per host
+  config.input = ml_collections.ConfigDict(dict(
+      decoder='cpu',                    # 'cpu': the grain workers decode, a JPEG fused with its crop (DCT-scaled by
+                                        # libjpeg-turbo, so a crop of a large JPEG is never decoded whole);
+                                        # 'dali': NVIDIA DALI decodes, crops and resizes the training batches on the
+                                        # GPU (nvJPEG) from the encoded bytes grain hands it (pip install -e
+                                        # '.[dali-cuda12]' or '.[dali-cuda13]'); evaluation stays on 'cpu'
+      normalize='host',                 # 'host': float32 batches normalised by the input pipeline; 'device': uint8
+                                        # batches travel to the device (4x fewer bytes) and the model normalises
+                                        # them inside the compiled step (models.ResNet.input_norm)
+  ))
   config.batch_size = 128               # global batch, split over all devices of all processes
   config.eval_batch_size = 256
   # Model.
@@ -142,6 +153,13 @@ def default_config() -> ml_collections.ConfigDict:
       batch_size=256,                   # evaluation and benchmark batch (one device)
       top2_threshold=0.8,               # top-2 routing: a second specialist when max p(superclass) < this
       chunk_sizes=(32, 8),              # specialist chunk sizes over a group of images (inference.route)
+      routing='loop',                   # 'loop': each batch's groups one after another (inference.route);
+                                        # 'padded': all groups in one vmapped call of fixed shape
+                                        # (inference.route_padded); 'auto': inference.ROUTING_BY_PLATFORM
+      slot_size=32,                     # routing='padded': images per slot
+      materialize='group',              # 'group': a whole dense specialist per group of images; 'layer': each
+                                        # layer's dense kernel inside the forward, only while it runs
+                                        # (inference.lazy_specialist_variables: parameters near one network)
       benchmark_batch_sizes=(1, 256),   # timed batch sizes: latency (1) and throughput
       benchmark_batches=10,             # timed calls per model and batch size, on distinct held-out batches
       # Decision rules reported beside the paper's ('hard'), as '<rule>[:k][/<router>]' (supersub_jax.decide):
@@ -191,7 +209,7 @@ def read(workdir: str) -> ml_collections.ConfigDict:
 
 
 HARMLESS = ('log_every_steps', 'checkpoint_every_steps', 'profile_steps', 'max_to_keep', 'eval_batch_size', 'eval_split', 'evaluate.',
-            'worker_count', 'data_dir', 'manual_dir', 'distributed.', 'parallelism', 'stages', 'nonfinite',
+            'worker_count', 'input.', 'data_dir', 'manual_dir', 'distributed.', 'parallelism', 'stages', 'nonfinite',
             'compilation_cache_dir', 'specialists.superclasses', 'init.path', 'init.format')
 STAGE_SECTIONS = ('vanilla', 'superclass', 'specialists')
 # The baseline stages train with another stage's settings: the vanilla recipe for longer, specialists at branch 'head'.

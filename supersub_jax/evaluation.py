@@ -10,7 +10,7 @@ turns the predictions into the report (``report.build``), with the inference mea
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -34,7 +34,7 @@ def rules_of(config) -> list[decide.Rule]:
 
 
 def collect_predictions(config, workdir: str, hierarchy, vanilla, state, generalist_model, specialist_model,
-                        *, threshold: float, chunk_sizes: tuple[int, ...],
+                        *, threshold: float, paths: Mapping[str, Any],
                         vanilla_matched: stages.Network | None = None,
                         head_only: bank_lib.SuperSub | None = None,
                         rules: Sequence[decide.Rule] = (),
@@ -68,11 +68,11 @@ def collect_predictions(config, workdir: str, hierarchy, vanilla, state, general
     images = jnp.asarray(batch['image'].reshape((-1,) + batch['image'].shape[2:]))
     superclass = batch['superclass'].reshape(-1)
     top1 = inference.predict(state, images, generalist_model=generalist_model, specialist_model=specialist_model,
-                             chunk_sizes=chunk_sizes)
+                             **paths)
     oracle = inference.predict_oracle(state, images, jnp.asarray(superclass), specialist_model=specialist_model,
-                                      chunk_sizes=chunk_sizes)
+                                      **paths)
     top2 = inference.predict_top2(state, images, generalist_model=generalist_model,
-                                  specialist_model=specialist_model, threshold=threshold, chunk_sizes=chunk_sizes)
+                                  specialist_model=specialist_model, threshold=threshold, **paths)
     rows = {
         'subclass': batch['subclass'].reshape(-1), 'superclass': superclass,
         'vanilla': np.argmax(np.asarray(vanilla_apply(vanilla_vars, images)), -1),
@@ -85,11 +85,11 @@ def collect_predictions(config, workdir: str, hierarchy, vanilla, state, general
     if head_only is not None:
       rows['head_only'] = np.asarray(inference.predict(head_only, images, generalist_model=generalist_model,
                                                        specialist_model=specialist_model,
-                                                       chunk_sizes=chunk_sizes)['label'])
+                                                       **paths)['label'])
     for rule in rules:
       rows[f'rule:{rule.key}'] = rows['supersub'] if rule == decide.Rule() else np.asarray(inference.predict_rule(
           state, images, router_vars, rule=rule, generalist_model=generalist_model, specialist_model=specialist_model,
-          flat_model=flat_router and flat_router.model, chunk_sizes=chunk_sizes)['label'])
+          flat_model=flat_router and flat_router.model, **paths)['label'])
     for k in keys:
       out[k].append(np.asarray(rows[k])[keep])
   return {k: np.concatenate(v) for k, v in out.items()}
@@ -162,11 +162,11 @@ def run(config, workdir: str) -> dict:
   workdir = ckpt.abs_path(workdir)
   trained = load_trained(config, workdir)
   threshold = float(config.evaluate.top2_threshold)
-  chunk_sizes = tuple(int(c) for c in config.evaluate.chunk_sizes)
+  paths = inference.path_settings(config.evaluate)  # how the specialists run (all give the same predictions)
   rules = rules_of(config)
   p = collect_predictions(config, workdir, trained.hierarchy, trained.vanilla, trained.state,
                           trained.generalist.model, trained.specialist_model, threshold=threshold,
-                          chunk_sizes=chunk_sizes, vanilla_matched=trained.vanilla_matched,
+                          paths=paths, vanilla_matched=trained.vanilla_matched,
                           head_only=trained.head_only, rules=rules, flat_router=trained.flat_router)
   compute = {'vanilla_steps': trained.vanilla.steps, 'supersub_steps': stages.pipeline_steps(config, trained.hierarchy),
              'batch_size': int(config.batch_size)}
@@ -177,11 +177,11 @@ def run(config, workdir: str) -> dict:
                             rules={rule.key: rule.k for rule in rules})
   report.update(measure.measure_inference(config, trained.hierarchy, trained.vanilla, trained.state,
                                           generalist_model=trained.generalist.model,
-                                          specialist_model=trained.specialist_model, chunk_sizes=chunk_sizes))
+                                          specialist_model=trained.specialist_model, paths=paths))
   if rules:
     speed = measure.measure_rules(config, trained.hierarchy, trained.state, rules, flat=trained.flat_router,
                                   generalist_model=trained.generalist.model,
-                                  specialist_model=trained.specialist_model, chunk_sizes=chunk_sizes)
+                                  specialist_model=trained.specialist_model, paths=paths)
     for rule in rules:
       report['rules'][rule.key].update(speed[rule.key])
   report['memory']['bank_export_bytes'] = sum(report['storage']['specialists_bytes'])

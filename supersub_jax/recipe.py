@@ -21,6 +21,7 @@ import ml_collections
 from supersub_jax import config as config_lib
 from supersub_jax import decide
 from supersub_jax import delta as delta_lib
+from supersub_jax import inference
 from supersub_jax import models
 from supersub_jax import quant
 from supersub_jax import runner
@@ -64,6 +65,20 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _choice(problems, 'parallelism', config.parallelism, runtime.PARALLELISMS)
   _choice(problems, 'nonfinite', config.nonfinite, step_lib.NONFINITE)
   _choice(problems, 'init.format', config.init.format, config_lib.INIT_FORMATS)
+  _choice(problems, 'input.decoder', config.input.decoder, pipeline.DECODERS)
+  _choice(problems, 'input.normalize', config.input.normalize, config_lib.NORMALIZE)
+  _choice(problems, 'evaluate.routing', config.evaluate.routing, inference.ROUTINGS + ('auto',))
+  _choice(problems, 'evaluate.materialize', config.evaluate.materialize, inference.MATERIALIZE)
+  if config.evaluate.slot_size < 1:
+    problems.append(f'evaluate.slot_size={config.evaluate.slot_size}: use at least 1 image per slot.')
+  if config.input.decoder == 'dali':
+    from supersub_jax.data import dali  # pylint: disable=g-import-not-at-top
+    problem = dali.unavailable()
+    if problem:
+      problems.append(f'input.decoder=\'dali\': {problem}')
+    if config.augment != 'random_resized_crop':
+      problems.append(f"input.decoder='dali' runs random_resized_crop, not augment={config.augment!r}; use "
+                      "input.decoder='cpu'.")
   hierarchy = None
   try:
     hierarchy = stages.make_hierarchy(config)

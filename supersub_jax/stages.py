@@ -59,8 +59,10 @@ def dataset_kwargs(config) -> dict:
 
 def load_source(config, split: str, hierarchy, superclass: int | None = None):
   """One split of ``config.dataset`` relabelled by ``hierarchy`` (held-out data: ``config.eval_split``)."""
+  # Encoded: the input pipeline decodes each image fused with its crop (pipeline.decode_random_resized_crop).
   return sources.load_source(config.dataset, split, hierarchy, ckpt.abs_path(config.data_dir),
-                             manual_dir=config.manual_dir or None, superclass=superclass, **dataset_kwargs(config))
+                             manual_dir=config.manual_dir or None, superclass=superclass, encoded=True,
+                             **dataset_kwargs(config))
 
 
 def _stats(config):
@@ -72,19 +74,26 @@ def train_batches(config, source, *, label_mode: str, seed: int, mix=None):
   stats = _stats(config)
   return pipeline.train_iterator(source, global_batch_size=config.batch_size, seed=seed, augment=config.augment,
                                  image_size=config.image_size, mean=stats.mean, std=stats.std,
-                                 label_mode=label_mode, worker_count=config.worker_count, mix=mix)
+                                 label_mode=label_mode, worker_count=config.worker_count,
+                                 normalize=config.input.normalize == 'host', decoder=config.input.decoder, mix=mix)
 
 
 def eval_batches(config, source, *, label_mode: str, batch_size: int | None = None, **kwargs):
   stats = _stats(config)
   return pipeline.eval_iterator(source, global_batch_size=batch_size or config.eval_batch_size,
                                 image_size=config.image_size, mean=stats.mean, std=stats.std, label_mode=label_mode,
-                                crop_fraction=stats.eval_crop_fraction, worker_count=config.worker_count, **kwargs)
+                                crop_fraction=stats.eval_crop_fraction, worker_count=config.worker_count,
+                                normalize=config.input.normalize == 'host', **kwargs)
 
 
 def make_model(config, num_classes: int):
+  """The config's ResNet; with ``config.input.normalize == 'device'`` it takes the pipeline's uint8 batches and
+  normalises them itself (``models.ResNet.input_norm``)."""
+  input_norm = None
+  if config.input.normalize == 'device' and config.dataset in pipeline.DATASET_STATS:
+    input_norm = (tuple(_stats(config).mean), tuple(_stats(config).std))
   return models.create_model(config.model, num_classes, stem=config.stem, width=config.width,
-                             dtype=jnp.bfloat16 if config.half_precision else jnp.float32)
+                             dtype=jnp.bfloat16 if config.half_precision else jnp.float32, input_norm=input_norm)
 
 
 def image_shape(config) -> tuple[int, int, int]:

@@ -397,3 +397,70 @@ def test_predict_temp_memory_does_not_grow_like_n_dense_specialists():
   # N dense specialists would add at least 4 * dense_bytes of temporaries from N = 2 to N = 6 (running all N
   # specialists under vmap adds ~8x that here); one transient specialist adds nothing that depends on N.
   assert abs(temps[6] - temps[2]) < 0.1 * 4 * dense_bytes, (temps, dense_bytes)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Layer-by-layer materialization and the padded single call
+
+
+def test_layer_by_layer_leaves_equal_materialize_compressed_bit_for_bit(world):
+  state, base = world['state'], world['base']
+  s = max(SIZES)
+
+  @jax.jit
+  def unboxed(k):  # each LazyLeaf materialized as its layer would read it
+    from flax.core import meta  # pylint: disable=g-import-not-at-top
+    return meta.unbox(inf.lazy_specialist_variables(state.bank, base, k, s))
+
+  for k, ex in enumerate(world['exported']):
+    lazy = inf.lazy_specialist_variables(state.bank, base, k, s)
+    assert any(isinstance(x, inf.LazyLeaf) for x in jax.tree.leaves(
+        lazy['params'], is_leaf=lambda x: isinstance(x, inf.LazyLeaf)))  # nothing dense before the forward
+    got = unboxed(jnp.int32(k))
+    want = {**exported_lib.materialize_compressed(base, ex['delta']), 'head': _padded_head(ex, s)}
+    _assert_trees_bit_equal(got['params'], want)
+    _assert_trees_bit_equal(got['batch_stats'], ex['batch_stats'])
+
+
+def test_a_forward_through_lazy_leaves_is_the_dense_specialists_forward(world):
+  state, base, images = world['state'], world['base'], world['images']
+  apply = _jitted_apply(world['sm'])
+  lazy = jax.jit(lambda k, x: world['sm'].apply(inf.lazy_specialist_variables(state.bank, base, k, max(SIZES)), x,
+                                                train=False))
+  for k in range(len(SIZES)):
+    dense = inf.specialist_variables(state.bank, base, k, max(SIZES))
+    np.testing.assert_array_equal(lazy(jnp.int32(k), images), apply(dense, images))
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted_route_padded(num_superclasses, slot_size):
+  return jax.jit(functools.partial(inf.route_padded, specialists=_ID, num_superclasses=num_superclasses,
+                                   slot_size=slot_size))
+
+
+@settings(max_examples=25, deadline=None)
+@given(data=st.data(), b=st.sampled_from([1, 5, 12]), n=st.sampled_from([1, 3]), slot=st.sampled_from([1, 3, 16]))
+def test_route_padded_gives_every_image_its_specialists_output(data, b, n, slot):
+  routes = np.asarray(data.draw(st.lists(st.integers(-1, n - 1), min_size=b, max_size=b)), np.int32)
+  images = np.arange(b, dtype=np.float32)[:, None] * np.ones((1, 2), np.float32)
+  out = _jitted_route_padded(n, slot)(images, routes)
+  assert out.shape == (b, 3) and out.dtype == jnp.float32
+  _check_routed(out, routes)
+
+
+def test_num_slots_holds_the_worst_routing():
+  for b, n, c in [(256, 10, 32), (256, 10, 16), (5, 3, 4), (1, 20, 8), (40, 2, 1)]:
+    # Worst case: one image in each of n - 1 groups, the rest in one (every group wastes c - 1 rows at most).
+    counts = [1] * (min(n, b) - 1) + [b - min(n, b) + 1]
+    assert sum(-(-x // c) for x in counts) <= inf.num_slots(b, n, c)
+
+
+@pytest.mark.parametrize('routing,materialize', [('loop', 'layer'), ('padded', 'layer'), ('padded', 'group')])
+def test_every_routing_path_predicts_what_predict_does(world, routing, materialize):
+  images = world['images']
+  kw = dict(generalist_model=world['gm'], specialist_model=world['sm'], chunk_sizes=(4,))
+  today = inf.predict(world['state'], images, **kw)
+  out = inf.predict(world['state'], images, routing=routing, slot_size=3, materialize=materialize, **kw)
+  for key in ('superclass', 'local', 'label'):
+    np.testing.assert_array_equal(out[key], today[key])
+  np.testing.assert_allclose(out['prob'], today['prob'], rtol=1e-5)

@@ -504,3 +504,16 @@ def test_resnet_training_gradient_equals_the_one_through_lax_convolutions(tiny_s
   xla = grads()
   for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(xla)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.abs(b).max()))
+
+
+def test_uint8_images_are_normalised_by_the_network_as_the_host_pipeline_does(tiny_small):
+  model, variables, _ = tiny_small
+  mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
+  with_norm = model.clone(input_norm=(mean, std))
+  pixels = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+  # pipeline._Finalize's host normalisation, in numpy.
+  host = pixels.astype(np.float32) * (1 / (255 * np.float32(std))) - np.float32(mean) / np.float32(std)
+  np.testing.assert_allclose(with_norm.apply(variables, pixels, train=False),
+                             model.apply(variables, host, train=False), rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match='input_norm'):
+    model.apply(variables, pixels, train=False)

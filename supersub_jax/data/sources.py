@@ -151,15 +151,18 @@ class HierarchicalSource:
   """Random-access examples (`len`, `[i]`) relabelled into a hierarchy; picklable for grain.
 
   Example i is {'image': uint8 [H, W, 3], 'subclass': int32, 'superclass': int32,
-  'local': int32}.  `labels` holds the labels of all examples (no record read needed).
+  'local': int32}; with `encoded`, 'image' is the stored file itself (bytes: JPEG, PNG), which the input
+  pipeline decodes fused with its crop (`pipeline.decode_random_resized_crop`).  `labels` holds the labels
+  of all examples (no record read needed).
   """
 
   def __init__(self, records: Sequence[Mapping[str, Any]], labels: Relabelled, *,
-               name: str, hierarchy: hierarchy_lib.Hierarchy):
+               name: str, hierarchy: hierarchy_lib.Hierarchy, encoded: bool = False):
     self._records = records
     self.labels = labels
     self.name = name
     self.hierarchy = hierarchy
+    self.encoded = encoded
 
   def __len__(self) -> int:
     return len(self.labels.record)
@@ -168,8 +171,11 @@ class HierarchicalSource:
     if not -len(self) <= index < len(self):
       raise IndexError(f'index {index} out of range for {self.name} of {len(self)} examples')
     example = self._records[int(self.labels.record[index])]
-    image = np.asarray(example['image'])
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+    image = example['image']
+    if self.encoded:
+      if not isinstance(image, bytes):
+        raise ValueError(f'{self.name}[{index}]: expected the encoded image (bytes), got {type(image).__name__}.')
+    elif (image := np.asarray(image)).dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
       raise ValueError(f'{self.name}[{index}]: expected a uint8 [H, W, 3] image, got '
                        f'{image.dtype} {image.shape}.')
     return {'image': image, 'subclass': self.labels.subclass[index],
@@ -181,7 +187,8 @@ class HierarchicalSource:
       raise ValueError(f'superclass={k} is outside [0, {self.hierarchy.num_superclasses}) of '
                        f'hierarchy {self.hierarchy.name!r}.')
     return HierarchicalSource(self._records, self.labels.select(self.labels.superclass == k),
-                              name=f'{self.name}[superclass={k}]', hierarchy=self.hierarchy)
+                              name=f'{self.name}[superclass={k}]', hierarchy=self.hierarchy,
+                              encoded=self.encoded)
 
   def outside(self, k: int, *, local: int, weights: np.ndarray | None = None,
               seed: int = 0) -> HierarchicalSource:
@@ -212,7 +219,7 @@ class HierarchicalSource:
     chosen = self.labels.select(keep)
     labels = dataclasses.replace(chosen, local=np.full(keep.size, local, chosen.local.dtype))
     return HierarchicalSource(self._records, labels, name=f'{self.name}[outside superclass {k}]',
-                              hierarchy=self.hierarchy)
+                              hierarchy=self.hierarchy, encoded=self.encoded)
 
   def __repr__(self) -> str:
     return (f'HierarchicalSource({self.name}, {len(self)} examples, '
@@ -249,7 +256,8 @@ def _check_split(builder: tfds.core.DatasetBuilder, split: str, command: str) ->
 
 def load_source(dataset: str, split: str, hierarchy: hierarchy_lib.Hierarchy,
                 data_dir: str | os.PathLike, *, manual_dir: str | os.PathLike | None = None,
-                superclass: int | None = None, **dataset_kwargs) -> HierarchicalSource:
+                superclass: int | None = None, encoded: bool = False,
+                **dataset_kwargs) -> HierarchicalSource:
   """Opens one split of a prepared dataset, filtered to and relabelled by `hierarchy`.
 
   Args:
@@ -259,6 +267,8 @@ def load_source(dataset: str, split: str, hierarchy: hierarchy_lib.Hierarchy,
     data_dir: TFDS data directory.
     manual_dir: where ILSVRC2012 tars are (only quoted in the error if imagenet2012 is missing).
     superclass: if given, only that superclass's examples (a specialist's view).
+    encoded: 'image' is the stored file (bytes), not decoded pixels: the input pipeline then decodes only
+      what its crop needs.
     **dataset_kwargs: synthetic: the knobs of `synthetic.build_synthetic` (`sizes` defaults to
       the hierarchy's); cifar100 / imagenet2012: passed to `tfds.builder` (e.g. version).
 
@@ -298,8 +308,10 @@ def load_source(dataset: str, split: str, hierarchy: hierarchy_lib.Hierarchy,
           f'{hierarchy.name!r} puts source class {raw_labels["label"][i]} in superclass '
           f'{labels.superclass[wrong[0]]} ({wrong.size} such records). Use the matching '
           f'hierarchy: hierarchy.{"cifar100()" if dataset == "cifar100" else "synthetic(sizes)"}.')
-  source = HierarchicalSource(builder.as_data_source(split), labels,
-                              name=f'{dataset}/{split}', hierarchy=hierarchy)
+  records = (builder.as_data_source(split, decoders={'image': tfds.decode.SkipDecoding()}) if encoded
+             else builder.as_data_source(split))
+  source = HierarchicalSource(records, labels, name=f'{dataset}/{split}', hierarchy=hierarchy,
+                              encoded=encoded)
   if superclass is not None:
     source = source.for_superclass(superclass)
   if len(source) == 0:
