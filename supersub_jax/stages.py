@@ -82,7 +82,8 @@ def eval_batches(config, source, *, label_mode: str, batch_size: int | None = No
 
 def make_model(config, num_classes: int):
   return models.create_model(config.model, num_classes, stem=config.stem, width=config.width,
-                             dtype=jnp.bfloat16 if config.half_precision else jnp.float32)
+                             dtype=jnp.bfloat16 if config.half_precision else jnp.float32,
+                             zero_init_residual=config.zero_init_residual)
 
 
 def image_shape(config) -> tuple[int, int, int]:
