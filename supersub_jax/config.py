@@ -86,6 +86,10 @@ def default_config() -> ml_collections.ConfigDict:
   config.stem = 'small'                 # 'small' (3x3 conv, no pool: 32x32) | 'imagenet' (7x7/2 + max-pool)
   config.width = 1.0
   config.half_precision = False         # bf16 compute, float32 params
+  config.zero_init_residual = True      # each residual block's last BatchNorm scale starts at 0 (the block starts as
+                                        # its shortcut): for deep ResNets; with one block per stage the shortcuts
+                                        # are strided projections and the network starts nearly blind: False
+                                        # (models.ResNet)
   # Pretrained start: the backbone (every parameter and BatchNorm statistic but the head) of the vanilla network,
   # and of the generalist unless superclass.init_from_vanilla, is loaded from here; the head is new.
   config.init = ml_collections.ConfigDict(dict(

@@ -93,7 +93,8 @@ def make_model(config, num_classes: int):
   if config.input.normalize == 'device' and config.dataset in pipeline.DATASET_STATS:
     input_norm = (tuple(_stats(config).mean), tuple(_stats(config).std))
   return models.create_model(config.model, num_classes, stem=config.stem, width=config.width,
-                             dtype=jnp.bfloat16 if config.half_precision else jnp.float32, input_norm=input_norm)
+                             dtype=jnp.bfloat16 if config.half_precision else jnp.float32, input_norm=input_norm,
+                             zero_init_residual=config.zero_init_residual)
 
 
 def image_shape(config) -> tuple[int, int, int]:

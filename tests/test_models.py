@@ -20,6 +20,8 @@ from flax import traverse_util
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from supersub_jax import config as config_lib
+from supersub_jax import stages
 from supersub_jax.models import (
     MODELS,
     BottleneckResNetBlock,
@@ -222,6 +224,22 @@ def test_residual_blocks_zero_init_last_bn_and_project_when_shape_changes(tiny_s
   flat = traverse_util.flatten_dict(params)
   conv_biases = [k for k in flat if k[-2].lower().startswith('conv') and k[-1] == 'bias']
   assert conv_biases == []
+
+
+def test_zero_init_residual_false_starts_every_block_at_unit_scale():
+  # One block per stage (resnet_small): with zero scales the branches would start dead (models.ResNet).
+  model = create_model('resnet_tiny', NUM_CLASSES, stem='small', zero_init_residual=False)
+  params = init_variables(model, jax.random.key(0), (32, 32, 3))['params']
+  for name in ('stage1_block1', 'stage2_block1', 'stage3_block1'):
+    scale = params[name]['BatchNorm_1']['scale']
+    np.testing.assert_array_equal(scale, np.ones(scale.shape), err_msg=name)
+
+
+def test_config_zero_init_residual_reaches_the_model():
+  config = config_lib.default_config()
+  assert config.zero_init_residual  # the default keeps the models' behaviour
+  config.zero_init_residual = False
+  assert not stages.make_model(config, 3).zero_init_residual
 
 
 def test_bottleneck_block_structure():
