@@ -28,7 +28,7 @@ flags.mark_flags_as_required(['workdir'])
 def main(argv):
   del argv
   import jax  # pylint: disable=g-import-not-at-top
-  from supersub_jax import checkpoint as ckpt, config as config_lib, evaluation, measure, runtime  # pylint: disable=g-import-not-at-top
+  from supersub_jax import checkpoint as ckpt, config as config_lib, evaluation, inference, measure, runtime  # pylint: disable=g-import-not-at-top
   config = config_lib.read(_WORKDIR.value)
   runtime.initialize_runtime(config)
   if _BATCHES.value:
@@ -47,7 +47,8 @@ def main(argv):
   for plan in plans:
     result = measure.measure_inference(config, trained.hierarchy, trained.vanilla, trained.state,
                                        generalist_model=trained.generalist.model,
-                                       specialist_model=trained.specialist_model, chunk_sizes=plan)
+                                       specialist_model=trained.specialist_model,
+                                       paths={**inference.path_settings(config.evaluate), 'chunk_sizes': plan})
     for b, t in sorted(result['throughput']['by_batch'].items(), key=lambda kv: int(kv[0])):
       m = result['memory']['by_batch'][b]
       rows.append({'chunk_sizes': list(plan), 'batch': int(b), **t, 'single_bytes': m['single_bytes'],

@@ -31,10 +31,18 @@ _DENSITY = flags.DEFINE_float('density', 0.1, 'Fraction of each kernel kept in a
 _BITS = flags.DEFINE_integer('bits', 8, 'Bits of the delta codes.')
 _HALF = flags.DEFINE_bool('half_precision', False, 'bf16 compute.')
 _DATA_DIR = flags.DEFINE_string('data_dir', './data', 'Where the synthetic dataset is (built if missing).')
+_ROUTING = flags.DEFINE_list('routing', ['loop'], "Paths: 'loop' (inference.route, --chunk_sizes, per-group "
+                             "materialization), 'padded' (inference.route_padded, --slot_size, per-layer), "
+                             "'offline' (offline.predict_split over all of a batch size's batches, per-layer).")
+_SLOT = flags.DEFINE_integer('slot_size', 32, "routing 'padded': images per slot.")
+_DISTINCT = flags.DEFINE_integer('distinct_specialists', 0, 'Export this many random specialists and repeat them '
+                                 'to N (0: all N distinct). Costs do not depend on the values; export is host work '
+                                 'that grows with N x the model (minutes for 20 ResNet-50s).')
 
 
 def measure_scale(*, model: str, image_size: int, stem: str, sizes: list[int], batch_sizes: list[int], repeats: int,
-                  chunk_sizes: list[str], density: float, bits: int, half_precision: bool, data_dir: str) -> dict:
+                  chunk_sizes: list[str], density: float, bits: int, half_precision: bool, data_dir: str,
+                  routing: list[str] = ('loop',), slot_size: int = 32, distinct_specialists: int = 0) -> dict:
   """The measurement of the module docstring; prints a table row per plan and batch size, returns the rows."""
   import functools  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
@@ -42,6 +50,7 @@ def measure_scale(*, model: str, image_size: int, stem: str, sizes: list[int], b
   import numpy as np  # pylint: disable=g-import-not-at-top
   from supersub_jax import bank as bank_lib, config as config_lib, delta as delta_lib, measure  # pylint: disable=g-import-not-at-top
   from supersub_jax import exported as exported_lib, hierarchy as hierarchy_lib, inference, models, stages  # pylint: disable=g-import-not-at-top
+  from supersub_jax import offline  # pylint: disable=g-import-not-at-top
 
   sizes = tuple(int(s) for s in sizes)
   hierarchy = hierarchy_lib.synthetic(sizes)
@@ -72,6 +81,13 @@ def measure_scale(*, model: str, image_size: int, stem: str, sizes: list[int], b
   cfg = delta_lib.DeltaConfig(bits=bits or None)
   exported = []
   for k, n_k in enumerate(sizes):
+    if distinct_specialists and k >= distinct_specialists:  # a repeat of specialist k mod D, with its own head
+      ex = dict(exported[k % distinct_specialists])
+      ex['head'] = {'kernel': rng.normal(size=(features.shape[1], n_k)).astype(np.float32),
+                    'bias': np.zeros(n_k, np.float32)}
+      ex['spec'] = dict(ex['spec'], num_subclasses=n_k)
+      exported.append(ex)
+      continue
     delta = jax.tree.map(lambda z: rng.normal(size=z.shape).astype(np.float32) * 0.01,
                          delta_lib.init_delta(base, cfg.pattern, cfg.exclude))
     masks = jax.tree.map(lambda d: rng.random(d.shape) < density, delta)
@@ -88,36 +104,71 @@ def measure_scale(*, model: str, image_size: int, stem: str, sizes: list[int], b
         f'on device, {stored:,} B exported', flush=True)
   single_apply = jax.jit(lambda v, x: vm.apply(v, x, train=False))
   rows = []
-  print('| chunk sizes | batch | single img/s | Super-Sub img/s | ratio | single ms | Super-Sub ms | specialists per '
+  print('| path | batch | single img/s | Super-Sub img/s | ratio | single ms | Super-Sub ms | specialists per '
         'batch | single memory | Super-Sub memory |\n|---|---|---|---|---|---|---|---|---|---|', flush=True)
-  for plan in chunk_sizes:
-    chunks = tuple(int(c) for c in plan.split(','))
-    predict = jax.jit(functools.partial(inference.predict, generalist_model=gm, specialist_model=sm,
-                                        chunk_sizes=chunks))
+  paths = []
+  for name in routing:
+    if name == 'loop':
+      paths += [(f'loop {plan}', dict(routing='loop', materialize='group',
+                                      chunk_sizes=tuple(int(c) for c in plan.split(',')))) for plan in chunk_sizes]
+    elif name == 'padded':
+      paths.append((f'padded {slot_size}', dict(routing='padded', materialize='layer', slot_size=slot_size)))
+    elif name == 'offline':
+      paths.append(('offline', None))
+    else:
+      raise ValueError(f'--routing: unknown {name!r}; use loop, padded or offline.')
+  for label, kw in paths:
+    if kw is not None:
+      predict = jax.jit(functools.partial(inference.predict, generalist_model=gm, specialist_model=sm, **kw))
     for b, xs in batches.items():
+      if kw is None:  # the whole set of batches is one call: route them all, then each specialist in full batches
+        run_all = lambda i, xs=xs, b=b: offline.predict_split(state, xs, generalist_model=gm, specialist_model=sm,
+                                                               batch_sizes=(b, max(1, b // 8)))['label']
+        timing = measure.time_calls({'single': lambda i, xs=xs: [single_apply(single, x) for x in xs],
+                                     'supersub': run_all}, 2)
+        seconds = {name: t.mean / len(xs) for name, t in timing.items()}
+        reached = float(np.mean([len(np.unique(np.asarray(
+            jax.jit(functools.partial(gm.apply, train=False))(gen, x)).argmax(-1))) for x in xs]))
+        mem_single = mem_supersub = 0
+      else:
+        timing = measure.time_calls({'single': lambda i: single_apply(single, xs[i]),
+                                     'supersub': lambda i: predict(state, xs[i])}, len(xs))
+        seconds = {name: t.mean for name, t in timing.items()}
+        reached = float(np.mean([len(np.unique(np.asarray(predict(state, x)['superclass']))) for x in xs]))
+        spec = jax.ShapeDtypeStruct(xs[0].shape, xs[0].dtype)
+        mem_single = measure.compiled_bytes(single_apply, single, spec).get('total', 0)
+        mem_supersub = measure.compiled_bytes(predict, state, spec).get('total', 0)
       # The first call of each model at this shape (Timing.first_s): compilation plus one run, what a fresh process
       # waits for.
-      timing = measure.time_calls({'single': lambda i: single_apply(single, xs[i]),
-                                   'supersub': lambda i: predict(state, xs[i])}, len(xs))
-      seconds = {name: t.mean for name, t in timing.items()}
       first = {name: t.first_s for name, t in timing.items()}
-      reached = float(np.mean([len(np.unique(np.asarray(predict(state, x)['superclass']))) for x in xs]))
-      spec = jax.ShapeDtypeStruct(xs[0].shape, xs[0].dtype)
-      mem_single = measure.compiled_bytes(single_apply, single, spec).get('total', 0)
-      mem_supersub = measure.compiled_bytes(predict, state, spec).get('total', 0)
-      row = {'chunk_sizes': list(chunks), 'batch': b, 'single_ms': 1e3 * seconds['single'],
+      row = {'routing': label, 'chunk_sizes': list((kw or {}).get('chunk_sizes', ())), 'batch': b,
+             'single_ms': 1e3 * seconds['single'],
              'supersub_ms': 1e3 * seconds['supersub'], 'single_ips': b / seconds['single'],
              'supersub_ips': b / seconds['supersub'], 'ratio': seconds['single'] / seconds['supersub'],
              'specialists_per_batch': reached, 'single_bytes': mem_single, 'supersub_bytes': mem_supersub,
              'single_first_call_s': first['single'], 'supersub_first_call_s': first['supersub']}
       rows.append(row)
-      print(f"| {plan} | {b} | {row['single_ips']:,.1f} | {row['supersub_ips']:,.1f} | {row['ratio']:.3f} | "
+      print(f"| {label} | {b} | {row['single_ips']:,.1f} | {row['supersub_ips']:,.1f} | {row['ratio']:.3f} | "
             f"{row['single_ms']:.2f} | {row['supersub_ms']:.2f} | {reached:.1f} | {mem_single:,} | {mem_supersub:,} |",
             flush=True)
+  one_network = delta_lib.tree_nbytes(single)
+  whole = int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(jax.eval_shape(
+      lambda: inference.specialist_variables(state.bank, state.base, 0, hierarchy.max_subclasses)))))
+  layer = inference.largest_dense_leaf_bytes(state.bank, state.base)
+  resident = {'single_bytes': one_network, 'generalist_bytes': delta_lib.tree_nbytes(state.generalist),
+              'bank_bytes': bank_lib.nbytes(state.bank), 'whole_specialist_bytes': whole,
+              'largest_layer_bytes': layer}
+  resident['per_group_ratio'] = (resident['generalist_bytes'] + resident['bank_bytes'] + whole) / one_network
+  resident['per_layer_ratio'] = (resident['generalist_bytes'] + resident['bank_bytes'] + layer) / one_network
+  print(f"parameters on device / one network: per-group materialization {resident['per_group_ratio']:.3f}x, "
+        f"per-layer {resident['per_layer_ratio']:.3f}x (generalist {resident['generalist_bytes']:,} B + bank "
+        f"{resident['bank_bytes']:,} B + a whole specialist {whole:,} B or its largest layer {layer:,} B; one network "
+        f"{one_network:,} B)", flush=True)
   print(f"storage: generalist {storage['base_bytes']:,} B + {n} specialists {stored:,} B = {storage['factor']:.3f} "
         f"networks (alpha {storage['alpha']:.4f}; naive {storage['naive_factor']})", flush=True)
   return ({'device': str(device.device_kind), 'model': model, 'sizes': list(sizes),
-                    'storage': {k: v for k, v in storage.items() if k != 'specialists_bytes'}, 'rows': rows})
+                    'storage': {k: v for k, v in storage.items() if k != 'specialists_bytes'}, 'rows': rows,
+                    'params_resident': resident})
 
 
 def main(argv):
@@ -125,7 +176,8 @@ def main(argv):
   print(json.dumps(measure_scale(
       model=_MODEL.value, image_size=_IMAGE.value, stem=_STEM.value, sizes=[int(x) for x in _SIZES.value],
       batch_sizes=[int(x) for x in _BATCHES.value], repeats=_REPEATS.value, chunk_sizes=_CHUNKS.value,
-      density=_DENSITY.value, bits=_BITS.value, half_precision=_HALF.value, data_dir=_DATA_DIR.value)))
+      density=_DENSITY.value, bits=_BITS.value, half_precision=_HALF.value, data_dir=_DATA_DIR.value,
+      routing=_ROUTING.value, slot_size=_SLOT.value, distinct_specialists=_DISTINCT.value)))
 
 
 if __name__ == '__main__':

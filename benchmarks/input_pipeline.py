@@ -9,8 +9,13 @@ ILSVRC2012 train tar of photo-like JPEGs (``--photo_size``, default 375x500; ``-
 Superclassing ImageNet x ``--fake_per_class`` images) into ``<data_dir>/manual`` and prepares it as the real one
 would be (array_record of the encoded JPEGs), so each batch pays what ImageNet costs: JPEG decoding, the
 random-resized crop and the resize to ``--image_size``. After a warm-up, times ``--batches`` batches and prints
-images/s, and images/s per reading process. Run under ``absl.app.run``: grain's worker processes read absl
-flags, which must be parsed.
+images/s, and images/s per reading process, for each of ``--repeats`` runs (the spread of a shared machine shows).
+Run under ``absl.app.run``: grain's worker processes read absl flags, which must be parsed.
+
+The path measured: ``--encoded`` (default) hands the pipeline the stored JPEG, decoded fused with its crop
+(``pipeline.decode_random_resized_crop``); ``--noencoded`` lets TFDS decode whole images first (the path before
+it). ``--normalize=device`` (default) leaves batches uint8 for the model to normalise; ``host`` normalises to float32
+here. ``--decoder=dali`` has DALI decode (``supersub_jax.data.dali``; on the GPU where jax sees one).
 """
 
 import time
@@ -34,6 +39,10 @@ _READ_THREADS = flags.DEFINE_integer('read_threads', 1, 'threads preparing batch
 _FAKE_CLASSES = flags.DEFINE_integer('fake_classes', 10, 'imagenet2012: classes in the fake tar.')
 _FAKE_PER_CLASS = flags.DEFINE_integer('fake_per_class', 100, 'imagenet2012: JPEGs per class in the fake tar.')
 _PHOTO_SIZE = flags.DEFINE_list('photo_size', ['375', '500'], 'imagenet2012: H,W of the fake JPEGs.')
+_ENCODED = flags.DEFINE_bool('encoded', True, 'The source holds the stored files; the pipeline decodes them.')
+_NORMALIZE = flags.DEFINE_enum('normalize', 'device', ['host', 'device'], 'Where images are normalised.')
+_DECODER = flags.DEFINE_enum('decoder', 'cpu', ['cpu', 'dali'], 'Who decodes (training batches).')
+_REPEATS = flags.DEFINE_integer('repeats', 1, 'Runs of each worker count.')
 
 
 def measure(source, workers: int) -> float:
@@ -42,7 +51,8 @@ def measure(source, workers: int) -> float:
   it = pipeline.train_iterator(
       source, global_batch_size=_BATCH.value, seed=0, augment=_AUGMENT.value,
       image_size=_IMAGE_SIZE.value or stats.image_size, mean=stats.mean, std=stats.std, worker_count=workers,
-      read_threads=_READ_THREADS.value, process_index=0, process_count=1, local_device_count=1)
+      read_threads=_READ_THREADS.value, process_index=0, process_count=1, local_device_count=1,
+      normalize=_NORMALIZE.value == 'host', decoder=_DECODER.value)
   for _ in range(_WARMUP.value):
     next(it)
   start = time.perf_counter()
@@ -60,12 +70,18 @@ def main(argv):
   if _DATASET.value == 'imagenet2012':
     source = _fake_imagenet_source()
   else:
-    source = sources.load_source('synthetic', 'train', hierarchy.synthetic(), _DATA_DIR.value)
+    source = sources.load_source('synthetic', 'train', hierarchy.synthetic(), _DATA_DIR.value,
+                                 encoded=_ENCODED.value)
   print(f'source: {source} (ready in {time.perf_counter() - start:.1f} s)')
-  rows = [(int(w), measure(source, int(w))) for w in _WORKERS.value]
+  rows = []
+  for w in _WORKERS.value:
+    for _ in range(_REPEATS.value):
+      rows.append((int(w), measure(source, int(w))))
+      print(f'{w} workers: {rows[-1][1]:,.0f} images/s', flush=True)
   side = _IMAGE_SIZE.value or pipeline.DATASET_STATS[_DATASET.value].image_size
   print(f'\n| workers | images/s (batch {_BATCH.value}, {_DATASET.value} -> {side}x{side}, {_AUGMENT.value}, '
-        f'{_READ_THREADS.value} read thread(s)) | per reading process |')
+        f'{_READ_THREADS.value} read thread(s), {"encoded" if _ENCODED.value else "decoded by TFDS"}, '
+        f'{_DECODER.value} decoder, normalised on the {_NORMALIZE.value}) | per reading process |')
   print('|---:|---:|---:|')
   for workers, rate in rows:
     print(f'| {workers} | {rate:,.0f} | {rate / max(workers, 1):,.0f} |')
@@ -81,7 +97,8 @@ def _fake_imagenet_source():
     write_fake_imagenet(manual, wnids, _FAKE_PER_CLASS.value, val_wnids=wnids[:1],
                         photo_size=tuple(int(x) for x in _PHOTO_SIZE.value))
   prepare.prepare('imagenet2012', _DATA_DIR.value, manual_dir=manual)
-  return sources.load_source('imagenet2012', 'train', tree, _DATA_DIR.value, manual_dir=manual)
+  return sources.load_source('imagenet2012', 'train', tree, _DATA_DIR.value, manual_dir=manual,
+                             encoded=_ENCODED.value)
 
 
 if __name__ == '__main__':

@@ -41,6 +41,9 @@ _BITS = flags.DEFINE_integer('bits', 8, 'Bits of the delta codes.')
 _HALF = flags.DEFINE_bool('half_precision', False, 'bf16 compute.')
 _DATA_DIR = flags.DEFINE_string('data_dir', './data', 'Where the synthetic dataset is (built if missing).')
 _OUT = flags.DEFINE_string('out', 'docs/results/scaling', 'Output path prefix (.json, .md, .png).')
+_DISTINCT = flags.DEFINE_integer('distinct_specialists', 0, 'Export this many random specialists and repeat them to '
+                                 'N (0: all distinct): inference_scale --distinct_specialists, for a lease too '
+                                 'short to export 20 ResNet-50s on the host.')
 
 def split_evenly(total: int, n: int) -> list[int]:
   """``total`` subclasses over ``n`` superclasses, sizes differing by at most one, largest first."""
@@ -63,7 +66,8 @@ def measure(model: str, n: int) -> dict:
     print(f'{model} N={n} {kind} step: {1e3 * row["step_s"]:,.1f} ms (compile {row["compile_s"]:.1f} s)', flush=True)
   infer = measure_lib.in_subprocess('benchmarks.inference_scale.measure_scale', dict(
       common, sizes=sizes, batch_sizes=[int(b) for b in _BATCHES.value], repeats=_REPEATS.value,
-      chunk_sizes=[_CHUNKS.value], density=_DENSITY.value, bits=_BITS.value, data_dir=_DATA_DIR.value))
+      chunk_sizes=[_CHUNKS.value], density=_DENSITY.value, bits=_BITS.value, data_dir=_DATA_DIR.value,
+      distinct_specialists=_DISTINCT.value))
   return {'model': model, 'num_superclasses': n, 'sizes': sizes, 'device': infer['device'],
           'generalist_step': train['plain'], 'delta_step': train['delta'], 'storage': infer['storage'],
           'inference': infer['rows']}

@@ -51,6 +51,7 @@ def get_config():
   config.batch_size = 1024
   config.eval_batch_size = 1024
   config.worker_count = 16
+  config.input.normalize = 'device'  # uint8 batches to the GPU; the model normalises them in the compiled step
   config.log_every_steps = 100
   config.checkpoint_every_steps = 2000
   config.max_to_keep = 3

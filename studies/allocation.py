@@ -20,7 +20,6 @@ network at a budget is trained once and linked into the other scratch allocation
 """
 
 import json
-import math
 import os
 
 from absl import app
@@ -53,26 +52,6 @@ def parse(allocation: str) -> tuple[str, float, float]:
   return kind, vanilla, generalist
 
 
-def specialist_epochs(config, hierarchy, steps: int) -> float:
-  """The largest ``specialists.num_epochs`` whose specialists, all together, train at most ``steps`` steps."""
-  from supersub_jax import stages  # pylint: disable=g-import-not-at-top
-  sizes = [len(stages.load_source(config, 'train', hierarchy, superclass=k)) for k in range(hierarchy.num_superclasses)]
-  spec = config.specialists.copy_and_resolve_references()
-
-  def total(epochs):
-    spec.num_epochs = epochs
-    return sum(stages.specialist_steps(spec, n, config.batch_size) for n in sizes)
-
-  low, high = 1e-3, 1e3
-  if total(low) > steps:
-    raise ValueError(f'{steps} specialist steps cannot train {len(sizes)} specialists (at least '
-                     f'{total(low)} with specialists.min_steps={spec.min_steps}): raise the budget.')
-  for _ in range(60):
-    mid = (low + high) / 2
-    low, high = (mid, high) if total(mid) <= steps else (low, mid)
-  return math.floor(low * 1e4) / 1e4  # rounded down: never over the budget
-
-
 def configure(config, budget: int, allocation: str):
   """The config of one (budget, allocation): stages and step budgets as the module docstring says."""
   from supersub_jax import stages  # pylint: disable=g-import-not-at-top
@@ -90,7 +69,7 @@ def configure(config, budget: int, allocation: str):
     config.vanilla.num_train_steps = max(1, round(vanilla * budget))
     config.stages = ('vanilla', 'superclass', 'specialists', 'vanilla_matched')
     used = config.vanilla.num_train_steps + config.superclass.num_train_steps
-  config.specialists.num_epochs = specialist_epochs(config, stages.make_hierarchy(config), budget - used)
+  config.specialists.num_epochs = stages.specialist_epochs_for(config, stages.make_hierarchy(config), budget - used)
   return config
 
 

@@ -70,7 +70,7 @@ def markdown(rows: dict[str, dict]) -> str:
 def main(argv):
   del argv
   from supersub_jax import checkpoint as ckpt  # pylint: disable=g-import-not-at-top
-  from supersub_jax import config as config_lib, evaluation  # pylint: disable=g-import-not-at-top
+  from supersub_jax import config as config_lib, evaluation, inference  # pylint: disable=g-import-not-at-top
   rows = {}
   for workdir in (ckpt.abs_path(w) for w in _WORKDIRS.value):
     config = config_lib.read(workdir)
@@ -80,7 +80,7 @@ def main(argv):
     t = evaluation.load_trained(config, workdir)
     p = evaluation.collect_predictions(
         config, workdir, t.hierarchy, t.vanilla, t.state, t.generalist.model, t.specialist_model,
-        threshold=float(config.evaluate.top2_threshold), chunk_sizes=tuple(int(c) for c in config.evaluate.chunk_sizes),
+        threshold=float(config.evaluate.top2_threshold), paths=inference.path_settings(config.evaluate),
         vanilla_matched=t.vanilla_matched)
     rows[workdir] = decompose(p['subclass'], p['superclass'], p['generalist'], p['supersub'], p['vanilla_matched'],
                               np.asarray(t.hierarchy.label_to_superclass))

@@ -48,15 +48,24 @@ class SpecialistBank:
         has per-channel scales, else 1; entry at flat position i uses ``scale[i % C']``), or ``'values'``
         float32[N, K] when some specialist stored this leaf unquantized.
       K is the largest count (at least 1) and P the largest packed length.
-    head: ``'kernel'`` float32[D, T], ``'bias'`` float32[T]: the N heads' real columns side by side
-      (T = sum of n_k); ``'offset'`` int32[N]: specialist k's first column.
+    head: ``'kernel'`` float32[D, T], ``'bias'`` float32[T]: the N heads' columns side by side, each its n_k real
+      columns then, with dustbins, its dustbin column (T = sum of n_k + d); ``'offset'`` int32[N]: specialist k's
+      first column.
     batch_stats: the generalist's batch_stats tree with every leaf stacked to [N, ...].
     num_subclasses: int32[N], n_k of each specialist.
+    dustbin_correction: float32[N], what inference adds to each specialist's dustbin logit (its spec's
+      ``logit_correction``), or None when the specialists have no dustbin (d = 0).
   """
   deltas: dict
   head: dict
   batch_stats: PyTree
   num_subclasses: jax.Array
+  dustbin_correction: jax.Array | None = None
+
+  @property
+  def dustbin(self) -> int:
+    """d: 1 when every specialist has a dustbin column, else 0."""
+    return int(self.dustbin_correction is not None)
 
 
 @struct.dataclass
@@ -66,14 +75,17 @@ class HierarchyArrays:
   Attributes:
     local_to_label: int32[N, S], global subclass label of (superclass, local index); -1 on padding.
     local_valid: bool[N, S], True where the local index is a real subclass (S = max_subclasses).
+    label_to_superclass: int32[M], the superclass of each global subclass label.
   """
   local_to_label: jax.Array
   local_valid: jax.Array
+  label_to_superclass: jax.Array
 
   @classmethod
   def from_hierarchy(cls, hierarchy) -> 'HierarchyArrays':
     return cls(local_to_label=jnp.asarray(hierarchy.local_to_label, jnp.int32),
-               local_valid=jnp.asarray(hierarchy.local_valid, bool))
+               local_valid=jnp.asarray(hierarchy.local_valid, bool),
+               label_to_superclass=jnp.asarray(hierarchy.label_to_superclass, jnp.int32))
 
   @property
   def max_subclasses(self) -> int:
@@ -101,6 +113,11 @@ class SuperSub:
   @property
   def base(self) -> dict:
     return self.cut.split(models.split_head(self.generalist['params'])[0])[1]
+
+  @property
+  def num_outputs(self) -> int:
+    """The specialist model's outputs: S = max_subclasses, plus the dustbin column when the specialists have one."""
+    return self.hierarchy.max_subclasses + self.bank.dustbin
 
 
 def _flat_leaves(tree: PyTree) -> dict[str, Any]:
@@ -172,8 +189,9 @@ def make_bank(exported: Sequence[Mapping[str, Any]], base: PyTree) -> Specialist
 
   Args:
     exported: specialist k's ``exported.export`` dict: ``'delta'`` (``CompressedDelta`` over ``base``),
-      ``'head'`` (``'kernel'`` float32[D, n_k], ``'bias'`` float32[n_k]), ``'batch_stats'`` (one layout for all).
-      Specialists may differ in bits (8/4/2/unquantized), scale granularity, kept entries and delta leaves.
+      ``'head'`` (``'kernel'`` float32[D, n_k + d], ``'bias'`` float32[n_k + d]; d = 1 when its spec has a dustbin),
+      ``'batch_stats'`` (one layout for all). Specialists may differ in bits (8/4/2/unquantized), scale
+      granularity, kept entries and delta leaves, not in having a dustbin.
     base: the generalist's backbone params (no ``'head'``) that the deltas may change (``SuperSub.base``: from the
       specialists' cut on); only its structure and shapes are read here.
   Raises:
@@ -188,6 +206,11 @@ def make_bank(exported: Sequence[Mapping[str, Any]], base: PyTree) -> Specialist
   decoded: dict[str, list] = {}
   heads, stats = [], []
   stats_struct = None
+  dustbins = [exported_lib.dustbin_of(ex) for ex in exported]
+  if any(dustbins) and not all(dustbins):
+    raise ValueError(f'specialists {[k for k, d in enumerate(dustbins) if not d]} have no dustbin and '
+                     f'{[k for k, d in enumerate(dustbins) if d]} have one; one bank needs all or none.')
+  d = int(bool(dustbins[0]))
   for k, ex in enumerate(exported):
     missing = {'delta', 'head', 'batch_stats'} - set(ex)
     if missing:
@@ -202,9 +225,9 @@ def make_bank(exported: Sequence[Mapping[str, Any]], base: PyTree) -> Specialist
                                                                           expected_shape=base_leaves[path])
     kernel = np.asarray(ex['head']['kernel'], np.float32)
     bias = np.asarray(ex['head']['bias'], np.float32)
-    if kernel.ndim != 2 or bias.shape != (kernel.shape[1],) or kernel.shape[1] < 1:
-      raise ValueError(f'specialist {k} head has kernel {kernel.shape} and bias {bias.shape}; expected [D, n_k] '
-                       'and [n_k] with n_k >= 1.')
+    if kernel.ndim != 2 or bias.shape != (kernel.shape[1],) or kernel.shape[1] < 1 + d:
+      raise ValueError(f'specialist {k} head has kernel {kernel.shape} and bias {bias.shape}; expected [D, n_k + {d}] '
+                       f'and [n_k + {d}] with n_k >= 1 ({"with" if d else "without"} a dustbin column).')
     if heads and kernel.shape[0] != heads[0][0].shape[0]:
       raise ValueError(f'specialist {k} head has {kernel.shape[0]} input features, specialist 0 has '
                        f'{heads[0][0].shape[0]}; all specialists share the backbone.')
@@ -217,16 +240,19 @@ def make_bank(exported: Sequence[Mapping[str, Any]], base: PyTree) -> Specialist
                        'the generalist\'s BatchNorm layout.')
     stats.append(ex['batch_stats'])
 
-  sizes = np.asarray([kernel.shape[1] for kernel, _ in heads], np.int32)
+  columns = np.asarray([kernel.shape[1] for kernel, _ in heads], np.int32)
+  sizes = columns - d
   head = {'kernel': np.concatenate([kernel for kernel, _ in heads], axis=1),
           'bias': np.concatenate([bias for _, bias in heads]),
-          'offset': (np.cumsum(sizes) - sizes).astype(np.int32)}
+          'offset': (np.cumsum(columns) - columns).astype(np.int32)}
+  correction = np.asarray([x['logit_correction'] for x in dustbins], np.float32) if d else None
   try:
     batch_stats = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *stats)
   except ValueError as e:
     raise ValueError(f'specialists\' batch_stats leaves differ in shape: {e}') from e
   deltas = {p: _stack_record(decoded[p], base_leaves[p]) for p in sorted(decoded)}
-  return jax.device_put(SpecialistBank(deltas=deltas, head=head, batch_stats=batch_stats, num_subclasses=sizes))
+  return jax.device_put(SpecialistBank(deltas=deltas, head=head, batch_stats=batch_stats, num_subclasses=sizes,
+                                       dustbin_correction=correction))
 
 
 def nbytes(bank: SpecialistBank) -> int:

@@ -34,6 +34,7 @@ from supersub_jax import hierarchy as hierarchy_lib
 
 CONFIG_FILE = 'config.json'
 INIT_FORMATS = ('torchvision', 'orbax')
+NORMALIZE = ('host', 'device')
 
 
 def optimizer_config(**overrides) -> ml_collections.ConfigDict:
@@ -68,6 +69,16 @@ def default_config() -> ml_collections.ConfigDict:
   config.image_size = 32
   config.augment = 'crop_flip'          # 'crop_flip' | 'random_resized_crop' | 'none'
   config.worker_count = 0               # grain worker processes per host
+  config.input = ml_collections.ConfigDict(dict(
+      decoder='cpu',                    # 'cpu': the grain workers decode, a JPEG fused with its crop (DCT-scaled by
+                                        # libjpeg-turbo, so a crop of a large JPEG is never decoded whole);
+                                        # 'dali': NVIDIA DALI decodes, crops and resizes the training batches on the
+                                        # GPU (nvJPEG) from the encoded bytes grain hands it (pip install -e
+                                        # '.[dali-cuda12]' or '.[dali-cuda13]'); evaluation stays on 'cpu'
+      normalize='host',                 # 'host': float32 batches normalised by the input pipeline; 'device': uint8
+                                        # batches travel to the device (4x fewer bytes) and the model normalises
+                                        # them inside the compiled step (models.ResNet.input_norm)
+  ))
   config.batch_size = 128               # global batch, split over all devices of all processes
   config.eval_batch_size = 256
   # Model.
@@ -75,12 +86,20 @@ def default_config() -> ml_collections.ConfigDict:
   config.stem = 'small'                 # 'small' (3x3 conv, no pool: 32x32) | 'imagenet' (7x7/2 + max-pool)
   config.width = 1.0
   config.half_precision = False         # bf16 compute, float32 params
+  config.zero_init_residual = True      # each residual block's last BatchNorm scale starts at 0 (the block starts as
+                                        # its shortcut): for deep ResNets; with one block per stage the shortcuts
+                                        # are strided projections and the network starts nearly blind: False
+                                        # (models.ResNet)
   # Pretrained start: the backbone (every parameter and BatchNorm statistic but the head) of the vanilla network,
   # and of the generalist unless superclass.init_from_vanilla, is loaded from here; the head is new.
   config.init = ml_collections.ConfigDict(dict(
       path='',                          # '' = random initialisation
       format='torchvision',             # 'torchvision': a torchvision ResNet state dict (.pth, .safetensors, .npz);
                                         # 'orbax': a directory written by `python -m supersub_jax.convert`
+      keep_head=False,                  # the flat stages (vanilla, vanilla_matched) continue the whole network,
+                                        # head included (it must have one output per subclass); with the generalist
+                                        # also from init (superclass.init_from_vanilla False), the vanilla stage is
+                                        # the flat network given Super-Sub's compute, and init the flat router
   ))
   # Runs.
   config.seed = 0
@@ -122,6 +141,12 @@ def default_config() -> ml_collections.ConfigDict:
                                         # with leaves='kernels_and_norm': BatchNorm affine deltas kept whole
       branch='stem',                    # first layer group with a delta: 'stem' (all) | 'stage<i>' | 'head' (none);
                                         # the layers before it are shared with the generalist (one pass at inference)
+      dustbin=False,                    # one more output, "not my superclass" (Hinton et al. 2015, section 5),
+                                        # trained on other superclasses' images; inference corrects its logit for
+                                        # the training mix (specialists.dustbin_correction)
+      dustbin_fraction=0.5,             # with dustbin: share of each device's batch from other superclasses
+      dustbin_others='all',             # 'all': other superclasses in their natural shares | 'confused': in
+                                        # proportion to the generalist's p(this superclass) on their training images
       sparsity_scope='per_leaf',        # 'per_leaf' | 'global'
       sparsity_schedule='gradual',      # 'gradual' (Zhu & Gupta) | 'one_shot' | 'none'
       prune_begin_fraction=0.1,         # schedule range as fractions of num_train_steps
@@ -132,8 +157,19 @@ def default_config() -> ml_collections.ConfigDict:
       batch_size=256,                   # evaluation and benchmark batch (one device)
       top2_threshold=0.8,               # top-2 routing: a second specialist when max p(superclass) < this
       chunk_sizes=(32, 8),              # specialist chunk sizes over a group of images (inference.route)
+      routing='loop',                   # 'loop': each batch's groups one after another (inference.route);
+                                        # 'padded': all groups in one vmapped call of fixed shape
+                                        # (inference.route_padded); 'auto': inference.ROUTING_BY_PLATFORM
+      slot_size=32,                     # routing='padded': images per slot
+      materialize='group',              # 'group': a whole dense specialist per group of images; 'layer': each
+                                        # layer's dense kernel inside the forward, only while it runs
+                                        # (inference.lazy_specialist_variables: parameters near one network)
       benchmark_batch_sizes=(1, 256),   # timed batch sizes: latency (1) and throughput
-      benchmark_batches=10))            # timed calls per model and batch size, on distinct held-out batches
+      benchmark_batches=10,             # timed calls per model and batch size, on distinct held-out batches
+      # Decision rules reported beside the paper's ('hard'), as '<rule>[:k][/<router>]' (supersub_jax.decide):
+      # rule 'hard' | 'soft' | 'product' over the router's top k superclasses, router 'generalist' | 'flat' (the
+      # vanilla network's summed subclass probabilities) | 'mean' of the two.
+      rules=('hard', 'soft:2', 'product:2', 'hard/mean', 'product:2/mean')))
   return config
 
 
@@ -177,7 +213,7 @@ def read(workdir: str) -> ml_collections.ConfigDict:
 
 
 HARMLESS = ('log_every_steps', 'checkpoint_every_steps', 'profile_steps', 'max_to_keep', 'eval_batch_size', 'eval_split', 'evaluate.',
-            'worker_count', 'data_dir', 'manual_dir', 'distributed.', 'parallelism', 'stages', 'nonfinite',
+            'worker_count', 'input.', 'data_dir', 'manual_dir', 'distributed.', 'parallelism', 'stages', 'nonfinite',
             'compilation_cache_dir', 'specialists.superclasses', 'init.path', 'init.format')
 STAGE_SECTIONS = ('vanilla', 'superclass', 'specialists')
 # The baseline stages train with another stage's settings: the vanilla recipe for longer, specialists at branch 'head'.

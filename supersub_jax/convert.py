@@ -14,6 +14,11 @@ export: specialist K of a trained workdir as one dense network (the generalist's
     python -m supersub_jax.convert export --workdir=runs/demo --superclass=0 --format=safetensors \
         --output=specialist0.safetensors
 
+network: a trained network stage of a workdir (vanilla, superclass or vanilla_matched) as one dense network, in the
+  formats of export; e.g. a flat network for config.init (with init.keep_head to continue it).
+    python -m supersub_jax.convert network --workdir=runs/pretrain --stage=vanilla --format=safetensors \
+        --output=flat.safetensors
+
 bundle: everything two-stage inference needs, in one msgpack file: the generalist's variables, every specialist's
   compressed delta, head and BatchNorm statistics, and the hierarchy; no optimizer state, no dense specialist.
   `load_bundle` reads it back and `bank.build_supersub` takes it.
@@ -121,14 +126,14 @@ def load_bundle(path: str) -> tuple[dict, list[dict], hierarchy_lib.Hierarchy, d
       kernel, bias = np.asarray(ex['head']['kernel']), np.asarray(ex['head']['bias'])
       if kernel.ndim != 2 or bias.shape != kernel.shape[1:]:
         raise ValueError(f'head kernel {kernel.shape} and bias {bias.shape} do not fit')
-      features = np.shape(generalist['params']['head']['kernel'])[0]
-      if kernel.shape != (features, len(hierarchy.superclasses[k].subclasses)):
-        raise ValueError(f'head kernel {kernel.shape}, expected ({features}, '
-                         f'{len(hierarchy.superclasses[k].subclasses)}): the generalist\'s features by the '
-                         'superclass\'s subclasses')
       spec = ex.get('spec') or {'version': 1, 'cut': str(tree['model'].get('branch', 'stem')),
                                 'num_subclasses': int(kernel.shape[1]), 'delta': {}}
       models.Cut(spec['cut'])  # an unknown layer group is damage, reported below
+      features = np.shape(generalist['params']['head']['kernel'])[0]
+      columns = len(hierarchy.superclasses[k].subclasses) + (1 if dict(spec).get('dustbin') else 0)
+      if kernel.shape != (features, columns):
+        raise ValueError(f'head kernel {kernel.shape}, expected ({features}, {columns}): the generalist\'s '
+                         'features by the superclass\'s subclasses (and its dustbin)')
       exported.append({'delta': ex['delta'], 'head': {'kernel': kernel, 'bias': bias},
                        'batch_stats': dict(ex['batch_stats']), 'spec': dict(spec)})
   # RecursionError: a hierarchy or a delta nested deeper than any bundle is (json and the record walk recurse).
@@ -168,7 +173,8 @@ def _check_model(model: dict, generalist: dict, num_superclasses: int) -> None:
 
 
 def dense_specialist(config, workdir: str, k: int) -> dict:
-  """Specialist ``k`` as dense ``{'params', 'batch_stats'}`` of the ResNet with an ``n_k``-way head."""
+  """Specialist ``k`` as dense ``{'params', 'batch_stats'}`` of the ResNet with an ``n_k``-way head, or n_k + 1
+  with a dustbin: its last output, "not my superclass", with the inference-time logit correction in its bias."""
   hierarchy = stages.make_hierarchy(config)
   if not 0 <= k < hierarchy.num_superclasses:
     raise ValueError(f'--superclass={k} is outside [0, {hierarchy.num_superclasses}) of hierarchy '
@@ -177,27 +183,28 @@ def dense_specialist(config, workdir: str, k: int) -> dict:
   exported = specialists.load_exported(config, workdir, k, generalist, hierarchy)
   base, _ = models.split_head(generalist.params)
   params = jax.tree.map(np.asarray, exported_lib.materialize_compressed(base, exported['delta']))
-  params['head'] = exported['head']
+  params['head'] = dict(exported['head'])
+  dustbin = exported_lib.dustbin_of(exported)
+  if dustbin:
+    bias = np.array(params['head']['bias'], np.float32)
+    bias[-1] += np.float32(dustbin['logit_correction'])
+    params['head']['bias'] = bias
   # A shared trunk keeps the generalist's statistics; the specialist's own cover the layers from its branch on.
   return {'params': params, 'batch_stats': {**generalist.batch_stats, **exported['batch_stats']}}
 
 
 def export_specialist(config, workdir: str, k: int, fmt: str, output: str) -> str:
   """Writes specialist ``k`` as a dense network (``fmt`` in EXPORT_FORMATS); returns a one-line description."""
-  if fmt not in EXPORT_FORMATS:
-    raise ValueError(f'--format={fmt!r}: use one of {EXPORT_FORMATS}.')
-  suffix = {'safetensors': '.safetensors', 'npz': '.npz'}.get(fmt)
-  if suffix and not output.endswith(suffix):
-    raise ValueError(f'--output={output!r}: a {fmt} file must end with {suffix}.')
-  if os.path.exists(output):
-    raise FileExistsError(f'{output} already exists; choose a new --output or delete it first.')
+  _check_output(fmt, output)
   variables = dense_specialist(config, workdir, k)
   hierarchy = stages.make_hierarchy(config)
   superclass = hierarchy.superclasses[k]
-  model = stages.make_model(config, len(superclass.subclasses))
+  outputs = int(np.shape(variables['params']['head']['bias'])[-1])  # n_k, or n_k + 1 with a dustbin
+  model = stages.make_model(config, outputs)
   if fmt == 'orbax':
     meta = {**weights.model_meta(model, config.model, config.width), 'superclass': k, 'name': superclass.name,
-            'subclasses': [s.name for s in superclass.subclasses], 'workdir': os.path.abspath(workdir)}
+            'subclasses': [s.name for s in superclass.subclasses] + ['(not this superclass)'] * (
+                outputs - len(superclass.subclasses)), 'workdir': os.path.abspath(workdir)}
     weights.save_orbax(output, variables, meta)
   else:
     weights.write_state_dict(output, weights.to_torchvision(variables))
@@ -206,6 +213,34 @@ def export_specialist(config, workdir: str, k: int, fmt: str, output: str) -> st
     note = (f' (torchvision names and layouts; {config.model} stem={config.stem!r} width={config.width} is not one '
             'of torchvision.models\' architectures)')
   return f'specialist {k} ({superclass.name}, {len(superclass.subclasses)} classes) as {fmt}{note}'
+
+
+def _check_output(fmt: str, output: str) -> None:
+  if fmt not in EXPORT_FORMATS:
+    raise ValueError(f'--format={fmt!r}: use one of {EXPORT_FORMATS}.')
+  suffix = {'safetensors': '.safetensors', 'npz': '.npz'}.get(fmt)
+  if suffix and not output.endswith(suffix):
+    raise ValueError(f'--output={output!r}: a {fmt} file must end with {suffix}.')
+  if os.path.exists(output):
+    raise FileExistsError(f'{output} already exists; choose a new --output or delete it first.')
+
+
+def export_network(config, workdir: str, stage: str, fmt: str, output: str) -> str:
+  """Writes the finished network of ``stage`` (``stages.NETWORK_STAGES``) as a dense network (``fmt`` in
+  EXPORT_FORMATS); returns a one-line description."""
+  if stage not in stages.NETWORK_STAGES:
+    raise ValueError(f'--stage={stage!r}: use one of {stages.NETWORK_STAGES} (specialists: the export verb).')
+  _check_output(fmt, output)
+  hierarchy = stages.make_hierarchy(config)
+  net = stages.load_network(config, workdir, stage, hierarchy)
+  variables = {'params': net.params, 'batch_stats': net.batch_stats}
+  if fmt == 'orbax':
+    meta = {**weights.model_meta(net.model, config.model, config.width), 'stage': stage, 'steps': net.steps,
+            'workdir': os.path.abspath(workdir), 'test': net.meta.get('test')}
+    weights.save_orbax(output, variables, meta)
+  else:
+    weights.write_state_dict(output, weights.to_torchvision(variables))
+  return f'the {stage} network ({net.model.num_classes} classes, {net.steps:,} steps) as {fmt}'
 
 
 def import_torchvision(arch: str, input_path: str, output: str, *, stem: str = 'imagenet',
@@ -233,6 +268,7 @@ def import_torchvision(arch: str, input_path: str, output: str, *, stem: str = '
 VERBS = {
     'import-torchvision': ('arch', 'input', 'output', 'stem', 'width'),
     'export': ('workdir', 'superclass', 'format', 'output', 'config'),
+    'network': ('workdir', 'stage', 'format', 'output', 'config'),
     'bundle': ('workdir', 'output', 'config'),
 }
 
@@ -258,6 +294,7 @@ def main() -> None:
   flags.DEFINE_string('output', None, 'Where to write (a file; a new directory for orbax).')
   flags.DEFINE_integer('superclass', None, 'Which specialist (superclass index, as in report.md).')
   flags.DEFINE_enum('format', 'orbax', EXPORT_FORMATS, 'Export file format.')
+  flags.DEFINE_enum('stage', None, list(stages.NETWORK_STAGES), 'Which network stage (the network verb).')
   flags.DEFINE_enum('arch', None, sorted(models.MODELS), 'Architecture of the torchvision state dict '
                     f'(torchvision has {", ".join(TORCHVISION_ARCHS)}).')
   flags.DEFINE_string('input', None, 'A torchvision state dict: .pth (needs torch), .safetensors or .npz.')
@@ -295,6 +332,9 @@ def main() -> None:
     with locks.hold_output(f.output, program=f'convert {verb}'):
       if verb == 'export':
         what = export_specialist(config, f.workdir, f.superclass, f.format, f.output)
+        print(f'wrote {f.output}: {what}')
+      elif verb == 'network':
+        what = export_network(config, f.workdir, f.stage, f.format, f.output)
         print(f'wrote {f.output}: {what}')
       else:
         size = write_bundle(f.output, make_bundle(config, f.workdir))

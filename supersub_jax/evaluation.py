@@ -10,7 +10,7 @@ turns the predictions into the report (``report.build``), with the inference mea
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +18,7 @@ import numpy as np
 
 from supersub_jax import bank as bank_lib
 from supersub_jax import checkpoint as ckpt
+from supersub_jax import decide
 from supersub_jax import delta as delta_lib
 from supersub_jax import exported as exported_lib
 from supersub_jax import inference
@@ -27,12 +28,27 @@ from supersub_jax import specialists
 from supersub_jax import stages
 
 
+def rules_of(config) -> list[decide.Rule]:
+  """``config.evaluate.rules`` parsed, without repeats, in order."""
+  return list(dict.fromkeys(decide.Rule.parse(spec) for spec in config.evaluate.rules))
+
+
 def collect_predictions(config, workdir: str, hierarchy, vanilla, state, generalist_model, specialist_model,
-                        *, threshold: float, chunk_sizes: tuple[int, ...],
+                        *, threshold: float, paths: Mapping[str, Any],
                         vanilla_matched: stages.Network | None = None,
-                        head_only: bank_lib.SuperSub | None = None) -> dict[str, np.ndarray]:
+                        head_only: bank_lib.SuperSub | None = None,
+                        rules: Sequence[decide.Rule] = (),
+                        flat_router: stages.Network | None = None) -> dict[str, np.ndarray]:
   """Labels and predictions of every image of config.eval_split, as int arrays [M] (padding dropped); with
-  ``vanilla_matched``, its predictions too, and with ``head_only``, Super-Sub's with the head-only specialists."""
+  ``vanilla_matched``, its predictions too, with ``head_only``, Super-Sub's with the head-only specialists, and
+  for each of ``rules``, Super-Sub's under that decision rule (key 'rule:<rule.key>'), routed by ``flat_router``
+  where the rule's router needs a flat network."""
+  if flat_router is None and any(rule.router != 'generalist' for rule in rules):
+    raise ValueError(f'decision rules {[r.key for r in rules if r.router != "generalist"]} route by a flat network, '
+                     'and this pipeline has none (the generalist starts neither from the vanilla network nor from '
+                     "config.init's): drop them from config.evaluate.rules.")
+  router_vars = None if flat_router is None else {'params': flat_router.params,
+                                                  'batch_stats': flat_router.batch_stats}
   source = stages.load_source(config, config.eval_split, hierarchy)
   batches = stages.eval_batches(config, source, label_mode='subclass', batch_size=config.evaluate.batch_size,
                                 process_index=0, process_count=1, local_device_count=1)
@@ -45,17 +61,18 @@ def collect_predictions(config, workdir: str, hierarchy, vanilla, state, general
     matched_vars = {'params': vanilla_matched.params, 'batch_stats': vanilla_matched.batch_stats}
   if head_only is not None:
     keys += ('head_only',)
+  keys += tuple(f'rule:{rule.key}' for rule in rules)
   out = {k: [] for k in keys}
   for batch in batches:
     keep = batch['mask'].reshape(-1) > 0
     images = jnp.asarray(batch['image'].reshape((-1,) + batch['image'].shape[2:]))
     superclass = batch['superclass'].reshape(-1)
     top1 = inference.predict(state, images, generalist_model=generalist_model, specialist_model=specialist_model,
-                             chunk_sizes=chunk_sizes)
+                             **paths)
     oracle = inference.predict_oracle(state, images, jnp.asarray(superclass), specialist_model=specialist_model,
-                                      chunk_sizes=chunk_sizes)
+                                      **paths)
     top2 = inference.predict_top2(state, images, generalist_model=generalist_model,
-                                  specialist_model=specialist_model, threshold=threshold, chunk_sizes=chunk_sizes)
+                                  specialist_model=specialist_model, threshold=threshold, **paths)
     rows = {
         'subclass': batch['subclass'].reshape(-1), 'superclass': superclass,
         'vanilla': np.argmax(np.asarray(vanilla_apply(vanilla_vars, images)), -1),
@@ -68,7 +85,11 @@ def collect_predictions(config, workdir: str, hierarchy, vanilla, state, general
     if head_only is not None:
       rows['head_only'] = np.asarray(inference.predict(head_only, images, generalist_model=generalist_model,
                                                        specialist_model=specialist_model,
-                                                       chunk_sizes=chunk_sizes)['label'])
+                                                       **paths)['label'])
+    for rule in rules:
+      rows[f'rule:{rule.key}'] = rows['supersub'] if rule == decide.Rule() else np.asarray(inference.predict_rule(
+          state, images, router_vars, rule=rule, generalist_model=generalist_model, specialist_model=specialist_model,
+          flat_model=flat_router and flat_router.model, **paths)['label'])
     for k in keys:
       out[k].append(np.asarray(rows[k])[keep])
   return {k: np.concatenate(v) for k, v in out.items()}
@@ -78,7 +99,8 @@ def collect_predictions(config, workdir: str, hierarchy, vanilla, state, general
 class Trained:
   """A finished workdir, loaded for inference: the networks, the exported specialists and the SuperSub state
   (``vanilla_matched``: the compute-matched baseline, and ``head_only``: the SuperSub state of the head-only
-  specialists, when ``config.stages`` trains them)."""
+  specialists, when ``config.stages`` trains them). ``flat_router``: the flat network Super-Sub's pipeline started
+  from (``flat_router_of``), which the 'flat' and 'mean' decision rules route by; None when there is none."""
   hierarchy: Any
   vanilla: stages.Network
   generalist: stages.Network
@@ -87,6 +109,16 @@ class Trained:
   specialist_model: Any
   vanilla_matched: stages.Network | None = None
   head_only: bank_lib.SuperSub | None = None
+  flat_router: stages.Network | None = None
+
+
+def flat_router_of(config, vanilla: stages.Network, hierarchy) -> stages.Network | None:
+  """The flat network Super-Sub's own pipeline paid for or started from: the vanilla network when the generalist
+  starts from it, else config.init's network (pretrained: paid for by neither Super-Sub nor the flat network it is
+  compared with), else None. Routing by any other flat network would spend compute Super-Sub is not charged for."""
+  if config.superclass.init_from_vanilla:
+    return vanilla
+  return stages.load_init_network(config, hierarchy)
 
 
 def load_trained(config, workdir: str) -> Trained:
@@ -106,8 +138,8 @@ def load_trained(config, workdir: str) -> Trained:
         {'params': generalist.params, 'batch_stats': generalist.batch_stats},
         [specialists.load_exported(config, workdir, k, generalist, hierarchy, stage='head_only')
          for k in range(hierarchy.num_superclasses)], hierarchy)
-  return Trained(hierarchy, vanilla, generalist, exported, state,
-                 stages.make_model(config, hierarchy.max_subclasses), matched, head_only)
+  return Trained(hierarchy, vanilla, generalist, exported, state, stages.make_model(config, state.num_outputs),
+                 matched, head_only, flat_router_of(config, vanilla, hierarchy))
 
 
 def storage(trained: Trained) -> dict:
@@ -130,20 +162,28 @@ def run(config, workdir: str) -> dict:
   workdir = ckpt.abs_path(workdir)
   trained = load_trained(config, workdir)
   threshold = float(config.evaluate.top2_threshold)
-  chunk_sizes = tuple(int(c) for c in config.evaluate.chunk_sizes)
+  paths = inference.path_settings(config.evaluate)  # how the specialists run (all give the same predictions)
+  rules = rules_of(config)
   p = collect_predictions(config, workdir, trained.hierarchy, trained.vanilla, trained.state,
                           trained.generalist.model, trained.specialist_model, threshold=threshold,
-                          chunk_sizes=chunk_sizes, vanilla_matched=trained.vanilla_matched,
-                          head_only=trained.head_only)
+                          paths=paths, vanilla_matched=trained.vanilla_matched,
+                          head_only=trained.head_only, rules=rules, flat_router=trained.flat_router)
   compute = {'vanilla_steps': trained.vanilla.steps, 'supersub_steps': stages.pipeline_steps(config, trained.hierarchy),
              'batch_size': int(config.batch_size)}
   report = report_lib.build(p, trained.hierarchy, dataset=config.dataset, split=config.eval_split,
                             storage=storage(trained), compute=compute, top2_threshold=threshold,
                             cut=trained.state.cut.name,
-                            matched_steps=trained.vanilla_matched.steps if trained.vanilla_matched else None)
+                            matched_steps=trained.vanilla_matched.steps if trained.vanilla_matched else None,
+                            rules={rule.key: rule.k for rule in rules})
   report.update(measure.measure_inference(config, trained.hierarchy, trained.vanilla, trained.state,
                                           generalist_model=trained.generalist.model,
-                                          specialist_model=trained.specialist_model, chunk_sizes=chunk_sizes))
+                                          specialist_model=trained.specialist_model, paths=paths))
+  if rules:
+    speed = measure.measure_rules(config, trained.hierarchy, trained.state, rules, flat=trained.flat_router,
+                                  generalist_model=trained.generalist.model,
+                                  specialist_model=trained.specialist_model, paths=paths)
+    for rule in rules:
+      report['rules'][rule.key].update(speed[rule.key])
   report['memory']['bank_export_bytes'] = sum(report['storage']['specialists_bytes'])
   if jax.process_index() == 0:
     report_lib.write(report, workdir, predictions=p, hierarchy=trained.hierarchy)

@@ -30,10 +30,13 @@ refuses zero-size arrays), so orbax ``StandardSave``/``PyTreeSave`` and ``np.sav
 ``export`` gives one specialist's deployable form (``ExportedSpecialist``)::
 
     'delta':       CompressedDelta over the generalist's backbone from the cut on
-    'head':        {'kernel': float32[D, n_k], 'bias': float32[n_k]} (its real classes only)
+    'head':        {'kernel': float32[D, n_k + d], 'bias': float32[n_k + d]}: its real classes, then, with a
+                   dustbin (d = 1), the "not my superclass" column, its bias as trained
     'batch_stats': the specialist's BatchNorm statistics (the generalist's layout, from the cut on)
     'spec':        what it is (``describe``), JSON: {'version': 2, 'cut': a layer group name (``models.Cut``),
-                   'num_subclasses': n_k, 'delta': {'bits', 'granularity', 'pattern', 'exclude', 'density'}}
+                   'num_subclasses': n_k, 'delta': {'bits', 'granularity', 'pattern', 'exclude', 'density'},
+                   'dustbin': None, or {'fraction', 'others', 'logit_correction'}: how its dustbin was trained and
+                   what inference adds to the dustbin's logit (``specialists.dustbin_correction``)}
 
 The spec is what every reader (the inference bank, bundles, ``convert``) takes the cut from: a specialist says
 where it branches, and no reader goes back to a config for it. Checkpoints keep it in their JSON metadata (the
@@ -394,12 +397,22 @@ def storage_report(base_nbytes: int, specialist_nbytes: Sequence[int]) -> dict:
 SPEC_VERSION = 2  # 1: specialists before they described themselves (no 'spec'; the cut was the config's)
 
 
-def describe(cut: models.Cut, cfg: delta_lib.DeltaConfig, *, num_subclasses: int, density: float) -> dict:
-  """The ``'spec'`` of an exported specialist (JSON types only): its cut, subclass count and delta settings;
-  ``density`` is the fraction of delta entries it keeps."""
+def describe(cut: models.Cut, cfg: delta_lib.DeltaConfig, *, num_subclasses: int, density: float,
+             dustbin: Mapping[str, Any] | None = None) -> dict:
+  """The ``'spec'`` of an exported specialist (JSON types only): its cut, subclass count, delta settings and
+  dustbin; ``density`` is the fraction of delta entries it keeps."""
+  if dustbin is not None and 'logit_correction' not in dustbin:
+    raise ValueError(f"a dustbin spec needs its 'logit_correction', got {dict(dustbin)}.")
   return {'version': SPEC_VERSION, 'cut': cut.name, 'num_subclasses': int(num_subclasses),
           'delta': {'bits': int(cfg.bits or 0), 'granularity': cfg.granularity, 'pattern': cfg.pattern,
-                    'exclude': cfg.exclude, 'density': float(density)}}
+                    'exclude': cfg.exclude, 'density': float(density)},
+          'dustbin': None if dustbin is None else {k: (float(v) if isinstance(v, (int, float)) else v)
+                                                   for k, v in dict(dustbin).items()}}
+
+
+def dustbin_of(exported: Mapping[str, Any]) -> Mapping[str, Any] | None:
+  """An exported specialist's dustbin spec, or None (specs of before dustbins have none)."""
+  return (exported.get('spec') or {}).get('dustbin')
 
 
 def cut_of(exported: Sequence[Mapping[str, Any]]) -> models.Cut:
@@ -420,16 +433,19 @@ def cut_of(exported: Sequence[Mapping[str, Any]]) -> models.Cut:
 
 
 def export(delta: PyTree, masks: PyTree | None, head: Mapping[str, Any], batch_stats: PyTree,
-           cfg: delta_lib.DeltaConfig, num_subclasses: int, *, cut: models.Cut) -> ExportedSpecialist:
+           cfg: delta_lib.DeltaConfig, num_subclasses: int, *, cut: models.Cut,
+           dustbin: Mapping[str, Any] | None = None) -> ExportedSpecialist:
   """The deployable form of one trained specialist (numpy).
 
   Args:
     delta, masks: the trained delta and its masks (``delta.init_delta`` structure).
-    head: ``{'kernel': [D, S], 'bias': [S]}``, padded to S >= num_subclasses columns; the real ones are kept.
+    head: ``{'kernel': [D, S + d], 'bias': [S + d]}``, padded to S >= num_subclasses real columns, then (d = 1,
+      with ``dustbin``) the dustbin column; the real ones and the dustbin are kept.
     batch_stats: the specialist's BatchNorm statistics from ``cut`` on.
     cfg: the DeltaConfig it was trained with.
     num_subclasses: n_k.
     cut: where it branches off the generalist.
+    dustbin: its dustbin's spec (``describe``), or None for a specialist without one.
   """
   head = jax.tree.map(np.asarray, head)
   sizes = jax.tree.leaves(jax.tree.map(
@@ -438,9 +454,11 @@ def export(delta: PyTree, masks: PyTree | None, head: Mapping[str, Any], batch_s
   total, kept = np.sum(sizes, axis=0) if sizes else (0, 0)
   return {
       'delta': compress(delta, masks, cfg),
-      'head': {'kernel': head['kernel'][:, :num_subclasses], 'bias': head['bias'][:num_subclasses]},
+      'head': {name: np.concatenate([x[..., :num_subclasses], x[..., -1:]] if dustbin else [x[..., :num_subclasses]],
+                                    axis=-1) for name, x in head.items()},
       'batch_stats': jax.tree.map(np.asarray, batch_stats),
-      'spec': describe(cut, cfg, num_subclasses=num_subclasses, density=float(kept / total) if total else 0.0),
+      'spec': describe(cut, cfg, num_subclasses=num_subclasses, density=float(kept / total) if total else 0.0,
+                       dustbin=dustbin),
   }
 
 

@@ -38,8 +38,11 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import struct
+from flax.core import meta
 
 from supersub_jax import bank as bank_lib
+from supersub_jax import decide as decide_lib
 from supersub_jax import delta as delta_lib
 
 PyTree = Any
@@ -125,8 +128,9 @@ def specialist_variables(bank: bank_lib.SpecialistBank, base: PyTree, k: jax.Arr
   """Dense ``{'params', 'batch_stats'}`` of specialist ``k`` (int or traced int32 scalar) for the specialist model
   from its cut on (``base`` is ``SuperSub.base``; with a shared trunk apply it with ``start=cut.name``).
 
-  ``params`` is ``base`` plus the dequantized sparse delta, with the head [D, S = max_subclasses] under
-  ``'head'`` (columns >= n_k are zero); it is bit-for-bit
+  ``params`` is ``base`` plus the dequantized sparse delta, with the head [D, S + d] under ``'head'``: S =
+  max_subclasses columns (those >= n_k are zero), then with dustbins (d = 1) the dustbin column, its bias plus the
+  bank's ``dustbin_correction``; without a dustbin it is bit-for-bit
   ``{**exported.materialize_compressed(base, exported[k]['delta']), 'head': zero-padded head}``. Jittable; under jit
   the dense params are a transient of the surrounding computation. An out-of-range traced ``k`` is clamped by
   jax's indexing.
@@ -148,11 +152,78 @@ def specialist_variables(bank: bank_lib.SpecialistBank, base: PyTree, k: jax.Arr
     return (b.reshape(-1) + _leaf_delta(rec, k, b.shape)).astype(b.dtype).reshape(b.shape)
 
   params = jax.tree_util.tree_map_with_path(leaf, dict(base))
+  params['head'] = _head(bank, k, max_subclasses)
+  return {'params': params, 'batch_stats': jax.tree.map(lambda x: x[k], bank.batch_stats)}
+
+
+def _head(bank: bank_lib.SpecialistBank, k: jax.Array, max_subclasses: int) -> dict:
+  """Specialist k's head {'kernel' [D, S + d], 'bias' [S + d]}: its n_k real columns, zero padding to S, then with
+  dustbins the dustbin column, whose bias inference corrects for the training mix (``dustbin_correction``)."""
   columns = bank.head['offset'][k] + jnp.arange(max_subclasses, dtype=jnp.int32)
   real = jnp.arange(max_subclasses) < bank.num_subclasses[k]
-  params['head'] = {'kernel': jnp.where(real, jnp.take(bank.head['kernel'], columns, axis=1, mode='clip'), 0.0),
-                    'bias': jnp.where(real, jnp.take(bank.head['bias'], columns, mode='clip'), 0.0)}
+  kernel = jnp.where(real, jnp.take(bank.head['kernel'], columns, axis=1, mode='clip'), 0.0)
+  bias = jnp.where(real, jnp.take(bank.head['bias'], columns, mode='clip'), 0.0)
+  if bank.dustbin:
+    column = bank.head['offset'][k] + bank.num_subclasses[k]
+    kernel = jnp.concatenate([kernel, bank.head['kernel'][:, column, None]], axis=1)
+    bias = jnp.concatenate([bias, bank.head['bias'][column, None] + bank.dustbin_correction[k, None]])
+  return {'kernel': kernel, 'bias': bias}
+
+
+class LazyLeaf(struct.PyTreeNode, meta.AxisMetadata):
+  """One delta leaf of specialist ``k``, materialized only when its layer reads it.
+
+  flax unboxes ``AxisMetadata`` when a module reads a param (``self.param``), so a params tree holding these runs
+  through an unchanged flax model and each layer's dense kernel is computed right before its use and is dead right
+  after: no whole dense specialist exists at any point of the forward (``lazy_specialist_variables``). ``unbox``
+  is ``specialist_variables``'s leaf, bit for bit. Under ``jax.vmap`` over ``k`` each layer holds one dense kernel
+  per mapped specialist, still one layer at a time.
+  """
+  base: jax.Array
+  rec: Mapping[str, jax.Array]
+  k: jax.Array
+  shape: tuple[int, ...] = struct.field(pytree_node=False)
+
+  def unbox(self) -> jax.Array:
+    b = jnp.asarray(self.base)
+    return (b.reshape(-1) + _leaf_delta(self.rec, self.k, self.shape)).astype(b.dtype).reshape(self.shape)
+
+  def replace_boxed(self, val):  # flax asks this of boxes it re-wraps; a materialized leaf needs no box
+    return val
+
+  def add_axis(self, index, params):
+    return self
+
+  def remove_axis(self, index, params):
+    return self
+
+
+def lazy_specialist_variables(bank: bank_lib.SpecialistBank, base: PyTree, k: jax.Array | int,
+                              max_subclasses: int) -> dict:
+  """``specialist_variables`` with every delta leaf left as a ``LazyLeaf``: the same forward, the same bits, but
+  each layer's dense kernel materialized inside the forward, when that layer runs. Heads and BatchNorm statistics
+  (small) are materialized here."""
+  k = jnp.asarray(k, jnp.int32)
+  base_leaves = {delta_lib.path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(base)[0]}
+  unknown = sorted(set(bank.deltas) - base_leaves)
+  if unknown:
+    raise ValueError(f'bank deltas {unknown[:4]} are not params of base; pass the same backbone the bank was '
+                     'built against (models.split_head(generalist params)[0]).')
+
+  def leaf(path, b):
+    rec = bank.deltas.get(delta_lib.path_str(path))
+    return b if rec is None else LazyLeaf(b, rec, k, tuple(np.shape(b)))
+
+  params = jax.tree_util.tree_map_with_path(leaf, dict(base))
+  params['head'] = _head(bank, k, max_subclasses)
   return {'params': params, 'batch_stats': jax.tree.map(lambda x: x[k], bank.batch_stats)}
+
+
+def largest_dense_leaf_bytes(bank: bank_lib.SpecialistBank, base: PyTree) -> int:
+  """Bytes of the largest leaf a specialist materializes: what per-layer materialization holds at once (per
+  specialist in flight), against a whole specialist for per-group materialization."""
+  leaves = {delta_lib.path_str(p): x for p, x in jax.tree_util.tree_flatten_with_path(base)[0]}
+  return max([0] + [int(np.prod(np.shape(leaves[p]))) * np.dtype(leaves[p].dtype).itemsize for p in bank.deltas])
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -239,15 +310,119 @@ def route(images: jax.Array, routes: jax.Array, specialists: Specialists, *, num
   return jnp.zeros((b, s), jnp.float32).at[order].set(out[:b], unique_indices=True)
 
 
+def num_slots(batch: int, num_superclasses: int, slot_size: int) -> int:
+  """Slots of ``slot_size`` images that hold any routing of ``batch`` images over ``num_superclasses`` groups: each
+  non-empty group fills ceil(n_g / c) slots, and sum_g ceil(n_g / c) <= (B + min(N, B) (c - 1)) / c."""
+  return max(1, (batch + min(num_superclasses, batch) * (slot_size - 1)) // slot_size)
+
+
+def route_padded(images: jax.Array, routes: jax.Array, specialists: Specialists, *, num_superclasses: int,
+                 slot_size: int) -> jax.Array:
+  """``route``'s result in ONE call of fixed shape: the batch, grouped by specialist, fills ``num_slots`` slots of
+  ``slot_size`` images (a group takes ceil(n_g / c) slots, the rest is zero padding), and ``apply(load(k_s), slot
+  s)`` runs for all slots at once under ``jax.vmap``. No loop and no dynamic trip count: on an accelerator one
+  launch per layer instead of a chain of small calls, for at most ``min(N, B) * (c - 1)`` padding images. Use a
+  ``load`` that materializes per layer (``lazy_specialist_variables``): under vmap it runs once per slot.
+
+  Args and result as ``route`` (images [B, ...], routes int32[B] with -1 skipped; float32[B, S]).
+  """
+  images = jnp.asarray(images)
+  routes = jnp.asarray(routes)
+  if routes.ndim != 1 or images.ndim < 1 or routes.shape[0] != images.shape[0]:
+    raise ValueError(f'routes must be int [B] for images [B, ...]; got routes {routes.shape}, images {images.shape}.')
+  if not isinstance(slot_size, (int, np.integer)) or isinstance(slot_size, bool) or slot_size < 1:
+    raise ValueError(f'slot_size={slot_size!r} must be a positive Python int (a static shape), e.g. 32.')
+  b, n = images.shape[0], int(num_superclasses)
+  c = min(int(slot_size), max(b, 1))
+  k_slots = num_slots(b, n, c)
+  v_spec = jax.eval_shape(specialists.load, jax.ShapeDtypeStruct((), jnp.int32))
+  s = jax.eval_shape(specialists.apply, v_spec, jax.ShapeDtypeStruct((c,) + images.shape[1:], images.dtype)).shape[1]
+  if b == 0:
+    return jnp.zeros((0, s), jnp.float32)
+  groups = jnp.where((routes >= 0) & (routes < n), routes, n).astype(jnp.int32)
+  order = jnp.argsort(groups, stable=True)
+  sorted_groups = groups[order]
+  counts = jnp.bincount(groups, length=n + 1)[:n].astype(jnp.int32)
+  starts = jnp.cumsum(counts) - counts
+  slots_per_group = (counts + c - 1) // c
+  first_slot = jnp.cumsum(slots_per_group) - slots_per_group
+  # Sorted image j of group g (rank r = j - starts[g]) goes to slot first_slot[g] + r // c, row r % c; skipped images
+  # (group N) go nowhere (slot index k_slots: dropped).
+  real = sorted_groups < n
+  g = jnp.minimum(sorted_groups, n - 1)
+  rank = jnp.arange(b, dtype=jnp.int32) - starts[g]
+  slot = jnp.where(real, first_slot[g] + rank // c, k_slots)
+  row = rank % c
+  slot_images = jnp.zeros((k_slots, c) + images.shape[1:], images.dtype).at[slot, row].set(
+      jnp.take(images, order, axis=0), mode='drop')
+  # Each slot's specialist: the group whose slots cover it (unused slots run specialist 0 on zeros, discarded).
+  slot_ids = jnp.arange(k_slots, dtype=jnp.int32)
+  slot_group = jnp.clip(jnp.searchsorted(first_slot + slots_per_group, slot_ids, side='right'), 0, n - 1)
+  logits = jax.vmap(lambda k, x: specialists.apply(specialists.load(k), x).astype(jnp.float32))(
+      slot_group.astype(jnp.int32), slot_images)
+  picked = logits[jnp.minimum(slot, k_slots - 1), row]
+  out_sorted = jnp.where(real[:, None], picked, NEG_LOGIT)
+  return jnp.zeros((b, s), jnp.float32).at[order].set(out_sorted, unique_indices=True)
+
+
+ROUTINGS = ('loop', 'padded')
+
+
+def _route_any(images, routes, specialists, n, chunk_sizes, routing, slot_size):
+  if routing == 'loop':
+    return route(images, routes, specialists, num_superclasses=n, chunk_sizes=chunk_sizes)
+  if routing == 'padded':
+    return route_padded(images, routes, specialists, num_superclasses=n, slot_size=slot_size)
+  raise ValueError(f'routing={routing!r}: use one of {ROUTINGS}.')
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Model-free decision rules
 
 
-def _local_logits(images, routes, specialists, hierarchy: bank_lib.HierarchyArrays, chunk_sizes):
+def _local_logits(images, routes, specialists, hierarchy: bank_lib.HierarchyArrays, chunk_sizes, routing='loop',
+                  slot_size=32):
   n = hierarchy.local_valid.shape[0]
-  logits = route(images, routes, specialists, num_superclasses=n, chunk_sizes=chunk_sizes)
+  return mask_local_logits(_route_any(images, routes, specialists, n, chunk_sizes, routing, slot_size), routes,
+                           hierarchy)
+
+
+def mask_local_logits(logits: jax.Array, routes: jax.Array, hierarchy: bank_lib.HierarchyArrays) -> jax.Array:
+  """Specialist logits float32[B, S + d] with the padded classes of each image's specialist set to ``NEG_LOGIT``
+  (a dustbin column, d = 1, is always valid)."""
+  n = hierarchy.local_valid.shape[0]
   valid = hierarchy.local_valid[jnp.clip(routes, 0, n - 1)]
+  valid = jnp.concatenate([valid, jnp.ones((valid.shape[0], logits.shape[1] - valid.shape[1]), bool)], axis=1)
   return jnp.where(valid, logits, NEG_LOGIT)
+
+
+def local_distributions(images, routes: jax.Array, specialists: Specialists, hierarchy: bank_lib.HierarchyArrays, *,
+                        chunk_sizes: Sequence[int], routing: str = 'loop', slot_size: int = 32) -> jax.Array:
+  """The routed specialists' local distributions float32[B, S + d] (``decide``'s layout: real subclasses, zero on
+  padding, then the dustbin's mass)."""
+  return jax.nn.softmax(_local_logits(images, routes, specialists, hierarchy, chunk_sizes, routing, slot_size),
+                        axis=-1)
+
+
+def oracle_from_local(superclass: jax.Array, local_logits: jax.Array,
+                      hierarchy: bank_lib.HierarchyArrays) -> dict[str, jax.Array]:
+  """``decide_oracle``'s answer from the masked specialist logits (``mask_local_logits``) of each image's route:
+  the one place the subclass is read off, whichever way the logits were computed. A dustbin's mass lowers the
+  answer's probability; the answer itself is a real subclass."""
+  local_probs = jax.nn.softmax(local_logits)[:, :hierarchy.max_subclasses]
+  local = jnp.argmax(local_probs, axis=-1).astype(jnp.int32)
+  label = jnp.where(superclass >= 0, hierarchy.local_to_label[jnp.maximum(superclass, 0), local], -1)
+  return {'superclass': superclass, 'local': local, 'label': label, 'prob': jnp.max(local_probs, axis=-1)}
+
+
+def top1_from_local(superclass_logits: jax.Array, local_logits: jax.Array,
+                    hierarchy: bank_lib.HierarchyArrays) -> dict[str, jax.Array]:
+  """``decide_top1``'s answer from the generalist's logits and the masked logits of the routed specialists."""
+  probs = jax.nn.softmax(superclass_logits.astype(jnp.float32), axis=-1)
+  superclass = jnp.argmax(probs, axis=-1).astype(jnp.int32)
+  out = oracle_from_local(superclass, local_logits, hierarchy)
+  p_super = jnp.take_along_axis(probs, superclass[:, None], axis=-1)[:, 0]
+  return {**out, 'superclass_probs': probs, 'prob': p_super * out['prob']}
 
 
 def _check_superclass_logits(superclass_logits, hierarchy: bank_lib.HierarchyArrays):
@@ -258,37 +433,36 @@ def _check_superclass_logits(superclass_logits, hierarchy: bank_lib.HierarchyArr
 
 
 def decide_oracle(superclass: jax.Array, images: jax.Array, specialists: Specialists,
-                  hierarchy: bank_lib.HierarchyArrays, *, chunk_sizes: Sequence[int]) -> dict[str, jax.Array]:
-  """Routes image i to specialist ``superclass[i]`` (int32[B], the true superclass).
+                  hierarchy: bank_lib.HierarchyArrays, *, chunk_sizes: Sequence[int], routing: str = 'loop',
+                  slot_size: int = 32) -> dict[str, jax.Array]:
+  """Routes image i to specialist ``superclass[i]`` (int32[B], the true superclass), by ``routing`` ('loop':
+  ``route`` with ``chunk_sizes``; 'padded': ``route_padded`` with ``slot_size``).
 
   Returns dict: 'superclass' int32[B] (the input), 'local' int32[B], 'label' int32[B] (global subclass label;
   -1 where superclass is -1, a skipped image), 'prob' float32[B] = p(sub = local | superclass) (no generalist).
   """
   superclass = jnp.asarray(superclass, jnp.int32)
-  local_probs = jax.nn.softmax(_local_logits(images, superclass, specialists, hierarchy, chunk_sizes))
-  local = jnp.argmax(local_probs, axis=-1).astype(jnp.int32)
-  label = jnp.where(superclass >= 0, hierarchy.local_to_label[jnp.maximum(superclass, 0), local], -1)
-  return {'superclass': superclass, 'local': local, 'label': label, 'prob': jnp.max(local_probs, axis=-1)}
+  return oracle_from_local(superclass, _local_logits(images, superclass, specialists, hierarchy, chunk_sizes,
+                                                     routing, slot_size), hierarchy)
 
 
 def decide_top1(superclass_logits: jax.Array, images: jax.Array, specialists: Specialists,
-                hierarchy: bank_lib.HierarchyArrays, *, chunk_sizes: Sequence[int]) -> dict[str, jax.Array]:
-  """Top-1 Super-Sub decision from the generalist's logits float[B, N].
+                hierarchy: bank_lib.HierarchyArrays, *, chunk_sizes: Sequence[int], routing: str = 'loop',
+                slot_size: int = 32) -> dict[str, jax.Array]:
+  """Top-1 Super-Sub decision from the generalist's logits float[B, N] (``routing`` as ``decide_oracle``).
 
   Returns dict: 'superclass_probs' float32[B, N], 'superclass' int32[B] (argmax), 'local' int32[B], 'label'
   int32[B], 'prob' float32[B] = p(super) * p(sub | super).
   """
   _check_superclass_logits(superclass_logits, hierarchy)
-  probs = jax.nn.softmax(superclass_logits.astype(jnp.float32), axis=-1)
-  superclass = jnp.argmax(probs, axis=-1).astype(jnp.int32)
-  out = decide_oracle(superclass, images, specialists, hierarchy, chunk_sizes=chunk_sizes)
-  p_super = jnp.take_along_axis(probs, superclass[:, None], axis=-1)[:, 0]
-  return {**out, 'superclass_probs': probs, 'prob': p_super * out['prob']}
+  superclass = jnp.argmax(jax.nn.softmax(superclass_logits.astype(jnp.float32), axis=-1), axis=-1).astype(jnp.int32)
+  return top1_from_local(superclass_logits, _local_logits(images, superclass, specialists, hierarchy, chunk_sizes,
+                                                          routing, slot_size), hierarchy)
 
 
 def decide_top2(superclass_logits: jax.Array, images: jax.Array, specialists: Specialists,
-                hierarchy: bank_lib.HierarchyArrays, *, chunk_sizes: Sequence[int], threshold: float | jax.Array
-                ) -> dict[str, jax.Array]:
+                hierarchy: bank_lib.HierarchyArrays, *, chunk_sizes: Sequence[int], threshold: float | jax.Array,
+                routing: str = 'loop', slot_size: int = 32) -> dict[str, jax.Array]:
   """Top-2 Super-Sub decision: images with top superclass probability < ``threshold`` also run the second most
   likely specialist; the answer is the (superclass, subclass) with the larger p(super=k) * max_j p(sub=j | k)
   (the first on a tie).
@@ -296,7 +470,8 @@ def decide_top2(superclass_logits: jax.Array, images: jax.Array, specialists: Sp
   Returns ``decide_top1``'s keys for the chosen answer plus 'second' bool[B] (the image ran a second
   specialist), 'num_second' int32[] (their count: the extra cost), 'used_second' bool[B] (the second won).
   """
-  top1 = decide_top1(superclass_logits, images, specialists, hierarchy, chunk_sizes=chunk_sizes)
+  paths = dict(chunk_sizes=chunk_sizes, routing=routing, slot_size=slot_size)
+  top1 = decide_top1(superclass_logits, images, specialists, hierarchy, **paths)
   probs = top1['superclass_probs']
   n = probs.shape[1]
   if n < 2:  # no second superclass to try
@@ -306,8 +481,7 @@ def decide_top2(superclass_logits: jax.Array, images: jax.Array, specialists: Sp
   second_sc = top_k[:, 1].astype(jnp.int32)
   second = top_p[:, 0] < threshold
   # Images that do not need a second opinion skip the second pass (route -1) and cost nothing there.
-  out2 = decide_oracle(jnp.where(second, second_sc, -1), images, specialists, hierarchy,
-                       chunk_sizes=chunk_sizes)
+  out2 = decide_oracle(jnp.where(second, second_sc, -1), images, specialists, hierarchy, **paths)
   score2 = top_p[:, 1] * out2['prob']
   use2 = second & (score2 > top1['prob'])
   pick = lambda a, b: jnp.where(use2, b, a)
@@ -321,11 +495,19 @@ def decide_top2(superclass_logits: jax.Array, images: jax.Array, specialists: Sp
 # Jitted predictors over a SuperSub state
 
 
-def make_specialists(state: bank_lib.SuperSub, specialist_model) -> Specialists:
-  """``Specialists`` of the bank: dense variables of one specialist per group, eval-mode forward from the cut
-  over trunk activations (``trunk``; padded classes not masked)."""
+MATERIALIZE = ('group', 'layer')
+
+
+def make_specialists(state: bank_lib.SuperSub, specialist_model, materialize: str = 'group') -> Specialists:
+  """``Specialists`` of the bank, eval-mode forward from the cut over trunk activations (``trunk``; padded classes
+  not masked). ``materialize``: 'group' unpacks a whole dense specialist once per group of images
+  (``specialist_variables``; resident for the group's chunks); 'layer' unpacks each layer inside every forward,
+  right before the layer runs (``lazy_specialist_variables``; one layer's dense kernel at a time)."""
   base, s = state.base, state.hierarchy.max_subclasses
-  return Specialists(load=lambda k: specialist_variables(state.bank, base, k, s),
+  if materialize not in MATERIALIZE:
+    raise ValueError(f'materialize={materialize!r}: use one of {MATERIALIZE}.')
+  unpack = specialist_variables if materialize == 'group' else lazy_specialist_variables
+  return Specialists(load=lambda k: unpack(state.bank, base, k, s),
                      apply=lambda v, x: specialist_model.apply(v, x, train=False, start=state.cut.name))
 
 
@@ -341,36 +523,94 @@ def _trunk_and_superclass_logits(state: bank_lib.SuperSub, images, generalist_mo
 
 
 DEFAULT_CHUNK_SIZES = (32, 8)
-_STATIC = ('generalist_model', 'specialist_model', 'chunk_sizes')
+_STATIC = ('generalist_model', 'specialist_model', 'chunk_sizes', 'routing', 'slot_size', 'materialize')
+
+
+def path_settings(config_evaluate, platform: str | None = None) -> dict:
+  """``predict``'s routing keywords from ``config.evaluate`` (routing, slot_size, materialize, chunk_sizes),
+  with routing 'auto' resolved for ``platform`` (default: jax's) by ``ROUTING_BY_PLATFORM``."""
+  routing = str(config_evaluate.routing)
+  if routing == 'auto':
+    routing = ROUTING_BY_PLATFORM.get(platform or jax.default_backend(), 'loop')
+  return {'routing': routing, 'slot_size': int(config_evaluate.slot_size),
+          'materialize': str(config_evaluate.materialize),
+          'chunk_sizes': tuple(int(c) for c in config_evaluate.chunk_sizes)}
+
+
+# routing='auto' by platform. cpu: 'loop': the padded call runs its padding images for real, which a CPU pays in full
+# (0.13x against the loop's 0.27x of the single network in a toy CPU run; docs/benchmarks.md, "Three paths"). gpu:
+# 'padded', NOT yet measured -- benchmarks/gpu.sh's routed_inference item times both; set this entry by what it prints.
+ROUTING_BY_PLATFORM = {'cpu': 'loop', 'gpu': 'padded', 'tpu': 'padded'}
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
 def predict(state: bank_lib.SuperSub, images: jax.Array, *, generalist_model, specialist_model,
-            chunk_sizes: tuple[int, ...] = DEFAULT_CHUNK_SIZES) -> dict[str, jax.Array]:
+            chunk_sizes: tuple[int, ...] = DEFAULT_CHUNK_SIZES, routing: str = 'loop', slot_size: int = 32,
+            materialize: str = 'group') -> dict[str, jax.Array]:
   """Top-1 Super-Sub prediction for images float[B, H, W, C] (single device; see module docstring).
 
   ``generalist_model``/``specialist_model`` are the flax ResNets with N and S = max_subclasses outputs (static,
-  hashable); ``chunk_sizes`` a static tuple (``route``). Returns ``decide_top1``'s dict: 'superclass_probs' [B, N],
-  'superclass', 'local', 'label' int32[B], 'prob' float32[B] = p(super) * p(sub | super).
+  hashable). How the specialists run (all static): ``routing`` 'loop' (``route``, with ``chunk_sizes``) or 'padded'
+  (``route_padded``, one call of ``slot_size`` slots); ``materialize`` 'group' or 'layer' (``make_specialists``;
+  'padded' wants 'layer'). Every combination gives the same predictions. Returns ``decide_top1``'s dict:
+  'superclass_probs' [B, N], 'superclass', 'local', 'label' int32[B], 'prob' float32[B] = p(super) * p(sub | super).
   """
   shared, superclass_logits = _trunk_and_superclass_logits(state, images, generalist_model)
-  return decide_top1(superclass_logits, shared, make_specialists(state, specialist_model), state.hierarchy,
-                     chunk_sizes=chunk_sizes)
+  return decide_top1(superclass_logits, shared, make_specialists(state, specialist_model, materialize),
+                     state.hierarchy, chunk_sizes=chunk_sizes, routing=routing, slot_size=slot_size)
 
 
-@functools.partial(jax.jit, static_argnames=('specialist_model', 'chunk_sizes'))
+@functools.partial(jax.jit, static_argnames=_STATIC[1:])
 def predict_oracle(state: bank_lib.SuperSub, images: jax.Array, superclass: jax.Array, *, specialist_model,
-                   chunk_sizes: tuple[int, ...] = DEFAULT_CHUNK_SIZES) -> dict[str, jax.Array]:
-  """Specialist prediction routed by the true ``superclass`` int32[B]; ``decide_oracle``'s dict (no generalist)."""
-  return decide_oracle(superclass, trunk(state, images, specialist_model), make_specialists(state, specialist_model),
-                       state.hierarchy, chunk_sizes=chunk_sizes)
+                   chunk_sizes: tuple[int, ...] = DEFAULT_CHUNK_SIZES, routing: str = 'loop', slot_size: int = 32,
+                   materialize: str = 'group') -> dict[str, jax.Array]:
+  """Specialist prediction routed by the true ``superclass`` int32[B]; ``decide_oracle``'s dict (no generalist).
+  Paths as ``predict``."""
+  return decide_oracle(superclass, trunk(state, images, specialist_model),
+                       make_specialists(state, specialist_model, materialize), state.hierarchy,
+                       chunk_sizes=chunk_sizes, routing=routing, slot_size=slot_size)
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
 def predict_top2(state: bank_lib.SuperSub, images: jax.Array, *, generalist_model, specialist_model, threshold,
-                 chunk_sizes: tuple[int, ...] = DEFAULT_CHUNK_SIZES) -> dict[str, jax.Array]:
+                 chunk_sizes: tuple[int, ...] = DEFAULT_CHUNK_SIZES, routing: str = 'loop', slot_size: int = 32,
+                 materialize: str = 'group') -> dict[str, jax.Array]:
   """Top-2 routing (``decide_top2``): a second specialist where the top superclass probability < ``threshold``
-  (a traced float; 0 never asks, > 1 always asks). Returns 'num_second' for the cost report."""
+  (a traced float; 0 never asks, > 1 always asks). Returns 'num_second' for the cost report. Paths as
+  ``predict``."""
   shared, superclass_logits = _trunk_and_superclass_logits(state, images, generalist_model)
-  return decide_top2(superclass_logits, shared, make_specialists(state, specialist_model), state.hierarchy,
-                     chunk_sizes=chunk_sizes, threshold=threshold)
+  return decide_top2(superclass_logits, shared, make_specialists(state, specialist_model, materialize),
+                     state.hierarchy, chunk_sizes=chunk_sizes, threshold=threshold, routing=routing,
+                     slot_size=slot_size)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC + ('rule', 'flat_model'))
+def predict_rule(state: bank_lib.SuperSub, images: jax.Array, flat: PyTree | None = None, *, rule: decide_lib.Rule,
+                 generalist_model, specialist_model, flat_model=None,
+                 chunk_sizes: tuple[int, ...] = DEFAULT_CHUNK_SIZES, routing: str = 'loop', slot_size: int = 32,
+                 materialize: str = 'group') -> dict[str, jax.Array]:
+  """Super-Sub's answer under a decision ``rule`` (``decide.Rule``, static) for images float[B, H, W, C].
+
+  The router (``rule.router``) gives p(s | x): the generalist's, a flat network's (``flat``: its
+  ``{'params', 'batch_stats'}``, run by ``flat_model``; needed for the 'flat' and 'mean' routers) or their mean.
+  Its top ``rule.k`` superclasses are each run as one more routing pass (paths as ``predict``), and
+  ``decide.decide`` combines their local distributions. Returns 'label' int32[B], 'routes' int32[B, k] and 'router'
+  float32[B, N]. ``Rule('hard')`` gives ``predict``'s labels.
+  """
+  shared, superclass_logits = _trunk_and_superclass_logits(state, images, generalist_model)
+  _check_superclass_logits(superclass_logits, state.hierarchy)
+  flat_logits = None
+  if rule.router != 'generalist':
+    if flat is None or flat_model is None:
+      raise ValueError(f'rule {rule.key!r} routes by a flat network: pass flat= its variables and flat_model=.')
+    flat_logits = flat_model.apply(flat, images, train=False)
+  n = state.hierarchy.local_valid.shape[0]
+  router = decide_lib.router_probs(rule.router, superclass_logits, flat_logits, state.hierarchy.label_to_superclass, n)
+  routes = decide_lib.top_routes(router, min(rule.k, n))
+  specialists = make_specialists(state, specialist_model, materialize)
+  local = jnp.stack([local_distributions(shared, routes[:, j], specialists, state.hierarchy, chunk_sizes=chunk_sizes,
+                                         routing=routing, slot_size=slot_size)
+                     for j in range(routes.shape[1])], axis=1)
+  label = decide_lib.decide(rule, router, routes, local, state.hierarchy.local_to_label,
+                            state.hierarchy.label_to_superclass)
+  return {'label': label, 'routes': routes, 'router': router}

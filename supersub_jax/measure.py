@@ -129,7 +129,7 @@ def eval_apply(model) -> Callable:
 
 
 def measure_inference(config, hierarchy, single: stages.Network, state: bank_lib.SuperSub, *, generalist_model,
-                      specialist_model, chunk_sizes: tuple[int, ...]) -> dict:
+                      specialist_model, paths: Mapping[str, Any]) -> dict:
   """Throughput and memory of a single network and of Super-Sub (top-1 routing) on real held-out batches.
 
   For each of ``config.evaluate.benchmark_batch_sizes``: ``config.evaluate.benchmark_batches`` distinct batches of
@@ -143,7 +143,7 @@ def measure_inference(config, hierarchy, single: stages.Network, state: bank_lib
   single_apply = eval_apply(single.model)
   generalist_apply = eval_apply(generalist_model)
   predict = jax.jit(functools.partial(inference.predict, generalist_model=generalist_model,
-                                      specialist_model=specialist_model, chunk_sizes=chunk_sizes))
+                                      specialist_model=specialist_model, **paths))
   device = jax.devices()[0]
   by_batch_time, by_batch_memory = {}, {}
   for requested in sorted({int(x) for x in config.evaluate.benchmark_batch_sizes}):
@@ -172,6 +172,10 @@ def measure_inference(config, hierarchy, single: stages.Network, state: bank_lib
               'bank_bytes': bank_lib.nbytes(state.bank),
               'specialist_bytes': int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(one_specialist)))}
   resident['supersub_bytes'] = resident['generalist_bytes'] + resident['bank_bytes'] + resident['specialist_bytes']
+  # With materialize='layer' (inference.lazy_specialist_variables) one layer's dense kernel is materialized at a time.
+  resident['largest_layer_bytes'] = inference.largest_dense_leaf_bytes(state.bank, state.base)
+  resident['per_layer_supersub_bytes'] = (resident['generalist_bytes'] + resident['bank_bytes']
+                                          + resident['largest_layer_bytes'])
   memory = {'single_bytes': by_batch_memory[largest]['single_bytes'],
             'supersub_bytes': by_batch_memory[largest]['supersub_bytes'],
             'batch_size': int(largest), 'by_batch': by_batch_memory, 'params_resident': resident,
@@ -185,11 +189,31 @@ def measure_inference(config, hierarchy, single: stages.Network, state: bank_lib
   throughput = {'single_ips': by_batch_time[largest]['single_ips'],
                 'supersub_ips': by_batch_time[largest]['supersub_ips'], 'batch_size': int(largest),
                 'ratio': by_batch_time[largest]['ratio'], 'by_batch': by_batch_time,
-                'device': str(device.device_kind), 'repeats': repeats, 'chunk_sizes': list(chunk_sizes),
+                'device': str(device.device_kind), 'repeats': repeats,
+                **{k: list(v) if isinstance(v, tuple) else v for k, v in paths.items()},
                 'method': f'mean seconds per call over {repeats} distinct {config.eval_split} batches per batch '
                           'size, drawn in random order and routed as the generalist routes them; single network '
                           'and Super-Sub taking turns in one process, after a compiling call'}
   return {'memory': memory, 'throughput': throughput}
+
+
+def measure_rules(config, hierarchy, state: bank_lib.SuperSub, rules, *, flat: stages.Network | None,
+                  generalist_model, specialist_model, paths: Mapping[str, Any]) -> dict[str, dict]:
+  """Images/s of Super-Sub under each decision rule (``inference.predict_rule``; ``flat`` is the flat router) at
+  the largest of ``config.evaluate.benchmark_batch_sizes``, on ``config.evaluate.benchmark_batches`` distinct
+  held-out batches, the rules taking turns (``time_calls``). Returns rule key -> {'images_per_s', 'batch_size'}."""
+  requested = max(int(x) for x in config.evaluate.benchmark_batch_sizes)
+  batches = [jax.device_put(x) for x in held_out_batches(config, hierarchy, requested,
+                                                          int(config.evaluate.benchmark_batches))]
+  flat_vars = None if flat is None else jax.device_put({'params': flat.params, 'batch_stats': flat.batch_stats})
+  fns = {}
+  for rule in rules:
+    run = functools.partial(inference.predict_rule, rule=rule, generalist_model=generalist_model,
+                            specialist_model=specialist_model, flat_model=flat and flat.model, **paths)
+    fns[rule.key] = lambda i, run=run: run(state, batches[i], flat_vars)
+  timing = time_calls(fns, len(batches))
+  b = int(batches[0].shape[0])
+  return {key: {'images_per_s': b / t.mean, 'batch_size': b} for key, t in timing.items()}
 
 
 def in_subprocess(function: str, kwargs: Mapping[str, Any] | None = None, *, devices: int | None = None,

@@ -224,6 +224,10 @@ def init_head(num_classes: int, num_features: int, rng: jax.Array) -> dict:
   return _head(num_classes).init(rng, jnp.zeros((1, num_features), jnp.float32))['params']
 
 
+def _last_bn_scale_init(zero: bool) -> Callable[..., jax.Array]:
+  return nn.initializers.zeros if zero else nn.initializers.ones
+
+
 class ResNetBlock(nn.Module):
   """Basic residual block: two 3x3 convs. Output channels = ``filters``.
 
@@ -235,6 +239,7 @@ class ResNetBlock(nn.Module):
   norm: ModuleDef
   act: Callable[[jax.Array], jax.Array]
   strides: tuple[int, int] = (1, 1)
+  zero_init_last_bn: bool = True
 
   expansion = 1
 
@@ -245,8 +250,9 @@ class ResNetBlock(nn.Module):
     y = self.norm()(y)
     y = self.act(y)
     y = self.conv(self.filters, (3, 3), padding=_same_padding(3))(y)
-    # Zero scale makes each block start as the identity, which eases early training.
-    y = self.norm(scale_init=nn.initializers.zeros)(y)
+    # Zero scale makes each block start as the identity, which eases early training of deep networks
+    # (``ResNet.zero_init_residual``).
+    y = self.norm(scale_init=_last_bn_scale_init(self.zero_init_last_bn))(y)
     if residual.shape != y.shape:
       residual = self.conv(self.filters, (1, 1), self.strides, name='conv_proj')(residual)
       residual = self.norm(name='norm_proj')(residual)
@@ -264,6 +270,7 @@ class BottleneckResNetBlock(nn.Module):
   norm: ModuleDef
   act: Callable[[jax.Array], jax.Array]
   strides: tuple[int, int] = (1, 1)
+  zero_init_last_bn: bool = True
 
   expansion = 4
 
@@ -277,7 +284,7 @@ class BottleneckResNetBlock(nn.Module):
     y = self.norm()(y)
     y = self.act(y)
     y = self.conv(self.filters * self.expansion, (1, 1))(y)
-    y = self.norm(scale_init=nn.initializers.zeros)(y)
+    y = self.norm(scale_init=_last_bn_scale_init(self.zero_init_last_bn))(y)
     if residual.shape != y.shape:
       residual = self.conv(
           self.filters * self.expansion, (1, 1), self.strides, name='conv_proj'
@@ -303,6 +310,20 @@ class ResNet(nn.Module):
       computes the global-batch statistics there.
     bn_momentum: decay of the BatchNorm running averages.
     bn_epsilon: BatchNorm variance epsilon.
+    input_norm: ``(mean, std)`` per channel on [0, 1] pixels: the network also takes uint8 images ``[B, H, W, 3]``
+      and normalises them first, in the compiled forward, as the input pipeline would on the host
+      (``x * 1 / (255 std) - mean / std`` in float32), so batches travel to the device as uint8 (4x fewer bytes).
+      None: uint8 images are refused. Float images are taken as already normalised either way.
+    zero_init_residual: initialise the scale of each residual block's last
+      BatchNorm to zero (Goyal et al. 2017), so that every block starts as its
+      shortcut. That eases deep networks, whose identity shortcuts carry the
+      signal meanwhile. With one block per stage (resnet_small) every shortcut
+      after the first stage is a strided 1x1 projection: the network starts as
+      its 3x3 stem read every 8 pixels (its logits depend on 121 of a 32x32
+      image's 1,024 pixels), and a branch's kernels get no gradient until its
+      zero scale has grown. That kept the demo's flat network at chance for
+      about 300 steps; False (every scale 1) lets the branches learn from the
+      first step (studies/plateau.py, docs/results/plateau.md).
   """
 
   stage_sizes: Sequence[int]
@@ -314,6 +335,8 @@ class ResNet(nn.Module):
   bn_axis_name: str | None = None
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
+  input_norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+  zero_init_residual: bool = True
 
   @property
   def layer_groups(self) -> tuple[str, ...]:
@@ -358,6 +381,12 @@ class ResNet(nn.Module):
       raise ValueError(f'Expected {"features [B, D]" if want_ndim == 2 else "NHWC images [B, H, W, C]"} at '
                        f'start={start!r}, got shape {x.shape}.')
     runs = lambda group: first <= groups.index(group) < end
+    if x.dtype == jnp.uint8:
+      if self.input_norm is None or start != 'stem':
+        raise ValueError('uint8 images need the network\'s input_norm (mean, std) to normalise them, and start at '
+                         "'stem'; build it with input_norm=..., or pass normalised float images.")
+      mean, std = (jnp.asarray(v, jnp.float32) for v in self.input_norm)
+      x = x.astype(jnp.float32) * (1.0 / (255.0 * std)) - mean / std
 
     conv = functools.partial(
         nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=_conv_kernel_init,
@@ -397,6 +426,7 @@ class ResNet(nn.Module):
             conv=conv,
             norm=norm,
             act=nn.relu,
+            zero_init_last_bn=self.zero_init_residual,
             name=f'stage{i + 1}_block{j + 1}',
         )(x)
       if i == len(self.stage_sizes) - 1:
@@ -435,6 +465,8 @@ def _make_factory(name: str) -> Callable[..., ResNet]:
       width: float = 1.0,
       dtype: Any = jnp.float32,
       bn_axis_name: str | None = None,
+      input_norm: tuple | None = None,
+      zero_init_residual: bool = True,
   ) -> ResNet:
     if num_classes < 1:
       raise ValueError(f'num_classes must be >= 1, got {num_classes}.')
@@ -454,6 +486,8 @@ def _make_factory(name: str) -> Callable[..., ResNet]:
         stem=stem,
         dtype=dtype,
         bn_axis_name=bn_axis_name,
+        input_norm=input_norm,
+        zero_init_residual=zero_init_residual,
     )
 
   factory.__name__ = name
@@ -461,7 +495,8 @@ def _make_factory(name: str) -> Callable[..., ResNet]:
   return factory
 
 
-# Registry of model factories: ``MODELS[name](num_classes, *, stem, width, dtype, bn_axis_name)``.
+# Registry of model factories: ``MODELS[name](num_classes, *, stem, width, dtype, bn_axis_name, input_norm,
+# zero_init_residual)``.
 MODELS: Mapping[str, Callable[..., ResNet]] = {name: _make_factory(name) for name in _ARCHS}
 
 
@@ -473,12 +508,17 @@ def create_model(
     width: float = 1.0,
     dtype: Any = jnp.float32,
     bn_axis_name: str | None = None,
+    input_norm: tuple | None = None,
+    zero_init_residual: bool = True,
 ) -> ResNet:
-  """Builds a registered ResNet; ``width`` multiplies the architecture's base filters."""
+  """Builds a registered ResNet; ``width`` multiplies the architecture's base filters; ``input_norm`` (mean, std)
+  lets it take uint8 images; ``zero_init_residual``: ``ResNet``'s (an initialisation only: checkpoints and
+  converted weights do not depend on it)."""
   if name not in MODELS:
     raise ValueError(f'Unknown model {name!r}; known models: {sorted(MODELS)}.')
   return MODELS[name](
-      num_classes, stem=stem, width=width, dtype=dtype, bn_axis_name=bn_axis_name
+      num_classes, stem=stem, width=width, dtype=dtype, bn_axis_name=bn_axis_name, input_norm=input_norm,
+      zero_init_residual=zero_init_residual,
   )
 
 

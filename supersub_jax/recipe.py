@@ -19,7 +19,9 @@ import jax
 import ml_collections
 
 from supersub_jax import config as config_lib
+from supersub_jax import decide
 from supersub_jax import delta as delta_lib
+from supersub_jax import inference
 from supersub_jax import locks
 from supersub_jax import models
 from supersub_jax import quant
@@ -154,8 +156,23 @@ def validate(config: ml_collections.ConfigDict, *, training: bool = True) -> Non
   _choice(problems, 'parallelism', config.parallelism, runtime.PARALLELISMS)
   _choice(problems, 'nonfinite', config.nonfinite, step_lib.NONFINITE)
   _choice(problems, 'init.format', config.init.format, config_lib.INIT_FORMATS)
+  _choice(problems, 'input.decoder', config.input.decoder, pipeline.DECODERS)
+  _choice(problems, 'input.normalize', config.input.normalize, config_lib.NORMALIZE)
+  _choice(problems, 'evaluate.routing', config.evaluate.routing, inference.ROUTINGS + ('auto',))
+  _choice(problems, 'evaluate.materialize', config.evaluate.materialize, inference.MATERIALIZE)
+  if config.evaluate.slot_size < 1:
+    problems.append(f'evaluate.slot_size={config.evaluate.slot_size}: use at least 1 image per slot.')
+  if config.input.decoder == 'dali':
+    from supersub_jax.data import dali  # pylint: disable=g-import-not-at-top
+    problem = dali.unavailable()
+    if problem:
+      problems.append(f'input.decoder=\'dali\': {problem}')
+    if config.augment != 'random_resized_crop':
+      problems.append(f"input.decoder='dali' runs random_resized_crop, not augment={config.augment!r}; use "
+                      "input.decoder='cpu'.")
+  hierarchy = None
   try:
-    stages.make_hierarchy(config)
+    hierarchy = stages.make_hierarchy(config)
   except ValueError as e:
     problems.append(f'hierarchy={config.hierarchy!r}: {e}')
   unknown = [s for s in config.stages if s not in stages.STAGES]
@@ -194,6 +211,13 @@ def validate(config: ml_collections.ConfigDict, *, training: bool = True) -> Non
   _choice(problems, 'specialists.granularity', cfg.granularity, delta_lib.GRANULARITIES)
   _choice(problems, 'specialists.sparsity_scope', cfg.sparsity_scope, sparsity.SCOPES)
   _choice(problems, 'specialists.sparsity_schedule', cfg.sparsity_schedule, sparsity.SCHEDULE_KINDS)
+  _choice(problems, 'specialists.dustbin_others', cfg.dustbin_others, specialists.DUSTBIN_OTHERS)
+  if cfg.dustbin:
+    try:
+      pipeline.mixed_counts(max(config.batch_size // devices, 1), float(cfg.dustbin_fraction))
+    except ValueError as e:
+      problems.append(f'specialists.dustbin_fraction={cfg.dustbin_fraction} at batch_size={config.batch_size} on '
+                      f'{devices} device(s): {e}')
   if cfg.leaves not in specialists.LEAVES:
     try:
       re.compile(cfg.leaves)
@@ -204,6 +228,15 @@ def validate(config: ml_collections.ConfigDict, *, training: bool = True) -> Non
     re.compile(cfg.dense_leaves)
   except re.error as e:
     problems.append(f"specialists.dense_leaves={cfg.dense_leaves!r}: not a valid regex ({e}); use '' for none.")
+  for spec in config.evaluate.rules:
+    try:
+      rule = decide.Rule.parse(spec)
+    except ValueError as e:
+      problems.append(f'evaluate.rules: {e}')
+      continue
+    if hierarchy is not None and rule.k > hierarchy.num_superclasses:
+      problems.append(f'evaluate.rules: {spec!r} routes to {rule.k} superclasses; the hierarchy has '
+                      f'{hierarchy.num_superclasses}.')
   try:
     cut = models.Cut(cfg.branch)
   except ValueError as e:

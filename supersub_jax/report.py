@@ -17,6 +17,10 @@ key                                    meaning
 ``baselines.head_only.top1``           with the ``head_only`` stage: Super-Sub with specialists that train a head on
                                        the generalist's features (no delta); ``.supersub_minus`` what deltas add
 ``compute.supersub_steps.total``       optimizer steps behind Super-Sub's predictions (``stages.pipeline_steps``)
+``rules.<rule>.top1``                  Super-Sub's top-1 under each decision rule of ``config.evaluate.rules``
+                                       (``decide.Rule.key``: 'hard', 'soft:2', 'product:2/mean', ...); beside it
+                                       ``.specialists_per_image``, ``.images_per_s`` and ``.minus_vanilla`` (and
+                                       ``.minus_vanilla_matched`` with the ``vanilla_matched`` stage)
 ``errors.within_superclass_fraction``  of the vanilla network's errors, the fraction whose prediction lies in the true
                                        superclass (the paper's finding (i))
 ``storage.factor``                     bytes of generalist + all specialists, in units of one network
@@ -107,17 +111,20 @@ def confusion_matrix(pred: np.ndarray, true: np.ndarray, num_classes: int) -> np
 
 
 def build(p: Mapping[str, np.ndarray], hierarchy, *, dataset: str, split: str, storage: Mapping,
-          compute: Mapping, top2_threshold: float, cut: str, matched_steps: int | None = None) -> dict:
+          compute: Mapping, top2_threshold: float, cut: str, matched_steps: int | None = None,
+          rules: Mapping[str, int] | None = None) -> dict:
   """The report's metrics (the schema above, less memory and throughput) from held-out predictions.
 
   Args:
     p: int arrays [M] of one held-out split (``evaluation.collect_predictions``): 'subclass', 'superclass' (truth),
       'vanilla', 'generalist' (its superclass), 'supersub', 'oracle', 'top2' (labels), 'second' (bool: the image
-      ran a second specialist), and the optional baselines 'vanilla_matched' and 'head_only'.
+      ran a second specialist), the optional baselines 'vanilla_matched' and 'head_only', and 'rule:<key>' for
+      each decision rule (``decide.Rule.key``).
     hierarchy: the ``hierarchy.Hierarchy`` of the labels.
     storage, compute: report.json's 'storage' and 'compute' (``evaluation.storage``, ``stages.pipeline_steps``).
     top2_threshold: the top-2 rule's threshold; cut: the specialists' cut; matched_steps: the steps the
-      ``vanilla_matched`` network trained for (its checkpoint's).
+      ``vanilla_matched`` network trained for (its checkpoint's); rules: decision rule key -> the specialists it
+      runs per image, for the 'rule:<key>' predictions of ``p``.
   """
   l2s = np.asarray(hierarchy.label_to_superclass)
   truth = p['subclass']
@@ -157,6 +164,13 @@ def build(p: Mapping[str, np.ndarray], hierarchy, *, dataset: str, split: str, s
         row[f'{name}_top1'] = accuracy(p[name][sel], truth[sel])
   if 'vanilla_matched' in p:
     report['baselines']['vanilla_matched']['steps'] = int(matched_steps)
+  report['rules'] = {}
+  for name, routes in (rules or {}).items():
+    top1 = accuracy(p[f'rule:{name}'], truth)
+    row = {'top1': top1, 'specialists_per_image': routes, 'minus_vanilla': top1 - report['vanilla']['top1']}
+    if 'vanilla_matched' in p:
+      row['minus_vanilla_matched'] = top1 - report['baselines']['vanilla_matched']['top1']
+    report['rules'][name] = row
   return report
 
 
@@ -328,6 +342,21 @@ def _baseline_rows(r: Mapping) -> list[tuple[str, str]]:
   return rows
 
 
+def _rule_rows(r: Mapping) -> list[tuple[str, str]]:
+  """One row per decision rule other than the paper's: top-1, its gap to the flat network trained as long (or to
+  the vanilla network), and what it costs."""
+  rows = []
+  for name, row in r.get('rules', {}).items():
+    if name == 'hard':
+      continue
+    gap = ('compute-matched vanilla', row['minus_vanilla_matched']) if 'minus_vanilla_matched' in row else (
+        'vanilla', row['minus_vanilla'])
+    speed = f", {row['images_per_s']:,.0f} img/s" if 'images_per_s' in row else ''
+    rows.append((f"rule {name}, top-1 ({row['specialists_per_image']} specialist(s) per image{speed})",
+                 f"{row['top1']:.4f} ({100 * gap[1]:+.2f} against {gap[0]})"))
+  return rows
+
+
 # The paper's headline claims (Wen et al., arXiv 2201.08098), each with the report value that tests it.
 PAPER_CLAIMS = (
     ('most errors of one network stay within the true superclass', 'most'),
@@ -373,6 +402,7 @@ def summary_rows(report: Mapping) -> list[tuple[str, str]]:
        f"{r['supersub']['top2_top1']:.4f}"),
       ('Super-Sub - vanilla (top-1 points)', f"{100 * (r['supersub']['top1'] - r['vanilla']['top1']):+.2f}"),
       *_baseline_rows(r),
+      *_rule_rows(r),
       ('vanilla errors within the true superclass', f"{r['errors']['within_superclass_fraction']:.1%} "
        f"of {r['errors']['errors']}"),
       ('storage (networks): Super-Sub vs naive N+1', f"{r['storage']['factor']:.3f} vs "
@@ -418,6 +448,18 @@ def render_markdown(report: Mapping) -> str:
       lines.append(f"| {row['index']} | {row['name']} | {row['num_subclasses']} | {row['vanilla_top1']:.4f} |{extra} "
                    f"{row['supersub_top1']:.4f} | {row['oracle_top1']:.4f} | {row['routing_top1']:.4f} |")
   storage = report['storage']
+  rules = report.get('rules')
+  if rules:
+    lines += ['', '## Decision rules', '', 'Every rule on the same networks (`supersub_jax.decide`): `hard` is the '
+              "paper's; `soft:k` averages the router's top k; `product:k` is Hinton et al.'s combination; `/flat` and "
+              "`/mean` route by the flat network's summed subclass probabilities, or by their mean with the "
+              "generalist's.", '', '| rule | top-1 | minus vanilla | minus compute-matched | specialists per image '
+              '| images/s |', '|---|---|---|---|---|---|']
+    for name, row in rules.items():
+      matched = f"{100 * row['minus_vanilla_matched']:+.2f}" if 'minus_vanilla_matched' in row else '-'
+      speed = f"{row['images_per_s']:,.1f}" if 'images_per_s' in row else '-'
+      lines.append(f"| {name} | {row['top1']:.4f} | {100 * row['minus_vanilla']:+.2f} | {matched} | "
+                   f"{row['specialists_per_image']} | {speed} |")
   lines += ['', '## Storage', '',
             f"- base (generalist) {storage['base_bytes']:,} B; specialists {sum(storage['specialists_bytes']):,} B "
             f"in all (delta {storage.get('delta_bytes', 0):,} B, heads {storage.get('head_bytes', 0):,} B, "

@@ -53,6 +53,7 @@ LEAVES = {
 }  # A head-only specialist (the generalist's own features) is branch='head'; density=0.0 prunes the delta to
    # nothing but still re-estimates every BatchNorm statistic on the superclass's images.
 ITEMS = ('state', 'compressed', 'data', 'meta')
+DUSTBIN_OTHERS = ('all', 'confused')  # config.specialists.dustbin_others: which other superclasses fill the dustbin
 
 
 def stage_settings(config, stage: str = 'specialists'):
@@ -153,10 +154,45 @@ def initial_state(base, head, batch_stats, dcfg: delta_lib.DeltaConfig, tx, cut:
   return step_lib.create_train_state(trainable, jax.tree.map(np.asarray, batch_stats), tx, masks=masks)
 
 
-def _init_state(generalist, base, dcfg, tx, max_subclasses: int, seed: int, cut: models.Cut):
-  """Specialist training's first state: a fresh head of ``max_subclasses`` outputs, the generalist's statistics."""
-  head = models.init_head(max_subclasses, np.shape(generalist.params['head']['kernel'])[0], jax.random.key(seed))
+def _init_state(generalist, base, dcfg, tx, outputs: int, seed: int, cut: models.Cut):
+  """Specialist training's first state: a fresh head of ``outputs`` outputs, the generalist's statistics."""
+  head = models.init_head(outputs, np.shape(generalist.params['head']['kernel'])[0], jax.random.key(seed))
   return initial_state(base, head, generalist.batch_stats, dcfg, tx, cut)
+
+
+def dustbin_correction(fraction: float, prior: float) -> float:
+  """What inference adds to a dustbin's logit: log((1 - f)(1 - pi) / (f pi)), the log of the factor by which
+  training oversampled the odds of "my superclass" against "another" (f: the dustbin's share of a training batch,
+  pi: the superclass's share of the training set).
+
+  Why: the dustbin is trained at prior odds (1 - f) : f, and a specialist applied to images in their natural
+  proportions meets them at pi : (1 - pi); Bayes' rule moves every logit by the log of its class's prior ratio, and
+  only the difference between the dustbin's and the real classes' shifts matters. Hinton et al. (2015) add the log
+  of the oversampling of the specialist's classes alone, log((1 - f) / pi), which drops the dustbin's own
+  undersampling, f / (1 - pi).
+  """
+  if not 0.0 < fraction < 1.0 or not 0.0 < prior < 1.0:
+    raise ValueError(f'fraction={fraction} and prior={prior} must each lie in (0, 1).')
+  return float(np.log((1.0 - fraction) * (1.0 - prior) / (fraction * prior)))
+
+
+def superclass_confusion(config, generalist: stages.Network, hierarchy) -> np.ndarray:
+  """float64[N, N]: row j, column k is the generalist's mean p(k | x) over the training images x of superclass j
+  (eval mode, no augmentation); the weights of ``dustbin_others='confused'`` (column k, diagonal excluded)."""
+  source = stages.load_source(config, 'train', hierarchy)
+  apply = jax.jit(functools.partial(generalist.model.apply, train=False))
+  variables = {'params': generalist.params, 'batch_stats': generalist.batch_stats}
+  n = hierarchy.num_superclasses
+  sums, counts = np.zeros((n, n)), np.zeros(n)
+  for batch in stages.eval_batches(config, source, label_mode='superclass', process_index=0, process_count=1,
+                                   local_device_count=1):
+    real = batch['mask'].reshape(-1) > 0
+    images = batch['image'].reshape((-1,) + batch['image'].shape[2:])
+    probs = np.asarray(jax.nn.softmax(apply(variables, images)), np.float64)[real]
+    truth = batch['superclass'].reshape(-1)[real]
+    np.add.at(sums, truth, probs)
+    counts += np.bincount(truth, minlength=n)
+  return sums / np.maximum(counts, 1.0)[:, None]
 
 
 def _label(stage: str) -> str:
@@ -187,7 +223,8 @@ def train_specialists(config, workdir: str, *, stage: str = 'specialists',
   dcfg = delta_config(cfg)
   parallel = runtime.Parallel(config.parallelism)
   frozen = parallel.replicate(base)  # held once on each device for all specialists
-  model = stages.make_model(config, hierarchy.max_subclasses)
+  d = int(bool(cfg.dustbin))  # the dustbin column, after the S = max_subclasses real (or padding) ones
+  model = stages.make_model(config, hierarchy.max_subclasses + d)
   cut = models.Cut(cfg.branch)
   cut.check(model)
   apply_fn = make_apply_fn(model, cut)
@@ -195,7 +232,7 @@ def train_specialists(config, workdir: str, *, stage: str = 'specialists',
   eval_fn = parallel.compile(
       lambda state, batch, frozen_and_mask: step_lib.eval_step(
           state, batch, frozen_and_mask['base'], apply_fn=apply_fn, params_fn=params_fn,
-          logit_mask=frozen_and_mask['logit_mask']), donate_state=False)
+          logit_mask=frozen_and_mask['eval_mask']), donate_state=False)
 
   @functools.cache
   def compiled_step(num_steps: int):
@@ -210,6 +247,8 @@ def train_specialists(config, workdir: str, *, stage: str = 'specialists',
     return tx, fn
 
   which = list(cfg.superclasses) or list(range(hierarchy.num_superclasses))
+  all_train = stages.load_source(config, 'train', hierarchy) if d else None
+  confusion = superclass_confusion(config, generalist, hierarchy) if d and cfg.dustbin_others == 'confused' else None
   results = {}
   for k in which:
     n_k = int(hierarchy.sizes[k])
@@ -219,17 +258,28 @@ def train_specialists(config, workdir: str, *, stage: str = 'specialists',
     job = _job(config, workdir, hierarchy, k, num_steps, generalist_fingerprint, stage)
     tx, step_fn = compiled_step(num_steps)
     writer = runner.MetricWriter(ckpt.abs_path(workdir), f'{_label(stage)}_{k}')
-    extra = {'base': frozen, 'logit_mask': parallel.replicate(np.asarray(hierarchy.local_valid[k]))}
+    valid = np.asarray(hierarchy.local_valid[k])
+    # Training may answer "not mine" (the dustbin); the held-out score is the specialist's own subclasses only.
+    extra = {'base': frozen, 'logit_mask': parallel.replicate(np.concatenate([valid, [True] * d])),
+             'eval_mask': parallel.replicate(np.concatenate([valid, [False] * d]))}
     seed = int(config.seed) + 100 + k
-    fresh_state = functools.partial(_init_state, generalist, base, dcfg, tx, hierarchy.max_subclasses, seed, cut)
+    fresh_state = functools.partial(_init_state, generalist, base, dcfg, tx, hierarchy.max_subclasses + d, seed, cut)
+    mix, dustbin = None, None
+    if d:
+      weights = None if confusion is None else confusion[:, k]
+      mix = (all_train.outside(k, local=hierarchy.max_subclasses, weights=weights, seed=seed),
+             float(cfg.dustbin_fraction))
+      prior = len(train_source) / len(all_train)
+      dustbin = {'fraction': float(cfg.dustbin_fraction), 'others': cfg.dustbin_others, 'prior': prior,
+                 'logit_correction': dustbin_correction(float(cfg.dustbin_fraction), prior)}
 
     def evaluate(rstate, extra=extra, eval_source=eval_source):
       return runner.eval_metrics(rstate, eval_fn=eval_fn, parallel=parallel, frozen=extra,
                                 batches=stages.eval_batches(config, eval_source, label_mode='local'))
 
-    def finish(host_state, metrics, job=job, k=k, n_k=n_k, num_steps=num_steps, writer=writer):
+    def finish(host_state, metrics, job=job, k=k, n_k=n_k, num_steps=num_steps, writer=writer, dustbin=dustbin):
       exported = exported_lib.export(host_state.params['delta'], host_state.masks, host_state.params['head'],
-                                     cut.split(host_state.batch_stats)[1], dcfg, n_k, cut=cut)
+                                     cut.split(host_state.batch_stats)[1], dcfg, n_k, cut=cut, dustbin=dustbin)
       spec = exported.pop('spec')  # JSON, kept in the checkpoint's metadata; the arrays are an orbax item
       nbytes = exported_lib.exported_nbytes(exported)
       kept = spec['delta']['density']
@@ -244,7 +294,8 @@ def train_specialists(config, workdir: str, *, stage: str = 'specialists',
 
     with writer:
       result = runner.run_job(config, job, fresh_state=fresh_state, target=fresh_state(),
-                              train_iter=stages.train_batches(config, train_source, label_mode='local', seed=seed),
+                              train_iter=stages.train_batches(config, train_source, label_mode='local', seed=seed,
+                                                              mix=mix),
                               step_fn=step_fn, evaluate=evaluate, parallel=parallel, frozen=extra,
                               preemption=preemption, finish=finish, writer=writer)
     results[k] = result.meta['summary']

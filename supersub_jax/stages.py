@@ -59,31 +59,42 @@ def dataset_kwargs(config) -> dict:
 
 def load_source(config, split: str, hierarchy, superclass: int | None = None):
   """One split of ``config.dataset`` relabelled by ``hierarchy`` (held-out data: ``config.eval_split``)."""
+  # Encoded: the input pipeline decodes each image fused with its crop (pipeline.decode_random_resized_crop).
   return sources.load_source(config.dataset, split, hierarchy, ckpt.abs_path(config.data_dir),
-                             manual_dir=config.manual_dir or None, superclass=superclass, **dataset_kwargs(config))
+                             manual_dir=config.manual_dir or None, superclass=superclass, encoded=True,
+                             **dataset_kwargs(config))
 
 
 def _stats(config):
   return pipeline.DATASET_STATS[config.dataset]
 
 
-def train_batches(config, source, *, label_mode: str, seed: int):
+def train_batches(config, source, *, label_mode: str, seed: int, mix=None):
+  """The training batches of ``source`` (``pipeline.train_iterator``; ``mix``: a second source and its share)."""
   stats = _stats(config)
   return pipeline.train_iterator(source, global_batch_size=config.batch_size, seed=seed, augment=config.augment,
                                  image_size=config.image_size, mean=stats.mean, std=stats.std,
-                                 label_mode=label_mode, worker_count=config.worker_count)
+                                 label_mode=label_mode, worker_count=config.worker_count,
+                                 normalize=config.input.normalize == 'host', decoder=config.input.decoder, mix=mix)
 
 
 def eval_batches(config, source, *, label_mode: str, batch_size: int | None = None, **kwargs):
   stats = _stats(config)
   return pipeline.eval_iterator(source, global_batch_size=batch_size or config.eval_batch_size,
                                 image_size=config.image_size, mean=stats.mean, std=stats.std, label_mode=label_mode,
-                                crop_fraction=stats.eval_crop_fraction, worker_count=config.worker_count, **kwargs)
+                                crop_fraction=stats.eval_crop_fraction, worker_count=config.worker_count,
+                                normalize=config.input.normalize == 'host', **kwargs)
 
 
 def make_model(config, num_classes: int):
+  """The config's ResNet; with ``config.input.normalize == 'device'`` it takes the pipeline's uint8 batches and
+  normalises them itself (``models.ResNet.input_norm``)."""
+  input_norm = None
+  if config.input.normalize == 'device' and config.dataset in pipeline.DATASET_STATS:
+    input_norm = (tuple(_stats(config).mean), tuple(_stats(config).std))
   return models.create_model(config.model, num_classes, stem=config.stem, width=config.width,
-                             dtype=jnp.bfloat16 if config.half_precision else jnp.float32)
+                             dtype=jnp.bfloat16 if config.half_precision else jnp.float32, input_norm=input_norm,
+                             zero_init_residual=config.zero_init_residual)
 
 
 def image_shape(config) -> tuple[int, int, int]:
@@ -104,6 +115,26 @@ def specialist_steps(cfg, num_examples: int, batch_size: int) -> int:
   steps = max(int(np.ceil(epochs * num_examples / batch_size)), int(cfg.get('min_steps', 1)))
   multiple = max(int(cfg.get('steps_multiple', 1)), 1)
   return int(np.ceil(steps / multiple) * multiple)
+
+
+def specialist_epochs_for(config, hierarchy, steps: int) -> float:
+  """The largest ``specialists.num_epochs`` (to 1e-4) whose specialists, all together, train at most ``steps``
+  optimizer steps; ValueError when even the smallest budget of ``specialists.min_steps`` each is larger."""
+  sizes = [len(load_source(config, 'train', hierarchy, superclass=k)) for k in range(hierarchy.num_superclasses)]
+  spec = config.specialists.copy_and_resolve_references()
+
+  def total(epochs):
+    spec.num_epochs = epochs
+    return sum(specialist_steps(spec, n, config.batch_size) for n in sizes)
+
+  low, high = 1e-3, 1e3
+  if total(low) > steps:
+    raise ValueError(f'{steps} specialist steps cannot train {len(sizes)} specialists (at least '
+                     f'{total(low)} with specialists.min_steps={spec.min_steps}): raise the budget.')
+  for _ in range(60):
+    mid = (low + high) / 2
+    low, high = (mid, high) if total(mid) <= steps else (low, mid)
+  return float(np.floor(low * 1e4) / 1e4)  # rounded down: never over the budget
 
 
 def pipeline_steps(config, hierarchy=None) -> dict[str, int]:
@@ -179,15 +210,37 @@ def initial_backbone_source(config, stage: str) -> str:
   return ckpt.abs_path(config.init.path) if config.init.path else 'random'
 
 
-def _pretrained_backbone(config, stage: str) -> dict | None:
-  """config.init's backbone (``{'params', 'batch_stats'}`` without the head), or None for a random start."""
+def keeps_init_head(config, stage: str) -> bool:
+  """Whether ``stage`` starts from config.init's whole network, head included (``config.init.keep_head``): the
+  flat stages, whose classes are the init network's, continue it."""
+  return bool(config.init.keep_head) and stage in ('vanilla', 'vanilla_matched') and bool(config.init.path)
+
+
+def _pretrained_start(config, stage: str, num_classes: int) -> dict | None:
+  """config.init's variables for ``stage`` (``{'params', 'batch_stats'}``; without the head unless
+  ``keeps_init_head``), or None for a random start."""
   source = initial_backbone_source(config, stage)
   if source in ('random', 'vanilla'):
     return None
-  backbone = weights.load_backbone(source, config.init.format, make_model(config, 1))
+  if keeps_init_head(config, stage):
+    start = weights.load_network(source, config.init.format, make_model(config, num_classes))
+  else:
+    start = weights.load_backbone(source, config.init.format, make_model(config, 1))
   if jax.process_index() == 0:
-    print(f'[{stage}] backbone initialised from {source}', flush=True)
-  return backbone
+    print(f'[{stage}] {"network" if "head" in start["params"] else "backbone"} initialised from {source}', flush=True)
+  return start
+
+
+def load_init_network(config, hierarchy=None) -> Network | None:
+  """config.init's network as a flat classifier over the hierarchy's subclasses (its head must have M outputs), or
+  None without config.init. What Super-Sub starts from when the generalist starts from config.init: its flat
+  router (``decide`` 'flat' and 'mean'), paid for by no stage."""
+  if not config.init.path:
+    return None
+  hierarchy = hierarchy or make_hierarchy(config)
+  model = make_model(config, hierarchy.num_subclasses)
+  variables = weights.load_network(ckpt.abs_path(config.init.path), config.init.format, model)
+  return Network('init', model, variables['params'], variables['batch_stats'], {'init': config.init.path}, 0)
 
 
 def train_network(config, workdir: str, stage: str, *, preemption: runtime.Preemption | None = None) -> dict:
@@ -212,9 +265,11 @@ def train_network(config, workdir: str, stage: str, *, preemption: runtime.Preem
 
   def fresh_state():
     start = ({'params': vanilla.params, 'batch_stats': vanilla.batch_stats} if vanilla is not None
-             else _pretrained_backbone(config, stage))
+             else _pretrained_start(config, stage, num_classes))
     if start is None:
       return jax.device_get(random_state())
+    if keeps_init_head(config, stage):  # a flat network continued: same classes, same head
+      return step_lib.create_train_state(start['params'], start['batch_stats'], tx)
     if vanilla is not None and jax.process_index() == 0:
       print(f'[{stage}] backbone initialised from the vanilla network', flush=True)
     # The backbone transfers; the head is new (other classes). Initialising the head alone skips compiling a whole

@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import make_tiny_config
 from supersub_jax import bank as bank_lib
 from supersub_jax import convert
 from supersub_jax import delta as delta_lib
@@ -190,6 +191,32 @@ def test_damaged_bundles_give_a_clean_value_error(tiny_workdir, tmp_path):
     assert len(exported) == hierarchy.num_superclasses and 'params' in generalist  # a flip that changed a value
 
   check()
+
+
+@pytest.mark.parametrize('fmt', ['safetensors', 'orbax'])
+def test_a_network_stage_exported_is_what_config_init_continues_and_routes_by(tiny_workdir, tmp_path, fmt):
+  from supersub_jax import evaluation  # pylint: disable=g-import-not-at-top
+  config, workdir, _ = tiny_workdir
+  output = str(tmp_path / ('flat.safetensors' if fmt == 'safetensors' else 'flat'))
+  assert 'the vanilla network (7 classes' in convert.export_network(config, workdir, 'vanilla', fmt, output)
+  vanilla = stages.load_network(config, workdir, 'vanilla')
+  pretrained = make_tiny_config(config.data_dir)
+  pretrained.init.update(dict(path=output, format='torchvision' if fmt == 'safetensors' else 'orbax',
+                              keep_head=True))
+  pretrained.superclass.init_from_vanilla = False
+  # The flat stages continue the whole network; the generalist takes its backbone and a new head.
+  start = stages._pretrained_start(pretrained, 'vanilla', 7)
+  for a, b in zip(jax.tree.leaves({'params': vanilla.params, 'batch_stats': vanilla.batch_stats}),
+                  jax.tree.leaves(start)):
+    np.testing.assert_array_equal(a, b)
+  assert 'head' not in stages._pretrained_start(pretrained, 'superclass', 3)['params']
+  # It is the flat router of a pipeline whose generalist starts from it; the vanilla network is, otherwise.
+  router = evaluation.flat_router_of(pretrained, vanilla, stages.make_hierarchy(pretrained))
+  for a, b in zip(jax.tree.leaves(router.params), jax.tree.leaves(vanilla.params)):
+    np.testing.assert_array_equal(a, b)
+  assert evaluation.flat_router_of(config, vanilla, stages.make_hierarchy(config)) is vanilla
+  with pytest.raises(ValueError, match='superclass'):
+    convert.export_network(config, workdir, 'specialists', fmt, str(tmp_path / 'x.npz'))
 
 
 def test_hostile_bundles_are_refused_before_anything_is_allocated(tiny_workdir, tmp_path):

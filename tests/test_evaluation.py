@@ -63,6 +63,21 @@ def test_report_compares_with_head_only_specialists_on_the_same_routes(evaluated
   assert head['top1'] == pytest.approx(total)
 
 
+def test_report_gives_every_decision_rule_its_top1_cost_and_gaps(evaluated):
+  _, _, _, report = evaluated
+  rules = report['rules']
+  assert list(rules) == ['hard', 'soft:2', 'product:2/mean']
+  assert rules['hard']['top1'] == report['supersub']['top1']  # the paper's rule is the routed top-1
+  for name, row in rules.items():
+    assert row['specialists_per_image'] == (1 if name == 'hard' else 2)
+    assert row['images_per_s'] > 0 and row['batch_size'] == 16
+    assert row['minus_vanilla'] == pytest.approx(row['top1'] - report['vanilla']['top1'])
+    assert row['minus_vanilla_matched'] == pytest.approx(
+        row['top1'] - report['baselines']['vanilla_matched']['top1'])
+  md = open(os.path.join(evaluated[1], 'report.md')).read()
+  assert '## Decision rules' in md and '| product:2/mean |' in md
+
+
 def test_supersub_top1_is_bounded_by_routing(evaluated):
   _, _, _, report = evaluated
   # An image counts for Super-Sub only if the generalist routed it right: top-1 <= routing accuracy.

@@ -326,6 +326,63 @@ def test_predict_top2_runs_and_counts_second_passes(world):
   np.testing.assert_array_equal(np.asarray(out['used_second']), np.asarray(out['superclass']) != top1['superclass'])
 
 
+def test_predict_rule_hard_is_predict_and_soft_and_product_combine_the_routed_specialists(world):
+  from supersub_jax import decide  # pylint: disable=g-import-not-at-top
+  images, state = world['images'], world['state']
+  kw = dict(generalist_model=world['gm'], specialist_model=world['sm'], chunk_sizes=(4,))
+  top1 = inf.predict(state, images, **kw)
+  hard = inf.predict_rule(state, images, rule=decide.Rule('hard'), **kw)
+  np.testing.assert_array_equal(hard['label'], top1['label'])
+  h = world['hierarchy']
+  p_super = np.asarray(jax.nn.softmax(world['gen_logits']))
+  routes = np.argsort(-p_super, axis=1, kind='stable')[:, :2]
+  # The reference: each of the two routes' specialists run alone (materialize_compressed, dense), combined by the
+  # formulas of decide (whose own tests check them against hand computations).
+  local = np.zeros((10, 2, max(SIZES)), np.float32)
+  for j in range(2):
+    apply = _jitted_apply(world['sm'])
+    for i in range(10):
+      ex = world['exported'][routes[i, j]]
+      params = {**exported_lib.materialize_compressed(world['base'], ex['delta']), 'head': _padded_head(ex, 4)}
+      logits = np.asarray(apply({'params': params, 'batch_stats': ex['batch_stats']}, images[i:i + 1]))[0]
+      logits = np.where(h.local_valid[routes[i, j]], logits, -np.inf)
+      local[i, j] = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+  args = (jnp.asarray(p_super), jnp.asarray(routes, jnp.int32), jnp.asarray(local), jnp.asarray(h.local_to_label))
+  for rule, want in (('soft:2', decide.soft(*args, h.num_subclasses)),
+                     ('product:2', decide.product(*args, jnp.asarray(h.label_to_superclass)))):
+    got = inf.predict_rule(state, images, rule=decide.Rule.parse(rule), **kw)
+    np.testing.assert_array_equal(got['routes'], routes)
+    np.testing.assert_array_equal(got['label'], want, err_msg=rule)
+  with pytest.raises(ValueError, match='flat network'):
+    inf.predict_rule(state, images, rule=decide.Rule.parse('hard/flat'), **kw)
+
+
+def test_a_dustbin_bank_adds_its_column_after_the_real_ones_with_the_logit_correction(world):
+  hierarchy, gen, base = world['hierarchy'], world['gen'], world['base']
+  rng = np.random.default_rng(5)
+  exported = []
+  for k, ex in enumerate(world['exported']):
+    n = ex['head']['kernel'].shape[1]
+    extra = {'kernel': rng.normal(size=(ex['head']['kernel'].shape[0], 1)).astype(np.float32),
+             'bias': np.float32([0.25 * k])}
+    head = {name: np.concatenate([ex['head'][name], extra[name]], axis=-1) for name in ('kernel', 'bias')}
+    spec = {**ex['spec'], 'dustbin': {'fraction': 0.5, 'others': 'all', 'logit_correction': 1.0 + k}}
+    exported.append({**ex, 'head': head, 'spec': spec})
+    assert exported_lib.dustbin_of(exported[-1])['logit_correction'] == 1.0 + k and n == SIZES[k]
+  state = bank_lib.build_supersub(gen, exported, hierarchy)
+  assert state.bank.dustbin == 1 and state.num_outputs == max(SIZES) + 1
+  np.testing.assert_array_equal(state.bank.num_subclasses, SIZES)
+  for k, ex in enumerate(exported):
+    got = inf.specialist_variables(state.bank, base, k, max(SIZES))['params']['head']
+    n = SIZES[k]
+    np.testing.assert_array_equal(got['kernel'][:, :n], ex['head']['kernel'][:, :n])
+    assert not np.asarray(got['kernel'][:, n:max(SIZES)]).any()  # padding
+    np.testing.assert_array_equal(got['kernel'][:, -1], ex['head']['kernel'][:, -1])
+    np.testing.assert_allclose(got['bias'][-1], 0.25 * k + 1.0 + k, rtol=1e-6)  # trained bias + correction
+  with pytest.raises(ValueError, match='all or none'):
+    bank_lib.build_supersub(gen, exported[:2] + world['exported'][2:], hierarchy)
+
+
 def test_predict_temp_memory_does_not_grow_like_n_dense_specialists():
   temps, dense_bytes = {}, None
   batch = jax.ShapeDtypeStruct((8,) + IMAGE_SHAPE, jnp.float32)
@@ -340,3 +397,70 @@ def test_predict_temp_memory_does_not_grow_like_n_dense_specialists():
   # N dense specialists would add at least 4 * dense_bytes of temporaries from N = 2 to N = 6 (running all N
   # specialists under vmap adds ~8x that here); one transient specialist adds nothing that depends on N.
   assert abs(temps[6] - temps[2]) < 0.1 * 4 * dense_bytes, (temps, dense_bytes)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Layer-by-layer materialization and the padded single call
+
+
+def test_layer_by_layer_leaves_equal_materialize_compressed_bit_for_bit(world):
+  state, base = world['state'], world['base']
+  s = max(SIZES)
+
+  @jax.jit
+  def unboxed(k):  # each LazyLeaf materialized as its layer would read it
+    from flax.core import meta  # pylint: disable=g-import-not-at-top
+    return meta.unbox(inf.lazy_specialist_variables(state.bank, base, k, s))
+
+  for k, ex in enumerate(world['exported']):
+    lazy = inf.lazy_specialist_variables(state.bank, base, k, s)
+    assert any(isinstance(x, inf.LazyLeaf) for x in jax.tree.leaves(
+        lazy['params'], is_leaf=lambda x: isinstance(x, inf.LazyLeaf)))  # nothing dense before the forward
+    got = unboxed(jnp.int32(k))
+    want = {**exported_lib.materialize_compressed(base, ex['delta']), 'head': _padded_head(ex, s)}
+    _assert_trees_bit_equal(got['params'], want)
+    _assert_trees_bit_equal(got['batch_stats'], ex['batch_stats'])
+
+
+def test_a_forward_through_lazy_leaves_is_the_dense_specialists_forward(world):
+  state, base, images = world['state'], world['base'], world['images']
+  apply = _jitted_apply(world['sm'])
+  lazy = jax.jit(lambda k, x: world['sm'].apply(inf.lazy_specialist_variables(state.bank, base, k, max(SIZES)), x,
+                                                train=False))
+  for k in range(len(SIZES)):
+    dense = inf.specialist_variables(state.bank, base, k, max(SIZES))
+    np.testing.assert_array_equal(lazy(jnp.int32(k), images), apply(dense, images))
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted_route_padded(num_superclasses, slot_size):
+  return jax.jit(functools.partial(inf.route_padded, specialists=_ID, num_superclasses=num_superclasses,
+                                   slot_size=slot_size))
+
+
+@settings(max_examples=25, deadline=None)
+@given(data=st.data(), b=st.sampled_from([1, 5, 12]), n=st.sampled_from([1, 3]), slot=st.sampled_from([1, 3, 16]))
+def test_route_padded_gives_every_image_its_specialists_output(data, b, n, slot):
+  routes = np.asarray(data.draw(st.lists(st.integers(-1, n - 1), min_size=b, max_size=b)), np.int32)
+  images = np.arange(b, dtype=np.float32)[:, None] * np.ones((1, 2), np.float32)
+  out = _jitted_route_padded(n, slot)(images, routes)
+  assert out.shape == (b, 3) and out.dtype == jnp.float32
+  _check_routed(out, routes)
+
+
+def test_num_slots_holds_the_worst_routing():
+  for b, n, c in [(256, 10, 32), (256, 10, 16), (5, 3, 4), (1, 20, 8), (40, 2, 1)]:
+    # Worst case: one image in each of n - 1 groups, the rest in one (every group wastes c - 1 rows at most).
+    counts = [1] * (min(n, b) - 1) + [b - min(n, b) + 1]
+    assert sum(-(-x // c) for x in counts) <= inf.num_slots(b, n, c)
+
+
+@pytest.mark.parametrize('routing,materialize', [('loop', 'layer'), ('padded', 'layer'), ('padded', 'group')])
+def test_every_routing_path_predicts_what_predict_does(world, routing, materialize):
+  images = world['images']
+  kw = dict(generalist_model=world['gm'], specialist_model=world['sm'], chunk_sizes=(4,))
+  today = inf.predict(world['state'], images, **kw)
+  out = inf.predict(world['state'], images, routing=routing, slot_size=3, materialize=materialize, **kw)
+  for key in ('superclass', 'local', 'label'):
+    np.testing.assert_array_equal(out[key], today[key])
+  np.testing.assert_allclose(out['prob'], today['prob'], rtol=1e-5)

@@ -20,6 +20,8 @@ from flax import traverse_util
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from supersub_jax import config as config_lib
+from supersub_jax import stages
 from supersub_jax.models import (
     MODELS,
     BottleneckResNetBlock,
@@ -222,6 +224,22 @@ def test_residual_blocks_zero_init_last_bn_and_project_when_shape_changes(tiny_s
   flat = traverse_util.flatten_dict(params)
   conv_biases = [k for k in flat if k[-2].lower().startswith('conv') and k[-1] == 'bias']
   assert conv_biases == []
+
+
+def test_zero_init_residual_false_starts_every_block_at_unit_scale():
+  # One block per stage (resnet_small): with zero scales the branches would start dead (models.ResNet).
+  model = create_model('resnet_tiny', NUM_CLASSES, stem='small', zero_init_residual=False)
+  params = init_variables(model, jax.random.key(0), (32, 32, 3))['params']
+  for name in ('stage1_block1', 'stage2_block1', 'stage3_block1'):
+    scale = params[name]['BatchNorm_1']['scale']
+    np.testing.assert_array_equal(scale, np.ones(scale.shape), err_msg=name)
+
+
+def test_config_zero_init_residual_reaches_the_model():
+  config = config_lib.default_config()
+  assert config.zero_init_residual  # the default keeps the models' behaviour
+  config.zero_init_residual = False
+  assert not stages.make_model(config, 3).zero_init_residual
 
 
 def test_bottleneck_block_structure():
@@ -504,3 +522,16 @@ def test_resnet_training_gradient_equals_the_one_through_lax_convolutions(tiny_s
   xla = grads()
   for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(xla)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.abs(b).max()))
+
+
+def test_uint8_images_are_normalised_by_the_network_as_the_host_pipeline_does(tiny_small):
+  model, variables, _ = tiny_small
+  mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
+  with_norm = model.clone(input_norm=(mean, std))
+  pixels = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+  # pipeline._Finalize's host normalisation, in numpy.
+  host = pixels.astype(np.float32) * (1 / (255 * np.float32(std))) - np.float32(mean) / np.float32(std)
+  np.testing.assert_allclose(with_norm.apply(variables, pixels, train=False),
+                             model.apply(variables, host, train=False), rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match='input_norm'):
+    model.apply(variables, pixels, train=False)

@@ -260,3 +260,173 @@ def test_synthetic_stats_match_the_data(tmp_path):
   stats = pipeline.DATASET_STATS['synthetic']
   np.testing.assert_allclose(mean, stats.mean, atol=0.02)
   np.testing.assert_allclose(std, stats.std, atol=0.02)
+
+
+@pytest.mark.parametrize('devices,batch,fraction', [(2, 16, 0.5), (1, 8, 0.25), (4, 24, 0.3)])
+def test_a_mixed_in_source_fills_exactly_its_fraction_of_every_devices_batch(devices, batch, fraction):
+  source = indexed_source(40)  # superclass of example i: (i % 5) >= 3
+  own = source.for_superclass(0)
+  others = source.outside(0, local=7)
+  it = train(own, global_batch_size=batch, local_device_count=devices, mix=(others, fraction), label_mode='local')
+  main, mixed = pipeline.mixed_counts(batch // devices, fraction)
+  assert mixed == round(fraction * batch / devices)
+  seen_own, seen_other = set(), set()
+  for b in take(it, 12):
+    ids = example_ids(b).reshape(devices, batch // devices)
+    label = b['label']
+    # Each device: its own examples first, then exactly `mixed` from the other superclasses, labelled 7.
+    assert (b['superclass'][:, :main] == 0).all() and (b['superclass'][:, main:] == 1).all()
+    assert (label[:, main:] == 7).all() and (label[:, :main] < 3).all()
+    seen_own |= set(ids[:, :main].ravel().tolist())
+    seen_other |= set(ids[:, main:].ravel().tolist())
+  assert seen_own == {i for i in range(40) if i % 5 < 3}  # 12 batches cover both sources
+  assert seen_other == {i for i in range(40) if i % 5 >= 3}
+
+
+def test_a_mixed_iterator_resumes_both_streams():
+  source = indexed_source(30)
+  kwargs = dict(mix=(source.outside(1, local=5), 0.5), label_mode='local')
+  it = train(source.for_superclass(1), **kwargs)
+  take(it, 3)
+  state = json.loads(json.dumps(it.get_state()))
+  expected = take(it, 4)
+  resumed = train(source.for_superclass(1), **kwargs)
+  resumed.set_state(state)
+  assert_batches_equal(take(resumed, 4), expected)
+
+
+def test_weighted_outside_draws_superclasses_in_the_given_shares():
+  h = hierarchy_lib.synthetic((2, 2, 2, 2))  # 4 superclasses, 750 examples each
+  records = [{'image': np.zeros((SIZE, SIZE, 3), np.uint8)}] * 3000
+  source = sources.HierarchicalSource(records, sources.relabel(np.arange(3000) % 8, h), name='many', hierarchy=h)
+  view = source.outside(0, local=2, weights=np.asarray([5.0, 1.0, 3.0, 0.0]), seed=3)
+  share = np.bincount(view.labels.superclass, minlength=4) / len(view)
+  assert len(view) == 2250 and share[0] == 0 and share[3] == 0
+  np.testing.assert_allclose(share[1:3], [0.25, 0.75], atol=0.03)  # 3 sigma of a binomial share of 2250 draws
+  assert (view.labels.local == 2).all() and view[0]['local'] == 2
+  with pytest.raises(ValueError, match='no mass'):
+    source.outside(0, local=2, weights=np.asarray([1.0, 0.0, 0.0, 0.0]))
+
+
+def test_mixed_fraction_that_leaves_no_example_on_a_side_is_refused():
+  with pytest.raises(ValueError, match='raise the batch size'):
+    pipeline.mixed_counts(2, 0.2)
+  with pytest.raises(ValueError, match=r'in \(0, 1\)'):
+    pipeline.mixed_counts(8, 1.0)
+
+
+# --------------------------------------------------------------------------------------------
+# The crop distribution, pinned against the definition, and the JPEG path pinned to the pixel path
+# --------------------------------------------------------------------------------------------
+
+
+def _reference_boxes(height, width, draws, rng):
+  """Inception-style RandomResizedCrop boxes (torchvision's definition), vectorised in numpy: per draw, up to 10
+  attempts of an area fraction ~ U(0.08, 1) and a log aspect ratio ~ U(log 3/4, log 4/3); the first that fits
+  gives the box (uniform position), else the central square. Returns float [draws, 4] (w, h, left, top)."""
+  area = rng.uniform(0.08, 1.0, (draws, 10)) * height * width
+  aspect = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3), (draws, 10)))
+  cw, ch = np.rint(np.sqrt(area * aspect)), np.rint(np.sqrt(area / aspect))
+  fits = (cw > 0) & (cw <= width) & (ch > 0) & (ch <= height)
+  first = np.argmax(fits, axis=1)
+  ok = fits[np.arange(draws), first]
+  side = min(height, width)
+  w = np.where(ok, cw[np.arange(draws), first], side)
+  h = np.where(ok, ch[np.arange(draws), first], side)
+  left = np.where(ok, np.floor(rng.uniform(size=draws) * (width - w + 1)), (width - side) // 2)
+  top = np.where(ok, np.floor(rng.uniform(size=draws) * (height - h + 1)), (height - side) // 2)
+  return np.stack([w, h, left, top], axis=1)
+
+
+def _ks_distance(a, b):
+  """Two-sample Kolmogorov-Smirnov statistic: the largest gap between the empirical CDFs of a and b."""
+  grid = np.sort(np.concatenate([a, b]))
+  return np.max(np.abs(np.searchsorted(np.sort(a), grid, 'right') / a.size
+                       - np.searchsorted(np.sort(b), grid, 'right') / b.size))
+
+
+@pytest.mark.parametrize('height,width', [(375, 500), (300, 120)])
+def test_crop_box_distribution_is_inception_random_resized_crop(height, width):
+  draws = 20_000
+  rng = np.random.default_rng(1)
+  ours = np.asarray([pipeline.crop_box(height, width, rng) for _ in range(draws)], np.float64)
+  ours = np.stack([ours[:, 2] - ours[:, 0], ours[:, 3] - ours[:, 1], ours[:, 0], ours[:, 1]], axis=1)
+  ref = _reference_boxes(height, width, draws, np.random.default_rng(2))
+  # 1.95 * sqrt(2 / n) is the KS critical value at the 0.1% level for two samples of n: a drift of the
+  # definition (scale, ratio, position, fallback) moves these well past it.
+  critical = 1.95 * np.sqrt(2 / draws)
+  features = {
+      'scale': lambda b: b[:, 0] * b[:, 1] / (height * width),
+      'log aspect ratio': lambda b: np.log(b[:, 0] / b[:, 1]),
+      'relative left': lambda b: np.where(b[:, 0] < width, b[:, 2] / np.maximum(width - b[:, 0], 1), 0.5),
+      'relative top': lambda b: np.where(b[:, 1] < height, b[:, 3] / np.maximum(height - b[:, 1], 1), 0.5),
+  }
+  for name, feature in features.items():
+    distance = _ks_distance(feature(ours), feature(ref))
+    assert distance < critical, f'{name}: KS distance {distance:.4f} >= {critical:.4f}'
+  # The definition itself: every box inside the image, areas and ratios inside their ranges (up to rounding).
+  assert (ours[:, 0] + ours[:, 2] <= width).all() and (ours[:, 1] + ours[:, 3] <= height).all()
+  scale = ours[:, 0] * ours[:, 1] / (height * width)
+  assert scale.min() > 0.07 and scale.max() <= 1.0
+
+
+def _jpeg(height, width, seed=0, quality=95):
+  import io  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  coarse = Image.fromarray(rng.integers(0, 256, (height // 8, width // 8, 3), dtype=np.uint8))
+  buffer = io.BytesIO()
+  coarse.resize((width, height), Image.BICUBIC).save(buffer, format='jpeg', quality=quality)
+  return buffer.getvalue()
+
+
+@pytest.mark.parametrize('seed', range(4))
+def test_jpeg_crop_equals_the_pixel_crop_of_the_decoded_image_when_not_dct_scaled(seed):
+  # 60x80 JPEG to 32: no box spans 2 x 32 source pixels both ways, so the JPEG is decoded whole, and the fused path
+  # must be the pixel path exactly (same box, same flip, same resize).
+  blob = _jpeg(60, 80, seed)
+  pixels = pipeline.decode_image(blob)
+  fused = pipeline.decode_random_resized_crop(blob, np.random.default_rng(seed), 32)
+  np.testing.assert_array_equal(fused, pipeline.random_resized_crop(pixels, np.random.default_rng(seed), 32))
+  np.testing.assert_array_equal(pipeline.decode_center_crop(blob, 32), pipeline.center_crop(pixels, 32))
+
+
+def test_dct_scaled_jpeg_crop_stays_close_to_the_full_decode():
+  # 512x768 to 64: most boxes allow a 1/2 to 1/8 DCT scale; the view must stay what a full decode gives, up to
+  # the scaled IDCT's smoothing.
+  blob = _jpeg(512, 768, 3)
+  pixels = pipeline.decode_image(blob)
+  factors = []
+  for seed in range(8):
+    rng = np.random.default_rng(seed)
+    box = pipeline.crop_box(512, 768, np.random.default_rng(seed))
+    factors.append(pipeline.dct_factor(box[2] - box[0], box[3] - box[1], 64))
+    fused = pipeline.decode_random_resized_crop(blob, rng, 64).astype(np.float64)
+    full = pipeline.random_resized_crop(pixels, np.random.default_rng(seed), 64).astype(np.float64)
+    assert np.abs(fused - full).mean() < 2.0, (seed, factors[-1])
+  assert max(factors) >= 2  # the scaled decode was exercised
+
+
+def test_dct_factor_is_the_coarsest_scale_that_keeps_the_box_at_the_output_size():
+  for w, h in [(100, 100), (447, 1000), (448, 448), (1000, 900), (1792, 1792), (5000, 300)]:
+    f = pipeline.dct_factor(w, h, 224)
+    assert f in (1, 2, 4, 8)
+    assert f == 1 or (w / f >= 224 and h / f >= 224)  # never fewer decoded pixels than the output has
+    assert f == 8 or not (w >= 224 * 2 * f and h >= 224 * 2 * f)  # no coarser scale would do
+
+
+def test_encoded_source_gives_uint8_batches_for_the_model_to_normalise():
+  h = hierarchy_lib.synthetic((2,))
+  records = [{'image': _jpeg(40 + 8 * i, 56, i)} for i in range(4)]
+  source = sources.HierarchicalSource(records, sources.relabel(np.arange(4) % 2, h), name='jpegs',
+                                      hierarchy=h, encoded=True)
+  stats = dict(mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3))
+  kwargs = dict(global_batch_size=4, seed=3, augment='random_resized_crop', image_size=16,
+                process_index=0, process_count=1, local_device_count=1, **stats)
+  raw = next(pipeline.train_iterator(source, normalize=False, **kwargs))
+  host = next(pipeline.train_iterator(source, normalize=True, **kwargs))
+  assert raw['image'].dtype == np.uint8 and raw['image'].shape == (1, 4, 16, 16, 3)
+  # What models.ResNet(input_norm=...) does on the device, in numpy: the host's normalisation.
+  want = (raw['image'].astype(np.float32) - 255 * np.float32(stats['mean'])) / (255 * np.float32(stats['std']))
+  np.testing.assert_allclose(host['image'], want, atol=1e-5)
+  np.testing.assert_array_equal(raw['subclass'], host['subclass'])

@@ -304,3 +304,41 @@ def test_head_only_stage_routes_the_generalists_own_features_through_a_head_per_
   changed.stages, changed.specialists.learning_rate = config.stages, 0.5
   with pytest.raises(runner.SettingsMismatchError, match='specialists.learning_rate'):
     specialists.load_exported(changed, workdir, 0, generalist, hierarchy, stage='head_only')
+
+
+def test_dustbin_specialists_train_on_other_superclasses_and_export_their_corrected_column(tmp_path, tiny_workdir):
+  from supersub_jax import decide  # pylint: disable=g-import-not-at-top
+  from supersub_jax import evaluation  # pylint: disable=g-import-not-at-top
+  from supersub_jax import inference  # pylint: disable=g-import-not-at-top
+  config, trained, _ = tiny_workdir
+  workdir = str(tmp_path / 'w')
+  for stage in ('vanilla', 'superclass'):  # the same generalist; only the specialists are new
+    shutil.copytree(os.path.join(trained, stage), os.path.join(workdir, stage))
+  config = make_tiny_config(config.data_dir)
+  config.stages = ('specialists',)
+  config.specialists.update(dict(dustbin=True, dustbin_fraction=0.25, dustbin_others='confused'))
+  recipe.run(config, workdir)
+  hierarchy = stages.make_hierarchy(config)
+  generalist = stages.load_network(config, workdir, 'superclass', hierarchy)
+  confusion = specialists.superclass_confusion(config, generalist, hierarchy)
+  np.testing.assert_allclose(confusion.sum(1), 1.0, rtol=1e-5)  # rows: mean distributions over superclasses
+  train_counts = np.bincount(stages.load_source(config, 'train', hierarchy).labels.superclass)
+  for k in range(3):
+    exported = specialists.load_exported(config, workdir, k, generalist, hierarchy)
+    n_k = int(hierarchy.sizes[k])
+    assert exported['head']['kernel'].shape[1] == n_k + 1  # its real subclasses, then the dustbin
+    prior = train_counts[k] / train_counts.sum()
+    dustbin = exported['spec']['dustbin']
+    assert dustbin['prior'] == pytest.approx(prior) and dustbin['others'] == 'confused'
+    # The prior-odds shift of a 25% dustbin share, by hand: log((0.75 / 0.25) / (prior / (1 - prior))).
+    assert dustbin['logit_correction'] == pytest.approx(np.log(3.0 * (1 - prior) / prior), rel=1e-6)
+  loaded = evaluation.load_trained(config, workdir)
+  state = loaded.state
+  assert state.bank.dustbin == 1 and state.num_outputs == hierarchy.max_subclasses + 1
+  images = np.float32(np.random.RandomState(4).randn(6, 16, 16, 3))
+  kw = dict(generalist_model=loaded.generalist.model, specialist_model=loaded.specialist_model)
+  hard = inference.predict(state, images, **kw)
+  ruled = inference.predict_rule(state, images, rule=decide.Rule('hard'), **kw)
+  np.testing.assert_array_equal(ruled['label'], hard['label'])
+  product = inference.predict_rule(state, images, rule=decide.Rule.parse('product:2'), **kw)
+  assert product['label'].shape == (6,) and (np.asarray(product['label']) < hierarchy.num_subclasses).all()

@@ -72,3 +72,12 @@ def write_fake_imagenet(manual_dir, wnids, per_class, num_val=0, val_wnids=(), s
     with tarfile.open(os.path.join(manual_dir, 'ILSVRC2012_img_val.tar'), 'w') as tar:
       for n in sorted(numbers):
         _add(tar, f'ILSVRC2012_val_{n:08d}.JPEG', _jpeg(rng, 24, 18))
+
+
+def write_mixed_10(manual_dir, per_class, photo_size=(375, 500), seed=0):
+  """A fake ILSVRC2012 of the 253 classes of Superclassing ImageNet's ``mixed_10`` (``per_class`` photo-like JPEGs
+  of ``photo_size`` each, one validation image per class): what ``configs/imagenet_superclassing_resnet50.py``
+  trains on, at ImageNet's JPEG sizes (``benchmarks.gpu``'s end-to-end recipe)."""
+  from supersub_jax import hierarchy  # pylint: disable=g-import-not-at-top
+  wnids = [sub.wnid for sup in hierarchy.get('mixed_10').superclasses for sub in sup.subclasses]
+  write_fake_imagenet(manual_dir, wnids, per_class, val_wnids=wnids, seed=seed, photo_size=tuple(photo_size))

@@ -2,7 +2,9 @@
 
 Batches are dicts of numpy arrays laid out for `jax.pmap` / per-device sharding:
 
-    image    float32 [local_devices, per_device_batch, H, W, 3], normalised
+    image    float32 [local_devices, per_device_batch, H, W, 3], normalised; or with `normalize=False`
+             uint8 [local_devices, per_device_batch, H, W, 3], the pixels (4x fewer bytes to the device, where
+             the model normalises them: `models.ResNet.input_norm`)
     label    int32   [local_devices, per_device_batch], the chosen label mode
     subclass, superclass, local   int32 [local_devices, per_device_batch]
     mask     float32 [local_devices, per_device_batch]   (eval only; 1 real, 0 padding)
@@ -12,6 +14,13 @@ same on every process), repeated forever, and process p takes positions p, p + P
 that stream, so processes read disjoint examples and each epoch's examples are spread over all
 processes.  Eval: process p takes examples p, p + P, ... in order, padded to the same number of
 batches on every process.
+
+Images. A source's 'image' is either decoded pixels (uint8 [H, W, 3]) or the encoded file (bytes: what
+`sources.load_source(..., encoded=True)` yields). A JPEG is decoded here, fused with its view: the crop box is drawn
+from the JPEG's header first, and the JPEG is decoded with libjpeg-turbo's DCT-domain scaling (1/2, 1/4, 1/8) when
+the box still covers the output at that scale, so a crop of a large JPEG is never decoded at full size
+(`decode_random_resized_crop`, `decode_center_crop`). Both forms of an image draw the same random numbers, so one
+seed gives the same boxes and flips whichever the source holds.
 
 Augmentation is a grain `random_map`, whose numpy rng is derived from the seed and the
 example's position in the global stream: a pipeline restored from `get_state()` reproduces the
@@ -32,6 +41,8 @@ and absl flags must be parsed (run under `absl.app.run`).  Close such iterators 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import io
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -39,6 +50,7 @@ from typing import Any
 import grain
 import jax
 import numpy as np
+import simplejpeg
 from PIL import Image
 
 AUGMENTATIONS = ('crop_flip', 'random_resized_crop', 'none')
@@ -74,7 +86,8 @@ def channel_stats(source, max_examples: int = 5000) -> tuple[np.ndarray, np.ndar
     raise ValueError('channel_stats needs a non-empty source.')
   total, total_sq, count = np.zeros(3), np.zeros(3), 0
   for i in range(n):
-    pixels = np.asarray(source[i]['image'], np.float64).reshape(-1, 3) / 255.0
+    image = source[i]['image']
+    pixels = np.asarray(decode_image(image) if isinstance(image, bytes) else image, np.float64).reshape(-1, 3) / 255.0
     total += pixels.sum(0)
     total_sq += (pixels ** 2).sum(0)
     count += pixels.shape[0]
@@ -113,37 +126,135 @@ def crop_flip(image: np.ndarray, rng: np.random.Generator, image_size: int,
   return np.ascontiguousarray(out)
 
 
-def random_resized_crop(image: np.ndarray, rng: np.random.Generator, image_size: int,
-                        scale: tuple[float, float] = (0.08, 1.0),
-                        ratio: tuple[float, float] = (3 / 4, 4 / 3),
-                        attempts: int = 10) -> np.ndarray:
-  """Inception-style crop: random area fraction in `scale` and aspect ratio in `ratio`
-  (log-uniform), resized to image_size^2, flipped horizontally w.p. 1/2.
+def crop_box(height: int, width: int, rng: np.random.Generator,
+             scale: tuple[float, float] = (0.08, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3),
+             attempts: int = 10) -> tuple[int, int, int, int]:
+  """The Inception-style crop box (left, top, right, bottom) of an image of height x width pixels.
 
-  Falls back to the central crop of the whole image after `attempts` misses.
-  image: uint8 [H, W, 3].  Returns uint8 [image_size, image_size, 3].
+  Area fraction uniform in `scale`, aspect ratio log-uniform in `ratio` (torchvision's RandomResizedCrop); after
+  `attempts` boxes that do not fit, the central square of the short side. Uses 2 uniform draws per attempt and 2
+  integers for the accepted box, in this order: every path that crops (pixels, JPEG bytes) calls this one.
   """
-  h, w = image.shape[:2]
-  area = h * w
-  box = None
+  area = height * width
   for _ in range(attempts):
     target = area * rng.uniform(*scale)
     aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
     cw = int(round(math.sqrt(target * aspect)))
     ch = int(round(math.sqrt(target / aspect)))
-    if 0 < cw <= w and 0 < ch <= h:
-      top = int(rng.integers(0, h - ch + 1))
-      left = int(rng.integers(0, w - cw + 1))
-      box = (left, top, left + cw, top + ch)
-      break
-  if box is None:
-    side = min(h, w)
-    top, left = (h - side) // 2, (w - side) // 2
-    box = (left, top, left + side, top + side)
+    if 0 < cw <= width and 0 < ch <= height:
+      top = int(rng.integers(0, height - ch + 1))
+      left = int(rng.integers(0, width - cw + 1))
+      return (left, top, left + cw, top + ch)
+  side = min(height, width)
+  top, left = (height - side) // 2, (width - side) // 2
+  return (left, top, left + side, top + side)
+
+
+def random_resized_crop(image: np.ndarray, rng: np.random.Generator, image_size: int,
+                        scale: tuple[float, float] = (0.08, 1.0),
+                        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+                        attempts: int = 10) -> np.ndarray:
+  """Inception-style crop (`crop_box`) resized to image_size^2, flipped horizontally w.p. 1/2.
+
+  image: uint8 [H, W, 3].  Returns uint8 [image_size, image_size, 3].
+  """
+  h, w = image.shape[:2]
+  box = crop_box(h, w, rng, scale, ratio, attempts)
   out = _resize(image, image_size, box)
   if rng.random() < 0.5:
     out = out[:, ::-1]
   return np.ascontiguousarray(out)
+
+
+# --------------------------------------------------------------------------------------------
+# Encoded images: decoding fused with the view
+# --------------------------------------------------------------------------------------------
+
+_DCT_FACTORS = (8, 4, 2)  # libjpeg-turbo's SIMD-scaled IDCTs; other factors (e.g. 7/8) are slower than none
+
+
+def dct_factor(box_width: float, box_height: float, image_size: int) -> int:
+  """The largest JPEG downscale factor (8, 4, 2, else 1) at which a box of box_width x box_height source pixels
+  still spans at least image_size^2 decoded pixels, so the resize to image_size never upsamples what a full decode
+  would have resolved."""
+  for factor in _DCT_FACTORS:
+    if box_width >= image_size * factor and box_height >= image_size * factor:
+      return factor
+  return 1
+
+
+def _is_jpeg(blob) -> bool:
+  return simplejpeg.is_jpeg(blob)
+
+
+def decode_image(blob) -> np.ndarray:
+  """Any encoded image (JPEG, PNG, ...) -> uint8 [H, W, 3] RGB pixels, whole."""
+  if _is_jpeg(blob):
+    try:
+      return simplejpeg.decode_jpeg(blob, colorspace='RGB')
+    except ValueError:  # CMYK and other JPEGs libjpeg-turbo cannot turn into RGB: pillow can
+      pass
+  with Image.open(io.BytesIO(blob)) as image:
+    return np.asarray(image.convert('RGB'))
+
+
+def _decode_view(blob, box_of: Any, image_size: int, flip: Any = None) -> np.ndarray:
+  """Decodes `blob` and resizes the box `box_of(height, width)` (source pixels) to image_size^2, decoding a JPEG at
+  the coarsest DCT scale that keeps the box at least image_size wide and high. `flip()` (after the box is drawn)
+  says whether to flip horizontally. Returns uint8 [image_size, image_size, 3]."""
+  if not _is_jpeg(blob):
+    image = decode_image(blob)
+    box = box_of(*image.shape[:2])
+    out = _resize(image, image_size, box)
+    if flip is not None and flip():
+      out = out[:, ::-1]
+    return np.ascontiguousarray(out)
+  height, width, _, _ = simplejpeg.decode_jpeg_header(blob)
+  box = box_of(height, width)
+  factor = dct_factor(box[2] - box[0], box[3] - box[1], image_size)
+  try:
+    # RGBX: pillow holds RGB as 4 bytes per pixel, so frombuffer wraps libjpeg-turbo's output without a copy.
+    pixels = simplejpeg.decode_jpeg(blob, colorspace='RGBX', min_factor=factor)
+  except ValueError:  # CMYK and the like: whole, through pillow
+    image = decode_image(blob)
+    out = _resize(image, image_size, box)
+    if flip is not None and flip():
+      out = out[:, ::-1]
+    return np.ascontiguousarray(out)
+  h, w = pixels.shape[:2]
+  sx, sy = w / width, h / height
+  pil = Image.frombuffer('RGBX', (w, h), pixels, 'raw', 'RGBX', 0, 1)
+  out = pil.resize((image_size, image_size), Image.Resampling.BILINEAR,
+                   box=(box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy))
+  if flip is not None and flip():
+    out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+  return np.ascontiguousarray(np.asarray(out)[..., :3])
+
+
+def decode_random_resized_crop(blob, rng: np.random.Generator, image_size: int,
+                               scale: tuple[float, float] = (0.08, 1.0),
+                               ratio: tuple[float, float] = (3 / 4, 4 / 3), attempts: int = 10) -> np.ndarray:
+  """`random_resized_crop` of an encoded image, decoding only what the crop needs: the box is drawn from the
+  JPEG's header (same random numbers as the pixel path) and the JPEG decoded at the coarsest DCT scale that keeps
+  the box at least image_size^2 (`dct_factor`). Returns uint8 [image_size, image_size, 3]."""
+  return _decode_view(blob, lambda h, w: crop_box(h, w, rng, scale, ratio, attempts), image_size,
+                      flip=lambda: rng.random() < 0.5)
+
+
+def _center_box(height: int, width: int, crop_fraction: float) -> tuple[float, float, float, float]:
+  side = min(height, width) * crop_fraction
+  top, left = (height - side) / 2, (width - side) / 2
+  return (left, top, left + side, top + side)
+
+
+def decode_center_crop(blob, image_size: int, crop_fraction: float = 0.875) -> np.ndarray:
+  """`center_crop` of an encoded image, DCT-scaled like `decode_random_resized_crop`."""
+  def box_of(h, w):
+    return None if (h, w) == (image_size, image_size) else _center_box(h, w, crop_fraction)
+
+  if not _is_jpeg(blob):
+    return center_crop(decode_image(blob), image_size, crop_fraction)
+  return _decode_view(blob, lambda h, w: box_of(h, w) or (0, 0, w, h), image_size)
 
 
 def center_crop(image: np.ndarray, image_size: int, crop_fraction: float = 0.875) -> np.ndarray:
@@ -155,9 +266,7 @@ def center_crop(image: np.ndarray, image_size: int, crop_fraction: float = 0.875
   h, w = image.shape[:2]
   if (h, w) == (image_size, image_size):
     return image
-  side = min(h, w) * crop_fraction
-  top, left = (h - side) / 2, (w - side) / 2
-  return _resize(image, image_size, (left, top, left + side, top + side))
+  return _resize(image, image_size, _center_box(h, w, crop_fraction))
 
 
 # --------------------------------------------------------------------------------------------
@@ -166,14 +275,30 @@ def center_crop(image: np.ndarray, image_size: int, crop_fraction: float = 0.875
 
 
 class _Augment(grain.transforms.RandomMap):
-  """Random per-example view; keeps the labels."""
+  """Random per-example view; keeps the labels. With `for_dali`, only draws the view: the JPEG's bytes (uint8
+  [n]), its crop 'box' float32 [4] and 'flip' bool go on to DALI (`supersub_jax.data.dali`)."""
 
-  def __init__(self, augment: str, image_size: int):
+  def __init__(self, augment: str, image_size: int, for_dali: bool = False):
     self.augment = augment
     self.image_size = image_size
+    self.for_dali = for_dali
 
   def random_map(self, example: Mapping[str, Any], rng: np.random.Generator) -> dict[str, Any]:
-    image = np.asarray(example['image'])
+    image = example['image']
+    if self.for_dali:
+      if not isinstance(image, bytes) or not _is_jpeg(image):
+        raise ValueError("input.decoder='dali' decodes JPEG files: the source must hold encoded JPEGs "
+                         "(sources.load_source(..., encoded=True) of imagenet2012); use input.decoder='cpu'.")
+      height, width, _, _ = simplejpeg.decode_jpeg_header(image)
+      box = crop_box(height, width, rng)
+      return {'jpeg': np.frombuffer(image, np.uint8), 'box': np.asarray(box, np.float32),
+              'flip': np.bool_(rng.random() < 0.5), **{k: np.int32(example[k]) for k in _LABEL_KEYS}}
+    if isinstance(image, bytes):
+      if self.augment == 'random_resized_crop':
+        return {'image': decode_random_resized_crop(image, rng, self.image_size),
+                **{k: np.int32(example[k]) for k in _LABEL_KEYS}}
+      image = decode_image(image)
+    image = np.asarray(image)
     if self.augment == 'crop_flip':
       image = crop_flip(image, rng, self.image_size)
     elif self.augment == 'random_resized_crop':
@@ -201,25 +326,47 @@ class _EvalView(grain.transforms.Map):
     else:
       index = int(self.shard[0]) if len(self.shard) else 0
     example = self.source[index]
-    image = center_crop(np.asarray(example['image']), self.image_size, self.crop_fraction)
+    image = example['image']
+    if isinstance(image, bytes):
+      image = decode_center_crop(image, self.image_size, self.crop_fraction)
+    else:
+      image = center_crop(np.asarray(image), self.image_size, self.crop_fraction)
     return {'image': image, **{k: np.int32(example[k]) for k in _LABEL_KEYS},
             'mask': np.float32(real)}
 
 
+class _Interleave(grain.transforms.Map):
+  """Batch-level: joins a batch of the main stream and one of the mixed-in stream so that each device's share
+  holds its own examples, then the mixed-in ones (a per-device BatchNorm sees every device's mix alike)."""
+
+  def __init__(self, local_device_count: int):
+    self.local_device_count = local_device_count
+
+  def map(self, pair: tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    d = self.local_device_count
+    main, mixed = pair
+    return {k: np.concatenate([main[k].reshape((d, -1) + main[k].shape[1:]),
+                               mixed[k].reshape((d, -1) + mixed[k].shape[1:])], axis=1).reshape(
+                                   (-1,) + main[k].shape[1:]) for k in main}
+
+
 class _Finalize(grain.transforms.Map):
-  """Batch-level: normalise images to float32, pick the label, reshape to [devices, per_dev]."""
+  """Batch-level: normalise images to float32 (unless `normalize` is False: uint8 stays), pick the label,
+  reshape to [devices, per_dev]."""
 
   def __init__(self, mean: Sequence[float], std: Sequence[float], label_mode: str,
-               local_device_count: int):
+               local_device_count: int, normalize: bool = True):
     self.scale = (1.0 / (255.0 * np.asarray(std, np.float32))).astype(np.float32)
     self.shift = (np.asarray(mean, np.float32) / np.asarray(std, np.float32)).astype(np.float32)
     self.label_mode = label_mode
     self.local_device_count = local_device_count
+    self.normalize = normalize
 
   def map(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     d = self.local_device_count
     out = {k: v.reshape((d, v.shape[0] // d) + v.shape[1:]) for k, v in batch.items()}
-    out['image'] = out['image'].astype(np.float32) * self.scale - self.shift
+    if self.normalize:
+      out['image'] = out['image'].astype(np.float32) * self.scale - self.shift
     out['label'] = out[self.label_mode]
     return out
 
@@ -275,6 +422,15 @@ def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
     raise ValueError(f'{name}={value!r} is not one of {tuple(choices)}.')
 
 
+def _stack_but_jpegs(examples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+  """grain batch_fn of the dali mode: every field stacked, but the JPEGs (of different lengths) kept as a list."""
+  return {k: ([e[k] for e in examples] if k == 'jpeg' else np.stack([e[k] for e in examples]))
+          for k in examples[0]}
+
+
+DECODERS = ('cpu', 'dali')
+
+
 def _finish(ds: grain.MapDataset, worker_count: int, read_threads: int) -> grain.DatasetIterator:
   """Iterator over the batches of `ds` (each element of `ds` is one whole batch)."""
   if worker_count < 0:
@@ -291,11 +447,40 @@ def _finish(ds: grain.MapDataset, worker_count: int, read_threads: int) -> grain
   return iter(iter_ds)
 
 
+def _augmented_stream(source, *, seed: int, augment: str, image_size: int, layout: BatchLayout,
+                      for_dali: bool = False) -> grain.MapDataset:
+  """This process's share of ``source`` shuffled anew each epoch, repeated forever and augmented."""
+  if len(source) < layout.process_count:
+    raise ValueError(f'source has {len(source)} examples, fewer than process_count='
+                     f'{layout.process_count}: every process needs at least one.')
+  shuffle_seed, augment_seed = (int(s) for s in np.random.SeedSequence(seed).generate_state(2))
+  ds = (grain.MapDataset.source(source)
+        .shuffle(seed=shuffle_seed)   # a fresh permutation per epoch (seed + epoch)
+        .repeat()
+        # Before sharding: the rng index is the position in the global stream, so no two
+        # processes draw the same augmentation.
+        .random_map(_Augment(augment, image_size, for_dali=for_dali), seed=augment_seed))
+  return ds[layout.process_index::layout.process_count]
+
+
+def mixed_counts(per_device_batch: int, fraction: float) -> tuple[int, int]:
+  """(main, mixed-in) examples of each device's batch for a mixed-in ``fraction``: round(fraction * per-device
+  batch) mixed in, the rest from the main source."""
+  if not 0.0 < fraction < 1.0:
+    raise ValueError(f'a mixed-in fraction is in (0, 1), got {fraction}.')
+  mixed = int(round(fraction * per_device_batch))
+  if not 0 < mixed < per_device_batch:
+    raise ValueError(f'a mixed-in fraction {fraction} of {per_device_batch} examples per device leaves '
+                     f'{mixed} mixed in: raise the batch size, or move the fraction away from 0 and 1.')
+  return per_device_batch - mixed, mixed
+
+
 def train_iterator(source, *, global_batch_size: int, seed: int, augment: str = 'crop_flip',
                    image_size: int, mean: Sequence[float], std: Sequence[float],
                    label_mode: str = 'subclass', worker_count: int = 0, read_threads: int = 1,
                    process_index: int | None = None, process_count: int | None = None,
-                   local_device_count: int | None = None) -> grain.DatasetIterator:
+                   local_device_count: int | None = None, normalize: bool = True,
+                   decoder: str = 'cpu', mix: tuple[Any, float] | None = None) -> grain.DatasetIterator:
   """Endless, reshuffled-each-epoch, augmented training batches of this process.
 
   Args:
@@ -312,6 +497,13 @@ def train_iterator(source, *, global_batch_size: int, seed: int, augment: str = 
     read_threads: threads preparing batches in each reading process; raise it for ImageNet
       (JPEG decoding releases the GIL), keep 1 for 32x32 data.
     process_index, process_count, local_device_count: default to jax's.
+    normalize: False: images stay uint8 pixels, for a model that normalises on the device
+      (`models.ResNet.input_norm`); True: float32, normalised here.
+    decoder: 'cpu' (decoded in the reading processes) or 'dali' (grain draws the crops, DALI decodes them:
+      `supersub_jax.data.dali`; random_resized_crop of encoded JPEGs only).
+    mix: (second source, fraction): every device's batch ends with exactly ``mixed_counts(per_device_batch,
+      fraction)[1]`` examples of the second source (shuffled, repeated and augmented as the first, under its own
+      seeds), e.g. a specialist's "not my superclass" examples. CPU decoder only.
 
   Returns:
     A grain DatasetIterator (supports get_state / set_state) of dict batches (module doc).
@@ -319,21 +511,35 @@ def train_iterator(source, *, global_batch_size: int, seed: int, augment: str = 
   layout = batch_layout(global_batch_size, process_index, process_count, local_device_count)
   _check_choice('augment', augment, AUGMENTATIONS)
   _check_choice('label_mode', label_mode, LABEL_MODES)
-  if len(source) < layout.process_count:
-    raise ValueError(f'source has {len(source)} examples, fewer than process_count='
-                     f'{layout.process_count}: every process needs at least one.')
   if not 0 <= seed < 2 ** 32:
     raise ValueError(f'seed={seed} must be in [0, 2**32).')
-  shuffle_seed, augment_seed = (int(s) for s in np.random.SeedSequence(seed).generate_state(2))
-  ds = (grain.MapDataset.source(source)
-        .shuffle(seed=shuffle_seed)   # a fresh permutation per epoch (seed + epoch)
-        .repeat()
-        # Before sharding: the rng index is the position in the global stream, so no two
-        # processes draw the same augmentation.
-        .random_map(_Augment(augment, image_size), seed=augment_seed))
-  ds = ds[layout.process_index::layout.process_count]
-  ds = ds.batch(layout.process_batch_size, drop_remainder=True)
-  ds = ds.map(_Finalize(mean, std, label_mode, layout.local_device_count))
+  _check_choice('decoder', decoder, DECODERS)
+  dali = decoder == 'dali'
+  if dali and augment != 'random_resized_crop':
+    raise ValueError(f"decoder='dali' runs random_resized_crop, not augment={augment!r}; use decoder='cpu'.")
+  if dali and mix is not None:
+    raise ValueError("decoder='dali' reads one source; mixing in a second (dustbin specialists) needs "
+                     "decoder='cpu'.")
+  main_seed, mix_seed = (int(s) for s in np.random.SeedSequence(seed).generate_state(2)) if mix else (seed, 0)
+  stream = functools.partial(_augmented_stream, augment=augment, image_size=image_size, layout=layout,
+                             for_dali=dali)
+  finalize = _Finalize(mean, std, label_mode, layout.local_device_count, normalize)
+  if dali:
+    from supersub_jax.data import dali as dali_lib  # pylint: disable=g-import-not-at-top
+    ds = stream(source, seed=main_seed).batch(layout.process_batch_size, drop_remainder=True,
+                                              batch_fn=_stack_but_jpegs)
+    return dali_lib.DaliIterator(_finish(ds, worker_count, read_threads),
+                                 dali_lib.DaliDecoder(layout.process_batch_size, image_size), finalize)
+  if mix is None:
+    ds = stream(source, seed=main_seed).batch(layout.process_batch_size, drop_remainder=True)
+  else:
+    other, fraction = mix
+    main, mixed = mixed_counts(layout.per_device_batch_size, fraction)
+    a = stream(source, seed=main_seed).batch(main * layout.local_device_count, drop_remainder=True)
+    b = stream(other, seed=mix_seed).batch(mixed * layout.local_device_count, drop_remainder=True)
+    length = min(len(a), len(b))
+    ds = grain.experimental.ZipMapDataset([a[:length], b[:length]]).map(_Interleave(layout.local_device_count))
+  ds = ds.map(finalize)
   return _finish(ds, worker_count, read_threads)
 
 
@@ -351,7 +557,7 @@ def eval_iterator(source, *, global_batch_size: int, image_size: int, mean: Sequ
                   std: Sequence[float], label_mode: str = 'subclass',
                   crop_fraction: float = 1.0, worker_count: int = 0, read_threads: int = 1,
                   process_index: int | None = None, process_count: int | None = None,
-                  local_device_count: int | None = None) -> grain.DatasetIterator:
+                  local_device_count: int | None = None, normalize: bool = True) -> grain.DatasetIterator:
   """One deterministic pass over this process's share of `source`, padded with mask 0.
 
   Yields `num_eval_batches(len(source), ...)` batches on every process; over all processes
@@ -369,5 +575,5 @@ def eval_iterator(source, *, global_batch_size: int, image_size: int, mean: Sequ
   ds = (grain.MapDataset.range(num_batches * layout.process_batch_size)
         .map(_EvalView(source, shard, image_size, crop_fraction))
         .batch(layout.process_batch_size, drop_remainder=True)
-        .map(_Finalize(mean, std, label_mode, layout.local_device_count)))
+        .map(_Finalize(mean, std, label_mode, layout.local_device_count, normalize)))
   return _finish(ds, worker_count, read_threads)

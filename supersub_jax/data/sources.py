@@ -219,11 +219,13 @@ class HierarchicalSource:
   """Random-access examples (`len`, `[i]`) relabelled into a hierarchy; picklable for grain.
 
   Example i is {'image': uint8 [H, W, 3], 'subclass': int32, 'superclass': int32,
-  'local': int32}.  `labels` holds the labels of all examples (no record read needed).
+  'local': int32}; with `encoded`, 'image' is the stored file itself (bytes: JPEG, PNG), which the input
+  pipeline decodes fused with its crop (`pipeline.decode_random_resized_crop`).  `labels` holds the labels
+  of all examples (no record read needed).
   """
 
   def __init__(self, records: Sequence[Mapping[str, Any]], labels: Relabelled, *,
-               name: str, hierarchy: hierarchy_lib.Hierarchy,
+               name: str, hierarchy: hierarchy_lib.Hierarchy, encoded: bool = False,
                shards: Sequence[tuple[str, int, int]] = (), rebuild: str = ''):
     """`shards`: the split's files as (filename, skip, take), and `rebuild`: how to rebuild the
     dataset; both only name a damaged record's file in `DataCorruptError`."""
@@ -231,6 +233,7 @@ class HierarchicalSource:
     self.labels = labels
     self.name = name
     self.hierarchy = hierarchy
+    self.encoded = encoded
     self._shards = tuple(shards)
     self._rebuild = rebuild or 'delete the dataset folder and prepare it again (python -m supersub_jax.data.prepare).'
 
@@ -245,8 +248,11 @@ class HierarchicalSource:
       example = self._records[record]
     except Exception as e:  # pylint: disable=broad-except  (array_record: RuntimeError; image decoders: others)
       raise _corrupt(self._shards, record, record, self.name, self._rebuild, e) from e
-    image = np.asarray(example['image'])
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+    image = example['image']
+    if self.encoded:
+      if not isinstance(image, bytes):
+        raise ValueError(f'{self.name}[{index}]: expected the encoded image (bytes), got {type(image).__name__}.')
+    elif (image := np.asarray(image)).dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
       raise ValueError(f'{self.name}[{index}]: expected a uint8 [H, W, 3] image, got '
                        f'{image.dtype} {image.shape}.')
     return {'image': image, 'subclass': self.labels.subclass[index],
@@ -259,7 +265,39 @@ class HierarchicalSource:
                        f'hierarchy {self.hierarchy.name!r}.')
     return HierarchicalSource(self._records, self.labels.select(self.labels.superclass == k),
                               name=f'{self.name}[superclass={k}]', hierarchy=self.hierarchy,
-                              shards=self._shards, rebuild=self._rebuild)
+                              encoded=self.encoded, shards=self._shards, rebuild=self._rebuild)
+
+  def outside(self, k: int, *, local: int, weights: np.ndarray | None = None,
+              seed: int = 0) -> HierarchicalSource:
+    """The examples of every superclass but k, with their 'local' label set to ``local`` (a specialist's dustbin
+    class: "not my superclass"); 'subclass' and 'superclass' stay the true ones.
+
+    With ``weights`` (float [N], >= 0; entry k ignored), a resample of as many examples, drawn with replacement by
+    a ``seed``-ed generator, in which superclass j makes up a weights[j] / sum(weights) share (its examples equally
+    likely); without, every outside example once (each superclass in its natural share).
+    """
+    if not 0 <= k < self.hierarchy.num_superclasses:
+      raise ValueError(f'superclass={k} is outside [0, {self.hierarchy.num_superclasses}) of '
+                       f'hierarchy {self.hierarchy.name!r}.')
+    keep = np.flatnonzero(self.labels.superclass != k)
+    if keep.size == 0:
+      raise ValueError(f'{self.name} has no example outside superclass {k}: a dustbin needs other superclasses.')
+    if weights is not None:
+      w = np.asarray(weights, np.float64).copy()
+      if w.shape != (self.hierarchy.num_superclasses,) or not np.isfinite(w).all() or (w < 0).any():
+        raise ValueError(f'weights must be {self.hierarchy.num_superclasses} finite values >= 0, got {weights!r}.')
+      w[k] = 0.0
+      counts = np.bincount(self.labels.superclass[keep], minlength=w.size).astype(np.float64)
+      w[counts == 0] = 0.0
+      if w.sum() <= 0:
+        raise ValueError(f'weights {weights!r} give no mass to a superclass with examples outside superclass {k}.')
+      p = (w / w.sum() / np.maximum(counts, 1.0))[self.labels.superclass[keep]]
+      keep = np.random.default_rng(seed).choice(keep, size=keep.size, replace=True, p=p / p.sum())
+    chosen = self.labels.select(keep)
+    labels = dataclasses.replace(chosen, local=np.full(keep.size, local, chosen.local.dtype))
+    return HierarchicalSource(self._records, labels, name=f'{self.name}[outside superclass {k}]',
+                              hierarchy=self.hierarchy, encoded=self.encoded, shards=self._shards,
+                              rebuild=self._rebuild)
 
   def __repr__(self) -> str:
     return (f'HierarchicalSource({self.name}, {len(self)} examples, '
@@ -296,7 +334,8 @@ def _check_split(builder: tfds.core.DatasetBuilder, split: str, command: str) ->
 
 def load_source(dataset: str, split: str, hierarchy: hierarchy_lib.Hierarchy,
                 data_dir: str | os.PathLike, *, manual_dir: str | os.PathLike | None = None,
-                superclass: int | None = None, **dataset_kwargs) -> HierarchicalSource:
+                superclass: int | None = None, encoded: bool = False,
+                **dataset_kwargs) -> HierarchicalSource:
   """Opens one split of a prepared dataset, filtered to and relabelled by `hierarchy`.
 
   Args:
@@ -306,6 +345,8 @@ def load_source(dataset: str, split: str, hierarchy: hierarchy_lib.Hierarchy,
     data_dir: TFDS data directory.
     manual_dir: where ILSVRC2012 tars are (only quoted in the error if imagenet2012 is missing).
     superclass: if given, only that superclass's examples (a specialist's view).
+    encoded: 'image' is the stored file (bytes), not decoded pixels: the input pipeline then decodes only
+      what its crop needs.
     **dataset_kwargs: synthetic: the knobs of `synthetic.build_synthetic` (`sizes` defaults to
       the hierarchy's); cifar100 / imagenet2012: passed to `tfds.builder` (e.g. version).
 
@@ -345,9 +386,10 @@ def load_source(dataset: str, split: str, hierarchy: hierarchy_lib.Hierarchy,
           f'{hierarchy.name!r} puts source class {raw_labels["label"][i]} in superclass '
           f'{labels.superclass[wrong[0]]} ({wrong.size} such records). Use the matching '
           f'hierarchy: hierarchy.{"cifar100()" if dataset == "cifar100" else "synthetic(sizes)"}.')
-  source = HierarchicalSource(builder.as_data_source(split), labels,
-                              name=f'{dataset}/{split}', hierarchy=hierarchy,
-                              shards=_shards(builder, split),
+  records = (builder.as_data_source(split, decoders={'image': tfds.decode.SkipDecoding()}) if encoded
+             else builder.as_data_source(split))
+  source = HierarchicalSource(records, labels, name=f'{dataset}/{split}', hierarchy=hierarchy,
+                              encoded=encoded, shards=_shards(builder, split),
                               rebuild=_rebuild_advice(builder, data_dir, manual_dir))
   if superclass is not None:
     source = source.for_superclass(superclass)

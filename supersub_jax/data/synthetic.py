@@ -24,6 +24,7 @@ print a summary and write a PNG grid of samples.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import os
 from collections.abc import Iterator, Sequence
@@ -430,6 +431,19 @@ def build_synthetic(data_dir: str | os.PathLike, *, image_size: int = 32,
             compute_stats=tfds.download.ComputeStatsMode.SKIP),
     )
   return builder
+
+
+def fingerprint(builder: SupersubSynthetic, split: str = 'train') -> str:
+  """SHA-256 of a split's content: its builder name, version and config name, then every example's label,
+  superclass and decoded pixels in record order. What a network trained on the split records of it, so that a
+  change of the dataset (a new version, other knobs, another renderer) shows as a different fingerprint."""
+  digest = hashlib.sha256(f'{builder.name}|{builder.version}|{builder.builder_config.name}|{split}|'.encode())
+  source = builder.as_data_source(split)
+  for start in range(0, len(source), 1024):
+    for example in source.__getitems__(range(start, min(start + 1024, len(source)))):
+      digest.update(np.asarray([example['label'], example['superclass']], np.int64).tobytes())
+      digest.update(np.ascontiguousarray(example['image'], np.uint8).tobytes())
+  return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,227 @@
+r"""Super-Sub against the flat network at equal compute, in two regimes, for every decision rule, with and without
+dustbins, over seeds: where (if anywhere) the hierarchy pays.
+
+  XLA_FLAGS=--xla_force_host_platform_device_count=2 python -m studies.regimes --workdir=runs/regimes \
+      --seeds=0,1,2 --out=docs/results/regimes
+
+Regimes:
+
+* ``converged`` (--converged_config, default configs/synthetic.py): the real path's shape. Both arms start from one
+  converged flat network, ``config.init`` (the demo's committed network: its sidecar JSON records how long it
+  trained and that doubling that gained under 0.3 points). An extra budget E (--extra: fractions of the base's own
+  steps) is spent either on the flat network (the workdir's vanilla stage continues it, ``init.keep_head``), or on
+  Super-Sub started from it: the generalist from its backbone for --generalist_share of E, the specialists the rest
+  (``specialists.num_epochs`` fitted to it). The vanilla stage trains exactly Super-Sub's total.
+* ``scratch`` (--scratch_config, default configs/synthetic_scratch.py): the pipeline from random weights, the vanilla
+  network first; the ``vanilla_matched`` stage is the flat network trained for the whole pipeline's steps.
+
+Every (regime, E, seed) runs in ``<workdir>/<regime>/E<E>/seed<s>/`` (``scratch``: ``E1``); with --dustbin true too,
+``.../seed<s>_dustbin/`` reuses that run's flat network and generalist (linked) and trains dustbin specialists
+(``specialists.dustbin``). A finished report.json is reused, so a rerun resumes. For each (regime, E, dustbin, rule of
+``config.evaluate.rules``): Super-Sub minus the flat network at equal compute, paired over seeds, mean and 95%
+Student-t interval. Writes <out>.json, <out>.md and <out>.png (top-1 against images seen, both regimes).
+"""
+
+import json
+import os
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from supersub_jax import report as report_lib
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Parent of the per-run workdirs.', required=True)
+_SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'config.seed values (3 or more for an interval).')
+_REGIMES = flags.DEFINE_list('regimes', ['converged', 'scratch'], 'Which regimes.')
+_EXTRA = flags.DEFINE_list('extra', ['0.25', '0.5', '1.0'], 'Converged regime: extra budgets, as fractions of the '
+                           "base network's steps.")
+_GENERALIST = flags.DEFINE_float('generalist_share', 0.25, 'Converged regime: the generalist\'s share of E.')
+_BASE_STEPS = flags.DEFINE_integer('base_steps', 0, 'The base network\'s steps (0: from its sidecar JSON).')
+_DUSTBIN = flags.DEFINE_list('dustbin', ['false', 'true'], 'Without and/or with dustbin specialists.')
+_OUT = flags.DEFINE_string('out', '', 'Output path prefix (.json, .md, .png); empty: print only.')
+config_flags.DEFINE_config_file('converged_config', 'configs/synthetic.py', 'The converged regime\'s config.',
+                                lock_config=False)
+config_flags.DEFINE_config_file('scratch_config', 'configs/synthetic_scratch.py', 'The scratch regime\'s config.',
+                                lock_config=False)
+
+
+def base_steps(config) -> int:
+  """The converged base network's own training steps: --base_steps, else its sidecar's 'steps'."""
+  if _BASE_STEPS.value:
+    return _BASE_STEPS.value
+  sidecar = os.path.splitext(os.path.expanduser(config.init.path))[0] + '.json'
+  if not os.path.exists(sidecar):
+    raise ValueError(f'{sidecar} does not exist: pass --base_steps, the steps {config.init.path} trained for.')
+  return int(json.load(open(sidecar))['steps'])
+
+
+def converged(config, extra: float, seed: int):
+  """The converged regime's config at an extra budget of ``extra`` x the base's steps."""
+  from supersub_jax import stages  # pylint: disable=g-import-not-at-top
+  config = config.copy_and_resolve_references()
+  if not (config.init.path and config.init.keep_head and not config.superclass.init_from_vanilla):
+    raise ValueError('the converged regime continues config.init: give it init.path, init.keep_head=True and '
+                     'superclass.init_from_vanilla=False (as configs/synthetic.py does).')
+  budget = round(extra * base_steps(config))
+  config.seed = seed
+  config.stages = ('vanilla', 'superclass', 'specialists')
+  config.superclass.num_train_steps = max(1, round(_GENERALIST.value * budget))
+  hierarchy = stages.make_hierarchy(config)
+  config.specialists.num_epochs = stages.specialist_epochs_for(config, hierarchy,
+                                                               budget - config.superclass.num_train_steps)
+  config.vanilla.num_train_steps = stages.pipeline_steps(config, hierarchy)['total']  # equal compute, exactly
+  return config
+
+
+def scratch(config, seed: int):
+  config = config.copy_and_resolve_references()
+  config.seed = seed
+  config.stages = ('vanilla', 'superclass', 'specialists', 'vanilla_matched')
+  return config
+
+
+def run(config, workdir: str, reuse: tuple[str, ...] = (), source: str | None = None) -> dict:
+  """Trains and evaluates one workdir (a finished report.json is reused); links ``reuse``'s stage directories
+  from ``source`` first."""
+  from supersub_jax import evaluation, recipe  # pylint: disable=g-import-not-at-top
+  path = os.path.join(workdir, 'report.json')
+  if os.path.exists(path):
+    return json.load(open(path))
+  os.makedirs(workdir, exist_ok=True)
+  for stage in reuse:
+    if not os.path.exists(os.path.join(workdir, stage)):
+      os.symlink(os.path.join(source, stage), os.path.join(workdir, stage))
+  recipe.run(config, workdir)
+  return evaluation.run(config, workdir)
+
+
+def flat_arm(report: dict) -> tuple[float, int]:
+  """(top-1, steps) of the flat network given Super-Sub's compute in ``report``."""
+  matched = report.get('baselines', {}).get('vanilla_matched')
+  if matched:
+    return matched['top1'], matched['steps']
+  return report['vanilla']['top1'], report['compute']['vanilla_steps']
+
+
+def row(regime: str, extra: float, seed: int, dustbin: bool, report: dict, base: int) -> dict:
+  flat, flat_steps = flat_arm(report)
+  steps = report['compute']['supersub_steps']['total']
+  if flat_steps != steps:
+    raise ValueError(f'{regime} E={extra} seed {seed}: the flat network trained {flat_steps} steps, Super-Sub '
+                     f'{steps}: not equal compute.')
+  batch = report['compute']['batch_size']
+  seen = (base + steps) * batch  # images seen since a random start: the base network's, then the extra budget
+  return {'regime': regime, 'extra': extra, 'seed': seed, 'dustbin': dustbin, 'steps': steps, 'base_steps': base,
+          'images_seen': seen, 'flat': flat, 'generalist': report['superclass']['top1'],
+          'oracle': report['supersub']['oracle_top1'],
+          'rules': {name: r['top1'] for name, r in report['rules'].items()},
+          'images_per_s': {name: r.get('images_per_s') for name, r in report['rules'].items()}}
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+  """Per (regime, extra, dustbin, rule): Super-Sub minus the flat network, paired over seeds."""
+  groups = {}
+  for r in rows:
+    groups.setdefault((r['regime'], r['extra'], r['dustbin']), []).append(r)
+  out = []
+  for (regime, extra, dustbin), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])):
+    for rule in rs[0]['rules']:
+      diffs = [r['rules'][rule] - r['flat'] for r in rs]
+      mean, low, high = report_lib.mean_interval(diffs)
+      out.append({'regime': regime, 'extra': extra, 'dustbin': dustbin, 'rule': rule, 'seeds': len(rs),
+                  'steps': rs[0]['steps'], 'flat': sum(r['flat'] for r in rs) / len(rs),
+                  'supersub': sum(r['rules'][rule] for r in rs) / len(rs), 'minus_flat': mean, 'low': low,
+                  'high': high, 'per_seed': diffs})
+  return out
+
+
+def table(summary: list[dict]) -> str:
+  lines = ['| regime | extra E | steps | dustbin | rule | flat top-1 | Super-Sub top-1 | Super-Sub - flat (points) | '
+           '95% interval | seeds |', '|---|---|---|---|---|---|---|---|---|---|']
+  for s in summary:
+    interval = (f"[{100 * s['low']:+.2f}, {100 * s['high']:+.2f}]" if s['seeds'] > 1 else 'one seed')
+    lines.append(f"| {s['regime']} | {s['extra']:g} | {s['steps']:,} | {'yes' if s['dustbin'] else 'no'} | "
+                 f"{s['rule']} | {s['flat']:.4f} | {s['supersub']:.4f} | {100 * s['minus_flat']:+.2f} | {interval} | "
+                 f"{s['seeds']} |")
+  return '\n'.join(lines)
+
+
+def plot(data: dict, path: str) -> None:
+  """Top-1 against images seen: the flat network and Super-Sub's best rule (mean over seeds), both regimes."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  rows, summary = data['rows'], data['summary']
+  regimes = sorted({r['regime'] for r in rows})
+  fig, axes = plt.subplots(1, len(regimes), figsize=(6 * len(regimes), 4.2), squeeze=False)
+  for ax, regime in zip(axes[0], regimes):
+    mine = [r for r in rows if r['regime'] == regime and not r['dustbin']]
+    by_extra = {}
+    for r in mine:
+      by_extra.setdefault(r['extra'], []).append(r)
+    extras = sorted(by_extra)
+    seen = [np.mean([r['images_seen'] for r in by_extra[e]]) for e in extras]
+    flat = [np.mean([r['flat'] for r in by_extra[e]]) for e in extras]
+    ax.plot(seen, flat, 'o-', color='black', label='flat network')
+    for dustbin, style in ((False, '-'), (True, '--')):
+      for rule in sorted({s['rule'] for s in summary if s['regime'] == regime}):
+        points = [s for s in summary if s['regime'] == regime and s['rule'] == rule and s['dustbin'] == dustbin]
+        if not points:
+          continue
+        points.sort(key=lambda s: s['extra'])
+        xs = [np.mean([r['images_seen'] for r in by_extra[s['extra']]]) for s in points]
+        ax.plot(xs, [s['supersub'] for s in points], 'o' + style, alpha=0.8,
+                label=f"Super-Sub {rule}{' + dustbin' if dustbin else ''}")
+    ax.set_xlabel('images seen (base network + extra budget)' if regime == 'converged' else 'images seen')
+    ax.set_ylabel('top-1 (mean over seeds)')
+    ax.set_title(f'{regime} regime')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)
+  fig.tight_layout()
+  report_lib.save_figure(fig, path, dpi=120)
+
+
+def main(argv):
+  del argv
+  from supersub_jax import recipe  # pylint: disable=g-import-not-at-top
+  seeds = [int(s) for s in _SEEDS.value]
+  dustbins = [d.lower() == 'true' for d in _DUSTBIN.value]
+  runs = []  # (regime, extra, seed, config, base steps)
+  for regime in _REGIMES.value:
+    if regime == 'converged':
+      base = base_steps(flags.FLAGS.converged_config)
+      for extra in (float(e) for e in _EXTRA.value):
+        runs += [(regime, extra, s, converged(flags.FLAGS.converged_config, extra, s), base) for s in seeds]
+    elif regime == 'scratch':
+      runs += [(regime, 1.0, s, scratch(flags.FLAGS.scratch_config, s), 0) for s in seeds]
+    else:
+      raise ValueError(f'--regimes: unknown {regime!r}; use converged and/or scratch.')
+  for *_, config, _ in runs:
+    recipe.validate(config)  # every run's config before the first one trains
+  rows = []
+  for regime, extra, seed, config, base in runs:
+    workdir = os.path.join(os.path.abspath(_WORKDIR.value), regime, f'E{extra:g}', f'seed{seed}')
+    for dustbin in dustbins:
+      if dustbin:
+        variant = config.copy_and_resolve_references()
+        variant.specialists.dustbin = True
+        reuse = ('vanilla', 'superclass') + (('vanilla_matched',) if 'vanilla_matched' in config.stages else ())
+        report = run(variant, workdir + '_dustbin', reuse, workdir)
+      else:
+        report = run(config, workdir)
+      rows.append(row(regime, extra, seed, dustbin, report, base))
+      print(f"{regime} E={extra:g} seed {seed}{' dustbin' if dustbin else ''}: flat {rows[-1]['flat']:.4f}, "
+            + ', '.join(f'{k} {v:.4f}' for k, v in rows[-1]['rules'].items()), flush=True)
+      summary = summarise(rows)
+      if _OUT.value:
+        report_lib.write_results(_OUT.value, {'rows': rows, 'summary': summary}, table(summary))
+  summary = summarise(rows)
+  print(table(summary))
+  if _OUT.value:
+    report_lib.write_results(_OUT.value, {'rows': rows, 'summary': summary}, table(summary), plot)
+
+
+if __name__ == '__main__':
+  app.run(main)

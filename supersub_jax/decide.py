@@ -1,0 +1,209 @@
+"""Decision rules: how a router's superclass distribution and the specialists' distributions become one answer.
+
+Shapes: B images, N superclasses, M subclasses (global labels, superclass-major), S the largest superclass's
+subclass count, k routes per image (static). A specialist's *local distribution* is float32[S + d]: its n_s real
+subclasses first, its padding (probability 0) after them, and, with d = 1, a last *dustbin* column: "not my
+superclass" (Hinton, Vinyals and Dean 2015, section 5). Without a dustbin, d = 0.
+
+A ``Rule`` names one decision procedure, written ``'<rule>[:k][/<router>]'``:
+
+* ``hard`` (the paper's): the router's top superclass decides; its specialist's most likely real subclass is the
+  answer. One specialist per image.
+* ``soft`` (HD-CNN's probabilistic averaging, Yan et al. 2015): p(sub | x) = sum over the router's top-k
+  superclasses s of p(s | x) p(sub | s, x); the dustbin's mass counts for no subclass. k specialists per image.
+* ``product`` (Hinton et al.'s combination): the distribution q over the M subclasses that minimises
+  KL(p_router || Q_router) + sum over the top-k specialists m of KL(p_m || Q_m), where Q_router is q summed over
+  each superclass and Q_m is q seen through specialist m: its own subclasses one by one, every other subclass in its
+  dustbin cell. So a specialist's dustbin mass is spread over the subclasses it does not cover, in proportion to q;
+  a specialist without a dustbin puts none there. Solved exactly (``product_distribution``). k specialists per
+  image.
+
+Routers give p(s | x), float32[B, N] (``router_probs``): ``generalist`` (its softmax), ``flat`` (a flat network's
+subclass softmax summed over each superclass) or ``mean`` (the average of the two).
+
+Everything here is pure jnp over arrays and jittable; ``inference`` runs the specialists and calls these.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import jax
+import jax.numpy as jnp
+
+RULES = ('hard', 'soft', 'product')
+ROUTERS = ('generalist', 'flat', 'mean')
+BISECTIONS = 64  # halvings of log lam in product_distribution: from 2^-126..2 to float32 resolution
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+  """One decision rule: ``name`` in ``RULES``, ``k`` routes per image (1 for ``hard``), and a ``router`` in
+  ``ROUTERS``. Hashable: a static argument of the compiled predictors."""
+  name: str = 'hard'
+  k: int = 1
+  router: str = 'generalist'
+
+  def __post_init__(self):
+    if self.name not in RULES:
+      raise ValueError(f'decision rule {self.name!r}: use one of {RULES}.')
+    if self.router not in ROUTERS:
+      raise ValueError(f'router {self.router!r}: use one of {ROUTERS}.')
+    if self.k < 1 or (self.name == 'hard' and self.k != 1):
+      raise ValueError(f'{self.name} with k={self.k}: k is at least 1, and hard routing runs exactly 1.')
+
+  @classmethod
+  def parse(cls, spec: str) -> 'Rule':
+    """``'hard'``, ``'soft:2'``, ``'product:3/mean'``, ``'hard/flat'`` -> Rule (k defaults to 1)."""
+    match = re.fullmatch(r'(\w+)(?::(\d+))?(?:/(\w+))?', spec.strip())
+    if not match:
+      raise ValueError(f"decision rule {spec!r}: write '<rule>[:k][/<router>]', e.g. 'soft:2/mean', with a rule "
+                       f'of {RULES} and a router of {ROUTERS}.')
+    name, k, router = match.groups()
+    return cls(name, int(k or 1), router or 'generalist')
+
+  @property
+  def key(self) -> str:
+    """The canonical spec, e.g. 'soft:2/mean' ('hard' for the paper's rule): report.json's key."""
+    return (self.name + (f':{self.k}' if self.name != 'hard' else '')
+            + (f'/{self.router}' if self.router != 'generalist' else ''))
+
+
+def router_probs(router: str, generalist_logits: jax.Array | None, flat_logits: jax.Array | None,
+                 label_to_superclass: jax.Array, num_superclasses: int) -> jax.Array:
+  """p(s | x) float32[B, N] of ``router`` from the generalist's logits float[B, N] and/or a flat network's
+  logits float[B, M] (label_to_superclass int32[M])."""
+  def generalist():
+    if generalist_logits is None:
+      raise ValueError(f'router {router!r} needs the generalist\'s logits.')
+    return jax.nn.softmax(generalist_logits.astype(jnp.float32), axis=-1)
+
+  def flat():
+    if flat_logits is None:
+      raise ValueError(f'router {router!r} needs a flat network\'s logits (the vanilla network of the workdir).')
+    probs = jax.nn.softmax(flat_logits.astype(jnp.float32), axis=-1)
+    return jax.ops.segment_sum(probs.T, label_to_superclass, num_segments=num_superclasses).T
+
+  if router == 'generalist':
+    return generalist()
+  if router == 'flat':
+    return flat()
+  if router == 'mean':
+    return 0.5 * (generalist() + flat())
+  raise ValueError(f'router {router!r}: use one of {ROUTERS}.')
+
+
+def top_routes(probs: jax.Array, k: int) -> jax.Array:
+  """The k most likely superclasses of each image, int32[B, k], most likely first (ties: the lower index)."""
+  return jax.lax.top_k(probs, k)[1].astype(jnp.int32)
+
+
+def _real(local: jax.Array, num_subclasses: int) -> jax.Array:
+  """The real-subclass columns [..., S] of local distributions [..., S + d]."""
+  return local[..., :num_subclasses]
+
+
+def hard(routes: jax.Array, local: jax.Array, local_to_label: jax.Array) -> jax.Array:
+  """The paper's rule. routes int32[B, >= 1] (column 0 decides), local float32[B, >= 1, S + d] (row 0: that route's
+  specialist), local_to_label int32[N, S] (-1 on padding) -> global labels int32[B]."""
+  s = local_to_label.shape[1]
+  best = jnp.argmax(_real(local[:, 0], s), axis=-1)
+  return local_to_label[routes[:, 0], best].astype(jnp.int32)
+
+
+def global_scores(router: jax.Array, routes: jax.Array, local: jax.Array, local_to_label: jax.Array,
+                  num_subclasses: int) -> jax.Array:
+  """Soft combination: float32[B, M] with p(s | x) p(sub | s, x) at each routed superclass's subclasses (0
+  elsewhere, and the dustbin's mass counted for none). router float32[B, N], routes int32[B, k], local
+  float32[B, k, S + d]."""
+  s = local_to_label.shape[1]
+  weight = jnp.take_along_axis(router, routes, axis=1)  # [B, k]
+  contrib = weight[..., None] * _real(local, s)  # [B, k, S]
+  labels = local_to_label[routes]  # [B, k, S]; -1 on padding
+  b = jnp.arange(routes.shape[0])[:, None, None]
+  labels = jnp.where(labels >= 0, labels, num_subclasses)  # padding -> an extra column, dropped
+  out = jnp.zeros((routes.shape[0], num_subclasses + 1), jnp.float32).at[b, labels].add(contrib)
+  return out[:, :num_subclasses]
+
+
+def soft(router: jax.Array, routes: jax.Array, local: jax.Array, local_to_label: jax.Array,
+         num_subclasses: int) -> jax.Array:
+  """HD-CNN's probabilistic averaging over the k routes -> global labels int32[B]."""
+  return jnp.argmax(global_scores(router, routes, local, local_to_label, num_subclasses), axis=-1).astype(jnp.int32)
+
+
+def product_distribution(router: jax.Array, routes: jax.Array, local: jax.Array, local_to_label: jax.Array,
+                         label_to_superclass: jax.Array, *, iterations: int = BISECTIONS) -> jax.Array:
+  """Hinton et al.'s combined distribution q float32[B, M] (module docstring), solved exactly.
+
+  The objective is -sum_s r_s log Q_s - sum_m [sum_(c in m) p_m(c) log q(c) + b_m log(1 - Q_m)], with r the router,
+  m the routed specialists, b_m a specialist's dustbin mass and Q_s the mass q puts on superclass s. Within a routed
+  superclass only specialist m's own terms depend on how Q_m is split, so q(c) = Q_m p_m(c) / P_m there (P_m = 1 -
+  b_m, m's own mass); within the others nothing does, and q is uniform (the limit of the EM fixed point from the
+  uniform start). What is left is convex in Q over the simplex. Its stationarity conditions, with the multiplier
+  lam > 0: Q_s = r_s / lam for a superclass no specialist sees, and for a routed one the root in (0, 1) of
+  lam Q^2 - (lam + a + b) Q + a = 0 (a = r_s + P_s, b = b_s); sum_s Q_s(lam) - 1 falls as lam grows, so lam is
+  found by bisection (on log lam, ``iterations`` halvings of [2^-126, sum_s a_s]).
+
+  Args:
+    router: p(s | x) float32[B, N]; routes int32[B, k]; local float32[B, k, S + d] (d = 0: no dustbin, a
+      specialist then claims all its mass for its own subclasses).
+    local_to_label: int32[N, S] (-1 on padding); label_to_superclass: int32[M].
+  """
+  b, k = routes.shape
+  s = local_to_label.shape[1]
+  m = label_to_superclass.shape[0]
+  n = router.shape[1]
+  tiny = jnp.finfo(jnp.float32).tiny
+  real = _real(local, s)  # [B, k, S]
+  own = jnp.sum(real, axis=-1)  # P_m [B, k]
+  dustbin = local[..., s] if local.shape[-1] > s else jnp.zeros((b, k), jnp.float32)  # b_m [B, k]
+  rows = jnp.arange(b)[:, None]
+  routed = jnp.zeros((b, n), bool).at[rows, routes].set(True)
+  a = router + jnp.zeros((b, n), jnp.float32).at[rows, routes].add(own)
+  bin_mass = jnp.zeros((b, n), jnp.float32).at[rows, routes].add(dustbin)
+
+  def masses(log_lam):  # Q_s(lam) [B, N] for log lam [B, 1]
+    lam = jnp.maximum(jnp.exp(log_lam), tiny)
+    c = lam + a + bin_mass
+    root = 2.0 * a / jnp.maximum(c + jnp.sqrt(jnp.maximum(c * c - 4.0 * lam * a, 0.0)), tiny)
+    return jnp.where(routed, root, router / lam)
+
+  def halve(_, bounds):
+    lo, hi = bounds  # log lam
+    mid = 0.5 * (lo + hi)
+    too_small = jnp.sum(masses(mid), axis=-1, keepdims=True) > 1.0  # mass above 1: lam must grow
+    return jnp.where(too_small, mid, lo), jnp.where(too_small, hi, mid)
+
+  lo = jnp.full((b, 1), jnp.log(tiny))
+  hi = jnp.log(jnp.sum(a, axis=-1, keepdims=True))  # sum_s Q_s(lam) <= sum_s a_s / lam: at most 1 here
+  lo, hi = jax.lax.fori_loop(0, iterations, halve, (lo, hi))
+  q_super = masses(0.5 * (lo + hi))
+  q_super = q_super / jnp.sum(q_super, axis=-1, keepdims=True)  # the bisection's last rounding
+  # Within each superclass: a routed one split as its specialist splits its own mass, the others uniformly.
+  sizes = jax.ops.segment_sum(jnp.ones(m, jnp.float32), label_to_superclass, num_segments=n)
+  q = q_super[:, label_to_superclass] / sizes[label_to_superclass]
+  labels = jnp.where(local_to_label[routes] >= 0, local_to_label[routes], m)  # [B, k, S]
+  share = real / jnp.maximum(own, tiny)[..., None]
+  within = jnp.zeros((b, m + 1), jnp.float32).at[rows[..., None], labels].add(share)[:, :m]
+  covered = jnp.any(label_to_superclass[None, None, :] == routes[..., None], axis=1)  # [B, M]
+  return jnp.where(covered, q_super[:, label_to_superclass] * within, q)
+
+
+def product(router: jax.Array, routes: jax.Array, local: jax.Array, local_to_label: jax.Array,
+            label_to_superclass: jax.Array) -> jax.Array:
+  """Hinton et al.'s combination -> global labels int32[B] (the argmax of ``product_distribution``)."""
+  q = product_distribution(router, routes, local, local_to_label, label_to_superclass)
+  return jnp.argmax(q, axis=-1).astype(jnp.int32)
+
+
+def decide(rule: Rule, router: jax.Array, routes: jax.Array, local: jax.Array, local_to_label: jax.Array,
+           label_to_superclass: jax.Array) -> jax.Array:
+  """Global labels int32[B] of ``rule`` from the router's p(s | x) [B, N], its routes int32[B, rule.k] and the
+  routed specialists' local distributions float32[B, rule.k, S + d]."""
+  if rule.name == 'hard':
+    return hard(routes, local, local_to_label)
+  if rule.name == 'soft':
+    return soft(router, routes, local, local_to_label, label_to_superclass.shape[0])
+  return product(router, routes, local, local_to_label, label_to_superclass)

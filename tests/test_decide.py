@@ -1,0 +1,167 @@
+"""supersub_jax.decide: the decision rules, against hand computations and an independent optimiser."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from supersub_jax import decide
+from supersub_jax import hierarchy as hierarchy_lib
+
+H = hierarchy_lib.synthetic((3, 2, 2))  # subclasses 0-2 | 3-4 | 5-6; S = 3
+L2L = jnp.asarray(H.local_to_label)
+L2S = jnp.asarray(H.label_to_superclass)
+
+
+def _normalised(rng, shape):
+  x = rng.random(shape).astype(np.float32) + 0.05
+  return x / x.sum(-1, keepdims=True)
+
+
+def _local(rng, routes, dustbin):
+  """Random local distributions [B, k, S + d] with 0 on each route's padding columns."""
+  sizes = np.asarray(H.sizes)
+  b, k = routes.shape
+  out = np.zeros((b, k, 3 + dustbin), np.float32)
+  for i in range(b):
+    for j in range(k):
+      n = sizes[routes[i, j]]
+      cols = list(range(n)) + ([3] if dustbin else [])
+      out[i, j, cols] = _normalised(rng, len(cols))
+  return out
+
+
+def test_rules_parse_and_name_themselves():
+  assert decide.Rule.parse('hard') == decide.Rule('hard', 1, 'generalist')
+  assert decide.Rule.parse('soft:2/mean') == decide.Rule('soft', 2, 'mean')
+  assert decide.Rule.parse('product:3').key == 'product:3' and decide.Rule.parse('hard/flat').key == 'hard/flat'
+  for bad, match in (('median', 'decision rule'), ('soft:2/oracle', 'router'), ('hard:2', 'exactly 1'),
+                     ('soft:0', 'at least 1'), ('soft 2', 'write')):
+    with pytest.raises(ValueError, match=match):
+      decide.Rule.parse(bad)
+
+
+def test_flat_router_sums_subclass_probabilities_over_each_superclass():
+  flat_logits = jnp.log(jnp.asarray([[0.1, 0.1, 0.1, 0.3, 0.1, 0.2, 0.1]]))
+  gen_logits = jnp.log(jnp.asarray([[0.5, 0.25, 0.25]]))
+  np.testing.assert_allclose(decide.router_probs('flat', None, flat_logits, L2S, 3), [[0.3, 0.4, 0.3]], rtol=1e-6)
+  np.testing.assert_allclose(decide.router_probs('mean', gen_logits, flat_logits, L2S, 3), [[0.4, 0.325, 0.275]],
+                             rtol=1e-6)
+  with pytest.raises(ValueError, match='flat network'):
+    decide.router_probs('flat', gen_logits, None, L2S, 3)
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), dustbin=st.booleans())
+def test_soft_equals_hard_when_the_router_is_one_hot(seed, dustbin):
+  rng = np.random.default_rng(seed)
+  b = 6
+  winner = rng.integers(0, 3, b)
+  router = jnp.asarray(np.eye(3, dtype=np.float32)[winner])
+  routes = np.stack([winner, (winner + 1 + rng.integers(0, 2, b)) % 3], axis=1).astype(np.int32)
+  local = _local(rng, routes, dustbin)
+  got_soft = decide.soft(router, jnp.asarray(routes), jnp.asarray(local), L2L, 7)
+  got_hard = decide.hard(jnp.asarray(routes), jnp.asarray(local), L2L)
+  np.testing.assert_array_equal(got_soft, got_hard)
+
+
+def test_soft_over_every_superclass_is_the_full_sum_computed_by_hand():
+  rng = np.random.default_rng(3)
+  router = _normalised(rng, (4, 3))
+  routes = np.argsort(-router, axis=1).astype(np.int32)  # all N = 3, most likely first
+  local = _local(rng, routes, dustbin=True)
+  by_hand = np.zeros((4, 7))
+  for i in range(4):
+    for j in range(3):
+      s = routes[i, j]
+      for c in range(H.sizes[s]):
+        by_hand[i, H.offsets[s] + c] += router[i, s] * local[i, j, c]  # the dustbin (column 3) counts for none
+  scores = decide.global_scores(jnp.asarray(router), jnp.asarray(routes), jnp.asarray(local), L2L, 7)
+  np.testing.assert_allclose(scores, by_hand, rtol=1e-6)
+  np.testing.assert_array_equal(decide.soft(jnp.asarray(router), jnp.asarray(routes), jnp.asarray(local), L2L, 7),
+                                by_hand.argmax(1))
+
+
+def _objective(q, router, routes, local):
+  """Hinton et al.'s objective, in numpy, written from its definition (no shared code with decide)."""
+  total = 0.0
+  coarse = np.array([q[H.offsets[s]:H.offsets[s] + H.sizes[s]].sum() for s in range(3)])
+  total -= np.sum(router * np.log(coarse))
+  for j, s in enumerate(routes):
+    cells = q[H.offsets[s]:H.offsets[s] + H.sizes[s]]
+    p = local[j, :H.sizes[s]]
+    total -= np.sum(p * np.log(cells))
+    if local.shape[-1] > 3:
+      total -= local[j, 3] * np.log(1.0 - cells.sum())
+  return total
+
+
+@pytest.mark.parametrize('k', [1, 2])
+@pytest.mark.parametrize('dustbin', [True, False])
+def test_product_reaches_the_minimum_an_independent_optimiser_finds(k, dustbin):
+  from scipy import optimize  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(10 * k + dustbin)
+  router = _normalised(rng, (5, 3))
+  routes = np.argsort(-router, axis=1)[:, :k].astype(np.int32)
+  local = _local(rng, routes, dustbin)
+  q = np.asarray(decide.product_distribution(jnp.asarray(router), jnp.asarray(routes), jnp.asarray(local), L2L,
+                                             L2S))
+  np.testing.assert_allclose(q.sum(1), 1.0, rtol=1e-5)
+  for i in range(5):
+    def f(z):
+      p = np.exp(z - z.max())
+      return _objective(p / p.sum(), router[i], routes[i], local[i])
+    best = optimize.minimize(f, np.zeros(7), method='Nelder-Mead',
+                             options=dict(maxiter=40000, maxfev=40000, xatol=1e-9, fatol=1e-12))
+    ours = _objective(q[i], router[i], routes[i], local[i])
+    assert ours <= best.fun + 1e-5, (i, ours, best.fun)
+    z = np.exp(best.x - best.x.max())
+    z /= z.sum()
+    # The same minimiser where it is unique: each superclass's mass, and the split within the routed ones (within
+    # a superclass no model sees, any split is as good).
+    coarse = lambda p: np.array([p[H.offsets[s]:H.offsets[s] + H.sizes[s]].sum() for s in range(3)])
+    np.testing.assert_allclose(coarse(q[i]), coarse(z), atol=2e-3)
+    seen = np.isin(np.asarray(H.label_to_superclass), routes[i])
+    np.testing.assert_allclose(q[i][seen], z[seen], atol=2e-3)
+
+
+def test_product_of_one_certain_specialist_and_an_agreeing_router_is_that_answer():
+  router = jnp.asarray([[0.0, 1.0, 0.0]])
+  routes = jnp.asarray([[1]], jnp.int32)
+  local = jnp.asarray([[[0.2, 0.8, 0.0, 0.0]]])  # superclass 1's subclasses are labels 3 and 4; no dustbin mass
+  q = decide.product_distribution(router, routes, local, L2L, L2S)
+  np.testing.assert_allclose(q, [[0, 0, 0, 0.2, 0.8, 0, 0]], atol=1e-6)
+
+
+def test_a_dustbin_sure_it_is_not_its_superclass_sends_the_product_to_the_routers_runner_up():
+  # The router prefers superclass 0 (0.6) over 1 (0.4); specialist 0 says "not mine" with 0.95. Hard routing
+  # answers inside superclass 0, the product moves to superclass 1 (its specialist's favourite subclass).
+  router = jnp.asarray([[0.6, 0.4, 0.0]])
+  routes = jnp.asarray([[0, 1]], jnp.int32)
+  local = jnp.asarray([[[0.03, 0.01, 0.01, 0.95], [0.1, 0.8, 0.0, 0.1]]])
+  assert int(decide.hard(routes, local, L2L)[0]) == 0
+  assert int(decide.product(router, routes, local, L2L, L2S)[0]) == 4
+  rule = decide.Rule.parse('product:2')
+  assert int(decide.decide(rule, router, routes, local, L2L, L2S)[0]) == 4
+
+
+def test_top_routes_are_the_most_likely_first():
+  probs = jnp.asarray([[0.2, 0.5, 0.3], [0.6, 0.1, 0.3]])
+  np.testing.assert_array_equal(decide.top_routes(probs, 2), [[1, 2], [0, 2]])
+
+
+def test_rules_compile_once_under_jit():
+  traces = []
+
+  @jax.jit
+  def run(router, routes, local):
+    traces.append(1)
+    return decide.product(router, routes, local, L2L, L2S)
+
+  rng = np.random.default_rng(0)
+  for _ in range(3):
+    router = jnp.asarray(_normalised(rng, (4, 3)))
+    routes = decide.top_routes(router, 2)
+    run(router, routes, jnp.asarray(_local(rng, np.asarray(routes), True)))
+  assert len(traces) == 1
