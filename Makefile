@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 WORKDIR ?= runs/demo
 CONFIG ?= configs/synthetic.py
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean reproduce
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ demo: $(STAMP)
 TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) tests; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; else exit $$rc; fi
+
+# Retrains the committed artifacts from their commands and compares (minutes; not part of make test).
+reproduce: $(STAMP)
+	XLA_FLAGS=--xla_force_host_platform_device_count=2 $(BIN)/python -m pytest -q -m reproduce tests
 
 clean:
 	rm -rf $(VENV) runs *.egg-info

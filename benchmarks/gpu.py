@@ -30,8 +30,9 @@ Items (``ITEMS``, in default order):
                     exported specialists repeated to 20, since exporting 20 ResNet-50s on the host outlasted whole
                     earlier leases, and costs do not depend on the values);
   extra             the commands of ``--extra`` (one per line; ``#`` comments), each with ``--extra_timeout_s``:
-                    the slot for the lead's seed study (``studies/...``). Commands run from the repository root
-                    with ``$PY`` (this Python) and ``$WORK`` (a scratch folder) set.
+                    the slot for the lead's seed study (``studies/...``; benchmarks/gpu_studies.txt holds the
+                    regimes study). Commands run from the repository root with ``$PY`` (this Python), ``$WORK`` (a
+                    scratch folder) and ``$OUT`` (--out, which comes back) set.
 """
 
 from __future__ import annotations
@@ -214,7 +215,7 @@ def main(argv):
   unknown = [n for n in names if n not in items]
   if unknown:
     raise app.UsageError(f'--items: unknown {unknown}; choose from {list(ITEMS)}.')
-  env = dict(os.environ, PY=sys.executable, WORK=work, PYTHONUNBUFFERED='1')
+  env = dict(os.environ, PY=sys.executable, WORK=work, OUT=out_dir, PYTHONUNBUFFERED='1')
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env['PYTHONPATH'] = os.pathsep.join(p for p in (root, env.get('PYTHONPATH', '')) if p)
   summary = {'budget_s': _BUDGET.value, 'cpu_smoke': _SMOKE.value, 'items': {}}

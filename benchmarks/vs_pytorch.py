@@ -7,7 +7,7 @@
 
 Model: --model (ResNet-18 by default) with --stem ('small': the 3x3 stem, stride 1, no max-pool) at --image_size,
 --num_classes classes; batch --batch_size; SGD with Nesterov momentum 0.9, cross-entropy; BatchNorm in training
-mode. JAX: ``train.train_step`` compiled by ``train.Parallel('pmap')`` on --devices (forced host devices on CPU),
+mode. JAX: ``step.train_step`` compiled by ``runtime.Parallel('pmap')`` on --devices (forced host devices on CPU),
 parameters in fp32 and compute in bf16 with --half_precision. PyTorch: torchvision's model of the same name (the
 layouts ``weights`` converts between), channels_last, ``torch.set_num_threads(--threads)`` on CPU, on the GPU
 when there is one; --half_precision is ``torch.autocast`` to bf16 (fp32 parameters); --torch_compile adds a third

@@ -1,6 +1,6 @@
 r"""Super-Sub against the flat network at equal compute: one total budget of optimizer steps, split several ways.
 
-  XLA_FLAGS=--xla_force_host_platform_device_count=2 python -m studies.allocation --config=configs/synthetic.py \
+  XLA_FLAGS=--xla_force_host_platform_device_count=2 python -m studies.allocation --config=configs/synthetic_scratch.py \
       --workdir=runs/allocation --out=docs/results/allocation \
       --runs=1200/scratch:0.5,1200/vanilla_first:0.4898:0.1224,2450/vanilla_first:0.4898:0.1224
 
@@ -34,7 +34,7 @@ _RUNS = flags.DEFINE_list(
     'runs', ['1200/scratch:0.5', '1200/vanilla_first:0.4898:0.1224', '2450/vanilla_first:0.4898:0.1224'],
     "'budget/allocation' pairs: the total optimizer steps, split as 'scratch:g' or 'vanilla_first:v:g' (fractions).")
 _OUT = flags.DEFINE_string('out', '', 'Output path prefix (.json, .md, .png); empty: print only.')
-config_flags.DEFINE_config_file('config', 'configs/synthetic.py', 'The main job\'s config.', lock_config=False)
+config_flags.DEFINE_config_file('config', 'configs/synthetic_scratch.py', 'The main job\'s config.', lock_config=False)
 
 
 def parse(allocation: str) -> tuple[str, float, float]:

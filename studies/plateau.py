@@ -1,6 +1,6 @@
 """Study: does the demo's flat network leave its early plateau? (issue 23)
 
-  python -m studies.plateau --config=configs/synthetic.py --workdir=/tmp/plateau --variants=baseline,no_zero_init \
+  python -m studies.plateau --config=configs/synthetic_scratch.py --workdir=/tmp/plateau --variants=baseline,no_zero_init \
     --seeds=0,1,2,3,4 --steps=1200 --stop_after=210 --out=docs/results/plateau
 
 Each (variant, seed, steps) is one run of the vanilla stage alone: ``train.py`` in a child process, with the
@@ -38,7 +38,7 @@ from absl import flags
 import supersub_jax
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('config', 'configs/synthetic.py', 'The configs/*.py file the runs start from.')
+flags.DEFINE_string('config', 'configs/synthetic_scratch.py', 'The configs/*.py file the runs start from.')
 flags.DEFINE_string('workdir', None, 'One subdirectory per run is made here.')
 flags.DEFINE_list('variants', ['baseline'], 'Names of VARIANTS (and of --extra) to run.')
 flags.DEFINE_multi_string('extra', [], "More variants for this call: 'name=--config.a=1 --config.b=2'.")

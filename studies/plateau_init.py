@@ -1,6 +1,6 @@
 """Study: what the demo's flat network can learn at its first step, with and without zero-initialised residuals.
 
-  python -m studies.plateau_init --config=configs/synthetic.py [--config.zero_init_residual=False]
+  python -m studies.plateau_init --config=configs/synthetic_scratch.py [--config.zero_init_residual=False]
 
 On one training batch of the vanilla stage at initialisation (seed ``config.seed``), prints per layer group the
 norm of the loss gradient of the convolution kernels, and the receptive field of the network's path that carries

@@ -8,8 +8,8 @@ Regimes:
 
 * ``converged`` (--converged_config, default configs/synthetic.py): the real path's shape. Both arms start from one
   converged flat network, ``config.init`` (the demo's committed network: its sidecar JSON records how long it
-  trained and that doubling that gained under 0.3 points). An extra budget E (--extra: fractions of the base's own
-  steps) is spent either on the flat network (the workdir's vanilla stage continues it, ``init.keep_head``), or on
+  trained and what doubling gained). An extra budget E (--extra: fractions of the base's own steps, or 'config':
+  the config's own budgets, the demo's) is spent either on the flat network (the workdir's vanilla stage continues it, ``init.keep_head``), or on
   Super-Sub started from it: the generalist from its backbone for --generalist_share of E, the specialists the rest
   (``specialists.num_epochs`` fitted to it). The vanilla stage trains exactly Super-Sub's total.
 * ``scratch`` (--scratch_config, default configs/synthetic_scratch.py): the pipeline from random weights, the vanilla
@@ -27,6 +27,7 @@ import os
 
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 from supersub_jax import report as report_lib
@@ -34,8 +35,9 @@ from supersub_jax import report as report_lib
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Parent of the per-run workdirs.', required=True)
 _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'config.seed values (3 or more for an interval).')
 _REGIMES = flags.DEFINE_list('regimes', ['converged', 'scratch'], 'Which regimes.')
-_EXTRA = flags.DEFINE_list('extra', ['0.25', '0.5', '1.0'], 'Converged regime: extra budgets, as fractions of the '
-                           "base network's steps.")
+_EXTRA = flags.DEFINE_list('extra', ['config', '0.25', '0.5', '1.0'], 'Converged regime: extra budgets, as '
+                           "fractions of the base network's steps; 'config': --converged_config's own budgets (the "
+                           "demo's, when it is configs/synthetic.py).")
 _GENERALIST = flags.DEFINE_float('generalist_share', 0.25, 'Converged regime: the generalist\'s share of E.')
 _BASE_STEPS = flags.DEFINE_integer('base_steps', 0, 'The base network\'s steps (0: from its sidecar JSON).')
 _DUSTBIN = flags.DEFINE_list('dustbin', ['false', 'true'], 'Without and/or with dustbin specialists.')
@@ -56,22 +58,24 @@ def base_steps(config) -> int:
   return int(json.load(open(sidecar))['steps'])
 
 
-def converged(config, extra: float, seed: int):
-  """The converged regime's config at an extra budget of ``extra`` x the base's steps."""
+def converged(config, extra: float | None, seed: int) -> tuple[object, float]:
+  """(config, E as a fraction of the base's steps) of the converged regime at an extra budget of ``extra`` x the
+  base's steps; ``extra`` None keeps the config's own generalist steps and specialist epochs."""
   from supersub_jax import stages  # pylint: disable=g-import-not-at-top
   config = config.copy_and_resolve_references()
   if not (config.init.path and config.init.keep_head and not config.superclass.init_from_vanilla):
     raise ValueError('the converged regime continues config.init: give it init.path, init.keep_head=True and '
                      'superclass.init_from_vanilla=False (as configs/synthetic.py does).')
-  budget = round(extra * base_steps(config))
   config.seed = seed
   config.stages = ('vanilla', 'superclass', 'specialists')
-  config.superclass.num_train_steps = max(1, round(_GENERALIST.value * budget))
   hierarchy = stages.make_hierarchy(config)
-  config.specialists.num_epochs = stages.specialist_epochs_for(config, hierarchy,
-                                                               budget - config.superclass.num_train_steps)
+  if extra is not None:
+    budget = round(extra * base_steps(config))
+    config.superclass.num_train_steps = max(1, round(_GENERALIST.value * budget))
+    config.specialists.num_epochs = stages.specialist_epochs_for(config, hierarchy,
+                                                                 budget - config.superclass.num_train_steps)
   config.vanilla.num_train_steps = stages.pipeline_steps(config, hierarchy)['total']  # equal compute, exactly
-  return config
+  return config, round(config.vanilla.num_train_steps / base_steps(config), 4)
 
 
 def scratch(config, seed: int):
@@ -84,9 +88,15 @@ def scratch(config, seed: int):
 def run(config, workdir: str, reuse: tuple[str, ...] = (), source: str | None = None) -> dict:
   """Trains and evaluates one workdir (a finished report.json is reused); links ``reuse``'s stage directories
   from ``source`` first."""
-  from supersub_jax import evaluation, recipe  # pylint: disable=g-import-not-at-top
+  from supersub_jax import config as config_lib, evaluation, recipe  # pylint: disable=g-import-not-at-top
   path = os.path.join(workdir, 'report.json')
   if os.path.exists(path):
+    # Another base network (init.path, harmless to a checkpoint's resume) is another run here.
+    changed = [d for d in config_lib.differences(config_lib.read(workdir), config)
+               if d.startswith('init.path:') or not d.split(':', 1)[0].startswith(config_lib.HARMLESS)]
+    if changed:
+      raise ValueError(f'{workdir} holds a finished run of other settings ({"; ".join(changed[:5])}): rerun with the '
+                       'flags it was made with, or use a fresh --workdir.')
     return json.load(open(path))
   os.makedirs(workdir, exist_ok=True)
   for stage in reuse:
@@ -185,6 +195,7 @@ def plot(data: dict, path: str) -> None:
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)  # orbax logs every save and restore at INFO; progress lines are printed
   from supersub_jax import recipe  # pylint: disable=g-import-not-at-top
   seeds = [int(s) for s in _SEEDS.value]
   dustbins = [d.lower() == 'true' for d in _DUSTBIN.value]
@@ -192,8 +203,10 @@ def main(argv):
   for regime in _REGIMES.value:
     if regime == 'converged':
       base = base_steps(flags.FLAGS.converged_config)
-      for extra in (float(e) for e in _EXTRA.value):
-        runs += [(regime, extra, s, converged(flags.FLAGS.converged_config, extra, s), base) for s in seeds]
+      for extra in (None if e == 'config' else float(e) for e in _EXTRA.value):
+        for s in seeds:
+          config, fraction = converged(flags.FLAGS.converged_config, extra, s)
+          runs.append((regime, fraction, s, config, base))
     elif regime == 'scratch':
       runs += [(regime, 1.0, s, scratch(flags.FLAGS.scratch_config, s), 0) for s in seeds]
     else:

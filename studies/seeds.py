@@ -1,6 +1,6 @@
 r"""The main job over several seeds: Super-Sub against its baselines, with paired 95% intervals.
 
-  XLA_FLAGS=--xla_force_host_platform_device_count=2 python -m studies.seeds --config=configs/synthetic.py \
+  XLA_FLAGS=--xla_force_host_platform_device_count=2 python -m studies.seeds --config=configs/synthetic_scratch.py \
       --workdir=runs/seeds --seeds=0,1,2 --out=docs/results/seeds
 
 For each seed (``config.seed``: initialisations, data order and augmentation; the dataset stays the same), in
@@ -25,7 +25,7 @@ from supersub_jax import report as report_lib
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Parent directory of the per-seed workdirs.', required=True)
 _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'config.seed values (3 or more for an interval).')
 _OUT = flags.DEFINE_string('out', '', 'Output path prefix (.json, .md); empty: print only.')
-config_flags.DEFINE_config_file('config', 'configs/synthetic.py', 'The main job\'s config.', lock_config=False)
+config_flags.DEFINE_config_file('config', 'configs/synthetic_scratch.py', 'The main job\'s config.', lock_config=False)
 
 # name -> (label, report path); Super-Sub's is first.
 METRICS = {

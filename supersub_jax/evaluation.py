@@ -114,11 +114,13 @@ class Trained:
 
 def flat_router_of(config, vanilla: stages.Network, hierarchy) -> stages.Network | None:
   """The flat network Super-Sub's own pipeline paid for or started from: the vanilla network when the generalist
-  starts from it, else config.init's network (pretrained: paid for by neither Super-Sub nor the flat network it is
-  compared with), else None. Routing by any other flat network would spend compute Super-Sub is not charged for."""
+  starts from it, else config.init's network when it is a flat network of these subclasses (``init.keep_head``;
+  pretrained: paid for by neither Super-Sub nor the flat network it is compared with), else None (e.g. ImageNet
+  weights of 1000 other classes). Routing by any other flat network would spend compute Super-Sub is not charged
+  for."""
   if config.superclass.init_from_vanilla:
     return vanilla
-  return stages.load_init_network(config, hierarchy)
+  return stages.load_init_network(config, hierarchy) if config.init.keep_head else None
 
 
 def load_trained(config, workdir: str) -> Trained:
@@ -163,7 +165,9 @@ def run(config, workdir: str) -> dict:
   trained = load_trained(config, workdir)
   threshold = float(config.evaluate.top2_threshold)
   paths = inference.path_settings(config.evaluate)  # how the specialists run (all give the same predictions)
-  rules = rules_of(config)
+  # Without a flat network of its own, Super-Sub has no flat router: those rules are skipped, and the report says so.
+  rules = [r for r in rules_of(config) if r.router == 'generalist' or trained.flat_router is not None]
+  skipped = [r.key for r in rules_of(config) if r not in rules]
   p = collect_predictions(config, workdir, trained.hierarchy, trained.vanilla, trained.state,
                           trained.generalist.model, trained.specialist_model, threshold=threshold,
                           paths=paths, vanilla_matched=trained.vanilla_matched,
@@ -175,6 +179,10 @@ def run(config, workdir: str) -> dict:
                             cut=trained.state.cut.name,
                             matched_steps=trained.vanilla_matched.steps if trained.vanilla_matched else None,
                             rules={rule.key: rule.k for rule in rules})
+  if skipped:
+    report['rules_skipped'] = {key: 'no flat network of these subclasses in this pipeline to route by (the '
+                                    "generalist starts from config.init, which is not one: init.keep_head False)"
+                               for key in skipped}
   report.update(measure.measure_inference(config, trained.hierarchy, trained.vanilla, trained.state,
                                           generalist_model=trained.generalist.model,
                                           specialist_model=trained.specialist_model, paths=paths))

@@ -27,7 +27,7 @@ batches are small enough for one accelerator, and the specialist loop is sequent
 be tested on hand-built outputs.
 
 Padded classes (heads are padded to ``max_subclasses``) and skipped images get the logit ``NEG_LOGIT``, the value
-``train.mask_logits`` uses in training.
+``step.mask_logits`` uses in training.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from supersub_jax import delta as delta_lib
 
 PyTree = Any
 
-# Same value as train.mask_logits: finite, so a softmax over an all-masked row stays defined (uniform).
+# Same value as step.mask_logits: finite, so a softmax over an all-masked row stays defined (uniform).
 NEG_LOGIT = float(np.finfo(np.float32).min / 2)
 
 

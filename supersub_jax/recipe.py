@@ -336,7 +336,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   there, prepares the data, then runs ``config.stages`` in order; returns each stage's result.
 
   One ``Preemption`` spans the whole run, so a SIGTERM that arrives between two stages stops the next one at its
-  first step (after saving). Raises ``train.Preempted`` after a preemption save.
+  first step (after saving). Raises ``runtime.Preempted`` after a preemption save.
   """
   validate(config)
   with locks.hold_workdir(workdir, program='train.py', writes='its checkpoints, metrics and config.json'):

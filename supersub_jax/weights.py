@@ -300,30 +300,22 @@ def load_orbax(directory: str) -> tuple[PyTree, dict]:
   return jax.tree.map(np.asarray, dict(restored['variables'])), meta
 
 
+def load_network(path: str, fmt: str, model: models.ResNet, *, head: bool = True) -> PyTree:
+  """``{'params', 'batch_stats'}`` of ``model`` from a torchvision file or a ``save_orbax`` directory (``fmt``
+  'torchvision' or 'orbax'), checked leaf by leaf against ``model`` (a head of another number of classes is refused
+  with both counts named); without the head with ``head=False`` (a backbone to put a new head on)."""
+  if fmt == 'torchvision':
+    return from_torchvision(read_state_dict(path), model, head=head)
+  if fmt != 'orbax':
+    raise ValueError(f"config.init.format={fmt!r}: use 'torchvision' (a .pth/.safetensors/.npz file) or 'orbax' "
+                     '(a directory written by `python -m supersub_jax.convert`).')
+  variables, _ = load_orbax(path)
+  keep = (lambda tree: tree) if head else (
+      lambda tree: {c: {k: v for k, v in sub.items() if k != 'head'} for c, sub in tree.items()})
+  ckpt.check_tree(keep(abstract_variables(model)), keep(variables), what=f'orbax checkpoint {ckpt.abs_path(path)}')
+  return keep(variables)
+
+
 def load_backbone(path: str, fmt: str, model: models.ResNet) -> PyTree:
-  """``{'params', 'batch_stats'}`` of ``model`` without the head, from a torchvision file or a ``save_orbax``
-  directory (``fmt`` 'torchvision' or 'orbax'); checked leaf by leaf against ``model``."""
-  if fmt == 'torchvision':
-    return from_torchvision(read_state_dict(path), model, head=False)
-  if fmt != 'orbax':
-    raise ValueError(f"config.init.format={fmt!r}: use 'torchvision' (a .pth/.safetensors/.npz file) or 'orbax' "
-                     '(a directory written by `python -m supersub_jax.convert`).')
-  variables, _ = load_orbax(path)
-  expected = abstract_variables(model)
-  drop_head = lambda tree: {c: {k: v for k, v in sub.items() if k != 'head'} for c, sub in tree.items()}
-  ckpt.check_tree(drop_head(expected), drop_head(variables), what=f'orbax checkpoint {ckpt.abs_path(path)}')
-  return drop_head(variables)
-
-
-def load_network(path: str, fmt: str, model: models.ResNet) -> PyTree:
-  """``{'params', 'batch_stats'}`` of ``model``, head included, from a torchvision file or a ``save_orbax``
-  directory (``fmt`` as in ``load_backbone``); checked leaf by leaf against ``model``, so a head of another number
-  of classes is refused with both counts named."""
-  if fmt == 'torchvision':
-    return from_torchvision(read_state_dict(path), model, head=True)
-  if fmt != 'orbax':
-    raise ValueError(f"config.init.format={fmt!r}: use 'torchvision' (a .pth/.safetensors/.npz file) or 'orbax' "
-                     '(a directory written by `python -m supersub_jax.convert`).')
-  variables, _ = load_orbax(path)
-  ckpt.check_tree(abstract_variables(model), variables, what=f'orbax checkpoint {ckpt.abs_path(path)}')
-  return variables
+  """``load_network`` without the head."""
+  return load_network(path, fmt, model, head=False)

@@ -30,7 +30,7 @@ def with_devices(n: int, **env) -> dict:
 
 
 def make_tiny_config(data_dir: str):
-  """tests/tiny_config.py: configs/synthetic.py shrunk to seconds."""
+  """tests/tiny_config.py: configs/synthetic_scratch.py shrunk to seconds."""
   import tiny_config  # pylint: disable=g-import-not-at-top
   return tiny_config.get_config(data_dir)
 
@@ -64,6 +64,17 @@ def tiny_data_dir(tmp_path_factory):
       from supersub_jax import recipe, stages  # pylint: disable=g-import-not-at-top
       config = make_tiny_config(str(folder))
       recipe.prepare_data(config, stages.make_hierarchy(config))
+      done()
+  return str(folder)
+
+
+@pytest.fixture(scope='session')
+def demo_data_dir(tmp_path_factory):
+  """A data_dir with the demo's synthetic dataset (configs/synthetic.py's knobs), built once for the whole run."""
+  with _once(tmp_path_factory, 'demo_data') as (folder, fill, done):
+    if fill:
+      from supersub_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+      synthetic.build_synthetic(str(folder))  # the defaults are the demo's
       done()
   return str(folder)
 

@@ -35,6 +35,8 @@ def test_config_is_complete(name):
   assert hierarchy.num_superclasses >= 2
   for stage in ('vanilla', 'superclass', 'specialists'):
     assert config[stage].num_train_steps > 0
+  if config.init.path and name.startswith('synthetic'):  # committed with the repository: it must be there
+    assert os.path.exists(config.init.path), config.init.path
 
 
 def test_imagenet_config_evaluates_on_validation_and_budgets_specialists_by_epochs():
@@ -52,3 +54,12 @@ def test_config_loads_from_another_working_directory(tmp_path, name):
   out = subprocess.run([sys.executable, '-c', code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
                        env={**os.environ, 'PYTHONPATH': ''})
   assert out.returncode == 0, out.stderr
+
+
+def test_the_demo_gives_the_flat_network_exactly_super_subs_steps(demo_data_dir):
+  config = _load('synthetic').get_config()
+  config.data_dir = demo_data_dir
+  steps = stages.pipeline_steps(config)
+  assert steps['vanilla'] == 0  # the generalist starts from config.init: the flat stage is the competitor
+  assert config.vanilla.num_train_steps == steps['total'] == steps['superclass'] + steps['specialists']
+  assert config.init.keep_head and config.init.path.endswith('.safetensors')

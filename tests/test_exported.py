@@ -325,7 +325,8 @@ def test_export_describes_its_cut_subclasses_and_the_kept_fraction_in_json():
   spec = out['spec']
   assert spec == {'version': ex.SPEC_VERSION, 'cut': 'stage2', 'num_subclasses': 3,
                   'delta': {'bits': 4, 'granularity': 'per_channel', 'pattern': dl.KERNELS_AND_NORM,
-                            'exclude': dl.EXCLUDE_HEAD, 'density': (18 + 4) / (72 + 4)}}
+                            'exclude': dl.EXCLUDE_HEAD, 'density': (18 + 4) / (72 + 4)},
+                  'dustbin': None}
   import json  # pylint: disable=g-import-not-at-top
   assert json.loads(json.dumps(spec)) == spec
   assert out['head']['kernel'].shape == (4, 3)

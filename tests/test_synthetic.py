@@ -71,6 +71,22 @@ def test_build_is_idempotent_and_configs_do_not_collide(tiny):
   assert len(paths) == 6
 
 
+def test_fingerprint_is_the_sha256_of_labels_and_pixels_in_order_and_follows_the_content(tiny, tmp_path):
+  import hashlib  # pylint: disable=g-import-not-at-top
+  images, labels, superclasses = read_all(tiny, 'train')
+  cfg = tiny.builder_config
+  expected = hashlib.sha256(f'{tiny.name}|{tiny.version}|{cfg.name}|train|'.encode())
+  for image, label, superclass in zip(images, labels, superclasses):
+    expected.update(np.array([label, superclass], np.int64).tobytes() + image.tobytes())
+  assert synthetic.fingerprint(tiny, 'train') == expected.hexdigest()
+  # Same content elsewhere: same fingerprint; the other split or another seed: another one.
+  again = synthetic.build_synthetic(tmp_path / 'again', seed=0, **TINY)
+  assert synthetic.fingerprint(again, 'train') == expected.hexdigest()
+  assert synthetic.fingerprint(tiny, 'test') != expected.hexdigest()
+  other = synthetic.build_synthetic(tmp_path / 'other', seed=1, **TINY)
+  assert synthetic.fingerprint(other, 'train') != expected.hexdigest()
+
+
 @settings(max_examples=10, deadline=None)
 @given(seed=st.integers(0, 2 ** 32 - 1), size=st.sampled_from([8, 16, 24]),
        sizes=st.lists(st.integers(1, 12), min_size=1, max_size=10))

@@ -1,4 +1,4 @@
-"""configs/synthetic.py shrunk to seconds, for tests: 3 superclasses of (3, 2, 2) subclasses, 16x16 images,
+"""configs/synthetic_scratch.py (the pipeline from random weights) shrunk to seconds, for tests: 3 superclasses of (3, 2, 2) subclasses, 16x16 images,
 resnet_tiny. A config file like the others, so that subprocess tests can run the real entry points with it:
 
   python train.py --config=tests/tiny_config.py:<data_dir> --workdir=...
@@ -11,7 +11,7 @@ import os
 def get_config(data_dir: str = './data'):
   spec = importlib.util.spec_from_file_location(  # configs/ by path, as config_flags loads it
       'synthetic_config', os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs',
-                                       'synthetic.py'))
+                                       'synthetic_scratch.py'))
   synthetic = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(synthetic)
   config = synthetic.get_config()
@@ -22,6 +22,7 @@ def get_config(data_dir: str = './data'):
   config.synthetic.test_per_class = 4
   config.image_size = 16
   config.model = 'resnet_tiny'
+  config.stages = ('vanilla', 'superclass', 'specialists')  # a test that wants a baseline stage adds it
   config.batch_size = 16
   config.eval_batch_size = 32
   config.vanilla.num_train_steps = 6
