@@ -4,7 +4,7 @@ both started from one converged flat network, as ImageNet users start from torch
 Command:
   XLA_FLAGS=--xla_force_host_platform_device_count=2 python train.py --config=configs/synthetic.py --workdir=runs/demo
   python evaluate.py --workdir=runs/demo
-Runtime: see README, "What `make demo` prints" (the 8-minute target, measured from a clean clone).
+Runtime: see README, "What the demo shows".
 Expected result: see README and docs/benchmarks.md, "Where the hierarchy pays" (this config is the converged regime
   of studies/regimes.py at its smallest extra budget, over seeds).
 
