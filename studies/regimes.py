@@ -9,9 +9,10 @@ Regimes:
 * ``converged`` (--converged_config, default configs/synthetic.py): the real path's shape. Both arms start from one
   converged flat network, ``config.init`` (the demo's committed network: its sidecar JSON records how long it
   trained and what doubling gained). An extra budget E (--extra: fractions of the base's own steps, or 'config':
-  the config's own budgets, the demo's) is spent either on the flat network (the workdir's vanilla stage continues it, ``init.keep_head``), or on
-  Super-Sub started from it: the generalist from its backbone for --generalist_share of E, the specialists the rest
-  (``specialists.num_epochs`` fitted to it). The vanilla stage trains exactly Super-Sub's total.
+  the config's own budgets, the demo's) is spent either on the flat network (the workdir's vanilla stage continues
+  it, ``init.keep_head``), or on Super-Sub started from it: the generalist from its backbone for --generalist_share
+  of E, the specialists the rest (``specialists.num_epochs`` fitted to it). The vanilla stage trains exactly
+  Super-Sub's total.
 * ``scratch`` (--scratch_config, default configs/synthetic_scratch.py): the pipeline from random weights, the vanilla
   network first; the ``vanilla_matched`` stage is the flat network trained for the whole pipeline's steps.
 
@@ -20,6 +21,7 @@ Every (regime, E, seed) runs in ``<workdir>/<regime>/E<E>/seed<s>/`` (``scratch`
 (``specialists.dustbin``). A finished report.json is reused, so a rerun resumes. For each (regime, E, dustbin, rule of
 ``config.evaluate.rules``): Super-Sub minus the flat network at equal compute, paired over seeds, mean and 95%
 Student-t interval. Writes <out>.json, <out>.md and <out>.png (top-1 against images seen, both regimes).
+--train=false summarises the finished runs only (a partial study: several invocations of other flags, one table).
 """
 
 import json
@@ -42,20 +44,28 @@ _GENERALIST = flags.DEFINE_float('generalist_share', 0.25, 'Converged regime: th
 _BASE_STEPS = flags.DEFINE_integer('base_steps', 0, 'The base network\'s steps (0: from its sidecar JSON).')
 _DUSTBIN = flags.DEFINE_list('dustbin', ['false', 'true'], 'Without and/or with dustbin specialists.')
 _OUT = flags.DEFINE_string('out', '', 'Output path prefix (.json, .md, .png); empty: print only.')
+_TRAIN = flags.DEFINE_bool('train', True, 'False: train nothing, summarise the runs already finished under --workdir '
+                           '(a partial study; the others are listed as missing).')
 config_flags.DEFINE_config_file('converged_config', 'configs/synthetic.py', 'The converged regime\'s config.',
                                 lock_config=False)
 config_flags.DEFINE_config_file('scratch_config', 'configs/synthetic_scratch.py', 'The scratch regime\'s config.',
                                 lock_config=False)
 
 
+def base_record(config) -> dict:
+  """The converged base network's sidecar JSON (its 'steps' overridden by --base_steps)."""
+  sidecar = os.path.splitext(os.path.expanduser(config.init.path))[0] + '.json'
+  record = json.load(open(sidecar)) if os.path.exists(sidecar) else {}
+  if _BASE_STEPS.value:
+    record['steps'] = _BASE_STEPS.value
+  if 'steps' not in record:
+    raise ValueError(f'{sidecar} does not exist: pass --base_steps, the steps {config.init.path} trained for.')
+  return record
+
+
 def base_steps(config) -> int:
   """The converged base network's own training steps: --base_steps, else its sidecar's 'steps'."""
-  if _BASE_STEPS.value:
-    return _BASE_STEPS.value
-  sidecar = os.path.splitext(os.path.expanduser(config.init.path))[0] + '.json'
-  if not os.path.exists(sidecar):
-    raise ValueError(f'{sidecar} does not exist: pass --base_steps, the steps {config.init.path} trained for.')
-  return int(json.load(open(sidecar))['steps'])
+  return int(base_record(config)['steps'])
 
 
 def converged(config, extra: float | None, seed: int) -> tuple[object, float]:
@@ -85,9 +95,10 @@ def scratch(config, seed: int):
   return config
 
 
-def run(config, workdir: str, reuse: tuple[str, ...] = (), source: str | None = None) -> dict:
+def run(config, workdir: str, reuse: tuple[str, ...] = (), source: str | None = None,
+        train: bool = True) -> dict | None:
   """Trains and evaluates one workdir (a finished report.json is reused); links ``reuse``'s stage directories
-  from ``source`` first."""
+  from ``source`` first. With ``train`` False, an unfinished workdir gives None and nothing runs."""
   from supersub_jax import config as config_lib, evaluation, recipe  # pylint: disable=g-import-not-at-top
   path = os.path.join(workdir, 'report.json')
   if os.path.exists(path):
@@ -98,6 +109,8 @@ def run(config, workdir: str, reuse: tuple[str, ...] = (), source: str | None = 
       raise ValueError(f'{workdir} holds a finished run of other settings ({"; ".join(changed[:5])}): rerun with the '
                        'flags it was made with, or use a fresh --workdir.')
     return json.load(open(path))
+  if not train:
+    return None
   os.makedirs(workdir, exist_ok=True)
   for stage in reuse:
     if not os.path.exists(os.path.join(workdir, stage)):
@@ -114,7 +127,10 @@ def flat_arm(report: dict) -> tuple[float, int]:
   return report['vanilla']['top1'], report['compute']['vanilla_steps']
 
 
-def row(regime: str, extra: float, seed: int, dustbin: bool, report: dict, base: int) -> dict:
+def row(regime: str, extra: float, seed: int, dustbin: bool, report: dict, base: int,
+        base_top1: float | None = None) -> dict:
+  """One run's numbers; 'start' is the flat network's point before the extra budget (images seen, top-1): the base
+  network in the converged regime, the vanilla stage in the scratch regime."""
   flat, flat_steps = flat_arm(report)
   steps = report['compute']['supersub_steps']['total']
   if flat_steps != steps:
@@ -122,8 +138,12 @@ def row(regime: str, extra: float, seed: int, dustbin: bool, report: dict, base:
                      f'{steps}: not equal compute.')
   batch = report['compute']['batch_size']
   seen = (base + steps) * batch  # images seen since a random start: the base network's, then the extra budget
+  if regime == 'scratch':
+    start = {'images_seen': report['compute']['vanilla_steps'] * batch, 'top1': report['vanilla']['top1']}
+  else:
+    start = {'images_seen': base * batch, 'top1': base_top1}
   return {'regime': regime, 'extra': extra, 'seed': seed, 'dustbin': dustbin, 'steps': steps, 'base_steps': base,
-          'images_seen': seen, 'flat': flat, 'generalist': report['superclass']['top1'],
+          'start': start, 'images_seen': seen, 'flat': flat, 'generalist': report['superclass']['top1'],
           'oracle': report['supersub']['oracle_top1'],
           'rules': {name: r['top1'] for name, r in report['rules'].items()},
           'images_per_s': {name: r.get('images_per_s') for name, r in report['rules'].items()}}
@@ -158,37 +178,57 @@ def table(summary: list[dict]) -> str:
 
 
 def plot(data: dict, path: str) -> None:
-  """Top-1 against images seen: the flat network and Super-Sub's best rule (mean over seeds), both regimes."""
+  """Per regime, against images seen (millions): top-1 of the flat network and of Super-Sub per rule (mean over
+  seeds; top row), and Super-Sub minus the flat network with its paired 95% interval (bottom row)."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   rows, summary = data['rows'], data['summary']
   regimes = sorted({r['regime'] for r in rows})
-  fig, axes = plt.subplots(1, len(regimes), figsize=(6 * len(regimes), 4.2), squeeze=False)
-  for ax, regime in zip(axes[0], regimes):
+  rules = sorted({s['rule'] for s in summary})
+  colors = {rule: plt.get_cmap('tab10')(i % 10) for i, rule in enumerate(rules)}
+  fig, axes = plt.subplots(2, len(regimes), figsize=(6.5 * len(regimes), 8), squeeze=False)
+  for column, regime in enumerate(regimes):
+    top, bottom = axes[0][column], axes[1][column]
+    seen_of = {}  # extra -> mean images seen (millions)
+    for r in rows:
+      if r['regime'] == regime:
+        seen_of.setdefault(r['extra'], []).append(r['images_seen'] / 1e6)
+    seen_of = {e: float(np.mean(v)) for e, v in seen_of.items()}
     mine = [r for r in rows if r['regime'] == regime and not r['dustbin']]
-    by_extra = {}
-    for r in mine:
-      by_extra.setdefault(r['extra'], []).append(r)
-    extras = sorted(by_extra)
-    seen = [np.mean([r['images_seen'] for r in by_extra[e]]) for e in extras]
-    flat = [np.mean([r['flat'] for r in by_extra[e]]) for e in extras]
-    ax.plot(seen, flat, 'o-', color='black', label='flat network')
-    for dustbin, style in ((False, '-'), (True, '--')):
-      for rule in sorted({s['rule'] for s in summary if s['regime'] == regime}):
-        points = [s for s in summary if s['regime'] == regime and s['rule'] == rule and s['dustbin'] == dustbin]
+    extras = sorted({r['extra'] for r in mine})
+    seen = [seen_of[e] for e in extras]
+    flat = [np.mean([r['flat'] for r in mine if r['extra'] == e]) for e in extras]
+    starts = [r['start'] for r in mine if r['start']['top1'] is not None]
+    if starts:  # where the flat network was before the extra budget: the curve's first point
+      seen = [np.mean([p['images_seen'] for p in starts]) / 1e6] + seen
+      flat = [np.mean([p['top1'] for p in starts])] + flat
+    top.plot(seen, flat, 'o-', color='black', label='flat network')
+    width = 0.004 * max(seen_of.values())
+    for dustbin, style, marker in ((False, '-', 'o'), (True, '--', 's')):
+      for i, rule in enumerate(rules):
+        points = sorted((s for s in summary if s['regime'] == regime and s['rule'] == rule and
+                         s['dustbin'] == dustbin), key=lambda s: s['extra'])
         if not points:
           continue
-        points.sort(key=lambda s: s['extra'])
-        xs = [np.mean([r['images_seen'] for r in by_extra[s['extra']]]) for s in points]
-        ax.plot(xs, [s['supersub'] for s in points], 'o' + style, alpha=0.8,
-                label=f"Super-Sub {rule}{' + dustbin' if dustbin else ''}")
-    ax.set_xlabel('images seen (base network + extra budget)' if regime == 'converged' else 'images seen')
-    ax.set_ylabel('top-1 (mean over seeds)')
-    ax.set_title(f'{regime} regime')
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6)
+        label = f"Super-Sub {rule}{' + dustbin' if dustbin else ''}"
+        xs = np.array([seen_of[s['extra']] for s in points])
+        top.plot(xs, [s['supersub'] for s in points], marker + style, color=colors[rule], alpha=0.8, label=label)
+        mean = np.array([100 * s['minus_flat'] for s in points])
+        spread = np.array([[100 * (s['minus_flat'] - s['low']) if s['seeds'] > 1 else 0.0 for s in points],
+                           [100 * (s['high'] - s['minus_flat']) if s['seeds'] > 1 else 0.0 for s in points]])
+        shift = (i - len(rules) / 2 + (0.5 if dustbin else 0.0)) * width  # side by side at one budget
+        bottom.errorbar(xs + shift, mean, yerr=spread, fmt=marker, linestyle=style, color=colors[rule],
+                        capsize=3, alpha=0.8, label=label)
+    bottom.axhline(0.0, color='black', linewidth=0.8)
+    for ax in (top, bottom):
+      ax.set_xlabel('images seen, millions' + (' (base network + extra budget)' if regime == 'converged' else ''))
+      ax.grid(alpha=0.3)
+      ax.legend(fontsize=6)
+    top.set_ylabel('top-1 (mean over seeds)')
+    top.set_title(f'{regime} regime')
+    bottom.set_ylabel('Super-Sub - flat (points, paired 95% interval)')
   fig.tight_layout()
   report_lib.save_figure(fig, path, dpi=120)
 
@@ -199,37 +239,44 @@ def main(argv):
   from supersub_jax import recipe  # pylint: disable=g-import-not-at-top
   seeds = [int(s) for s in _SEEDS.value]
   dustbins = [d.lower() == 'true' for d in _DUSTBIN.value]
-  runs = []  # (regime, extra, seed, config, base steps)
+  runs = []  # (regime, extra, seed, config, base steps, base top-1)
   for regime in _REGIMES.value:
     if regime == 'converged':
-      base = base_steps(flags.FLAGS.converged_config)
+      record = base_record(flags.FLAGS.converged_config)
+      base, base_top1 = int(record['steps']), record.get('test_top1')
       for extra in (None if e == 'config' else float(e) for e in _EXTRA.value):
         for s in seeds:
           config, fraction = converged(flags.FLAGS.converged_config, extra, s)
-          runs.append((regime, fraction, s, config, base))
+          runs.append((regime, fraction, s, config, base, base_top1))
     elif regime == 'scratch':
-      runs += [(regime, 1.0, s, scratch(flags.FLAGS.scratch_config, s), 0) for s in seeds]
+      runs += [(regime, 1.0, s, scratch(flags.FLAGS.scratch_config, s), 0, None) for s in seeds]
     else:
       raise ValueError(f'--regimes: unknown {regime!r}; use converged and/or scratch.')
-  for *_, config, _ in runs:
+  for *_, config, _, _ in runs:
     recipe.validate(config)  # every run's config before the first one trains
   rows = []
-  for regime, extra, seed, config, base in runs:
+  for regime, extra, seed, config, base, base_top1 in runs:
     workdir = os.path.join(os.path.abspath(_WORKDIR.value), regime, f'E{extra:g}', f'seed{seed}')
     for dustbin in dustbins:
       if dustbin:
         variant = config.copy_and_resolve_references()
         variant.specialists.dustbin = True
         reuse = ('vanilla', 'superclass') + (('vanilla_matched',) if 'vanilla_matched' in config.stages else ())
-        report = run(variant, workdir + '_dustbin', reuse, workdir)
+        report = run(variant, workdir + '_dustbin', reuse, workdir, _TRAIN.value)
       else:
-        report = run(config, workdir)
-      rows.append(row(regime, extra, seed, dustbin, report, base))
+        report = run(config, workdir, train=_TRAIN.value)
+      if report is None:
+        print(f"{regime} E={extra:g} seed {seed}{' dustbin' if dustbin else ''}: missing (not finished; "
+              '--train=false)', flush=True)
+        continue
+      rows.append(row(regime, extra, seed, dustbin, report, base, base_top1))
       print(f"{regime} E={extra:g} seed {seed}{' dustbin' if dustbin else ''}: flat {rows[-1]['flat']:.4f}, "
             + ', '.join(f'{k} {v:.4f}' for k, v in rows[-1]['rules'].items()), flush=True)
       summary = summarise(rows)
       if _OUT.value:
         report_lib.write_results(_OUT.value, {'rows': rows, 'summary': summary}, table(summary))
+  if not rows:
+    raise SystemExit(f'no finished run under {_WORKDIR.value}: run without --train=false first.')
   summary = summarise(rows)
   print(table(summary))
   if _OUT.value:
