@@ -30,11 +30,5 @@ def get_config():
   config.specialists.num_epochs = 10.0   # 3600 images of the largest superclass: 290 steps; 600 images: 50
   config.specialists.learning_rate = 0.05
   config.specialists.mask_update_every = 5
-  # From the storage frontier (docs/benchmarks.md, "BatchNorm deltas kept whole"): sparse int4 kernels with the
-  # BatchNorm affine deltas whole were at least as accurate as density 0.1 int8 kernels at seeds 0 and 1, at half
-  # the bytes (alpha 0.026 against 0.050).
-  config.specialists.density = 0.05
-  config.specialists.bits = 4
-  config.specialists.leaves = 'kernels_and_norm'
-  config.specialists.dense_leaves = delta.NORM
+  config.specialists.update(delta.FRONTIER)  # sparse int4 kernels, BatchNorm deltas whole: alpha 0.026
   return config

@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from supersub_jax import config as config_lib
+from supersub_jax import delta
 from supersub_jax import models, stages
 from supersub_jax.data import sources
 
@@ -45,6 +47,16 @@ def test_imagenet_config_evaluates_on_validation_and_budgets_specialists_by_epoc
   assert config.specialists.num_epochs > 0
   assert not config.superclass.init_from_vanilla  # the generalist starts from config.init, as the vanilla network
   assert config.stem == 'imagenet' and config.init.format == 'torchvision'
+
+
+@pytest.mark.parametrize('name', ['synthetic', 'synthetic_scratch'])
+def test_synthetic_configs_train_the_frontiers_deltas_over_default_fields(name):
+  defaults = config_lib.default_config().specialists
+  assert set(delta.FRONTIER) <= set(defaults.keys())  # update() would add a stray key silently
+  specialists = _load(name).get_config().specialists
+  assert {k: specialists[k] for k in delta.FRONTIER} == {'density': 0.05, 'bits': 4, 'leaves': 'kernels_and_norm',
+                                                          'dense_leaves': r'(scale|bias)$'}
+  assert isinstance(specialists.density, float) and isinstance(specialists.bits, int)
 
 
 @pytest.mark.parametrize('name', CONFIGS)
