@@ -144,6 +144,10 @@ def row(regime: str, extra: float, seed: int, dustbin: bool, report: dict, base:
     start = {'images_seen': base * batch, 'top1': base_top1}
   return {'regime': regime, 'extra': extra, 'seed': seed, 'dustbin': dustbin, 'steps': steps, 'base_steps': base,
           'start': start, 'images_seen': seen, 'flat': flat, 'generalist': report['superclass']['top1'],
+          # the flat network's summed subclass probabilities as a router (the continued network's; the scratch
+          # regime's compute-matched one is not measured by evaluation.py)
+          'flat_superclass': None if report.get('baselines', {}).get('vanilla_matched')
+                             else report['vanilla'].get('superclass_top1'),
           'oracle': report['supersub']['oracle_top1'],
           'rules': {name: r['top1'] for name, r in report['rules'].items()},
           'images_per_s': {name: r.get('images_per_s') for name, r in report['rules'].items()}}
@@ -174,6 +178,27 @@ def table(summary: list[dict]) -> str:
     lines.append(f"| {s['regime']} | {s['extra']:g} | {s['steps']:,} | {'yes' if s['dustbin'] else 'no'} | "
                  f"{s['rule']} | {s['flat']:.4f} | {s['supersub']:.4f} | {100 * s['minus_flat']:+.2f} | {interval} | "
                  f"{s['seeds']} |")
+  return '\n'.join(lines)
+
+
+def tables(rows: list[dict], summary: list[dict]) -> str:
+  return (table(summary) + '\n\nPer run (held-out top-1; the flat network\'s superclass top-1 sums its subclass '
+          'probabilities; the rules\' flat router is another network, the base (converged) or the vanilla stage '
+          '(scratch)):\n\n' + seed_table(rows))
+
+
+def seed_table(rows: list[dict]) -> str:
+  """One line per run: both arms' top-1, the routers' superclass top-1 and oracle routing beside every rule."""
+  rules = list(dict.fromkeys(rule for r in rows for rule in r['rules']))
+  lines = ['| regime | extra E | seed | dustbin | flat top-1 | flat: superclass top-1 (summed) | '
+           'generalist: superclass top-1 | oracle routing | ' + ' | '.join(rules) + ' |',
+           '|---' * (8 + len(rules)) + '|']
+  def cell(value):
+    return '-' if value is None else f'{value:.4f}'
+  for r in rows:
+    lines.append(f"| {r['regime']} | {r['extra']:g} | {r['seed']} | {'yes' if r['dustbin'] else 'no'} | "
+                 f"{cell(r['flat'])} | {cell(r.get('flat_superclass'))} | {cell(r['generalist'])} | "
+                 f"{cell(r['oracle'])} | " + ' | '.join(cell(r['rules'].get(rule)) for rule in rules) + ' |')
   return '\n'.join(lines)
 
 
@@ -274,13 +299,13 @@ def main(argv):
             + ', '.join(f'{k} {v:.4f}' for k, v in rows[-1]['rules'].items()), flush=True)
       summary = summarise(rows)
       if _OUT.value:
-        report_lib.write_results(_OUT.value, {'rows': rows, 'summary': summary}, table(summary))
+        report_lib.write_results(_OUT.value, {'rows': rows, 'summary': summary}, tables(rows, summary))
   if not rows:
     raise SystemExit(f'no finished run under {_WORKDIR.value}: run without --train=false first.')
   summary = summarise(rows)
   print(table(summary))
   if _OUT.value:
-    report_lib.write_results(_OUT.value, {'rows': rows, 'summary': summary}, table(summary), plot)
+    report_lib.write_results(_OUT.value, {'rows': rows, 'summary': summary}, tables(rows, summary), plot)
 
 
 if __name__ == '__main__':
