@@ -104,6 +104,16 @@ def _real(local: jax.Array, num_subclasses: int) -> jax.Array:
   return local[..., :num_subclasses]
 
 
+def within_superclass(logits: jax.Array, superclass: jax.Array, label_to_superclass: jax.Array) -> jax.Array:
+  """A flat network with oracle routing: its most likely subclass among those of the given superclass.
+
+  logits float32[B, M] (any monotone score), superclass int32[B], label_to_superclass int32[M] -> labels int32[B].
+  The reference for Super-Sub's oracle routing: what the specialists add over the flat network once the superclass
+  is known."""
+  inside = label_to_superclass[None, :] == superclass[:, None]
+  return jnp.argmax(jnp.where(inside, logits, -jnp.inf), axis=-1).astype(jnp.int32)
+
+
 def hard(routes: jax.Array, local: jax.Array, local_to_label: jax.Array) -> jax.Array:
   """The paper's rule. routes int32[B, >= 1] (column 0 decides), local float32[B, >= 1, S + d] (row 0: that route's
   specialist), local_to_label int32[N, S] (-1 on padding) -> global labels int32[B]."""

@@ -39,10 +39,11 @@ def collect_predictions(config, workdir: str, hierarchy, vanilla, state, general
                         head_only: bank_lib.SuperSub | None = None,
                         rules: Sequence[decide.Rule] = (),
                         flat_router: stages.Network | None = None) -> dict[str, np.ndarray]:
-  """Labels and predictions of every image of config.eval_split, as int arrays [M] (padding dropped); with
-  ``vanilla_matched``, its predictions too, with ``head_only``, Super-Sub's with the head-only specialists, and
-  for each of ``rules``, Super-Sub's under that decision rule (key 'rule:<rule.key>'), routed by ``flat_router``
-  where the rule's router needs a flat network."""
+  """Labels and predictions of every image of config.eval_split, as int arrays [M] (padding dropped), the flat
+  network's within the true superclass too ('vanilla_oracle', ``decide.within_superclass``); with
+  ``vanilla_matched``, its predictions too (and 'vanilla_matched_oracle'), with ``head_only``, Super-Sub's with the
+  head-only specialists, and for each of ``rules``, Super-Sub's under that decision rule (key 'rule:<rule.key>'),
+  routed by ``flat_router`` where the rule's router needs a flat network."""
   if flat_router is None and any(rule.router != 'generalist' for rule in rules):
     raise ValueError(f'decision rules {[r.key for r in rules if r.router != "generalist"]} route by a flat network, '
                      'and this pipeline has none (the generalist starts neither from the vanilla network nor from '
@@ -54,9 +55,10 @@ def collect_predictions(config, workdir: str, hierarchy, vanilla, state, general
                                 process_index=0, process_count=1, local_device_count=1)
   vanilla_apply = measure.eval_apply(vanilla.model)
   vanilla_vars = {'params': vanilla.params, 'batch_stats': vanilla.batch_stats}
-  keys = ('subclass', 'superclass', 'vanilla', 'generalist', 'supersub', 'oracle', 'top2', 'second')
+  keys = ('subclass', 'superclass', 'vanilla', 'vanilla_oracle', 'generalist', 'supersub', 'oracle', 'top2', 'second')
+  l2s = jnp.asarray(hierarchy.label_to_superclass, jnp.int32)
   if vanilla_matched is not None:
-    keys += ('vanilla_matched',)
+    keys += ('vanilla_matched', 'vanilla_matched_oracle')
     matched_apply = measure.eval_apply(vanilla_matched.model)
     matched_vars = {'params': vanilla_matched.params, 'batch_stats': vanilla_matched.batch_stats}
   if head_only is not None:
@@ -73,15 +75,20 @@ def collect_predictions(config, workdir: str, hierarchy, vanilla, state, general
                                       **paths)
     top2 = inference.predict_top2(state, images, generalist_model=generalist_model,
                                   specialist_model=specialist_model, threshold=threshold, **paths)
+    vanilla_logits = vanilla_apply(vanilla_vars, images)
     rows = {
         'subclass': batch['subclass'].reshape(-1), 'superclass': superclass,
-        'vanilla': np.argmax(np.asarray(vanilla_apply(vanilla_vars, images)), -1),
+        'vanilla': np.argmax(np.asarray(vanilla_logits), -1),
+        'vanilla_oracle': np.asarray(decide.within_superclass(vanilla_logits, jnp.asarray(superclass), l2s)),
         'generalist': np.asarray(top1['superclass']), 'supersub': np.asarray(top1['label']),
         'oracle': np.asarray(oracle['label']), 'top2': np.asarray(top2['label']),
         'second': np.asarray(top2['second']),
     }
     if vanilla_matched is not None:
-      rows['vanilla_matched'] = np.argmax(np.asarray(matched_apply(matched_vars, images)), -1)
+      matched_logits = matched_apply(matched_vars, images)
+      rows['vanilla_matched'] = np.argmax(np.asarray(matched_logits), -1)
+      rows['vanilla_matched_oracle'] = np.asarray(decide.within_superclass(matched_logits, jnp.asarray(superclass),
+                                                                           l2s))
     if head_only is not None:
       rows['head_only'] = np.asarray(inference.predict(head_only, images, generalist_model=generalist_model,
                                                        specialist_model=specialist_model,

@@ -10,10 +10,13 @@ key                                    meaning
 ``supersub.top1``                      Super-Sub top-1: generalist routes, the routed specialist classifies; a wrong
                                        superclass counts as an error
 ``supersub.oracle_top1``               Super-Sub with the true superclass given (the specialists' own accuracy)
+``vanilla.oracle_top1``                the flat network with the true superclass given (its argmax among that
+                                       superclass's subclasses): the reference for ``supersub.oracle_top1``
 ``supersub.top2_top1``                 Super-Sub with top-2 routing (uncertain images also run the second specialist)
 ``supersub.branch``                    the specialists' cut (their specs): layers before it are the generalist's, run once
 ``baselines.vanilla_matched.top1``     with the ``vanilla_matched`` stage: the flat network trained for Super-Sub's whole
-                                       budget (``compute.supersub_steps.total`` steps); ``.supersub_minus`` the gap
+                                       budget (``compute.supersub_steps.total`` steps); ``.supersub_minus`` the gap;
+                                       ``.oracle_top1`` as ``vanilla.oracle_top1``
 ``baselines.head_only.top1``           with the ``head_only`` stage: Super-Sub with specialists that train a head on
                                        the generalist's features (no delta); ``.supersub_minus`` what deltas add
 ``compute.supersub_steps.total``       optimizer steps behind Super-Sub's predictions (``stages.pipeline_steps``)
@@ -119,7 +122,8 @@ def build(p: Mapping[str, np.ndarray], hierarchy, *, dataset: str, split: str, s
     p: int arrays [M] of one held-out split (``evaluation.collect_predictions``): 'subclass', 'superclass' (truth),
       'vanilla', 'generalist' (its superclass), 'supersub', 'oracle', 'top2' (labels), 'second' (bool: the image
       ran a second specialist), the optional baselines 'vanilla_matched' and 'head_only', and 'rule:<key>' for
-      each decision rule (``decide.Rule.key``).
+      each decision rule (``decide.Rule.key``); optionally 'vanilla_oracle' and 'vanilla_matched_oracle' (the flat
+      networks' labels within the true superclass).
     hierarchy: the ``hierarchy.Hierarchy`` of the labels.
     storage, compute: report.json's 'storage' and 'compute' (``evaluation.storage``, ``stages.pipeline_steps``).
     top2_threshold: the top-2 rule's threshold; cut: the specialists' cut; matched_steps: the steps the
@@ -164,6 +168,10 @@ def build(p: Mapping[str, np.ndarray], hierarchy, *, dataset: str, split: str, s
         row[f'{name}_top1'] = accuracy(p[name][sel], truth[sel])
   if 'vanilla_matched' in p:
     report['baselines']['vanilla_matched']['steps'] = int(matched_steps)
+  for name, where in (('vanilla', report['vanilla']), ('vanilla_matched', report.get('baselines', {}).get(
+      'vanilla_matched'))):
+    if f'{name}_oracle' in p and where is not None:
+      where['oracle_top1'] = accuracy(p[f'{name}_oracle'], truth)
   report['rules'] = {}
   for name, routes in (rules or {}).items():
     top1 = accuracy(p[f'rule:{name}'], truth)
@@ -397,6 +405,8 @@ def summary_rows(report: Mapping) -> list[tuple[str, str]]:
       ('generalist superclass top-1', f"{r['superclass']['top1']:.4f}"),
       ('Super-Sub top-1 (routed by the generalist)', f"{r['supersub']['top1']:.4f}"),
       ('Super-Sub top-1, oracle routing', f"{r['supersub']['oracle_top1']:.4f}"),
+      *([('vanilla top-1, oracle routing (its best subclass of the true superclass)',
+          f"{r['vanilla']['oracle_top1']:.4f}")] if 'oracle_top1' in r['vanilla'] else []),
       (f"Super-Sub top-1, top-2 routing (p<{r['supersub'].get('top2_threshold', 0):.2f}: "
        f"{r['supersub'].get('top2_second_fraction', 0):.1%} of images run 2 specialists)",
        f"{r['supersub']['top2_top1']:.4f}"),

@@ -52,6 +52,21 @@ def test_flat_router_sums_subclass_probabilities_over_each_superclass():
     decide.router_probs('flat', gen_logits, None, L2S, 3)
 
 
+def test_within_superclass_is_the_flat_argmax_among_the_true_superclass_subclasses():
+  logits = jnp.asarray([[0.1, 0.9, 0.3, 5.0, 0.2, 0.0, 0.4],    # best overall 3 (superclass 1); within 0: 1
+                        [0.1, 0.9, 0.3, 5.0, 0.2, 0.0, 0.4],    # within 2: 6
+                        [-9.0, -8.0, -7.0, -1.0, -2.0, -3.0, -4.0]])  # within 1: 3, the overall best
+  out = decide.within_superclass(logits, jnp.asarray([0, 2, 1]), L2S)
+  np.testing.assert_array_equal(out, [1, 6, 3])
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(50, 7)).astype(np.float32)
+  superclass = rng.integers(0, 3, 50)
+  reference = [max((j for j in range(7) if H.label_to_superclass[j] == s), key=lambda j: row[j])
+               for row, s in zip(logits, superclass)]
+  np.testing.assert_array_equal(decide.within_superclass(jnp.asarray(logits), jnp.asarray(superclass), L2S),
+                                reference)
+
+
 @settings(max_examples=20, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), dustbin=st.booleans())
 def test_soft_equals_hard_when_the_router_is_one_hot(seed, dustbin):

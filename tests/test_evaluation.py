@@ -78,12 +78,14 @@ def test_report_gives_every_decision_rule_its_top1_cost_and_gaps(evaluated):
   assert '## Decision rules' in md and '| product:2/mean |' in md
 
 
-def test_supersub_top1_is_bounded_by_routing(evaluated):
+def test_top1_is_bounded_by_oracle_routing_for_supersub_and_the_flat_network(evaluated):
   _, _, _, report = evaluated
   # An image counts for Super-Sub only if the generalist routed it right: top-1 <= routing accuracy.
   assert report['supersub']['top1'] <= report['superclass']['top1'] + 1e-9
   assert report['supersub']['top1'] <= report['supersub']['oracle_top1'] + 1e-9
   assert 0 <= report['supersub']['top2_second_fraction'] <= 1
+  # A right flat answer lies in the true superclass: knowing the superclass cannot lose it.
+  assert report['vanilla']['top1'] <= report['vanilla']['oracle_top1'] + 1e-9
 
 
 def test_evaluate_py_reads_the_stored_config_and_warns_about_overrides(evaluated):

@@ -157,13 +157,15 @@ def test_build_computes_every_accuracy_from_the_predictions():
        'vanilla': np.asarray([0, 0, 2, 1]),  # errors: 1 -> 0 (within), 2 -> 1 (across)
        'generalist': np.asarray([0, 0, 1, 0]), 'supersub': np.asarray([0, 1, 2, 0]),
        'oracle': np.asarray([0, 1, 2, 2]), 'top2': np.asarray([0, 1, 2, 2]), 'second': np.asarray([0, 0, 0, 1]),
-       'vanilla_matched': np.asarray([0, 1, 2, 1])}
+       'vanilla_matched': np.asarray([0, 1, 2, 1]),
+       'vanilla_oracle': np.asarray([0, 0, 2, 2]), 'vanilla_matched_oracle': np.asarray([0, 1, 2, 2])}
   r = report.build(p, h, dataset='synthetic', split='test', storage={}, compute={}, top2_threshold=0.8, cut='stem',
                    matched_steps=7)
   assert r['vanilla']['top1'] == 0.5 and r['vanilla']['superclass_top1'] == 0.75
   assert r['superclass']['top1'] == 0.75 and r['supersub']['top1'] == 0.75 and r['supersub']['oracle_top1'] == 1.0
   assert r['supersub']['top2_second_fraction'] == 0.25 and r['supersub']['top1_minus_vanilla'] == 0.25
   assert r['errors']['within_superclass'] == 1 and r['errors']['across_superclass'] == 1
-  assert r['baselines']['vanilla_matched'] == {'top1': 0.75, 'supersub_minus': 0.0, 'steps': 7}
+  assert r['vanilla']['oracle_top1'] == 0.75  # the flat network within the true superclass: 3 of 4
+  assert r['baselines']['vanilla_matched'] == {'top1': 0.75, 'supersub_minus': 0.0, 'steps': 7, 'oracle_top1': 1.0}
   assert [row['vanilla_top1'] for row in r['per_superclass']] == [0.5, 0.5]
   assert [row['routing_top1'] for row in r['per_superclass']] == [1.0, 0.5]
