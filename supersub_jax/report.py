@@ -172,6 +172,9 @@ def build(p: Mapping[str, np.ndarray], hierarchy, *, dataset: str, split: str, s
       'vanilla_matched'))):
     if f'{name}_oracle' in p and where is not None:
       where['oracle_top1'] = accuracy(p[f'{name}_oracle'], truth)
+      for k, row in enumerate(per_superclass):
+        sel = p['superclass'] == k
+        row[f'{name}_oracle_top1'] = accuracy(p[f'{name}_oracle'][sel], truth[sel])
   report['rules'] = {}
   for name, routes in (rules or {}).items():
     top1 = accuracy(p[f'rule:{name}'], truth)
@@ -207,6 +210,8 @@ def write_plots(p: Mapping[str, np.ndarray], hierarchy, report: Mapping, workdir
   if 'vanilla_matched_top1' in rows[0]:
     series['vanilla, compute-matched'] = [r['vanilla_matched_top1'] for r in rows]
   series['Super-Sub (routed)'] = [r['supersub_top1'] for r in rows]
+  if 'vanilla_oracle_top1' in rows[0]:  # the reference for the specialists' own accuracy
+    series['vanilla (oracle routing)'] = [r['vanilla_oracle_top1'] for r in rows]
   series['specialist (oracle routing)'] = [r['oracle_top1'] for r in rows]
   plot_per_superclass(names, series, [r['test_count'] for r in rows], os.path.join(workdir, PLOTS[2]))
   return list(PLOTS)
@@ -447,7 +452,8 @@ def render_markdown(report: Mapping) -> str:
   lines += [f'| {a} | {b} |' for a, b in summary_rows(report)]
   per = report.get('per_superclass')
   if per:
-    optional = [(key, label) for key, label in (('vanilla_matched_top1', 'compute-matched vanilla'),
+    optional = [(key, label) for key, label in (('vanilla_oracle_top1', 'vanilla (oracle)'),
+                                                ('vanilla_matched_top1', 'compute-matched vanilla'),
                                                 ('head_only_top1', 'head-only Super-Sub')) if key in per[0]]
     lines += ['', '## Per superclass (subclass top-1 on the superclass\'s held-out images)', '',
               '| # | superclass | subclasses | vanilla | ' + ''.join(f'{label} | ' for _, label in optional)

@@ -166,6 +166,7 @@ def test_build_computes_every_accuracy_from_the_predictions():
   assert r['supersub']['top2_second_fraction'] == 0.25 and r['supersub']['top1_minus_vanilla'] == 0.25
   assert r['errors']['within_superclass'] == 1 and r['errors']['across_superclass'] == 1
   assert r['vanilla']['oracle_top1'] == 0.75  # the flat network within the true superclass: 3 of 4
+  assert [row['vanilla_oracle_top1'] for row in r['per_superclass']] == [0.5, 1.0]
   assert r['baselines']['vanilla_matched'] == {'top1': 0.75, 'supersub_minus': 0.0, 'steps': 7, 'oracle_top1': 1.0}
   assert [row['vanilla_top1'] for row in r['per_superclass']] == [0.5, 0.5]
   assert [row['routing_top1'] for row in r['per_superclass']] == [1.0, 0.5]
