@@ -183,10 +183,36 @@ def table(summary: list[dict]) -> str:
   return '\n'.join(lines)
 
 
+def wide_table(summary: list[dict]) -> str:
+  """One line per (regime, E, dustbin), one column per rule: Super-Sub minus flat in points [95% interval]."""
+  rules = list(dict.fromkeys(s['rule'] for s in summary))
+  groups = {}
+  for s in summary:
+    groups.setdefault((s['regime'], s['extra'], s['dustbin']), {})[s['rule']] = s
+  lines = ['| regime | extra steps | dustbin | seeds | flat top-1 | ' + ' | '.join(rules) + ' |',
+           '|---' * (5 + len(rules)) + '|']
+  for (regime, _, dustbin), by_rule in groups.items():
+    first = next(iter(by_rule.values()))
+    cells = []
+    for rule in rules:
+      s = by_rule.get(rule)
+      if s is None:
+        cells.append('-')
+      elif s['seeds'] > 1:
+        cells.append(f"{100 * s['minus_flat']:+.2f} [{100 * s['low']:+.2f}, {100 * s['high']:+.2f}]")
+      else:
+        cells.append(f"{100 * s['minus_flat']:+.2f} (one seed)")
+    lines.append(f"| {regime} | {first['steps']:,} | {'yes' if dustbin else 'no'} | {first['seeds']} | "
+                 f"{first['flat']:.4f} | " + ' | '.join(cells) + ' |')
+  return '\n'.join(lines)
+
+
 def tables(rows: list[dict], summary: list[dict]) -> str:
-  return (table(summary) + '\n\nPer run (held-out top-1; the flat network\'s superclass top-1 sums its subclass '
-          'probabilities; the rules\' flat router is another network, the base (converged) or the vanilla stage '
-          '(scratch)):\n\n' + seed_table(rows))
+  return ('Super-Sub minus the flat network at equal compute, points, paired 95% Student-t interval over seeds:\n\n'
+          + wide_table(summary) + '\n\nThe same, one line per rule:\n\n' + table(summary)
+          + '\n\nPer run (held-out top-1; the flat network\'s superclass top-1 sums its subclass probabilities; '
+          'oracle routing: the true superclass given; the rules\' flat router is another network, the base '
+          '(converged) or the vanilla stage (scratch)):\n\n' + seed_table(rows))
 
 
 def seed_table(rows: list[dict]) -> str:
