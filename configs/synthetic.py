@@ -28,8 +28,8 @@ from supersub_jax import delta
 
 PRETRAINED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'supersub_jax', 'resources',
                           'pretrained', 'synthetic_resnet_small.safetensors')
-FINETUNE_LR = 0.02  # the flat network's and the generalist's peak: the best of 0.005/0.02/0.05 for the flat network
-                    # (docs/benchmarks.md, "Where the hierarchy pays")
+FINETUNE_LR = 0.02  # the flat network's and the generalist's peak when they continue the pretrained network (no
+                    # sweep of it is recorded: an open question for the next study)
 
 
 def get_config():

@@ -276,6 +276,7 @@ def plot(data: dict, path: str) -> None:
         bottom.errorbar(xs + shift, mean, yerr=spread, fmt=marker, linestyle=style, color=colors[rule],
                         capsize=3, alpha=0.8, label=label)
     bottom.axhline(0.0, color='black', linewidth=0.8)
+    bottom.set_xlim(top.get_xlim())  # one x scale per regime: the gaps sit under their top-1 points
     for ax in (top, bottom):
       ax.set_xlabel('images seen, millions' + (' (base network + extra budget)' if regime == 'converged' else ''))
       ax.grid(alpha=0.3)
