@@ -130,7 +130,8 @@ def flat_arm(report: dict) -> tuple[float, int]:
 def row(regime: str, extra: float, seed: int, dustbin: bool, report: dict, base: int,
         base_top1: float | None = None) -> dict:
   """One run's numbers; 'start' is the flat network's point before the extra budget (images seen, top-1): the base
-  network in the converged regime, the vanilla stage in the scratch regime."""
+  network in the converged regime, the vanilla stage in the scratch regime (the flat recipe at 1,200 steps: another
+  run than the 2,450-step flat network, so the plot's scratch curve joins two budgets, not one run's trajectory)."""
   flat, flat_steps = flat_arm(report)
   steps = report['compute']['supersub_steps']['total']
   if flat_steps != steps:
