@@ -95,12 +95,12 @@ def main(argv):
                                       train_per_class=s.train_per_class, test_per_class=s.test_per_class,
                                       seed=s.seed, sizes=tuple(s.sizes))
   import jax  # pylint: disable=g-import-not-at-top
+  config_file = config_flags.get_config_filename(flags.FLAGS['config'])
   record = {
-      'what': f'the flat network (one output per subclass) of the vanilla stage of '
-              f'{config_flags.get_config_filename(flags.FLAGS["config"])}, trained from random weights on the '
-              'synthetic training split: the demo\'s config.init',
+      'what': f'the flat network (one output per subclass) of the vanilla stage of {config_file}, trained from '
+              'random weights on the synthetic training split: the demo\'s config.init',
       'command': ' '.join(['python', 'scripts/make_pretrained.py'] + sys.argv[1:]),
-      'config': config_flags.get_config_filename(flags.FLAGS['config']), 'steps': int(config.vanilla.num_train_steps), 'seed': int(config.seed),
+      'config': config_file, 'steps': int(config.vanilla.num_train_steps), 'seed': int(config.seed),
       'batch_size': int(config.batch_size), 'devices': jax.device_count(), 'test_top1': top1,
       'ladder': ladder, 'converged': converged, 'min_gain': _GAIN.value,
       'dataset': {'builder': builder.name, 'version': str(builder.version), 'config': builder.builder_config.name,

@@ -69,9 +69,10 @@ def collect_predictions(config, workdir: str, hierarchy, vanilla, state, general
     keep = batch['mask'].reshape(-1) > 0
     images = jnp.asarray(batch['image'].reshape((-1,) + batch['image'].shape[2:]))
     superclass = batch['superclass'].reshape(-1)
+    superclass_dev = jnp.asarray(superclass)
     top1 = inference.predict(state, images, generalist_model=generalist_model, specialist_model=specialist_model,
                              **paths)
-    oracle = inference.predict_oracle(state, images, jnp.asarray(superclass), specialist_model=specialist_model,
+    oracle = inference.predict_oracle(state, images, superclass_dev, specialist_model=specialist_model,
                                       **paths)
     top2 = inference.predict_top2(state, images, generalist_model=generalist_model,
                                   specialist_model=specialist_model, threshold=threshold, **paths)
@@ -79,7 +80,7 @@ def collect_predictions(config, workdir: str, hierarchy, vanilla, state, general
     rows = {
         'subclass': batch['subclass'].reshape(-1), 'superclass': superclass,
         'vanilla': np.argmax(np.asarray(vanilla_logits), -1),
-        'vanilla_oracle': np.asarray(decide.within_superclass(vanilla_logits, jnp.asarray(superclass), l2s)),
+        'vanilla_oracle': np.asarray(decide.within_superclass(vanilla_logits, superclass_dev, l2s)),
         'generalist': np.asarray(top1['superclass']), 'supersub': np.asarray(top1['label']),
         'oracle': np.asarray(oracle['label']), 'top2': np.asarray(top2['label']),
         'second': np.asarray(top2['second']),
@@ -87,8 +88,7 @@ def collect_predictions(config, workdir: str, hierarchy, vanilla, state, general
     if vanilla_matched is not None:
       matched_logits = matched_apply(matched_vars, images)
       rows['vanilla_matched'] = np.argmax(np.asarray(matched_logits), -1)
-      rows['vanilla_matched_oracle'] = np.asarray(decide.within_superclass(matched_logits, jnp.asarray(superclass),
-                                                                           l2s))
+      rows['vanilla_matched_oracle'] = np.asarray(decide.within_superclass(matched_logits, superclass_dev, l2s))
     if head_only is not None:
       rows['head_only'] = np.asarray(inference.predict(head_only, images, generalist_model=generalist_model,
                                                        specialist_model=specialist_model,

@@ -132,6 +132,7 @@ def build(p: Mapping[str, np.ndarray], hierarchy, *, dataset: str, split: str, s
   """
   l2s = np.asarray(hierarchy.label_to_superclass)
   truth = p['subclass']
+  n = hierarchy.num_superclasses
   per_superclass = []
   for k, sup in enumerate(hierarchy.superclasses):
     sel = p['superclass'] == k
@@ -163,18 +164,16 @@ def build(p: Mapping[str, np.ndarray], hierarchy, *, dataset: str, split: str, s
     if name in p:
       top1 = accuracy(p[name], truth)
       report.setdefault('baselines', {})[name] = {'top1': top1, 'supersub_minus': supersub - top1}
-      for k, row in enumerate(per_superclass):
-        sel = p['superclass'] == k
-        row[f'{name}_top1'] = accuracy(p[name][sel], truth[sel])
+      for row, top1 in zip(per_superclass, per_superclass_accuracy(p[name], truth, p['superclass'], n)):
+        row[f'{name}_top1'] = top1
   if 'vanilla_matched' in p:
     report['baselines']['vanilla_matched']['steps'] = int(matched_steps)
   for name, where in (('vanilla', report['vanilla']), ('vanilla_matched', report.get('baselines', {}).get(
       'vanilla_matched'))):
     if f'{name}_oracle' in p and where is not None:
       where['oracle_top1'] = accuracy(p[f'{name}_oracle'], truth)
-      for k, row in enumerate(per_superclass):
-        sel = p['superclass'] == k
-        row[f'{name}_oracle_top1'] = accuracy(p[f'{name}_oracle'][sel], truth[sel])
+      for row, top1 in zip(per_superclass, per_superclass_accuracy(p[f'{name}_oracle'], truth, p['superclass'], n)):
+        row[f'{name}_oracle_top1'] = top1
   report['rules'] = {}
   for name, routes in (rules or {}).items():
     top1 = accuracy(p[f'rule:{name}'], truth)
