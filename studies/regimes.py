@@ -20,7 +20,8 @@ Every (regime, E, seed) runs in ``<workdir>/<regime>/E<E>/seed<s>/`` (``scratch`
 ``.../seed<s>_dustbin/`` reuses that run's flat network and generalist (linked) and trains dustbin specialists
 (``specialists.dustbin``). A finished report.json is reused, so a rerun resumes. For each (regime, E, dustbin, rule of
 ``config.evaluate.rules``): Super-Sub minus the flat network at equal compute, paired over seeds, mean and 95%
-Student-t interval. Writes <out>.json, <out>.md and <out>.png (top-1 against images seen, both regimes).
+Student-t interval; and the bound on every rule, the specialists minus the flat network both given the true
+superclass (oracle routing). Writes <out>.json, <out>.md and <out>.png (top-1 against images seen, both regimes).
 --train=false summarises the finished runs only (a partial study: several invocations of other flags, one table).
 """
 
@@ -173,6 +174,45 @@ def summarise(rows: list[dict]) -> list[dict]:
   return out
 
 
+def oracle_summary(rows: list[dict]) -> list[dict]:
+  """Per (regime, extra, dustbin): Super-Sub's specialists minus the flat network, both given the true superclass
+  (oracle routing), paired over the seeds whose reports have the flat network's oracle top-1. It bounds every rule:
+  a rule can only make up routing's losses, so where this is not above 0 no rule puts Super-Sub ahead."""
+  groups = {}
+  for r in rows:
+    if r.get('flat_oracle') is not None:
+      groups.setdefault((r['regime'], r['extra'], r['dustbin']), []).append(r)
+  out = []
+  for (regime, extra, dustbin), rs in sorted(groups.items()):
+    diffs = [r['oracle'] - r['flat_oracle'] for r in rs]
+    mean, low, high = report_lib.mean_interval(diffs)
+    out.append({'regime': regime, 'extra': extra, 'dustbin': dustbin, 'steps': rs[0]['steps'],
+                'seeds': [r['seed'] for r in rs], 'flat_oracle': sum(r['flat_oracle'] for r in rs) / len(rs),
+                'oracle': sum(r['oracle'] for r in rs) / len(rs), 'minus_flat': mean, 'low': low, 'high': high,
+                'per_seed': diffs})
+  return out
+
+
+def oracle_table(summary: list[dict]) -> str:
+  lines = ['| regime | extra steps | dustbin | seeds | flat, oracle routing | Super-Sub, oracle routing | '
+           'specialists - flat, superclass given (points) |', '|---' * 7 + '|']
+  for s in summary:
+    interval = (f" [{100 * s['low']:+.2f}, {100 * s['high']:+.2f}]" if len(s['seeds']) > 1 else ' (one seed)')
+    lines.append(f"| {s['regime']} | {s['steps']:,} | {'yes' if s['dustbin'] else 'no'} | "
+                 f"{','.join(map(str, s['seeds']))} | {s['flat_oracle']:.4f} | {s['oracle']:.4f} | "
+                 f"{100 * s['minus_flat']:+.2f}{interval} |")
+  return '\n'.join(lines)
+
+
+def share_flat_oracle(rows: list[dict]) -> None:
+  """A dustbin run links its sibling's flat network, so both rows have that network's oracle top-1; a report written
+  before the key existed takes it from its sibling's (in place)."""
+  known = {(r['regime'], r['extra'], r['seed']): r['flat_oracle'] for r in rows if r.get('flat_oracle') is not None}
+  for r in rows:
+    if r.get('flat_oracle') is None:
+      r['flat_oracle'] = known.get((r['regime'], r['extra'], r['seed']))
+
+
 def table(summary: list[dict]) -> str:
   lines = ['| regime | extra E | steps | dustbin | rule | flat top-1 | Super-Sub top-1 | Super-Sub - flat (points) | '
            '95% interval | seeds |', '|---|---|---|---|---|---|---|---|---|---|']
@@ -211,6 +251,8 @@ def wide_table(summary: list[dict]) -> str:
 def tables(rows: list[dict], summary: list[dict]) -> str:
   return ('Super-Sub minus the flat network at equal compute, points, paired 95% Student-t interval over seeds:\n\n'
           + wide_table(summary) + '\n\nThe same, one line per rule:\n\n' + table(summary)
+          + '\n\nWith the true superclass given (oracle routing), the bound on every rule; seeds whose reports '
+          'have the flat network\'s oracle top-1:\n\n' + oracle_table(oracle_summary(rows))
           + '\n\nPer run (held-out top-1; the flat network\'s superclass top-1 sums its subclass probabilities; '
           'oracle routing: the true superclass given; the rules\' flat router is another network, the base '
           '(converged) or the vanilla stage (scratch)):\n\n' + seed_table(rows))
@@ -333,10 +375,13 @@ def main(argv):
         report_lib.write_results(_OUT.value, {'rows': rows, 'summary': summary}, tables(rows, summary))
   if not rows:
     raise SystemExit(f'no finished run under {_WORKDIR.value}: run without --train=false first.')
+  share_flat_oracle(rows)
   summary = summarise(rows)
   print(table(summary))
+  print(oracle_table(oracle_summary(rows)))
   if _OUT.value:
-    report_lib.write_results(_OUT.value, {'rows': rows, 'summary': summary}, tables(rows, summary), plot)
+    report_lib.write_results(_OUT.value, {'rows': rows, 'summary': summary, 'oracle': oracle_summary(rows)},
+                             tables(rows, summary), plot)
 
 
 if __name__ == '__main__':
