@@ -204,13 +204,13 @@ def oracle_table(summary: list[dict]) -> str:
   return '\n'.join(lines)
 
 
-def share_flat_oracle(rows: list[dict]) -> None:
-  """A dustbin run links its sibling's flat network, so both rows have that network's oracle top-1; a report written
-  before the key existed takes it from its sibling's (in place)."""
+def shared_flat_oracle(rows: list[dict]) -> list[dict]:
+  """The rows, copied, where a row without the flat network's oracle top-1 takes its sibling's: a dustbin run links
+  its sibling's flat network, so both rows have that network's number, but a report written before the key existed
+  lacks it. Never across seeds, E or regimes."""
   known = {(r['regime'], r['extra'], r['seed']): r['flat_oracle'] for r in rows if r.get('flat_oracle') is not None}
-  for r in rows:
-    if r.get('flat_oracle') is None:
-      r['flat_oracle'] = known.get((r['regime'], r['extra'], r['seed']))
+  return [r if r.get('flat_oracle') is not None
+          else {**r, 'flat_oracle': known.get((r['regime'], r['extra'], r['seed']))} for r in rows]
 
 
 def table(summary: list[dict]) -> str:
@@ -248,11 +248,11 @@ def wide_table(summary: list[dict]) -> str:
   return '\n'.join(lines)
 
 
-def tables(rows: list[dict], summary: list[dict]) -> str:
+def tables(rows: list[dict], summary: list[dict], oracle: list[dict]) -> str:
   return ('Super-Sub minus the flat network at equal compute, points, paired 95% Student-t interval over seeds:\n\n'
           + wide_table(summary) + '\n\nThe same, one line per rule:\n\n' + table(summary)
           + '\n\nWith the true superclass given (oracle routing), the bound on every rule; seeds whose reports '
-          'have the flat network\'s oracle top-1:\n\n' + oracle_table(oracle_summary(rows))
+          'have the flat network\'s oracle top-1:\n\n' + oracle_table(oracle)
           + '\n\nPer run (held-out top-1; the flat network\'s superclass top-1 sums its subclass probabilities; '
           'oracle routing: the true superclass given; the rules\' flat router is another network, the base '
           '(converged) or the vanilla stage (scratch)):\n\n' + seed_table(rows))
@@ -370,18 +370,22 @@ def main(argv):
       rows.append(row(regime, extra, seed, dustbin, report, base, base_top1))
       print(f"{regime} E={extra:g} seed {seed}{' dustbin' if dustbin else ''}: flat {rows[-1]['flat']:.4f}, "
             + ', '.join(f'{k} {v:.4f}' for k, v in rows[-1]['rules'].items()), flush=True)
-      summary = summarise(rows)
-      if _OUT.value:
-        report_lib.write_results(_OUT.value, {'rows': rows, 'summary': summary}, tables(rows, summary))
+      if _OUT.value:  # after every run, so a stopped study still leaves its tables so far
+        write_outputs(rows)
   if not rows:
     raise SystemExit(f'no finished run under {_WORKDIR.value}: run without --train=false first.')
-  share_flat_oracle(rows)
-  summary = summarise(rows)
+  summary, oracle = write_outputs(rows, with_plot=True) if _OUT.value else (summarise(rows), oracle_summary(rows))
   print(table(summary))
-  print(oracle_table(oracle_summary(rows)))
-  if _OUT.value:
-    report_lib.write_results(_OUT.value, {'rows': rows, 'summary': summary, 'oracle': oracle_summary(rows)},
-                             tables(rows, summary), plot)
+  print(oracle_table(oracle))
+
+
+def write_outputs(rows: list[dict], with_plot: bool = False) -> tuple[list[dict], list[dict]]:
+  """Writes --out's JSON and markdown (and the plot) for the runs so far; returns (summary, oracle summary)."""
+  rows = shared_flat_oracle(rows)
+  summary, oracle = summarise(rows), oracle_summary(rows)
+  report_lib.write_results(_OUT.value, {'rows': rows, 'summary': summary, 'oracle': oracle},
+                           tables(rows, summary, oracle), plot if with_plot else None)
+  return summary, oracle
 
 
 if __name__ == '__main__':

@@ -57,12 +57,14 @@ def test_oracle_summary_is_specialists_minus_flat_given_the_superclass_over_the_
   assert '+0.33 [' in regimes.oracle_table([only])
 
 
-def test_share_flat_oracle_gives_a_dustbin_run_its_siblings_flat_network_and_nothing_across_seeds():
+def test_shared_flat_oracle_gives_a_dustbin_run_its_siblings_flat_network_and_nothing_across_seeds():
   rows = _rows()
   rows = [r for r in rows if not (r['seed'] == 2 and not r['dustbin'])]  # seed 2's sibling has not finished
-  regimes.share_flat_oracle(rows)
-  dustbin = {r['seed']: r['flat_oracle'] for r in rows if r['dustbin']}
+  shared = regimes.shared_flat_oracle(rows)
+  dustbin = {r['seed']: r['flat_oracle'] for r in shared if r['dustbin']}
   assert dustbin == {0: 0.94, 1: 0.965, 2: None}
+  assert all(r['flat_oracle'] is None for r in rows if r['dustbin'])  # a copy: the study's rows are left as read
+  rows = shared
   with_dustbin = [s for s in regimes.oracle_summary(rows) if s['dustbin']]
   np.testing.assert_allclose(with_dustbin[0]['per_seed'], [0.0, -0.015], atol=1e-12)
 
