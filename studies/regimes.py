@@ -374,15 +374,23 @@ def main(argv):
         write_outputs(rows)
   if not rows:
     raise SystemExit(f'no finished run under {_WORKDIR.value}: run without --train=false first.')
-  summary, oracle = write_outputs(rows, with_plot=True) if _OUT.value else (summarise(rows), oracle_summary(rows))
+  if _OUT.value:
+    summary, oracle = write_outputs(rows, with_plot=True)
+  else:
+    _, summary, oracle = summaries(rows)
   print(table(summary))
   print(oracle_table(oracle))
 
 
+def summaries(rows: list[dict]) -> tuple[list[dict], list[dict], list[dict]]:
+  """(rows with the flat oracle shared, summarise's rows, oracle_summary's rows) for the runs so far."""
+  rows = shared_flat_oracle(rows)
+  return rows, summarise(rows), oracle_summary(rows)
+
+
 def write_outputs(rows: list[dict], with_plot: bool = False) -> tuple[list[dict], list[dict]]:
   """Writes --out's JSON and markdown (and the plot) for the runs so far; returns (summary, oracle summary)."""
-  rows = shared_flat_oracle(rows)
-  summary, oracle = summarise(rows), oracle_summary(rows)
+  rows, summary, oracle = summaries(rows)
   report_lib.write_results(_OUT.value, {'rows': rows, 'summary': summary, 'oracle': oracle},
                            tables(rows, summary, oracle), plot if with_plot else None)
   return summary, oracle
