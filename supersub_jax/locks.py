@@ -182,6 +182,11 @@ def hold_workdir(workdir: str, *, program: str, writes: str, create: bool = True
       folder = os.path.dirname(folder)
     try:
       os.makedirs(workdir)
+    except FileExistsError as e:
+      # Another process of the same multi-process run made it between the check and here: it is not ours to remove.
+      if not os.path.isdir(workdir):
+        raise _not_writable(workdir, e, program, writes) from e
+      created = []
     except OSError as e:
       raise _not_writable(workdir, e, program, writes) from e
   with _hold(os.path.join(workdir, LOCK_FILE), program=program, what=workdir, writes=writes, created=tuple(created),

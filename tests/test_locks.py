@@ -59,6 +59,20 @@ def test_a_start_that_fails_under_the_lock_removes_the_folders_it_made(tmp_path)
   assert os.listdir(workdir) == ['config.json']  # what the run wrote stays, the lock goes
 
 
+def test_a_workdir_made_by_another_process_meanwhile_is_used_and_left_in_place(tmp_path, monkeypatch):
+  workdir = tmp_path / 'w'
+  real_makedirs = os.makedirs
+
+  def other_process_first(path, *args, **kwargs):  # the other process of a multi-process run wins the race
+    real_makedirs(path)
+    raise FileExistsError(17, 'File exists', path)
+
+  monkeypatch.setattr(locks.os, 'makedirs', other_process_first)
+  with locks.hold_workdir(str(workdir), program='train.py', writes='checkpoints'):
+    assert workdir.is_dir()
+  assert workdir.is_dir()  # not ours to remove, even though the block wrote nothing
+
+
 def test_a_reader_of_a_missing_workdir_creates_nothing(tmp_path):
   with pytest.raises(FileNotFoundError, match='does not exist'):
     with locks.hold_workdir(str(tmp_path / 'nope'), program='evaluate.py', writes='reports', create=False):
