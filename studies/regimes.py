@@ -33,6 +33,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from studies import common
 from supersub_jax import report as report_lib
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Parent of the per-run workdirs.', required=True)
@@ -70,91 +71,8 @@ def base_steps(config) -> int:
 
 
 def converged(config, extra: float | None, seed: int) -> tuple[object, float]:
-  """(config, E as a fraction of the base's steps) of the converged regime at an extra budget of ``extra`` x the
-  base's steps; ``extra`` None keeps the config's own generalist steps and specialist epochs."""
-  from supersub_jax import stages  # pylint: disable=g-import-not-at-top
-  config = config.copy_and_resolve_references()
-  if not (config.init.path and config.init.keep_head and not config.superclass.init_from_vanilla):
-    raise ValueError('the converged regime continues config.init: give it init.path, init.keep_head=True and '
-                     'superclass.init_from_vanilla=False (as configs/synthetic.py does).')
-  config.seed = seed
-  config.stages = ('vanilla', 'superclass', 'specialists')
-  hierarchy = stages.make_hierarchy(config)
-  if extra is not None:
-    budget = round(extra * base_steps(config))
-    config.superclass.num_train_steps = max(1, round(_GENERALIST.value * budget))
-    config.specialists.num_epochs = stages.specialist_epochs_for(config, hierarchy,
-                                                                 budget - config.superclass.num_train_steps)
-  config.vanilla.num_train_steps = stages.pipeline_steps(config, hierarchy)['total']  # equal compute, exactly
-  return config, round(config.vanilla.num_train_steps / base_steps(config), 4)
-
-
-def scratch(config, seed: int):
-  config = config.copy_and_resolve_references()
-  config.seed = seed
-  config.stages = ('vanilla', 'superclass', 'specialists', 'vanilla_matched')
-  return config
-
-
-def run(config, workdir: str, reuse: tuple[str, ...] = (), source: str | None = None,
-        train: bool = True) -> dict | None:
-  """Trains and evaluates one workdir (a finished report.json is reused); links ``reuse``'s stage directories
-  from ``source`` first. With ``train`` False, an unfinished workdir gives None and nothing runs."""
-  from supersub_jax import config as config_lib, evaluation, recipe  # pylint: disable=g-import-not-at-top
-  path = os.path.join(workdir, 'report.json')
-  if os.path.exists(path):
-    # Another base network (init.path, harmless to a checkpoint's resume) is another run here.
-    changed = [d for d in config_lib.differences(config_lib.read(workdir), config)
-               if d.startswith('init.path:') or not d.split(':', 1)[0].startswith(config_lib.HARMLESS)]
-    if changed:
-      raise ValueError(f'{workdir} holds a finished run of other settings ({"; ".join(changed[:5])}): rerun with the '
-                       'flags it was made with, or use a fresh --workdir.')
-    return json.load(open(path))
-  if not train:
-    return None
-  os.makedirs(workdir, exist_ok=True)
-  for stage in reuse:
-    if not os.path.exists(os.path.join(workdir, stage)):
-      os.symlink(os.path.join(source, stage), os.path.join(workdir, stage))
-  recipe.run(config, workdir)
-  return evaluation.run(config, workdir)
-
-
-def flat_arm(report: dict) -> tuple[float, int]:
-  """(top-1, steps) of the flat network given Super-Sub's compute in ``report``."""
-  matched = report.get('baselines', {}).get('vanilla_matched')
-  if matched:
-    return matched['top1'], matched['steps']
-  return report['vanilla']['top1'], report['compute']['vanilla_steps']
-
-
-def row(regime: str, extra: float, seed: int, dustbin: bool, report: dict, base: int,
-        base_top1: float | None = None) -> dict:
-  """One run's numbers; 'start' is the flat network's point before the extra budget (images seen, top-1): the base
-  network in the converged regime, the vanilla stage in the scratch regime (the flat recipe at 1,200 steps: another
-  run than the 2,450-step flat network, so the plot's scratch curve joins two budgets, not one run's trajectory)."""
-  flat, flat_steps = flat_arm(report)
-  steps = report['compute']['supersub_steps']['total']
-  if flat_steps != steps:
-    raise ValueError(f'{regime} E={extra} seed {seed}: the flat network trained {flat_steps} steps, Super-Sub '
-                     f'{steps}: not equal compute.')
-  batch = report['compute']['batch_size']
-  seen = (base + steps) * batch  # images seen since a random start: the base network's, then the extra budget
-  if regime == 'scratch':
-    start = {'images_seen': report['compute']['vanilla_steps'] * batch, 'top1': report['vanilla']['top1']}
-  else:
-    start = {'images_seen': base * batch, 'top1': base_top1}
-  return {'regime': regime, 'extra': extra, 'seed': seed, 'dustbin': dustbin, 'steps': steps, 'base_steps': base,
-          'start': start, 'images_seen': seen, 'flat': flat, 'generalist': report['superclass']['top1'],
-          # the flat network's summed subclass probabilities as a router (the continued network's; the scratch
-          # regime's compute-matched one is not measured by evaluation.py)
-          'flat_superclass': None if report.get('baselines', {}).get('vanilla_matched')
-                             else report['vanilla'].get('superclass_top1'),
-          # the flat arm with the true superclass given: the reference for oracle routing (reports since 2026-12-03)
-          'flat_oracle': (report.get('baselines', {}).get('vanilla_matched') or report['vanilla']).get('oracle_top1'),
-          'oracle': report['supersub']['oracle_top1'],
-          'rules': {name: r['top1'] for name, r in report['rules'].items()},
-          'images_per_s': {name: r.get('images_per_s') for name, r in report['rules'].items()}}
+  """common.converged with this study's --generalist_share and the base's steps."""
+  return common.converged(config, extra, seed, base_steps=base_steps(config), generalist_share=_GENERALIST.value)
 
 
 def summarise(rows: list[dict]) -> list[dict]:
@@ -347,7 +265,7 @@ def main(argv):
           config, fraction = converged(flags.FLAGS.converged_config, extra, s)
           runs.append((regime, fraction, s, config, base, base_top1))
     elif regime == 'scratch':
-      runs += [(regime, 1.0, s, scratch(flags.FLAGS.scratch_config, s), 0, None) for s in seeds]
+      runs += [(regime, 1.0, s, common.scratch(flags.FLAGS.scratch_config, s), 0, None) for s in seeds]
     else:
       raise ValueError(f'--regimes: unknown {regime!r}; use converged and/or scratch.')
   for *_, config, _, _ in runs:
@@ -360,14 +278,14 @@ def main(argv):
         variant = config.copy_and_resolve_references()
         variant.specialists.dustbin = True
         reuse = ('vanilla', 'superclass') + (('vanilla_matched',) if 'vanilla_matched' in config.stages else ())
-        report = run(variant, workdir + '_dustbin', reuse, workdir, _TRAIN.value)
+        report = common.run(variant, workdir + '_dustbin', reuse, workdir, _TRAIN.value)
       else:
-        report = run(config, workdir, train=_TRAIN.value)
+        report = common.run(config, workdir, train=_TRAIN.value)
       if report is None:
         print(f"{regime} E={extra:g} seed {seed}{' dustbin' if dustbin else ''}: missing (not finished; "
               '--train=false)', flush=True)
         continue
-      rows.append(row(regime, extra, seed, dustbin, report, base, base_top1))
+      rows.append(common.row(regime, extra, seed, dustbin, report, base, base_top1))
       print(f"{regime} E={extra:g} seed {seed}{' dustbin' if dustbin else ''}: flat {rows[-1]['flat']:.4f}, "
             + ', '.join(f'{k} {v:.4f}' for k, v in rows[-1]['rules'].items()), flush=True)
       if _OUT.value:  # after every run, so a stopped study still leaves its tables so far

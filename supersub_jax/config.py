@@ -65,7 +65,12 @@ def default_config() -> ml_collections.ConfigDict:
   config.eval_split = 'test'            # held-out split of every stage's evaluation and of evaluate.py
                                         # ('validation' for imagenet2012, which has no labelled test split)
   config.synthetic = ml_collections.ConfigDict(dict(
-      image_size=32, train_per_class=300, test_per_class=100, seed=0, sizes=hierarchy_lib.DEFAULT_SYNTHETIC_SIZES))
+      image_size=32, train_per_class=300, validation_per_class=100, test_per_class=100, seed=0,
+      sizes=hierarchy_lib.DEFAULT_SYNTHETIC_SIZES,
+      specificity=0,                    # 0: every subclass a texture grating (the same kind of cue in every
+                                        # superclass); m >= 1: superclass s's subclass is cue kind s % m of ten, so
+                                        # m = 10 gives each superclass features only it uses (data/render.py)
+  ))
   config.image_size = 32
   config.augment = 'crop_flip'          # 'crop_flip' | 'random_resized_crop' | 'none'
   config.worker_count = 0               # grain worker processes per host

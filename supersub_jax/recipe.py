@@ -194,8 +194,13 @@ def validate(config: ml_collections.ConfigDict, *, training: bool = True) -> Non
   _number(problems, 'width', config.width, low=0, low_open=True, high=64, fix='a width multiplier, 1.0 by default')
   _number(problems, 'worker_count', config.worker_count, low=0, integer=True, fix='0 reads in this process')
   if config.dataset == 'synthetic':
-    for field in ('image_size', 'train_per_class', 'test_per_class'):
+    for field in ('image_size', 'train_per_class', 'validation_per_class', 'test_per_class'):
       _number(problems, f'synthetic.{field}', config.synthetic[field], low=1, integer=True)
+    from supersub_jax.data import cues  # pylint: disable=g-import-not-at-top
+    try:
+      cues.validate_specificity(tuple(config.synthetic.sizes), config.synthetic.specificity)
+    except (TypeError, ValueError) as e:
+      problems.append(f'synthetic.{e}')
   if config.distributed.enabled and config.distributed.coordinator_address:
     _number(problems, 'distributed.num_processes', config.distributed.num_processes, low=1, integer=True)
     _number(problems, 'distributed.process_id', config.distributed.process_id, low=0,

@@ -51,9 +51,8 @@ def make_hierarchy(config) -> hierarchy_lib.Hierarchy:
 
 def dataset_kwargs(config) -> dict:
   if config.dataset == 'synthetic':
-    s = config.synthetic
-    return dict(image_size=s.image_size, train_per_class=s.train_per_class, test_per_class=s.test_per_class,
-                seed=s.seed, sizes=tuple(s.sizes))
+    from supersub_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+    return {k: tuple(config.synthetic[k]) if k == 'sizes' else config.synthetic[k] for k in synthetic.KNOBS}
   return {}
 
 

@@ -79,7 +79,10 @@ def main() -> None:
                       'tars; cifar100: optional cifar-100-binary.tar.gz).')
   flags.DEFINE_integer('image_size', None, 'synthetic only')
   flags.DEFINE_integer('train_per_class', None, 'synthetic only')
+  flags.DEFINE_integer('validation_per_class', None, 'synthetic only')
   flags.DEFINE_integer('test_per_class', None, 'synthetic only')
+  flags.DEFINE_integer('specificity', None, 'synthetic only: 0 (every subclass a texture grating) or m >= 1 '
+                       '(superclass s takes its subclass from cue kind s % m of ten)')
   flags.DEFINE_integer('seed', None, 'synthetic only')
   flags.DEFINE_list('sizes', None, 'synthetic only: subclasses per superclass, e.g. 12,6,4,3')
   flags.DEFINE_string('grid', None, 'synthetic only: write a PNG grid of test samples here.')
@@ -88,8 +91,7 @@ def main() -> None:
     if len(argv) > 1:
       raise ValueError(f'Unexpected arguments: {argv[1:]}')
     f = flags.FLAGS
-    knobs = {k: f[k].value for k in ('image_size', 'train_per_class', 'test_per_class', 'seed')
-             if f[k].value is not None}
+    knobs = {k: f[k].value for k in synthetic.KNOBS if k != 'sizes' and f[k].value is not None}
     if f.sizes:
       knobs['sizes'] = tuple(int(x) for x in f.sizes)
     if f.grid and f.dataset != 'synthetic':

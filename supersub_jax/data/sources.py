@@ -51,7 +51,7 @@ class DataCorruptError(ValueError):
 def prepare_command(dataset: str, data_dir: str | os.PathLike,
                     manual_dir: str | os.PathLike | None = None, **synthetic_knobs) -> str:
   """The shell command that prepares `dataset` in `data_dir` (quoted in error messages); `synthetic_knobs`
-  (image_size, train_per_class, test_per_class, seed, sizes) name one synthetic dataset among several."""
+  (synthetic.KNOBS) name one synthetic dataset among several."""
   command = (f'python -m supersub_jax.data.prepare --dataset={dataset} '
              f'--data_dir={os.fspath(data_dir)}')
   if dataset == 'imagenet2012':
@@ -70,9 +70,7 @@ def _rebuild_advice(builder: tfds.core.DatasetBuilder, data_dir: str | os.PathLi
   already there, so its folder goes first."""
   knobs = {}
   if builder.name == synthetic.SupersubSynthetic.name:
-    cfg = builder.builder_config
-    knobs = dict(image_size=cfg.image_size, train_per_class=cfg.train_per_class,
-                 test_per_class=cfg.test_per_class, seed=cfg.seed, sizes=tuple(cfg.sizes))
+    knobs = synthetic.knobs_of(builder)
   dataset = 'synthetic' if knobs else builder.name
   return (f'delete {builder.data_dir}, then run: '
           f'{prepare_command(dataset, data_dir, manual_dir, **knobs)}')

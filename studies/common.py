@@ -1,0 +1,273 @@
+"""What the studies share: one converged-regime run (config, train and evaluate, its row), and their statistics.
+
+No flags here: each study (``python -m studies.<name>``) defines its own and passes the values in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+
+def converged(config, extra: float | None, seed: int, *, base_steps: int,
+              generalist_share: float = 0.25) -> tuple[object, float]:
+  """(config, E as a fraction of the base's steps) of the converged regime at an extra budget of ``extra`` x the
+  base's ``base_steps``: the generalist gets ``generalist_share`` of it, the specialists the rest; ``extra`` None
+  keeps the config's own generalist steps and specialist epochs. The flat network (the vanilla stage, continuing
+  ``config.init``) gets exactly Super-Sub's total steps."""
+  from supersub_jax import stages  # pylint: disable=g-import-not-at-top
+  config = config.copy_and_resolve_references()
+  if not (config.init.path and config.init.keep_head and not config.superclass.init_from_vanilla):
+    raise ValueError('the converged regime continues config.init: give it init.path, init.keep_head=True and '
+                     'superclass.init_from_vanilla=False (as configs/synthetic.py does).')
+  config.seed = seed
+  config.stages = ('vanilla', 'superclass', 'specialists')
+  hierarchy = stages.make_hierarchy(config)
+  if extra is not None:
+    budget = round(extra * base_steps)
+    config.superclass.num_train_steps = max(1, round(generalist_share * budget))
+    config.specialists.num_epochs = stages.specialist_epochs_for(config, hierarchy,
+                                                                 budget - config.superclass.num_train_steps)
+  config.vanilla.num_train_steps = stages.pipeline_steps(config, hierarchy)['total']  # equal compute, exactly
+  return config, round(config.vanilla.num_train_steps / base_steps, 4)
+
+
+def scratch(config, seed: int):
+  config = config.copy_and_resolve_references()
+  config.seed = seed
+  config.stages = ('vanilla', 'superclass', 'specialists', 'vanilla_matched')
+  return config
+
+
+def run(config, workdir: str, reuse: tuple[str, ...] = (), source: str | None = None,
+        train: bool = True) -> dict | None:
+  """Trains and evaluates one workdir (a finished report.json is reused); links ``reuse``'s stage directories
+  from ``source`` first. With ``train`` False, an unfinished workdir gives None and nothing runs."""
+  from supersub_jax import config as config_lib, evaluation, recipe  # pylint: disable=g-import-not-at-top
+  path = os.path.join(workdir, 'report.json')
+  if os.path.exists(path):
+    # Another base network (init.path, harmless to a checkpoint's resume) is another run here.
+    changed = [d for d in config_lib.differences(config_lib.read(workdir), config)
+               if d.startswith('init.path:') or not d.split(':', 1)[0].startswith(config_lib.HARMLESS)]
+    if changed:
+      raise ValueError(f'{workdir} holds a finished run of other settings ({"; ".join(changed[:5])}): rerun with the '
+                       'flags it was made with, or use a fresh --workdir.')
+    return json.load(open(path))
+  if not train:
+    return None
+  os.makedirs(workdir, exist_ok=True)
+  for stage in reuse:
+    if not os.path.exists(os.path.join(workdir, stage)):
+      os.symlink(os.path.join(source, stage), os.path.join(workdir, stage))
+  recipe.run(config, workdir)
+  return evaluation.run(config, workdir)
+
+
+def flat_arm(report: dict) -> tuple[float, int]:
+  """(top-1, steps) of the flat network given Super-Sub's compute in ``report``."""
+  matched = report.get('baselines', {}).get('vanilla_matched')
+  if matched:
+    return matched['top1'], matched['steps']
+  return report['vanilla']['top1'], report['compute']['vanilla_steps']
+
+
+def row(regime: str, extra: float, seed: int, dustbin: bool, report: dict, base: int,
+        base_top1: float | None = None) -> dict:
+  """One run's numbers; 'start' is the flat network's point before the extra budget (images seen, top-1): the base
+  network in the converged regime, the vanilla stage in the scratch regime (the flat recipe at 1,200 steps: another
+  run than the 2,450-step flat network, so the plot's scratch curve joins two budgets, not one run's trajectory)."""
+  flat, flat_steps = flat_arm(report)
+  steps = report['compute']['supersub_steps']['total']
+  if flat_steps != steps:
+    raise ValueError(f'{regime} E={extra} seed {seed}: the flat network trained {flat_steps} steps, Super-Sub '
+                     f'{steps}: not equal compute.')
+  batch = report['compute']['batch_size']
+  seen = (base + steps) * batch  # images seen since a random start: the base network's, then the extra budget
+  if regime == 'scratch':
+    start = {'images_seen': report['compute']['vanilla_steps'] * batch, 'top1': report['vanilla']['top1']}
+  else:
+    start = {'images_seen': base * batch, 'top1': base_top1}
+  return {'regime': regime, 'extra': extra, 'seed': seed, 'dustbin': dustbin, 'steps': steps, 'base_steps': base,
+          'start': start, 'images_seen': seen, 'flat': flat, 'generalist': report['superclass']['top1'],
+          # the flat network's summed subclass probabilities as a router (the continued network's; the scratch
+          # regime's compute-matched one is not measured by evaluation.py)
+          'flat_superclass': None if report.get('baselines', {}).get('vanilla_matched')
+                             else report['vanilla'].get('superclass_top1'),
+          # the flat arm with the true superclass given: the reference for oracle routing (reports since 2026-12-03)
+          'flat_oracle': (report.get('baselines', {}).get('vanilla_matched') or report['vanilla']).get('oracle_top1'),
+          'oracle': report['supersub']['oracle_top1'],
+          'rules': {name: r['top1'] for name, r in report['rules'].items()},
+          'images_per_s': {name: r.get('images_per_s') for name, r in report['rules'].items()}}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Statistics
+
+
+def mean_interval(values, confidence: float = 0.95) -> tuple[float, float, float]:
+  """(mean, low, high): the Student-t interval for the mean of ``values`` (paired differences); NaN bounds for fewer
+  than two values."""
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  v = np.asarray(values, float)
+  mean = float(v.mean())
+  if v.size < 2:
+    return mean, float('nan'), float('nan')
+  half = float(stats.t.ppf(0.5 + confidence / 2, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size))
+  return mean, mean - half, mean + half
+
+
+def interaction(m: np.ndarray, width: np.ndarray, gap: np.ndarray, confidence: float = 0.95) -> dict:
+  """Least squares gap ~ b0 + b_m m' + b_w w' + b_mw m' w', with m' the specificity and w' the log2 width, each
+  scaled to [0, 1] over the values present (a 2 x 2 grid: indicator coding). Returns every coefficient as (estimate,
+  low, high) with Student-t intervals on the residual degrees of freedom (NaN bounds when there are none), and 'dof'.
+  One model of all runs: the interaction is tested once, not read off separate intervals."""
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+
+  def scaled(x):
+    x = np.asarray(x, float)
+    span = x.max() - x.min()
+    return (x - x.min()) / span if span else np.zeros_like(x)
+
+  ms, ws = scaled(m), scaled(np.log2(width))
+  columns = [np.ones_like(ms), ms, ws, ms * ws]
+  names = ['intercept', 'specificity', 'width', 'specificity x width']
+  keep = [i for i, c in enumerate(columns) if i == 0 or np.ptp(c) > 0]  # a grid with one m (or w) has no such term
+  x = np.stack([columns[i] for i in keep], axis=1)
+  y = np.asarray(gap, float)
+  beta, *_ = np.linalg.lstsq(x, y, rcond=None)
+  dof = len(y) - x.shape[1]
+  out = {'dof': int(dof)}
+  if dof > 0:
+    sigma2 = float(np.sum((y - x @ beta) ** 2) / dof)
+    se = np.sqrt(np.diag(sigma2 * np.linalg.pinv(x.T @ x)))
+    half = stats.t.ppf(0.5 + confidence / 2, dof) * se
+  else:
+    half = np.full(len(beta), np.nan)
+  for i, b, h in zip(keep, beta, half):
+    out[names[i]] = (float(b), float(b - h), float(b + h))
+  return out
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The map (studies/map.py)
+
+
+def map_summary(rows: list[dict]) -> dict:
+  """Per (E, specificity, width): every rule's gap (Super-Sub minus flat) over the (base, seed) runs, and both arms
+  given the true superclass; per (E, rule): the interaction model over all runs."""
+  cells, models = [], []
+  for extra in sorted({r['extra'] for r in rows}):
+    at = [r for r in rows if r['extra'] == extra]
+    rules = list(dict.fromkeys(rule for r in at for rule in r['rules']))
+    for m in sorted({r['specificity'] for r in at}):
+      for width in sorted({r['width'] for r in at}):
+        rs = [r for r in at if r['specificity'] == m and r['width'] == width]
+        if not rs:
+          continue
+        cell = {'extra': extra, 'steps': rs[0]['steps'], 'specificity': m, 'width': width,
+                'runs': [(r['base'], r['seed']) for r in rs], 'bases': sorted({r['base'] for r in rs}),
+                'flat': float(np.mean([r['flat'] for r in rs])), 'rules': {}}
+        for rule in rules:
+          gaps = [r['rules'][rule] - r['flat'] for r in rs if rule in r['rules']]
+          mean, low, high = mean_interval(gaps)
+          cell['rules'][rule] = {'supersub': float(np.mean([r['rules'][rule] for r in rs if rule in r['rules']])),
+                                 'gap': mean, 'low': low, 'high': high, 'per_run': gaps}
+        given = [r for r in rs if r.get('flat_oracle') is not None]
+        if given:
+          mean, low, high = mean_interval([r['oracle'] - r['flat_oracle'] for r in given])
+          cell['given_superclass'] = {'flat': float(np.mean([r['flat_oracle'] for r in given])),
+                                      'supersub': float(np.mean([r['oracle'] for r in given])),
+                                      'gap': mean, 'low': low, 'high': high}
+        cells.append(cell)
+    for rule in rules:
+      rs = [r for r in at if rule in r['rules']]
+      if len({r['specificity'] for r in rs}) > 1 or len({r['width'] for r in rs}) > 1:
+        models.append({'extra': extra, 'rule': rule, 'runs': len(rs), **interaction(
+            np.array([r['specificity'] for r in rs]), np.array([r['width'] for r in rs]),
+            np.array([r['rules'][rule] - r['flat'] for r in rs]))})
+  return {'cells': cells, 'models': models}
+
+
+def _points(mean, low, high) -> str:
+  if np.isnan(low):
+    return f'{100 * mean:+.2f} (one run)'
+  return f'{100 * mean:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}]'
+
+
+def map_tables(rows: list[dict]) -> str:
+  summary = map_summary(rows)
+  lines = []
+  cells = summary['cells']
+  rules = list(dict.fromkeys(rule for c in cells for rule in c['rules']))
+  lines += ['Super-Sub minus the flat network at equal compute, points, paired 95% Student-t interval over the '
+            '(base, seed) runs of each cell:', '',
+            '| extra steps | specificity m | width | runs | flat top-1 | ' + ' | '.join(rules)
+            + ' | given the superclass: specialists - flat |', '|---' * (6 + len(rules)) + '|']
+  for c in cells:
+    given = c.get('given_superclass')
+    lines.append(f"| {c['steps']:,} | {c['specificity']} | {c['width']:g} | {len(c['runs'])} | {c['flat']:.4f} | "
+                 + ' | '.join(_points(c['rules'][r]['gap'], c['rules'][r]['low'], c['rules'][r]['high'])
+                              if r in c['rules'] else '-' for r in rules)
+                 + f" | {_points(given['gap'], given['low'], given['high']) if given else '-'} |")
+  if summary['models']:
+    lines += ['', 'One model of all runs per budget and rule: gap ~ 1 + m + w + m x w (m: specificity, w: log2 width, '
+              'each scaled to [0, 1] over the grid), coefficients in points [95% t interval]:', '',
+              '| extra steps | rule | runs | dof | intercept | specificity | width | specificity x width |',
+              '|---' * 8 + '|']
+    steps = {c['extra']: c['steps'] for c in cells}
+    for mdl in summary['models']:
+      lines.append(f"| {steps[mdl['extra']]:,} | {mdl['rule']} | {mdl['runs']} | {mdl['dof']} | "
+                   + ' | '.join(_points(*mdl[k]) if k in mdl else '-'
+                                for k in ('intercept', 'specificity', 'width', 'specificity x width')) + ' |')
+  lines += ['', 'Per run (held-out top-1):', '',
+            '| specificity m | width | base | extra steps | seed | flat | flat, superclass given | '
+            'Super-Sub, superclass given | ' + ' | '.join(rules) + ' |', '|---' * (8 + len(rules)) + '|']
+  for r in sorted(rows, key=lambda r: (r['extra'], r['specificity'], r['width'], r['base'], r['seed'])):
+    lines.append(f"| {r['specificity']} | {r['width']:g} | {r['base']} | {r['steps']:,} | {r['seed']} | "
+                 f"{r['flat']:.4f} | {r['flat_oracle'] if r.get('flat_oracle') is None else format(r['flat_oracle'], '.4f')} | "
+                 f"{r['oracle']:.4f} | " + ' | '.join(f"{r['rules'][x]:.4f}" if x in r['rules'] else '-' for x in rules)
+                 + ' |')
+  return '\n'.join(lines)
+
+
+def plot_map(data: dict, path: str, rule: str = 'hard') -> None:
+  """One panel per extra budget: cells (specificity x width) coloured by Super-Sub minus flat under ``rule``, with
+  the mean and interval written in each; one colour bar."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  cells = [c for c in data['summary']['cells'] if rule in c['rules']]
+  extras = sorted({c['extra'] for c in cells})
+  ms = sorted({c['specificity'] for c in cells})
+  ws = sorted({c['width'] for c in cells})
+  bound = max([abs(100 * c['rules'][rule]['gap']) for c in cells] + [0.5])
+  fig, axes = plt.subplots(1, len(extras), figsize=(4.2 * len(extras) + 1.2, 3.6), squeeze=False)
+  image = None
+  for ax, extra in zip(axes[0], extras):
+    grid = np.full((len(ws), len(ms)), np.nan)
+    for c in (c for c in cells if c['extra'] == extra):
+      i, j = ws.index(c['width']), ms.index(c['specificity'])
+      r = c['rules'][rule]
+      grid[i, j] = 100 * r['gap']
+      interval = '' if np.isnan(r['low']) else f"\n[{100 * r['low']:+.2f}, {100 * r['high']:+.2f}]"
+      ax.text(j, i, f"{100 * r['gap']:+.2f}{interval}\n{len(c['runs'])} run{'s' * (len(c['runs']) > 1)}",
+              ha='center', va='center', fontsize=8)
+    image = ax.imshow(grid, cmap='RdBu', vmin=-bound, vmax=bound, origin='lower')
+    steps = next(c['steps'] for c in cells if c['extra'] == extra)
+    ax.set_title(f'{steps:,} extra steps an arm', fontsize=9)
+    ax.set_xticks(range(len(ms)), [str(m) for m in ms])
+    ax.set_yticks(range(len(ws)), [f'{w:g}' for w in ws])
+    ax.set_xlabel('cue specificity m (1: shared cue, 10: one kind per superclass)', fontsize=8)
+    ax.set_ylabel('width multiplier', fontsize=8)
+  fig.colorbar(image, ax=axes[0].tolist(), label=f'Super-Sub ({rule}) - flat, points')
+  fig.suptitle('Super-Sub minus the flat network at equal compute (blue: Super-Sub ahead)', fontsize=10)
+  from supersub_jax import report as report_lib  # pylint: disable=g-import-not-at-top
+  report_lib.save_figure(fig, path, dpi=120)
+
+
+def write_map(prefix: str, rows: list[dict], with_plot: bool = False) -> None:
+  from supersub_jax import report as report_lib  # pylint: disable=g-import-not-at-top
+  report_lib.write_results(prefix, {'rows': rows, 'summary': map_summary(rows)}, map_tables(rows),
+                           plot_map if with_plot else None)
