@@ -53,8 +53,8 @@ class SpecialistBank:
       first column.
     batch_stats: the generalist's batch_stats tree with every leaf stacked to [N, ...].
     num_subclasses: int32[N], n_k of each specialist.
-    dustbin_correction: float32[N], what inference adds to each specialist's dustbin logit (its spec's
-      ``logit_correction``), or None when the specialists have no dustbin (d = 0).
+    dustbin_correction: float32[N], what inference adds to each specialist's dustbin logit
+      (``exported.dustbin_logit_correction``), or None when the specialists have no dustbin (d = 0).
   """
   deltas: dict
   head: dict
@@ -245,7 +245,7 @@ def make_bank(exported: Sequence[Mapping[str, Any]], base: PyTree) -> Specialist
   head = {'kernel': np.concatenate([kernel for kernel, _ in heads], axis=1),
           'bias': np.concatenate([bias for _, bias in heads]),
           'offset': (np.cumsum(columns) - columns).astype(np.int32)}
-  correction = np.asarray([x['logit_correction'] for x in dustbins], np.float32) if d else None
+  correction = np.asarray([exported_lib.dustbin_logit_correction(x) for x in dustbins], np.float32) if d else None
   try:
     batch_stats = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *stats)
   except ValueError as e:

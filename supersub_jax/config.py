@@ -147,8 +147,10 @@ def default_config() -> ml_collections.ConfigDict:
       branch='stem',                    # first layer group with a delta: 'stem' (all) | 'stage<i>' | 'head' (none);
                                         # the layers before it are shared with the generalist (one pass at inference)
       dustbin=False,                    # one more output, "not my superclass" (Hinton et al. 2015, section 5),
-                                        # trained on other superclasses' images; inference corrects its logit for
-                                        # the training mix (specialists.dustbin_correction)
+                                        # trained on other superclasses' images; inference brings its logit to even
+                                        # odds (exported.dustbin_logit_correction: the router carries the prior).
+                                        # It sees (1 - dustbin_fraction) as many of its own images as a specialist
+                                        # without one, in the same steps
       dustbin_fraction=0.5,             # with dustbin: share of each device's batch from other superclasses
       dustbin_others='all',             # 'all': other superclasses in their natural shares | 'confused': in
                                         # proportion to the generalist's p(this superclass) on their training images
@@ -172,9 +174,9 @@ def default_config() -> ml_collections.ConfigDict:
       benchmark_batch_sizes=(1, 256),   # timed batch sizes: latency (1) and throughput
       benchmark_batches=10,             # timed calls per model and batch size, on distinct held-out batches
       # Decision rules reported beside the paper's ('hard'), as '<rule>[:k][/<router>]' (supersub_jax.decide):
-      # rule 'hard' | 'soft' | 'product' over the router's top k superclasses, router 'generalist' | 'flat' (the
+      # rule 'hard' | 'soft' | 'hinton' | 'poe' over the router's top k superclasses, router 'generalist' | 'flat' (the
       # vanilla network's summed subclass probabilities) | 'mean' of the two.
-      rules=('hard', 'soft:2', 'product:2', 'hard/mean', 'product:2/mean')))
+      rules=('hard', 'soft:2', 'hinton:2', 'poe:2', 'hard/mean', 'hinton:2/mean')))
   return config
 
 

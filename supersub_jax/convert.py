@@ -187,7 +187,7 @@ def dense_specialist(config, workdir: str, k: int) -> dict:
   dustbin = exported_lib.dustbin_of(exported)
   if dustbin:
     bias = np.array(params['head']['bias'], np.float32)
-    bias[-1] += np.float32(dustbin['logit_correction'])
+    bias[-1] += np.float32(exported_lib.dustbin_logit_correction(dustbin))
     params['head']['bias'] = bias
   # A shared trunk keeps the generalist's statistics; the specialist's own cover the layers from its branch on.
   return {'params': params, 'batch_stats': {**generalist.batch_stats, **exported['batch_stats']}}

@@ -11,12 +11,19 @@ A ``Rule`` names one decision procedure, written ``'<rule>[:k][/<router>]'``:
   answer. One specialist per image.
 * ``soft`` (HD-CNN's probabilistic averaging, Yan et al. 2015): p(sub | x) = sum over the router's top-k
   superclasses s of p(s | x) p(sub | s, x); the dustbin's mass counts for no subclass. k specialists per image.
-* ``product`` (Hinton et al.'s combination): the distribution q over the M subclasses that minimises
-  KL(p_router || Q_router) + sum over the top-k specialists m of KL(p_m || Q_m), where Q_router is q summed over
-  each superclass and Q_m is q seen through specialist m: its own subclasses one by one, every other subclass in its
-  dustbin cell. So a specialist's dustbin mass is spread over the subclasses it does not cover, in proportion to q;
-  a specialist without a dustbin puts none there. Solved exactly (``product_distribution``). k specialists per
-  image.
+* ``hinton`` (Hinton et al.'s combination, 2015 section 5; called ``product`` before, which it is not): the
+  distribution q over the M subclasses that minimises KL(p_router || Q_router) + sum over the top-k specialists m of
+  KL(p_m || Q_m), where Q_router is q summed over each superclass and Q_m is q seen through specialist m: its own
+  subclasses one by one, every other subclass in its dustbin cell. A sum of KLs with q in the second place is
+  minimised by a compromise that behaves like a MIXTURE of the experts, not their product: with k = 2 and router
+  (0.9, 0.1), a confident wrong specialist wins once its probability is about 1.7 times the right one's. Solved
+  exactly (``hinton_distribution``). k specialists per image. ``product`` is still read as this rule.
+* ``poe`` (a product of experts, Hinton 2002): over the subclasses of the router's top k superclasses, q(c)
+  proportional to r_s(c) x prod over those k specialists m of p~_m(c), where r_s(c) is the router's probability of
+  c's superclass and p~_m(c) is m's probability of c for its own subclasses and, outside them, its dustbin mass
+  spread evenly over the M - n_m subclasses it does not cover; a specialist without a dustbin abstains there
+  (factor 1). Every expert must agree for a subclass to win: a specialist's "not mine" lowers its subclasses and
+  raises the others'. Without dustbins it ranks as ``soft`` does. k specialists per image.
 
 Routers give p(s | x), float32[B, N] (``router_probs``): ``generalist`` (its softmax), ``flat`` (a flat network's
 subclass softmax summed over each superclass) or ``mean`` (the average of the two).
@@ -32,9 +39,10 @@ import re
 import jax
 import jax.numpy as jnp
 
-RULES = ('hard', 'soft', 'product')
+RULES = ('hard', 'soft', 'hinton', 'poe')
+ALIASES = {'product': 'hinton'}  # the old name of 'hinton' (configs and reports before 2026-12-06)
 ROUTERS = ('generalist', 'flat', 'mean')
-BISECTIONS = 64  # halvings of log lam in product_distribution: from 2^-126..2 to float32 resolution
+BISECTIONS = 64  # halvings of log lam in hinton_distribution: from 2^-126..2 to float32 resolution
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,13 +63,14 @@ class Rule:
 
   @classmethod
   def parse(cls, spec: str) -> 'Rule':
-    """``'hard'``, ``'soft:2'``, ``'product:3/mean'``, ``'hard/flat'`` -> Rule (k defaults to 1)."""
+    """``'hard'``, ``'soft:2'``, ``'hinton:3/mean'``, ``'poe:2'``, ``'hard/flat'`` -> Rule (k defaults to 1;
+    ``'product'`` is read as ``'hinton'``)."""
     match = re.fullmatch(r'(\w+)(?::(\d+))?(?:/(\w+))?', spec.strip())
     if not match:
       raise ValueError(f"decision rule {spec!r}: write '<rule>[:k][/<router>]', e.g. 'soft:2/mean', with a rule "
                        f'of {RULES} and a router of {ROUTERS}.')
     name, k, router = match.groups()
-    return cls(name, int(k or 1), router or 'generalist')
+    return cls(ALIASES.get(name, name), int(k or 1), router or 'generalist')
 
   @property
   def key(self) -> str:
@@ -143,9 +152,9 @@ def soft(router: jax.Array, routes: jax.Array, local: jax.Array, local_to_label:
   return jnp.argmax(global_scores(router, routes, local, local_to_label, num_subclasses), axis=-1).astype(jnp.int32)
 
 
-def product_distribution(router: jax.Array, routes: jax.Array, local: jax.Array, local_to_label: jax.Array,
+def hinton_distribution(router: jax.Array, routes: jax.Array, local: jax.Array, local_to_label: jax.Array,
                          label_to_superclass: jax.Array, *, iterations: int = BISECTIONS) -> jax.Array:
-  """Hinton et al.'s combined distribution q float32[B, M] (module docstring), solved exactly.
+  """Hinton et al.'s combined distribution q float32[B, M] (module docstring: ``hinton``), solved exactly.
 
   The objective is -sum_s r_s log Q_s - sum_m [sum_(c in m) p_m(c) log q(c) + b_m log(1 - Q_m)], with r the router,
   m the routed specialists, b_m a specialist's dustbin mass and Q_s the mass q puts on superclass s. Within a routed
@@ -201,11 +210,45 @@ def product_distribution(router: jax.Array, routes: jax.Array, local: jax.Array,
   return jnp.where(covered, q_super[:, label_to_superclass] * within, q)
 
 
-def product(router: jax.Array, routes: jax.Array, local: jax.Array, local_to_label: jax.Array,
-            label_to_superclass: jax.Array) -> jax.Array:
-  """Hinton et al.'s combination -> global labels int32[B] (the argmax of ``product_distribution``)."""
-  q = product_distribution(router, routes, local, local_to_label, label_to_superclass)
+def hinton(router: jax.Array, routes: jax.Array, local: jax.Array, local_to_label: jax.Array,
+           label_to_superclass: jax.Array) -> jax.Array:
+  """Hinton et al.'s combination -> global labels int32[B] (the argmax of ``hinton_distribution``)."""
+  q = hinton_distribution(router, routes, local, local_to_label, label_to_superclass)
   return jnp.argmax(q, axis=-1).astype(jnp.int32)
+
+
+def poe_log_scores(router: jax.Array, routes: jax.Array, local: jax.Array, local_to_label: jax.Array,
+                   label_to_superclass: jax.Array) -> jax.Array:
+  """The product of experts' unnormalised log q float32[B, M] (module docstring): log r_s(c) plus, for each routed
+  specialist m, log p_m(c) on its subclasses and log(b_m / (M - n_m)) elsewhere (0 without a dustbin); -inf on the
+  subclasses of superclasses no route covers.
+
+  router float32[B, N]; routes int32[B, k]; local float32[B, k, S + d]; local_to_label int32[N, S] (-1 on padding);
+  label_to_superclass int32[M]."""
+  b, k = routes.shape
+  s = local_to_label.shape[1]
+  m = label_to_superclass.shape[0]
+  tiny = jnp.finfo(jnp.float32).tiny
+  rows = jnp.arange(b)[:, None, None]
+  log_p = jnp.log(jnp.maximum(_real(local, s), tiny))  # [B, k, S]
+  covered = label_to_superclass[None, None, :] == routes[..., None]  # [B, k, M]
+  if local.shape[-1] > s:  # a dustbin: its mass spread over the subclasses the specialist does not cover
+    sizes = jnp.sum(local_to_label >= 0, axis=-1)[routes]  # n_m [B, k]
+    outside = jnp.log(jnp.maximum(local[..., s], tiny)) - jnp.log(jnp.maximum(m - sizes, 1))  # [B, k]
+  else:
+    outside = jnp.zeros((b, k), jnp.float32)
+  labels = jnp.where(local_to_label[routes] >= 0, local_to_label[routes], m)  # [B, k, S]
+  inside = jnp.zeros((b, k, m + 1), jnp.float32).at[rows, jnp.arange(k)[None, :, None], labels].set(log_p)[..., :m]
+  experts = jnp.where(covered, inside, outside[..., None])  # [B, k, M]
+  scores = jnp.log(jnp.maximum(router[:, label_to_superclass], tiny)) + jnp.sum(experts, axis=1)
+  return jnp.where(jnp.any(covered, axis=1), scores, -jnp.inf)  # candidates: the routed superclasses' subclasses
+
+
+def poe(router: jax.Array, routes: jax.Array, local: jax.Array, local_to_label: jax.Array,
+        label_to_superclass: jax.Array) -> jax.Array:
+  """The product of experts -> global labels int32[B] (the argmax of ``poe_log_scores``)."""
+  return jnp.argmax(poe_log_scores(router, routes, local, local_to_label, label_to_superclass),
+                    axis=-1).astype(jnp.int32)
 
 
 def decide(rule: Rule, router: jax.Array, routes: jax.Array, local: jax.Array, local_to_label: jax.Array,
@@ -216,4 +259,6 @@ def decide(rule: Rule, router: jax.Array, routes: jax.Array, local: jax.Array, l
     return hard(routes, local, local_to_label)
   if rule.name == 'soft':
     return soft(router, routes, local, local_to_label, label_to_superclass.shape[0])
-  return product(router, routes, local, local_to_label, label_to_superclass)
+  if rule.name == 'poe':
+    return poe(router, routes, local, local_to_label, label_to_superclass)
+  return hinton(router, routes, local, local_to_label, label_to_superclass)

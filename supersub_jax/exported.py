@@ -36,7 +36,7 @@ refuses zero-size arrays), so orbax ``StandardSave``/``PyTreeSave`` and ``np.sav
     'spec':        what it is (``describe``), JSON: {'version': 2, 'cut': a layer group name (``models.Cut``),
                    'num_subclasses': n_k, 'delta': {'bits', 'granularity', 'pattern', 'exclude', 'density'},
                    'dustbin': None, or {'fraction', 'others', 'logit_correction'}: how its dustbin was trained and
-                   what inference adds to the dustbin's logit (``specialists.dustbin_correction``)}
+                   what inference adds to the dustbin's logit (``dustbin_logit_correction``)}
 
 The spec is what every reader (the inference bank, bundles, ``convert``) takes the cut from: a specialist says
 where it branches, and no reader goes back to a config for it. Checkpoints keep it in their JSON metadata (the
@@ -408,6 +408,21 @@ def describe(cut: models.Cut, cfg: delta_lib.DeltaConfig, *, num_subclasses: int
                     'exclude': cfg.exclude, 'density': float(density)},
           'dustbin': None if dustbin is None else {k: (float(v) if isinstance(v, (int, float)) else v)
                                                    for k, v in dict(dustbin).items()}}
+
+
+def dustbin_logit_correction(dustbin: Mapping[str, Any]) -> float:
+  """What inference adds to a dustbin's logit: log((1 - f) / f), f the dustbin's share of a training batch
+  (``dustbin['fraction']``): the specialist's "mine" against "another" brought to even odds.
+
+  Why even odds and not the natural prior: every rule that reads a dustbin (``soft``, ``hinton``, ``poe``) weighs a
+  specialist by the router's p(s | x), which already carries the superclass's prior; moving the dustbin to the prior
+  too would count it twice (a specialist of a superclass with 5% of the images, trained at 0.95 "mine", would report
+  about 0.5 on its own images). ``hard`` never reads the dustbin. At the default f = 0.5 the correction is 0.
+  Specs of before 2026-12-06 stored a prior-based 'logit_correction'; it is not read, this is recomputed."""
+  f = float(dustbin['fraction'])
+  if not 0.0 < f < 1.0:
+    raise ValueError(f"a dustbin's fraction must lie in (0, 1), got {f}.")
+  return float(np.log((1.0 - f) / f))
 
 
 def dustbin_of(exported: Mapping[str, Any]) -> Mapping[str, Any] | None:

@@ -21,7 +21,7 @@ key                                    meaning
                                        the generalist's features (no delta); ``.supersub_minus`` what deltas add
 ``compute.supersub_steps.total``       optimizer steps behind Super-Sub's predictions (``stages.pipeline_steps``)
 ``rules.<rule>.top1``                  Super-Sub's top-1 under each decision rule of ``config.evaluate.rules``
-                                       (``decide.Rule.key``: 'hard', 'soft:2', 'product:2/mean', ...); beside it
+                                       (``decide.Rule.key``: 'hard', 'soft:2', 'hinton:2/mean', ...); beside it
                                        ``.specialists_per_image``, ``.images_per_s`` and ``.minus_vanilla`` (and
                                        ``.minus_vanilla_matched`` with the ``vanilla_matched`` stage)
 ``errors.within_superclass_fraction``  of the vanilla network's errors, the fraction whose prediction lies in the true
@@ -466,7 +466,7 @@ def render_markdown(report: Mapping) -> str:
   rules = report.get('rules')
   if rules:
     lines += ['', '## Decision rules', '', 'Every rule on the same networks (`supersub_jax.decide`): `hard` is the '
-              "paper's; `soft:k` averages the router's top k; `product:k` is Hinton et al.'s combination; `/flat` and "
+              "paper's; `soft:k` averages the router's top k; `hinton:k` is Hinton et al.'s combination (a mixture, read `product:k` in older reports); `poe:k` the product of experts; `/flat` and "
               "`/mean` route by the flat network's summed subclass probabilities, or by their mean with the "
               "generalist's.", '', '| rule | top-1 | minus vanilla | minus compute-matched | specialists per image '
               '| images/s |', '|---|---|---|---|---|---|']

@@ -160,22 +160,6 @@ def _init_state(generalist, base, dcfg, tx, outputs: int, seed: int, cut: models
   return initial_state(base, head, generalist.batch_stats, dcfg, tx, cut)
 
 
-def dustbin_correction(fraction: float, prior: float) -> float:
-  """What inference adds to a dustbin's logit: log((1 - f)(1 - pi) / (f pi)), the log of the factor by which
-  training oversampled the odds of "my superclass" against "another" (f: the dustbin's share of a training batch,
-  pi: the superclass's share of the training set).
-
-  Why: the dustbin is trained at prior odds (1 - f) : f, and a specialist applied to images in their natural
-  proportions meets them at pi : (1 - pi); Bayes' rule moves every logit by the log of its class's prior ratio, and
-  only the difference between the dustbin's and the real classes' shifts matters. Hinton et al. (2015) add the log
-  of the oversampling of the specialist's classes alone, log((1 - f) / pi), which drops the dustbin's own
-  undersampling, f / (1 - pi).
-  """
-  if not 0.0 < fraction < 1.0 or not 0.0 < prior < 1.0:
-    raise ValueError(f'fraction={fraction} and prior={prior} must each lie in (0, 1).')
-  return float(np.log((1.0 - fraction) * (1.0 - prior) / (fraction * prior)))
-
-
 def superclass_confusion(config, generalist: stages.Network, hierarchy) -> np.ndarray:
   """float64[N, N]: row j, column k is the generalist's mean p(k | x) over the training images x of superclass j
   (eval mode, no augmentation); the weights of ``dustbin_others='confused'`` (column k, diagonal excluded)."""
@@ -270,8 +254,8 @@ def train_specialists(config, workdir: str, *, stage: str = 'specialists',
       mix = (all_train.outside(k, local=hierarchy.max_subclasses, weights=weights, seed=seed),
              float(cfg.dustbin_fraction))
       prior = len(train_source) / len(all_train)
-      dustbin = {'fraction': float(cfg.dustbin_fraction), 'others': cfg.dustbin_others, 'prior': prior,
-                 'logit_correction': dustbin_correction(float(cfg.dustbin_fraction), prior)}
+      dustbin = {'fraction': float(cfg.dustbin_fraction), 'others': cfg.dustbin_others, 'prior': prior}
+      dustbin['logit_correction'] = exported_lib.dustbin_logit_correction(dustbin)
 
     def evaluate(rstate, extra=extra, eval_source=eval_source):
       return runner.eval_metrics(rstate, eval_fn=eval_fn, parallel=parallel, frozen=extra,

@@ -35,7 +35,9 @@ def _local(rng, routes, dustbin):
 def test_rules_parse_and_name_themselves():
   assert decide.Rule.parse('hard') == decide.Rule('hard', 1, 'generalist')
   assert decide.Rule.parse('soft:2/mean') == decide.Rule('soft', 2, 'mean')
-  assert decide.Rule.parse('product:3').key == 'product:3' and decide.Rule.parse('hard/flat').key == 'hard/flat'
+  assert decide.Rule.parse('hinton:3').key == 'hinton:3' and decide.Rule.parse('hard/flat').key == 'hard/flat'
+  assert decide.Rule.parse('poe:2/mean') == decide.Rule('poe', 2, 'mean')
+  assert decide.Rule.parse('product:2/mean').key == 'hinton:2/mean'  # the old name reads as what it is
   for bad, match in (('median', 'decision rule'), ('soft:2/oracle', 'router'), ('hard:2', 'exactly 1'),
                      ('soft:0', 'at least 1'), ('soft 2', 'write')):
     with pytest.raises(ValueError, match=match):
@@ -120,7 +122,7 @@ def test_product_reaches_the_minimum_an_independent_optimiser_finds(k, dustbin):
   router = _normalised(rng, (5, 3))
   routes = np.argsort(-router, axis=1)[:, :k].astype(np.int32)
   local = _local(rng, routes, dustbin)
-  q = np.asarray(decide.product_distribution(jnp.asarray(router), jnp.asarray(routes), jnp.asarray(local), L2L,
+  q = np.asarray(decide.hinton_distribution(jnp.asarray(router), jnp.asarray(routes), jnp.asarray(local), L2L,
                                              L2S))
   np.testing.assert_allclose(q.sum(1), 1.0, rtol=1e-5)
   for i in range(5):
@@ -141,23 +143,23 @@ def test_product_reaches_the_minimum_an_independent_optimiser_finds(k, dustbin):
     np.testing.assert_allclose(q[i][seen], z[seen], atol=2e-3)
 
 
-def test_product_of_one_certain_specialist_and_an_agreeing_router_is_that_answer():
+def test_hinton_of_one_certain_specialist_and_an_agreeing_router_is_that_answer():
   router = jnp.asarray([[0.0, 1.0, 0.0]])
   routes = jnp.asarray([[1]], jnp.int32)
   local = jnp.asarray([[[0.2, 0.8, 0.0, 0.0]]])  # superclass 1's subclasses are labels 3 and 4; no dustbin mass
-  q = decide.product_distribution(router, routes, local, L2L, L2S)
+  q = decide.hinton_distribution(router, routes, local, L2L, L2S)
   np.testing.assert_allclose(q, [[0, 0, 0, 0.2, 0.8, 0, 0]], atol=1e-6)
 
 
-def test_a_dustbin_sure_it_is_not_its_superclass_sends_the_product_to_the_routers_runner_up():
+def test_a_dustbin_sure_it_is_not_its_superclass_sends_hintons_rule_to_the_routers_runner_up():
   # The router prefers superclass 0 (0.6) over 1 (0.4); specialist 0 says "not mine" with 0.95. Hard routing
-  # answers inside superclass 0, the product moves to superclass 1 (its specialist's favourite subclass).
+  # answers inside superclass 0, Hinton's rule moves to superclass 1 (its specialist's favourite subclass).
   router = jnp.asarray([[0.6, 0.4, 0.0]])
   routes = jnp.asarray([[0, 1]], jnp.int32)
   local = jnp.asarray([[[0.03, 0.01, 0.01, 0.95], [0.1, 0.8, 0.0, 0.1]]])
   assert int(decide.hard(routes, local, L2L)[0]) == 0
-  assert int(decide.product(router, routes, local, L2L, L2S)[0]) == 4
-  rule = decide.Rule.parse('product:2')
+  assert int(decide.hinton(router, routes, local, L2L, L2S)[0]) == 4
+  rule = decide.Rule.parse('hinton:2')
   assert int(decide.decide(rule, router, routes, local, L2L, L2S)[0]) == 4
 
 
@@ -172,7 +174,7 @@ def test_rules_compile_once_under_jit():
   @jax.jit
   def run(router, routes, local):
     traces.append(1)
-    return decide.product(router, routes, local, L2L, L2S)
+    return decide.hinton(router, routes, local, L2L, L2S)
 
   rng = np.random.default_rng(0)
   for _ in range(3):
@@ -180,3 +182,52 @@ def test_rules_compile_once_under_jit():
     routes = decide.top_routes(router, 2)
     run(router, routes, jnp.asarray(_local(rng, np.asarray(routes), True)))
   assert len(traces) == 1
+
+
+def test_hinton_is_a_mixture_a_confident_wrong_specialist_outvotes_a_sure_router_where_poe_does_not():
+  # Router 0.9 on superclass 0; its specialist spreads (0.5 on label 0), superclass 1's is sure of label 3 (0.9,
+  # 1.8 times 0.5). Hinton's sum of KLs follows the confident specialist; the product (and soft) the router.
+  router = jnp.asarray([[0.9, 0.1, 0.0]])
+  routes = jnp.asarray([[0, 1]], jnp.int32)
+  local = jnp.asarray([[[0.5, 0.25, 0.25, 0.0], [0.9, 0.1, 0.0, 0.0]]])
+  assert int(decide.hinton(router, routes, local, L2L, L2S)[0]) == 3
+  assert int(decide.poe(router, routes, local, L2L, L2S)[0]) == 0
+  assert int(decide.soft(router, routes, local, L2L, 7)[0]) == 0
+
+
+def _poe_reference(router, routes, local, dustbin):
+  """The product of experts by its definition, one image and one subclass at a time (numpy)."""
+  sizes = np.asarray(H.sizes)
+  out = np.zeros((router.shape[0], 7))
+  for i in range(router.shape[0]):
+    for c in range(7):
+      s = int(H.label_to_superclass[c])
+      if s not in routes[i]:
+        continue  # only the routed superclasses' subclasses are candidates
+      score = router[i, s]
+      for j, m in enumerate(routes[i]):
+        if m == s:
+          score *= local[i, j, c - int(np.sum(sizes[:s]))]
+        elif dustbin:
+          score *= local[i, j, 3] / (7 - sizes[m])
+      out[i, c] = score
+  return out
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), dustbin=st.booleans())
+def test_poe_is_the_normalised_product_of_router_and_specialists_as_defined(seed, dustbin):
+  rng = np.random.default_rng(seed)
+  router = _normalised(rng, (5, 3))
+  routes = np.asarray(decide.top_routes(jnp.asarray(router), 2))
+  local = _local(rng, routes, dustbin)
+  want = _poe_reference(router, routes, local, dustbin)
+  got = np.exp(np.asarray(decide.poe_log_scores(jnp.asarray(router), jnp.asarray(routes, jnp.int32),
+                                                 jnp.asarray(local), L2L, L2S), np.float64))
+  np.testing.assert_allclose(got / got.sum(1, keepdims=True), want / want.sum(1, keepdims=True), rtol=1e-4,
+                             atol=1e-6)
+  if not dustbin:  # no dustbin: the product ranks as soft's average does
+    np.testing.assert_array_equal(decide.poe(jnp.asarray(router), jnp.asarray(routes, jnp.int32), jnp.asarray(local),
+                                             L2L, L2S),
+                                  decide.soft(jnp.asarray(router), jnp.asarray(routes, jnp.int32), jnp.asarray(local),
+                                              L2L, 7))

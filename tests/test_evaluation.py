@@ -66,7 +66,7 @@ def test_report_compares_with_head_only_specialists_on_the_same_routes(evaluated
 def test_report_gives_every_decision_rule_its_top1_cost_and_gaps(evaluated):
   _, _, _, report = evaluated
   rules = report['rules']
-  assert list(rules) == ['hard', 'soft:2', 'product:2/mean']
+  assert list(rules) == ['hard', 'soft:2', 'hinton:2/mean']
   assert rules['hard']['top1'] == report['supersub']['top1']  # the paper's rule is the routed top-1
   for name, row in rules.items():
     assert row['specialists_per_image'] == (1 if name == 'hard' else 2)
@@ -75,7 +75,7 @@ def test_report_gives_every_decision_rule_its_top1_cost_and_gaps(evaluated):
     assert row['minus_vanilla_matched'] == pytest.approx(
         row['top1'] - report['baselines']['vanilla_matched']['top1'])
   md = open(os.path.join(evaluated[1], 'report.md')).read()
-  assert '## Decision rules' in md and '| product:2/mean |' in md
+  assert '## Decision rules' in md and '| hinton:2/mean |' in md
 
 
 def test_top1_is_bounded_by_oracle_routing_for_supersub_and_the_flat_network(evaluated):

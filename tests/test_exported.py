@@ -338,3 +338,11 @@ def test_cut_of_refuses_specialists_without_a_spec_or_with_two_cuts():
     ex.cut_of([{'spec': {'cut': 'stem'}}, {}])
   with pytest.raises(ValueError, match='different layers'):
     ex.cut_of([{'spec': {'cut': 'stem'}}, {'spec': {'cut': 'stage2'}}])
+
+
+def test_the_dustbin_correction_is_even_odds_from_the_training_mix_whatever_the_stored_value():
+  # log((1 - f) / f): 0 at the default half-and-half mix; a spec's stored (older, prior-based) value is not read.
+  assert ex.dustbin_logit_correction({'fraction': 0.5, 'logit_correction': 2.9}) == 0.0
+  assert ex.dustbin_logit_correction({'fraction': 0.2}) == pytest.approx(np.log(4.0))
+  with pytest.raises(ValueError, match='fraction'):
+    ex.dustbin_logit_correction({'fraction': 1.0})

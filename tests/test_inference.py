@@ -349,7 +349,8 @@ def test_predict_rule_hard_is_predict_and_soft_and_product_combine_the_routed_sp
       local[i, j] = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
   args = (jnp.asarray(p_super), jnp.asarray(routes, jnp.int32), jnp.asarray(local), jnp.asarray(h.local_to_label))
   for rule, want in (('soft:2', decide.soft(*args, h.num_subclasses)),
-                     ('product:2', decide.product(*args, jnp.asarray(h.label_to_superclass)))):
+                     ('hinton:2', decide.hinton(*args, jnp.asarray(h.label_to_superclass))),
+                     ('poe:2', decide.poe(*args, jnp.asarray(h.label_to_superclass)))):
     got = inf.predict_rule(state, images, rule=decide.Rule.parse(rule), **kw)
     np.testing.assert_array_equal(got['routes'], routes)
     np.testing.assert_array_equal(got['label'], want, err_msg=rule)

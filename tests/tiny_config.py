@@ -36,5 +36,5 @@ def get_config(data_dir: str = './data'):
   config.checkpoint_every_steps = 2
   config.evaluate.benchmark_batches = 1
   config.evaluate.benchmark_batch_sizes = (1, 16)
-  config.evaluate.rules = ('hard', 'soft:2', 'product:2/mean')  # every rule and a flat router, at few compiles
+  config.evaluate.rules = ('hard', 'soft:2', 'hinton:2/mean')  # every rule and a flat router, at few compiles
   return config
