@@ -250,10 +250,10 @@ def test_workers_give_same_batches_and_resume():
 
 
 def test_synthetic_stats_match_the_data(tmp_path):
-  from supersub_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  from supersub_jax.data import render  # pylint: disable=g-import-not-at-top
   h = hierarchy_lib.synthetic()
   labels = np.arange(h.num_subclasses).repeat(8)
-  images = synthetic.render(labels, h.sizes, 32, np.random.default_rng(5))
+  images = render.render(labels, h.sizes, 32, np.random.default_rng(5))
   records = [{'image': image} for image in images]
   source = sources.HierarchicalSource(records, sources.relabel(labels, h), name='s', hierarchy=h)
   mean, std = pipeline.channel_stats(source)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from studies import common
 from studies import regimes
 
 
@@ -23,9 +24,9 @@ def _rows(dustbin_has_oracle=False):
   oracles, flat_oracles = [0.95, 0.96, 0.955], [0.94, 0.965, 0.95]
   rows = []
   for seed in range(3):
-    rows.append(regimes.row('converged', 0.5, seed, False, _report(
+    rows.append(common.row('converged', 0.5, seed, False, _report(
         flats[seed], {'hard': hards[seed], 'soft:2': softs[seed]}, oracles[seed], flat_oracles[seed]), 1000, 0.9))
-    rows.append(regimes.row('converged', 0.5, seed, True, _report(
+    rows.append(common.row('converged', 0.5, seed, True, _report(
         flats[seed], {'hard': hards[seed] - 0.01, 'soft:2': softs[seed]}, oracles[seed] - 0.01,
         flat_oracles[seed] if dustbin_has_oracle else None), 1000, 0.9))
   return rows
@@ -71,7 +72,7 @@ def test_shared_flat_oracle_gives_a_dustbin_run_its_siblings_flat_network_and_no
 
 def test_row_refuses_arms_of_unequal_compute():
   with pytest.raises(ValueError, match='not equal compute'):
-    regimes.row('converged', 0.5, 0, False, _report(0.9, {'hard': 0.9}, 0.95, steps=100, flat_steps=90), 1000)
+    common.row('converged', 0.5, 0, False, _report(0.9, {'hard': 0.9}, 0.95, steps=100, flat_steps=90), 1000)
 
 
 def test_wide_table_says_one_seed_instead_of_an_interval():
