@@ -45,6 +45,18 @@ def _argv_value(name: str, argv: Sequence[str]) -> str | None:
   return None
 
 
+def required_path(name: str, value: str | None, example: str) -> str:
+  """The value of the path flag --name; raises ValueError when it is missing or empty.
+
+  An empty path is the current directory to ``os.path``: ``--workdir=$WORKDIR`` with the variable unset would
+  write a run's files into wherever the command was started (the repository, say).
+  """
+  if value is None or not value.strip():
+    state = 'missing' if value is None else f'empty ({value!r}; an unset shell variable?)'
+    raise ValueError(f'--{name} is {state}: pass a path, e.g. --{name}={example}.')
+  return value
+
+
 def define_config_flag(*, stored_in_workdir: bool) -> None:
   """Defines --config (a configs/*.py file; fields overridden with --config.x=y).
 

@@ -225,6 +225,25 @@ def _check_output(fmt: str, output: str) -> None:
     raise FileExistsError(f'{output} already exists; choose a new --output or delete it first.')
 
 
+# What train.py and evaluate.py write at a workdir's top level (besides its stage folders, which exist when trained).
+WORKDIR_FILES = ('config.json', 'metrics.jsonl', 'report.json', 'report.md', locks.LOCK_FILE)
+
+
+def check_output_outside(output: str, workdir: str) -> None:
+  """Raises ValueError when ``output`` is one of ``workdir``'s own files: the workdir itself, anything inside one
+  of its folders (checkpoints, TensorBoard logs), a file it holds, or one that train.py or evaluate.py write there.
+  A new name at the workdir's top level (``<workdir>/supersub.msgpack``) is allowed."""
+  output, workdir = os.path.realpath(os.path.expanduser(output)), os.path.realpath(os.path.expanduser(workdir))
+  relative = os.path.relpath(output, workdir)
+  if relative == os.pardir or relative.startswith(os.pardir + os.sep):
+    return
+  top = relative.split(os.sep)[0]
+  if (relative == os.curdir or os.sep in relative or os.path.lexists(output) or top in WORKDIR_FILES
+      or top.endswith('.png')):
+    raise ValueError(f'--output={output} is inside the workdir {workdir}, among the files train.py and evaluate.py '
+                     'own there: choose a path outside it (or a new file name at its top level).')
+
+
 def export_network(config, workdir: str, stage: str, fmt: str, output: str) -> str:
   """Writes the finished network of ``stage`` (``stages.NETWORK_STAGES``) as a dense network (``fmt`` in
   EXPORT_FORMATS); returns a one-line description."""
@@ -321,11 +340,15 @@ def main() -> None:
     if required:
       raise ValueError(f'{verb} needs --{", --".join(required)} (see `python -m supersub_jax.convert {verb} '
                        '--help`).')
+    for name, example in (('workdir', 'runs/demo'), ('input', 'resnet50.pth'), ('output', 'supersub.msgpack')):
+      if name in VERBS[verb]:
+        cli.required_path(name, f[name].value, example)
     if verb == 'import-torchvision':
       with locks.hold_output(f.output, program='convert import-torchvision'):
         what = import_torchvision(f.arch, f.input, f.output, stem=f.stem, width=f.width)
       print(f'wrote {f.output}: {what}')
       return
+    check_output_outside(f.output, f.workdir)
     config = cli.config_for_workdir(f.config, f.workdir)
     runtime.initialize_runtime(config)
     # The workdir is only read (finished checkpoints); the output is what two conversions could both write.

@@ -18,12 +18,14 @@ from supersub_jax import stages
 from supersub_jax import weights
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'fixtures')
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
 
 
-def _convert(*args, timeout=300):
+def _convert(*args, timeout=300, cwd=None):
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get('PYTHONPATH', '')]))
   return subprocess.run([sys.executable, '-m', 'supersub_jax.convert', *args], capture_output=True, text=True,
-                        timeout=timeout)
+                        timeout=timeout, cwd=cwd, env=env)
 
 
 def test_bundle_round_trip_predicts_like_the_workdir(tiny_workdir, tmp_path):
@@ -154,6 +156,33 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path):
     assert out.returncode != 0, name
     assert message in out.stderr, (name, out.stderr)
     assert 'Traceback' not in out.stderr, name
+  assert os.listdir(tmp_path) == []
+
+
+def test_an_output_among_the_workdirs_own_files_is_refused_in_one_line(tiny_workdir, tmp_path):
+  _, workdir, _ = tiny_workdir
+  before = {name: os.path.getmtime(os.path.join(workdir, name)) for name in os.listdir(workdir)}
+  for verb, output in ((['bundle'], 'config.json'), (['export', '--superclass=0'], 'vanilla/exported')):
+    out = _convert(*verb, f'--workdir={workdir}', f'--output={os.path.join(workdir, output)}')
+    assert out.returncode == 1, (output, out.stderr[-3000:])
+    assert 'Traceback' not in out.stderr
+    assert 'is inside the workdir' in out.stderr.splitlines()[-1], (output, out.stderr)
+  assert {name: os.path.getmtime(os.path.join(workdir, name)) for name in os.listdir(workdir)} == before
+  for output in ('metrics.jsonl', 'report.md', 'report.json', '.lock', '.', 'plot.png', 'superclass/x', 'results.json'):
+    with pytest.raises(ValueError, match='is inside the workdir'):
+      convert.check_output_outside(os.path.join(workdir, output), workdir)
+  for output in (f'{tmp_path}/a.msgpack', f'{workdir}/../outside.msgpack', f'{workdir}/new.msgpack'):  # allowed
+    convert.check_output_outside(output, workdir)
+
+
+def test_an_empty_path_flag_is_refused_in_one_line(tmp_path):
+  for args, flag in ((['bundle', '--workdir=', f'--output={tmp_path}/b.msgpack'], 'workdir'),
+                     (['bundle', f'--workdir={tmp_path}', '--output='], 'output'),
+                     (['import-torchvision', '--arch=resnet18', '--input=', f'--output={tmp_path}/o'], 'input')):
+    out = _convert(*args, cwd=tmp_path)
+    assert out.returncode == 1, out.stderr
+    assert out.stderr.splitlines()[-1].startswith(f'error: --{flag} is empty'), out.stderr
+    assert 'Traceback' not in out.stderr
   assert os.listdir(tmp_path) == []
 
 

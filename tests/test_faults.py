@@ -81,6 +81,25 @@ def test_bad_config_fails_before_training_with_one_error(tiny_data_dir, tmp_path
   assert 'batch_size=15: not divisible by the 2 devices; use a multiple of 2, e.g. 14' in _error_line(out)
 
 
+def test_an_empty_or_missing_workdir_is_one_error_and_writes_nothing_into_the_current_folder(tiny_data_dir,
+                                                                                          tmp_path):
+  commands = {
+      'train.py': [sys.executable, os.path.join(ROOT, 'train.py'), f'--config={TINY}:{tiny_data_dir}'],
+      'evaluate.py': [sys.executable, os.path.join(ROOT, 'evaluate.py')],
+      'convert': [sys.executable, '-m', 'supersub_jax.convert', 'bundle', f'--output={tmp_path / "b.msgpack"}'],
+  }
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get('PYTHONPATH', '')]))
+  for name, command in commands.items():
+    for workdir, state in (('--workdir=', 'empty'), ('--workdir=  ', 'empty'), (None, 'missing')):
+      if workdir is None and name == 'convert':
+        continue  # convert names every missing flag of its verb (test_convert)
+      out = subprocess.run(command + ([workdir] if workdir else []), capture_output=True, text=True, cwd=tmp_path,
+                           env=env, timeout=300)
+      assert out.returncode == 1, (name, out.stderr[-3000:])
+      assert f'error: --workdir is {state}' in _error_line(out), name
+      assert os.listdir(tmp_path) == [], name
+
+
 # ---------------------------------------------------------------------------------------------- 2. settings mixed
 
 
