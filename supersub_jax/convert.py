@@ -307,7 +307,7 @@ def _verb_help(verb: str) -> str:
 
 
 def main() -> None:
-  from absl import app, flags  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
   from supersub_jax import cli  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string('workdir', None, 'A workdir trained by train.py.')
   flags.DEFINE_string('output', None, 'Where to write (a file; a new directory for orbax).')
@@ -327,7 +327,7 @@ def main() -> None:
     if verb in VERBS and any(a in ('--help', '-h', '--helpshort', '-?') for a in argv[1:]):
       print(_verb_help(verb))
       sys.exit(0)
-    return app.parse_flags_with_usage(argv)
+    return flags.FLAGS(argv)  # cli.run reports a flag error in one line
 
   def run(argv):
     f = flags.FLAGS

@@ -100,6 +100,34 @@ def test_an_empty_or_missing_workdir_is_one_error_and_writes_nothing_into_the_cu
       assert os.listdir(tmp_path) == [], name
 
 
+def test_config_errors_on_the_command_line_are_one_line_without_a_traceback(tiny_workdir, tmp_path):
+  _, trained, _ = tiny_workdir
+  syntax, raises = tmp_path / 'syntax.py', tmp_path / 'raises.py'
+  syntax.write_text('def get_config():\n  return (\n')
+  raises.write_text('def get_config():\n  raise RuntimeError("no such preset")\n')
+  cases = [
+      ([os.path.join(ROOT, 'train.py'), f'--config={TINY}', '--config.specialists.foo=1'],
+       "error: --config.specialists.foo=1: the config has no field 'foo'"),
+      ([os.path.join(ROOT, 'evaluate.py'), '--config.foo=1'], "error: --config.foo=1: the config has no field 'foo'"),
+      (['-m', 'supersub_jax.convert', 'bundle', f'--output={tmp_path}/b.msgpack', '--config.foo=1'],
+       "error: --config.foo=1: the config has no field 'foo'"),
+      ([os.path.join(ROOT, 'train.py'), f'--config={syntax}'],
+       f"error: --config={syntax} could not be loaded: SyntaxError: '(' was never closed ({syntax}, line 2)"),
+      (['-m', 'supersub_jax.convert', 'bundle', f'--output={tmp_path}/b.msgpack', f'--config={raises}'],
+       f'error: --config={raises} could not be loaded: RuntimeError: no such preset ({raises}, line 2)'),
+      ([os.path.join(ROOT, 'train.py'), f'--config={tmp_path}/missing.py'],
+       f'error: --config={tmp_path}/missing.py could not be read: [Errno 2] No such file or directory'),
+  ]
+  outs = run_together([[sys.executable, *args, f'--workdir={trained}'] for args, _ in cases], cwd=ROOT,
+                      timeout=300)
+  for (args, expected), (code, out) in zip(cases, outs):
+    assert code == 1, (args, out[-3000:])
+    assert 'Traceback' not in out, out[-3000:]
+    errors = [l for l in out.splitlines() if l.startswith('error: ')]
+    assert len(errors) == 1 and errors[0].startswith(expected), (args, out[-3000:])
+  assert sorted(os.listdir(tmp_path)) == ['raises.py', 'syntax.py']
+
+
 # ---------------------------------------------------------------------------------------------- 2. settings mixed
 
 
