@@ -9,7 +9,8 @@ POSIX), so a reader sees the old file or the new one, never half of one. When th
 KeyboardInterrupt / SystemExit that a SIGINT or SIGTERM becomes -- the temporary file is removed. Only a kill that
 gives no chance to clean up (SIGKILL, power loss) leaves one behind, named ``.<name>.tmp-<pid>-<random>``; the next
 write of the same path removes those whose process is gone. Once a SIGINT or SIGTERM has asked the process to stop
-(``interrupts.Interrupted``), no write is committed any more.
+(``interrupts.Interrupted``), no write is committed any more. The file gets the mode ``open()`` would give it
+(0666 less the umask), not ``mkstemp``'s 0600.
 """
 
 from __future__ import annotations
@@ -49,6 +50,20 @@ def _sweep_stale(directory: str, name: str) -> None:
         os.remove(stale)
 
 
+def _umask() -> int:
+  """The process's umask, read without changing it where the OS tells it (Linux); else set and restored."""
+  try:
+    with open('/proc/self/status') as f:
+      for line in f:
+        if line.startswith('Umask:'):
+          return int(line.split()[1], 8)
+  except (OSError, ValueError):
+    pass
+  mask = os.umask(0o022)
+  os.umask(mask)
+  return mask
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = 'w') -> Iterator[IO]:
   """``with atomic_write(path, 'w' | 'wb') as f:`` write ``f``; ``path`` appears, complete, when the block ends.
@@ -62,6 +77,9 @@ def atomic_write(path: str | os.PathLike, mode: str = 'w') -> Iterator[IO]:
   _sweep_stale(directory, name)
   fd, tmp = tempfile.mkstemp(prefix=f'.{name}.tmp-{os.getpid()}-', dir=directory)
   try:
+    # mkstemp makes the file 0600 whatever the umask; an output is for others too (a colleague, a serving process),
+    # with the mode open() would give it.
+    os.fchmod(fd, 0o666 & ~_umask())
     with os.fdopen(fd, mode) as f:
       yield f
       f.flush()

@@ -1,6 +1,7 @@
 """supersub_jax.files: a file is written whole or not at all."""
 
 import os
+import stat
 import subprocess
 import sys
 
@@ -77,3 +78,16 @@ def test_npz_arrays_are_checked_against_the_bytes_present_before_they_are_read(t
   np.savez(tmp_path / 'objects.npz', a=np.array([{}], object))
   with pytest.raises(files.ArrayFileError, match='objects.npz.*pickles'):
     files.load_npz(tmp_path / 'objects.npz')
+
+
+@pytest.mark.parametrize('umask', [0o022, 0o077, 0o002])
+def test_a_written_file_has_the_mode_open_would_give_it(tmp_path, umask):
+  previous = os.umask(umask)
+  try:
+    files.write_text(tmp_path / 'report.md', 'x')
+    with open(tmp_path / 'reference', 'w') as f:  # the independent reference: what open() gives
+      f.write('x')
+  finally:
+    os.umask(previous)
+  assert stat.S_IMODE(os.stat(tmp_path / 'report.md').st_mode) == stat.S_IMODE(os.stat(tmp_path / 'reference').st_mode)
+  assert stat.S_IMODE(os.stat(tmp_path / 'report.md').st_mode) == 0o666 & ~umask
