@@ -129,6 +129,30 @@ def test_a_damaged_record_names_its_file_and_the_rebuild_and_a_damaged_label_cac
   assert str(info.value).startswith(f'{record_file} is damaged') and str(info.value).endswith(rebuild)
 
 
+def test_a_label_cache_whose_header_states_another_shape_is_refused_before_its_data_is_read(tmp_path):
+  import tracemalloc  # pylint: disable=g-import-not-at-top
+  import zipfile  # pylint: disable=g-import-not-at-top
+  cache = tmp_path / 'train.npz'
+  header = io.BytesIO()
+  np.lib.format.write_array_header_1_0(header, {'descr': '<i8', 'fortran_order': False, 'shape': (25 * 10**6,)})
+  with zipfile.ZipFile(cache, 'w', zipfile.ZIP_DEFLATED) as z, z.open('label.npy', 'w', force_zip64=True) as f:
+    f.write(header.getvalue())
+    for _ in range(50):  # 200 MB of zeros in a file of about 200 KB
+      f.write(bytes(4 * 10**6))
+  assert os.path.getsize(cache) < 10**6
+  tracemalloc.start()
+  try:
+    assert sources._read_cache(str(cache), ('label',), 30) is None  # pylint: disable=protected-access
+    peak = tracemalloc.get_traced_memory()[1]
+  finally:
+    tracemalloc.stop()
+  assert peak < 10 * 2**20, peak  # the 200 MB were never unpacked
+  np.savez(cache, label=np.arange(30), other=np.arange(30))
+  assert sources._read_cache(str(cache), ('label',), 30) is None  # pylint: disable=protected-access
+  np.savez(cache, label=np.arange(30))
+  np.testing.assert_array_equal(sources._read_cache(str(cache), ('label',), 30)['label'], np.arange(30))  # pylint: disable=protected-access
+
+
 def test_source_is_picklable(synthetic_dir):
   import pickle  # pylint: disable=g-import-not-at-top
   h = hierarchy_lib.synthetic((3, 2))

@@ -160,13 +160,16 @@ def _cache_path(builder: tfds.core.DatasetBuilder, split: str,
 def _read_cache(path: str, keys: Sequence[str], count: int) -> dict[str, np.ndarray] | None:
   """The labels cached at `path` if they pass their check (the keys, int [count] each), else None with a
   warning: a damaged or stale cache is rebuilt, never trusted nor fatal."""
+  def check(name, shape, dtype):  # each array's header, before its data is decompressed
+    if name not in keys:
+      raise ValueError(f'array {name!r}, expected only {sorted(keys)}')
+    if shape != (count,) or not np.issubdtype(dtype, np.integer) or dtype.itemsize > 8:
+      raise ValueError(f'{name!r} is {dtype}{list(shape)}, expected int[{count}]')
+
   try:
-    labels = files.load_npz(path)  # sizes checked against the file before anything is allocated
+    labels = files.load_npz(path, max_bytes=8 * count * len(keys), max_elements=count * len(keys), check=check)
     if set(labels) != set(keys):
       raise ValueError(f'keys {sorted(labels)}, expected {sorted(keys)}')
-    for k, v in labels.items():
-      if v.shape != (count,) or not np.issubdtype(v.dtype, np.integer):
-        raise ValueError(f'{k!r} is {v.dtype}{list(v.shape)}, expected int[{count}]')
     return labels
   except Exception as e:  # pylint: disable=broad-except  (zipfile, numpy and OS errors alike mean: rebuild it)
     logging.warning('Label cache %s fails its check (%s: %s); rebuilding it.', path, type(e).__name__,
