@@ -112,8 +112,11 @@ def load_bundle(path: str) -> tuple[dict, list[dict], hierarchy_lib.Hierarchy, d
     generalist = {'params': dict(tree['generalist']['params']),
                   'batch_stats': dict(tree['generalist']['batch_stats'])}
     _check_model(model, generalist, hierarchy.num_superclasses)
+    _check_finite(generalist)
     base_shapes = {'/'.join(str(k.key) for k in p): tuple(np.shape(x))
                    for p, x in jax.tree_util.tree_flatten_with_path(generalist['params'])[0]}
+    base_stats = {'/'.join(str(k.key) for k in p): tuple(np.shape(x))
+                  for p, x in jax.tree_util.tree_flatten_with_path(generalist['batch_stats'])[0]}
     exported = []
     for k in range(hierarchy.num_superclasses):
       part = f'specialist {k}'
@@ -129,18 +132,38 @@ def load_bundle(path: str) -> tuple[dict, list[dict], hierarchy_lib.Hierarchy, d
       spec = ex.get('spec') or {'version': 1, 'cut': str(tree['model'].get('branch', 'stem')),
                                 'num_subclasses': int(kernel.shape[1]), 'delta': {}}
       models.Cut(spec['cut'])  # an unknown layer group is damage, reported below
+      if dict(spec).get('superclass', k) != k:  # bundles written before specialists recorded it have none
+        raise ValueError(f'it serves superclass {spec["superclass"]}, not {k}, whose place it is in')
       features = np.shape(generalist['params']['head']['kernel'])[0]
       columns = len(hierarchy.superclasses[k].subclasses) + (1 if dict(spec).get('dustbin') else 0)
       if kernel.shape != (features, columns):
         raise ValueError(f'head kernel {kernel.shape}, expected ({features}, {columns}): the generalist\'s '
                          'features by the superclass\'s subclasses (and its dustbin)')
+      batch_stats = dict(ex['batch_stats'])
+      for keys, x in jax.tree_util.tree_flatten_with_path(batch_stats)[0]:
+        leaf = '/'.join(str(p.key) for p in keys)
+        if base_stats.get(leaf, ()) != np.shape(x):
+          raise ValueError(f'batch statistic {leaf!r} has shape {np.shape(x)}, the generalist\'s '
+                           f'{base_stats.get(leaf, "(no such statistic)")}')
+      _check_finite({'head': {'kernel': kernel, 'bias': bias}, 'batch_stats': batch_stats})
       exported.append({'delta': ex['delta'], 'head': {'kernel': kernel, 'bias': bias},
-                       'batch_stats': dict(ex['batch_stats']), 'spec': dict(spec)})
+                       'batch_stats': batch_stats, 'spec': dict(spec)})
   # RecursionError: a hierarchy or a delta nested deeper than any bundle is (json and the record walk recurse).
   except (ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError) as e:
     raise ValueError(f'{path}: damaged bundle, in its {part} ({type(e).__name__}: {e}); write it again with '
                      '`python -m supersub_jax.convert bundle`.') from e
   return generalist, exported, hierarchy, model
+
+
+def _check_finite(tree) -> None:
+  """Raises ValueError naming the first array of ``tree`` that holds a NaN or an infinity: one inf in a head's bias
+  makes every probability NaN, and NaN batch statistics silently predict class 0."""
+  for keys, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    x = np.asarray(x)
+    if np.issubdtype(x.dtype, np.inexact) and not np.isfinite(x).all():
+      leaf = '/'.join(str(getattr(p, 'key', p)) for p in keys)
+      raise ValueError(f'{leaf} holds {int(np.size(x) - np.isfinite(x).sum())} non-finite values (NaN or inf) of '
+                       f'{np.size(x)}')
 
 
 MAX_IMAGE_SIZE = 8192  # a bundle's image side; ImageNet networks see 224

@@ -67,6 +67,46 @@ def test_a_bundle_from_before_specialists_described_themselves_loads_with_the_cu
       np.testing.assert_array_equal(a, b)
 
 
+def test_a_bundle_checks_each_specialists_superclass_and_every_array_finite_and_shaped(tiny_workdir, tmp_path):
+  config, workdir, _ = tiny_workdir
+  bundle = convert.make_bundle(config, workdir)
+  assert [bundle['specialists'][str(k)]['spec']['superclass'] for k in range(3)] == [0, 1, 2]
+  path = str(tmp_path / 'b.msgpack')
+
+  def damaged(change):
+    tree = jax.tree.map(lambda x: np.array(x) if isinstance(x, np.ndarray) else x, bundle)  # a copy
+    change(tree)
+    convert.write_bundle(path, tree)
+    return tree
+
+  def swap(tree):
+    s = tree['specialists']
+    s['1'], s['2'] = s['2'], s['1']  # same shapes (2 subclasses each)
+
+  def inf_bias(tree):
+    tree['specialists']['0']['head']['bias'][1] = np.inf
+
+  def nan_stats(tree):
+    leaf = jax.tree.leaves(tree['generalist']['batch_stats'])[0]
+    leaf[0] = np.nan
+
+  def short_stats(tree):
+    stats = tree['specialists']['2']['batch_stats']
+    layer = next(iter(stats))
+    stats[layer] = {**stats[layer], 'mean': stats[layer]['mean'][:-1]}
+
+  cases = ((swap, r"specialist 1 .*serves superclass 2, not 1"),
+           (inf_bias, r'specialist 0 .*head/bias holds 1 non-finite values'),
+           (nan_stats, r'generalist .*batch_stats/.* holds 1 non-finite values'),
+           (short_stats, r"specialist 2 .*batch statistic '.*mean' has shape"))
+  for change, message in cases:
+    damaged(change)
+    with pytest.raises(ValueError, match=f'b.msgpack: damaged bundle, in its {message}'):
+      convert.load_bundle(path)
+  legacy = damaged(lambda tree: [ex['spec'].pop('superclass') for ex in tree['specialists'].values()])
+  assert len(convert.load_bundle(path)[1]) == 3 and 'superclass' not in legacy['specialists']['0']['spec']
+
+
 def test_garbage_bundle_is_named(tmp_path):
   path = tmp_path / 'bad.msgpack'
   path.write_bytes(b'\xc1' * 7)
