@@ -128,6 +128,21 @@ def test_config_errors_on_the_command_line_are_one_line_without_a_traceback(tiny
   assert sorted(os.listdir(tmp_path)) == ['raises.py', 'syntax.py']
 
 
+def test_sizes_that_cannot_fit_and_an_empty_stage_list_are_one_error_before_anything_compiles(tiny_data_dir,
+                                                                                             tmp_path):
+  cases = {'image_size': ('--config.image_size=100000', 'image_size=100000, batch_size=16: training needs at least'),
+           'batch': ('--config.batch_size=1000000', 'image_size=16, batch_size=1000000: training needs at least'),
+           'stages': ('--config.stages=()', 'stages=(): nothing to train')}
+  start = time.monotonic()
+  outs = run_together([_command('train.py', tiny_data_dir, tmp_path / name, flag) for name, (flag, _) in cases.items()],
+                      timeout=120)
+  assert time.monotonic() - start < 60  # refused up front, not after compiling (or swapping)
+  for (name, (_, expected)), (code, out) in zip(cases.items(), outs):
+    assert code == 1 and 'Traceback' not in out, out[-3000:]
+    assert expected in out, (name, out[-3000:])
+    assert not (tmp_path / name).exists()  # nothing written, not even config.json
+
+
 # ---------------------------------------------------------------------------------------------- 2. settings mixed
 
 
