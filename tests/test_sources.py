@@ -129,6 +129,29 @@ def test_a_damaged_record_names_its_file_and_the_rebuild_and_a_damaged_label_cac
   assert str(info.value).startswith(f'{record_file} is damaged') and str(info.value).endswith(rebuild)
 
 
+def test_a_record_file_cut_short_is_named_with_a_rebuild_command_that_a_shell_takes_whole(tmp_path):
+  import shlex  # pylint: disable=g-import-not-at-top
+  h = hierarchy_lib.synthetic((3, 2))
+  data_dir = tmp_path / 'my data'  # a space: the rebuild command must quote it
+  source = sources.load_source('synthetic', 'train', h, data_dir, **SYNTH)
+  [record_file] = [os.path.join(r, n) for r, _, ns in os.walk(data_dir) for n in ns if '-train.array_record' in n]
+  [cache] = [os.path.join(r, n) for r, _, ns in os.walk(data_dir) for n in ns if n == 'train.npz']
+  with open(record_file, 'r+b') as f:  # cut at a block boundary, as a copy stopped part way leaves it
+    f.truncate(os.path.getsize(record_file) // 65536 // 2 * 65536 or 4096)
+  source = sources.load_source('synthetic', 'train', h, data_dir, **SYNTH)  # the labels come from their cache
+  with pytest.raises(sources.DataCorruptError) as info:
+    [source[i] for i in range(len(source))]
+  message = str(info.value)
+  assert message.startswith(f'{record_file} is damaged: record ')
+  command = message.split('then run: ', 1)[1]
+  assert f'--data_dir={data_dir}' in shlex.split(command)
+  assert message.split('Rebuild the dataset: delete ', 1)[1].startswith(shlex.quote(os.path.dirname(record_file)))
+  os.remove(cache)  # the label scan meets the same records: the same error, not a TypeError
+  with pytest.raises(sources.DataCorruptError, match='the file is cut short') as info:
+    sources.load_source('synthetic', 'train', h, data_dir, **SYNTH)
+  assert str(info.value).startswith(f'{record_file} is damaged') and str(info.value).endswith(command)
+
+
 def test_a_label_cache_whose_header_states_another_shape_is_refused_before_its_data_is_read(tmp_path):
   import tracemalloc  # pylint: disable=g-import-not-at-top
   import zipfile  # pylint: disable=g-import-not-at-top

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -53,12 +54,12 @@ def prepare_command(dataset: str, data_dir: str | os.PathLike,
   """The shell command that prepares `dataset` in `data_dir` (quoted in error messages); `synthetic_knobs`
   (image_size, train_per_class, test_per_class, seed, sizes) name one synthetic dataset among several."""
   command = (f'python -m supersub_jax.data.prepare --dataset={dataset} '
-             f'--data_dir={os.fspath(data_dir)}')
+             f'--data_dir={shlex.quote(os.fspath(data_dir))}')  # pasted into a shell: a path with spaces stays one
   if dataset == 'imagenet2012':
     tars = ' and '.join(IMAGENET_TARS.values())
-    command += f' --manual_dir={os.fspath(manual_dir) if manual_dir else f"<dir with {tars}>"}'
+    command += f' --manual_dir={shlex.quote(os.fspath(manual_dir)) if manual_dir else f"<dir with {tars}>"}'
   elif manual_dir:
-    command += f' --manual_dir={os.fspath(manual_dir)}'
+    command += f' --manual_dir={shlex.quote(os.fspath(manual_dir))}'
   for knob, value in synthetic_knobs.items():
     command += f' --{knob}={",".join(map(str, value)) if isinstance(value, (tuple, list)) else value}'
   return command
@@ -74,7 +75,7 @@ def _rebuild_advice(builder: tfds.core.DatasetBuilder, data_dir: str | os.PathLi
     knobs = dict(image_size=cfg.image_size, train_per_class=cfg.train_per_class,
                  test_per_class=cfg.test_per_class, seed=cfg.seed, sizes=tuple(cfg.sizes))
   dataset = 'synthetic' if knobs else builder.name
-  return (f'delete {builder.data_dir}, then run: '
+  return (f'delete {shlex.quote(os.fspath(builder.data_dir))}, then run: '
           f'{prepare_command(dataset, data_dir, manual_dir, **knobs)}')
 
 
@@ -205,7 +206,15 @@ def cached_labels(builder: tfds.core.DatasetBuilder, split: str,
                      _rebuild_advice(builder, data_dir), e) from e
     for offset, example in enumerate(examples):
       for k in keys:
-        labels[k][start + offset] = example[k]
+        value = example.get(k) if isinstance(example, Mapping) else None
+        if not isinstance(value, (int, np.integer)) and not (
+            isinstance(value, np.ndarray) and value.ndim == 0 and np.issubdtype(value.dtype, np.integer)):
+          # array_record hands back empty fields (None) for the records of a file cut short
+          raise _corrupt(_shards(builder, split), start + offset, start + offset, f'{builder.name}/{split}',
+                         _rebuild_advice(builder, data_dir),
+                         ValueError(f'its {k!r} is {type(value).__name__}, not an integer: the file is cut short '
+                                    'or overwritten'))
+        labels[k][start + offset] = value
   os.makedirs(os.path.dirname(path), exist_ok=True)
   # Several processes may scan at once; readers never see a partial file.
   with files.atomic_write(path, 'wb') as f:
@@ -251,7 +260,10 @@ class HierarchicalSource:
       example = self._records[record]
     except Exception as e:  # pylint: disable=broad-except  (array_record: RuntimeError; image decoders: others)
       raise _corrupt(self._shards, record, record, self.name, self._rebuild, e) from e
-    image = example['image']
+    image = example.get('image') if isinstance(example, Mapping) else None
+    if image is None:  # array_record hands back empty fields for the records of a file cut short
+      raise _corrupt(self._shards, record, record, self.name, self._rebuild,
+                     ValueError('the record holds no image: the file is cut short or overwritten'))
     if self.encoded:
       if not isinstance(image, bytes):
         raise ValueError(f'{self.name}[{index}]: expected the encoded image (bytes), got {type(image).__name__}.')
