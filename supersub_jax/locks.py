@@ -173,6 +173,9 @@ def hold_workdir(workdir: str, *, program: str, writes: str, create: bool = True
   """
   workdir = os.path.abspath(os.path.expanduser(workdir))
   created = []
+  if os.path.islink(workdir) and not os.path.exists(workdir):  # "make it writable" would not help
+    raise FileNotFoundError(f'{workdir} is a symbolic link to {os.readlink(workdir)}, which does not exist: create '
+                            'that folder (a disk not mounted?), or pass another --workdir.')
   if not os.path.isdir(workdir):
     if not create:
       raise FileNotFoundError(f'{workdir} does not exist: pass the --workdir that train.py trained.')

@@ -115,3 +115,14 @@ def test_a_lock_file_replaced_while_opening_is_taken_again(tmp_path, monkeypatch
   monkeypatch.setattr(locks.fcntl, 'flock', flock_then_replace)
   with locks.hold_workdir(str(tmp_path), program='train.py', writes='checkpoints'):
     assert calls and str(os.getpid()) in (tmp_path / locks.LOCK_FILE).read_text()
+
+
+def test_a_dangling_symlink_workdir_is_named_as_one_not_as_unwritable(tmp_path):
+  link = tmp_path / 'runs'
+  link.symlink_to(tmp_path / 'unmounted' / 'runs')
+  for create in (True, False):
+    with pytest.raises(FileNotFoundError, match=f'{link} is a symbolic link to {tmp_path}/unmounted/runs, which does '
+                                                'not exist'):
+      with locks.hold_workdir(str(link), program='train.py', writes='x', create=create):
+        pass
+  assert os.listdir(tmp_path) == ['runs'] and not (tmp_path / 'unmounted').exists()

@@ -7,6 +7,7 @@ the original formats (cifar-100-binary.tar.gz, ILSVRC2012 tars) are prepared by
 as soon as a decoder such as `SkipDecoding` is passed, which the label scan does.)
 """
 
+import dataclasses
 import io
 import os
 import tarfile
@@ -150,6 +151,24 @@ def test_a_record_file_cut_short_is_named_with_a_rebuild_command_that_a_shell_ta
   with pytest.raises(sources.DataCorruptError, match='the file is cut short') as info:
     sources.load_source('synthetic', 'train', h, data_dir, **SYNTH)
   assert str(info.value).startswith(f'{record_file} is damaged') and str(info.value).endswith(command)
+
+
+def test_a_label_cache_overwritten_or_out_of_range_is_rebuilt_from_the_records(tmp_path, caplog):
+  h = hierarchy_lib.synthetic((3, 2))
+  expected = sources.load_source('synthetic', 'train', h, tmp_path, **SYNTH).labels
+  [cache] = [os.path.join(r, n) for r, _, ns in os.walk(tmp_path) for n in ns if n == 'train.npz']
+  good = dict(np.load(cache))
+  assert good['label'].any()
+  for name, damaged in (('all zeros', {k: np.zeros_like(v) for k, v in good.items()}),
+                        ('out of range', {**good, 'label': good['label'] + 1000})):
+    np.savez(cache, **damaged)
+    with caplog.at_level('WARNING'):
+      source = sources.load_source('synthetic', 'train', h, tmp_path, **SYNTH)
+    assert f'Label cache {cache} fails its check' in caplog.text, name
+    caplog.clear()
+    for a, b in zip(dataclasses.astuple(source.labels), dataclasses.astuple(expected)):
+      np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(np.load(cache)['label'], good['label'])
 
 
 def test_a_label_cache_whose_header_states_another_shape_is_refused_before_its_data_is_read(tmp_path):

@@ -158,9 +158,14 @@ def _cache_path(builder: tfds.core.DatasetBuilder, split: str,
                       str(builder.version), f'{safe_split}.npz')
 
 
-def _read_cache(path: str, keys: Sequence[str], count: int) -> dict[str, np.ndarray] | None:
-  """The labels cached at `path` if they pass their check (the keys, int [count] each), else None with a
-  warning: a damaged or stale cache is rebuilt, never trusted nor fatal."""
+_SPOT_CHECKS = 8  # records read back to check a label cache against (images not decoded)
+
+
+def _read_cache(path: str, keys: Sequence[str], count: int, *, num_classes: Mapping[str, int] | None = None,
+                records=None) -> dict[str, np.ndarray] | None:
+  """The labels cached at `path` if they pass their check (the keys, int [count] each, within `num_classes` of
+  each key, and equal to the labels of a few of `records`), else None with a warning: a damaged or stale cache is
+  rebuilt, never trusted nor fatal."""
   def check(name, shape, dtype):  # each array's header, before its data is decompressed
     if name not in keys:
       raise ValueError(f'array {name!r}, expected only {sorted(keys)}')
@@ -171,6 +176,20 @@ def _read_cache(path: str, keys: Sequence[str], count: int) -> dict[str, np.ndar
     labels = files.load_npz(path, max_bytes=8 * count * len(keys), max_elements=count * len(keys), check=check)
     if set(labels) != set(keys):
       raise ValueError(f'keys {sorted(labels)}, expected {sorted(keys)}')
+    for k, n in (num_classes or {}).items():
+      bad = (labels[k] < 0) | (labels[k] >= n)
+      if n and bad.any():
+        raise ValueError(f'{int(bad.sum())} {k!r} value(s) outside [0, {n}), e.g. {int(labels[k][bad][0])}')
+    if records is not None and count:  # an overwritten cache (all zeros, another split's) has the right shape
+      spots = sorted({int(i) for i in np.linspace(0, count - 1, min(count, _SPOT_CHECKS))})
+      try:
+        found = [{k: int(example[k]) for k in keys} for example in records.__getitems__(spots)]
+      except Exception:  # pylint: disable=broad-except  (damaged records: reading them reports it, naming the file)
+        found = None
+      for i, example in zip(spots, found or ()):
+        for k in keys:
+          if example[k] != int(labels[k][i]):
+            raise ValueError(f'record {i} has {k!r} {example[k]}, the cache {int(labels[k][i])}')
     return labels
   except Exception as e:  # pylint: disable=broad-except  (zipfile, numpy and OS errors alike mean: rebuild it)
     logging.warning('Label cache %s fails its check (%s: %s); rebuilding it.', path, type(e).__name__,
@@ -191,7 +210,9 @@ def cached_labels(builder: tfds.core.DatasetBuilder, split: str,
   path = _cache_path(builder, split, data_dir)
   raw = builder.as_data_source(split, decoders={'image': tfds.decode.SkipDecoding()})
   if os.path.exists(path):
-    labels = _read_cache(path, keys, len(raw))
+    num_classes = {k: int(getattr(builder.info.features[k], 'num_classes', 0) or 0) for k in keys
+                   if k in builder.info.features}
+    labels = _read_cache(path, keys, len(raw), num_classes=num_classes, records=raw)
     if labels is not None:
       return labels
   logging.info('Scanning the labels of %d records of %s/%s (images not decoded)...', len(raw),
