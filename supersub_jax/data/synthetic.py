@@ -34,6 +34,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from supersub_jax import files
+from supersub_jax import locks
 from supersub_jax.hierarchy import DEFAULT_SYNTHETIC_SIZES as DEFAULT_SIZES  # one home: the hierarchy's
 
 SHAPE_FAMILIES: tuple[str, ...] = (
@@ -421,15 +422,22 @@ def build_synthetic(data_dir: str | os.PathLike, *, image_size: int = 32,
   Returns the prepared builder: read splits with `builder.as_data_source('train')`, whose
   examples are {'image': uint8 [H, W, 3], 'label': int64 global class, 'superclass': int64}.
   """
-  builder = synthetic_builder(data_dir, image_size=image_size, train_per_class=train_per_class,
-                              test_per_class=test_per_class, seed=seed, sizes=sizes)
-  if not builder.is_prepared():
-    builder.download_and_prepare(
-        file_format='array_record',
-        download_config=tfds.download.DownloadConfig(
-            # Statistics would need TensorFlow and are not used.
-            compute_stats=tfds.download.ComputeStatsMode.SKIP),
-    )
+  def make():
+    return synthetic_builder(data_dir, image_size=image_size, train_per_class=train_per_class,
+                             test_per_class=test_per_class, seed=seed, sizes=sizes)
+
+  builder = make()
+  if builder.is_prepared():
+    return builder
+  with locks.building(os.fspath(data_dir), builder.name):
+    builder = make()  # another process may have built it while this one waited: its info is read afresh
+    if not builder.is_prepared():
+      builder.download_and_prepare(
+          file_format='array_record',
+          download_config=tfds.download.DownloadConfig(
+              # Statistics would need TensorFlow and are not used.
+              compute_stats=tfds.download.ComputeStatsMode.SKIP),
+      )
   return builder
 
 
