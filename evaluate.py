@@ -18,13 +18,13 @@ from supersub_jax import cli  # pylint: disable=g-import-not-at-top,wrong-import
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'The workdir that train.py wrote.')
-flags.mark_flags_as_required(['workdir'])
 cli.define_config_flag(stored_in_workdir=True)
 
 
 def main(argv):
   if len(argv) > 1:
     raise ValueError(f'Unexpected arguments: {argv[1:]}')
+  cli.required_path('workdir', FLAGS.workdir, 'runs/demo')
   from supersub_jax import evaluation, locks, recipe, report, runtime  # pylint: disable=g-import-not-at-top
   config = cli.config_for_workdir(FLAGS.config, FLAGS.workdir)
   runtime.initialize_runtime(config)

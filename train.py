@@ -22,13 +22,13 @@ from supersub_jax import cli  # pylint: disable=g-import-not-at-top,wrong-import
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and reports.')
-flags.mark_flags_as_required(['workdir'])
 cli.define_config_flag(stored_in_workdir=False)
 
 
 def main(argv):
   if len(argv) > 1:
     raise ValueError(f'Unexpected arguments: {argv[1:]}')
+  cli.required_path('workdir', FLAGS.workdir, 'runs/demo')
   if FLAGS.config is None:
     raise ValueError('--config is required: a configs/*.py file, e.g. --config=configs/synthetic.py.')
   from supersub_jax import recipe, runtime  # pylint: disable=g-import-not-at-top

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import traceback
 from typing import Callable, Sequence
 
 from absl import app
@@ -45,6 +46,18 @@ def _argv_value(name: str, argv: Sequence[str]) -> str | None:
   return None
 
 
+def required_path(name: str, value: str | None, example: str) -> str:
+  """The value of the path flag --name; raises ValueError when it is missing or empty.
+
+  An empty path is the current directory to ``os.path``: ``--workdir=$WORKDIR`` with the variable unset would
+  write a run's files into wherever the command was started (the repository, say).
+  """
+  if value is None or not value.strip():
+    state = 'missing' if value is None else f'empty ({value!r}; an unset shell variable?)'
+    raise ValueError(f'--{name} is {state}: pass a path, e.g. --{name}={example}.')
+  return value
+
+
 def define_config_flag(*, stored_in_workdir: bool) -> None:
   """Defines --config (a configs/*.py file; fields overridden with --config.x=y).
 
@@ -60,8 +73,14 @@ def define_config_flag(*, stored_in_workdir: bool) -> None:
       except ValueError:  # unreadable: main() reports it through config_for_workdir
         stored = None
       if stored is not None:
-        config_flags.DEFINE_config_dict('config', stored, 'The config stored in --workdir (by train.py); '
-                                        'override fields with --config.x=y.', lock_config=True)
+        try:  # ml_collections applies the --config.x=y overrides of sys.argv here, at once
+          config_flags.DEFINE_config_dict('config', stored, 'The config stored in --workdir (by train.py); '
+                                          'override fields with --config.x=y.', lock_config=True)
+        except (AttributeError, KeyError) as e:
+          if _debug_in(argv):
+            raise
+          print(f'error: {_config_problem(e, argv)}', file=sys.stderr)
+          sys.exit(1)
         return
   help_ = ('A configs/*.py file; override fields with --config.x=y.' +
            (' Optional: by default the config stored in --workdir by train.py.' if stored_in_workdir else ''))
@@ -92,6 +111,54 @@ def quiet_logs() -> None:
 def define_debug_flag() -> None:
   if 'debug' not in FLAGS:
     flags.DEFINE_bool('debug', False, 'On an error, show the full traceback instead of one line.')
+
+
+def _config_problem(e: Exception, argv: Sequence[str]) -> str:
+  """What went wrong while the flags were parsed, in one line: an unknown --config.x=y field, or a config file
+  that does not load (a syntax error, an exception of its own), with the file and line."""
+  overrides = [a for a in argv if a.lstrip('-').startswith('config.')]
+  if isinstance(e, (AttributeError, KeyError)):
+    field = str(e).strip('"\'')
+    named = [a for a in overrides if field in a.lstrip('-').split('=', 1)[0].split('.')[1:]]
+    return (f'{", ".join(named) or "a --config.x=y override"}: the config has no field {field!r}; '
+            '`--helpfull` lists the fields (as --config.<field>), or see the configs/*.py file.')
+  config = _argv_value('config', argv)
+  where = ''
+  if isinstance(e, SyntaxError):
+    where = f' ({e.filename}, line {e.lineno})'
+  else:
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if config and f.filename.endswith(
+        config.split(':', 1)[0].rsplit('/', 1)[-1])]
+    if frames:
+      where = f' ({frames[-1].filename}, line {frames[-1].lineno})'
+  message = e.msg if isinstance(e, SyntaxError) else str(e)
+  return (f'--config={config} could not be loaded: {type(e).__name__}: {message}{where}; fix the file or pass '
+          'another --config.' if config else f'the --config flags could not be parsed: {type(e).__name__}: {e}')
+
+
+def _parse_flags(parser: Callable, argv: Sequence[str]):
+  """``parser(argv)``, with a config that does not load or an override of an unknown field reported as one line
+  ``error: ...``, exit status 1 (absl reports its own flag errors; ``--debug`` shows the traceback)."""
+  try:
+    rest = parser(argv)
+    config = FLAGS['config'].value if 'config' in FLAGS else None
+    if type(config).__name__ == '_ErrorConfig':  # ml_collections defers a file it could not read to its first use
+      reason = str(getattr(config, '_error', '')).strip().splitlines() or ['unreadable']
+      raise ValueError(f'--config={_argv_value("config", argv)} could not be read: {reason[-1].strip()}; pass a '
+                       'configs/*.py file, e.g. --config=configs/synthetic.py.')
+    return rest
+  except flags.Error as e:  # e.g. --config.batch_size=abc: absl's own parser, outside parse_flags_with_usage
+    problem = str(e)
+  except Exception as e:  # pylint: disable=broad-except  (a config file runs arbitrary code)
+    if _debug_in(argv):
+      raise
+    problem = str(e) if isinstance(e, ValueError) and str(e).startswith('--config=') else _config_problem(e, argv)
+  print(f'error: {problem}', file=sys.stderr)
+  sys.exit(1)
+
+
+def _debug_in(argv: Sequence[str]) -> bool:
+  return any(a in ('--debug', '-debug', '--debug=true', '--debug=True', '--debug=1') for a in argv)
 
 
 def _exit_interrupted(signum: int) -> None:
@@ -131,7 +198,5 @@ def run(main: Callable[[list[str]], None], *, flags_parser: Callable | None = No
         _exit_interrupted(interrupts.interrupted())
       raise
 
-  if flags_parser is None:
-    app.run(wrapped)
-  else:
-    app.run(wrapped, flags_parser=flags_parser)
+  parser = flags_parser or FLAGS  # not app.parse_flags_with_usage: its flag errors take two lines, 'FATAL ...'
+  app.run(wrapped, flags_parser=lambda argv: _parse_flags(parser, argv))

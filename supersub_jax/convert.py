@@ -112,8 +112,11 @@ def load_bundle(path: str) -> tuple[dict, list[dict], hierarchy_lib.Hierarchy, d
     generalist = {'params': dict(tree['generalist']['params']),
                   'batch_stats': dict(tree['generalist']['batch_stats'])}
     _check_model(model, generalist, hierarchy.num_superclasses)
+    _check_finite(generalist)
     base_shapes = {'/'.join(str(k.key) for k in p): tuple(np.shape(x))
                    for p, x in jax.tree_util.tree_flatten_with_path(generalist['params'])[0]}
+    base_stats = {'/'.join(str(k.key) for k in p): tuple(np.shape(x))
+                  for p, x in jax.tree_util.tree_flatten_with_path(generalist['batch_stats'])[0]}
     exported = []
     for k in range(hierarchy.num_superclasses):
       part = f'specialist {k}'
@@ -129,18 +132,38 @@ def load_bundle(path: str) -> tuple[dict, list[dict], hierarchy_lib.Hierarchy, d
       spec = ex.get('spec') or {'version': 1, 'cut': str(tree['model'].get('branch', 'stem')),
                                 'num_subclasses': int(kernel.shape[1]), 'delta': {}}
       models.Cut(spec['cut'])  # an unknown layer group is damage, reported below
+      if dict(spec).get('superclass', k) != k:  # bundles written before specialists recorded it have none
+        raise ValueError(f'it serves superclass {spec["superclass"]}, not {k}, whose place it is in')
       features = np.shape(generalist['params']['head']['kernel'])[0]
       columns = len(hierarchy.superclasses[k].subclasses) + (1 if dict(spec).get('dustbin') else 0)
       if kernel.shape != (features, columns):
         raise ValueError(f'head kernel {kernel.shape}, expected ({features}, {columns}): the generalist\'s '
                          'features by the superclass\'s subclasses (and its dustbin)')
+      batch_stats = dict(ex['batch_stats'])
+      for keys, x in jax.tree_util.tree_flatten_with_path(batch_stats)[0]:
+        leaf = '/'.join(str(p.key) for p in keys)
+        if base_stats.get(leaf, ()) != np.shape(x):
+          raise ValueError(f'batch statistic {leaf!r} has shape {np.shape(x)}, the generalist\'s '
+                           f'{base_stats.get(leaf, "(no such statistic)")}')
+      _check_finite({'head': {'kernel': kernel, 'bias': bias}, 'batch_stats': batch_stats})
       exported.append({'delta': ex['delta'], 'head': {'kernel': kernel, 'bias': bias},
-                       'batch_stats': dict(ex['batch_stats']), 'spec': dict(spec)})
+                       'batch_stats': batch_stats, 'spec': dict(spec)})
   # RecursionError: a hierarchy or a delta nested deeper than any bundle is (json and the record walk recurse).
   except (ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError) as e:
     raise ValueError(f'{path}: damaged bundle, in its {part} ({type(e).__name__}: {e}); write it again with '
                      '`python -m supersub_jax.convert bundle`.') from e
   return generalist, exported, hierarchy, model
+
+
+def _check_finite(tree) -> None:
+  """Raises ValueError naming the first array of ``tree`` that holds a NaN or an infinity: one inf in a head's bias
+  makes every probability NaN, and NaN batch statistics silently predict class 0."""
+  for keys, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    x = np.asarray(x)
+    if np.issubdtype(x.dtype, np.inexact) and not np.isfinite(x).all():
+      leaf = '/'.join(str(getattr(p, 'key', p)) for p in keys)
+      raise ValueError(f'{leaf} holds {int(np.size(x) - np.isfinite(x).sum())} non-finite values (NaN or inf) of '
+                       f'{np.size(x)}')
 
 
 MAX_IMAGE_SIZE = 8192  # a bundle's image side; ImageNet networks see 224
@@ -225,6 +248,25 @@ def _check_output(fmt: str, output: str) -> None:
     raise FileExistsError(f'{output} already exists; choose a new --output or delete it first.')
 
 
+# What train.py and evaluate.py write at a workdir's top level (besides its stage folders, which exist when trained).
+WORKDIR_FILES = ('config.json', 'metrics.jsonl', 'report.json', 'report.md', locks.LOCK_FILE)
+
+
+def check_output_outside(output: str, workdir: str) -> None:
+  """Raises ValueError when ``output`` is one of ``workdir``'s own files: the workdir itself, anything inside one
+  of its folders (checkpoints, TensorBoard logs), a file it holds, or one that train.py or evaluate.py write there.
+  A new name at the workdir's top level (``<workdir>/supersub.msgpack``) is allowed."""
+  output, workdir = os.path.realpath(os.path.expanduser(output)), os.path.realpath(os.path.expanduser(workdir))
+  relative = os.path.relpath(output, workdir)
+  if relative == os.pardir or relative.startswith(os.pardir + os.sep):
+    return
+  top = relative.split(os.sep)[0]
+  if (relative == os.curdir or os.sep in relative or os.path.lexists(output) or top in WORKDIR_FILES
+      or top.endswith('.png')):
+    raise ValueError(f'--output={output} is inside the workdir {workdir}, among the files train.py and evaluate.py '
+                     'own there: choose a path outside it (or a new file name at its top level).')
+
+
 def export_network(config, workdir: str, stage: str, fmt: str, output: str) -> str:
   """Writes the finished network of ``stage`` (``stages.NETWORK_STAGES``) as a dense network (``fmt`` in
   EXPORT_FORMATS); returns a one-line description."""
@@ -288,7 +330,7 @@ def _verb_help(verb: str) -> str:
 
 
 def main() -> None:
-  from absl import app, flags  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
   from supersub_jax import cli  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string('workdir', None, 'A workdir trained by train.py.')
   flags.DEFINE_string('output', None, 'Where to write (a file; a new directory for orbax).')
@@ -308,7 +350,7 @@ def main() -> None:
     if verb in VERBS and any(a in ('--help', '-h', '--helpshort', '-?') for a in argv[1:]):
       print(_verb_help(verb))
       sys.exit(0)
-    return app.parse_flags_with_usage(argv)
+    return flags.FLAGS(argv)  # cli.run reports a flag error in one line
 
   def run(argv):
     f = flags.FLAGS
@@ -321,11 +363,15 @@ def main() -> None:
     if required:
       raise ValueError(f'{verb} needs --{", --".join(required)} (see `python -m supersub_jax.convert {verb} '
                        '--help`).')
+    for name, example in (('workdir', 'runs/demo'), ('input', 'resnet50.pth'), ('output', 'supersub.msgpack')):
+      if name in VERBS[verb]:
+        cli.required_path(name, f[name].value, example)
     if verb == 'import-torchvision':
       with locks.hold_output(f.output, program='convert import-torchvision'):
         what = import_torchvision(f.arch, f.input, f.output, stem=f.stem, width=f.width)
       print(f'wrote {f.output}: {what}')
       return
+    check_output_outside(f.output, f.workdir)
     config = cli.config_for_workdir(f.config, f.workdir)
     runtime.initialize_runtime(config)
     # The workdir is only read (finished checkpoints); the output is what two conversions could both write.

@@ -9,7 +9,8 @@ POSIX), so a reader sees the old file or the new one, never half of one. When th
 KeyboardInterrupt / SystemExit that a SIGINT or SIGTERM becomes -- the temporary file is removed. Only a kill that
 gives no chance to clean up (SIGKILL, power loss) leaves one behind, named ``.<name>.tmp-<pid>-<random>``; the next
 write of the same path removes those whose process is gone. Once a SIGINT or SIGTERM has asked the process to stop
-(``interrupts.Interrupted``), no write is committed any more.
+(``interrupts.Interrupted``), no write is committed any more. The file gets the mode ``open()`` would give it
+(0666 less the umask), not ``mkstemp``'s 0600.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import math
 import os
 import tempfile
 import zipfile
-from typing import IO, Iterator
+from typing import IO, Callable, Iterator
 
 import numpy as np
 
@@ -49,6 +50,20 @@ def _sweep_stale(directory: str, name: str) -> None:
         os.remove(stale)
 
 
+def _umask() -> int:
+  """The process's umask, read without changing it where the OS tells it (Linux); else set and restored."""
+  try:
+    with open('/proc/self/status') as f:
+      for line in f:
+        if line.startswith('Umask:'):
+          return int(line.split()[1], 8)
+  except (OSError, ValueError):
+    pass
+  mask = os.umask(0o022)
+  os.umask(mask)
+  return mask
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = 'w') -> Iterator[IO]:
   """``with atomic_write(path, 'w' | 'wb') as f:`` write ``f``; ``path`` appears, complete, when the block ends.
@@ -62,6 +77,9 @@ def atomic_write(path: str | os.PathLike, mode: str = 'w') -> Iterator[IO]:
   _sweep_stale(directory, name)
   fd, tmp = tempfile.mkstemp(prefix=f'.{name}.tmp-{os.getpid()}-', dir=directory)
   try:
+    # mkstemp makes the file 0600 whatever the umask; an output is for others too (a colleague, a serving process),
+    # with the mode open() would give it.
+    os.fchmod(fd, 0o666 & ~_umask())
     with os.fdopen(fd, mode) as f:
       yield f
       f.flush()
@@ -104,14 +122,19 @@ def _npy_header(f, version) -> tuple[tuple[int, ...], bool, np.dtype]:
   raise ValueError(f'.npy format version {version} is not supported (1.0 or 2.0 are)')
 
 
-def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
-  """{name: array} of an ``.npz`` file, every size checked against the bytes present before anything is allocated.
+def load_npz(path: str | os.PathLike, *, max_bytes: int, max_elements: int | None = None,
+             check: Callable[[str, tuple[int, ...], np.dtype], None] | None = None) -> dict[str, np.ndarray]:
+  """{name: array} of an ``.npz`` file, every size checked against the bytes present and against absolute caps
+  before anything is decompressed or allocated.
 
   ``numpy.load`` allocates whatever shape a member's header declares, then reads: a damaged or hostile header of
   10^12 elements ends in a MemoryError (or, under memory overcommit, in the kernel's OOM killer). Here each header is
   read first (``numpy.lib.format``) and its shape times its item size must be the member's size in the zip, which
-  must be bytes the file holds (stored, or compressed at most as far as deflate can). Object arrays are refused (no
-  pickle). Raises ``ArrayFileError`` naming the file and the member, or FileNotFoundError.
+  must be bytes the file holds (stored, or compressed at most as far as deflate can). Deflate's ratio alone still
+  lets a 4 MB file of zeros claim 4 GB, so the caller states the most it expects: ``max_bytes`` (all arrays
+  together) and ``max_elements`` (likewise); ``check(name, shape, dtype)`` may refuse a member by its header (raise
+  ValueError), before its data is read. Object arrays are refused (no pickle). Raises ``ArrayFileError`` naming the
+  file and the member, or FileNotFoundError.
   """
   path = os.fspath(path)
   present = os.path.getsize(path)
@@ -121,8 +144,8 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
       if sum(m.compress_size for m in members) > present:
         raise ValueError(f'its members claim {sum(m.compress_size for m in members):,} bytes, the file has '
                          f'{present:,}')
-      out = {}
-      for m in members:
+      headers, total_bytes, total_elements = [], 0, 0
+      for m in members:  # every header first: nothing is decompressed before all sizes are known and allowed
         name = m.filename[:-4] if m.filename.endswith('.npy') else m.filename
         with z.open(m) as f:
           version = np.lib.format.read_magic(f)
@@ -136,6 +159,19 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
                            f'{m.file_size - header:,} bytes')
         if m.compress_type != zipfile.ZIP_STORED and m.file_size > _MAX_DEFLATE_RATIO * m.compress_size + 4096:
           raise ValueError(f'{name!r} claims {m.file_size:,} bytes from {m.compress_size:,} compressed bytes')
+        total_bytes += nbytes
+        total_elements += math.prod(shape)
+        if total_bytes > max_bytes:
+          raise ValueError(f'its arrays declare {total_bytes:,} bytes up to {name!r} ({dtype}{list(shape)}), more '
+                           f'than the {max_bytes:,} such a file may hold')
+        if max_elements is not None and total_elements > max_elements:
+          raise ValueError(f'its arrays declare {total_elements:,} elements up to {name!r} ({dtype}{list(shape)}), '
+                           f'more than the {max_elements:,} such a file may hold')
+        if check is not None:
+          check(name, tuple(shape), dtype)
+        headers.append((m, name))
+      out = {}
+      for m, name in headers:
         with z.open(m) as f:
           out[name] = np.lib.format.read_array(f, allow_pickle=False)
       return out

@@ -173,6 +173,9 @@ def hold_workdir(workdir: str, *, program: str, writes: str, create: bool = True
   """
   workdir = os.path.abspath(os.path.expanduser(workdir))
   created = []
+  if os.path.islink(workdir) and not os.path.exists(workdir):  # "make it writable" would not help
+    raise FileNotFoundError(f'{workdir} is a symbolic link to {os.readlink(workdir)}, which does not exist: create '
+                            'that folder (a disk not mounted?), or pass another --workdir.')
   if not os.path.isdir(workdir):
     if not create:
       raise FileNotFoundError(f'{workdir} does not exist: pass the --workdir that train.py trained.')
@@ -207,3 +210,33 @@ def hold_output(output: str, *, program: str) -> Iterator[None]:
   with _hold(os.path.join(folder, f'.{name}.lock'), program=program, what=f'--output={output}', writes=name,
              fix='or choose another --output.'):
     yield
+
+
+BUILD_LOCK_FILE = '.supersub_build.lock'
+
+
+@contextlib.contextmanager
+def building(data_dir: str, what: str) -> Iterator[None]:
+  """Holds ``<data_dir>/.supersub_build.lock`` while this process builds ``what`` there, waiting for another process
+  that holds it: two runs preparing one fresh data_dir would otherwise race on TFDS's rename of its
+  ``incomplete.*`` folder. The caller checks again, under the lock, whether the other one built it meanwhile.
+
+  The file stays (a data_dir is shared and long-lived; removing it would let a third process lock another file).
+  """
+  os.makedirs(data_dir, exist_ok=True)
+  path = os.path.join(data_dir, BUILD_LOCK_FILE)
+  fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      logging.warning('%s: another process is building %s there; waiting for it to finish.', data_dir, what)
+      fcntl.flock(fd, fcntl.LOCK_EX)  # a signal still interrupts the wait (its handler raises)
+    except OSError as e:
+      if e.errno not in _NO_LOCKS:
+        raise
+      logging.warning('%s: this file system has no locks (%s); two processes building %s at once may fail.',
+                      data_dir, e.strerror, what)
+    yield
+  finally:
+    os.close(fd)

@@ -121,6 +121,9 @@ def _training_problems(config) -> list[str]:
                       f'prune_end_fraction={cfg.prune_end_fraction}: pruning must begin before it ends.')
   except TypeError:
     pass  # reported above
+  if not config.stages:
+    problems.append(f'stages={tuple(config.stages)}: nothing to train; list the stages to run, a subsequence of '
+                    f'{stages.STAGES}, e.g. --config.stages="(\'vanilla\', \'superclass\', \'specialists\')".')
   uses_init = ({'vanilla', 'vanilla_matched'} & set(config.stages)
                or ('superclass' in config.stages and not config.superclass.init_from_vanilla))
   if uses_init and config.init.path and not os.path.exists(os.path.expanduser(config.init.path)):
@@ -139,6 +142,66 @@ def _evaluation_problems(config) -> list[str]:
   _sizes(problems, 'evaluate.chunk_sizes', cfg.chunk_sizes, 'e.g. (32, 8)')
   _sizes(problems, 'evaluate.benchmark_batch_sizes', cfg.benchmark_batch_sizes, 'e.g. (1, 256)')
   _number(problems, 'evaluate.benchmark_batches', cfg.benchmark_batches, low=1, integer=True)
+  return problems
+
+
+def device_memory() -> tuple[int, str]:
+  """(bytes one device may use, what they are): the accelerator's own memory, or on CPU the host's RAM shared by
+  its devices."""
+  device = jax.local_devices()[0]
+  stats = device.memory_stats() if device.platform != 'cpu' else None
+  if stats and stats.get('bytes_limit'):
+    return int(stats['bytes_limit']), f'the {device.device_kind} memory'
+  ram = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+  return ram // jax.local_device_count(), f'the host RAM shared by {jax.local_device_count()} device(s)'
+
+
+def activation_bytes(config) -> tuple[int, int]:
+  """(every layer's output, the largest one) in bytes for one image of ``config.image_size``, from the model's
+  shapes alone (traced, nothing compiled nor allocated). Training keeps about the first for the backward pass;
+  inference needs about twice the second."""
+  model = stages.make_model(config, 2)
+  image = jax.ShapeDtypeStruct((1, *stages.image_shape(config)), jax.numpy.float32)
+
+  def outputs(x):
+    variables = model.init(jax.random.key(0), x, train=False)
+    return model.apply(variables, x, train=True, mutable=['batch_stats', 'intermediates'],
+                       capture_intermediates=True)[1]['intermediates']
+
+  sizes = [x.size * x.dtype.itemsize for x in jax.tree.leaves(jax.eval_shape(outputs, image))]
+  return sum(sizes), max(sizes)
+
+
+def _size(nbytes: float) -> str:
+  for unit, scale in (('GiB', 2**30), ('MiB', 2**20), ('KiB', 2**10)):
+    if nbytes >= scale:
+      return f'{nbytes / scale:,.1f} {unit}'
+  return f'{int(nbytes)} bytes'
+
+
+def _memory_problems(config, *, training: bool) -> list[str]:
+  """An image or batch that cannot fit the devices, refused before anything compiles (XLA would fail to allocate,
+  with a long traceback, or the run would swap for minutes), with the estimate."""
+  devices = jax.device_count()
+  available, where = device_memory()
+  try:
+    per_image, largest = activation_bytes(config)
+  except Exception:  # pylint: disable=broad-except  (an estimate only: a model it cannot trace is checked elsewhere)
+    return []
+  needs = [('eval_batch_size', config.eval_batch_size, 2 * largest, 'inference')]
+  if training:
+    needs.insert(0, ('batch_size', config.batch_size, per_image, 'training'))
+  problems = []
+  for field, batch, per, what in needs:
+    per_device = max(batch // devices, 1)
+    if per_device * per > available:
+      fits = available // per * devices
+      fix = (f'use a {field} of at most {fits}, or a smaller image_size' if fits >= devices else
+             'even one image per device does not fit: use a smaller image_size')
+      problems.append(
+          f'image_size={config.image_size}, {field}={batch}: {what} needs at least {_size(per_device * per)} per '
+          f'device ({per_device} image(s) of {_size(per)} of activations), more than the {_size(available)} of '
+          f'{where}; {fix}.')
   return problems
 
 
@@ -258,6 +321,8 @@ def validate(config: ml_collections.ConfigDict, *, training: bool = True) -> Non
     bad = [k for k in cfg.superclasses if not 0 <= k < n]
     if bad:
       problems.append(f'specialists.superclasses: {bad} outside [0, {n}) of hierarchy {config.hierarchy!r}.')
+  if not problems:  # the sizes below trace the model: only a config that is otherwise sound gets that far
+    problems += _memory_problems(config, training=training)
   data_dir = os.path.abspath(os.path.expanduser(config.data_dir))
   try:
     os.makedirs(data_dir, exist_ok=True)

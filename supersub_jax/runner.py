@@ -80,16 +80,21 @@ class MetricWriter:
     resumed run writes them again, once."""
     if not self.enabled or not os.path.exists(self.path):
       return
-    with open(self.path) as f:
+    with open(self.path, 'rb') as f:  # bytes: a damaged line (not UTF-8) is one line to drop, not the whole file
       lines = f.readlines()
-    keep = []
+    keep, dropped = [], 0
     for line in lines:
       try:
         record = json.loads(line)
-      except json.JSONDecodeError:  # a line cut short by a kill
+      except ValueError:  # a line cut short by a kill, or damaged (JSONDecodeError, UnicodeDecodeError)
+        record = None
+      if not isinstance(record, dict) or not isinstance(record.get('step', 0), (int, float)):
+        dropped += bool(line.strip())
         continue
       if record.get('stage') != self.stage or record.get('step', 0) <= step:
         keep.append(json.dumps(record) + '\n')
+    if dropped:
+      logging.warning('%s: dropped %d line(s) that are not JSON records (cut short or damaged).', self.path, dropped)
     files.write_text(self.path, ''.join(keep))
 
 

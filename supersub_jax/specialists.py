@@ -265,6 +265,7 @@ def train_specialists(config, workdir: str, *, stage: str = 'specialists',
       exported = exported_lib.export(host_state.params['delta'], host_state.masks, host_state.params['head'],
                                      cut.split(host_state.batch_stats)[1], dcfg, n_k, cut=cut, dustbin=dustbin)
       spec = exported.pop('spec')  # JSON, kept in the checkpoint's metadata; the arrays are an orbax item
+      spec['superclass'] = k  # which one it serves: a specialist moved to another's place is found at load
       nbytes = exported_lib.exported_nbytes(exported)
       kept = spec['delta']['density']
       summary = {'superclass': k, 'name': job.meta['name'], 'num_subclasses': n_k, 'num_steps': num_steps,
@@ -311,7 +312,17 @@ def load_exported(config, workdir: str, k: int, generalist: stages.Network, hier
   job = _job(config, workdir, hierarchy, k, 0, runner.fingerprint(generalist.params, generalist.batch_stats), stage)
   # The compressed form is self-describing (each record carries its shape): read as stored.
   restored = runner.load_finished(config, job, target=None, extra={'compressed': None})
-  return {**restored.extra['compressed'], 'spec': restored.meta.get('specialist') or _legacy_spec(restored.meta)}
+  # Two specialists of one run with the same shapes pass every other check when their directories are swapped.
+  served, name = restored.meta.get('superclass', k), restored.meta.get('name', hierarchy.superclasses[k].name)
+  if served != k or name != hierarchy.superclasses[k].name:
+    home = (specialist_dir(workdir, hierarchy, served, stage)
+            if isinstance(served, int) and 0 <= served < hierarchy.num_superclasses else 'its own directory')
+    raise ValueError(f'{job.directory} holds the specialist of superclass {served} ({name!r}), not of superclass {k} '
+                     f'({hierarchy.superclasses[k].name!r}), whose place it is: move it back to {home}, or retrain '
+                     'it (delete the directory and rerun train.py).')
+  spec = dict(restored.meta.get('specialist') or _legacy_spec(restored.meta))
+  spec['superclass'] = k
+  return {**restored.extra['compressed'], 'spec': spec}
 
 
 def _legacy_spec(meta: dict) -> dict:

@@ -212,6 +212,11 @@ def _unwrap(obj: Any, path: str) -> dict:
   return dict(obj)
 
 
+# The most a state dict file may unpack to: torchvision's largest ResNet (resnet152, 60M parameters) is 0.24 GB in
+# float32; a file that claims more is damaged or hostile, not refused after gigabytes were allocated.
+MAX_STATE_DICT_BYTES = 2**30
+
+
 def read_state_dict(path: str) -> StateDict:
   """Reads a state dict from ``.pth``/``.pt``, ``.safetensors`` or ``.npz`` -> {name: numpy array}."""
   path = os.path.abspath(os.path.expanduser(path))
@@ -240,7 +245,8 @@ def read_state_dict(path: str) -> StateDict:
     except (SafetensorError, OSError) as e:
       raise ValueError(f'{path} is not a readable safetensors file: {e}') from e
   if suffix == '.npz':
-    return _unwrap(files.load_npz(path), path)  # every array's size checked against the file before it is read
+    # Every array's size checked against the file, and all of them against the cap, before anything is read.
+    return _unwrap(files.load_npz(path, max_bytes=MAX_STATE_DICT_BYTES), path)
   raise ValueError(f'{path}: unknown weights file type {suffix!r}; use one of {STATE_DICT_SUFFIXES}.')
 
 

@@ -18,12 +18,14 @@ from supersub_jax import stages
 from supersub_jax import weights
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'fixtures')
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
 
 
-def _convert(*args, timeout=300):
+def _convert(*args, timeout=300, cwd=None):
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get('PYTHONPATH', '')]))
   return subprocess.run([sys.executable, '-m', 'supersub_jax.convert', *args], capture_output=True, text=True,
-                        timeout=timeout)
+                        timeout=timeout, cwd=cwd, env=env)
 
 
 def test_bundle_round_trip_predicts_like_the_workdir(tiny_workdir, tmp_path):
@@ -63,6 +65,46 @@ def test_a_bundle_from_before_specialists_described_themselves_loads_with_the_cu
     assert state.cut == expected.cut == models.Cut('stem')
     for a, b in zip(jax.tree.leaves(state.bank), jax.tree.leaves(expected.bank)):
       np.testing.assert_array_equal(a, b)
+
+
+def test_a_bundle_checks_each_specialists_superclass_and_every_array_finite_and_shaped(tiny_workdir, tmp_path):
+  config, workdir, _ = tiny_workdir
+  bundle = convert.make_bundle(config, workdir)
+  assert [bundle['specialists'][str(k)]['spec']['superclass'] for k in range(3)] == [0, 1, 2]
+  path = str(tmp_path / 'b.msgpack')
+
+  def damaged(change):
+    tree = jax.tree.map(lambda x: np.array(x) if isinstance(x, np.ndarray) else x, bundle)  # a copy
+    change(tree)
+    convert.write_bundle(path, tree)
+    return tree
+
+  def swap(tree):
+    s = tree['specialists']
+    s['1'], s['2'] = s['2'], s['1']  # same shapes (2 subclasses each)
+
+  def inf_bias(tree):
+    tree['specialists']['0']['head']['bias'][1] = np.inf
+
+  def nan_stats(tree):
+    leaf = jax.tree.leaves(tree['generalist']['batch_stats'])[0]
+    leaf[0] = np.nan
+
+  def short_stats(tree):
+    stats = tree['specialists']['2']['batch_stats']
+    layer = next(iter(stats))
+    stats[layer] = {**stats[layer], 'mean': stats[layer]['mean'][:-1]}
+
+  cases = ((swap, r"specialist 1 .*serves superclass 2, not 1"),
+           (inf_bias, r'specialist 0 .*head/bias holds 1 non-finite values'),
+           (nan_stats, r'generalist .*batch_stats/.* holds 1 non-finite values'),
+           (short_stats, r"specialist 2 .*batch statistic '.*mean' has shape"))
+  for change, message in cases:
+    damaged(change)
+    with pytest.raises(ValueError, match=f'b.msgpack: damaged bundle, in its {message}'):
+      convert.load_bundle(path)
+  legacy = damaged(lambda tree: [ex['spec'].pop('superclass') for ex in tree['specialists'].values()])
+  assert len(convert.load_bundle(path)[1]) == 3 and 'superclass' not in legacy['specialists']['0']['spec']
 
 
 def test_garbage_bundle_is_named(tmp_path):
@@ -154,6 +196,33 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path):
     assert out.returncode != 0, name
     assert message in out.stderr, (name, out.stderr)
     assert 'Traceback' not in out.stderr, name
+  assert os.listdir(tmp_path) == []
+
+
+def test_an_output_among_the_workdirs_own_files_is_refused_in_one_line(tiny_workdir, tmp_path):
+  _, workdir, _ = tiny_workdir
+  before = {name: os.path.getmtime(os.path.join(workdir, name)) for name in os.listdir(workdir)}
+  for verb, output in ((['bundle'], 'config.json'), (['export', '--superclass=0'], 'vanilla/exported')):
+    out = _convert(*verb, f'--workdir={workdir}', f'--output={os.path.join(workdir, output)}')
+    assert out.returncode == 1, (output, out.stderr[-3000:])
+    assert 'Traceback' not in out.stderr
+    assert 'is inside the workdir' in out.stderr.splitlines()[-1], (output, out.stderr)
+  assert {name: os.path.getmtime(os.path.join(workdir, name)) for name in os.listdir(workdir)} == before
+  for output in ('metrics.jsonl', 'report.md', 'report.json', '.lock', '.', 'plot.png', 'superclass/x', 'results.json'):
+    with pytest.raises(ValueError, match='is inside the workdir'):
+      convert.check_output_outside(os.path.join(workdir, output), workdir)
+  for output in (f'{tmp_path}/a.msgpack', f'{workdir}/../outside.msgpack', f'{workdir}/new.msgpack'):  # allowed
+    convert.check_output_outside(output, workdir)
+
+
+def test_an_empty_path_flag_is_refused_in_one_line(tmp_path):
+  for args, flag in ((['bundle', '--workdir=', f'--output={tmp_path}/b.msgpack'], 'workdir'),
+                     (['bundle', f'--workdir={tmp_path}', '--output='], 'output'),
+                     (['import-torchvision', '--arch=resnet18', '--input=', f'--output={tmp_path}/o'], 'input')):
+    out = _convert(*args, cwd=tmp_path)
+    assert out.returncode == 1, out.stderr
+    assert out.stderr.splitlines()[-1].startswith(f'error: --{flag} is empty'), out.stderr
+    assert 'Traceback' not in out.stderr
   assert os.listdir(tmp_path) == []
 
 

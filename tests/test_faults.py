@@ -81,6 +81,68 @@ def test_bad_config_fails_before_training_with_one_error(tiny_data_dir, tmp_path
   assert 'batch_size=15: not divisible by the 2 devices; use a multiple of 2, e.g. 14' in _error_line(out)
 
 
+def test_an_empty_or_missing_workdir_is_one_error_and_writes_nothing_into_the_current_folder(tiny_data_dir,
+                                                                                          tmp_path):
+  commands = {
+      'train.py': [sys.executable, os.path.join(ROOT, 'train.py'), f'--config={TINY}:{tiny_data_dir}'],
+      'evaluate.py': [sys.executable, os.path.join(ROOT, 'evaluate.py')],
+      'convert': [sys.executable, '-m', 'supersub_jax.convert', 'bundle', f'--output={tmp_path / "b.msgpack"}'],
+  }
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get('PYTHONPATH', '')]))
+  for name, command in commands.items():
+    for workdir, state in (('--workdir=', 'empty'), ('--workdir=  ', 'empty'), (None, 'missing')):
+      if workdir is None and name == 'convert':
+        continue  # convert names every missing flag of its verb (test_convert)
+      out = subprocess.run(command + ([workdir] if workdir else []), capture_output=True, text=True, cwd=tmp_path,
+                           env=env, timeout=300)
+      assert out.returncode == 1, (name, out.stderr[-3000:])
+      assert f'error: --workdir is {state}' in _error_line(out), name
+      assert os.listdir(tmp_path) == [], name
+
+
+def test_config_errors_on_the_command_line_are_one_line_without_a_traceback(tiny_workdir, tmp_path):
+  _, trained, _ = tiny_workdir
+  syntax, raises = tmp_path / 'syntax.py', tmp_path / 'raises.py'
+  syntax.write_text('def get_config():\n  return (\n')
+  raises.write_text('def get_config():\n  raise RuntimeError("no such preset")\n')
+  cases = [
+      ([os.path.join(ROOT, 'train.py'), f'--config={TINY}', '--config.specialists.foo=1'],
+       "error: --config.specialists.foo=1: the config has no field 'foo'"),
+      ([os.path.join(ROOT, 'evaluate.py'), '--config.foo=1'], "error: --config.foo=1: the config has no field 'foo'"),
+      (['-m', 'supersub_jax.convert', 'bundle', f'--output={tmp_path}/b.msgpack', '--config.foo=1'],
+       "error: --config.foo=1: the config has no field 'foo'"),
+      ([os.path.join(ROOT, 'train.py'), f'--config={syntax}'],
+       f"error: --config={syntax} could not be loaded: SyntaxError: '(' was never closed ({syntax}, line 2)"),
+      (['-m', 'supersub_jax.convert', 'bundle', f'--output={tmp_path}/b.msgpack', f'--config={raises}'],
+       f'error: --config={raises} could not be loaded: RuntimeError: no such preset ({raises}, line 2)'),
+      ([os.path.join(ROOT, 'train.py'), f'--config={tmp_path}/missing.py'],
+       f'error: --config={tmp_path}/missing.py could not be read: [Errno 2] No such file or directory'),
+  ]
+  outs = run_together([[sys.executable, *args, f'--workdir={trained}'] for args, _ in cases], cwd=ROOT,
+                      timeout=300)
+  for (args, expected), (code, out) in zip(cases, outs):
+    assert code == 1, (args, out[-3000:])
+    assert 'Traceback' not in out, out[-3000:]
+    errors = [l for l in out.splitlines() if l.startswith('error: ')]
+    assert len(errors) == 1 and errors[0].startswith(expected), (args, out[-3000:])
+  assert sorted(os.listdir(tmp_path)) == ['raises.py', 'syntax.py']
+
+
+def test_sizes_that_cannot_fit_and_an_empty_stage_list_are_one_error_before_anything_compiles(tiny_data_dir,
+                                                                                             tmp_path):
+  cases = {'image_size': ('--config.image_size=100000', 'image_size=100000, batch_size=16: training needs at least'),
+           'batch': ('--config.batch_size=1000000', 'image_size=16, batch_size=1000000: training needs at least'),
+           'stages': ('--config.stages=()', 'stages=(): nothing to train')}
+  start = time.monotonic()
+  outs = run_together([_command('train.py', tiny_data_dir, tmp_path / name, flag) for name, (flag, _) in cases.items()],
+                      timeout=120)
+  assert time.monotonic() - start < 60  # refused up front, not after compiling (or swapping)
+  for (name, (_, expected)), (code, out) in zip(cases.items(), outs):
+    assert code == 1 and 'Traceback' not in out, out[-3000:]
+    assert expected in out, (name, out[-3000:])
+    assert not (tmp_path / name).exists()  # nothing written, not even config.json
+
+
 # ---------------------------------------------------------------------------------------------- 2. settings mixed
 
 

@@ -1,9 +1,14 @@
 """supersub_jax.files: a file is written whole or not at all."""
 
+import io
+import math
 import os
+import stat
+import zipfile
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from supersub_jax import files
@@ -65,7 +70,7 @@ def test_npz_arrays_are_checked_against_the_bytes_present_before_they_are_read(t
   import zipfile  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   np.savez(tmp_path / 'ok.npz', a=np.arange(3), b=np.ones((2, 2), np.float32))
-  loaded = files.load_npz(tmp_path / 'ok.npz')
+  loaded = files.load_npz(tmp_path / 'ok.npz', max_bytes=100)
   assert sorted(loaded) == ['a', 'b'] and loaded['b'].shape == (2, 2)
   header = io.BytesIO()
   np.lib.format.write_array_header_1_0(header, {'descr': '<f4', 'fortran_order': False, 'shape': (10**12,)})
@@ -73,7 +78,53 @@ def test_npz_arrays_are_checked_against_the_bytes_present_before_they_are_read(t
     with zipfile.ZipFile(tmp_path / 'hostile.npz', 'w', compression) as z:  # 4 TB declared
       z.writestr('fc.weight.npy', header.getvalue() + bytes(padding))
     with pytest.raises(files.ArrayFileError, match=r"hostile.npz .*'fc.weight' declares float32\[1000000000000\]"):
-      files.load_npz(tmp_path / 'hostile.npz')
+      files.load_npz(tmp_path / 'hostile.npz', max_bytes=10**15)
   np.savez(tmp_path / 'objects.npz', a=np.array([{}], object))
   with pytest.raises(files.ArrayFileError, match='objects.npz.*pickles'):
-    files.load_npz(tmp_path / 'objects.npz')
+    files.load_npz(tmp_path / 'objects.npz', max_bytes=100)
+
+
+@pytest.mark.parametrize('umask', [0o022, 0o077, 0o002])
+def test_a_written_file_has_the_mode_open_would_give_it(tmp_path, umask):
+  previous = os.umask(umask)
+  try:
+    files.write_text(tmp_path / 'report.md', 'x')
+    with open(tmp_path / 'reference', 'w') as f:  # the independent reference: what open() gives
+      f.write('x')
+  finally:
+    os.umask(previous)
+  assert stat.S_IMODE(os.stat(tmp_path / 'report.md').st_mode) == stat.S_IMODE(os.stat(tmp_path / 'reference').st_mode)
+  assert stat.S_IMODE(os.stat(tmp_path / 'report.md').st_mode) == 0o666 & ~umask
+
+
+def _zeros_npz(path, name, shape, dtype=np.int64):
+  """An .npz of one member of zeros, deflated: a few hundred KB that unpack to ``shape``'s bytes."""
+  header = io.BytesIO()
+  np.lib.format.write_array_header_1_0(header, {'descr': np.dtype(dtype).str, 'fortran_order': False,
+                                                'shape': shape})
+  zeros, left = bytes(1 << 22), math.prod(shape) * np.dtype(dtype).itemsize
+  with zipfile.ZipFile(path, 'w', zipfile.ZIP_DEFLATED) as z, z.open(f'{name}.npy', 'w', force_zip64=True) as f:
+    f.write(header.getvalue())
+    while left:
+      f.write(zeros[:min(left, len(zeros))])
+      left -= min(left, len(zeros))
+
+
+def test_npz_sizes_over_the_callers_caps_are_refused_before_anything_is_decompressed(tmp_path, monkeypatch):
+  path = tmp_path / 'zeros.npz'
+  _zeros_npz(path, 'label', (25 * 10**6,))  # 200 MB of zeros, within deflate's ratio of its ~200 KB
+  assert os.path.getsize(path) < 10**6
+  read = []
+  monkeypatch.setattr(np.lib.format, 'read_array', lambda *a, **k: read.append(a))
+  with pytest.raises(files.ArrayFileError, match=r"zeros.npz .*200,000,000 bytes up to 'label' \(int64\[25000000\]\)"
+                     r", more than the 1,000,000"):
+    files.load_npz(path, max_bytes=10**6)
+  with pytest.raises(files.ArrayFileError, match=r'25,000,000 elements .* more than the 1,000'):
+    files.load_npz(path, max_bytes=10**9, max_elements=1000)
+
+  def check(name, shape, dtype):
+    raise ValueError(f'{name!r} is {dtype}{list(shape)}, expected int[10]')
+
+  with pytest.raises(files.ArrayFileError, match=r"'label' is int64\[25000000\], expected int\[10\]"):
+    files.load_npz(path, max_bytes=10**9, check=check)
+  assert read == []  # refused by the headers alone

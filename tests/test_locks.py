@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -115,3 +116,33 @@ def test_a_lock_file_replaced_while_opening_is_taken_again(tmp_path, monkeypatch
   monkeypatch.setattr(locks.fcntl, 'flock', flock_then_replace)
   with locks.hold_workdir(str(tmp_path), program='train.py', writes='checkpoints'):
     assert calls and str(os.getpid()) in (tmp_path / locks.LOCK_FILE).read_text()
+
+
+def test_a_dangling_symlink_workdir_is_named_as_one_not_as_unwritable(tmp_path):
+  link = tmp_path / 'runs'
+  link.symlink_to(tmp_path / 'unmounted' / 'runs')
+  for create in (True, False):
+    with pytest.raises(FileNotFoundError, match=f'{link} is a symbolic link to {tmp_path}/unmounted/runs, which does '
+                                                'not exist'):
+      with locks.hold_workdir(str(link), program='train.py', writes='x', create=create):
+        pass
+  assert os.listdir(tmp_path) == ['runs'] and not (tmp_path / 'unmounted').exists()
+
+
+def test_a_second_builder_of_one_data_dir_waits_for_the_first(tmp_path):
+  holder = subprocess.Popen([sys.executable, '-c', f'''
+import fcntl, os, time
+fd = os.open({str(tmp_path / locks.BUILD_LOCK_FILE)!r}, os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print('held', flush=True)
+time.sleep(1.5)
+'''], stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == 'held'
+    start = time.monotonic()
+    with locks.building(str(tmp_path), 'a dataset'):
+      waited = time.monotonic() - start
+  finally:
+    holder.kill()
+    holder.wait()
+  assert waited > 0.5

@@ -125,3 +125,30 @@ def test_only_checkpoints_count_in_the_settings_check_not_a_config_json_they_do_
     recipe.check_previous_run(changed, trained)
   assert 'seed: 0 -> 1 (checkpoints of vanilla, superclass, specialists, vanilla_matched, head_only)' in str(info.value)
   assert 'specialists.density: 0.05 -> 0.5 (checkpoints of specialists, head_only)' in str(info.value)
+
+
+def test_an_image_or_batch_that_cannot_fit_is_refused_with_the_estimate(tmp_path, monkeypatch):
+  config = make_tiny_config(str(tmp_path / 'data'))
+  per_image, largest = recipe.activation_bytes(config)
+  config.image_size *= 2  # every convolution's output has 4x the pixels (the pooled features and logits do not)
+  doubled, doubled_largest = recipe.activation_bytes(config)
+  assert doubled_largest == 4 * largest and 3.9 * per_image < doubled < 4 * per_image
+  config.image_size //= 2
+  monkeypatch.setattr(recipe, 'device_memory', lambda: (1000 * per_image, 'the test\'s memory'))
+  recipe.validate(config)  # 16 images of per_image each fit
+  config.batch_size = 1024
+  message = _problems(config)
+  assert 'cannot run (1 problem(s))' in message
+  assert (f'image_size=16, batch_size=1024: training needs at least {recipe._size(1024 * per_image)} per device '  # pylint: disable=protected-access
+          f"(1024 image(s) of {recipe._size(per_image)} of activations), more than the "  # pylint: disable=protected-access
+          f"{recipe._size(1000 * per_image)} of the test's memory; use a batch_size of at most 1000") in message  # pylint: disable=protected-access
+  config.batch_size, config.image_size = 16, 1024
+  message = _problems(config)
+  assert 'image_size=1024, batch_size=16: training needs' in message and 'even one image per device' in message
+  assert 'image_size=1024, eval_batch_size=32: inference needs' in message
+
+
+def test_an_empty_stage_list_is_an_error(tmp_path):
+  config = make_tiny_config(str(tmp_path / 'data'))
+  config.stages = ()
+  assert 'stages=(): nothing to train' in _problems(config)

@@ -91,3 +91,19 @@ def _tf_records(data: bytes):
     (length,) = struct.unpack('<Q', data[pos:pos + 8])
     yield data[pos + 12:pos + 12 + length]
     pos += 12 + length + 4
+
+
+def test_resuming_drops_damaged_metric_lines_and_keeps_every_other_record(tmp_path, caplog):
+  from supersub_jax import runner  # pylint: disable=g-import-not-at-top
+  import json  # pylint: disable=g-import-not-at-top
+  path = tmp_path / 'metrics.jsonl'
+  records = [{'stage': 'vanilla', 'step': 2, 'loss': 1.0}, {'stage': 'superclass', 'step': 9, 'loss': 2.0},
+             {'stage': 'vanilla', 'step': 4, 'loss': 0.5}]
+  lines = [json.dumps(r).encode() + b'\n' for r in records]
+  # a non-UTF-8 byte, a line cut short by a kill, a JSON value that is no record
+  path.write_bytes(lines[0] + b'{"stage": "vani\xff\xfella"}\n' + lines[1] + b'[1, 2]\n' + lines[2] + b'{"stage": "van')
+  writer = runner.MetricWriter(str(tmp_path), 'vanilla')
+  with writer, caplog.at_level('WARNING'):
+    writer.resume_at(2)
+  assert [json.loads(l) for l in path.read_text().splitlines()] == records[:2]
+  assert f'{path}: dropped 3 line(s)' in caplog.text

@@ -7,6 +7,7 @@ the original formats (cifar-100-binary.tar.gz, ILSVRC2012 tars) are prepared by
 as soon as a decoder such as `SkipDecoding` is passed, which the label scan does.)
 """
 
+import dataclasses
 import io
 import os
 import tarfile
@@ -127,6 +128,71 @@ def test_a_damaged_record_names_its_file_and_the_rebuild_and_a_damaged_label_cac
   with pytest.raises(sources.DataCorruptError, match='records 0-14 of supersub_synthetic/train') as info:
     sources.load_source('synthetic', 'train', h, tmp_path, **SYNTH)
   assert str(info.value).startswith(f'{record_file} is damaged') and str(info.value).endswith(rebuild)
+
+
+def test_a_record_file_cut_short_is_named_with_a_rebuild_command_that_a_shell_takes_whole(tmp_path):
+  import shlex  # pylint: disable=g-import-not-at-top
+  h = hierarchy_lib.synthetic((3, 2))
+  data_dir = tmp_path / 'my data'  # a space: the rebuild command must quote it
+  source = sources.load_source('synthetic', 'train', h, data_dir, **SYNTH)
+  [record_file] = [os.path.join(r, n) for r, _, ns in os.walk(data_dir) for n in ns if '-train.array_record' in n]
+  [cache] = [os.path.join(r, n) for r, _, ns in os.walk(data_dir) for n in ns if n == 'train.npz']
+  with open(record_file, 'r+b') as f:  # cut at a block boundary, as a copy stopped part way leaves it
+    f.truncate(os.path.getsize(record_file) // 65536 // 2 * 65536 or 4096)
+  source = sources.load_source('synthetic', 'train', h, data_dir, **SYNTH)  # the labels come from their cache
+  with pytest.raises(sources.DataCorruptError) as info:
+    [source[i] for i in range(len(source))]
+  message = str(info.value)
+  assert message.startswith(f'{record_file} is damaged: record ')
+  command = message.split('then run: ', 1)[1]
+  assert f'--data_dir={data_dir}' in shlex.split(command)
+  assert message.split('Rebuild the dataset: delete ', 1)[1].startswith(shlex.quote(os.path.dirname(record_file)))
+  os.remove(cache)  # the label scan meets the same records: the same error, not a TypeError
+  with pytest.raises(sources.DataCorruptError, match='the file is cut short') as info:
+    sources.load_source('synthetic', 'train', h, data_dir, **SYNTH)
+  assert str(info.value).startswith(f'{record_file} is damaged') and str(info.value).endswith(command)
+
+
+def test_a_label_cache_overwritten_or_out_of_range_is_rebuilt_from_the_records(tmp_path, caplog):
+  h = hierarchy_lib.synthetic((3, 2))
+  expected = sources.load_source('synthetic', 'train', h, tmp_path, **SYNTH).labels
+  [cache] = [os.path.join(r, n) for r, _, ns in os.walk(tmp_path) for n in ns if n == 'train.npz']
+  good = dict(np.load(cache))
+  assert good['label'].any()
+  for name, damaged in (('all zeros', {k: np.zeros_like(v) for k, v in good.items()}),
+                        ('out of range', {**good, 'label': good['label'] + 1000})):
+    np.savez(cache, **damaged)
+    with caplog.at_level('WARNING'):
+      source = sources.load_source('synthetic', 'train', h, tmp_path, **SYNTH)
+    assert f'Label cache {cache} fails its check' in caplog.text, name
+    caplog.clear()
+    for a, b in zip(dataclasses.astuple(source.labels), dataclasses.astuple(expected)):
+      np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(np.load(cache)['label'], good['label'])
+
+
+def test_a_label_cache_whose_header_states_another_shape_is_refused_before_its_data_is_read(tmp_path):
+  import tracemalloc  # pylint: disable=g-import-not-at-top
+  import zipfile  # pylint: disable=g-import-not-at-top
+  cache = tmp_path / 'train.npz'
+  header = io.BytesIO()
+  np.lib.format.write_array_header_1_0(header, {'descr': '<i8', 'fortran_order': False, 'shape': (25 * 10**6,)})
+  with zipfile.ZipFile(cache, 'w', zipfile.ZIP_DEFLATED) as z, z.open('label.npy', 'w', force_zip64=True) as f:
+    f.write(header.getvalue())
+    for _ in range(50):  # 200 MB of zeros in a file of about 200 KB
+      f.write(bytes(4 * 10**6))
+  assert os.path.getsize(cache) < 10**6
+  tracemalloc.start()
+  try:
+    assert sources._read_cache(str(cache), ('label',), 30) is None  # pylint: disable=protected-access
+    peak = tracemalloc.get_traced_memory()[1]
+  finally:
+    tracemalloc.stop()
+  assert peak < 10 * 2**20, peak  # the 200 MB were never unpacked
+  np.savez(cache, label=np.arange(30), other=np.arange(30))
+  assert sources._read_cache(str(cache), ('label',), 30) is None  # pylint: disable=protected-access
+  np.savez(cache, label=np.arange(30))
+  np.testing.assert_array_equal(sources._read_cache(str(cache), ('label',), 30)['label'], np.arange(30))  # pylint: disable=protected-access
 
 
 def test_source_is_picklable(synthetic_dir):

@@ -119,3 +119,19 @@ def test_cli_summary_and_grid(tmp_path):
   from PIL import Image  # pylint: disable=g-import-not-at-top
   with Image.open(grid_path) as image:
     assert image.size[0] > 100 and image.size[1] > 50
+
+
+def test_processes_preparing_one_fresh_data_dir_at_once_all_succeed(tmp_path):
+  # TFDS builds into an incomplete.* folder and renames it: two builders of one dataset raced, and one failed with
+  # "Destination ... already exists". The second waits for the first (locks.building) and reuses its build.
+  from processes import run_together  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get('PYTHONPATH', '')]))
+  command = [sys.executable, '-m', 'supersub_jax.data.prepare', '--dataset=synthetic', f'--data_dir={tmp_path}',
+             '--image_size=16', '--train_per_class=40', '--test_per_class=4', '--sizes=3,2']
+  outs = run_together([command] * 3, env=env, timeout=300)
+  for code, out in outs:
+    assert code == 0, out[-3000:]
+  builder = synthetic.build_synthetic(tmp_path, image_size=16, train_per_class=40, test_per_class=4, sizes=(3, 2))
+  assert len(builder.as_data_source('train')) == 40 * 5
+  assert not [n for r, ds, _ in os.walk(tmp_path) for n in ds if n.startswith('incomplete')]

@@ -209,3 +209,13 @@ def test_orbax_round_trip_and_backbone(tmp_path):
     weights.load_backbone(directory, 'orbax', models.create_model('resnet_tiny', 4, stem='small'))
   with pytest.raises(ValueError, match="config.init.format='onnx'"):
     weights.load_backbone(directory, 'onnx', model)
+
+
+def test_an_npz_state_dict_over_the_absolute_cap_is_refused_before_it_is_read(tmp_path, monkeypatch):
+  path = str(tmp_path / 'w.npz')
+  np.savez_compressed(path, **{'fc.weight': np.zeros((100, 100), np.float32)})  # 40,000 bytes, deflated to ~100
+  monkeypatch.setattr(weights, 'MAX_STATE_DICT_BYTES', 39_999)
+  with pytest.raises(ValueError, match=r'w.npz .*40,000 bytes .* more than the 39,999'):
+    weights.read_state_dict(path)
+  monkeypatch.setattr(weights, 'MAX_STATE_DICT_BYTES', 40_000)
+  assert weights.read_state_dict(path)['fc.weight'].shape == (100, 100)

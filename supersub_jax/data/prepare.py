@@ -24,6 +24,7 @@ import time
 
 import tensorflow_datasets as tfds
 
+from supersub_jax import locks
 from supersub_jax.data import builders
 from supersub_jax.data import sources
 from supersub_jax.data import synthetic
@@ -56,12 +57,15 @@ def prepare(dataset: str, data_dir: str | os.PathLike, *,
                        'ILSVRC2012_img_val.tar>.')
     builder = builders.BUILDERS[dataset](data_dir=data_dir)
     if not builder.is_prepared():
-      builder.download_and_prepare(
-          file_format='array_record',
-          download_config=tfds.download.DownloadConfig(
-              manual_dir=os.fspath(manual_dir) if manual_dir else None,
-              # Statistics would need TensorFlow and are not used.
-              compute_stats=tfds.download.ComputeStatsMode.SKIP))
+      with locks.building(data_dir, dataset):  # another process preparing it too: wait for it, then reuse
+        builder = builders.BUILDERS[dataset](data_dir=data_dir)
+        if not builder.is_prepared():
+          builder.download_and_prepare(
+              file_format='array_record',
+              download_config=tfds.download.DownloadConfig(
+                  manual_dir=os.fspath(manual_dir) if manual_dir else None,
+                  # Statistics would need TensorFlow and are not used.
+                  compute_stats=tfds.download.ComputeStatsMode.SKIP))
   else:
     raise ValueError(f'unknown dataset {dataset!r}; choose one of {sources.DATASETS}.')
   if scan_labels:

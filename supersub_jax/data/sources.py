@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -53,12 +54,12 @@ def prepare_command(dataset: str, data_dir: str | os.PathLike,
   """The shell command that prepares `dataset` in `data_dir` (quoted in error messages); `synthetic_knobs`
   (synthetic.KNOBS) name one synthetic dataset among several."""
   command = (f'python -m supersub_jax.data.prepare --dataset={dataset} '
-             f'--data_dir={os.fspath(data_dir)}')
+             f'--data_dir={shlex.quote(os.fspath(data_dir))}')  # pasted into a shell: a path with spaces stays one
   if dataset == 'imagenet2012':
     tars = ' and '.join(IMAGENET_TARS.values())
-    command += f' --manual_dir={os.fspath(manual_dir) if manual_dir else f"<dir with {tars}>"}'
+    command += f' --manual_dir={shlex.quote(os.fspath(manual_dir)) if manual_dir else f"<dir with {tars}>"}'
   elif manual_dir:
-    command += f' --manual_dir={os.fspath(manual_dir)}'
+    command += f' --manual_dir={shlex.quote(os.fspath(manual_dir))}'
   for knob, value in synthetic_knobs.items():
     command += f' --{knob}={",".join(map(str, value)) if isinstance(value, (tuple, list)) else value}'
   return command
@@ -72,7 +73,7 @@ def _rebuild_advice(builder: tfds.core.DatasetBuilder, data_dir: str | os.PathLi
   if builder.name == synthetic.SupersubSynthetic.name:
     knobs = synthetic.knobs_of(builder)
   dataset = 'synthetic' if knobs else builder.name
-  return (f'delete {builder.data_dir}, then run: '
+  return (f'delete {shlex.quote(os.fspath(builder.data_dir))}, then run: '
           f'{prepare_command(dataset, data_dir, manual_dir, **knobs)}')
 
 
@@ -155,16 +156,38 @@ def _cache_path(builder: tfds.core.DatasetBuilder, split: str,
                       str(builder.version), f'{safe_split}.npz')
 
 
-def _read_cache(path: str, keys: Sequence[str], count: int) -> dict[str, np.ndarray] | None:
-  """The labels cached at `path` if they pass their check (the keys, int [count] each), else None with a
-  warning: a damaged or stale cache is rebuilt, never trusted nor fatal."""
+_SPOT_CHECKS = 8  # records read back to check a label cache against (images not decoded)
+
+
+def _read_cache(path: str, keys: Sequence[str], count: int, *, num_classes: Mapping[str, int] | None = None,
+                records=None) -> dict[str, np.ndarray] | None:
+  """The labels cached at `path` if they pass their check (the keys, int [count] each, within `num_classes` of
+  each key, and equal to the labels of a few of `records`), else None with a warning: a damaged or stale cache is
+  rebuilt, never trusted nor fatal."""
+  def check(name, shape, dtype):  # each array's header, before its data is decompressed
+    if name not in keys:
+      raise ValueError(f'array {name!r}, expected only {sorted(keys)}')
+    if shape != (count,) or not np.issubdtype(dtype, np.integer) or dtype.itemsize > 8:
+      raise ValueError(f'{name!r} is {dtype}{list(shape)}, expected int[{count}]')
+
   try:
-    labels = files.load_npz(path)  # sizes checked against the file before anything is allocated
+    labels = files.load_npz(path, max_bytes=8 * count * len(keys), max_elements=count * len(keys), check=check)
     if set(labels) != set(keys):
       raise ValueError(f'keys {sorted(labels)}, expected {sorted(keys)}')
-    for k, v in labels.items():
-      if v.shape != (count,) or not np.issubdtype(v.dtype, np.integer):
-        raise ValueError(f'{k!r} is {v.dtype}{list(v.shape)}, expected int[{count}]')
+    for k, n in (num_classes or {}).items():
+      bad = (labels[k] < 0) | (labels[k] >= n)
+      if n and bad.any():
+        raise ValueError(f'{int(bad.sum())} {k!r} value(s) outside [0, {n}), e.g. {int(labels[k][bad][0])}')
+    if records is not None and count:  # an overwritten cache (all zeros, another split's) has the right shape
+      spots = sorted({int(i) for i in np.linspace(0, count - 1, min(count, _SPOT_CHECKS))})
+      try:
+        found = [{k: int(example[k]) for k in keys} for example in records.__getitems__(spots)]
+      except Exception:  # pylint: disable=broad-except  (damaged records: reading them reports it, naming the file)
+        found = None
+      for i, example in zip(spots, found or ()):
+        for k in keys:
+          if example[k] != int(labels[k][i]):
+            raise ValueError(f'record {i} has {k!r} {example[k]}, the cache {int(labels[k][i])}')
     return labels
   except Exception as e:  # pylint: disable=broad-except  (zipfile, numpy and OS errors alike mean: rebuild it)
     logging.warning('Label cache %s fails its check (%s: %s); rebuilding it.', path, type(e).__name__,
@@ -185,7 +208,9 @@ def cached_labels(builder: tfds.core.DatasetBuilder, split: str,
   path = _cache_path(builder, split, data_dir)
   raw = builder.as_data_source(split, decoders={'image': tfds.decode.SkipDecoding()})
   if os.path.exists(path):
-    labels = _read_cache(path, keys, len(raw))
+    num_classes = {k: int(getattr(builder.info.features[k], 'num_classes', 0) or 0) for k in keys
+                   if k in builder.info.features}
+    labels = _read_cache(path, keys, len(raw), num_classes=num_classes, records=raw)
     if labels is not None:
       return labels
   logging.info('Scanning the labels of %d records of %s/%s (images not decoded)...', len(raw),
@@ -200,7 +225,15 @@ def cached_labels(builder: tfds.core.DatasetBuilder, split: str,
                      _rebuild_advice(builder, data_dir), e) from e
     for offset, example in enumerate(examples):
       for k in keys:
-        labels[k][start + offset] = example[k]
+        value = example.get(k) if isinstance(example, Mapping) else None
+        if not isinstance(value, (int, np.integer)) and not (
+            isinstance(value, np.ndarray) and value.ndim == 0 and np.issubdtype(value.dtype, np.integer)):
+          # array_record hands back empty fields (None) for the records of a file cut short
+          raise _corrupt(_shards(builder, split), start + offset, start + offset, f'{builder.name}/{split}',
+                         _rebuild_advice(builder, data_dir),
+                         ValueError(f'its {k!r} is {type(value).__name__}, not an integer: the file is cut short '
+                                    'or overwritten'))
+        labels[k][start + offset] = value
   os.makedirs(os.path.dirname(path), exist_ok=True)
   # Several processes may scan at once; readers never see a partial file.
   with files.atomic_write(path, 'wb') as f:
@@ -246,7 +279,10 @@ class HierarchicalSource:
       example = self._records[record]
     except Exception as e:  # pylint: disable=broad-except  (array_record: RuntimeError; image decoders: others)
       raise _corrupt(self._shards, record, record, self.name, self._rebuild, e) from e
-    image = example['image']
+    image = example.get('image') if isinstance(example, Mapping) else None
+    if image is None:  # array_record hands back empty fields for the records of a file cut short
+      raise _corrupt(self._shards, record, record, self.name, self._rebuild,
+                     ValueError('the record holds no image: the file is cut short or overwritten'))
     if self.encoded:
       if not isinstance(image, bytes):
         raise ValueError(f'{self.name}[{index}]: expected the encoded image (bytes), got {type(image).__name__}.')

@@ -28,6 +28,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from supersub_jax import files
+from supersub_jax import locks
 from supersub_jax.data import cues
 from supersub_jax.data.render import GRATINGS, SHAPE_FAMILIES, TEXTURES, class_table, generate, partner, validate_sizes
 from supersub_jax.hierarchy import DEFAULT_SYNTHETIC_SIZES as DEFAULT_SIZES  # one home: the hierarchy's
@@ -148,13 +149,17 @@ def build_synthetic(data_dir: str | os.PathLike, **knobs) -> SupersubSynthetic:
   examples are {'image': uint8 [H, W, 3], 'label': int64 global class, 'superclass': int64}.
   """
   builder = synthetic_builder(data_dir, **knobs)
-  if not builder.is_prepared():
-    builder.download_and_prepare(
-        file_format='array_record',
-        download_config=tfds.download.DownloadConfig(
-            # Statistics would need TensorFlow and are not used.
-            compute_stats=tfds.download.ComputeStatsMode.SKIP),
-    )
+  if builder.is_prepared():
+    return builder
+  with locks.building(os.fspath(data_dir), builder.name):
+    builder = synthetic_builder(data_dir, **knobs)  # another process may have built it while this one waited
+    if not builder.is_prepared():
+      builder.download_and_prepare(
+          file_format='array_record',
+          download_config=tfds.download.DownloadConfig(
+              # Statistics would need TensorFlow and are not used.
+              compute_stats=tfds.download.ComputeStatsMode.SKIP),
+      )
   return builder
 
 
