@@ -59,7 +59,7 @@ def test_relabel_rejects_labels_of_another_dataset():
 # ------------------------------------------------------------------------------ synthetic
 
 
-SYNTH = dict(image_size=16, train_per_class=3, test_per_class=2)
+SYNTH = dict(image_size=16, train_per_class=3, validation_per_class=2, test_per_class=2)
 
 
 @pytest.fixture(scope='module')
@@ -88,7 +88,7 @@ def test_synthetic_source(synthetic_dir):
 
 def prepare_config_name(h):
   from supersub_jax.data import synthetic  # pylint: disable=g-import-not-at-top
-  return synthetic.config_name(sizes=tuple(h.sizes), seed=0, **SYNTH)
+  return synthetic.config_name(sizes=tuple(h.sizes), seed=0, specificity=0, **SYNTH)
 
 
 def test_synthetic_errors(synthetic_dir):
@@ -97,8 +97,8 @@ def test_synthetic_errors(synthetic_dir):
     sources.load_source('synthetic', 'train', h, synthetic_dir, sizes=(2, 2), **SYNTH)
   with pytest.raises(ValueError, match='superclass=2 is outside'):
     sources.load_source('synthetic', 'train', h, synthetic_dir, superclass=2, **SYNTH)
-  with pytest.raises(sources.DatasetNotPreparedError, match="split 'validation'"):
-    sources.load_source('synthetic', 'validation', h, synthetic_dir, **SYNTH)
+  with pytest.raises(sources.DatasetNotPreparedError, match="split 'train_extra'"):
+    sources.load_source('synthetic', 'train_extra', h, synthetic_dir, **SYNTH)
   with pytest.raises(ValueError, match="unknown dataset 'mnist'"):
     sources.load_source('mnist', 'train', h, synthetic_dir)
 
@@ -118,8 +118,8 @@ def test_a_damaged_record_names_its_file_and_the_rebuild_and_a_damaged_label_cac
     f.seek(100)
     f.write(bytes([byte[0] ^ 0xFF]))
   rebuild = (f'delete {os.path.dirname(record_file)}, then run: python -m supersub_jax.data.prepare '
-             f'--dataset=synthetic --data_dir={tmp_path} --image_size=16 --train_per_class=3 --test_per_class=2 '
-             '--seed=0 --sizes=3,2')
+             f'--dataset=synthetic --data_dir={tmp_path} --image_size=16 --train_per_class=3 '
+             '--validation_per_class=2 --test_per_class=2 --seed=0 --sizes=3,2 --specificity=0')
   with pytest.raises(sources.DataCorruptError) as info:
     [source[i] for i in range(len(source))]
   assert str(info.value).startswith(f'{record_file} is damaged: record 0 of synthetic/train cannot be read (Runtime')
