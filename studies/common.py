@@ -221,6 +221,9 @@ def map_tables(rows: list[dict]) -> str:
       lines.append(f"| {steps[mdl['extra']]:,} | {mdl['rule']} | {mdl['runs']} | {mdl['dof']} | "
                    + ' | '.join(_points(*mdl[k]) if k in mdl else '-'
                                 for k in ('intercept', 'specificity', 'width', 'specificity x width')) + ' |')
+  lines += ['', 'Difficulty of each superclass\'s cue: the flat network given the true superclass, per superclass '
+            '(mean over runs; cue kind at that specificity, data/cues.py), and Super-Sub\'s specialists given it:', '']
+  lines += difficulty_table(rows)
   lines += ['', 'Per run (held-out top-1):', '',
             '| specificity m | width | base | extra steps | seed | flat | flat, superclass given | '
             'Super-Sub, superclass given | ' + ' | '.join(rules) + ' |', '|---' * (8 + len(rules)) + '|']
@@ -230,6 +233,29 @@ def map_tables(rows: list[dict]) -> str:
                  f"{r['oracle']:.4f} | " + ' | '.join(f"{r['rules'][x]:.4f}" if x in r['rules'] else '-' for x in rules)
                  + ' |')
   return '\n'.join(lines)
+
+
+def difficulty_table(rows: list[dict]) -> list[str]:
+  """Markdown lines: per superclass, per (specificity, width, extra) column, 'flat / specialists' given the true
+  superclass (the per-superclass oracle top-1 of both arms), mean over the runs that report it."""
+  from supersub_jax.data import cues  # pylint: disable=g-import-not-at-top
+  have = [r for r in rows if r.get('per_superclass') and 'vanilla_oracle_top1' in r['per_superclass'][0]]
+  if not have:
+    return ['(no run reports per-superclass oracle accuracy)']
+  columns = sorted({(r['specificity'], r['width'], r['extra']) for r in have})
+  steps = {r['extra']: r['steps'] for r in have}
+  lines = ['| superclass | subclasses | ' + ' | '.join(f'm={m}, w={w:g}, {steps[e]:,} steps' for m, w, e in columns)
+           + ' |', '|---' * (2 + len(columns)) + '|']
+  for s, first in enumerate(have[0]['per_superclass']):
+    cells = []
+    for m, w, e in columns:
+      rs = [r for r in have if (r['specificity'], r['width'], r['extra']) == (m, w, e)]
+      flat = np.mean([r['per_superclass'][s]['vanilla_oracle_top1'] for r in rs])
+      spec = np.mean([r['per_superclass'][s]['oracle_top1'] for r in rs])
+      kind = cues.CUE_KINDS[s % m] if m else 'grating'
+      cells.append(f'{kind}: {flat:.3f} / {spec:.3f}')
+    lines.append(f"| {s} | {first['num_subclasses']} | " + ' | '.join(cells) + ' |')
+  return lines
 
 
 def plot_map(data: dict, path: str, rule: str = 'hard') -> None:

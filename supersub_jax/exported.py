@@ -36,7 +36,9 @@ refuses zero-size arrays), so orbax ``StandardSave``/``PyTreeSave`` and ``np.sav
     'spec':        what it is (``describe``), JSON: {'version': 2, 'cut': a layer group name (``models.Cut``),
                    'num_subclasses': n_k, 'delta': {'bits', 'granularity', 'pattern', 'exclude', 'density'},
                    'dustbin': None, or {'fraction', 'others', 'logit_correction'}: how its dustbin was trained and
-                   what inference adds to the dustbin's logit (``dustbin_logit_correction``)}
+                   what inference adds to the dustbin's logit (``dustbin_logit_correction``)}; the specialists
+                   stage adds 'superclass' (the one it serves) and 'model' ({'name', 'stem', 'width'}: the
+                   architecture its delta fits)
 
 The spec is what every reader (the inference bank, bundles, ``convert``) takes the cut from: a specialist says
 where it branches, and no reader goes back to a config for it. Checkpoints keep it in their JSON metadata (the

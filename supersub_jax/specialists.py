@@ -266,6 +266,7 @@ def train_specialists(config, workdir: str, *, stage: str = 'specialists',
                                      cut.split(host_state.batch_stats)[1], dcfg, n_k, cut=cut, dustbin=dustbin)
       spec = exported.pop('spec')  # JSON, kept in the checkpoint's metadata; the arrays are an orbax item
       spec['superclass'] = k  # which one it serves: a specialist moved to another's place is found at load
+      spec['model'] = model_description(config)  # the architecture its delta fits, as the bundle states it
       nbytes = exported_lib.exported_nbytes(exported)
       kept = spec['delta']['density']
       summary = {'superclass': k, 'name': job.meta['name'], 'num_subclasses': n_k, 'num_steps': num_steps,
@@ -322,7 +323,14 @@ def load_exported(config, workdir: str, k: int, generalist: stages.Network, hier
                      'it (delete the directory and rerun train.py).')
   spec = dict(restored.meta.get('specialist') or _legacy_spec(restored.meta))
   spec['superclass'] = k
+  # Specialists of before 2026-12-06 did not record it; the settings check above has matched it to the config.
+  spec.setdefault('model', model_description(config))
   return {**restored.extra['compressed'], 'spec': spec}
+
+
+def model_description(config) -> dict:
+  """The architecture a specialist's delta fits (JSON): registry name, stem and width multiplier."""
+  return {'name': config.model, 'stem': config.stem, 'width': float(config.width)}
 
 
 def _legacy_spec(meta: dict) -> dict:

@@ -76,7 +76,9 @@ def test_two_specialists_swapped_between_their_directories_are_refused_naming_th
   os.rename(two, one)
   os.rename(one + '.x', two)
   generalist = stages.load_network(config, workdir, 'superclass', hierarchy)
-  assert specialists.load_exported(config, workdir, 0, generalist, hierarchy)['spec']['superclass'] == 0
+  spec = specialists.load_exported(config, workdir, 0, generalist, hierarchy)['spec']
+  assert spec['superclass'] == 0
+  assert spec['model'] == {'name': config.model, 'stem': config.stem, 'width': config.width}  # what its delta fits
   with pytest.raises(ValueError, match=f"{one} holds the specialist of superclass 2 .*, not of superclass 1 .*move it "
                                        f'back to {two}'):
     specialists.load_exported(config, workdir, 1, generalist, hierarchy)

@@ -14,19 +14,38 @@ import numpy as np
 # Kind k can tell apart at most CUE_VALUES[k] subclasses.  Ordered so that with the default sizes
 # (12, 6, 4, 3, 3, 2, 2, 2, 2, 2) any specificity m fits: kind k serves superclasses k, k + m, ...
 CUE_KINDS: tuple[str, ...] = (
-    'grating',   # the object's texture: (orientation, period) of GRATINGS, +-10 degrees and +-10% jitter
-    'hue',       # the object's hue: one of 6 bins of the colour circle, +-0.3 bin jitter
-    'spots',     # 1 to 4 dark spots on a circle inside the object
-    'notch',     # a bite out of the outline: up, side or down (side drawn at random), +-15 degrees
-    'outline',   # a rim inside the outline: none, dark or bright
-    'aspect',    # the object stretched wide or tall (x1.25 +- 0.06)
-    'two_tone',  # one half of the object lighter: split across (top/bottom) or along (left/right) the vertical
-    'blur',      # the outline sharp (0.8 px) or soft (2.6 px), +-0.3 px
-    'glyph',     # a bright mark at the object's centre: a plus or a ring
-    'marks',     # two small bright marks somewhere in the image: side by side or one above the other
+    'grating',     # the object's texture: (orientation, period) of GRATINGS, +-10 degrees and +-10% jitter
+    'hue',         # the object's hue: one of 6 bins of the colour circle, with jitter
+    'satellites',  # 1 to 4 small dots around the object, evenly spaced from a random angle
+    'notch',       # a bite out of the outline: up, side or down (side drawn at random), +-15 degrees
+    'outline',     # a rim inside the outline: none, dark or bright
+    'aspect',      # the object stretched wide or tall
+    'shadow',      # a dark copy of the silhouette beneath it, offset down or to a side (drawn at random)
+    'blur',        # the outline sharp or soft
+    'glyph',       # a small bright plus or ring beside the object
+    'marks',       # two small bright marks beside the object: side by side or one above the other
 )
 CUE_VALUES: tuple[int, ...] = (12, 6, 4, 3, 3, 2, 2, 2, 2, 2)
 assert len(CUE_VALUES) == len(CUE_KINDS)
+
+# The object's interior belongs to the grating alone: every other kind is drawn in its colour (hue), its shape
+# (aspect, notch), its edge (outline, blur) or the background beside it (satellites, shadow, glyph, marks), because a
+# kind painted over the texture as noise hides the grating (studies/cue_probe.py: a half-brighter tone over a star's
+# texture took the grating's probe from 0.92 to 0.64). How loud each kind is:
+SALIENCE: dict[str, float] = {
+    'hue_jitter': 0.3,        # +- this many bins around a hue bin's centre
+    'notch_radius': 0.3,      # the bite's radius, in object radii (its centre 0.85 from the object's)
+    'outline_dark': 0.7,      # the dark rim's brightness factor
+    'outline_bright': 1.3,    # the bright rim's brightness factor
+    'stretch': 1.15,          # wide: x this along u and / this along v; tall: the reverse
+    'shadow_offset': 2.5,     # pixels (at 32x32) the shadow lies below or beside the object
+    'shadow_alpha': 0.5,      # its opacity
+    'blur_sharp': 0.8,        # the outline's width in pixels, sharp
+    'blur_soft': 2.0,         # and soft
+    'satellite_alpha': 0.8,   # the satellites' opacity
+    'glyph_alpha': 0.8,       # the glyph's opacity
+    'marks_alpha': 0.8,       # the marks' opacity
+}
 
 
 def cue_kind_of(num_superclasses: int, specificity: int) -> np.ndarray:
@@ -81,68 +100,71 @@ def cue_values(superclass: np.ndarray, local: np.ndarray, sizes: Sequence[int], 
   return values
 
 
-def _disc(u: np.ndarray, v: np.ndarray, cu, cv, radius, scale) -> np.ndarray:
-  """Soft disc masks: float32 [N, H, W] in [0, 1]; u, v [N, H, W] object coordinates; cu, cv, radius [N] in the same
-  units; scale [N, 1, 1] pixels per unit (one pixel of soft edge)."""
-  d = np.sqrt((u - cu[:, None, None]) ** 2 + (v - cv[:, None, None]) ** 2) - radius[:, None, None]
-  return np.clip(0.5 - d * scale, 0.0, 1.0)
-
-
-def layers(cues: np.ndarray, counts: np.ndarray, n: int, uniform, rng) -> dict:
-  """Per-image parameters of every cue kind from its value (float32 [N] each; see CUE_KINDS for the meanings)."""
-  hue = (cues[:, 1] + uniform(-0.3, 0.3)) / counts[1]
-  side = np.where(rng.random(n) < 0.5, -1.0, 1.0).astype(np.float32)
+def layers(cues: np.ndarray, counts: np.ndarray, n: int, uniform, rng, salience: dict) -> dict:
+  """Per-image parameters of every cue kind from its value (float32 [N] each; see CUE_KINDS for the meanings), at
+  ``salience`` (SALIENCE's keys)."""
+  def side():
+    return np.where(rng.random(n) < 0.5, -1.0, 1.0).astype(np.float32)
+  hue = (cues[:, 1] + uniform(-salience['hue_jitter'], salience['hue_jitter'])) / counts[1]
   # Spread over [0, 180] degrees from up: with 3 values up, side, down.
   notch = np.deg2rad(cues[:, 3] * 180.0 / max(int(counts[3]) - 1, 1) + uniform(-15, 15))
-  stretch = np.where(cues[:, 5] == 0, 1.25, 1 / 1.25).astype(np.float32) * uniform(0.94, 1.06)
-  softness = np.where(cues[:, 7] == 0, 0.8, 2.6).astype(np.float32) + uniform(-0.3, 0.3)
-  return dict(hue=hue % 1.0, notch_u=side * np.sin(notch) * 0.8, notch_v=-np.cos(notch) * 0.8, stretch=stretch,
-              softness=softness, spots=cues[:, 2] + 1, spot_start=uniform(0, 2 * np.pi), outline=cues[:, 4],
-              tone_axis=cues[:, 6], tone_side=side * np.where(rng.random(n) < 0.5, -1.0, 1.0).astype(np.float32),
-              glyph=cues[:, 8], marks=cues[:, 9])
+  notch_side = side()
+  stretch = (np.where(cues[:, 5] == 0, salience['stretch'], 1 / salience['stretch']).astype(np.float32)
+             * uniform(0.97, 1.03))
+  softness = (np.where(cues[:, 7] == 0, salience['blur_sharp'], salience['blur_soft']).astype(np.float32)
+              + uniform(-0.2, 0.2))
+  down = cues[:, 6] == 0
+  shadow_dx = np.where(down, 0.0, side() * salience['shadow_offset']).astype(np.float32)
+  shadow_dy = np.where(down, salience['shadow_offset'], 0.0).astype(np.float32)
+  return dict(hue=hue % 1.0, notch_u=notch_side * np.sin(notch) * 0.85, notch_v=-np.cos(notch) * 0.85,
+              stretch=stretch, softness=softness, satellites=cues[:, 2] + 1, satellite_start=uniform(0, 2 * np.pi),
+              outline=cues[:, 4], shadow_dx=shadow_dx, shadow_dy=shadow_dy, glyph=cues[:, 8],
+              glyph_angle=uniform(0, 2 * np.pi), marks=cues[:, 9], marks_angle=uniform(0, 2 * np.pi),
+              salience=salience)
 
 
-def shade(cue: dict, u, v, dist, rad) -> np.ndarray:
-  """float32 [N, H, W]: the object's brightness factor from the cues painted on it: two tones, spots, the rim."""
-  def per_image(x):
-    return x[:, None, None]
-  # Two tones: one half 30% lighter; the split is across (axis 0: top/bottom) or along (1: left/right) the vertical.
-  across = np.where(per_image(cue['tone_axis']) == 0, v, u) * per_image(cue['tone_side'])
-  shade = 1.0 + 0.3 * np.clip(0.5 + across * rad, 0.0, 1.0)
-  # Spots: 1 to 4 dark discs evenly spaced on a circle of half the radius, from a random start.
-  spots = np.zeros_like(u)
-  for i in range(int(cue['spots'].max())):
-    on = cue['spots'] > i
-    phi = cue['spot_start'] + 2 * np.pi * i / np.maximum(cue['spots'], 1)
-    disc = _disc(u, v, 0.5 * np.cos(phi), 0.5 * np.sin(phi), np.full_like(phi, 0.17), rad)
-    spots = np.maximum(spots, disc * per_image(on.astype(np.float32)))
-  shade = shade * (1.0 - 0.7 * spots)
-  # The rim: a band of 1.2 pixels inside the outline, darker (1) or lighter (2), or none (0).
+def rim(cue: dict, dist, rad) -> np.ndarray:
+  """float32 [N, H, W]: the object's brightness factor from its rim, a band of 1.2 pixels inside the outline, darker
+  (outline 1) or lighter (2), or none (0). dist: signed distance in radius units; rad: [N, 1, 1] pixels per unit."""
   band = np.clip(1.0 - np.abs(dist * rad + 1.1) / 0.8, 0.0, 1.0)
-  rim = np.select([per_image(cue['outline']) == 1, per_image(cue['outline']) == 2], [0.45, 1.5], 1.0)
-  return shade * (1.0 + band * (rim - 1.0))
+  outline = cue['outline'][:, None, None]
+  factor = np.select([outline == 1, outline == 2],
+                     [cue['salience']['outline_dark'], cue['salience']['outline_bright']], 1.0)
+  return 1.0 + band * (factor - 1.0)
 
 
-def overlays(img, cue: dict, u, v, rad, xs, ys, size: float, uniform) -> np.ndarray:
-  """The bright marks drawn over the image: the glyph at the object's centre and the pair of marks."""
-  n = img.shape[0]
-  r = np.sqrt(u * u + v * v)
-  plus = np.minimum(np.maximum(np.abs(u) - 0.09, np.abs(v) - 0.3), np.maximum(np.abs(u) - 0.3, np.abs(v) - 0.09))
-  ring = np.abs(r - 0.24) - 0.08
+def _blend(img, alpha, value):
+  """img float32 [N, H, W, 3] moved toward ``value`` by alpha [N, H, W]."""
+  return img + alpha[..., None] * (value - img)
+
+
+def beside(img, cue: dict, cx, cy, radius, xs, ys, size: float) -> np.ndarray:
+  """Draws the kinds that live beside the object, over the background and the object alike: the satellites (1 to 4
+  dots on a circle of 1.3 radii), the glyph (a plus or a ring of 2.5 pixels, 1.55 radii out at a random angle) and
+  the marks (two 2-pixel squares 4 pixels apart, side by side or stacked, 1.55 radii out at another angle).
+  cx, cy, radius: float32 [N] pixels."""
+  salience, scale = cue['salience'], np.float32(size / 32)
+  dx, dy = xs[None] - cx[:, None, None], ys[None] - cy[:, None, None]
+  dots = np.zeros(img.shape[:3], np.float32)
+  for i in range(int(cue['satellites'].max())):
+    on = (cue['satellites'] > i).astype(np.float32)[:, None, None]
+    phi = cue['satellite_start'] + 2 * np.pi * i / cue['satellites']
+    px, py = 1.3 * radius * np.cos(phi), 1.3 * radius * np.sin(phi)
+    d = np.sqrt((dx - px[:, None, None]) ** 2 + (dy - py[:, None, None]) ** 2) - 1.1 * scale
+    dots = np.maximum(dots, on * np.clip(0.5 - d, 0.0, 1.0))
+  img = _blend(img, salience['satellite_alpha'] * dots, 0.95)
+  gx = (dx - (1.55 * radius * np.cos(cue['glyph_angle']))[:, None, None]) / scale
+  gy = (dy - (1.55 * radius * np.sin(cue['glyph_angle']))[:, None, None]) / scale
+  plus = np.minimum(np.maximum(np.abs(gx) - 0.5, np.abs(gy) - 2.0), np.maximum(np.abs(gx) - 2.0, np.abs(gy) - 0.5))
+  ring = np.abs(np.sqrt(gx * gx + gy * gy) - 1.6) - 0.5
   glyph = np.where(cue['glyph'][:, None, None] == 0, plus, ring)
-  alpha = np.clip(0.5 - glyph * rad, 0.0, 1.0) * 0.8
-  img = img + alpha[..., None] * (0.95 - img)
-  # Two 2-pixel marks 4 pixels apart, side by side (0) or one above the other (1), anywhere but the border.
-  mx, my = uniform(0.15, 0.85) * size, uniform(0.15, 0.85) * size
-  dx = np.where(cue['marks'] == 0, 2.0, 0.0).astype(np.float32) * size / 32
-  dy = np.where(cue['marks'] == 0, 0.0, 2.0).astype(np.float32) * size / 32
-  half = np.float32(size / 32)
+  img = _blend(img, salience['glyph_alpha'] * np.clip(0.5 - glyph, 0.0, 1.0), 0.95)
+  mx = dx - (1.55 * radius * np.cos(cue['marks_angle']))[:, None, None]
+  my = dy - (1.55 * radius * np.sin(cue['marks_angle']))[:, None, None]
+  step_x = np.where(cue['marks'] == 0, 2.0, 0.0).astype(np.float32)[:, None, None] * scale
+  step_y = np.where(cue['marks'] == 0, 0.0, 2.0).astype(np.float32)[:, None, None] * scale
   marks = np.zeros(img.shape[:3], np.float32)
   for sign in (-1.0, 1.0):
-    px, py = (mx + sign * dx)[:, None, None], (my + sign * dy)[:, None, None]
-    box = np.maximum(np.abs(xs[None] - px), np.abs(ys[None] - py)) - half
+    box = np.maximum(np.abs(mx - sign * step_x), np.abs(my - sign * step_y)) - scale
     marks = np.maximum(marks, np.clip(0.5 - box, 0.0, 1.0))
-  del n
-  return img + marks[..., None] * (0.95 - img)
-
-
+  return _blend(img, salience['marks_alpha'] * marks, 0.95)

@@ -237,7 +237,7 @@ def _shape_mask(families: np.ndarray, cx, cy, radius, angle, xs, ys, morph=None)
 
 
 def render(labels: np.ndarray, sizes: Sequence[int], image_size: int,
-           rng: np.random.Generator, specificity: int = 0) -> np.ndarray:
+           rng: np.random.Generator, specificity: int = 0, salience: dict | None = None) -> np.ndarray:
   """Draws one image per label.
 
   Args:
@@ -247,6 +247,7 @@ def render(labels: np.ndarray, sizes: Sequence[int], image_size: int,
     rng: source of all nuisance randomness (consumed deterministically).
     specificity: 0: every subclass is a texture grating (dataset 1.2.0's images); m >= 1: superclass s's subclass is
       cue kind CUE_KINDS[s % m], and every image draws every kind (module docstring).
+    salience: how loud each cue kind is (``cues.SALIENCE``'s keys; None: SALIENCE, the dataset's).
 
   Returns:
     uint8 [N, image_size, image_size, 3].
@@ -270,7 +271,7 @@ def render(labels: np.ndarray, sizes: Sequence[int], image_size: int,
   if specificity:
     counts = cues_lib.cue_value_counts(sizes, specificity)
     cues = cues_lib.cue_values(superclass_of[labels], local_of[labels], sizes, specificity, rng)
-    cue = cues_lib.layers(cues, counts, n, uniform, rng)
+    cue = cues_lib.layers(cues, counts, n, uniform, rng, {**cues_lib.SALIENCE, **(salience or {})})
     gratings = np.asarray(GRATINGS, np.float32)[cues[:, 0]]
     bg_hue = (cue['hue'] + uniform(0.25, 0.75)) % 1.0  # far from the object's hue, which is the cue
   else:
@@ -304,12 +305,16 @@ def render(labels: np.ndarray, sizes: Sequence[int], image_size: int,
     obj_hue = (bg_hue + uniform(0.2, 0.8)) % 1.0
     obj = _hsv_to_rgb(obj_hue, uniform(0.35, 1.0), uniform(0.65, 1.0))
   else:
-    u, v = _object_uv(cx, cy, radius, angle, xs, ys, stretch=cue['stretch'])
-    dist = _signed_distance(families, u, v, morph)
-    # The notch: a disc bitten out of the outline (the distance of the shape minus the disc).
-    notch = np.sqrt((u - per_image(cue['notch_u'])) ** 2 + (v - per_image(cue['notch_v'])) ** 2) - 0.5
-    dist = np.maximum(dist, -notch)
+    def silhouette(x0, y0):  # the object's signed distance (radius units) centred at x0, y0: stretched, bitten
+      u, v = _object_uv(x0, y0, radius, angle, xs, ys, stretch=cue['stretch'])
+      bite = (np.sqrt((u - per_image(cue['notch_u'])) ** 2 + (v - per_image(cue['notch_v'])) ** 2)
+              - cue['salience']['notch_radius'])
+      return np.maximum(_signed_distance(families, u, v, morph), -bite)
     edge = per_image(radius / cue['softness'])  # pixels per radius unit over the edge's width
+    scale = np.float32(size / 32)
+    shadow = np.clip(0.5 - silhouette(cx + cue['shadow_dx'] * scale, cy + cue['shadow_dy'] * scale) * edge, 0, 1)
+    img *= (1.0 - cue['salience']['shadow_alpha'] * shadow)[..., None]
+    dist = silhouette(cx, cy)
     mask = np.clip(0.5 - dist * edge, 0.0, 1.0)
     obj = _hsv_to_rgb(cue['hue'], uniform(0.55, 1.0), uniform(0.65, 1.0))  # saturated: the hue must show
   # Orientation and period get small jitter; phases are free: no pixel is class-specific.
@@ -321,11 +326,11 @@ def render(labels: np.ndarray, sizes: Sequence[int], image_size: int,
   contrast = per_image(uniform(0.08, 0.2))
   shade = 1.0 - contrast + contrast * pattern
   if cue is not None:
-    shade = shade * cues_lib.shade(cue, u, v, dist, per_image(radius))
+    shade = shade * cues_lib.rim(cue, dist, per_image(radius))
   alpha = mask[..., None]
   img += alpha * (obj[:, None, None, :] * shade[..., None] - img)
   if cue is not None:
-    img = cues_lib.overlays(img, cue, u, v, per_image(radius), xs, ys, size, uniform)
+    img = cues_lib.beside(img, cue, cx, cy, radius, xs, ys, size)
 
   # Global photometric nuisance and sensor noise.
   mean = img.mean(axis=(1, 2, 3), keepdims=True)

@@ -1,0 +1,126 @@
+r"""How hard is each cue kind? A network given the superclass, trained on that superclass's images alone.
+
+  python -m studies.cue_probe --superclasses=0,1,2,3,4,5,6,7,8,9 --specificity=1,10 --out=docs/results/cue_probe
+
+For each superclass s and specificity m, the synthetic images of superclass s alone (its ``sizes[s]`` subclasses,
+rendered in memory as dataset 2.0.0 draws them: data/render.py) train a small ResNet from random weights for --steps
+(batch --batch_size, SGD with momentum, cosine schedule, horizontal flips) and its held-out top-1 is measured on
+--test_per_class fresh images a subclass. At m = 1 superclass s's subclass is a grating, at m = 10 it is cue kind s:
+the two rows of one superclass differ only in the kind of cue (same shape, same number of subclasses), so their
+accuracies say whether specificity also changes difficulty, which the map study must avoid (its control would then
+differ from its test cell in two ways). --salience=key=value,... overrides data/cues.py's SALIENCE for a trial.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+from absl import app
+from absl import flags
+import numpy as np
+
+_SUPERCLASSES = flags.DEFINE_list('superclasses', [str(s) for s in range(10)], 'Superclasses to probe.')
+_SPECIFICITY = flags.DEFINE_list('specificity', ['1', '10'], 'Specificities to probe each superclass at.')
+_SIZES = flags.DEFINE_list('sizes', ['12', '6', '4', '3', '3', '2', '2', '2', '2', '2'], 'Subclasses per superclass.')
+_TRAIN = flags.DEFINE_integer('train_per_class', 300, 'Training images a subclass.')
+_TEST = flags.DEFINE_integer('test_per_class', 100, 'Held-out images a subclass.')
+_STEPS = flags.DEFINE_integer('steps', 300, 'Training steps.')
+_BATCH = flags.DEFINE_integer('batch_size', 64, 'Batch size.')
+_WIDTH = flags.DEFINE_float('width', 0.5, 'resnet_small width multiplier.')
+_LR = flags.DEFINE_float('learning_rate', 0.1, 'Peak learning rate.')
+_SEEDS = flags.DEFINE_list('seeds', ['0'], 'Seeds (data and initialisation).')
+_SALIENCE = flags.DEFINE_list('salience', [], 'Overrides of data/cues.py SALIENCE, key=value.')
+_OUT = flags.DEFINE_string('out', '', 'Output path prefix (.json, .md); empty: print only.')
+
+
+def images(superclass: int, sizes, m: int, per_class: int, seed: int, salience: dict):
+  """(uint8 [n * per_class, 32, 32, 3], local labels int32) of superclass ``superclass`` alone."""
+  from supersub_jax.data import render  # pylint: disable=g-import-not-at-top
+  offset = int(np.sum(sizes[:superclass]))
+  local = np.repeat(np.arange(sizes[superclass]), per_class)
+  return render.render(offset + local, sizes, 32, np.random.default_rng(seed), m, salience), local.astype(np.int32)
+
+
+def probe(superclass: int, m: int, seed: int, sizes, salience: dict) -> float:
+  """Held-out top-1 of a network trained on superclass ``superclass``'s images at specificity ``m``."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  from supersub_jax import models  # pylint: disable=g-import-not-at-top
+  from supersub_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  n = sizes[superclass]
+  train_x, train_y = images(superclass, sizes, m, _TRAIN.value, 2 * seed, salience)
+  test_x, test_y = images(superclass, sizes, m, _TEST.value, 2 * seed + 1, salience)
+  stats = pipeline.DATASET_STATS['synthetic']
+  mean, std = np.asarray(stats.mean, np.float32), np.asarray(stats.std, np.float32)
+  model = models.create_model('resnet_small', n, stem='small', width=_WIDTH.value)
+  variables = models.init_variables(model, jax.random.key(seed), (32, 32, 3))
+  tx = optax.sgd(optax.warmup_cosine_decay_schedule(0.0, _LR.value, 20, _STEPS.value), momentum=0.9, nesterov=True)
+  params, batch_stats = variables['params'], variables['batch_stats']
+  opt = tx.init(params)
+
+  @jax.jit
+  def step(params, batch_stats, opt, x, y):
+    def loss_fn(p):
+      logits, updates = model.apply({'params': p, 'batch_stats': batch_stats}, x, train=True,
+                                    mutable=['batch_stats'])
+      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), updates['batch_stats']
+    (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt = tx.update(grads, opt, params)
+    return optax.apply_updates(params, updates), new_stats, opt, loss
+
+  @functools.partial(jax.jit)
+  def predict(params, batch_stats, x):
+    return jnp.argmax(model.apply({'params': params, 'batch_stats': batch_stats}, x, train=False), -1)
+
+  rng = np.random.default_rng(seed)
+  for _ in range(_STEPS.value):
+    idx = rng.integers(0, len(train_x), _BATCH.value)
+    x = train_x[idx].astype(np.float32) / 255.0
+    flip = rng.random(len(idx)) < 0.5
+    x[flip] = x[flip, :, ::-1]
+    params, batch_stats, opt, _ = step(params, batch_stats, opt, (x - mean) / std, train_y[idx])
+  correct = 0
+  for start in range(0, len(test_x), 256):
+    x = (test_x[start:start + 256].astype(np.float32) / 255.0 - mean) / std
+    correct += int((np.asarray(predict(params, batch_stats, x)) == test_y[start:start + 256]).sum())
+  return correct / len(test_x)
+
+
+def main(argv):
+  del argv
+  from supersub_jax.data import cues  # pylint: disable=g-import-not-at-top
+  sizes = tuple(int(n) for n in _SIZES.value)
+  salience = {k: float(v) for k, v in (kv.split('=') for kv in _SALIENCE.value)}
+  unknown = set(salience) - set(cues.SALIENCE)
+  if unknown:
+    raise SystemExit(f'--salience: unknown keys {sorted(unknown)}; known: {sorted(cues.SALIENCE)}')
+  rows = []
+  for s in (int(x) for x in _SUPERCLASSES.value):
+    for m in (int(x) for x in _SPECIFICITY.value):
+      start = time.perf_counter()
+      accs = [probe(s, m, int(seed), sizes, salience) for seed in _SEEDS.value]
+      kind = cues.CUE_KINDS[s % m] if m else 'grating'
+      rows.append({'superclass': s, 'subclasses': sizes[s], 'specificity': m, 'kind': kind,
+                   'top1': float(np.mean(accs)), 'per_seed': accs, 'chance': 1 / sizes[s]})
+      print(f'superclass {s} ({sizes[s]} subclasses), m={m} ({kind}): top-1 {np.mean(accs):.3f} '
+            f'(chance {1 / sizes[s]:.3f}) in {time.perf_counter() - start:.0f} s', flush=True)
+  lines = [f'Held-out top-1 of resnet_small (width {_WIDTH.value:g}) trained on one superclass\'s images alone, '
+           f'{_STEPS.value} steps at batch {_BATCH.value}, {_TRAIN.value} training images a subclass, seeds '
+           f'{",".join(_SEEDS.value)}; salience {dict(cues.SALIENCE, **salience)}:', '',
+           '| superclass | subclasses | chance | ' + ' | '.join(f'm={m}' for m in _SPECIFICITY.value) + ' |',
+           '|---' * (3 + len(_SPECIFICITY.value)) + '|']
+  for s in sorted({r['superclass'] for r in rows}):
+    mine = {r['specificity']: r for r in rows if r['superclass'] == s}
+    lines.append(f'| {s} | {sizes[s]} | {1 / sizes[s]:.3f} | ' + ' | '.join(
+        f"{mine[int(m)]['kind']} {mine[int(m)]['top1']:.3f}" for m in _SPECIFICITY.value) + ' |')
+  print('\n'.join(lines))
+  if _OUT.value:
+    from supersub_jax import report as report_lib  # pylint: disable=g-import-not-at-top
+    report_lib.write_results(_OUT.value, {'rows': rows, 'salience': dict(cues.SALIENCE, **salience),
+                                          'steps': _STEPS.value, 'width': _WIDTH.value}, '\n'.join(lines))
+
+
+if __name__ == '__main__':
+  app.run(main)
