@@ -10,6 +10,10 @@ Superclassing ImageNet x ``--fake_per_class`` images) into ``<data_dir>/manual``
 would be (array_record of the encoded JPEGs), so each batch pays what ImageNet costs: JPEG decoding, the
 random-resized crop and the resize to ``--image_size``. After a warm-up, times ``--batches`` batches and prints
 images/s, and images/s per reading process, for each of ``--repeats`` runs (the spread of a shared machine shows).
+With ``--stages=N`` it first times each stage of the per-image path (read, crop box, decode, resize, flip and
+conversion, batching) over N records in this process, one thread, and grain's overhead as what the whole iterator
+takes beyond them. ``--photo_kind=texture`` (default) writes JPEGs with a photo's statistics (1/f noise and edges,
+about 105 KB at 375x500, quality 90); ``smooth`` the older 71 KB ones, which decode faster.
 Run under ``absl.app.run``: grain's worker processes read absl flags, which must be parsed.
 
 The path measured: ``--encoded`` (default) hands the pipeline the stored JPEG, decoded fused with its crop
@@ -18,11 +22,11 @@ it). ``--normalize=device`` (default) leaves batches uint8 for the model to norm
 here. ``--decoder=dali`` has DALI decode (``supersub_jax.data.dali``; on the GPU where jax sees one).
 """
 
+import os
 import time
 
 from absl import app, flags
-
-import os
+import numpy as np
 
 from supersub_jax import hierarchy
 from supersub_jax.data import pipeline, prepare, sources
@@ -43,6 +47,11 @@ _ENCODED = flags.DEFINE_bool('encoded', True, 'The source holds the stored files
 _NORMALIZE = flags.DEFINE_enum('normalize', 'device', ['host', 'device'], 'Where images are normalised.')
 _DECODER = flags.DEFINE_enum('decoder', 'cpu', ['cpu', 'dali'], 'Who decodes (training batches).')
 _REPEATS = flags.DEFINE_integer('repeats', 1, 'Runs of each worker count.')
+_PHOTO_KIND = flags.DEFINE_enum('photo_kind', 'texture', ['smooth', 'texture'],
+                                "imagenet2012: the fake JPEGs ('texture': 1/f noise and edges, about 105 KB at "
+                                "375x500; 'smooth': 71 KB, cheaper to decode). Use a fresh --data_dir per kind.")
+_STAGES = flags.DEFINE_integer('stages', 0, 'imagenet2012: first time each stage of the per-image path over this '
+                               'many records, in this process (0: skip).')
 
 
 def measure(source, workers: int) -> float:
@@ -73,6 +82,8 @@ def main(argv):
     source = sources.load_source('synthetic', 'train', hierarchy.synthetic(), _DATA_DIR.value,
                                  encoded=_ENCODED.value)
   print(f'source: {source} (ready in {time.perf_counter() - start:.1f} s)')
+  if _STAGES.value and _DATASET.value == 'imagenet2012' and _ENCODED.value:
+    stage_table(source, _STAGES.value)
   rows = []
   for w in _WORKERS.value:
     for _ in range(_REPEATS.value):
@@ -87,6 +98,74 @@ def main(argv):
     print(f'| {workers} | {rate:,.0f} | {rate / max(workers, 1):,.0f} |')
 
 
+def _best_ms(fn, items, loops: int = 3) -> float:
+  """Milliseconds per item of `fn` over `items`, the best of `loops` passes (the least disturbed by other jobs)."""
+  best = float('inf')
+  for _ in range(loops):
+    start = time.perf_counter()
+    for item in items:
+      fn(item)
+    best = min(best, (time.perf_counter() - start) / len(items))
+  return 1e3 * best
+
+
+def stage_table(source, count: int) -> None:
+  """Times each stage of the train path of an encoded JPEG over `count` records, then the whole iterator in this
+  process, and prints ms per image and each stage's share; grain's overhead is the iterator's time less the stages."""
+  import simplejpeg  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  side = _IMAGE_SIZE.value or pipeline.DATASET_STATS['imagenet2012'].image_size
+  indices = list(range(min(count, len(source))))
+  records = [source[i] for i in indices]
+  blobs = [r['image'] for r in records]
+  print(f'{len(blobs)} JPEGs, mean {np.mean([len(b) for b in blobs]) / 1e3:.1f} KB, '
+        f'{simplejpeg.decode_jpeg_header(blobs[0])[:2]} (H, W) the first')
+
+  def view_of(i):  # the box, flip and DCT factor as the pipeline draws them
+    rng = np.random.default_rng(i)
+    height, width, _, _ = simplejpeg.decode_jpeg_header(blobs[i])
+    box = pipeline.crop_box(height, width, rng)
+    return box, rng.random() < 0.5, pipeline.dct_factor(box[2] - box[0], box[3] - box[1], side), (height, width)
+
+  views = [view_of(i) for i in indices]
+  decoded = [simplejpeg.decode_jpeg(b, colorspace='RGBX', min_factor=v[2]) for b, v in zip(blobs, views)]
+
+  def resize(i):
+    pixels, (box, _, _, (height, width)) = decoded[i], views[i]
+    h, w = pixels.shape[:2]
+    sx, sy = w / width, h / height
+    return Image.frombuffer('RGBX', (w, h), pixels, 'raw', 'RGBX', 0, 1).resize(
+        (side, side), Image.Resampling.BILINEAR, box=(box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy))
+
+  resized = [resize(i) for i in indices]
+  ms = {
+      'read the record (array_record)': _best_ms(lambda i: source[i], indices),
+      'header + crop box + DCT factor': _best_ms(view_of, indices),
+      'decode (simplejpeg, DCT-scaled where the box allows)': _best_ms(
+          lambda i: simplejpeg.decode_jpeg(blobs[i], colorspace='RGBX', min_factor=views[i][2]), indices),
+      'crop + resize to the output (pillow bilinear)': _best_ms(resize, indices),
+      'flip + conversion to uint8 RGB': _best_ms(lambda i: np.ascontiguousarray(np.asarray(
+          resized[i].transpose(Image.Transpose.FLIP_LEFT_RIGHT) if views[i][1] else resized[i])[..., :3]), indices),
+  }
+  outs = [pipeline.decode_random_resized_crop(b, np.random.default_rng(i), side) for i, b in zip(indices, blobs)]
+  batch = _BATCH.value
+  ms['batching (np.stack, per image)'] = _best_ms(lambda _: np.stack(outs[:batch]), [0] * 20) / batch
+  whole = _best_ms(lambda i: pipeline.decode_random_resized_crop(blobs[i], np.random.default_rng(i), side), indices)
+  stats = pipeline.DATASET_STATS['imagenet2012']
+  it = pipeline.train_iterator(source, global_batch_size=batch, seed=0, augment='random_resized_crop',
+                               image_size=side, mean=stats.mean, std=stats.std, worker_count=0, read_threads=1,
+                               process_index=0, process_count=1, local_device_count=1, normalize=False)
+  next(it)
+  batches = max(2, len(indices) // batch)
+  iterator = _best_ms(lambda _: next(it), range(batches)) / batch
+  ms['grain (iterator less the stages above)'] = iterator - sum(ms.values())
+  print(f'\n| stage (one process, one thread, batch {batch}, -> {side}x{side}) | ms per image | share |\n|---|---:|---:|')
+  for name, t in ms.items():
+    print(f'| {name} | {t:.3f} | {100 * t / iterator:.0f}% |')
+  print(f'| per-image path alone (`decode_random_resized_crop`) | {whole:.3f} | {100 * whole / iterator:.0f}% |')
+  print(f'| **the train iterator** | **{iterator:.3f}** ({1e3 / iterator:,.0f} images/s) | 100% |\n', flush=True)
+
+
 def _fake_imagenet_source():
   """The train split of a fake ILSVRC2012 of photo-like JPEGs, written and prepared under --data_dir once."""
   from supersub_jax.data.fake_imagenet import write_fake_imagenet  # pylint: disable=g-import-not-at-top
@@ -95,7 +174,7 @@ def _fake_imagenet_source():
   manual = os.path.join(_DATA_DIR.value, 'manual')
   if not os.path.exists(os.path.join(manual, 'ILSVRC2012_img_train.tar')):
     write_fake_imagenet(manual, wnids, _FAKE_PER_CLASS.value, val_wnids=wnids[:1],
-                        photo_size=tuple(int(x) for x in _PHOTO_SIZE.value))
+                        photo_size=tuple(int(x) for x in _PHOTO_SIZE.value), photo_kind=_PHOTO_KIND.value)
   prepare.prepare('imagenet2012', _DATA_DIR.value, manual_dir=manual)
   return sources.load_source('imagenet2012', 'train', tree, _DATA_DIR.value, manual_dir=manual,
                              encoded=_ENCODED.value)
