@@ -54,8 +54,22 @@ _STAGES = flags.DEFINE_integer('stages', 0, 'imagenet2012: first time each stage
                                'many records, in this process (0: skip).')
 
 
-def measure(source, workers: int) -> float:
-  """Images per second of the train pipeline with `workers` grain worker processes."""
+def _cpu_seconds() -> float:
+  """CPU seconds used so far by this process and its live children (grain's workers)."""
+  import psutil  # pylint: disable=g-import-not-at-top
+  me = psutil.Process()
+  total = sum(me.cpu_times()[:2])
+  for child in me.children(recursive=True):
+    try:
+      total += sum(child.cpu_times()[:2])
+    except psutil.NoSuchProcess:
+      pass
+  return total
+
+
+def measure(source, workers: int) -> tuple[float, float]:
+  """(images per second, images per CPU second) of the train pipeline with `workers` grain worker processes; the
+  second is the rate per core whatever else shares the machine (CPU time of this process and its workers)."""
   stats = pipeline.DATASET_STATS[_DATASET.value]
   it = pipeline.train_iterator(
       source, global_batch_size=_BATCH.value, seed=0, augment=_AUGMENT.value,
@@ -64,13 +78,13 @@ def measure(source, workers: int) -> float:
       normalize=_NORMALIZE.value == 'host', decoder=_DECODER.value)
   for _ in range(_WARMUP.value):
     next(it)
-  start = time.perf_counter()
+  start, start_cpu = time.perf_counter(), _cpu_seconds()
   for _ in range(_BATCHES.value):
     next(it)
-  seconds = time.perf_counter() - start
+  seconds, cpu = time.perf_counter() - start, _cpu_seconds() - start_cpu
   if workers:
     it.close()
-  return _BATCHES.value * _BATCH.value / seconds
+  return _BATCHES.value * _BATCH.value / seconds, _BATCHES.value * _BATCH.value / cpu
 
 
 def main(argv):
@@ -88,36 +102,37 @@ def main(argv):
   for w in _WORKERS.value:
     for _ in range(_REPEATS.value):
       rows.append((int(w), measure(source, int(w))))
-      print(f'{w} workers: {rows[-1][1]:,.0f} images/s', flush=True)
+      print(f'{w} workers: {rows[-1][1][0]:,.0f} images/s, {rows[-1][1][1]:,.0f} per CPU second', flush=True)
   side = _IMAGE_SIZE.value or pipeline.DATASET_STATS[_DATASET.value].image_size
   print(f'\n| workers | images/s (batch {_BATCH.value}, {_DATASET.value} -> {side}x{side}, {_AUGMENT.value}, '
         f'{_READ_THREADS.value} read thread(s), {"encoded" if _ENCODED.value else "decoded by TFDS"}, '
-        f'{_DECODER.value} decoder, normalised on the {_NORMALIZE.value}) | per reading process |')
-  print('|---:|---:|---:|')
-  for workers, rate in rows:
-    print(f'| {workers} | {rate:,.0f} | {rate / max(workers, 1):,.0f} |')
+        f'{_DECODER.value} decoder, normalised on the {_NORMALIZE.value}) | per reading process | per CPU second (all processes) |')
+  print('|---:|---:|---:|---:|')
+  for workers, (rate, per_cpu) in rows:
+    print(f'| {workers} | {rate:,.0f} | {rate / max(workers, 1):,.0f} | {per_cpu:,.0f} |')
 
 
-def _best_ms(fn, items, loops: int = 3) -> float:
-  """Milliseconds per item of `fn` over `items`, the best of `loops` passes (the least disturbed by other jobs)."""
-  best = float('inf')
+def _best_ms(fn, items, loops: int = 3) -> tuple[float, float]:
+  """(wall, CPU) milliseconds per item of `fn` over `items`, each the best of `loops` passes. The CPU time is this
+  process's (all its threads): what a core pays, which other jobs on a shared machine disturb less than the wall."""
+  wall, cpu = float('inf'), float('inf')
   for _ in range(loops):
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     for item in items:
       fn(item)
-    best = min(best, (time.perf_counter() - start) / len(items))
-  return 1e3 * best
+    wall = min(wall, (time.perf_counter() - start) / len(items))
+    cpu = min(cpu, (time.process_time() - start_cpu) / len(items))
+  return 1e3 * wall, 1e3 * cpu
 
 
 def stage_table(source, count: int) -> None:
-  """Times each stage of the train path of an encoded JPEG over `count` records, then the whole iterator in this
-  process, and prints ms per image and each stage's share; grain's overhead is the iterator's time less the stages."""
+  """Times each stage of the train path of an encoded JPEG over `count` records (the pipeline's own functions),
+  then the whole iterator in this process, and prints ms per image and each stage's share; grain's overhead is what
+  the iterator takes beyond the stages."""
   import simplejpeg  # pylint: disable=g-import-not-at-top
-  from PIL import Image  # pylint: disable=g-import-not-at-top
   side = _IMAGE_SIZE.value or pipeline.DATASET_STATS['imagenet2012'].image_size
   indices = list(range(min(count, len(source))))
-  records = [source[i] for i in indices]
-  blobs = [r['image'] for r in records]
+  blobs = [source[i]['image'] for i in indices]
   print(f'{len(blobs)} JPEGs, mean {np.mean([len(b) for b in blobs]) / 1e3:.1f} KB, '
         f'{simplejpeg.decode_jpeg_header(blobs[0])[:2]} (H, W) the first')
 
@@ -128,28 +143,27 @@ def stage_table(source, count: int) -> None:
     return box, rng.random() < 0.5, pipeline.dct_factor(box[2] - box[0], box[3] - box[1], side), (height, width)
 
   views = [view_of(i) for i in indices]
-  decoded = [simplejpeg.decode_jpeg(b, colorspace='RGBX', min_factor=v[2]) for b, v in zip(blobs, views)]
+  decode = lambda i: simplejpeg.decode_jpeg(blobs[i], colorspace='RGB', min_factor=views[i][2])
+  decoded = [decode(i) for i in indices]
 
   def resize(i):
     pixels, (box, _, _, (height, width)) = decoded[i], views[i]
-    h, w = pixels.shape[:2]
-    sx, sy = w / width, h / height
-    return Image.frombuffer('RGBX', (w, h), pixels, 'raw', 'RGBX', 0, 1).resize(
-        (side, side), Image.Resampling.BILINEAR, box=(box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy))
+    sx, sy = pixels.shape[1] / width, pixels.shape[0] / height
+    return pipeline._resize(pixels, side, (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy))  # pylint: disable=protected-access
 
   resized = [resize(i) for i in indices]
   ms = {
       'read the record (array_record)': _best_ms(lambda i: source[i], indices),
       'header + crop box + DCT factor': _best_ms(view_of, indices),
-      'decode (simplejpeg, DCT-scaled where the box allows)': _best_ms(
-          lambda i: simplejpeg.decode_jpeg(blobs[i], colorspace='RGBX', min_factor=views[i][2]), indices),
-      'crop + resize to the output (pillow bilinear)': _best_ms(resize, indices),
-      'flip + conversion to uint8 RGB': _best_ms(lambda i: np.ascontiguousarray(np.asarray(
-          resized[i].transpose(Image.Transpose.FLIP_LEFT_RIGHT) if views[i][1] else resized[i])[..., :3]), indices),
+      'decode (simplejpeg to RGB, DCT-scaled where the box allows)': _best_ms(decode, indices),
+      'crop + resize to the output (`pipeline._resize`: OpenCV on a view of the box)': _best_ms(resize, indices),
+      'flip (half the images; `pipeline._flip`)': _best_ms(
+          lambda i: pipeline._flip(resized[i]) if views[i][1] else resized[i], indices),  # pylint: disable=protected-access
   }
   outs = [pipeline.decode_random_resized_crop(b, np.random.default_rng(i), side) for i, b in zip(indices, blobs)]
   batch = _BATCH.value
-  ms['batching (np.stack, per image)'] = _best_ms(lambda _: np.stack(outs[:batch]), [0] * 20) / batch
+  stack = _best_ms(lambda _: np.stack(outs[:batch]), [0] * 20)
+  ms['batching (np.stack, per image)'] = (stack[0] / batch, stack[1] / batch)
   whole = _best_ms(lambda i: pipeline.decode_random_resized_crop(blobs[i], np.random.default_rng(i), side), indices)
   stats = pipeline.DATASET_STATS['imagenet2012']
   it = pipeline.train_iterator(source, global_batch_size=batch, seed=0, augment='random_resized_crop',
@@ -157,13 +171,17 @@ def stage_table(source, count: int) -> None:
                                process_index=0, process_count=1, local_device_count=1, normalize=False)
   next(it)
   batches = max(2, len(indices) // batch)
-  iterator = _best_ms(lambda _: next(it), range(batches)) / batch
-  ms['grain (iterator less the stages above)'] = iterator - sum(ms.values())
-  print(f'\n| stage (one process, one thread, batch {batch}, -> {side}x{side}) | ms per image | share |\n|---|---:|---:|')
-  for name, t in ms.items():
-    print(f'| {name} | {t:.3f} | {100 * t / iterator:.0f}% |')
-  print(f'| per-image path alone (`decode_random_resized_crop`) | {whole:.3f} | {100 * whole / iterator:.0f}% |')
-  print(f'| **the train iterator** | **{iterator:.3f}** ({1e3 / iterator:,.0f} images/s) | 100% |\n', flush=True)
+  iterator = tuple(t / batch for t in _best_ms(lambda _: next(it), range(batches)))
+  ms['grain (the iterator less the stages above)'] = tuple(iterator[k] - sum(t[k] for t in ms.values())
+                                                           for k in (0, 1))
+  print(f'\n| stage (one process, one thread, batch {batch}, -> {side}x{side}) | wall ms per image | CPU ms per image '
+        f'| share of CPU |\n|---|---:|---:|---:|')
+  for name, (wall, cpu) in ms.items():
+    print(f'| {name} | {wall:.3f} | {cpu:.3f} | {100 * cpu / iterator[1]:.0f}% |')
+  print(f'| per-image path alone (`decode_random_resized_crop`) | {whole[0]:.3f} | {whole[1]:.3f} | '
+        f'{100 * whole[1] / iterator[1]:.0f}% |')
+  print(f'| **the train iterator** | **{iterator[0]:.3f}** ({1e3 / iterator[0]:,.0f} images/s) | **{iterator[1]:.3f}** '
+        f'({1e3 / iterator[1]:,.0f} images/s per core) | 100% |\n', flush=True)
 
 
 def _fake_imagenet_source():

@@ -19,7 +19,11 @@ Images. A source's 'image' is either decoded pixels (uint8 [H, W, 3]) or the enc
 `sources.load_source(..., encoded=True)` yields). A JPEG is decoded here, fused with its view: the crop box is drawn
 from the JPEG's header first, and the JPEG is decoded with libjpeg-turbo's DCT-domain scaling (1/2, 1/4, 1/8) when
 the box still covers the output at that scale, so a crop of a large JPEG is never decoded at full size
-(`decode_random_resized_crop`, `decode_center_crop`). Both forms of an image draw the same random numbers, so one
+(`decode_random_resized_crop`, `decode_center_crop`); the box is then resized by OpenCV on a view of the decoded
+pixels (`_resize`), uint8 throughout. libjpeg-turbo could also skip the rows and columns outside the box
+(its `jpeg_skip_scanlines`/`jpeg_crop_scanline`, or TurboJPEG 3's `tj3SetCroppingRegion`), but no wheel of ours
+exposes them (simplejpeg has DCT scaling only; PyTurboJPEG 2 needs libjpeg-turbo >= 3.0, newer than Debian 12's
+2.1.5): the whole JPEG is decoded, at the scale the box allows; DALI (`decoder='dali'`) decodes only the box. Both forms of an image draw the same random numbers, so one
 seed gives the same boxes and flips whichever the source holds.
 
 Augmentation is a grain `random_map`, whose numpy rng is derived from the seed and the
@@ -47,11 +51,16 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import cv2
 import grain
 import jax
 import numpy as np
 import simplejpeg
 from PIL import Image
+
+# One image at a time per reading thread: OpenCV's own thread pool only adds hand-offs to a 224x224 resize (the
+# pipeline runs in parallel over threads and grain workers instead).
+cv2.setNumThreads(1)
 
 AUGMENTATIONS = ('crop_flip', 'random_resized_crop', 'none')
 LABEL_MODES = ('subclass', 'superclass', 'local')
@@ -102,12 +111,22 @@ def channel_stats(source, max_examples: int = 5000) -> tuple[np.ndarray, np.ndar
 
 def _resize(image: np.ndarray, size: int, box: tuple[float, float, float, float] | None = None
             ) -> np.ndarray:
-  """Bilinear resize of image (or of its crop `box` = (left, top, right, bottom)) to size^2."""
+  """The image's box = (left, top, right, bottom) (default: all of it), rounded to whole pixels, resized to
+  size^2 by OpenCV on a view of the box (no copy of the crop): bilinear, or pixel-area averaging where the box is
+  more than twice the output in a dimension (bilinear would alias there; area averaging is 5x slower, and rare once
+  the JPEG is DCT-scaled to the box). uint8 [H, W, C] in, uint8 [size, size, C] out."""
   h, w = image.shape[:2]
-  if box is None and (h, w) == (size, size):
+  left, top, right, bottom = (0, 0, w, h) if box is None else (int(round(v)) for v in box)
+  if (left, top, right, bottom) == (0, 0, w, h) and (h, w) == (size, size):
     return image
-  pil = Image.fromarray(image)
-  return np.asarray(pil.resize((size, size), Image.Resampling.BILINEAR, box=box))
+  region = image[top:bottom, left:right]
+  area = right - left > 2 * size or bottom - top > 2 * size
+  return cv2.resize(region, (size, size), interpolation=cv2.INTER_AREA if area else cv2.INTER_LINEAR)
+
+
+def _flip(image: np.ndarray) -> np.ndarray:
+  """Horizontal flip of uint8 [H, W, C] into a new contiguous array."""
+  return cv2.flip(image, 1)
 
 
 def crop_flip(image: np.ndarray, rng: np.random.Generator, image_size: int,
@@ -161,9 +180,7 @@ def random_resized_crop(image: np.ndarray, rng: np.random.Generator, image_size:
   h, w = image.shape[:2]
   box = crop_box(h, w, rng, scale, ratio, attempts)
   out = _resize(image, image_size, box)
-  if rng.random() < 0.5:
-    out = out[:, ::-1]
-  return np.ascontiguousarray(out)
+  return _flip(out) if rng.random() < 0.5 else out
 
 
 # --------------------------------------------------------------------------------------------
@@ -202,33 +219,24 @@ def _decode_view(blob, box_of: Any, image_size: int, flip: Any = None) -> np.nda
   """Decodes `blob` and resizes the box `box_of(height, width)` (source pixels) to image_size^2, decoding a JPEG at
   the coarsest DCT scale that keeps the box at least image_size wide and high. `flip()` (after the box is drawn)
   says whether to flip horizontally. Returns uint8 [image_size, image_size, 3]."""
-  if not _is_jpeg(blob):
-    image = decode_image(blob)
-    box = box_of(*image.shape[:2])
-    out = _resize(image, image_size, box)
-    if flip is not None and flip():
-      out = out[:, ::-1]
-    return np.ascontiguousarray(out)
-  height, width, _, _ = simplejpeg.decode_jpeg_header(blob)
-  box = box_of(height, width)
-  factor = dct_factor(box[2] - box[0], box[3] - box[1], image_size)
-  try:
-    # RGBX: pillow holds RGB as 4 bytes per pixel, so frombuffer wraps libjpeg-turbo's output without a copy.
-    pixels = simplejpeg.decode_jpeg(blob, colorspace='RGBX', min_factor=factor)
-  except ValueError:  # CMYK and the like: whole, through pillow
-    image = decode_image(blob)
-    out = _resize(image, image_size, box)
-    if flip is not None and flip():
-      out = out[:, ::-1]
-    return np.ascontiguousarray(out)
-  h, w = pixels.shape[:2]
-  sx, sy = w / width, h / height
-  pil = Image.frombuffer('RGBX', (w, h), pixels, 'raw', 'RGBX', 0, 1)
-  out = pil.resize((image_size, image_size), Image.Resampling.BILINEAR,
-                   box=(box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy))
-  if flip is not None and flip():
-    out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-  return np.ascontiguousarray(np.asarray(out)[..., :3])
+  pixels = None
+  if _is_jpeg(blob):
+    height, width, _, _ = simplejpeg.decode_jpeg_header(blob)
+    box = box_of(height, width)
+    factor = dct_factor(box[2] - box[0], box[3] - box[1], image_size)
+    try:
+      pixels = simplejpeg.decode_jpeg(blob, colorspace='RGB', min_factor=factor)
+    except ValueError:  # CMYK and the like: whole, through pillow (`decode_image`)
+      pass
+    else:
+      sx, sy = pixels.shape[1] / width, pixels.shape[0] / height
+      box = (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
+  if pixels is None:
+    pixels = decode_image(blob)
+    if not _is_jpeg(blob):
+      box = box_of(*pixels.shape[:2])
+  out = _resize(pixels, image_size, box)
+  return _flip(out) if flip is not None and flip() else out
 
 
 def decode_random_resized_crop(blob, rng: np.random.Generator, image_size: int,
