@@ -50,6 +50,8 @@ _REPEATS = flags.DEFINE_integer('repeats', 1, 'Runs of each worker count.')
 _PHOTO_KIND = flags.DEFINE_enum('photo_kind', 'texture', ['smooth', 'texture'],
                                 "imagenet2012: the fake JPEGs ('texture': 1/f noise and edges, about 105 KB at "
                                 "375x500; 'smooth': 71 KB, cheaper to decode). Use a fresh --data_dir per kind.")
+_MAX_SIDE = flags.DEFINE_integer('max_side', 0, 'imagenet2012: read the pre-resized store of JPEGs capped at this '
+                                 'longer side (prepared here if needed; `prepare --max_side`); 0: the stock store.')
 _STAGES = flags.DEFINE_integer('stages', 0, 'imagenet2012: first time each stage of the per-image path over this '
                                'many records, in this process (0: skip).')
 
@@ -193,9 +195,10 @@ def _fake_imagenet_source():
   if not os.path.exists(os.path.join(manual, 'ILSVRC2012_img_train.tar')):
     write_fake_imagenet(manual, wnids, _FAKE_PER_CLASS.value, val_wnids=wnids[:1],
                         photo_size=tuple(int(x) for x in _PHOTO_SIZE.value), photo_kind=_PHOTO_KIND.value)
-  prepare.prepare('imagenet2012', _DATA_DIR.value, manual_dir=manual)
+  capped = dict(max_side=_MAX_SIDE.value, jpeg_quality=90) if _MAX_SIDE.value else {}
+  prepare.prepare('imagenet2012', _DATA_DIR.value, manual_dir=manual, **capped)
   return sources.load_source('imagenet2012', 'train', tree, _DATA_DIR.value, manual_dir=manual,
-                             encoded=_ENCODED.value)
+                             encoded=_ENCODED.value, **capped)
 
 
 if __name__ == '__main__':

@@ -54,6 +54,8 @@ def dataset_kwargs(config) -> dict:
     s = config.synthetic
     return dict(image_size=s.image_size, train_per_class=s.train_per_class, test_per_class=s.test_per_class,
                 seed=s.seed, sizes=tuple(s.sizes))
+  if config.dataset == 'imagenet2012' and config.max_side:
+    return dict(max_side=int(config.max_side), jpeg_quality=int(config.jpeg_quality))
   return {}
 
 
