@@ -125,3 +125,14 @@ def test_only_checkpoints_count_in_the_settings_check_not_a_config_json_they_do_
     recipe.check_previous_run(changed, trained)
   assert 'seed: 0 -> 1 (checkpoints of vanilla, superclass, specialists, vanilla_matched, head_only)' in str(info.value)
   assert 'specialists.density: 0.05 -> 0.5 (checkpoints of specialists, head_only)' in str(info.value)
+
+
+def test_a_pre_resized_store_is_imagenets_with_a_quality_in_range(tmp_path):
+  config = make_tiny_config(str(tmp_path / 'data'))  # the synthetic dataset
+  config.max_side = 512
+  config.jpeg_quality = 101
+  message = _problems(config)
+  assert "max_side=512: the pre-resized store is imagenet2012's; use 0 for dataset='synthetic'." in message
+  assert 'jpeg_quality=101: use an integer in [1, 100]' in message
+  config.max_side, config.jpeg_quality = -1, 90
+  assert 'max_side=-1: use an integer >= 0; 0 reads the JPEGs as distributed.' in _problems(config)
