@@ -145,19 +145,16 @@ def stage_table(source, count: int) -> None:
     return box, rng.random() < 0.5, pipeline.dct_factor(box[2] - box[0], box[3] - box[1], side), (height, width)
 
   views = [view_of(i) for i in indices]
-  decode = lambda i: simplejpeg.decode_jpeg(blobs[i], colorspace='RGB', min_factor=views[i][2])
+  decode = lambda i: pipeline.decode_jpeg_box(blobs[i], views[i][0], views[i][2], *views[i][3])
   decoded = [decode(i) for i in indices]
-
-  def resize(i):
-    pixels, (box, _, _, (height, width)) = decoded[i], views[i]
-    sx, sy = pixels.shape[1] / width, pixels.shape[0] / height
-    return pipeline._resize(pixels, side, (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy))  # pylint: disable=protected-access
+  resize = lambda i: pipeline._resize(decoded[i][0], side, decoded[i][1])  # pylint: disable=protected-access
 
   resized = [resize(i) for i in indices]
   ms = {
       'read the record (array_record)': _best_ms(lambda i: source[i], indices),
       'header + crop box + DCT factor': _best_ms(view_of, indices),
-      'decode (simplejpeg to RGB, DCT-scaled where the box allows)': _best_ms(decode, indices),
+      (f'decode ({"the box only, libjpeg-turbo" if pipeline.REGION_DECODING else "whole, simplejpeg"}; '
+       'DCT-scaled where the box allows: `pipeline.decode_jpeg_box`)'): _best_ms(decode, indices),
       'crop + resize to the output (`pipeline._resize`: OpenCV on a view of the box)': _best_ms(resize, indices),
       'flip (half the images; `pipeline._flip`)': _best_ms(
           lambda i: pipeline._flip(resized[i]) if views[i][1] else resized[i], indices),  # pylint: disable=protected-access

@@ -58,6 +58,13 @@ import numpy as np
 import simplejpeg
 from PIL import Image
 
+try:  # the C extension setup.py builds where libjpeg-turbo's headers are (libjpeg62-turbo-dev); optional
+  from supersub_jax.data import _jpeg_region
+except ImportError:
+  _jpeg_region = None
+# Whether JPEGs are decoded only where the crop is (`decode_jpeg_box`), or whole at the crop's DCT scale.
+REGION_DECODING = _jpeg_region is not None
+
 # One image at a time per reading thread: OpenCV's own thread pool only adds hand-offs to a 224x224 resize (the
 # pipeline runs in parallel over threads and grain workers instead).
 cv2.setNumThreads(1)
@@ -215,22 +222,48 @@ def decode_image(blob) -> np.ndarray:
     return np.asarray(image.convert('RGB'))
 
 
+def decode_jpeg_box(blob, box: tuple[float, float, float, float], factor: int, height: int, width: int
+                    ) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+  """The pixels of a JPEG of height x width that a resize of `box` (source pixels) reads, decoded at scale
+  1/factor, and the box in those pixels' coordinates: `_resize(pixels, size, box)` is the view. With the region
+  decoder (`REGION_DECODING`) only the box's pixels are decoded (rows above it skipped without their inverse DCT,
+  rows below never read, columns outside it not transformed), the same pixels as a whole decode has there; else the
+  whole JPEG at that scale (simplejpeg). Raises ValueError for JPEGs libjpeg-turbo cannot turn into RGB (CMYK)."""
+  out_h, out_w = -(-height // factor), -(-width // factor)  # libjpeg's output size at scale 1/factor
+  sx, sy = out_w / width, out_h / height
+  scaled = (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
+  if _jpeg_region is None:
+    if factor == 1:
+      return simplejpeg.decode_jpeg(blob, colorspace='RGB'), scaled
+    # min_factor alone does not scale: simplejpeg picks the coarsest scale that keeps the output at least
+    # min_height x min_width, and at least min_factor.
+    pixels = simplejpeg.decode_jpeg(blob, colorspace='RGB', min_height=out_h, min_width=out_w, min_factor=factor)
+    return pixels, scaled
+  # The whole pixels `_resize` reads (it rounds the box), one more column each side: libjpeg-turbo upsamples the
+  # chroma of a cropped span's edge columns as an image edge, so they alone would differ from a whole decode.
+  left, top, right, bottom = (int(round(v)) for v in scaled)
+  left, top = min(max(left, 0), out_w - 1), min(max(top, 0), out_h - 1)
+  right, bottom = min(max(right, left + 1), out_w), min(max(bottom, top + 1), out_h)
+  data, rows, span, x_offset = _jpeg_region.decode_region(blob, max(left - 1, 0), top, min(right + 1, out_w), bottom,
+                                                          factor)
+  pixels = np.frombuffer(data, np.uint8).reshape(rows, span, 3)[:, left - x_offset:right - x_offset]
+  return pixels, (0, 0, right - left, bottom - top)
+
+
 def _decode_view(blob, box_of: Any, image_size: int, flip: Any = None) -> np.ndarray:
   """Decodes `blob` and resizes the box `box_of(height, width)` (source pixels) to image_size^2, decoding a JPEG at
-  the coarsest DCT scale that keeps the box at least image_size wide and high. `flip()` (after the box is drawn)
-  says whether to flip horizontally. Returns uint8 [image_size, image_size, 3]."""
+  the coarsest DCT scale that keeps the box at least image_size wide and high, only the box where the region decoder
+  is built (`decode_jpeg_box`). `flip()` (after the box is drawn) says whether to flip horizontally. Returns uint8
+  [image_size, image_size, 3]."""
   pixels = None
   if _is_jpeg(blob):
     height, width, _, _ = simplejpeg.decode_jpeg_header(blob)
     box = box_of(height, width)
-    factor = dct_factor(box[2] - box[0], box[3] - box[1], image_size)
     try:
-      pixels = simplejpeg.decode_jpeg(blob, colorspace='RGB', min_factor=factor)
+      pixels, box = decode_jpeg_box(blob, box, dct_factor(box[2] - box[0], box[3] - box[1], image_size), height,
+                                    width)
     except ValueError:  # CMYK and the like: whole, through pillow (`decode_image`)
       pass
-    else:
-      sx, sy = pixels.shape[1] / width, pixels.shape[0] / height
-      box = (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
   if pixels is None:
     pixels = decode_image(blob)
     if not _is_jpeg(blob):
