@@ -20,10 +20,12 @@ Images. A source's 'image' is either decoded pixels (uint8 [H, W, 3]) or the enc
 from the JPEG's header first, and the JPEG is decoded with libjpeg-turbo's DCT-domain scaling (1/2, 1/4, 1/8) when
 the box still covers the output at that scale, so a crop of a large JPEG is never decoded at full size
 (`decode_random_resized_crop`, `decode_center_crop`); the box is then resized by OpenCV on a view of the decoded
-pixels (`_resize`), uint8 throughout. libjpeg-turbo could also skip the rows and columns outside the box
-(its `jpeg_skip_scanlines`/`jpeg_crop_scanline`, or TurboJPEG 3's `tj3SetCroppingRegion`), but no wheel of ours
-exposes them (simplejpeg has DCT scaling only; PyTurboJPEG 2 needs libjpeg-turbo >= 3.0, newer than Debian 12's
-2.1.5): the whole JPEG is decoded, at the scale the box allows; DALI (`decoder='dali'`) decodes only the box. Both forms of an image draw the same random numbers, so one
+pixels (`_resize`), uint8 throughout. Where setup.py's C extension is built (`REGION_DECODING`), only the box is
+decoded: libjpeg-turbo skips the rows above it without their inverse DCT (`jpeg_skip_scanlines`), never reads the
+rows below, and transforms only its columns (`jpeg_crop_scanline`), giving the pixels a whole decode has there
+(`decode_jpeg_box`); without it (no libjpeg-turbo headers at install) simplejpeg decodes the whole JPEG at that
+scale. simplejpeg exposes DCT scaling only, and PyTurboJPEG 2's cropping region needs libjpeg-turbo >= 3.0, newer
+than Debian 12's 2.1.5. Both forms of an image draw the same random numbers, so one
 seed gives the same boxes and flips whichever the source holds.
 
 Augmentation is a grain `random_map`, whose numpy rng is derived from the seed and the
