@@ -13,7 +13,8 @@ images/s, and images/s per reading process, for each of ``--repeats`` runs (the 
 With ``--stages=N`` it first times each stage of the per-image path (read, crop box, decode, resize, flip and
 conversion, batching) over N records in this process, one thread, and grain's overhead as what the whole iterator
 takes beyond them. ``--photo_kind=texture`` (default) writes JPEGs with a photo's statistics (1/f noise and edges,
-about 105 KB at 375x500, quality 90); ``smooth`` the older 71 KB ones, which decode faster.
+about 105 KB at 375x500, quality 90); ``smooth`` the older 71 KB ones, which decode faster. ``--max_side=N`` reads
+the pre-resized store (`prepare --max_side=N`, JPEG quality 90), prepared beside the stock one if needed.
 Run under ``absl.app.run``: grain's worker processes read absl flags, which must be parsed.
 
 The path measured: ``--encoded`` (default) hands the pipeline the stored JPEG, decoded fused with its crop
