@@ -487,3 +487,12 @@ def test_flip_mirrors_columns_into_a_contiguous_array():
   flipped = pipeline._flip(image)
   np.testing.assert_array_equal(flipped, image[:, ::-1])
   assert flipped.flags['C_CONTIGUOUS']
+
+
+def test_a_box_of_exactly_the_output_size_comes_back_writable_and_contiguous():
+  # 60x80 JPEG, a 32x32 box at (8, 4): with the region decoder the decoded box is the output itself.
+  blob = _jpeg(60, 80, 1)
+  pixels, box = pipeline.decode_jpeg_box(blob, (8, 4, 40, 36), 1, 60, 80)
+  out = pipeline._resize(pixels, 32, box)
+  assert out.shape == (32, 32, 3) and out.flags.writeable and out.flags['C_CONTIGUOUS']
+  np.testing.assert_array_equal(out, pipeline.decode_image(blob)[4:36, 8:40])

@@ -127,7 +127,8 @@ def _resize(image: np.ndarray, size: int, box: tuple[float, float, float, float]
   h, w = image.shape[:2]
   left, top, right, bottom = (0, 0, w, h) if box is None else (int(round(v)) for v in box)
   if (left, top, right, bottom) == (0, 0, w, h) and (h, w) == (size, size):
-    return image
+    # As it is, unless a view into a decoder's read-only buffer (`decode_jpeg_box`): outputs are writable arrays.
+    return image if image.flags.writeable and image.flags.c_contiguous else np.array(image)
   region = image[top:bottom, left:right]
   area = right - left > 2 * size or bottom - top > 2 * size
   return cv2.resize(region, (size, size), interpolation=cv2.INTER_AREA if area else cv2.INTER_LINEAR)
