@@ -10,10 +10,14 @@ CONFIG ?= configs/synthetic.py
 
 .PHONY: demo test install clean reproduce
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt pyproject.toml setup.py supersub_jax/data/_jpeg_region.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements.txt
+	@# setup.py's region decoder needs libjpeg-turbo's headers (Debian/Ubuntu: libjpeg62-turbo-dev); where they cannot
+	@# be installed the install goes on without it, and JPEGs are decoded whole (supersub_jax.data.pipeline).
+	@if [ ! -e /usr/include/jpeglib.h ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update -q && apt-get install -y -q libjpeg62-turbo-dev) >/dev/null || echo 'no libjpeg-turbo headers: JPEGs will be decoded whole'; fi
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $(STAMP)
 

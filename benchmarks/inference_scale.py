@@ -15,6 +15,7 @@ positions what trained ones do (the export codes both near their entropy), and v
 """
 
 import json
+import re
 
 from absl import app
 from absl import flags
@@ -35,6 +36,12 @@ _ROUTING = flags.DEFINE_list('routing', ['loop'], "Paths: 'loop' (inference.rout
                              "materialization), 'padded' (inference.route_padded, --slot_size, per-layer), "
                              "'offline' (offline.predict_split over all of a batch size's batches, per-layer).")
 _SLOT = flags.DEFINE_integer('slot_size', 32, "routing 'padded': images per slot.")
+_MEMORY_ONLY = flags.DEFINE_bool('memory_only', False, 'Only the parameters resident on device with each '
+                                  'materialization mode (no images, no timing: minutes on a CPU for ResNet-50).')
+_SETTINGS = flags.DEFINE_enum('settings', 'default', ['default', 'frontier'],
+                              "Delta settings: 'default' (config.specialists': --density of the kernels, --bits) or "
+                              "'frontier' (delta.FRONTIER: density 0.05 int4 kernels, BatchNorm affine deltas whole; "
+                              "--density and --bits are then ignored).")
 _DISTINCT = flags.DEFINE_integer('distinct_specialists', 0, 'Export this many random specialists and repeat them '
                                  'to N (0: all N distinct). Costs do not depend on the values; export is host work '
                                  'that grows with N x the model (minutes for 20 ResNet-50s).')
@@ -42,8 +49,10 @@ _DISTINCT = flags.DEFINE_integer('distinct_specialists', 0, 'Export this many ra
 
 def measure_scale(*, model: str, image_size: int, stem: str, sizes: list[int], batch_sizes: list[int], repeats: int,
                   chunk_sizes: list[str], density: float, bits: int, half_precision: bool, data_dir: str,
-                  routing: list[str] = ('loop',), slot_size: int = 32, distinct_specialists: int = 0) -> dict:
-  """The measurement of the module docstring; prints a table row per plan and batch size, returns the rows."""
+                  routing: list[str] = ('loop',), slot_size: int = 32, distinct_specialists: int = 0,
+                  memory_only: bool = False, settings: str = 'default') -> dict:
+  """The measurement of the module docstring; prints a table row per plan and batch size, returns the rows. With
+  `memory_only`, only the parameters resident on device per materialization mode (no images, no timing)."""
   import functools  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -62,36 +71,49 @@ def measure_scale(*, model: str, image_size: int, stem: str, sizes: list[int], b
   gen = jax.device_get(models.init_variables(gm, jax.random.key(0), shape))
   single = jax.device_put(jax.device_get(models.init_variables(vm, jax.random.key(1), shape)))
 
-  data_config = config_lib.default_config()
-  data_config.data_dir = data_dir
-  resize = jax.jit(lambda x: jax.image.resize(x, (x.shape[0],) + shape, 'bilinear'))
-  batches = {}
-  for b in sorted({int(x) for x in batch_sizes}):
-    held = measure.held_out_batches(data_config, stages.make_hierarchy(data_config), b, repeats)
-    batches[b] = [resize(jnp.asarray(x)) for x in held]
-  # Centre the random generalist's head on real images so that its argmax spreads over the N superclasses.
-  calibration = batches[max(batches)][0]
-  _, features = jax.jit(functools.partial(gm.apply, train=False, return_features=True))(gen, calibration)
-  features = np.asarray(features, np.float32)
   rng = np.random.default_rng(0)
-  kernel = rng.normal(size=(features.shape[1], n)).astype(np.float32) * np.float32(3.0 / (features.std() + 1e-6))
-  gen['params']['head'] = {'kernel': kernel, 'bias': -features.mean(0) @ kernel}
+  batches = {}
+  if memory_only:  # parameters do not depend on the images: a random head of the generalist's feature width
+    width = gen['params']['head']['kernel'].shape[0]
+    routing = ()
+  else:
+    data_config = config_lib.default_config()
+    data_config.data_dir = data_dir
+    resize = jax.jit(lambda x: jax.image.resize(x, (x.shape[0],) + shape, 'bilinear'))
+    for b in sorted({int(x) for x in batch_sizes}):
+      held = measure.held_out_batches(data_config, stages.make_hierarchy(data_config), b, repeats)
+      batches[b] = [resize(jnp.asarray(x)) for x in held]
+    # Centre the random generalist's head on real images so that its argmax spreads over the N superclasses.
+    calibration = batches[max(batches)][0]
+    _, features = jax.jit(functools.partial(gm.apply, train=False, return_features=True))(gen, calibration)
+    features = np.asarray(features, np.float32)
+    width = features.shape[1]
+    kernel = rng.normal(size=(width, n)).astype(np.float32) * np.float32(3.0 / (features.std() + 1e-6))
+    gen['params']['head'] = {'kernel': kernel, 'bias': -features.mean(0) @ kernel}
 
   base = models.split_head(gen['params'])[0]
-  cfg = delta_lib.DeltaConfig(bits=bits or None)
+  if settings == 'frontier':
+    density, bits = delta_lib.FRONTIER['density'], delta_lib.FRONTIER['bits']
+    cfg = delta_lib.DeltaConfig(bits=bits, pattern=delta_lib.KERNELS_AND_NORM)
+    dense = re.compile(delta_lib.FRONTIER['dense_leaves'])  # BatchNorm affine deltas: whole, never pruned
+  else:
+    cfg = delta_lib.DeltaConfig(bits=bits or None)
+    dense = None
   exported = []
   for k, n_k in enumerate(sizes):
     if distinct_specialists and k >= distinct_specialists:  # a repeat of specialist k mod D, with its own head
       ex = dict(exported[k % distinct_specialists])
-      ex['head'] = {'kernel': rng.normal(size=(features.shape[1], n_k)).astype(np.float32),
+      ex['head'] = {'kernel': rng.normal(size=(width, n_k)).astype(np.float32),
                     'bias': np.zeros(n_k, np.float32)}
       ex['spec'] = dict(ex['spec'], num_subclasses=n_k)
       exported.append(ex)
       continue
     delta = jax.tree.map(lambda z: rng.normal(size=z.shape).astype(np.float32) * 0.01,
                          delta_lib.init_delta(base, cfg.pattern, cfg.exclude))
-    masks = jax.tree.map(lambda d: rng.random(d.shape) < density, delta)
-    head = {'kernel': rng.normal(size=(features.shape[1], n_k)).astype(np.float32), 'bias': np.zeros(n_k, np.float32)}
+    masks = jax.tree_util.tree_map_with_path(
+        lambda path, d: np.ones(d.shape, bool) if dense and dense.search(delta_lib.path_str(path))
+        else rng.random(d.shape) < density, delta)
+    head = {'kernel': rng.normal(size=(width, n_k)).astype(np.float32), 'bias': np.zeros(n_k, np.float32)}
     exported.append(exported_lib.export(delta, masks, head, gen['batch_stats'], cfg, n_k, cut=models.Cut()))
   state = bank_lib.build_supersub(gen, exported, hierarchy)
   per_specialist = [sum(exported_lib.exported_nbytes(e).values()) for e in exported]
@@ -100,12 +122,14 @@ def measure_scale(*, model: str, image_size: int, stem: str, sizes: list[int], b
       delta_lib.tree_nbytes(gen['params']) + delta_lib.tree_nbytes(gen['batch_stats']), per_specialist)
   device = jax.devices()[0]
   print(f'device: {device.platform} {device.device_kind}; {model} at {image_size}px '
-        f'{"bf16" if half_precision else "fp32"}; N={n} superclasses of {sizes}; bank {bank_lib.nbytes(state.bank):,} B '
+        f'{"bf16" if half_precision else "fp32"}; N={n} superclasses of {sizes}; {settings} delta settings '
+        f'(density {density}, int{bits}, {cfg.pattern}); bank {bank_lib.nbytes(state.bank):,} B '
         f'on device, {stored:,} B exported', flush=True)
   single_apply = jax.jit(lambda v, x: vm.apply(v, x, train=False))
   rows = []
-  print('| path | batch | single img/s | Super-Sub img/s | ratio | single ms | Super-Sub ms | specialists per '
-        'batch | single memory | Super-Sub memory |\n|---|---|---|---|---|---|---|---|---|---|', flush=True)
+  if routing:
+    print('| path | batch | single img/s | Super-Sub img/s | ratio | single ms | Super-Sub ms | specialists per '
+          'batch | single memory | Super-Sub memory |\n|---|---|---|---|---|---|---|---|---|---|', flush=True)
   paths = []
   for name in routing:
     if name == 'loop':
@@ -166,7 +190,13 @@ def measure_scale(*, model: str, image_size: int, stem: str, sizes: list[int], b
         f"{one_network:,} B)", flush=True)
   print(f"storage: generalist {storage['base_bytes']:,} B + {n} specialists {stored:,} B = {storage['factor']:.3f} "
         f"networks (alpha {storage['alpha']:.4f}; naive {storage['naive_factor']})", flush=True)
-  return ({'device': str(device.device_kind), 'model': model, 'sizes': list(sizes),
+  print(f"| materialization | resident parameters (B) | / one network |\n|---|---:|---:|\n"
+        f"| one network (the single network of {hierarchy.num_subclasses} outputs) | {one_network:,} | 1.000 |\n"
+        f"| whole specialist per group (`materialize='group'`) | "
+        f"{resident['generalist_bytes'] + resident['bank_bytes'] + whole:,} | {resident['per_group_ratio']:.3f} |\n"
+        f"| layer by layer (`materialize='layer'`) | {resident['generalist_bytes'] + resident['bank_bytes'] + layer:,} "
+        f"| {resident['per_layer_ratio']:.3f} |", flush=True)
+  return ({'device': str(device.device_kind), 'model': model, 'sizes': list(sizes), 'settings': settings,
                     'storage': {k: v for k, v in storage.items() if k != 'specialists_bytes'}, 'rows': rows,
                     'params_resident': resident})
 
@@ -177,7 +207,8 @@ def main(argv):
       model=_MODEL.value, image_size=_IMAGE.value, stem=_STEM.value, sizes=[int(x) for x in _SIZES.value],
       batch_sizes=[int(x) for x in _BATCHES.value], repeats=_REPEATS.value, chunk_sizes=_CHUNKS.value,
       density=_DENSITY.value, bits=_BITS.value, half_precision=_HALF.value, data_dir=_DATA_DIR.value,
-      routing=_ROUTING.value, slot_size=_SLOT.value, distinct_specialists=_DISTINCT.value)))
+      routing=_ROUTING.value, slot_size=_SLOT.value, distinct_specialists=_DISTINCT.value,
+      memory_only=_MEMORY_ONLY.value, settings=_SETTINGS.value)))
 
 
 if __name__ == '__main__':

@@ -62,6 +62,9 @@ def default_config() -> ml_collections.ConfigDict:
   config.hierarchy = 'synthetic'        # a supersub_jax.hierarchy.get spec: 'mixed_10', 'cifar100', 'synthetic', ...
   config.data_dir = './data'            # TFDS data_dir (made absolute); the synthetic dataset is built here
   config.manual_dir = ''                # ImageNet: folder with the ILSVRC2012 tar files
+  config.max_side = 0                   # ImageNet: 0 reads the JPEGs as distributed; N > 0 the pre-resized store
+  config.jpeg_quality = 90              # (longer side capped at N, re-encoded at jpeg_quality) that `python -m
+                                        # supersub_jax.data.prepare --max_side=N --jpeg_quality=Q` writes
   config.eval_split = 'test'            # held-out split of every stage's evaluation and of evaluate.py
                                         # ('validation' for imagenet2012, which has no labelled test split)
   config.synthetic = ml_collections.ConfigDict(dict(

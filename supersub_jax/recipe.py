@@ -225,6 +225,12 @@ def validate(config: ml_collections.ConfigDict, *, training: bool = True) -> Non
   _choice(problems, 'evaluate.materialize', config.evaluate.materialize, inference.MATERIALIZE)
   if config.evaluate.slot_size < 1:
     problems.append(f'evaluate.slot_size={config.evaluate.slot_size}: use at least 1 image per slot.')
+  _number(problems, 'max_side', config.max_side, low=0, integer=True, fix='0 reads the JPEGs as distributed')
+  if config.max_side:
+    _number(problems, 'jpeg_quality', config.jpeg_quality, low=1, high=100, integer=True)
+    if config.dataset != 'imagenet2012':
+      problems.append(f'max_side={config.max_side}: the pre-resized store is imagenet2012\'s; use 0 for '
+                      f'dataset={config.dataset!r}.')
   if config.input.decoder == 'dali':
     from supersub_jax.data import dali  # pylint: disable=g-import-not-at-top
     problem = dali.unavailable()

@@ -53,6 +53,8 @@ def dataset_kwargs(config) -> dict:
   if config.dataset == 'synthetic':
     from supersub_jax.data import synthetic  # pylint: disable=g-import-not-at-top
     return {k: tuple(config.synthetic[k]) if k == 'sizes' else config.synthetic[k] for k in synthetic.KNOBS}
+  if config.dataset == 'imagenet2012' and config.max_side:
+    return dict(max_side=int(config.max_side), jpeg_quality=int(config.jpeg_quality))
   return {}
 
 

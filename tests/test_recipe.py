@@ -152,3 +152,14 @@ def test_an_empty_stage_list_is_an_error(tmp_path):
   config = make_tiny_config(str(tmp_path / 'data'))
   config.stages = ()
   assert 'stages=(): nothing to train' in _problems(config)
+
+
+def test_a_pre_resized_store_is_imagenets_with_a_quality_in_range(tmp_path):
+  config = make_tiny_config(str(tmp_path / 'data'))  # the synthetic dataset
+  config.max_side = 512
+  config.jpeg_quality = 101
+  message = _problems(config)
+  assert "max_side=512: the pre-resized store is imagenet2012's; use 0 for dataset='synthetic'." in message
+  assert 'jpeg_quality=101: use an integer in [1, 100]' in message
+  config.max_side, config.jpeg_quality = -1, 90
+  assert 'max_side=-1: use an integer >= 0; 0 reads the JPEGs as distributed.' in _problems(config)

@@ -348,3 +348,46 @@ def test_imagenet_missing_split(tmp_path):
   with pytest.raises(sources.DatasetNotPreparedError,
                      match=r"(?s)split 'validation'.*without ILSVRC2012_img_val.tar.*--manual_dir"):
     sources.load_source('imagenet2012', 'validation', h, tmp_path / 'data')
+
+
+# ------------------------------------------------------------------------------ pre-resized imagenet2012
+
+
+def test_capped_jpeg_fits_the_side_keeps_aspect_and_leaves_small_ones_untouched():
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from supersub_jax.data import builders  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  smooth = Image.fromarray(rng.integers(0, 256, (6, 10, 3), dtype=np.uint8)).resize((200, 120), Image.BICUBIC)
+  buffer = io.BytesIO()
+  smooth.save(buffer, format='jpeg', quality=95)
+  blob = buffer.getvalue()
+  capped = builders.cap_jpeg(blob, 100, 90)
+  out = np.asarray(Image.open(io.BytesIO(capped)).convert('RGB'), np.float64)
+  assert out.shape == (60, 100, 3)  # longer side at the cap, aspect ratio kept
+  reference = np.asarray(smooth.resize((100, 60), Image.BOX), np.float64)  # pillow's area average
+  assert np.abs(out - reference).mean() < 3.0
+  assert builders.cap_jpeg(blob, 200, 90) == blob  # already within the cap: the same bytes, no second encoding
+
+
+def test_imagenet_capped_store_is_separate_and_named_by_cap_and_quality(tmp_path):
+  h = hierarchy_lib.mixed_10()
+  wnids = [imagenet_wnids()[h.superclasses[0].subclasses[0].source_index]]
+  write_fake_imagenet(tmp_path / 'manual', wnids, per_class=2, photo_size=(60, 90))
+  with pytest.raises(sources.DatasetNotPreparedError, match='--max_side=48 --jpeg_quality=85'):
+    sources.load_source('imagenet2012', 'train', h, tmp_path / 'data', max_side=48, jpeg_quality=85)
+  prepare.prepare('imagenet2012', tmp_path / 'data', manual_dir=tmp_path / 'manual')
+  prepare.prepare('imagenet2012', tmp_path / 'data', manual_dir=tmp_path / 'manual', max_side=48, jpeg_quality=85)
+  stock = sources.load_source('imagenet2012', 'train', h, tmp_path / 'data', encoded=True)
+  capped = sources.load_source('imagenet2012', 'train', h, tmp_path / 'data', encoded=True, max_side=48,
+                               jpeg_quality=85)
+  # Its own folder, named by the cap and the quality; a damaged record's advice rebuilds it with both.
+  assert 'imagenet2012/max_side48_q85/' in capped._rebuild and 'max_side' not in stock._rebuild
+  assert '--max_side=48 --jpeg_quality=85' in capped._rebuild
+  assert len(stock) == len(capped) == 2
+  import simplejpeg  # pylint: disable=g-import-not-at-top
+  for i in range(2):
+    assert simplejpeg.decode_jpeg_header(stock[i]['image'])[:2] == (60, 90)
+    assert simplejpeg.decode_jpeg_header(capped[i]['image'])[:2] == (32, 48)
+    assert stock[i]['subclass'] == capped[i]['subclass']
+  with pytest.raises(ValueError, match='max_side=48 caps imagenet2012'):
+    prepare.prepare('cifar100', tmp_path / 'data', max_side=48)

@@ -11,6 +11,7 @@ They live in this module, not in the `prepare` command's, because TFDS looks bui
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import re
@@ -18,7 +19,9 @@ import tarfile
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import cv2
 import numpy as np
+import simplejpeg
 import tensorflow_datasets as tfds
 from PIL import Image
 from tensorflow_datasets.datasets.imagenet2012 import imagenet2012_dataset_builder as _imagenet_lib
@@ -150,6 +153,71 @@ class Imagenet2012NoTF(_imagenet_lib.Builder, skip_registration=True):
           raise ValueError(f'{path}: {member.name} is not an ILSVRC2012 validation image name '
                            '(ILSVRC2012_val_<00000001..00050000>.JPEG); is this ILSVRC2012_img_val.tar?')
         yield fname, {'file_name': fname, 'image': tar.extractfile(member), 'label': labels[int(match[1]) - 1]}
+
+
+@dataclasses.dataclass(eq=False)
+class CappedConfig(tfds.core.BuilderConfig):
+  """An imagenet2012 store whose JPEGs are at most `max_side` pixels on their longer side (re-encoded at
+  `jpeg_quality`); the name, e.g. 'max_side512_q90', is its folder: imagenet2012/max_side512_q90/5.1.0."""
+  max_side: int = 0
+  jpeg_quality: int = 90
+
+
+def capped_config(max_side: int, jpeg_quality: int = 90) -> CappedConfig:
+  if not 0 < max_side or not 1 <= jpeg_quality <= 100:
+    raise ValueError(f'max_side={max_side} must be > 0 and jpeg_quality={jpeg_quality} in [1, 100].')
+  return CappedConfig(name=f'max_side{max_side}_q{jpeg_quality}', max_side=int(max_side),
+                      jpeg_quality=int(jpeg_quality),
+                      description=f'JPEGs with their longer side capped at {max_side} pixels (area-averaged, '
+                                  f're-encoded at quality {jpeg_quality}, 4:2:0); smaller ones stored as they are.')
+
+
+def cap_jpeg(blob: bytes, max_side: int, quality: int) -> bytes:
+  """`blob` (an RGB or grayscale JPEG) with its longer side at most `max_side`: unchanged if it already is (no second
+  lossy encoding), else area-averaged to fit (aspect ratio kept) and re-encoded at `quality` with 4:2:0 chroma, as
+  ImageNet's own files mostly are."""
+  try:
+    height, width, _, _ = simplejpeg.decode_jpeg_header(blob)
+    pixels = None
+  except ValueError:  # not a JPEG libjpeg-turbo reads: pillow decodes it
+    with Image.open(io.BytesIO(blob)) as image:
+      pixels = np.asarray(image.convert('RGB'))
+    height, width = pixels.shape[:2]
+  if max(height, width) <= max_side and pixels is None:
+    return blob
+  if pixels is None:
+    try:
+      pixels = simplejpeg.decode_jpeg(blob, colorspace='RGB')
+    except ValueError:  # CMYK and the like
+      with Image.open(io.BytesIO(blob)) as image:
+        pixels = np.asarray(image.convert('RGB'))
+  scale = min(1.0, max_side / max(height, width))
+  size = (max(1, int(round(width * scale))), max(1, int(round(height * scale))))
+  if scale < 1.0:
+    pixels = cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
+  return simplejpeg.encode_jpeg(pixels, quality=quality, colorspace='RGB', colorsubsampling='420')
+
+
+class Imagenet2012Capped(Imagenet2012NoTF, skip_registration=True):
+  """imagenet2012 pre-resized, as FFCV stores it: every JPEG capped at the config's `max_side` (`cap_jpeg`), in the
+  config's own folder, so it never mixes with the stock store. Open it with `capped_imagenet`."""
+
+  name = 'imagenet2012'
+
+  def _fix_image(self, image_fname: str, image):
+    fixed = super()._fix_image(image_fname, image)
+    cfg = self.builder_config
+    return io.BytesIO(cap_jpeg(fixed.read(), cfg.max_side, cfg.jpeg_quality))
+
+  def _generate_validation(self, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    cfg = self.builder_config
+    for key, example in super()._generate_validation(path):
+      yield key, dict(example, image=io.BytesIO(cap_jpeg(example['image'].read(), cfg.max_side, cfg.jpeg_quality)))
+
+
+def capped_imagenet(data_dir: str | os.PathLike, max_side: int, jpeg_quality: int = 90) -> Imagenet2012Capped:
+  """The imagenet2012 builder of the store capped at `max_side` pixels, JPEG quality `jpeg_quality`."""
+  return Imagenet2012Capped(data_dir=os.fspath(data_dir), config=capped_config(max_side, jpeg_quality))
 
 
 BUILDERS = {'cifar100': Cifar100NoTF, 'imagenet2012': Imagenet2012NoTF}

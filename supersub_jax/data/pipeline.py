@@ -19,7 +19,13 @@ Images. A source's 'image' is either decoded pixels (uint8 [H, W, 3]) or the enc
 `sources.load_source(..., encoded=True)` yields). A JPEG is decoded here, fused with its view: the crop box is drawn
 from the JPEG's header first, and the JPEG is decoded with libjpeg-turbo's DCT-domain scaling (1/2, 1/4, 1/8) when
 the box still covers the output at that scale, so a crop of a large JPEG is never decoded at full size
-(`decode_random_resized_crop`, `decode_center_crop`). Both forms of an image draw the same random numbers, so one
+(`decode_random_resized_crop`, `decode_center_crop`); the box is then resized by OpenCV on a view of the decoded
+pixels (`_resize`), uint8 throughout. Where setup.py's C extension is built (`REGION_DECODING`), only the box is
+decoded: libjpeg-turbo skips the rows above it without their inverse DCT (`jpeg_skip_scanlines`), never reads the
+rows below, and transforms only its columns (`jpeg_crop_scanline`), giving the pixels a whole decode has there
+(`decode_jpeg_box`); without it (no libjpeg-turbo headers at install) simplejpeg decodes the whole JPEG at that
+scale. simplejpeg exposes DCT scaling only, and PyTurboJPEG 2's cropping region needs libjpeg-turbo >= 3.0, newer
+than Debian 12's 2.1.5. Both forms of an image draw the same random numbers, so one
 seed gives the same boxes and flips whichever the source holds.
 
 Augmentation is a grain `random_map`, whose numpy rng is derived from the seed and the
@@ -47,11 +53,23 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import cv2
 import grain
 import jax
 import numpy as np
 import simplejpeg
 from PIL import Image
+
+try:  # the C extension setup.py builds where libjpeg-turbo's headers are (libjpeg62-turbo-dev); optional
+  from supersub_jax.data import _jpeg_region
+except ImportError:
+  _jpeg_region = None
+# Whether JPEGs are decoded only where the crop is (`decode_jpeg_box`), or whole at the crop's DCT scale.
+REGION_DECODING = _jpeg_region is not None
+
+# One image at a time per reading thread: OpenCV's own thread pool only adds hand-offs to a 224x224 resize (the
+# pipeline runs in parallel over threads and grain workers instead).
+cv2.setNumThreads(1)
 
 AUGMENTATIONS = ('crop_flip', 'random_resized_crop', 'none')
 LABEL_MODES = ('subclass', 'superclass', 'local')
@@ -102,12 +120,23 @@ def channel_stats(source, max_examples: int = 5000) -> tuple[np.ndarray, np.ndar
 
 def _resize(image: np.ndarray, size: int, box: tuple[float, float, float, float] | None = None
             ) -> np.ndarray:
-  """Bilinear resize of image (or of its crop `box` = (left, top, right, bottom)) to size^2."""
+  """The image's box = (left, top, right, bottom) (default: all of it), rounded to whole pixels, resized to
+  size^2 by OpenCV on a view of the box (no copy of the crop): bilinear, or pixel-area averaging where the box is
+  more than twice the output in a dimension (bilinear would alias there; area averaging is 5x slower, and rare once
+  the JPEG is DCT-scaled to the box). uint8 [H, W, C] in, uint8 [size, size, C] out."""
   h, w = image.shape[:2]
-  if box is None and (h, w) == (size, size):
-    return image
-  pil = Image.fromarray(image)
-  return np.asarray(pil.resize((size, size), Image.Resampling.BILINEAR, box=box))
+  left, top, right, bottom = (0, 0, w, h) if box is None else (int(round(v)) for v in box)
+  if (left, top, right, bottom) == (0, 0, w, h) and (h, w) == (size, size):
+    # As it is, unless a view into a decoder's read-only buffer (`decode_jpeg_box`): outputs are writable arrays.
+    return image if image.flags.writeable and image.flags.c_contiguous else np.array(image)
+  region = image[top:bottom, left:right]
+  area = right - left > 2 * size or bottom - top > 2 * size
+  return cv2.resize(region, (size, size), interpolation=cv2.INTER_AREA if area else cv2.INTER_LINEAR)
+
+
+def _flip(image: np.ndarray) -> np.ndarray:
+  """Horizontal flip of uint8 [H, W, C] into a new contiguous array."""
+  return cv2.flip(image, 1)
 
 
 def crop_flip(image: np.ndarray, rng: np.random.Generator, image_size: int,
@@ -161,9 +190,7 @@ def random_resized_crop(image: np.ndarray, rng: np.random.Generator, image_size:
   h, w = image.shape[:2]
   box = crop_box(h, w, rng, scale, ratio, attempts)
   out = _resize(image, image_size, box)
-  if rng.random() < 0.5:
-    out = out[:, ::-1]
-  return np.ascontiguousarray(out)
+  return _flip(out) if rng.random() < 0.5 else out
 
 
 # --------------------------------------------------------------------------------------------
@@ -198,37 +225,54 @@ def decode_image(blob) -> np.ndarray:
     return np.asarray(image.convert('RGB'))
 
 
+def decode_jpeg_box(blob, box: tuple[float, float, float, float], factor: int, height: int, width: int
+                    ) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+  """The pixels of a JPEG of height x width that a resize of `box` (source pixels) reads, decoded at scale
+  1/factor, and the box in those pixels' coordinates: `_resize(pixels, size, box)` is the view. With the region
+  decoder (`REGION_DECODING`) only the box's pixels are decoded (rows above it skipped without their inverse DCT,
+  rows below never read, columns outside it not transformed), the same pixels as a whole decode has there; else the
+  whole JPEG at that scale (simplejpeg). Raises ValueError for JPEGs libjpeg-turbo cannot turn into RGB (CMYK)."""
+  out_h, out_w = -(-height // factor), -(-width // factor)  # libjpeg's output size at scale 1/factor
+  sx, sy = out_w / width, out_h / height
+  scaled = (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
+  if _jpeg_region is None:
+    if factor == 1:
+      return simplejpeg.decode_jpeg(blob, colorspace='RGB'), scaled
+    # min_factor alone does not scale: simplejpeg picks the coarsest scale that keeps the output at least
+    # min_height x min_width, and at least min_factor.
+    pixels = simplejpeg.decode_jpeg(blob, colorspace='RGB', min_height=out_h, min_width=out_w, min_factor=factor)
+    return pixels, scaled
+  # The whole pixels `_resize` reads (it rounds the box), one more column each side: libjpeg-turbo upsamples the
+  # chroma of a cropped span's edge columns as an image edge, so they alone would differ from a whole decode.
+  left, top, right, bottom = (int(round(v)) for v in scaled)
+  left, top = min(max(left, 0), out_w - 1), min(max(top, 0), out_h - 1)
+  right, bottom = min(max(right, left + 1), out_w), min(max(bottom, top + 1), out_h)
+  data, rows, span, x_offset = _jpeg_region.decode_region(blob, max(left - 1, 0), top, min(right + 1, out_w), bottom,
+                                                          factor)
+  pixels = np.frombuffer(data, np.uint8).reshape(rows, span, 3)[:, left - x_offset:right - x_offset]
+  return pixels, (0, 0, right - left, bottom - top)
+
+
 def _decode_view(blob, box_of: Any, image_size: int, flip: Any = None) -> np.ndarray:
   """Decodes `blob` and resizes the box `box_of(height, width)` (source pixels) to image_size^2, decoding a JPEG at
-  the coarsest DCT scale that keeps the box at least image_size wide and high. `flip()` (after the box is drawn)
-  says whether to flip horizontally. Returns uint8 [image_size, image_size, 3]."""
-  if not _is_jpeg(blob):
-    image = decode_image(blob)
-    box = box_of(*image.shape[:2])
-    out = _resize(image, image_size, box)
-    if flip is not None and flip():
-      out = out[:, ::-1]
-    return np.ascontiguousarray(out)
-  height, width, _, _ = simplejpeg.decode_jpeg_header(blob)
-  box = box_of(height, width)
-  factor = dct_factor(box[2] - box[0], box[3] - box[1], image_size)
-  try:
-    # RGBX: pillow holds RGB as 4 bytes per pixel, so frombuffer wraps libjpeg-turbo's output without a copy.
-    pixels = simplejpeg.decode_jpeg(blob, colorspace='RGBX', min_factor=factor)
-  except ValueError:  # CMYK and the like: whole, through pillow
-    image = decode_image(blob)
-    out = _resize(image, image_size, box)
-    if flip is not None and flip():
-      out = out[:, ::-1]
-    return np.ascontiguousarray(out)
-  h, w = pixels.shape[:2]
-  sx, sy = w / width, h / height
-  pil = Image.frombuffer('RGBX', (w, h), pixels, 'raw', 'RGBX', 0, 1)
-  out = pil.resize((image_size, image_size), Image.Resampling.BILINEAR,
-                   box=(box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy))
-  if flip is not None and flip():
-    out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-  return np.ascontiguousarray(np.asarray(out)[..., :3])
+  the coarsest DCT scale that keeps the box at least image_size wide and high, only the box where the region decoder
+  is built (`decode_jpeg_box`). `flip()` (after the box is drawn) says whether to flip horizontally. Returns uint8
+  [image_size, image_size, 3]."""
+  pixels = None
+  if _is_jpeg(blob):
+    height, width, _, _ = simplejpeg.decode_jpeg_header(blob)
+    box = box_of(height, width)
+    try:
+      pixels, box = decode_jpeg_box(blob, box, dct_factor(box[2] - box[0], box[3] - box[1], image_size), height,
+                                    width)
+    except ValueError:  # CMYK and the like: whole, through pillow (`decode_image`)
+      pass
+  if pixels is None:
+    pixels = decode_image(blob)
+    if not _is_jpeg(blob):
+      box = box_of(*pixels.shape[:2])
+  out = _resize(pixels, image_size, box)
+  return _flip(out) if flip is not None and flip() else out
 
 
 def decode_random_resized_crop(blob, rng: np.random.Generator, image_size: int,

@@ -2,12 +2,16 @@
 
   python -m supersub_jax.data.prepare --dataset=synthetic --data_dir=DIR [--grid=samples.png] [--sizes=12,6,...]
   python -m supersub_jax.data.prepare --dataset=cifar100 --data_dir=DIR [--manual_dir=M]
-  python -m supersub_jax.data.prepare --dataset=imagenet2012 --data_dir=DIR --manual_dir=M
+  python -m supersub_jax.data.prepare --dataset=imagenet2012 --data_dir=DIR --manual_dir=M [--max_side=512
+      --jpeg_quality=90]
 
 synthetic generates the embedded default dataset (`supersub_jax.data.synthetic`; its knobs as flags, defaults those
 of configs/synthetic.py), prints a summary of its classes and, with --grid, writes a PNG of samples.
 imagenet2012 reads ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar from --manual_dir (the builders are in
-`supersub_jax.data.builders`); cifar100 reads cifar-100-binary.tar.gz from --manual_dir, or downloads it.
+`supersub_jax.data.builders`); with --max_side it writes a second, pre-resized store (every JPEG's longer side
+capped, re-encoded at --jpeg_quality: `builders.Imagenet2012Capped`) beside the stock one, which training reads with
+config.max_side and config.jpeg_quality set alike. cifar100 reads cifar-100-binary.tar.gz from --manual_dir, or
+downloads it.
 
 After writing the records, `prepare` also scans every split's labels once (see `sources.cached_labels`), so that
 the first training run does not pay for it.
@@ -31,8 +35,8 @@ from supersub_jax.data import synthetic
 
 
 def prepare(dataset: str, data_dir: str | os.PathLike, *,
-            manual_dir: str | os.PathLike | None = None, scan_labels: bool = True,
-            **synthetic_kwargs) -> tfds.core.DatasetBuilder:
+            manual_dir: str | os.PathLike | None = None, scan_labels: bool = True, max_side: int = 0,
+            jpeg_quality: int = 90, **synthetic_kwargs) -> tfds.core.DatasetBuilder:
   """Writes `dataset` into `data_dir` as array_record (no-op if already there).
 
   Args:
@@ -40,12 +44,16 @@ def prepare(dataset: str, data_dir: str | os.PathLike, *,
     data_dir: TFDS data directory.
     manual_dir: where manually downloaded archives are (required for imagenet2012).
     scan_labels: also cache every split's labels (see `sources.cached_labels`).
+    max_side, jpeg_quality: imagenet2012 only: > 0 writes the store capped at max_side pixels on the longer side,
+      re-encoded at jpeg_quality (`builders.capped_imagenet`); 0, the JPEGs as distributed.
     **synthetic_kwargs: knobs of `synthetic.build_synthetic` (synthetic only).
 
   Returns:
     The prepared builder.
   """
   data_dir = os.fspath(data_dir)
+  if max_side and dataset != 'imagenet2012':
+    raise ValueError(f'max_side={max_side} caps imagenet2012\'s JPEGs; {dataset} takes none.')
   if dataset == 'synthetic':
     builder = synthetic.build_synthetic(data_dir, **synthetic_kwargs)
   elif dataset in builders.BUILDERS:
@@ -55,7 +63,8 @@ def prepare(dataset: str, data_dir: str | os.PathLike, *,
     if dataset == 'imagenet2012' and not manual_dir:
       raise ValueError('imagenet2012 needs --manual_dir=<dir with ILSVRC2012_img_train.tar and '
                        'ILSVRC2012_img_val.tar>.')
-    builder = builders.BUILDERS[dataset](data_dir=data_dir)
+    builder = (builders.capped_imagenet(data_dir, max_side, jpeg_quality) if max_side
+               else builders.BUILDERS[dataset](data_dir=data_dir))
     if not builder.is_prepared():
       with locks.building(data_dir, dataset):  # another process preparing it too: wait for it, then reuse
         builder = builders.BUILDERS[dataset](data_dir=data_dir)
@@ -90,6 +99,9 @@ def main() -> None:
   flags.DEFINE_integer('seed', None, 'synthetic only')
   flags.DEFINE_list('sizes', None, 'synthetic only: subclasses per superclass, e.g. 12,6,4,3')
   flags.DEFINE_string('grid', None, 'synthetic only: write a PNG grid of test samples here.')
+  flags.DEFINE_integer('max_side', 0, 'imagenet2012 only: cap every JPEG\'s longer side at this many pixels (a '
+                       'separate, pre-resized store; 0: as distributed).')
+  flags.DEFINE_integer('jpeg_quality', 90, 'imagenet2012 with --max_side: JPEG quality of the re-encoded images.')
 
   def run(argv):
     if len(argv) > 1:
@@ -103,7 +115,7 @@ def main() -> None:
     start = time.perf_counter()
     try:
       builder = prepare(f.dataset, os.path.abspath(os.path.expanduser(f.data_dir)), manual_dir=f.manual_dir,
-                        **knobs)
+                        max_side=f.max_side, jpeg_quality=f.jpeg_quality, **knobs)
     except TypeError as e:  # synthetic knobs given for another dataset
       raise ValueError(str(e)) from e
     seconds = time.perf_counter() - start

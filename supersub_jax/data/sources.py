@@ -70,9 +70,12 @@ def _rebuild_advice(builder: tfds.core.DatasetBuilder, data_dir: str | os.PathLi
   """How to rebuild the dataset of `builder` once a file of it is found damaged: `prepare` skips a dataset that is
   already there, so its folder goes first."""
   knobs = {}
+  cfg = builder.builder_config
+  if getattr(cfg, 'max_side', 0):  # builders.CappedConfig
+    knobs = dict(max_side=cfg.max_side, jpeg_quality=cfg.jpeg_quality)
   if builder.name == synthetic.SupersubSynthetic.name:
     knobs = synthetic.knobs_of(builder)
-  dataset = 'synthetic' if knobs else builder.name
+  dataset = 'synthetic' if builder.name == synthetic.SupersubSynthetic.name else builder.name
   return (f'delete {shlex.quote(os.fspath(builder.data_dir))}, then run: '
           f'{prepare_command(dataset, data_dir, manual_dir, **knobs)}')
 
@@ -341,8 +344,17 @@ class HierarchicalSource:
 def _open_tfds(dataset: str, split: str, data_dir: str, manual_dir: str | None,
                builder_kwargs: dict[str, Any]) -> tfds.core.DatasetBuilder:
   """The prepared stock builder of `dataset`, or DatasetNotPreparedError saying how to prepare."""
-  builder = tfds.builder(dataset, data_dir=data_dir, **builder_kwargs)
-  command = prepare_command(dataset, data_dir, manual_dir)
+  builder_kwargs = dict(builder_kwargs)
+  capped = {k: builder_kwargs.pop(k) for k in ('max_side', 'jpeg_quality') if k in builder_kwargs}
+  if dataset == 'imagenet2012' and capped.get('max_side'):  # the pre-resized store, in its own config folder
+    from supersub_jax.data import builders  # pylint: disable=g-import-not-at-top
+    builder = builders.capped_imagenet(data_dir, **capped)
+  elif capped.get('max_side'):
+    raise ValueError(f"max_side={capped['max_side']} caps imagenet2012's JPEGs; {dataset} takes none.")
+  else:
+    builder = tfds.builder(dataset, data_dir=data_dir, **builder_kwargs)
+    capped = {}
+  command = prepare_command(dataset, data_dir, manual_dir, **capped)
   if not builder.is_prepared():
     raise DatasetNotPreparedError(
         f'{dataset} (version {builder.version}) is not prepared in data_dir={data_dir}. '
@@ -382,7 +394,8 @@ def load_source(dataset: str, split: str, hierarchy: hierarchy_lib.Hierarchy,
     encoded: 'image' is the stored file (bytes), not decoded pixels: the input pipeline then decodes only
       what its crop needs.
     **dataset_kwargs: synthetic: the knobs of `synthetic.build_synthetic` (`sizes` defaults to
-      the hierarchy's); cifar100 / imagenet2012: passed to `tfds.builder` (e.g. version).
+      the hierarchy's); imagenet2012: `max_side` and `jpeg_quality` open the pre-resized store
+      (`builders.capped_imagenet`); cifar100 / imagenet2012: others passed to `tfds.builder` (e.g. version).
 
   Returns:
     A `HierarchicalSource`.
