@@ -33,6 +33,7 @@ assert len(CUE_VALUES) == len(CUE_KINDS)
 # kind painted over the texture as noise hides the grating (studies/cue_probe.py: a half-brighter tone over a star's
 # texture took the grating's probe from 0.92 to 0.64). How loud each kind is:
 SALIENCE: dict[str, float] = {
+    'grating_contrast': 0.2,  # the texture's contrast is drawn from [this / 2.5, this] (dataset 1.2.0: 0.2)
     'hue_jitter': 0.3,        # +- this many bins around a hue bin's centre
     'notch_radius': 0.3,      # the bite's radius, in object radii (its centre 0.85 from the object's)
     'outline_dark': 0.7,      # the dark rim's brightness factor

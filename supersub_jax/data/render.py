@@ -323,7 +323,8 @@ def render(labels: np.ndarray, sizes: Sequence[int], image_size: int,
   period = gratings[:, 1] * uniform(0.9, 1.1) * np.float32(size / 32.0)
   pattern = _texture(families % len(TEXTURES), theta, period, uniform(0, 2 * np.pi),
                      uniform(0, 2 * np.pi), xs, ys)
-  contrast = per_image(uniform(0.08, 0.2))
+  top = 0.2 if cue is None else cue['salience']['grating_contrast']
+  contrast = per_image(uniform(top / 2.5, top))
   shade = 1.0 - contrast + contrast * pattern
   if cue is not None:
     shade = shade * cues_lib.rim(cue, dist, per_image(radius))

@@ -1,0 +1,61 @@
+"""studies/common.py: the map's statistics on hand-built runs, against cell-mean algebra and scipy's t quantile."""
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from studies import common
+
+
+def _run(m, width, base, seed, flat, hard, oracle=0.95, flat_oracle=0.94):
+  return {'regime': 'converged', 'extra': 0.065, 'steps': 310, 'seed': seed, 'base': base, 'specificity': m,
+          'width': width, 'flat': flat, 'rules': {'hard': hard}, 'oracle': oracle, 'flat_oracle': flat_oracle}
+
+
+def test_the_interaction_model_on_a_two_by_two_grid_is_the_difference_of_differences_of_cell_means():
+  rng = np.random.default_rng(0)
+  cells = {(1, 0.25): 0.0, (10, 0.25): 0.02, (1, 1.0): -0.005, (10, 1.0): 0.001}
+  m, w, y = [], [], []
+  for (mm, ww), mean in cells.items():
+    for _ in range(4):
+      m.append(mm), w.append(ww), y.append(mean + 0.003 * rng.standard_normal())
+  m, w, y = np.array(m), np.array(w), np.array(y)
+  fit = common.interaction(m, w, y)
+  means = {c: y[(m == c[0]) & (w == c[1])].mean() for c in cells}
+  # Coding: m' = 1 at m = 10, w' = 1 at width 1.0 (log2 width scaled to [0, 1]).
+  assert fit['intercept'][0] == pytest.approx(means[(1, 0.25)])
+  assert fit['specificity'][0] == pytest.approx(means[(10, 0.25)] - means[(1, 0.25)])
+  assert fit['width'][0] == pytest.approx(means[(1, 1.0)] - means[(1, 0.25)])
+  assert fit['specificity x width'][0] == pytest.approx(
+      means[(10, 1.0)] - means[(1, 1.0)] - means[(10, 0.25)] + means[(1, 0.25)])
+  # The interval: pooled within-cell variance on 16 - 4 degrees of freedom; the interaction's standard error is that
+  # of a contrast of four means of 4 runs, sqrt(4 / 4) sigma.
+  pooled = sum(((y[(m == c[0]) & (w == c[1])] - means[c]) ** 2).sum() for c in cells) / 12
+  half = stats.t.ppf(0.975, 12) * np.sqrt(pooled)
+  estimate, low, high = fit['specificity x width']
+  assert fit['dof'] == 12 and high - estimate == pytest.approx(half) and estimate - low == pytest.approx(half)
+
+
+def test_a_grid_with_one_width_drops_the_width_terms_and_one_run_a_cell_leaves_no_interval():
+  fit = common.interaction(np.array([1, 10, 1, 10]), np.array([1.0, 1.0, 1.0, 1.0]), np.array([0.0, 0.01, 0.002,
+                                                                                               0.013]))
+  assert set(fit) == {'dof', 'intercept', 'specificity'} and fit['dof'] == 2
+  assert fit['specificity'][0] == pytest.approx(0.0105)
+  single = common.interaction(np.array([1, 10]), np.array([1.0, 1.0]), np.array([0.0, 0.01]))
+  assert single['dof'] == 0 and np.isnan(single['specificity'][1])
+
+
+def test_map_summary_pairs_each_cell_over_its_runs_and_tables_show_every_cell():
+  runs = [_run(1, 1.0, 0, s, 0.9, 0.9 + d) for s, d in enumerate((0.001, -0.002, 0.0))]
+  runs += [_run(10, 1.0, b, 0, 0.8, 0.8 + d) for b, d in enumerate((0.01, 0.02))]
+  summary = common.map_summary(runs)
+  control, test = summary['cells']
+  assert control['specificity'] == 1 and len(control['runs']) == 3 and test['bases'] == [0, 1]
+  mean, low, high = common.mean_interval([0.001, -0.002, 0.0])
+  assert control['rules']['hard']['gap'] == pytest.approx(mean) and control['rules']['hard']['low'] == pytest.approx(low)
+  assert test['rules']['hard']['gap'] == pytest.approx(0.015)
+  assert test['given_superclass']['gap'] == pytest.approx(0.01)  # 0.95 - 0.94 in every run
+  [model] = summary['models']
+  assert model['rule'] == 'hard' and model['runs'] == 5 and model['specificity'][0] == pytest.approx(0.015 + 1 / 3000)
+  table = common.map_tables(runs)
+  assert '| 310 | 1 | 1 | 3 | 0.9000 |' in table and '| 310 | 10 | 1 | 2 | 0.8000 | +1.50 [' in table
