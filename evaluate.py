@@ -4,8 +4,11 @@
 
 Uses the config train.py stored in the workdir; --config=FILE and --config.x=y override it (with a warning that
 lists what differs from training). Writes report.json, report.md and PNG plots into the workdir and prints the
-report table. Holds the workdir's lock while it runs (one run at a time, train.py included). Exit status: 0 done,
-1 an error (one line), 130 / 143 stopped by SIGINT / SIGTERM (the previous report files are left as they were).
+report table. Each part (a network's predictions, the timing and memory) is kept in <workdir>/evaluation/ with the
+fingerprint of what it read: a rerun redoes only the parts whose checkpoints or config fields changed, and with
+nothing changed shows the stored report in seconds; --force redoes everything. Holds the workdir's lock while it
+runs (one run at a time, train.py included). Exit status: 0 done, 1 an error (one line), 130 / 143 stopped by
+SIGINT / SIGTERM (the previous report files are left as they were).
 """
 
 from supersub_jax import interrupts
@@ -18,6 +21,7 @@ from supersub_jax import cli  # pylint: disable=g-import-not-at-top,wrong-import
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'The workdir that train.py wrote.')
+flags.DEFINE_bool('force', False, 'Evaluate again even if nothing changed since the stored report.')
 flags.mark_flags_as_required(['workdir'])
 cli.define_config_flag(stored_in_workdir=True)
 
@@ -31,11 +35,12 @@ def main(argv):
   recipe.validate(config, training=False)
   # One run at a time per workdir (train.py holds the same lock); taking it also finds a workdir that cannot be
   # written, before any work.
-  with locks.hold_workdir(FLAGS.workdir, program='evaluate.py', writes='report.json, report.md and the PNG plots',
-                          create=False):
-    result = evaluation.run(config, FLAGS.workdir)
+  with locks.hold_workdir(FLAGS.workdir, program='evaluate.py',
+                          writes='report.json, report.md, the PNG plots and evaluation/', create=False):
+    result = evaluation.run(config, FLAGS.workdir, force=FLAGS.force)
   print(report.table(report.summary_rows(result)))
-  print(f'\nWrote {FLAGS.workdir}/report.json, report.md and {", ".join(result.get("plots", []))}')
+  done = 'Kept' if result['evaluation']['kept'] == ['report'] else 'Wrote'
+  print(f'\n{done} {FLAGS.workdir}/report.json, report.md and {", ".join(result.get("plots", []))}')
 
 
 if __name__ == '__main__':

@@ -129,14 +129,16 @@ def eval_apply(model) -> Callable:
 
 
 def measure_inference(config, hierarchy, single: stages.Network, state: bank_lib.SuperSub, *, generalist_model,
-                      specialist_model, paths: Mapping[str, Any]) -> dict:
+                      specialist_model, paths: Mapping[str, Any],
+                      say: Callable[[str], None] | None = None) -> dict:
   """Throughput and memory of a single network and of Super-Sub (top-1 routing) on real held-out batches.
 
   For each of ``config.evaluate.benchmark_batch_sizes``: ``config.evaluate.benchmark_batches`` distinct batches of
   held-out images in random order, so the generalist routes them as it routes the split; both models take turns
   (``time_calls``), and images/s is the batch over the mean seconds per call. Memory: XLA's compiled memory
   analysis of one call at each batch size, and the parameter-resident bytes (what stays on device between calls,
-  plus the one specialist materialized during a call). Returns report.json's 'memory' and 'throughput'.
+  plus the one specialist materialized during a call). Returns report.json's 'memory' and 'throughput'. ``say``
+  gets a progress line per batch size.
   """
   repeats = int(config.evaluate.benchmark_batches)
   single_vars = jax.device_put({'params': single.params, 'batch_stats': single.batch_stats})
@@ -146,9 +148,11 @@ def measure_inference(config, hierarchy, single: stages.Network, state: bank_lib
                                       specialist_model=specialist_model, **paths))
   device = jax.devices()[0]
   by_batch_time, by_batch_memory = {}, {}
-  for requested in sorted({int(x) for x in config.evaluate.benchmark_batch_sizes}):
+  sizes = sorted({int(x) for x in config.evaluate.benchmark_batch_sizes})
+  for n, requested in enumerate(sizes):
     batches = [jax.device_put(x) for x in held_out_batches(config, hierarchy, requested, repeats)]
     b = int(batches[0].shape[0])
+    start = time.perf_counter()
     timing = time_calls({'single': lambda i: single_apply(single_vars, batches[i]),
                          'supersub': lambda i: predict(state, batches[i])}, len(batches))
     single_s, supersub_s = timing['single'].mean, timing['supersub'].mean
@@ -164,6 +168,11 @@ def measure_inference(config, hierarchy, single: stages.Network, state: bank_lib
     by_batch_memory[str(b)] = {'single_bytes': single_mem.get('total', 0),
                                'supersub_bytes': supersub_mem.get('total', 0),
                                'single_detail': single_mem, 'supersub_detail': supersub_mem}
+    if say is not None:
+      say(f'batch size {b} ({n + 1}/{len(sizes)}): {len(batches)} timed calls each, '
+          f'{b / single_s:,.0f} vs {b / supersub_s:,.0f} img/s, compiled memory '
+          f'{single_mem.get("total", 0):,} vs {supersub_mem.get("total", 0):,} B '
+          f'({time.perf_counter() - start:,.1f}s)')
   largest = str(max(int(b) for b in by_batch_time))
   one_specialist = jax.eval_shape(lambda: inference.specialist_variables(
       state.bank, state.base, 0, state.hierarchy.max_subclasses))
