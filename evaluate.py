@@ -38,6 +38,7 @@ def main(argv):
   with locks.hold_workdir(FLAGS.workdir, program='evaluate.py',
                           writes='report.json, report.md, the PNG plots and evaluation/', create=False):
     result = evaluation.run(config, FLAGS.workdir, force=FLAGS.force)
+  print(report.headline(result))
   print(report.table(report.summary_rows(result)))
   done = 'Kept' if result['evaluation']['kept'] == ['report'] else 'Wrote'
   print(f'\n{done} {FLAGS.workdir}/report.json, report.md and {", ".join(result.get("plots", []))}')

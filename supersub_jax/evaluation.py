@@ -390,7 +390,7 @@ def run(config, workdir: str, *, force: bool = False) -> dict:
   ``force``; with nothing changed, the stored report itself is returned. ``report['evaluation']``: the
   fingerprints, and 'kept': the parts read back ('report' alone: all of it)."""
   workdir = ckpt.abs_path(workdir)
-  progress = Progress(6)
+  progress = Progress(5)
   progress.stage('fingerprints of the checkpoints, config fields and held-out split it reads')
   hierarchy = stages.make_hierarchy(config)
   keys = fingerprints(config, workdir, hierarchy)
@@ -437,7 +437,10 @@ def run(config, workdir: str, *, force: bool = False) -> dict:
   progress.done(f'{len(p["subclass"]):,} images, {len(todo)} network(s) predicted')
 
   compute = {'vanilla_steps': trained.vanilla.steps, 'supersub_steps': stages.pipeline_steps(config, trained.hierarchy),
-             'batch_size': int(config.batch_size)}
+             'batch_size': int(config.batch_size),
+             # The start both arms share: Super-Sub's generalist starts from it or from the flat network trained
+             # from it (whose steps Super-Sub is then charged).
+             'start': f'{os.path.basename(config.init.path)} (config.init)' if config.init.path else 'random weights'}
   report = report_lib.build(p, trained.hierarchy, dataset=config.dataset, split=config.eval_split,
                             storage=storage(trained), compute=compute, top2_threshold=threshold,
                             cut=trained.state.cut.name,
@@ -448,26 +451,19 @@ def run(config, workdir: str, *, force: bool = False) -> dict:
                                     "generalist starts from config.init, which is not one: init.keep_head False)"
                                for key in skipped}
   sizes = sorted({int(x) for x in config.evaluate.benchmark_batch_sizes})
-  progress.stage(f'timing and memory of the flat network and Super-Sub at batch sizes {sizes}, '
-                 f'{int(config.evaluate.benchmark_batches)} timed calls each')
+  progress.stage(f'timing and memory of the flat network and Super-Sub at batch sizes {sizes} '
+                 f'({len(rules)} decision rules at {max(sizes)}), {int(config.evaluate.benchmark_batches)} timed '
+                 'calls each')
   if measured is None:
     measured = measure.measure_inference(config, trained.hierarchy, trained.vanilla, trained.state,
                                          generalist_model=trained.generalist.model,
-                                         specialist_model=trained.specialist_model, paths=paths,
+                                         specialist_model=trained.specialist_model, paths=paths, rules=rules,
+                                         flat=trained.flat_router,
                                          say=lambda line: progress.say(f'[evaluate]   {line}'))
-    progress.done('measured')
-    progress.stage(f'timing of {len(rules)} decision rules at batch size {max(sizes)}')
-    measured['rules'] = {}
-    if rules:
-      measured['rules'] = measure.measure_rules(config, trained.hierarchy, trained.state, rules,
-                                                flat=trained.flat_router, generalist_model=trained.generalist.model,
-                                                specialist_model=trained.specialist_model, paths=paths)
     progress.done('measured')
     if jax.process_index() == 0:
       _store_part(workdir, 'measurements', keys['measurements'], 'json', measured)
   else:
-    progress.done('kept from the previous evaluation')
-    progress.stage(f'timing of {len(rules)} decision rules at batch size {max(sizes)}')
     progress.done('kept from the previous evaluation')
   report.update({'memory': measured['memory'], 'throughput': measured['throughput']})
   for rule in rules:

@@ -71,6 +71,7 @@ def test_report_gives_every_decision_rule_its_top1_cost_and_gaps(evaluated):
   for name, row in rules.items():
     assert row['specialists_per_image'] == (1 if name == 'hard' else 2)
     assert row['images_per_s'] > 0 and row['batch_size'] == 16
+    assert row['ms_range'][0] <= row['ms'] <= row['ms_range'][1]
     assert row['minus_vanilla'] == pytest.approx(row['top1'] - report['vanilla']['top1'])
     assert row['minus_vanilla_matched'] == pytest.approx(
         row['top1'] - report['baselines']['vanilla_matched']['top1'])
@@ -95,7 +96,7 @@ def test_evaluate_py_reads_the_stored_config_and_warns_about_overrides(evaluated
                         '--config.evaluate.top2_threshold=0.5'], capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   # Progress, stage by stage; the threshold changes only Super-Sub's predictions: the rest is read back.
-  assert '[evaluate] stage 1/6' in out.stdout and '[evaluate] stage 6/6: report and plots' in out.stdout
+  assert '[evaluate] stage 1/5' in out.stdout and '[evaluate] stage 5/5: report and plots' in out.stdout
   assert 'predictions of Super-Sub on the held-out split' in out.stdout
   assert 'kept: flat network, compute-matched flat network, head-only Super-Sub' in out.stdout
   assert 'Super-Sub top-1 (routed by the generalist)' in out.stdout
@@ -124,6 +125,9 @@ def test_inference_is_timed_on_distinct_held_out_batches_at_batch_1_and_a_large_
   for row in speed['by_batch'].values():
     assert row['ratio'] == pytest.approx(row['supersub_ips'] / row['single_ips'])
     assert 1 <= row['specialists_per_batch'] <= 3
+    assert row['supersub_ms_range'][0] <= row['supersub_ms'] <= row['supersub_ms_range'][1]
+  # One measurement behind both tables: the paper's rule is Super-Sub's own timed call at the largest batch.
+  assert report['rules']['hard']['images_per_s'] == speed['supersub_ips']
   assert 'held-out' in speed['method'] or config.eval_split in speed['method']
   assert set(mem['by_batch']) == {'1', '16'} and mem['by_batch']['16']['supersub_bytes'] > 0
   resident = mem['params_resident']
@@ -165,7 +169,6 @@ def test_a_changed_checkpoint_redoes_only_the_predictions_that_read_it(evaluated
   stored = json.load(open(meta))
   json.dump({**stored, 'note': 'changed'}, open(meta, 'w'))
   monkeypatch.setattr(evaluation.measure, 'measure_inference', _fail)
-  monkeypatch.setattr(evaluation.measure, 'measure_rules', _fail)
   again = evaluation.run(config, workdir)
   assert again['evaluation']['kept'] == ['measurements', 'supersub', 'vanilla', 'vanilla_matched']
   assert again['evaluation']['fingerprints']['head_only'] != report['evaluation']['fingerprints']['head_only']
@@ -177,17 +180,16 @@ def test_a_changed_evaluate_field_redoes_only_what_depends_on_it_and_force_redoe
                                                                                        monkeypatch):
   config, workdir, report = evaluated_copy
   calls = []
-  fake = {'memory': report['memory'], 'throughput': report['throughput']}
-  monkeypatch.setattr(evaluation.measure, 'measure_inference', lambda *a, **k: calls.append('inference') or dict(fake))
-  monkeypatch.setattr(evaluation.measure, 'measure_rules', lambda *a, **k: calls.append('rules') or {
-      key: {'images_per_s': row['images_per_s'], 'batch_size': row['batch_size']}
-      for key, row in report['rules'].items()})
+  fake = {'memory': report['memory'], 'throughput': report['throughput'],
+          'rules': {key: {k: row[k] for k in ('images_per_s', 'batch_size', 'ms', 'ms_range')}
+                    for key, row in report['rules'].items()}}
+  monkeypatch.setattr(evaluation.measure, 'measure_inference', lambda *a, **k: calls.append('measured') or dict(fake))
   config.evaluate.benchmark_batches = 2  # a measurement setting: no prediction reads it
   again = evaluation.run(config, workdir)
   assert again['evaluation']['kept'] == ['head_only', 'supersub', 'vanilla', 'vanilla_matched']
-  assert calls == ['inference', 'rules']
+  assert calls == ['measured']
   forced = evaluation.run(config, workdir, force=True)
-  assert forced['evaluation']['kept'] == [] and calls == ['inference', 'rules'] * 2
+  assert forced['evaluation']['kept'] == [] and calls == ['measured'] * 2
   assert forced['supersub'] == report['supersub'] and forced['vanilla'] == report['vanilla']
 
 
