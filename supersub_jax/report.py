@@ -202,7 +202,8 @@ def build(p: Mapping[str, np.ndarray], hierarchy, *, dataset: str, split: str, s
   return report
 
 
-PLOTS = ('confusion_superclass.png', 'confusion_largest_superclass.png', 'per_superclass.png')
+PLOTS = ('confusion_superclass.png', 'confusion_largest_superclass.png', 'per_superclass.png',
+         'routing_supersub.png')
 
 
 def write_plots(p: Mapping[str, np.ndarray], hierarchy, report: Mapping, workdir: str) -> list[str]:
@@ -211,7 +212,7 @@ def write_plots(p: Mapping[str, np.ndarray], hierarchy, report: Mapping, workdir
   n = hierarchy.num_superclasses
   names = [s.name for s in hierarchy.superclasses]
   plot_confusion(confusion_matrix(l2s[p['vanilla']], p['superclass'], n), names, os.path.join(workdir, PLOTS[0]),
-                 'Vanilla network, superclass of its prediction (rows: true superclass)')
+                 f'{FLAT.capitalize()}: the superclass of its prediction (rows: true superclass)')
   largest = int(np.argmax(hierarchy.sizes))
   sel = p['superclass'] == largest
   offset, size = int(hierarchy.offsets[largest]), int(hierarchy.sizes[largest])
@@ -220,17 +221,26 @@ def write_plots(p: Mapping[str, np.ndarray], hierarchy, report: Mapping, workdir
   cm = confusion_matrix(pred_local, p['subclass'][sel] - offset, size + 1)[:size]
   sub_names = [s.name.split('/')[-1] for s in hierarchy.superclasses[largest].subclasses]
   plot_confusion(cm, sub_names, os.path.join(workdir, PLOTS[1]),
-                 f'Vanilla network within "{names[largest]}" ({size} subclasses)',
+                 f'{FLAT.capitalize()} within "{names[largest]}" ({size} subclasses)',
                  col_names=sub_names + ['other superclass'])
   rows = report['per_superclass']
-  series = {'vanilla': [r['vanilla_top1'] for r in rows]}
+  series = {FLAT: [r['vanilla_top1'] for r in rows]}
   if 'vanilla_matched_top1' in rows[0]:
-    series['vanilla, compute-matched'] = [r['vanilla_matched_top1'] for r in rows]
-  series['Super-Sub (routed)'] = [r['supersub_top1'] for r in rows]
+    series[f'{FLAT}, compute-matched'] = [r['vanilla_matched_top1'] for r in rows]
+  series['Super-Sub (routed by the generalist)'] = [r['supersub_top1'] for r in rows]
   if 'vanilla_oracle_top1' in rows[0]:  # the reference for the specialists' own accuracy
-    series['vanilla (oracle routing)'] = [r['vanilla_oracle_top1'] for r in rows]
+    series[f'{FLAT} (oracle routing)'] = [r['vanilla_oracle_top1'] for r in rows]
   series['specialist (oracle routing)'] = [r['oracle_top1'] for r in rows]
-  plot_per_superclass(names, series, [r['test_count'] for r in rows], os.path.join(workdir, PLOTS[2]))
+  note = (f"{FLAT}: one network over all subclasses; Super-Sub (routed): the generalist picks the specialist, so a "
+          "wrong superclass is an error; oracle routing: given the true superclass (the specialist's own accuracy, "
+          f"and the {FLAT}'s best subclass of that superclass). Whiskers: 95% binomial interval over the "
+          "superclass's held-out images, clipped to [0, 1].")
+  plot_per_superclass(names, series, [r['test_count'] for r in rows], os.path.join(workdir, PLOTS[2]),
+                      title=f"Subclass top-1 within each superclass ({report.get('test_count', 0):,} held-out "
+                            f"images of {report.get('dataset', '?')})", note=note)
+  plot_routing(confusion_matrix(p['generalist'], p['superclass'], n), names,
+               [r['supersub_top1'] for r in rows], [r['routing_top1'] for r in rows],
+               os.path.join(workdir, PLOTS[3]))
   return list(PLOTS)
 
 
@@ -271,28 +281,78 @@ def plot_confusion(cm: np.ndarray, names: Sequence[str], path: str, title: str,
 
 
 def plot_per_superclass(names: Sequence[str], series: Mapping[str, Sequence[float]], counts: Sequence[int],
-                        path: str) -> None:
+                        path: str, *, title: str = 'Subclass top-1 within each superclass', note: str = '') -> None:
   """Grouped bars of per-superclass subclass top-1, one bar per entry of ``series`` (label -> N accuracies), with
-  95% binomial error bars from each superclass's ``counts`` held-out images. The axis starts just below the lowest
-  bar, not at 0, so differences of a few points show; the legend sits above the axes, clear of the bars."""
+  95% binomial error bars from each superclass's ``counts`` held-out images, clipped to [0, 1]. The axis starts just
+  below the lowest bar, not at 0, so differences of a few points show; the legend sits above the axes, clear of the
+  bars; ``note`` (what the bars and whiskers are) below them."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   x = np.arange(len(names))
   width = 0.8 / len(series)
   counts = np.maximum(np.asarray(counts, float), 1.0)
-  fig, ax = plt.subplots(figsize=(max(7, 0.8 * len(names) + 2), 4.5))
+  fig, ax = plt.subplots(figsize=(max(8, 0.8 * len(names) + 2), 5.5))
   lowest = 1.0
   for i, (label, values) in enumerate(series.items()):
     v = np.asarray(values, float)
     err = 1.96 * np.sqrt(np.clip(v * (1 - v), 0, None) / counts)
-    ax.bar(x + (i - (len(series) - 1) / 2) * width, v, width, yerr=err, capsize=2, label=label)
-    lowest = min(lowest, float(np.nanmin(v - err)))
+    below, above = np.minimum(err, v), np.minimum(err, 1 - v)  # an accuracy lies in [0, 1]: so does its interval
+    ax.bar(x + (i - (len(series) - 1) / 2) * width, v, width, yerr=np.stack([below, above]), capsize=2,
+           label=label)
+    lowest = min(lowest, float(np.nanmin(v - below)))
   ax.set_ylim(max(0.0, np.floor(lowest * 20) / 20 - 0.02), 1.0)
-  ax.set_xticks(x, names, rotation=45, ha='right')
+  ax.set_xticks(x, [f'{name}\n({int(c):,})' for name, c in zip(names, counts)], rotation=45, ha='right')
+  ax.set_xlabel('superclass (held-out images)')
   ax.set_ylabel('subclass top-1 within the superclass')
   ax.grid(axis='y', alpha=0.3)
-  ax.legend(loc='lower center', bbox_to_anchor=(0.5, 1.0), ncol=len(series), fontsize=8, frameon=False)
+  ax.legend(loc='lower center', bbox_to_anchor=(0.5, 1.0), ncol=min(len(series), 3), fontsize=8, frameon=False)
+  fig.suptitle(title, fontsize=10)
+  if note:
+    fig.text(0.01, 0.01, note, fontsize=7, wrap=True, va='bottom')
+  fig.tight_layout(rect=(0, 0.1 if note else 0, 1, 0.95))
+  save_figure(fig, path)
+
+
+def plot_routing(cm: np.ndarray, names: Sequence[str], supersub_top1: Sequence[float],
+                 routing_top1: Sequence[float], path: str) -> None:
+  """Where Super-Sub's routing goes wrong: left, the generalist's superclass confusion (int [N, N], rows the true
+  superclass, columns the one it routed to, row-normalised): the off-diagonal cells are where misrouted images go;
+  right, per true superclass, the share of its images Super-Sub gets wrong inside the right specialist and the share
+  it loses to misrouting (``routing_top1``: the share routed right; ``supersub_top1``: the share right)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  n = len(names)
+  norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+  size = max(4.0, min(0.45 * n + 2, 14))
+  fig, (left, right) = plt.subplots(1, 2, figsize=(2 * size + 1, size), gridspec_kw={'width_ratios': [1.2, 1]})
+  im = left.imshow(norm, cmap='viridis', vmin=0, vmax=1)
+  left.set_xticks(range(n), names, rotation=90, fontsize=7)
+  left.set_yticks(range(n), names, fontsize=7)
+  left.set_xlabel('superclass the generalist routed to')
+  left.set_ylabel('true superclass')
+  left.set_title('Generalist: where each superclass is routed (row shares)', fontsize=9)
+  if n <= 16:
+    for i in range(n):
+      for j in range(n):
+        if cm[i, j]:
+          left.text(j, i, f'{norm[i, j]:.2f}', ha='center', va='center', fontsize=6,
+                    color='white' if norm[i, j] < 0.6 else 'black')
+  fig.colorbar(im, ax=left, fraction=0.046)
+  y = np.arange(n)
+  right_share, routed = np.asarray(supersub_top1, float), np.asarray(routing_top1, float)
+  within, misrouted = routed - right_share, 1 - routed
+  right.barh(y, within, color='tab:orange', label='wrong subclass, right specialist')
+  right.barh(y, misrouted, left=within, color='tab:red', label='misrouted (the left panel says where to)')
+  for i in range(n):
+    right.text(within[i] + misrouted[i], i, f' {within[i] + misrouted[i]:.1%}', va='center', fontsize=7)
+  right.set_yticks(y, names, fontsize=7)
+  right.invert_yaxis()  # the matrix's row order
+  right.set_xlim(0, max(0.05, 1.15 * float(np.max(within + misrouted))))
+  right.set_xlabel("share of the superclass's held-out images")
+  right.set_title("Super-Sub's errors per true superclass", fontsize=9)
+  right.legend(loc='upper center', bbox_to_anchor=(0.5, -0.1), ncol=2, fontsize=7, frameon=False)
   fig.tight_layout()
   save_figure(fig, path)
 

@@ -189,6 +189,45 @@ def test_per_superclass_plot_zooms_on_the_bars_and_keeps_the_legend_off_them(tmp
   assert legend is not None and legend.get_bbox_to_anchor().y0 >= ax.bbox.y1 - 1  # above the axes
 
 
+def test_per_superclass_plot_is_titled_labelled_explained_and_its_whiskers_stay_in_0_1(tmp_path, monkeypatch):
+  import matplotlib.axes  # pylint: disable=g-import-not-at-top
+  import matplotlib.figure  # pylint: disable=g-import-not-at-top
+  bars, saved = [], []
+  bar, savefig = matplotlib.axes.Axes.bar, matplotlib.figure.Figure.savefig
+  monkeypatch.setattr(matplotlib.axes.Axes, 'bar', lambda self, *a, **k: bars.append(k['yerr']) or bar(self, *a, **k))
+  monkeypatch.setattr(matplotlib.figure.Figure, 'savefig', lambda self, *a, **k: saved.append(self) or savefig(self, *a, **k))
+  report.plot_per_superclass(['a', 'b'], {'flat network': [1.0, 0.9]}, [20, 20], str(tmp_path / 'p.png'),
+                             title='the title', note='what the bars are')
+  below, above = bars[0]
+  half = 1.96 * np.sqrt(0.9 * 0.1 / 20)
+  assert 0.9 + half > 1  # the interval would run off the top...
+  np.testing.assert_allclose(below, [0.0, half])  # (1.0 has no binomial spread)
+  np.testing.assert_allclose(above, [0.0, 0.1])  # ...so it stops at 1
+  fig = saved[0]
+  assert fig._suptitle.get_text() == 'the title'  # pylint: disable=protected-access
+  assert fig.axes[0].get_xlabel() == 'superclass (held-out images)'
+  assert any(t.get_text() == 'what the bars are' for t in fig.texts)
+  assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ['a\n(20)', 'b\n(20)']
+
+
+def test_routing_plot_shows_the_generalists_confusion_and_splits_each_superclasss_errors(tmp_path, monkeypatch):
+  import matplotlib.axes  # pylint: disable=g-import-not-at-top
+  shown, bars = [], []
+  imshow, barh = matplotlib.axes.Axes.imshow, matplotlib.axes.Axes.barh
+  monkeypatch.setattr(matplotlib.axes.Axes, 'imshow', lambda self, x, **k: shown.append(x) or imshow(self, x, **k))
+  monkeypatch.setattr(matplotlib.axes.Axes, 'barh', lambda self, y, w, **k: bars.append((k['label'], w)) or barh(
+      self, y, w, **k))
+  cm = np.asarray([[8, 2], [1, 9]])  # rows: true superclass; columns: where the generalist routed it
+  path = str(tmp_path / 'routing.png')
+  report.plot_routing(cm, ['a', 'b'], supersub_top1=[0.7, 0.9], routing_top1=[0.8, 0.9], path=path)
+  assert open(path, 'rb').read(8) == b'\x89PNG\r\n\x1a\n'
+  np.testing.assert_allclose(shown[0], [[0.8, 0.2], [0.1, 0.9]])
+  (within_label, within), (misrouted_label, misrouted) = bars
+  assert within_label.startswith('wrong subclass, right specialist') and misrouted_label.startswith('misrouted')
+  np.testing.assert_allclose(within, [0.1, 0.0], atol=1e-12)  # routed right but wrong: 0.8 - 0.7, 0.9 - 0.9
+  np.testing.assert_allclose(misrouted, [0.2, 0.1])
+
+
 def test_build_computes_every_accuracy_from_the_predictions():
   from supersub_jax import hierarchy as hierarchy_lib  # pylint: disable=g-import-not-at-top
   h = hierarchy_lib.synthetic((2, 1))  # labels 0, 1 in superclass 0; 2 in superclass 1
