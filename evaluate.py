@@ -1,14 +1,15 @@
-"""Evaluates a trained workdir: vanilla against Super-Sub, storage, memory, throughput.
+"""Evaluates a trained workdir: the flat network against Super-Sub, storage, memory, throughput.
 
   python evaluate.py --workdir=runs/demo [--config.evaluate.batch_size=64 ...]
 
 Uses the config train.py stored in the workdir; --config=FILE and --config.x=y override it (with a warning that
-lists what differs from training). Writes report.json, report.md and PNG plots into the workdir and prints the
-report table. Each part (a network's predictions, the timing and memory) is kept in <workdir>/evaluation/ with the
-fingerprint of what it read: a rerun redoes only the parts whose checkpoints or config fields changed, and with
-nothing changed shows the stored report in seconds; --force redoes everything. Holds the workdir's lock while it
-runs (one run at a time, train.py included). Exit status: 0 done, 1 an error (one line), 130 / 143 stopped by
-SIGINT / SIGTERM (the previous report files are left as they were).
+lists what differs from training). Prints a line per phase (stage k/n, with counts and an ETA), then the verdict
+and the report table; writes report.json, report.md and PNG plots into the workdir. Each part (a network's
+predictions, the timing and memory) is kept in <workdir>/evaluation/ with the fingerprint of what it read: a rerun
+redoes only the parts whose checkpoints or config fields changed, and with nothing changed shows the stored report
+in seconds; --force redoes everything. Holds the workdir's lock while it runs (one run at a time, train.py
+included). Exit status: 0 done, 1 an error (one line), 130 / 143 stopped by SIGINT / SIGTERM (the previous report
+files are left as they were).
 """
 
 from supersub_jax import interrupts

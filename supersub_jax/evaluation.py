@@ -230,6 +230,20 @@ def load_trained(config, workdir: str) -> Trained:
                  matched, head_only, flat_router_of(config, vanilla, hierarchy))
 
 
+def start_of(config) -> str:
+  """How the report names the start both arms share: config.init's file, with the steps its record (the .json
+  beside it, scripts/make_pretrained.py) says it trained for, or 'random weights'."""
+  if not config.init.path:
+    return 'random weights'
+  record = os.path.splitext(ckpt.abs_path(config.init.path))[0] + '.json'
+  try:
+    with open(record) as f:
+      steps = f" ({int(json.load(f)['steps']):,} steps)"
+  except (OSError, ValueError, KeyError, TypeError):
+    steps = ''
+  return f'{os.path.basename(config.init.path)}{steps}, config.init'
+
+
 def storage(trained: Trained) -> dict:
   """report.json's 'storage': the generalist (params + BatchNorm statistics) once, then each specialist's exported
   bytes, in bytes and in units of one network (``exported.storage_report``)."""
@@ -334,10 +348,11 @@ def fingerprints(config, workdir: str, hierarchy) -> dict[str, str]:
     keys['head_only'] = _digest(base, network('superclass'), bank('head_only'))
   devices = (jax.default_backend(), jax.devices()[0].device_kind, jax.device_count())
   keys['measurements'] = _digest(base, network('vanilla'), supersub, devices,
-                                 {k: v for k, v in evaluate.items() if k not in ('top2_threshold', 'batch_size')})
+                                 {k: v for k, v in evaluate.items() if k not in ('top2_threshold', 'batch_size')},
+                                 _source_sha256(measure))  # a new way of measuring measures again
   # The report is rebuilt (from the stored parts) when the code that writes it changed: a stored report.md in an
   # older layout is not shown as current.
-  keys['report'] = _digest(keys, [_source_sha256(m) for m in (report_lib, measure)] + [_source_sha256(None)])
+  keys['report'] = _digest(keys, _source_sha256(report_lib), _source_sha256(None))
   return keys
 
 
@@ -448,7 +463,7 @@ def run(config, workdir: str, *, force: bool = False) -> dict:
              'batch_size': int(config.batch_size),
              # The start both arms share: Super-Sub's generalist starts from it or from the flat network trained
              # from it (whose steps Super-Sub is then charged).
-             'start': f'{os.path.basename(config.init.path)} (config.init)' if config.init.path else 'random weights'}
+             'start': start_of(config)}
   report = report_lib.build(p, trained.hierarchy, dataset=config.dataset, split=config.eval_split,
                             storage=storage(trained), compute=compute, top2_threshold=threshold,
                             cut=trained.state.cut.name,

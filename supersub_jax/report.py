@@ -1,5 +1,8 @@
 """The evaluation report: metrics from predictions (pure numpy), its JSON schema, markdown and PNG plots.
 
+Wherever a person reads (the terminal table, report.md, the plots), the network of the 'vanilla' stage is "the flat
+network" (``FLAT``); the JSON keys keep the stage's name. Both open with ``headline``, the verdict.
+
 ``report.json`` keys (nested objects; numbers are floats or ints), stable across versions:
 
 =====================================  ==============================================================================
@@ -36,6 +39,11 @@ key                                    meaning
                                        held-out batches (``throughput.method``; ``throughput.by_batch``: batch 1 too)
 ``throughput.supersub_ips``            images/s of Super-Sub (top-1 routing, as the generalist routes those images)
 =====================================  ==============================================================================
+
+Also: ``supersub.minus_vanilla_interval`` and ``baselines.vanilla_matched.supersub_minus_interval``, the 95% paired
+interval of the gap over the test images (``paired_difference``); ``compute.start``, the start both arms share;
+``throughput.by_batch.<b>.{single,supersub}_ms_range`` and ``rules.<rule>.ms_range``, the fastest and slowest timed
+call; ``evaluation``: the fingerprints of what the evaluation read and the parts it kept (``evaluation.run``).
 
 Other keys (per-superclass tables, counts, top-2 cost, the naive N+1 factor, ...) may be added; those above stay.
 """
