@@ -441,7 +441,8 @@ def run(config, workdir: str, *, force: bool = False) -> dict:
   skipped = [r.key for r in rules_of(config) if r not in rules]
 
   todo = [name for name in networks if name not in kept]
-  progress.stage(f'predictions of {", ".join(_NAMES[n] for n in todo) or "no network"} on the held-out split'
+  progress.stage((f'predictions of {", ".join(_NAMES[n] for n in todo)} on the held-out split' if todo
+                  else 'predictions on the held-out split')
                  + (f' ({len(rules)} decision rules)' if 'supersub' in todo else '')
                  + (f'; kept: {", ".join(_NAMES[n] for n in kept)}' if kept else ''))
   if todo:
@@ -457,7 +458,14 @@ def run(config, workdir: str, *, force: bool = False) -> dict:
         _store_part(workdir, name, keys[name], 'npz', part)
       kept[name] = part
   p = {k: v for name in networks for k, v in kept[name].items()}
-  progress.done(f'{len(p["subclass"]):,} images, {len(todo)} network(s) predicted')
+  truth = p['subclass']
+  for name in networks:
+    top1 = report_lib.accuracy(p[name], truth)
+    progress.say(f'[evaluate]   {_NAMES[name]}: top-1 {top1:.4f}' + (' (kept)' if name not in todo else ''))
+  for rule in rules:
+    top1 = report_lib.accuracy(p[f'rule:{rule.key}'], truth)
+    progress.say(f'[evaluate]   Super-Sub, rule {rule.key}: top-1 {top1:.4f}')
+  progress.done(f'{len(truth):,} images, {len(todo)} network(s) predicted')
 
   compute = {'vanilla_steps': trained.vanilla.steps, 'supersub_steps': stages.pipeline_steps(config, trained.hierarchy),
              'batch_size': int(config.batch_size),
@@ -483,6 +491,9 @@ def run(config, workdir: str, *, force: bool = False) -> dict:
                                          specialist_model=trained.specialist_model, paths=paths, rules=rules,
                                          flat=trained.flat_router,
                                          say=lambda line: progress.say(f'[evaluate]   {line}'))
+    for key, speed in measured['rules'].items():
+      progress.say(f'[evaluate]   rule {key}: {speed["images_per_s"]:,.0f} img/s at batch {speed["batch_size"]} '
+                   f'(calls {speed["ms_range"][0]:,.1f}-{speed["ms_range"][1]:,.1f} ms)')
     progress.done('measured')
     if jax.process_index() == 0:
       _store_part(workdir, 'measurements', keys['measurements'], 'json', measured)
