@@ -505,7 +505,7 @@ def run(config, workdir: str, *, force: bool = False) -> dict:
   report['memory']['bank_export_bytes'] = sum(report['storage']['specialists_bytes'])
   report['evaluation'] = {'fingerprints': keys, 'kept': sorted([n for n in networks if n not in todo]
                                                              + (['measurements'] if measured_kept else [])),
-                          'finished': time.strftime('%Y-%m-%d %H:%M:%S')}
+                          'finished': time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}
   progress.stage('report and plots')
   if jax.process_index() == 0:
     report_lib.write(report, workdir, predictions=p, hierarchy=trained.hierarchy)
