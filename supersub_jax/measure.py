@@ -210,7 +210,7 @@ def measure_inference(config, hierarchy, single: stages.Network, state: bank_lib
             'bank_bytes': resident['bank_bytes'], 'process_peak_rss_bytes': peak_rss_bytes(),
             'method': 'XLA compiled memory analysis (arguments + outputs + temporaries - aliases) of one jitted '
                       f'call per batch size on {device.platform}; params_resident: generalist + bank + one '
-                      'materialized specialist, against the single network\'s params and BatchNorm statistics'}
+                      'materialized specialist, against the flat network\'s params and BatchNorm statistics'}
   stats = getattr(device, 'memory_stats', lambda: None)()
   if stats and 'peak_bytes_in_use' in stats:
     memory['device_peak_bytes_in_use'] = int(stats['peak_bytes_in_use'])
@@ -220,7 +220,7 @@ def measure_inference(config, hierarchy, single: stages.Network, state: bank_lib
                 'device': str(device.device_kind), 'repeats': repeats,
                 **{k: list(v) if isinstance(v, tuple) else v for k, v in paths.items()},
                 'method': f'mean seconds per call over {repeats} distinct {config.eval_split} batches per batch '
-                          'size, drawn in random order and routed as the generalist routes them; single network '
+                          'size, drawn in random order and routed as the generalist routes them; flat network '
                           'and Super-Sub (and, at the largest batch, each decision rule) taking turns in one process, '
                           'after a compiling call'}
   return {'memory': memory, 'throughput': throughput, 'rules': rule_speed}

@@ -601,7 +601,7 @@ def render_markdown(report: Mapping) -> str:
   lines = ['# Super-Sub evaluation report', '', f'**{headline(report)}**', '',
            f"Dataset `{report.get('dataset', '?')}`, hierarchy `{report.get('hierarchy', '?')}` "
            f"({report['storage']['num_superclasses']} superclasses, {report.get('num_subclasses', '?')} subclasses), "
-           f"{report.get('test_count', '?')} held-out images (split `{report.get('split', 'test')}`). The {FLAT} is "
+           f"{report.get('test_count', 0):,} held-out images (split `{report.get('split', 'test')}`). The {FLAT} is "
            "one network trained on all subclasses: the stage `vanilla` of `config.stages` and of report.json.", '',
            '## The paper\'s claims beside this run', '', '| claim | paper | this run |', '|---|---|---|']
   lines += [f'| {a} | {b} | {c} |' for a, b, c in paper_claims_rows(report)]
