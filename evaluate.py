@@ -1,11 +1,15 @@
-"""Evaluates a trained workdir: vanilla against Super-Sub, storage, memory, throughput.
+"""Evaluates a trained workdir: the flat network against Super-Sub, storage, memory, throughput.
 
   python evaluate.py --workdir=runs/demo [--config.evaluate.batch_size=64 ...]
 
 Uses the config train.py stored in the workdir; --config=FILE and --config.x=y override it (with a warning that
-lists what differs from training). Writes report.json, report.md and PNG plots into the workdir and prints the
-report table. Holds the workdir's lock while it runs (one run at a time, train.py included). Exit status: 0 done,
-1 an error (one line), 130 / 143 stopped by SIGINT / SIGTERM (the previous report files are left as they were).
+lists what differs from training). Prints a line per phase (stage k/n, with counts and an ETA), then the verdict
+and the report table; writes report.json, report.md and PNG plots into the workdir. Each part (a network's
+predictions, the timing and memory) is kept in <workdir>/evaluation/ with the fingerprint of what it read: a rerun
+redoes only the parts whose checkpoints or config fields changed, and with nothing changed shows the stored report
+in seconds; --force redoes everything. Holds the workdir's lock while it runs (one run at a time, train.py
+included). Exit status: 0 done, 1 an error (one line), 130 / 143 stopped by SIGINT / SIGTERM (the previous report
+files are left as they were).
 """
 
 from supersub_jax import interrupts
@@ -18,6 +22,7 @@ from supersub_jax import cli  # pylint: disable=g-import-not-at-top,wrong-import
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'The workdir that train.py wrote.')
+flags.DEFINE_bool('force', False, 'Evaluate again even if nothing changed since the stored report.')
 cli.define_config_flag(stored_in_workdir=True)
 
 
@@ -31,11 +36,13 @@ def main(argv):
   recipe.validate(config, training=False)
   # One run at a time per workdir (train.py holds the same lock); taking it also finds a workdir that cannot be
   # written, before any work.
-  with locks.hold_workdir(FLAGS.workdir, program='evaluate.py', writes='report.json, report.md and the PNG plots',
-                          create=False):
-    result = evaluation.run(config, FLAGS.workdir)
+  with locks.hold_workdir(FLAGS.workdir, program='evaluate.py',
+                          writes='report.json, report.md, the PNG plots and evaluation/', create=False):
+    result = evaluation.run(config, FLAGS.workdir, force=FLAGS.force)
+  print(report.headline(result))
   print(report.table(report.summary_rows(result)))
-  print(f'\nWrote {FLAGS.workdir}/report.json, report.md and {", ".join(result.get("plots", []))}')
+  done = 'Kept' if result['evaluation']['kept'] == ['report'] else 'Wrote'
+  print(f'\n{done} {FLAGS.workdir}/report.json, report.md and {", ".join(result.get("plots", []))}')
 
 
 if __name__ == '__main__':

@@ -185,7 +185,7 @@ def _parse(name: str, outputs: list[str]) -> dict:
     out = {'images_per_s': {s: (sum(r[1:]) / len(r[1:]) if len(r) > 1 else r[0]) for s, r in rates.items()}}
     if name == 'demo':
       out['report'] = {k: float(v) for k, v in re.findall(
-          r'^(vanilla top-1|Super-Sub top-1 \(routed by the generalist\)|generalist superclass top-1)\s.*?'
+          r'^(flat network top-1|vanilla top-1|Super-Sub top-1 \(routed by the generalist\)|generalist superclass top-1)\s.*?'
           r'([01]\.\d+)\s*$', text, re.M)}
     return out
   if name == 'scaling_n20':

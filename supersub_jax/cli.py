@@ -81,10 +81,18 @@ def define_config_flag(*, stored_in_workdir: bool) -> None:
             raise
           print(f'error: {_config_problem(e, argv)}', file=sys.stderr)
           sys.exit(1)
+        _list_in_help('config')
         return
   help_ = ('A configs/*.py file; override fields with --config.x=y.' +
            (' Optional: by default the config stored in --workdir by train.py.' if stored_in_workdir else ''))
   config_flags.DEFINE_config_file('config', None, help_, lock_config=True)
+  _list_in_help('config')
+
+
+def _list_in_help(name: str) -> None:
+  """Lists flag ``name`` in the program's own --help (absl shows there only the main module's flags; a flag defined
+  here would be left to --helpfull)."""
+  flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
 
 
 def config_for_workdir(config, workdir: str):

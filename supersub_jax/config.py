@@ -208,6 +208,9 @@ def read(workdir: str) -> ml_collections.ConfigDict:
   Raises FileNotFoundError naming the file and the fix.
   """
   target = path(workdir)
+  if not os.path.isdir(os.path.dirname(target)):
+    raise FileNotFoundError(f'--workdir={workdir} does not exist: train one first (python train.py '
+                            f'--config=configs/<file>.py --workdir={workdir}) or name a trained workdir.')
   if not os.path.exists(target):
     raise FileNotFoundError(f'{target} does not exist: {workdir} was not trained by train.py (or by a version that '
                             'did not store its config); pass --config=<the configs/*.py file it was trained with>.')

@@ -11,20 +11,22 @@ export: specialist K of a trained workdir as one dense network (the generalist's
   BatchNorm statistics and its n_K-way head). --format=orbax writes a checkpoint like import-torchvision's;
   safetensors and npz use torchvision's names and layouts, so that for the torchvision architectures
   `torchvision.models.resnet50(num_classes=n_K).load_state_dict(...)` takes it.
-    python -m supersub_jax.convert export --workdir=runs/demo --superclass=0 --format=safetensors \
-        --output=specialist0.safetensors
+    python -m supersub_jax.convert export --workdir=runs/demo --superclass=0 --format=safetensors
+  (writes runs/demo/specialist0.safetensors; --output=PATH writes elsewhere)
 
 network: a trained network stage of a workdir (vanilla, superclass or vanilla_matched) as one dense network, in the
   formats of export; e.g. a flat network for config.init (with init.keep_head to continue it).
-    python -m supersub_jax.convert network --workdir=runs/pretrain --stage=vanilla --format=safetensors \
-        --output=flat.safetensors
+    python -m supersub_jax.convert network --workdir=runs/demo --stage=vanilla --format=safetensors
+  (writes runs/demo/vanilla.safetensors; --output=PATH writes elsewhere)
 
 bundle: everything two-stage inference needs, in one msgpack file: the generalist's variables, every specialist's
   compressed delta, head and BatchNorm statistics, and the hierarchy; no optimizer state, no dense specialist.
   `load_bundle` reads it back and `bank.build_supersub` takes it.
-    python -m supersub_jax.convert bundle --workdir=runs/demo --output=supersub.msgpack
+    python -m supersub_jax.convert bundle --workdir=runs/demo
+  (writes runs/demo/supersub.msgpack; --output=PATH writes elsewhere)
 
-export and bundle read the config stored in the workdir by train.py; --config=FILE and --config.x=y override it
+export, network and bundle write into the workdir unless --output names another path, and read the config stored
+in the workdir by train.py; --config=FILE and --config.x=y override it
 (with a warning listing what differs from training). Nothing is written unless the whole conversion succeeds, and
 one conversion at a time writes an --output (a lock beside it). SIGINT and SIGTERM stop a conversion in one line
 (exit status 130 and 143), leaving no partial file.
@@ -238,6 +240,19 @@ def export_specialist(config, workdir: str, k: int, fmt: str, output: str) -> st
   return f'specialist {k} ({superclass.name}, {len(superclass.subclasses)} classes) as {fmt}{note}'
 
 
+_SUFFIXES = {'safetensors': '.safetensors', 'npz': '.npz', 'orbax': '_orbax'}  # orbax: a directory
+
+
+def default_output(verb: str, workdir: str, *, fmt: str = 'orbax', superclass: int | None = None,
+                   stage: str | None = None) -> str:
+  """Where export, network and bundle write without --output: into the workdir they convert, named for what they
+  write ('specialist<K>.<format>', '<stage>.<format>' with '_orbax' for a directory, 'supersub.msgpack')."""
+  if verb == 'bundle':
+    return os.path.join(workdir, 'supersub.msgpack')
+  name = f'specialist{superclass}' if verb == 'export' else str(stage)
+  return os.path.join(workdir, name + _SUFFIXES.get(fmt, ''))
+
+
 def _check_output(fmt: str, output: str) -> None:
   if fmt not in EXPORT_FORMATS:
     raise ValueError(f'--format={fmt!r}: use one of {EXPORT_FORMATS}.')
@@ -333,7 +348,8 @@ def main() -> None:
   from absl import flags  # pylint: disable=g-import-not-at-top
   from supersub_jax import cli  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string('workdir', None, 'A workdir trained by train.py.')
-  flags.DEFINE_string('output', None, 'Where to write (a file; a new directory for orbax).')
+  flags.DEFINE_string('output', None, 'Where to write (a file; a new directory for orbax). Default: into --workdir '
+                      '(export: specialist<K>.<format>, network: <stage>.<format>, bundle: supersub.msgpack).')
   flags.DEFINE_integer('superclass', None, 'Which specialist (superclass index, as in report.md).')
   flags.DEFINE_enum('format', 'orbax', EXPORT_FORMATS, 'Export file format.')
   flags.DEFINE_enum('stage', None, list(stages.NETWORK_STAGES), 'Which network stage (the network verb).')
@@ -359,7 +375,8 @@ def main() -> None:
       raise ValueError(f'give one verb of {sorted(VERBS)}, got {verbs}; '
                        '`python -m supersub_jax.convert VERB --help` shows its flags and an example.')
     verb = verbs[0]
-    required = [n for n in VERBS[verb] if n not in ('config', 'format', 'stem', 'width') and f[n].value is None]
+    optional = ('config', 'format', 'stem', 'width') + (('output',) if verb != 'import-torchvision' else ())
+    required = [n for n in VERBS[verb] if n not in optional and f[n].value is None]
     if required:
       raise ValueError(f'{verb} needs --{", --".join(required)} (see `python -m supersub_jax.convert {verb} '
                        '--help`).')
@@ -374,17 +391,18 @@ def main() -> None:
     check_output_outside(f.output, f.workdir)
     config = cli.config_for_workdir(f.config, f.workdir)
     runtime.initialize_runtime(config)
+    output = f.output or default_output(verb, f.workdir, fmt=f.format, superclass=f.superclass, stage=f.stage)
     # The workdir is only read (finished checkpoints); the output is what two conversions could both write.
-    with locks.hold_output(f.output, program=f'convert {verb}'):
+    with locks.hold_output(output, program=f'convert {verb}'):
       if verb == 'export':
-        what = export_specialist(config, f.workdir, f.superclass, f.format, f.output)
-        print(f'wrote {f.output}: {what}')
+        what = export_specialist(config, f.workdir, f.superclass, f.format, output)
+        print(f'wrote {output}: {what}')
       elif verb == 'network':
-        what = export_network(config, f.workdir, f.stage, f.format, f.output)
-        print(f'wrote {f.output}: {what}')
+        what = export_network(config, f.workdir, f.stage, f.format, output)
+        print(f'wrote {output}: {what}')
       else:
-        size = write_bundle(f.output, make_bundle(config, f.workdir))
-        print(f'wrote {f.output}: {size:,} bytes (generalist + {stages.make_hierarchy(config).num_superclasses} '
+        size = write_bundle(output, make_bundle(config, f.workdir))
+        print(f'wrote {output}: {size:,} bytes (generalist + {stages.make_hierarchy(config).num_superclasses} '
               'compressed specialists)')
 
   cli.run(run, flags_parser=parse)

@@ -215,7 +215,8 @@ class Hierarchy:
           'subclasses[label, source_index, wnid, name]].') from e
 
   def summary_lines(self) -> list[str]:
-    """One tab-separated line per superclass: index, name, wnid ('-' if none), count, source indices."""
+    """One tab-separated line per superclass: index, name, wnid ('-' if none), count, source indices
+    (``SUMMARY_COLUMNS``)."""
     return [
         '\t'.join([str(k), s.name, s.wnid or '-', str(len(s.subclasses)),
                    ','.join(str(sub.source_index) for sub in s.subclasses)])
@@ -592,10 +593,14 @@ def get(spec: str) -> Hierarchy:
 # ----------------------------------------------------------------------------- CLI
 
 
+SUMMARY_COLUMNS = ('index', 'superclass', 'wnid', 'subclasses', 'source class indices')
+
+
 def main() -> None:
   """`python -m supersub_jax.hierarchy <spec> [--json]`: prints the hierarchy's superclasses.
 
-  One line per superclass: index, name, wnid, count, source indices (tab-separated; wnid "-" when none).
+  A line naming the hierarchy and its sizes, a header (``SUMMARY_COLUMNS``), then one line per superclass: index,
+  name, wnid, count, source indices (tab-separated; wnid "-" when none).
   """
   from absl import flags  # pylint: disable=g-import-not-at-top
   from supersub_jax import cli  # pylint: disable=g-import-not-at-top
@@ -615,6 +620,8 @@ def main() -> None:
               for k, s in enumerate(h.superclasses)],
       }, indent=1))
     else:
+      print(f'{h.name}: {h.num_superclasses} superclasses, {h.num_subclasses} subclasses\n'
+            + '\t'.join(SUMMARY_COLUMNS))
       print('\n'.join(h.summary_lines()))
 
   cli.run(run)

@@ -129,14 +129,21 @@ def eval_apply(model) -> Callable:
 
 
 def measure_inference(config, hierarchy, single: stages.Network, state: bank_lib.SuperSub, *, generalist_model,
-                      specialist_model, paths: Mapping[str, Any]) -> dict:
+                      specialist_model, paths: Mapping[str, Any], rules=(), flat: stages.Network | None = None,
+                      say: Callable[[str], None] | None = None) -> dict:
   """Throughput and memory of a single network and of Super-Sub (top-1 routing) on real held-out batches.
 
   For each of ``config.evaluate.benchmark_batch_sizes``: ``config.evaluate.benchmark_batches`` distinct batches of
   held-out images in random order, so the generalist routes them as it routes the split; both models take turns
   (``time_calls``), and images/s is the batch over the mean seconds per call. Memory: XLA's compiled memory
   analysis of one call at each batch size, and the parameter-resident bytes (what stays on device between calls,
-  plus the one specialist materialized during a call). Returns report.json's 'memory' and 'throughput'.
+  plus the one specialist materialized during a call). Returns report.json's 'memory' and 'throughput'. ``say``
+  gets a progress line per batch size.
+
+  ``rules`` (``decide.Rule``; ``flat``: the flat router of those that need one) take their turns with the two models
+  at the largest batch size, so that every speed of the report at that batch comes from one measurement: 'rules'
+  (rule key -> images/s, batch size and the range of per-call seconds) is returned too; the paper's rule ('hard')
+  is Super-Sub's own call. Every time has its spread: '*_ms_range', the fastest and slowest timed call.
   """
   repeats = int(config.evaluate.benchmark_batches)
   single_vars = jax.device_put({'params': single.params, 'batch_stats': single.batch_stats})
@@ -146,17 +153,33 @@ def measure_inference(config, hierarchy, single: stages.Network, state: bank_lib
                                       specialist_model=specialist_model, **paths))
   device = jax.devices()[0]
   by_batch_time, by_batch_memory = {}, {}
-  for requested in sorted({int(x) for x in config.evaluate.benchmark_batch_sizes}):
+  sizes = sorted({int(x) for x in config.evaluate.benchmark_batch_sizes})
+  flat_vars = None if flat is None else jax.device_put({'params': flat.params, 'batch_stats': flat.batch_stats})
+  extra = {}  # the rules other than the paper's, timed at the largest batch size only
+  for rule in rules:
+    if rule.key != 'hard':
+      extra[rule.key] = functools.partial(inference.predict_rule, rule=rule, generalist_model=generalist_model,
+                                          specialist_model=specialist_model, flat_model=flat and flat.model, **paths)
+  rule_speed = {}
+  for n, requested in enumerate(sizes):
     batches = [jax.device_put(x) for x in held_out_batches(config, hierarchy, requested, repeats)]
     b = int(batches[0].shape[0])
-    timing = time_calls({'single': lambda i: single_apply(single_vars, batches[i]),
-                         'supersub': lambda i: predict(state, batches[i])}, len(batches))
+    start = time.perf_counter()
+    fns = {'single': lambda i: single_apply(single_vars, batches[i]), 'supersub': lambda i: predict(state, batches[i])}
+    if requested == sizes[-1]:
+      fns.update({f'rule:{key}': (lambda i, run=run: run(state, batches[i], flat_vars)) for key, run in extra.items()})
+    timing = time_calls(fns, len(batches))
     single_s, supersub_s = timing['single'].mean, timing['supersub'].mean
+    if requested == sizes[-1]:
+      rule_speed = {key: _speed(b, timing[f'rule:{key}' if key != 'hard' else 'supersub'])
+                    for key in [r.key for r in rules]}
     # How many specialists a batch reaches: the generalist's argmax alone (a second Super-Sub pass is not needed).
     groups = [len(np.unique(np.argmax(np.asarray(generalist_apply(state.generalist, x)), -1))) for x in batches]
     by_batch_time[str(b)] = {'single_ips': b / single_s, 'supersub_ips': b / supersub_s,
                              'ratio': single_s / supersub_s, 'single_ms': 1e3 * single_s,
                              'supersub_ms': 1e3 * supersub_s, 'batches': len(batches),
+                             'single_ms_range': _ms_range(timing['single']),
+                             'supersub_ms_range': _ms_range(timing['supersub']),
                              'specialists_per_batch': float(np.mean(groups))}
     spec = jax.ShapeDtypeStruct(batches[0].shape, batches[0].dtype)
     single_mem = compiled_bytes(single_apply, single_vars, spec)
@@ -164,6 +187,11 @@ def measure_inference(config, hierarchy, single: stages.Network, state: bank_lib
     by_batch_memory[str(b)] = {'single_bytes': single_mem.get('total', 0),
                                'supersub_bytes': supersub_mem.get('total', 0),
                                'single_detail': single_mem, 'supersub_detail': supersub_mem}
+    if say is not None:
+      say(f'batch size {b} ({n + 1}/{len(sizes)}): {len(batches)} timed calls each, '
+          f'{b / single_s:,.0f} vs {b / supersub_s:,.0f} img/s, compiled memory '
+          f'{single_mem.get("total", 0):,} vs {supersub_mem.get("total", 0):,} B '
+          f'({time.perf_counter() - start:,.1f}s)')
   largest = str(max(int(b) for b in by_batch_time))
   one_specialist = jax.eval_shape(lambda: inference.specialist_variables(
       state.bank, state.base, 0, state.hierarchy.max_subclasses))
@@ -182,7 +210,7 @@ def measure_inference(config, hierarchy, single: stages.Network, state: bank_lib
             'bank_bytes': resident['bank_bytes'], 'process_peak_rss_bytes': peak_rss_bytes(),
             'method': 'XLA compiled memory analysis (arguments + outputs + temporaries - aliases) of one jitted '
                       f'call per batch size on {device.platform}; params_resident: generalist + bank + one '
-                      'materialized specialist, against the single network\'s params and BatchNorm statistics'}
+                      'materialized specialist, against the flat network\'s params and BatchNorm statistics'}
   stats = getattr(device, 'memory_stats', lambda: None)()
   if stats and 'peak_bytes_in_use' in stats:
     memory['device_peak_bytes_in_use'] = int(stats['peak_bytes_in_use'])
@@ -192,28 +220,20 @@ def measure_inference(config, hierarchy, single: stages.Network, state: bank_lib
                 'device': str(device.device_kind), 'repeats': repeats,
                 **{k: list(v) if isinstance(v, tuple) else v for k, v in paths.items()},
                 'method': f'mean seconds per call over {repeats} distinct {config.eval_split} batches per batch '
-                          'size, drawn in random order and routed as the generalist routes them; single network '
-                          'and Super-Sub taking turns in one process, after a compiling call'}
-  return {'memory': memory, 'throughput': throughput}
+                          'size, drawn in random order and routed as the generalist routes them; flat network '
+                          'and Super-Sub (and, at the largest batch, each decision rule) taking turns in one process, '
+                          'after a compiling call'}
+  return {'memory': memory, 'throughput': throughput, 'rules': rule_speed}
 
 
-def measure_rules(config, hierarchy, state: bank_lib.SuperSub, rules, *, flat: stages.Network | None,
-                  generalist_model, specialist_model, paths: Mapping[str, Any]) -> dict[str, dict]:
-  """Images/s of Super-Sub under each decision rule (``inference.predict_rule``; ``flat`` is the flat router) at
-  the largest of ``config.evaluate.benchmark_batch_sizes``, on ``config.evaluate.benchmark_batches`` distinct
-  held-out batches, the rules taking turns (``time_calls``). Returns rule key -> {'images_per_s', 'batch_size'}."""
-  requested = max(int(x) for x in config.evaluate.benchmark_batch_sizes)
-  batches = [jax.device_put(x) for x in held_out_batches(config, hierarchy, requested,
-                                                          int(config.evaluate.benchmark_batches))]
-  flat_vars = None if flat is None else jax.device_put({'params': flat.params, 'batch_stats': flat.batch_stats})
-  fns = {}
-  for rule in rules:
-    run = functools.partial(inference.predict_rule, rule=rule, generalist_model=generalist_model,
-                            specialist_model=specialist_model, flat_model=flat and flat.model, **paths)
-    fns[rule.key] = lambda i, run=run: run(state, batches[i], flat_vars)
-  timing = time_calls(fns, len(batches))
-  b = int(batches[0].shape[0])
-  return {key: {'images_per_s': b / t.mean, 'batch_size': b} for key, t in timing.items()}
+def _ms_range(timing: Timing) -> list[float]:
+  """[fastest, slowest] timed call, in milliseconds."""
+  return [1e3 * float(np.min(timing.seconds)), 1e3 * float(np.max(timing.seconds))]
+
+
+def _speed(batch: int, timing: Timing) -> dict:
+  return {'images_per_s': batch / timing.mean, 'batch_size': batch, 'ms': 1e3 * timing.mean,
+          'ms_range': _ms_range(timing)}
 
 
 def in_subprocess(function: str, kwargs: Mapping[str, Any] | None = None, *, devices: int | None = None,

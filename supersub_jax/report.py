@@ -1,5 +1,8 @@
 """The evaluation report: metrics from predictions (pure numpy), its JSON schema, markdown and PNG plots.
 
+Wherever a person reads (the terminal table, report.md, the plots), the network of the 'vanilla' stage is "the flat
+network" (``FLAT``); the JSON keys keep the stage's name. Both open with ``headline``, the verdict.
+
 ``report.json`` keys (nested objects; numbers are floats or ints), stable across versions:
 
 =====================================  ==============================================================================
@@ -37,6 +40,11 @@ key                                    meaning
 ``throughput.supersub_ips``            images/s of Super-Sub (top-1 routing, as the generalist routes those images)
 =====================================  ==============================================================================
 
+Also: ``supersub.minus_vanilla_interval`` and ``baselines.vanilla_matched.supersub_minus_interval``, the 95% paired
+interval of the gap over the test images (``paired_difference``); ``compute.start``, the start both arms share;
+``throughput.by_batch.<b>.{single,supersub}_ms_range`` and ``rules.<rule>.ms_range``, the fastest and slowest timed
+call; ``evaluation``: the fingerprints of what the evaluation read and the parts it kept (``evaluation.run``).
+
 Other keys (per-superclass tables, counts, top-2 cost, the naive N+1 factor, ...) may be added; those above stay.
 """
 
@@ -56,6 +64,11 @@ REQUIRED_KEYS = (
     'memory.single_bytes', 'memory.supersub_bytes', 'throughput.single_ips', 'throughput.supersub_ips',
 )
 _INT_KEYS = ('storage.num_superclasses', 'memory.single_bytes', 'memory.supersub_bytes')
+# One name wherever a person reads: the network of the 'vanilla' stage (one network over all subclasses) is the
+# flat network; report.json keeps the stage's name in its keys.
+FLAT = 'flat network'
+SEEDS_NOTE = ('one seed: the interval over seeds is in docs/benchmarks.md and docs/results/ '
+              '(studies/seeds.py, studies/regimes.py)')
 
 
 def get_path(report: Mapping, key: str):
@@ -106,6 +119,16 @@ def per_superclass_accuracy(pred: np.ndarray, true: np.ndarray, superclass: np.n
   return out
 
 
+def paired_difference(a_right: np.ndarray, b_right: np.ndarray, confidence_z: float = 1.96) -> list[float]:
+  """[mean, low, high] of top-1(a) - top-1(b) on the same images (bool [M] each: right or not), with the normal
+  interval of a paired difference: what the choice of test images moves, not what a new seed would."""
+  d = np.asarray(a_right, float) - np.asarray(b_right, float)
+  if d.size < 2:
+    return [float(d.mean()) if d.size else float('nan'), float('nan'), float('nan')]
+  half = confidence_z * float(d.std(ddof=1)) / np.sqrt(d.size)
+  return [float(d.mean()), float(d.mean()) - half, float(d.mean()) + half]
+
+
 def confusion_matrix(pred: np.ndarray, true: np.ndarray, num_classes: int) -> np.ndarray:
   """int64 [num_classes, num_classes], rows = true class, columns = predicted class."""
   cm = np.zeros((num_classes, num_classes), np.int64)
@@ -151,7 +174,8 @@ def build(p: Mapping[str, np.ndarray], hierarchy, *, dataset: str, split: str, s
       'supersub': {'top1': supersub, 'oracle_top1': accuracy(p['oracle'], truth),
                    'top2_top1': accuracy(p['top2'], truth), 'top2_threshold': float(top2_threshold),
                    'top2_second_fraction': float(np.mean(p['second'])), 'branch': cut,
-                   'top1_minus_vanilla': supersub - accuracy(p['vanilla'], truth)},
+                   'top1_minus_vanilla': supersub - accuracy(p['vanilla'], truth),
+                   'minus_vanilla_interval': paired_difference(p['supersub'] == truth, p['vanilla'] == truth)[1:]},
       'errors': error_breakdown(p['vanilla'], truth, l2s),
       'supersub_errors': error_breakdown(p['supersub'], truth, l2s),
       'per_superclass': per_superclass,
@@ -163,7 +187,9 @@ def build(p: Mapping[str, np.ndarray], hierarchy, *, dataset: str, split: str, s
   for name in ('vanilla_matched', 'head_only'):
     if name in p:
       top1 = accuracy(p[name], truth)
-      report.setdefault('baselines', {})[name] = {'top1': top1, 'supersub_minus': supersub - top1}
+      report.setdefault('baselines', {})[name] = {
+          'top1': top1, 'supersub_minus': supersub - top1,
+          'supersub_minus_interval': paired_difference(p['supersub'] == truth, p[name] == truth)[1:]}
       for row, top1 in zip(per_superclass, per_superclass_accuracy(p[name], truth, p['superclass'], n)):
         row[f'{name}_top1'] = top1
   if 'vanilla_matched' in p:
@@ -184,7 +210,8 @@ def build(p: Mapping[str, np.ndarray], hierarchy, *, dataset: str, split: str, s
   return report
 
 
-PLOTS = ('confusion_superclass.png', 'confusion_largest_superclass.png', 'per_superclass.png')
+PLOTS = ('confusion_superclass.png', 'confusion_largest_superclass.png', 'per_superclass.png',
+         'routing_supersub.png')
 
 
 def write_plots(p: Mapping[str, np.ndarray], hierarchy, report: Mapping, workdir: str) -> list[str]:
@@ -193,7 +220,7 @@ def write_plots(p: Mapping[str, np.ndarray], hierarchy, report: Mapping, workdir
   n = hierarchy.num_superclasses
   names = [s.name for s in hierarchy.superclasses]
   plot_confusion(confusion_matrix(l2s[p['vanilla']], p['superclass'], n), names, os.path.join(workdir, PLOTS[0]),
-                 'Vanilla network, superclass of its prediction (rows: true superclass)')
+                 f'{FLAT.capitalize()}: the superclass of its prediction (rows: true superclass)')
   largest = int(np.argmax(hierarchy.sizes))
   sel = p['superclass'] == largest
   offset, size = int(hierarchy.offsets[largest]), int(hierarchy.sizes[largest])
@@ -202,17 +229,26 @@ def write_plots(p: Mapping[str, np.ndarray], hierarchy, report: Mapping, workdir
   cm = confusion_matrix(pred_local, p['subclass'][sel] - offset, size + 1)[:size]
   sub_names = [s.name.split('/')[-1] for s in hierarchy.superclasses[largest].subclasses]
   plot_confusion(cm, sub_names, os.path.join(workdir, PLOTS[1]),
-                 f'Vanilla network within "{names[largest]}" ({size} subclasses)',
+                 f'{FLAT.capitalize()} within "{names[largest]}" ({size} subclasses)',
                  col_names=sub_names + ['other superclass'])
   rows = report['per_superclass']
-  series = {'vanilla': [r['vanilla_top1'] for r in rows]}
+  series = {FLAT: [r['vanilla_top1'] for r in rows]}
   if 'vanilla_matched_top1' in rows[0]:
-    series['vanilla, compute-matched'] = [r['vanilla_matched_top1'] for r in rows]
-  series['Super-Sub (routed)'] = [r['supersub_top1'] for r in rows]
+    series[f'{FLAT}, compute-matched'] = [r['vanilla_matched_top1'] for r in rows]
+  series['Super-Sub (routed by the generalist)'] = [r['supersub_top1'] for r in rows]
   if 'vanilla_oracle_top1' in rows[0]:  # the reference for the specialists' own accuracy
-    series['vanilla (oracle routing)'] = [r['vanilla_oracle_top1'] for r in rows]
+    series[f'{FLAT} (oracle routing)'] = [r['vanilla_oracle_top1'] for r in rows]
   series['specialist (oracle routing)'] = [r['oracle_top1'] for r in rows]
-  plot_per_superclass(names, series, [r['test_count'] for r in rows], os.path.join(workdir, PLOTS[2]))
+  note = (f"{FLAT}: one network over all subclasses; Super-Sub (routed): the generalist picks the specialist, so a "
+          "wrong superclass is an error; oracle routing: given the true superclass (the specialist's own accuracy, "
+          f"and the {FLAT}'s best subclass of that superclass). Whiskers: 95% binomial interval over the "
+          "superclass's held-out images, clipped to [0, 1].")
+  plot_per_superclass(names, series, [r['test_count'] for r in rows], os.path.join(workdir, PLOTS[2]),
+                      title=f"Subclass top-1 within each superclass ({report.get('test_count', 0):,} held-out "
+                            f"images of {report.get('dataset', '?')})", note=note)
+  plot_routing(confusion_matrix(p['generalist'], p['superclass'], n), names,
+               [r['supersub_top1'] for r in rows], [r['routing_top1'] for r in rows],
+               os.path.join(workdir, PLOTS[3]))
   return list(PLOTS)
 
 
@@ -253,28 +289,78 @@ def plot_confusion(cm: np.ndarray, names: Sequence[str], path: str, title: str,
 
 
 def plot_per_superclass(names: Sequence[str], series: Mapping[str, Sequence[float]], counts: Sequence[int],
-                        path: str) -> None:
+                        path: str, *, title: str = 'Subclass top-1 within each superclass', note: str = '') -> None:
   """Grouped bars of per-superclass subclass top-1, one bar per entry of ``series`` (label -> N accuracies), with
-  95% binomial error bars from each superclass's ``counts`` held-out images. The axis starts just below the lowest
-  bar, not at 0, so differences of a few points show; the legend sits above the axes, clear of the bars."""
+  95% binomial error bars from each superclass's ``counts`` held-out images, clipped to [0, 1]. The axis starts just
+  below the lowest bar, not at 0, so differences of a few points show; the legend sits above the axes, clear of the
+  bars; ``note`` (what the bars and whiskers are) below them."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   x = np.arange(len(names))
   width = 0.8 / len(series)
   counts = np.maximum(np.asarray(counts, float), 1.0)
-  fig, ax = plt.subplots(figsize=(max(7, 0.8 * len(names) + 2), 4.5))
+  fig, ax = plt.subplots(figsize=(max(8, 0.8 * len(names) + 2), 5.5))
   lowest = 1.0
   for i, (label, values) in enumerate(series.items()):
     v = np.asarray(values, float)
     err = 1.96 * np.sqrt(np.clip(v * (1 - v), 0, None) / counts)
-    ax.bar(x + (i - (len(series) - 1) / 2) * width, v, width, yerr=err, capsize=2, label=label)
-    lowest = min(lowest, float(np.nanmin(v - err)))
+    below, above = np.minimum(err, v), np.minimum(err, 1 - v)  # an accuracy lies in [0, 1]: so does its interval
+    ax.bar(x + (i - (len(series) - 1) / 2) * width, v, width, yerr=np.stack([below, above]), capsize=2,
+           label=label)
+    lowest = min(lowest, float(np.nanmin(v - below)))
   ax.set_ylim(max(0.0, np.floor(lowest * 20) / 20 - 0.02), 1.0)
-  ax.set_xticks(x, names, rotation=45, ha='right')
+  ax.set_xticks(x, [f'{name}\n({int(c):,})' for name, c in zip(names, counts)], rotation=45, ha='right')
+  ax.set_xlabel('superclass (held-out images)')
   ax.set_ylabel('subclass top-1 within the superclass')
   ax.grid(axis='y', alpha=0.3)
-  ax.legend(loc='lower center', bbox_to_anchor=(0.5, 1.0), ncol=len(series), fontsize=8, frameon=False)
+  ax.legend(loc='lower center', bbox_to_anchor=(0.5, 1.0), ncol=min(len(series), 3), fontsize=8, frameon=False)
+  fig.suptitle(title, fontsize=10)
+  if note:
+    fig.text(0.01, 0.01, note, fontsize=7, wrap=True, va='bottom')
+  fig.tight_layout(rect=(0, 0.1 if note else 0, 1, 0.95))
+  save_figure(fig, path)
+
+
+def plot_routing(cm: np.ndarray, names: Sequence[str], supersub_top1: Sequence[float],
+                 routing_top1: Sequence[float], path: str) -> None:
+  """Where Super-Sub's routing goes wrong: left, the generalist's superclass confusion (int [N, N], rows the true
+  superclass, columns the one it routed to, row-normalised): the off-diagonal cells are where misrouted images go;
+  right, per true superclass, the share of its images Super-Sub gets wrong inside the right specialist and the share
+  it loses to misrouting (``routing_top1``: the share routed right; ``supersub_top1``: the share right)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  n = len(names)
+  norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+  size = max(4.0, min(0.45 * n + 2, 14))
+  fig, (left, right) = plt.subplots(1, 2, figsize=(2 * size + 1, size), gridspec_kw={'width_ratios': [1.2, 1]})
+  im = left.imshow(norm, cmap='viridis', vmin=0, vmax=1)
+  left.set_xticks(range(n), names, rotation=90, fontsize=7)
+  left.set_yticks(range(n), names, fontsize=7)
+  left.set_xlabel('superclass the generalist routed to')
+  left.set_ylabel('true superclass')
+  left.set_title('Generalist: where each superclass is routed (row shares)', fontsize=9)
+  if n <= 16:
+    for i in range(n):
+      for j in range(n):
+        if cm[i, j]:
+          left.text(j, i, f'{norm[i, j]:.2f}', ha='center', va='center', fontsize=6,
+                    color='white' if norm[i, j] < 0.6 else 'black')
+  fig.colorbar(im, ax=left, fraction=0.046)
+  y = np.arange(n)
+  right_share, routed = np.asarray(supersub_top1, float), np.asarray(routing_top1, float)
+  within, misrouted = routed - right_share, 1 - routed
+  right.barh(y, within, color='tab:orange', label='wrong subclass, right specialist')
+  right.barh(y, misrouted, left=within, color='tab:red', label='misrouted (the left panel says where to)')
+  for i in range(n):
+    right.text(within[i] + misrouted[i], i, f' {within[i] + misrouted[i]:.1%}', va='center', fontsize=7)
+  right.set_yticks(y, names, fontsize=7)
+  right.invert_yaxis()  # the matrix's row order
+  right.set_xlim(0, max(0.05, 1.15 * float(np.max(within + misrouted))))
+  right.set_xlabel("share of the superclass's held-out images")
+  right.set_title("Super-Sub's errors per true superclass", fontsize=9)
+  right.legend(loc='upper center', bbox_to_anchor=(0.5, -0.1), ncol=2, fontsize=7, frameon=False)
   fig.tight_layout()
   save_figure(fig, path)
 
@@ -327,6 +413,59 @@ def mean_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[fl
   return mean, mean - half, mean + half
 
 
+def _points(value: float, interval: Sequence[float] | None = None) -> str:
+  text = f'{100 * value:+.2f}'
+  if interval is not None and np.all(np.isfinite(interval)):
+    text += f' [{100 * interval[0]:+.2f}, {100 * interval[1]:+.2f}]'
+  return text
+
+
+def _meaning(interval: Sequence[float] | None, count: int) -> str:
+  if interval is None or not np.all(np.isfinite(interval)):
+    return 'no interval'
+  if interval[0] > 0:
+    return f'Super-Sub ahead on these {count:,} test images'
+  if interval[1] < 0:
+    return f'Super-Sub behind on these {count:,} test images'
+  return f'a tie on these {count:,} test images'
+
+
+def _steps_of_supersub(compute: Mapping) -> str:
+  """'generalist 60 + specialists 250' (+ the flat network it starts from, when it does)."""
+  steps = compute['supersub_steps']
+  parts = ([f"the {FLAT} it starts from {steps['vanilla']:,}"] if steps['vanilla'] else []) + [
+      f"generalist {steps['superclass']:,}", f"specialists {steps['specialists']:,}"]
+  return ' + '.join(parts)
+
+
+def headline(report: Mapping) -> str:
+  """The report's first line, its verdict: both arms' top-1, the difference in points with its 95% interval over the
+  test images and what it means, the compute each arm got, the start they share, and where the interval over seeds
+  lives. The flat arm is the compute-matched one (``vanilla_matched``) when the run has it and the vanilla network
+  had less compute than Super-Sub."""
+  r = report
+  compute, matched = r.get('compute'), r.get('baselines', {}).get('vanilla_matched')
+  total = compute['supersub_steps']['total'] if compute else None
+  if matched and compute and compute['vanilla_steps'] < total:
+    flat, gap, interval = matched['top1'], matched['supersub_minus'], matched.get('supersub_minus_interval')
+    flat_steps, flat_name = matched['steps'], f'the {FLAT} trained as long (vanilla_matched)'
+  else:
+    flat, gap = r['vanilla']['top1'], r['supersub']['top1'] - r['vanilla']['top1']
+    interval, flat_steps = r['supersub'].get('minus_vanilla_interval'), (compute or {}).get('vanilla_steps')
+    flat_name = f'the {FLAT}'
+  line = (f"Super-Sub {r['supersub']['top1']:.4f} vs {flat_name} {flat:.4f} top-1: {_points(gap, interval)} points "
+          f"({_meaning(interval, r.get('test_count', 0))})")
+  if compute:
+    if flat_steps == total:
+      line += f"; equal compute, {total:,} optimizer steps each at batch {compute['batch_size']}"
+    else:
+      line += f"; NOT equal compute: the {FLAT} {flat_steps:,} optimizer steps, Super-Sub {total:,}"
+    line += f" (Super-Sub: {_steps_of_supersub(compute)})"
+    if compute.get('start'):
+      line += f"; both start from {compute['start']}"
+  return line + f'; {SEEDS_NOTE}.'
+
+
 def _matched_trained_as_long(r: Mapping) -> bool:
   """Whether the vanilla_matched baseline trained for exactly Super-Sub's total steps (a linked or reused stage may
   not have)."""
@@ -339,19 +478,27 @@ def _baseline_rows(r: Mapping) -> list[tuple[str, str]]:
   compute, matched, head = r.get('compute'), baselines.get('vanilla_matched'), baselines.get('head_only')
   rows = []
   if compute:
-    steps = compute['supersub_steps']
-    rows.append((f"optimizer steps at batch {compute['batch_size']}: vanilla vs Super-Sub",
-                 f"{compute['vanilla_steps']:,} vs {steps['total']:,} ({steps['vanilla']:,} vanilla + "
-                 f"{steps['superclass']:,} generalist + {steps['specialists']:,} specialists)"))
+    rows.append((f"optimizer steps at batch {compute['batch_size']}: {FLAT} vs Super-Sub",
+                 f"{compute['vanilla_steps']:,} vs {compute['supersub_steps']['total']:,} "
+                 f"({_steps_of_supersub(compute)})"))
   if matched:
     trained = (f"Super-Sub's {matched['steps']:,} steps" if _matched_trained_as_long(r)
                else f"{matched['steps']:,} steps (Super-Sub: {compute['supersub_steps']['total']:,})")
-    rows += [(f'vanilla trained for {trained}, top-1', f"{matched['top1']:.4f}"),
-             ('Super-Sub - compute-matched vanilla (top-1 points)', f"{100 * matched['supersub_minus']:+.2f}")]
+    rows += [(f'{FLAT} trained for {trained}, top-1', f"{matched['top1']:.4f}"),
+             (f'Super-Sub - compute-matched {FLAT} (top-1 points)',
+              _points(matched['supersub_minus'], matched.get('supersub_minus_interval')))]
   if head:
     rows += [("Super-Sub with head-only specialists (the generalist's features), top-1", f"{head['top1']:.4f}"),
              ('Super-Sub - head-only specialists (top-1 points)', f"{100 * head['supersub_minus']:+.2f}")]
   return rows
+
+
+def _speed(images_per_s: float, batch: int, ms_range: Sequence[float] | None) -> str:
+  """'859 img/s (812-901 over the timed calls)'; images/s is the batch over the mean seconds of a call."""
+  text = f'{images_per_s:,.0f}'
+  if ms_range and ms_range[0] != ms_range[1]:  # one timed call has no spread
+    text += f' ({1e3 * batch / ms_range[1]:,.0f}-{1e3 * batch / ms_range[0]:,.0f})'
+  return text
 
 
 def _rule_rows(r: Mapping) -> list[tuple[str, str]]:
@@ -361,9 +508,10 @@ def _rule_rows(r: Mapping) -> list[tuple[str, str]]:
   for name, row in r.get('rules', {}).items():
     if name == 'hard':
       continue
-    gap = ('compute-matched vanilla', row['minus_vanilla_matched']) if 'minus_vanilla_matched' in row else (
-        'vanilla', row['minus_vanilla'])
-    speed = f", {row['images_per_s']:,.0f} img/s" if 'images_per_s' in row else ''
+    gap = (f'compute-matched {FLAT}', row['minus_vanilla_matched']) if 'minus_vanilla_matched' in row else (
+        f'the {FLAT}', row['minus_vanilla'])
+    speed = (f", {_speed(row['images_per_s'], row['batch_size'], row.get('ms_range'))} img/s"
+             if 'images_per_s' in row else '')
     rows.append((f"rule {name}, top-1 ({row['specialists_per_image']} specialist(s) per image{speed})",
                  f"{row['top1']:.4f} ({100 * gap[1]:+.2f} against {gap[0]})"))
   return rows
@@ -387,7 +535,7 @@ def paper_claims_rows(report: Mapping) -> list[tuple[str, str, str]]:
     gain += (f"; {100 * matched['supersub_minus']:+.2f} against one network trained "
              + ('as long' if _matched_trained_as_long(r) else f"for {matched['steps']:,} steps"))
   elif compute and compute['vanilla_steps'] >= compute['supersub_steps']['total']:
-    gain += (f" at equal compute (vanilla {compute['vanilla_steps']:,} steps, Super-Sub "
+    gain += (f" at equal compute ({FLAT} {compute['vanilla_steps']:,} steps, Super-Sub "
              f"{compute['supersub_steps']['total']:,})")
   else:
     gain += '; not at equal compute (no vanilla_matched stage in this run)'
@@ -402,34 +550,39 @@ def paper_claims_rows(report: Mapping) -> list[tuple[str, str, str]]:
 
 
 def summary_rows(report: Mapping) -> list[tuple[str, str]]:
-  """(metric, value) rows of the headline table."""
+  """(metric, value) rows of the headline table (``headline`` is the line above it)."""
   r = report
+  speed = r['throughput']
+  largest = speed.get('by_batch', {}).get(str(speed.get('batch_size')), {})
+  b = int(speed.get('batch_size', 1))
   rows = [
-      ('vanilla top-1 (one network, all subclasses)', f"{r['vanilla']['top1']:.4f}"),
+      (f"{FLAT} top-1 (one network over all subclasses: the 'vanilla' stage)", f"{r['vanilla']['top1']:.4f}"),
       ('generalist superclass top-1', f"{r['superclass']['top1']:.4f}"),
       ('Super-Sub top-1 (routed by the generalist)', f"{r['supersub']['top1']:.4f}"),
       ('Super-Sub top-1, oracle routing', f"{r['supersub']['oracle_top1']:.4f}"),
-      *([('vanilla top-1, oracle routing (its best subclass of the true superclass)',
+      *([(f'{FLAT} top-1, oracle routing (its best subclass of the true superclass)',
           f"{r['vanilla']['oracle_top1']:.4f}")] if 'oracle_top1' in r['vanilla'] else []),
       (f"Super-Sub top-1, top-2 routing (p<{r['supersub'].get('top2_threshold', 0):.2f}: "
        f"{r['supersub'].get('top2_second_fraction', 0):.1%} of images run 2 specialists)",
        f"{r['supersub']['top2_top1']:.4f}"),
-      ('Super-Sub - vanilla (top-1 points)', f"{100 * (r['supersub']['top1'] - r['vanilla']['top1']):+.2f}"),
+      (f'Super-Sub - {FLAT} (top-1 points, 95% interval over the test images)',
+       _points(r['supersub']['top1'] - r['vanilla']['top1'], r['supersub'].get('minus_vanilla_interval'))),
       *_baseline_rows(r),
       *_rule_rows(r),
-      ('vanilla errors within the true superclass', f"{r['errors']['within_superclass_fraction']:.1%} "
+      (f'{FLAT} errors within the true superclass', f"{r['errors']['within_superclass_fraction']:.1%} "
        f"of {r['errors']['errors']}"),
       ('storage (networks): Super-Sub vs naive N+1', f"{r['storage']['factor']:.3f} vs "
        f"{r['storage'].get('naive_factor', r['storage']['num_superclasses'] + 1)}"),
       ('alpha in alpha*N+1', f"{r['storage']['alpha']:.4f} (N={r['storage']['num_superclasses']})"),
-      (f"inference memory at batch {r['memory'].get('batch_size', '?')}: single vs Super-Sub",
+      (f"inference memory at batch {r['memory'].get('batch_size', '?')}: {FLAT} vs Super-Sub",
        f"{_fmt_bytes(r['memory']['single_bytes'])} vs {_fmt_bytes(r['memory']['supersub_bytes'])}"),
-      (f"throughput at batch {r['throughput'].get('batch_size', '?')} (img/s): single vs Super-Sub",
-       f"{r['throughput']['single_ips']:,.0f} vs {r['throughput']['supersub_ips']:,.0f}"),
+      (f"throughput at batch {speed.get('batch_size', '?')} (img/s, fastest-slowest call; noisy): {FLAT} vs "
+       'Super-Sub', f"{_speed(speed['single_ips'], b, largest.get('single_ms_range'))} vs "
+       f"{_speed(speed['supersub_ips'], b, largest.get('supersub_ms_range'))}"),
   ]
   resident = r['memory'].get('params_resident')
   if resident:
-    rows.append(('parameters on device: single vs Super-Sub', f"{_fmt_bytes(resident['single_bytes'])} vs "
+    rows.append((f'parameters on device: {FLAT} vs Super-Sub', f"{_fmt_bytes(resident['single_bytes'])} vs "
                  f"{_fmt_bytes(resident['supersub_bytes'])}"))
   return rows
 
@@ -439,23 +592,29 @@ def table(rows: Sequence[tuple[str, str]]) -> str:
   return '\n'.join(f'{a:<{width}}  {b}' for a, b in rows)
 
 
+NOISY = ('Timing is noisy: on a shared or busy machine the same command moves images/s by tens of percent from run '
+         'to run. Each number is the batch over the mean seconds of the timed calls, with the fastest and slowest '
+         'call beside it; compare the models of one run, which took turns, rather than runs.')
+
+
 def render_markdown(report: Mapping) -> str:
-  lines = ['# Super-Sub evaluation report', '',
+  lines = ['# Super-Sub evaluation report', '', f'**{headline(report)}**', '',
            f"Dataset `{report.get('dataset', '?')}`, hierarchy `{report.get('hierarchy', '?')}` "
            f"({report['storage']['num_superclasses']} superclasses, {report.get('num_subclasses', '?')} subclasses), "
-           f"{report.get('test_count', '?')} held-out images (split `{report.get('split', 'test')}`).", '',
+           f"{report.get('test_count', 0):,} held-out images (split `{report.get('split', 'test')}`). The {FLAT} is "
+           "one network trained on all subclasses: the stage `vanilla` of `config.stages` and of report.json.", '',
            '## The paper\'s claims beside this run', '', '| claim | paper | this run |', '|---|---|---|']
   lines += [f'| {a} | {b} | {c} |' for a, b, c in paper_claims_rows(report)]
-  lines += ['', 'One run, so no interval: `studies/seeds.py` repeats the job over seeds.', '',
+  lines += ['', f'{SEEDS_NOTE[0].upper()}{SEEDS_NOTE[1:]}.', '',
             '## Summary', '', '| metric | value |', '|---|---|']
   lines += [f'| {a} | {b} |' for a, b in summary_rows(report)]
   per = report.get('per_superclass')
   if per:
-    optional = [(key, label) for key, label in (('vanilla_oracle_top1', 'vanilla (oracle)'),
-                                                ('vanilla_matched_top1', 'compute-matched vanilla'),
+    optional = [(key, label) for key, label in (('vanilla_oracle_top1', f'{FLAT} (oracle)'),
+                                                ('vanilla_matched_top1', f'compute-matched {FLAT}'),
                                                 ('head_only_top1', 'head-only Super-Sub')) if key in per[0]]
     lines += ['', '## Per superclass (subclass top-1 on the superclass\'s held-out images)', '',
-              '| # | superclass | subclasses | vanilla | ' + ''.join(f'{label} | ' for _, label in optional)
+              f'| # | superclass | subclasses | {FLAT} | ' + ''.join(f'{label} | ' for _, label in optional)
               + 'Super-Sub | specialist (oracle) | generalist routing |',
               '|---|---|---|---|---|---|---|' + '---|' * len(optional)]
     for row in per:
@@ -465,16 +624,26 @@ def render_markdown(report: Mapping) -> str:
   storage = report['storage']
   rules = report.get('rules')
   if rules:
+    matched = any('minus_vanilla_matched' in row for row in rules.values())
+    timed = [row for row in rules.values() if 'images_per_s' in row]
+    batch = timed[0]['batch_size'] if timed else None
     lines += ['', '## Decision rules', '', 'Every rule on the same networks (`supersub_jax.decide`): `hard` is the '
-              "paper's; `soft:k` averages the router's top k; `hinton:k` is Hinton et al.'s combination (a mixture, read `product:k` in older reports); `poe:k` the product of experts; `/flat` and "
-              "`/mean` route by the flat network's summed subclass probabilities, or by their mean with the "
-              "generalist's.", '', '| rule | top-1 | minus vanilla | minus compute-matched | specialists per image '
-              '| images/s |', '|---|---|---|---|---|---|']
+              "paper's; `soft:k` averages the router's top k; `hinton:k` is Hinton et al.'s combination (a mixture; `product:k` in older reports); `poe:k` the product of experts; `/flat` and "
+              f"`/mean` route by the {FLAT}'s summed subclass probabilities, or by their mean with the "
+              "generalist's." + (f' Images/s at batch {batch}, timed in the same measurement as the throughput '
+                                 'table below (`hard` is its Super-Sub column).' if timed else ''), '',
+              f'| rule | top-1 | minus {FLAT} | ' + (f'minus compute-matched {FLAT} | ' if matched else '')
+              + 'specialists per image |' + (' images/s (fastest-slowest call) |' if timed else ''),
+              '|---|---|---|---|' + '---|' * matched + '---|' * bool(timed)]
     for name, row in rules.items():
-      matched = f"{100 * row['minus_vanilla_matched']:+.2f}" if 'minus_vanilla_matched' in row else '-'
-      speed = f"{row['images_per_s']:,.1f}" if 'images_per_s' in row else '-'
-      lines.append(f"| {name} | {row['top1']:.4f} | {100 * row['minus_vanilla']:+.2f} | {matched} | "
-                   f"{row['specialists_per_image']} | {speed} |")
+      cells = [name, f"{row['top1']:.4f}", f"{100 * row['minus_vanilla']:+.2f}"]
+      if matched:
+        cells.append(f"{100 * row['minus_vanilla_matched']:+.2f}" if 'minus_vanilla_matched' in row else '')
+      cells.append(str(row['specialists_per_image']))
+      if timed:
+        cells.append(_speed(row['images_per_s'], row['batch_size'], row.get('ms_range')) if 'images_per_s' in row
+                     else '')
+      lines.append('| ' + ' | '.join(cells) + ' |')
   lines += ['', '## Storage', '',
             f"- base (generalist) {storage['base_bytes']:,} B; specialists {sum(storage['specialists_bytes']):,} B "
             f"in all (delta {storage.get('delta_bytes', 0):,} B, heads {storage.get('head_bytes', 0):,} B, "
@@ -482,23 +651,30 @@ def render_markdown(report: Mapping) -> str:
             f"- factor {storage['factor']:.3f} networks = alpha*N+1 with alpha {storage['alpha']:.4f}; naive N+1 = "
             f"{storage.get('naive_factor', storage['num_superclasses'] + 1)}"]
   mem, speed = report['memory'], report['throughput']
-  lines += ['', '## Memory and throughput', '', f"- throughput: {speed.get('method', '')}",
+  lines += ['', '## Memory and throughput', '', f'- {NOISY}', f"- throughput: {speed.get('method', '')}",
             f"- memory: {mem.get('method', '')}", '']
   by_time, by_mem = speed.get('by_batch', {}), mem.get('by_batch', {})
   if by_time:
-    lines += ['| batch | single img/s | Super-Sub img/s | ratio | single ms | Super-Sub ms | specialists per batch '
-              '| single memory | Super-Sub memory |', '|---|---|---|---|---|---|---|---|---|']
+    lines += [f'| batch | {FLAT} img/s | Super-Sub img/s | ratio | {FLAT} ms (fastest-slowest) | Super-Sub ms '
+              f'(fastest-slowest) | specialists per batch | {FLAT} memory | Super-Sub memory |',
+              '|---|---|---|---|---|---|---|---|---|']
+
+    def ms(t, who):
+      spread = t.get(f'{who}_ms_range')
+      return f"{t[f'{who}_ms']:.2f}" + (f' ({spread[0]:.2f}-{spread[1]:.2f})' if spread and spread[0] != spread[1]
+                                         else '')
+
     for b, t in sorted(by_time.items(), key=lambda kv: int(kv[0])):
       m = by_mem.get(b, {})
       lines.append(f"| {b} | {t['single_ips']:,.1f} | {t['supersub_ips']:,.1f} | {t['ratio']:.3f} | "
-                   f"{t['single_ms']:.2f} | {t['supersub_ms']:.2f} | {t['specialists_per_batch']:.1f} | "
+                   f"{ms(t, 'single')} | {ms(t, 'supersub')} | {t['specialists_per_batch']:.1f} | "
                    f"{m.get('single_bytes', 0):,} B | {m.get('supersub_bytes', 0):,} B |")
   else:
-    lines += [f"- single {mem['single_bytes']:,} B, Super-Sub {mem['supersub_bytes']:,} B; single "
+    lines += [f"- {FLAT} {mem['single_bytes']:,} B, Super-Sub {mem['supersub_bytes']:,} B; {FLAT} "
               f"{speed['single_ips']:,.1f} img/s, Super-Sub {speed['supersub_ips']:,.1f} img/s"]
   resident = mem.get('params_resident')
   if resident:
-    lines += ['', f"- parameters on device: single network {resident['single_bytes']:,} B; Super-Sub "
+    lines += ['', f"- parameters on device: {FLAT} {resident['single_bytes']:,} B; Super-Sub "
               f"{resident['supersub_bytes']:,} B = generalist {resident['generalist_bytes']:,} B + bank "
               f"{resident['bank_bytes']:,} B (exported: {mem.get('bank_export_bytes', 0):,} B) + one materialized "
               f"specialist {resident['specialist_bytes']:,} B"]

@@ -223,6 +223,26 @@ def test_an_empty_path_flag_is_refused_in_one_line(tmp_path):
     assert out.returncode == 1, out.stderr
     assert out.stderr.splitlines()[-1].startswith(f'error: --{flag} is empty'), out.stderr
     assert 'Traceback' not in out.stderr
+
+
+def test_without_output_a_conversion_writes_into_the_workdir_named_for_what_it_writes(tiny_workdir, tmp_path):
+  assert convert.default_output('export', 'w', fmt='npz', superclass=2) == os.path.join('w', 'specialist2.npz')
+  assert convert.default_output('network', 'w', fmt='orbax', stage='vanilla') == os.path.join('w', 'vanilla_orbax')
+  assert convert.default_output('bundle', 'w') == os.path.join('w', 'supersub.msgpack')
+  import shutil  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / 'workdir')
+  shutil.copytree(tiny_workdir[1], workdir)  # it writes there: a copy of the shared workdir
+  out = _convert('network', f'--workdir={workdir}', '--stage=vanilla', '--format=safetensors')
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert os.path.getsize(os.path.join(workdir, 'vanilla.safetensors')) > 0
+  assert f'wrote {workdir}/vanilla.safetensors' in out.stdout
+
+
+def test_a_missing_workdir_is_named_with_the_command_that_makes_one(tmp_path):
+  out = _convert('network', f'--workdir={tmp_path}/none', '--stage=vanilla')
+  assert out.returncode == 1 and 'Traceback' not in out.stderr
+  assert f'error: --workdir={tmp_path}/none does not exist: train one first (python train.py' in out.stderr
+  assert '--config=<the configs' not in out.stderr  # not the fix for a workdir that is not there
   assert os.listdir(tmp_path) == []
 
 

@@ -71,6 +71,7 @@ def test_report_gives_every_decision_rule_its_top1_cost_and_gaps(evaluated):
   for name, row in rules.items():
     assert row['specialists_per_image'] == (1 if name == 'hard' else 2)
     assert row['images_per_s'] > 0 and row['batch_size'] == 16
+    assert row['ms_range'][0] <= row['ms'] <= row['ms_range'][1]
     assert row['minus_vanilla'] == pytest.approx(row['top1'] - report['vanilla']['top1'])
     assert row['minus_vanilla_matched'] == pytest.approx(
         row['top1'] - report['baselines']['vanilla_matched']['top1'])
@@ -88,11 +89,16 @@ def test_top1_is_bounded_by_oracle_routing_for_supersub_and_the_flat_network(eva
   assert report['vanilla']['top1'] <= report['vanilla']['oracle_top1'] + 1e-9
 
 
-def test_evaluate_py_reads_the_stored_config_and_warns_about_overrides(evaluated):
-  _, workdir, _, _ = evaluated
+def test_evaluate_py_reads_the_stored_config_and_warns_about_overrides(evaluated, tmp_path):
+  workdir = str(tmp_path / 'workdir')
+  shutil.copytree(evaluated[1], workdir)  # it writes a new report: the other tests read the fixture's
   out = subprocess.run([sys.executable, os.path.join(ROOT, 'evaluate.py'), f'--workdir={workdir}',
                         '--config.evaluate.top2_threshold=0.5'], capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
+  # Progress, stage by stage; the threshold changes only Super-Sub's predictions: the rest is read back.
+  assert '[evaluate] stage 1/5' in out.stdout and '[evaluate] stage 5/5: report and plots' in out.stdout
+  assert 'predictions of Super-Sub on the held-out split' in out.stdout
+  assert 'kept: flat network, compute-matched flat network, head-only Super-Sub' in out.stdout
   assert 'Super-Sub top-1 (routed by the generalist)' in out.stdout
   assert 'alpha in alpha*N+1' in out.stdout
   assert '1 config field(s) differ' in out.stderr and 'evaluate.top2_threshold: 0.8 -> 0.5' in out.stderr
@@ -119,6 +125,9 @@ def test_inference_is_timed_on_distinct_held_out_batches_at_batch_1_and_a_large_
   for row in speed['by_batch'].values():
     assert row['ratio'] == pytest.approx(row['supersub_ips'] / row['single_ips'])
     assert 1 <= row['specialists_per_batch'] <= 3
+    assert row['supersub_ms_range'][0] <= row['supersub_ms'] <= row['supersub_ms_range'][1]
+  # One measurement behind both tables: the paper's rule is Super-Sub's own timed call at the largest batch.
+  assert report['rules']['hard']['images_per_s'] == speed['supersub_ips']
   assert 'held-out' in speed['method'] or config.eval_split in speed['method']
   assert set(mem['by_batch']) == {'1', '16'} and mem['by_batch']['16']['supersub_bytes'] > 0
   resident = mem['params_resident']
@@ -127,3 +136,73 @@ def test_inference_is_timed_on_distinct_held_out_batches_at_batch_1_and_a_large_
   # On device the bank keeps the exported encodings, but Elias-Fano positions (about 2 + log2(L/K) bits an entry)
   # become a bitmask or 8-bit indices: at the default density 0.05 with int4 codes that adds ~20% here.
   assert resident['bank_bytes'] <= 1.5 * mem['bank_export_bytes']
+
+
+@pytest.fixture
+def evaluated_copy(evaluated, tmp_path):
+  """The evaluated workdir copied, with its config: for the tests that change what an evaluation reads."""
+  config, workdir, _, report = evaluated
+  copy = str(tmp_path / 'workdir')
+  shutil.copytree(workdir, copy)
+  return config.copy_and_resolve_references(), copy, report
+
+
+def _fail(*args, **kwargs):
+  raise AssertionError('called, though its result was kept')
+
+
+def test_a_rerun_with_nothing_changed_returns_the_stored_report_and_loads_no_network(evaluated_copy, monkeypatch):
+  config, workdir, report = evaluated_copy
+  assert report['evaluation']['kept'] == []  # the fixture's first evaluation computed every part
+  monkeypatch.setattr(evaluation, 'load_trained', _fail)
+  again = evaluation.run(config, workdir)
+  assert again['evaluation']['kept'] == ['report']
+  assert again['supersub'] == report['supersub'] and again['throughput'] == report['throughput']
+
+
+def test_a_changed_checkpoint_redoes_only_the_predictions_that_read_it(evaluated_copy, monkeypatch):
+  config, workdir, report = evaluated_copy
+  # A new metadata file for one head-only specialist: to the fingerprint, a changed checkpoint.
+  directory = os.path.join(workdir, 'head_only', sorted(os.listdir(os.path.join(workdir, 'head_only')))[0])
+  meta = os.path.join(directory, max(os.listdir(directory), key=lambda n: int(n) if n.isdigit() else -1), 'meta',
+                      'metadata')
+  stored = json.load(open(meta))
+  json.dump({**stored, 'note': 'changed'}, open(meta, 'w'))
+  monkeypatch.setattr(evaluation.measure, 'measure_inference', _fail)
+  again = evaluation.run(config, workdir)
+  assert again['evaluation']['kept'] == ['measurements', 'supersub', 'vanilla', 'vanilla_matched']
+  assert again['evaluation']['fingerprints']['head_only'] != report['evaluation']['fingerprints']['head_only']
+  assert again['baselines']['head_only'] == report['baselines']['head_only']  # the same arrays, predicted again
+  assert again['throughput'] == report['throughput']
+
+
+def test_a_changed_evaluate_field_redoes_only_what_depends_on_it_and_force_redoes_all(evaluated_copy,
+                                                                                       monkeypatch):
+  config, workdir, report = evaluated_copy
+  calls = []
+  fake = {'memory': report['memory'], 'throughput': report['throughput'],
+          'rules': {key: {k: row[k] for k in ('images_per_s', 'batch_size', 'ms', 'ms_range')}
+                    for key, row in report['rules'].items()}}
+  monkeypatch.setattr(evaluation.measure, 'measure_inference', lambda *a, **k: calls.append('measured') or dict(fake))
+  config.evaluate.benchmark_batches = 2  # a measurement setting: no prediction reads it
+  again = evaluation.run(config, workdir)
+  assert again['evaluation']['kept'] == ['head_only', 'supersub', 'vanilla', 'vanilla_matched']
+  assert calls == ['measured']
+  forced = evaluation.run(config, workdir, force=True)
+  assert forced['evaluation']['kept'] == [] and calls == ['measured'] * 2
+  assert forced['supersub'] == report['supersub'] and forced['vanilla'] == report['vanilla']
+
+
+def test_progress_gives_stage_k_of_n_and_an_eta_from_the_pace_after_the_compiling_first_step():
+  lines, now = [], [0.0]
+  progress = evaluation.Progress(3, clock=lambda: now[0], say=lines.append)
+  progress.stage('predictions')
+  for i, t in zip(range(1, 21), [10.0] + [1.0] * 19):
+    now[0] += t
+    progress.step(i, 20, 'batch')
+  progress.done('20 batches')
+  assert lines[0] == '[evaluate] stage 1/3: predictions'
+  assert lines[1] == '[evaluate]   batch 1/20, first batch (compiles) took 10.0s'
+  assert lines[2] == '[evaluate]   batch 2/20, ETA 18s'  # 1 s a batch after the first, 18 to go
+  assert lines[-2] == '[evaluate]   batch 20/20, done' and lines[-1] == '[evaluate]   20 batches (29.0s)'
+  assert len(lines) == 1 + 1 + 10 + 1  # the stage, the first batch, each tenth of the way (the last too), done

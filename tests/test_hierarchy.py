@@ -285,7 +285,9 @@ def _cli(*args):
 def test_cli_mixed_10():
   out = _cli('mixed_10')
   assert out.returncode == 0, out.stderr
-  lines = out.stdout.strip().split('\n')
+  header, columns, *lines = out.stdout.strip().split('\n')
+  assert header == 'mixed_10: 10 superclasses, 253 subclasses'
+  assert columns.split('\t') == ['index', 'superclass', 'wnid', 'subclasses', 'source class indices']
   assert len(lines) == 10
   fields = [line.split('\t') for line in lines]
   assert [(f[1], f[2], int(f[3])) for f in fields] == MIXED_10_EXPECTED

@@ -10,7 +10,10 @@ as soon as a decoder such as `SkipDecoding` is passed, which the label scan does
 import dataclasses
 import io
 import os
+import subprocess
+import sys
 import tarfile
+import time
 
 import numpy as np
 import pytest
@@ -20,7 +23,7 @@ from hypothesis import strategies as st
 
 from supersub_jax.data.fake_imagenet import imagenet_wnids, write_fake_imagenet
 from supersub_jax import hierarchy as hierarchy_lib
-from supersub_jax.data import prepare, sources
+from supersub_jax.data import builders, prepare, sources
 
 # ------------------------------------------------------------------------------ relabel
 
@@ -275,6 +278,52 @@ def test_missing_dataset_error_gives_the_command(tmp_path):
                      match='--dataset=imagenet2012 .*--manual_dir=/m'):
     sources.load_source('imagenet2012', 'train', hierarchy_lib.mixed_10(), tmp_path,
                         manual_dir='/m')
+
+
+def test_prepare_offline_fails_in_seconds_in_one_line_naming_manual_dir_and_leaves_data_dir_as_it_was(tmp_path):
+  data_dir = tmp_path / 'D'
+  data_dir.mkdir()
+  (data_dir / 'kept').write_text('1')
+  # No network, whatever the machine's: every download goes through a proxy on the discard port, which refuses.
+  env = dict(os.environ, HTTPS_PROXY='http://127.0.0.1:9', https_proxy='http://127.0.0.1:9')
+  start = time.monotonic()
+  out = subprocess.run([sys.executable, '-m', 'supersub_jax.data.prepare', '--dataset=cifar100',
+                        f'--data_dir={data_dir}'], capture_output=True, text=True, env=env, timeout=300)
+  seconds = time.monotonic() - start
+  assert out.returncode == 1
+  assert seconds < 60  # TFDS's own download gives up after about 3.5 minutes of retries
+  lines = [line for line in out.stderr.splitlines() if line.strip()]
+  assert len(lines) == 1 and lines[0].startswith('error: cifar100 cannot be downloaded'), out.stderr
+  assert 'cifar-100-binary.tar.gz' in lines[0] and '--manual_dir=' in lines[0]
+  assert sorted(os.listdir(data_dir)) == ['kept']
+
+
+def test_a_failed_download_leaves_no_folder_behind(tmp_path, monkeypatch):
+  def fail(self, dl_manager):
+    raise ConnectionError('the network went away mid-download')
+
+  monkeypatch.setattr(builders, 'check_download', lambda *a, **k: None)  # the network answered the check...
+  monkeypatch.setattr(builders.Cifar100NoTF, '_split_generators', fail)  # ...then failed
+  for data_dir in (tmp_path / 'new', tmp_path / 'old'):
+    if data_dir.name == 'old':
+      data_dir.mkdir()
+      (data_dir / 'kept').write_text('1')
+    with pytest.raises(ConnectionError):
+      prepare.prepare('cifar100', data_dir)
+  assert not (tmp_path / 'new').exists()
+  assert sorted(os.listdir(tmp_path / 'old')) == ['kept']
+
+
+def test_preparing_the_synthetic_dataset_says_nothing_of_a_download(tmp_path):
+  out = subprocess.run([sys.executable, '-m', 'supersub_jax.data.prepare', '--dataset=synthetic',
+                        f'--data_dir={tmp_path}', '--sizes=2,2', '--train_per_class=2', '--test_per_class=1',
+                        '--image_size=8'], capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  text = out.stdout + out.stderr
+  assert 'split train: 8 examples' in out.stdout
+  for noise in ('Downloading', 'downloaded and prepared', 'dataset_info.json', 'custom data configuration',
+                'Generating'):
+    assert noise not in text
 
 
 # ------------------------------------------------------------------------------ imagenet2012

@@ -16,6 +16,8 @@ import io
 import os
 import re
 import tarfile
+import threading
+import urllib.request
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -45,6 +47,44 @@ def _to_rgb_jpeg(data: bytes) -> bytes:
     buffer = io.BytesIO()
     image.convert('RGB').save(buffer, format='jpeg', quality=100)
   return buffer.getvalue()
+
+
+class DownloadUnavailableError(FileNotFoundError):
+  """A dataset needs a file that is neither in manual_dir nor downloadable now."""
+
+
+def _unreachable(url: str, timeout: float) -> str | None:
+  """Why ``url`` cannot be fetched now (one line), or None when it answers. Honours the proxy settings of the
+  environment (``HTTPS_PROXY``), as the download would; gives up after ``timeout`` seconds, name lookup included."""
+  answer: list[str | None] = ['no answer within %g s' % timeout]
+
+  def probe():
+    try:
+      with urllib.request.urlopen(urllib.request.Request(url, method='HEAD'), timeout=timeout):
+        answer[0] = None
+    except Exception as e:  # pylint: disable=broad-except  (URLError, socket and SSL errors alike: not reachable)
+      answer[0] = str(getattr(e, 'reason', None) or e).splitlines()[0][:200] or type(e).__name__
+
+  thread = threading.Thread(target=probe, daemon=True)  # a name lookup ignores urlopen's timeout
+  thread.start()
+  thread.join(timeout + 1)
+  return answer[0]
+
+
+def check_download(dataset: str, manual_dir: str | os.PathLike | None, timeout: float = 5.0) -> None:
+  """Raises ``DownloadUnavailableError`` (one line: the file to place and --manual_dir) when ``dataset`` would
+  have to download its archive and cannot reach it, so that preparing fails in seconds, before anything is
+  written, instead of after TFDS's retries. Datasets without a download (imagenet2012, synthetic) pass."""
+  if dataset != 'cifar100':
+    return
+  if manual_dir and os.path.exists(os.path.join(os.fspath(manual_dir), _CIFAR100_ARCHIVE)):
+    return
+  why = _unreachable(_CIFAR100_URL, timeout)
+  if why is not None:
+    where = f'{_CIFAR100_ARCHIVE} is not in --manual_dir={manual_dir}' if manual_dir else 'no --manual_dir'
+    raise DownloadUnavailableError(
+        f'cifar100 cannot be downloaded ({_CIFAR100_URL}: {why}) and {where}: download {_CIFAR100_ARCHIVE} '
+        f'elsewhere, put it in a folder and rerun with --manual_dir=<that folder>.')
 
 
 class Cifar100NoTF(_cifar_lib.Cifar100, skip_registration=True):

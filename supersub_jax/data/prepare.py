@@ -11,7 +11,8 @@ imagenet2012 reads ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar from --ma
 `supersub_jax.data.builders`); with --max_side it writes a second, pre-resized store (every JPEG's longer side
 capped, re-encoded at --jpeg_quality: `builders.Imagenet2012Capped`) beside the stock one, which training reads with
 config.max_side and config.jpeg_quality set alike. cifar100 reads cifar-100-binary.tar.gz from --manual_dir, or
-downloads it.
+downloads it. Without the archive and without a network, it fails in seconds in one line naming the file and
+--manual_dir. A preparation that fails leaves data_dir as it was.
 
 After writing the records, `prepare` also scans every split's labels once (see `sources.cached_labels`), so that
 the first training run does not pay for it.
@@ -23,7 +24,10 @@ if __name__ == '__main__':  # run as a program: before the heavy imports, so tha
   from supersub_jax import interrupts  # pylint: disable=g-import-not-at-top
   interrupts.install()
 
+import contextlib
+import glob
 import os
+import shutil
 import time
 
 import tensorflow_datasets as tfds
@@ -63,12 +67,17 @@ def prepare(dataset: str, data_dir: str | os.PathLike, *,
     if dataset == 'imagenet2012' and not manual_dir:
       raise ValueError('imagenet2012 needs --manual_dir=<dir with ILSVRC2012_img_train.tar and '
                        'ILSVRC2012_img_val.tar>.')
+    name = builders.BUILDERS[dataset].name
+    if not glob.glob(os.path.join(glob.escape(data_dir), name, '**', 'dataset_info.json'), recursive=True):
+      builders.check_download(dataset, manual_dir)  # nothing prepared: fail now, before TFDS makes any folder
     builder = (builders.capped_imagenet(data_dir, max_side, jpeg_quality) if max_side
                else builders.BUILDERS[dataset](data_dir=data_dir))
     if not builder.is_prepared():
-      with locks.building(data_dir, dataset):  # another process preparing it too: wait for it, then reuse
-        builder = builders.BUILDERS[dataset](data_dir=data_dir)
+      with locks.building(data_dir, dataset), _as_it_was_on_failure(data_dir, name):
+        builder = (builders.capped_imagenet(data_dir, max_side, jpeg_quality) if max_side  # another process may
+                   else builders.BUILDERS[dataset](data_dir=data_dir))                    # have prepared it
         if not builder.is_prepared():
+          builders.check_download(dataset, manual_dir)
           builder.download_and_prepare(
               file_format='array_record',
               download_config=tfds.download.DownloadConfig(
@@ -81,6 +90,21 @@ def prepare(dataset: str, data_dir: str | os.PathLike, *,
     for split in builder.info.splits:
       sources.cached_labels(builder, split, data_dir)
   return builder
+
+
+@contextlib.contextmanager
+def _as_it_was_on_failure(data_dir: str, name: str):
+  """On an exception, removes what preparing ``name`` added to ``data_dir`` -- the dataset's folder, TFDS's
+  downloads folder, data_dir itself -- where each did not exist before (a partial download or an empty folder would
+  otherwise stay behind)."""
+  made = [p for p in (data_dir, os.path.join(data_dir, name), os.path.join(data_dir, 'downloads'))
+          if not os.path.exists(p)]
+  try:
+    yield
+  except BaseException:
+    for path in reversed(made):  # the sub-folders first, data_dir last
+      shutil.rmtree(path, ignore_errors=True)
+    raise
 
 
 def main() -> None:

@@ -274,6 +274,11 @@ class HierarchicalSource:
   def __len__(self) -> int:
     return len(self.labels.record)
 
+  @property
+  def shards(self) -> tuple[tuple[str, int, int], ...]:
+    """The split's files as (filename, skip, take)."""
+    return self._shards
+
   def __getitem__(self, index: int) -> dict[str, Any]:
     if not -len(self) <= index < len(self):
       raise IndexError(f'index {index} out of range for {self.name} of {len(self)} examples')

@@ -20,12 +20,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import logging
 import os
 from collections.abc import Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
+from tensorflow_datasets.core.utils import tqdm_utils
 
 from supersub_jax import files
 from supersub_jax import locks
@@ -109,6 +111,20 @@ class SupersubSynthetic(tfds.core.GeneratorBasedBuilder):
         homepage='https://arxiv.org/abs/2201.08098',
     )
 
+  # TFDS's messages of a download ("Downloading and preparing dataset Unknown size ...", "downloaded and
+  # prepared") and of a variant folder without dataset_info.json say something untrue of a dataset generated in
+  # seconds; build_synthetic's caller prints what was built.
+  def _log_download_bytes(self) -> None:
+    pass
+
+  def _log_download_done(self) -> None:
+    pass
+
+  def is_prepared(self) -> bool:
+    if not os.path.exists(os.path.join(os.fspath(self.data_path), 'dataset_info.json')):
+      return False  # as TFDS would decide, without its warning
+    return super().is_prepared()
+
   def _split_generators(self, dl_manager):
     del dl_manager  # Nothing to download.
     cfg = self.builder_config
@@ -129,6 +145,18 @@ class SupersubSynthetic(tfds.core.GeneratorBasedBuilder):
         yield key, {'image': buffer.getvalue(), 'label': int(label),
                     'superclass': int(superclass_of[label])}
         key += 1
+
+
+class _NotCustomConfigs(logging.Filter):
+  """Drops TFDS's warning "Using custom data configuration: SyntheticConfig(...)": every synthetic dataset but the
+  default is made from its knobs by design (``make_config``), and each open of one repeated it."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not (str(record.msg).startswith('Using custom data configuration')
+                and any(isinstance(a, SyntheticConfig) for a in (record.args or ())))
+
+
+logging.getLogger('absl').addFilter(_NotCustomConfigs())
 
 
 def synthetic_builder(data_dir: str | os.PathLike, **knobs) -> SupersubSynthetic:
@@ -153,13 +181,19 @@ def build_synthetic(data_dir: str | os.PathLike, **knobs) -> SupersubSynthetic:
     return builder
   with locks.building(os.fspath(data_dir), builder.name):
     builder = synthetic_builder(data_dir, **knobs)  # another process may have built it while this one waited
-    if not builder.is_prepared():
+    if builder.is_prepared():
+      return builder
+    shown = tqdm_utils._active  # pylint: disable=protected-access
+    tqdm_utils.display_progress_bar(False)  # bars of a build of seconds, redrawn in place: noise in a log
+    try:
       builder.download_and_prepare(
           file_format='array_record',
           download_config=tfds.download.DownloadConfig(
               # Statistics would need TensorFlow and are not used.
               compute_stats=tfds.download.ComputeStatsMode.SKIP),
       )
+    finally:
+      tqdm_utils.display_progress_bar(shown)
   return builder
 
 
