@@ -33,19 +33,21 @@ assert len(CUE_VALUES) == len(CUE_KINDS)
 # kind painted over the texture as noise hides the grating (studies/cue_probe.py: a half-brighter tone over a star's
 # texture took the grating's probe from 0.92 to 0.64). How loud each kind is:
 SALIENCE: dict[str, float] = {
-    'grating_contrast': 0.2,  # the texture's contrast is drawn from [this / 2.5, this] (dataset 1.2.0: 0.2)
+    'grating_contrast': 0.6,  # the texture's contrast is drawn from [this / 2.5, this] (dataset 1.2.0: 0.2, which
+                              # the probe found far harder than any other kind)
     'hue_jitter': 0.3,        # +- this many bins around a hue bin's centre
-    'notch_radius': 0.3,      # the bite's radius, in object radii (its centre 0.85 from the object's)
-    'outline_dark': 0.7,      # the dark rim's brightness factor
-    'outline_bright': 1.3,    # the bright rim's brightness factor
-    'stretch': 1.15,          # wide: x this along u and / this along v; tall: the reverse
-    'shadow_offset': 2.5,     # pixels (at 32x32) the shadow lies below or beside the object
-    'shadow_alpha': 0.5,      # its opacity
+    'notch_radius': 0.6,      # the bite's radius, in object radii (its centre 0.85 from the object's)
+    'outline_dark': 0.35,     # the dark rim's brightness factor
+    'outline_bright': 1.8,    # the bright rim's brightness factor
+    'stretch': 1.3,           # wide: x this along u and / this along v; tall: the reverse
+    'shadow_offset': 3.5,     # pixels (at 32x32) the shadow lies below or beside the object
+    'shadow_alpha': 0.8,      # its opacity
     'blur_sharp': 0.8,        # the outline's width in pixels, sharp
-    'blur_soft': 2.0,         # and soft
-    'satellite_alpha': 0.8,   # the satellites' opacity
-    'glyph_alpha': 0.8,       # the glyph's opacity
-    'marks_alpha': 0.8,       # the marks' opacity
+    'blur_soft': 3.0,         # and soft
+    'satellite_alpha': 1.0,   # the satellites' opacity
+    'satellite_radius': 1.6,  # and radius, pixels at 32x32
+    'glyph_alpha': 1.0,       # the glyph's opacity
+    'marks_alpha': 1.0,       # the marks' opacity
 }
 
 
@@ -151,7 +153,7 @@ def beside(img, cue: dict, cx, cy, radius, xs, ys, size: float) -> np.ndarray:
     on = (cue['satellites'] > i).astype(np.float32)[:, None, None]
     phi = cue['satellite_start'] + 2 * np.pi * i / cue['satellites']
     px, py = 1.3 * radius * np.cos(phi), 1.3 * radius * np.sin(phi)
-    d = np.sqrt((dx - px[:, None, None]) ** 2 + (dy - py[:, None, None]) ** 2) - 1.1 * scale
+    d = np.sqrt((dx - px[:, None, None]) ** 2 + (dy - py[:, None, None]) ** 2) - salience['satellite_radius'] * scale
     dots = np.maximum(dots, on * np.clip(0.5 - d, 0.0, 1.0))
   img = _blend(img, salience['satellite_alpha'] * dots, 0.95)
   gx = (dx - (1.55 * radius * np.cos(cue['glyph_angle']))[:, None, None]) / scale
