@@ -322,6 +322,36 @@ def test_disk_full_while_saving_is_one_error_and_keeps_the_last_good_step(tiny_d
   assert f'[vanilla] resuming from step {max(steps)}' in out.stdout
 
 
+def test_a_full_disk_outside_checkpoint_saves_is_one_line_naming_the_path_and_leaves_nothing_behind(tiny_workdir,
+                                                                                                   tmp_path):
+  _, trained, _ = tiny_workdir
+  disk = tmp_path / 'small_disk'
+  if not _mounted_tmpfs(disk, '256m'):
+    pytest.skip('mounting a tmpfs is not permitted here (needs root / CAP_SYS_ADMIN)')
+  try:
+    workdir = disk / 'w'
+    shutil.copytree(trained, workdir)
+    (workdir / 'report.md').write_text('the previous report')
+    before = sorted(os.listdir(workdir))
+    with open(disk / 'filler', 'wb') as f:  # the disk full but for 40 KiB: the locks fit, the outputs do not
+      f.write(bytes(shutil.disk_usage(disk).free - (40 << 10)))
+    outputs = {'bundle': disk / 'b.msgpack', 'export': disk / 'exp', 'evaluate': workdir / 'report.md'}
+    outs = run_together([
+        [sys.executable, '-m', 'supersub_jax.convert', 'bundle', f'--workdir={trained}', f'--output={disk}/b.msgpack'],
+        [sys.executable, '-m', 'supersub_jax.convert', 'export', f'--workdir={trained}', '--superclass=0',
+         '--format=orbax', f'--output={disk}/exp'],
+        [sys.executable, os.path.join(ROOT, 'evaluate.py'), f'--workdir={workdir}']], cwd=ROOT, timeout=300)
+    for (name, path), (code, out) in zip(outputs.items(), outs):
+      assert code == 1 and 'Traceback' not in out, (name, out[-3000:])
+      [line] = [l for l in out.splitlines() if l.startswith('error: ')]
+      assert 'No space left on device' in line and 'free space on its disk' in line, (name, line)
+      assert str(path.parent if name == 'evaluate' else path) in line, (name, line)
+    assert sorted(os.listdir(disk)) == ['filler', 'w']  # no partial output, no temporary folder, no lock
+    assert sorted(os.listdir(workdir)) == before and (workdir / 'report.md').read_text() == 'the previous report'
+  finally:
+    subprocess.run(['umount', str(disk)], check=False)
+
+
 def _bind_read_only(source, target) -> bool:
   """``target`` becomes a read-only view of ``source`` (a read-only disk: root ignores file permissions)."""
   os.makedirs(target, exist_ok=True)
