@@ -472,6 +472,50 @@ def test_sigint_and_sigterm_stop_evaluate_and_convert_in_one_line_leaving_no_par
   assert not bundle.exists()
 
 
+def test_a_signal_as_the_work_ends_or_after_it_gives_one_line_or_a_clean_exit_never_a_silent_death(
+    tiny_data_dir, tiny_workdir, tmp_path):
+  # Python restores a handled signal's default action as it shuts down, and jax's teardown goes on after that: a
+  # signal in the half second after the work killed the process with no line. Each run here gets its signal a
+  # moment after its last line: it ends interrupted, in one line (130/143), or finished, ignoring it (0).
+  _, trained, _ = tiny_workdir  # (evaluate.py ends through the same cli.run as these)
+  bundle = ['-m', 'supersub_jax.convert', 'bundle', f'--workdir={trained}']
+  runs = [(signal.SIGTERM, 0.0, [*bundle, f'--output={tmp_path / "b0.msgpack"}'], 'wrote '),
+          (signal.SIGINT, 0.2, [*bundle, f'--output={tmp_path / "b1.msgpack"}'], 'wrote '),
+          (signal.SIGTERM, 0.5, [*bundle, f'--output={tmp_path / "b2.msgpack"}'], 'wrote '),
+          (signal.SIGINT, 0.1, ['-m', 'supersub_jax.data.prepare', '--dataset=synthetic', f'--data_dir={tiny_data_dir}',
+                                '--image_size=16', '--train_per_class=16', '--test_per_class=4', '--sizes=3,2,2'],
+           'build time')]
+  env = dict(os.environ, PYTHONUNBUFFERED='1')  # each line as it is printed
+  outcomes = []
+  for pair in (runs[:2], runs[2:]):  # two at a time: the timing of a loaded machine, not a swamped one
+    with default_sigint():
+      procs = [subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                cwd=ROOT, env=env) for _, _, args, _ in pair]
+    try:
+      for proc, (signum, delay, _, last) in zip(procs, pair):
+        stdout = ''
+        while last not in stdout:
+          line = proc.stdout.readline()
+          assert line, (stdout, proc.communicate()[1][-3000:])
+          stdout += line
+        time.sleep(delay)
+        proc.send_signal(signum)
+        start = time.monotonic()
+        _, stderr = proc.communicate(timeout=60)
+        assert time.monotonic() - start < 15, stderr[-3000:]
+        assert 'Traceback' not in stderr, stderr[-3000:]
+        stopped = [l for l in stderr.splitlines() if l.startswith('interrupted by')]
+        assert (proc.returncode == 0 and not stopped) or (
+            proc.returncode == {signal.SIGINT: 130, signal.SIGTERM: 143}[signum] and len(stopped) == 1), (
+                proc.returncode, stderr[-3000:])
+        outcomes.append(proc.returncode)
+    finally:
+      for proc in procs:
+        proc.kill()
+        proc.communicate()
+  assert len(outcomes) == len(runs)
+
+
 def test_a_hostile_npz_header_is_one_error_naming_the_file_not_a_memory_error(tmp_path):
   import io  # pylint: disable=g-import-not-at-top
   import zipfile  # pylint: disable=g-import-not-at-top
