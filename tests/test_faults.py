@@ -6,6 +6,7 @@ tests/tiny_config.py in subprocesses; nothing on the signal, lock or save path i
 workdir or the data copy the session's shared ones first.
 """
 
+import concurrent.futures
 import json
 import os
 import re
@@ -83,21 +84,18 @@ def test_bad_config_fails_before_training_with_one_error(tiny_data_dir, tmp_path
 
 def test_an_empty_or_missing_workdir_is_one_error_and_writes_nothing_into_the_current_folder(tiny_data_dir,
                                                                                           tmp_path):
-  commands = {
-      'train.py': [sys.executable, os.path.join(ROOT, 'train.py'), f'--config={TINY}:{tiny_data_dir}'],
-      'evaluate.py': [sys.executable, os.path.join(ROOT, 'evaluate.py')],
-      'convert': [sys.executable, '-m', 'supersub_jax.convert', 'bundle', f'--output={tmp_path / "b.msgpack"}'],
-  }
+  train = [sys.executable, os.path.join(ROOT, 'train.py'), f'--config={TINY}:{tiny_data_dir}']
+  cases = [(train + ['--workdir='], 'empty'), (train, 'missing'),  # convert: test_convert
+           ([sys.executable, os.path.join(ROOT, 'evaluate.py'), '--workdir=  '], 'empty')]
   env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get('PYTHONPATH', '')]))
-  for name, command in commands.items():
-    for workdir, state in (('--workdir=', 'empty'), ('--workdir=  ', 'empty'), (None, 'missing')):
-      if workdir is None and name == 'convert':
-        continue  # convert names every missing flag of its verb (test_convert)
-      out = subprocess.run(command + ([workdir] if workdir else []), capture_output=True, text=True, cwd=tmp_path,
-                           env=env, timeout=300)
-      assert out.returncode == 1, (name, out.stderr[-3000:])
-      assert f'error: --workdir is {state}' in _error_line(out), name
-      assert os.listdir(tmp_path) == [], name
+  outs = run_together([command for command, _ in cases], env=env, cwd=tmp_path, timeout=300)
+  for (command, state), (code, out) in zip(cases, outs):
+    assert code == 1 and 'Traceback' not in out, (command, out[-3000:])
+    assert [l for l in out.splitlines() if l.startswith('error: ')] == [
+        f'error: --workdir is {state}' + (' (\'\'; an unset shell variable?)' if command[-1] == '--workdir=' else
+                                          " ('  '; an unset shell variable?)" if state == 'empty' else '') +
+        ': pass a path, e.g. --workdir=runs/demo.'], (command, out[-3000:])
+  assert os.listdir(tmp_path) == []
 
 
 def test_config_errors_on_the_command_line_are_one_line_without_a_traceback(tiny_workdir, tmp_path):
@@ -486,34 +484,33 @@ def test_a_signal_as_the_work_ends_or_after_it_gives_one_line_or_a_clean_exit_ne
                                 '--image_size=16', '--train_per_class=16', '--test_per_class=4', '--sizes=3,2,2'],
            'build time')]
   env = dict(os.environ, PYTHONUNBUFFERED='1')  # each line as it is printed
-  outcomes = []
-  for pair in (runs[:2], runs[2:]):  # two at a time: the timing of a loaded machine, not a swamped one
-    with default_sigint():
-      procs = [subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                cwd=ROOT, env=env) for _, _, args, _ in pair]
+
+  def run(proc, signum, delay, last):  # in a thread per process: each signal goes at its own moment
     try:
-      for proc, (signum, delay, _, last) in zip(procs, pair):
-        stdout = ''
-        while last not in stdout:
-          line = proc.stdout.readline()
-          assert line, (stdout, proc.communicate()[1][-3000:])
-          stdout += line
-        time.sleep(delay)
-        proc.send_signal(signum)
-        start = time.monotonic()
-        _, stderr = proc.communicate(timeout=60)
-        assert time.monotonic() - start < 15, stderr[-3000:]
-        assert 'Traceback' not in stderr, stderr[-3000:]
-        stopped = [l for l in stderr.splitlines() if l.startswith('interrupted by')]
-        assert (proc.returncode == 0 and not stopped) or (
-            proc.returncode == {signal.SIGINT: 130, signal.SIGTERM: 143}[signum] and len(stopped) == 1), (
-                proc.returncode, stderr[-3000:])
-        outcomes.append(proc.returncode)
+      stdout = ''
+      while last not in stdout:
+        line = proc.stdout.readline()
+        assert line, (stdout, proc.communicate()[1][-3000:])
+        stdout += line
+      time.sleep(delay)
+      proc.send_signal(signum)
+      start = time.monotonic()
+      _, stderr = proc.communicate(timeout=60)
+      return proc.returncode, time.monotonic() - start, stderr
     finally:
-      for proc in procs:
-        proc.kill()
-        proc.communicate()
-  assert len(outcomes) == len(runs)
+      proc.kill()
+      proc.communicate()
+
+  with default_sigint():
+    procs = [subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              cwd=ROOT, env=env) for _, _, args, _ in runs]
+  with concurrent.futures.ThreadPoolExecutor(len(runs)) as pool:
+    results = list(pool.map(lambda pr: run(pr[0], pr[1][0], pr[1][1], pr[1][3]), zip(procs, runs)))
+  for (signum, delay, _, _), (code, took, stderr) in zip(runs, results):
+    assert took < 15 and 'Traceback' not in stderr, (delay, took, stderr[-3000:])
+    stopped = [l for l in stderr.splitlines() if l.startswith('interrupted by')]
+    assert (code == 0 and not stopped) or (
+        code == {signal.SIGINT: 130, signal.SIGTERM: 143}[signum] and len(stopped) == 1), (delay, code, stderr[-3000:])
 
 
 def test_a_hostile_npz_header_is_one_error_naming_the_file_not_a_memory_error(tmp_path):
