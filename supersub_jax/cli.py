@@ -185,6 +185,7 @@ def run(main: Callable[[list[str]], None], *, flags_parser: Callable | None = No
     except interrupts.Interrupted as e:
       _exit_interrupted(e.signum)
     except runtime.Preempted as e:
+      interrupts.work_done()  # saved: the run ends here, with this line
       print(str(e), file=sys.stderr)
       sys.exit(runtime.PREEMPTED_EXIT_CODE)
     except USER_ERRORS as e:
