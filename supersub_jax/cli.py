@@ -172,8 +172,8 @@ def _debug_in(argv: Sequence[str]) -> bool:
 def _exit_interrupted(signum: int) -> None:
   for s in interrupts.INTERRUPT_EXIT_CODES:  # a second signal while this one is reported ends the process at once
     signal.signal(s, signal.SIG_DFL)
-  print(interrupts.message(signum), file=sys.stderr)
-  sys.exit(interrupts.INTERRUPT_EXIT_CODES.get(signum, 128 + signum))
+  print(interrupts.message(signum), file=sys.stderr, flush=True)
+  interrupts.exit_after_line(interrupts.INTERRUPT_EXIT_CODES.get(signum, 128 + signum))
 
 
 def run(main: Callable[[list[str]], None], *, flags_parser: Callable | None = None,
@@ -189,9 +189,11 @@ def run(main: Callable[[list[str]], None], *, flags_parser: Callable | None = No
     try:
       main(argv)
       interrupts.raise_if_interrupted()  # a signal that arrived as the work ended still ends the run as interrupted
+      interrupts.work_done()  # a signal from now on, during the shutdown, is ignored: the run has finished
     except interrupts.Interrupted as e:
       _exit_interrupted(e.signum)
     except runtime.Preempted as e:
+      interrupts.work_done()  # saved: the run ends here, with this line
       print(str(e), file=sys.stderr)
       sys.exit(runtime.PREEMPTED_EXIT_CODE)
     except USER_ERRORS as e:
@@ -199,6 +201,7 @@ def run(main: Callable[[list[str]], None], *, flags_parser: Callable | None = No
         _exit_interrupted(interrupts.interrupted())
       if FLAGS.debug:
         raise
+      interrupts.work_done()  # the run ends here, with this line
       print(f'error: {e}', file=sys.stderr)
       sys.exit(1)
     except Exception:  # pylint: disable=broad-except

@@ -16,9 +16,11 @@ write of the same path removes those whose process is gone. Once a SIGINT or SIG
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import math
 import os
+import shutil
 import tempfile
 import zipfile
 from typing import IO, Callable, Iterator
@@ -26,6 +28,38 @@ from typing import IO, Callable, Iterator
 import numpy as np
 
 from supersub_jax import interrupts
+
+
+# What a full disk (or quota, or a failing one) raises while a file is written.
+_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO)
+
+
+class WriteError(OSError):
+  """A file could not be written (a full disk, a quota, an I/O error); the message names it and the fix, and the
+  previous file, if any, is kept. ``errno`` is the OS's."""
+
+  def __str__(self) -> str:
+    return str(self.strerror)
+
+
+def write_error(path: str, e: OSError) -> WriteError:
+  """``e``, met while writing ``path``, as a ``WriteError`` naming the path."""
+  fix = 'free space on its disk' if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else 'check its disk'
+  return WriteError(e.errno, f'{path} could not be written ({e.strerror or e}): {fix} and rerun; the previous '
+                             'file, if any, is kept.')
+
+
+def require_space(path: str, nbytes: int) -> None:
+  """Raises ``WriteError`` (ENOSPC) when the disk of ``path`` (or of its nearest existing folder) has less than
+  ``nbytes`` free: a write that cannot fit is refused before it starts."""
+  folder = os.path.dirname(os.path.abspath(path))
+  while not os.path.exists(folder):
+    folder = os.path.dirname(folder)
+  free = shutil.disk_usage(folder).free
+  if free < nbytes:
+    raise WriteError(errno.ENOSPC, f'{path} could not be written (No space left on device: it needs about '
+                                   f'{nbytes / 2**20:,.2f} MiB, {free / 2**20:,.2f} MiB are free): free space on its '
+                                   'disk and rerun; the previous file, if any, is kept.')
 
 
 def _pid_alive(pid: int) -> bool:
@@ -75,7 +109,10 @@ def atomic_write(path: str | os.PathLike, mode: str = 'w') -> Iterator[IO]:
   path = os.fspath(path)
   directory, name = os.path.split(os.path.abspath(path))
   _sweep_stale(directory, name)
-  fd, tmp = tempfile.mkstemp(prefix=f'.{name}.tmp-{os.getpid()}-', dir=directory)
+  try:
+    fd, tmp = tempfile.mkstemp(prefix=f'.{name}.tmp-{os.getpid()}-', dir=directory)
+  except OSError as e:
+    raise (write_error(path, e) if e.errno in _DISK_ERRNOS else e) from e
   try:
     # mkstemp makes the file 0600 whatever the umask; an output is for others too (a colleague, a serving process),
     # with the mode open() would give it.
@@ -86,9 +123,11 @@ def atomic_write(path: str | os.PathLike, mode: str = 'w') -> Iterator[IO]:
       os.fsync(f.fileno())
     interrupts.raise_if_interrupted()  # an interrupt that Python dropped on its way must still stop the write
     os.replace(tmp, path)
-  except BaseException:
+  except BaseException as e:
     with contextlib.suppress(OSError):
       os.remove(tmp)
+    if isinstance(e, OSError) and not isinstance(e, WriteError) and e.errno in _DISK_ERRNOS:
+      raise write_error(path, e) from e
     raise
 
 
@@ -99,10 +138,40 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> int:
-  """``data`` into ``path``, atomically; returns its size."""
+  """``data`` into ``path``, atomically; returns its size. Refused before anything is written when it cannot fit."""
+  require_space(os.fspath(path), len(data) + 4096)
   with atomic_write(path, 'wb') as f:
     f.write(data)
   return len(data)
+
+
+@contextlib.contextmanager
+def staged(directory: str | os.PathLike) -> Iterator[str]:
+  """``with staged(directory) as stage:`` write several files into ``stage``; they move into ``directory``
+  together when the block ends, or none does (the stage is removed) when it raises: a full disk half-way through a
+  report leaves the old report and no new plot beside it. The stage, ``.staged-<pid>-<random>`` in ``directory``,
+  is left only by a kill without clean-up; the next stage there removes those whose process is gone."""
+  directory = os.path.abspath(os.fspath(directory))
+  for stale in glob.glob(os.path.join(glob.escape(directory), '.staged-*')):
+    try:
+      pid = int(os.path.basename(stale).split('-')[1])
+    except (IndexError, ValueError):
+      continue
+    if not _pid_alive(pid):
+      shutil.rmtree(stale, ignore_errors=True)
+  try:
+    stage = tempfile.mkdtemp(prefix=f'.staged-{os.getpid()}-', dir=directory)
+  except OSError as e:
+    raise (write_error(directory, e) if e.errno in _DISK_ERRNOS else e) from e
+  try:
+    yield stage
+    interrupts.raise_if_interrupted()
+    for name in sorted(os.listdir(stage)):  # renames within one file system: they take no space
+      os.replace(os.path.join(stage, name), os.path.join(directory, name))
+  except WriteError as e:  # named by the file it was meant to be, not by the stage's
+    raise WriteError(e.errno, str(e).replace(stage, directory)) from e
+  finally:
+    shutil.rmtree(stage, ignore_errors=True)
 
 
 # Deflate expands at most about 1032:1 (a run of zeros); a member that claims more than that of its compressed bytes

@@ -23,10 +23,13 @@ INTERRUPT_EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the si
 _pending: int | None = None  # the signal that asked this process to stop, once one has
 
 
-class Interrupted(BaseException):
+class Interrupted(KeyboardInterrupt):
   """Raised in the main thread by SIGINT or SIGTERM (``install``).
 
-  A BaseException, like KeyboardInterrupt, so that ``except Exception`` in a library does not swallow it.
+  A KeyboardInterrupt (so a BaseException), so that ``except Exception`` in a library does not swallow it, and so
+  that asyncio lets it through: asyncio logs and drops any other exception raised in one of its callbacks
+  ("Exception in callback Task.task_wakeup"), and the handler runs wherever the main thread is, inside orbax's event
+  loop included; that left ``convert`` waiting forever in ``selectors.select``.
   """
 
   def __init__(self, signum: int):
@@ -90,6 +93,44 @@ def _report_at_top_level(exc_type, exc, tb, previous=None) -> None:
     print(message(exc.signum), file=sys.stderr, flush=True)
     os._exit(exc.exit_code)  # pylint: disable=protected-access  (an excepthook cannot choose the exit status)
   (previous or sys.__excepthook__)(exc_type, exc, tb)
+
+
+def work_done() -> None:
+  """The run's work has ended (its results written and reported): a SIGINT or SIGTERM from now on has nothing to
+  stop, and is ignored. Python restores a handled signal's default action as it shuts down, and jax's teardown
+  after that takes a while: a signal then killed the process with no line at all. An ignored signal stays ignored
+  through the shutdown, and the process exits 0 after its last line."""
+  for signum in INTERRUPT_EXIT_CODES:
+    signal.signal(signum, signal.SIG_IGN)
+
+
+# After the one line of an interrupt, the most the process may take to end (its threads and atexit handlers).
+EXIT_GRACE_SECONDS = 10.0
+
+
+def exit_after_line(code: int) -> None:
+  """Ends the process with exit status ``code`` once its one line has been printed: whatever the shutdown prints
+  after it (asyncio's "Event loop is closed" from orbax's threads, a library's traceback of the interrupt it met)
+  is discarded, and a shutdown that takes longer than ``EXIT_GRACE_SECONDS`` (a thread that never ends) is cut
+  short. Raises SystemExit, so that ``finally`` blocks and atexit handlers still run."""
+  for stream in (sys.stdout, sys.stderr):
+    try:
+      stream.flush()
+    except (OSError, ValueError):
+      pass
+  try:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+  except OSError:
+    pass
+
+  def watchdog():
+    time.sleep(EXIT_GRACE_SECONDS)
+    os._exit(code)  # pylint: disable=protected-access
+
+  threading.Thread(target=watchdog, name='interrupt-exit-watchdog', daemon=True).start()
+  sys.exit(code)
 
 
 def install(signals=(signal.SIGINT, signal.SIGTERM)) -> None:

@@ -35,6 +35,8 @@ from typing import Iterator
 
 from absl import logging
 
+from supersub_jax import files
+
 LOCK_FILE = '.lock'
 _HOLDER_BYTES = 4096  # the holder's description, as read back by a refused run
 _NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)  # file systems without flock (some FUSE mounts)
@@ -134,8 +136,12 @@ def _hold(lock_path: str, *, program: str, what: str, fix: str, writes: str,
       except LockedError as e:
         refusal = e
       except OSError as e:
-        refusal = (_not_writable(os.path.dirname(lock_path), e, program, writes)
-                   if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else e)
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+          refusal = _not_writable(os.path.dirname(lock_path), e, program, writes)
+        elif e.errno in (errno.ENOSPC, errno.EDQUOT):
+          refusal = files.write_error(lock_path, e)
+        else:
+          refusal = e
     if multiprocess:
       refusal = _agree(refusal)
     if refusal is not None:

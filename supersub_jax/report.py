@@ -689,12 +689,12 @@ def write(report: dict, workdir: str, *, predictions: Mapping[str, np.ndarray] |
   """Writes report.json, report.md and, given the predictions and hierarchy, the PNG plots (``write_plots``) into
   ``workdir``; returns the paths of the two reports. ``report['plots']`` lists the PNGs."""
   validate(report)
-  if predictions is not None:
-    report['plots'] = write_plots(predictions, hierarchy, report, workdir)
-  paths = {'json': os.path.join(workdir, 'report.json'), 'md': os.path.join(workdir, 'report.md')}
-  files.write_text(paths['json'], json.dumps(report, indent=2, default=float))
-  files.write_text(paths['md'], render_markdown(report))
-  return paths
+  with files.staged(workdir) as stage:  # all of them or none: a full disk half-way leaves the old report whole
+    if predictions is not None:
+      report['plots'] = write_plots(predictions, hierarchy, report, stage)
+    files.write_text(os.path.join(stage, 'report.json'), json.dumps(report, indent=2, default=float))
+    files.write_text(os.path.join(stage, 'report.md'), render_markdown(report))
+  return {'json': os.path.join(workdir, 'report.json'), 'md': os.path.join(workdir, 'report.md')}
 
 
 def write_results(prefix: str, data: Any, table_md: str, plot: Callable[[Any, str], None] | None = None) -> None:

@@ -69,8 +69,11 @@ class MetricWriter:
       return
     record = {'stage': self.stage, 'split': split, 'step': int(step), 'time': round(time.time(), 3),
               **{k: float(v) for k, v in metrics.items()}}
-    with open(self.path, 'a') as f:
-      f.write(json.dumps(record) + '\n')
+    try:
+      with open(self.path, 'a') as f:
+        f.write(json.dumps(record) + '\n')
+    except OSError as e:  # a full disk: name the file (a line cut short is dropped on resume)
+      raise files.write_error(self.path, e) from e
     if self._tb is not None:
       for k, v in metrics.items():
         self._tb.add_scalar(f'{split}/{k}', float(v), int(step))

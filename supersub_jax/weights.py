@@ -27,9 +27,12 @@ The mapping is derived from the flax model's own tree, so it also covers our nar
 
 from __future__ import annotations
 
+import errno
+import glob
 import hashlib
 import os
 import re
+import shutil
 from typing import Any, Mapping
 
 import jax
@@ -283,10 +286,19 @@ def save_orbax(directory: str, variables: PyTree, meta: Mapping[str, Any]) -> No
   directory = ckpt.abs_path(directory)
   if os.path.exists(directory):
     raise FileExistsError(f'{directory} already exists; choose a new --output or delete it first.')
-  checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
   host = jax.tree.map(np.asarray, dict(variables))
-  checkpointer.save(directory, args=ocp.args.Composite(variables=ocp.args.StandardSave(host),
-                                                       meta=ocp.args.JsonSave(dict(meta))))
+  # Refused before orbax starts: a full disk mid-save prints orbax's tracebacks from its threads.
+  files.require_space(directory, sum(x.nbytes for x in jax.tree.leaves(host)) + (256 << 10))
+  checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+  try:
+    checkpointer.save(directory, args=ocp.args.Composite(variables=ocp.args.StandardSave(host),
+                                                         meta=ocp.args.JsonSave(dict(meta))))
+  except BaseException as e:
+    for partial in glob.glob(glob.escape(directory) + '.orbax-checkpoint-tmp*'):  # orbax leaves its temporary
+      shutil.rmtree(partial, ignore_errors=True)
+    if isinstance(e, Exception) and 'No space left on device' in str(e):  # orbax reports it as ValueError
+      raise files.write_error(directory, OSError(errno.ENOSPC, 'No space left on device')) from e
+    raise
 
 
 def load_orbax(directory: str) -> tuple[PyTree, dict]:

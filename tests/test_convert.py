@@ -216,13 +216,16 @@ def test_an_output_among_the_workdirs_own_files_is_refused_in_one_line(tiny_work
 
 
 def test_an_empty_path_flag_is_refused_in_one_line(tmp_path):
-  for args, flag in ((['bundle', '--workdir=', f'--output={tmp_path}/b.msgpack'], 'workdir'),
-                     (['bundle', f'--workdir={tmp_path}', '--output='], 'output'),
-                     (['import-torchvision', '--arch=resnet18', '--input=', f'--output={tmp_path}/o'], 'input')):
-    out = _convert(*args, cwd=tmp_path)
-    assert out.returncode == 1, out.stderr
-    assert out.stderr.splitlines()[-1].startswith(f'error: --{flag} is empty'), out.stderr
-    assert 'Traceback' not in out.stderr
+  from processes import run_together  # pylint: disable=g-import-not-at-top
+  cases = ((['bundle', '--workdir=', f'--output={tmp_path}/b.msgpack'], 'workdir'),
+           (['bundle', f'--workdir={tmp_path}', '--output='], 'output'),
+           (['import-torchvision', '--arch=resnet18', '--input=', f'--output={tmp_path}/o'], 'input'))
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get('PYTHONPATH', '')]))
+  outs = run_together([[sys.executable, '-m', 'supersub_jax.convert', *args] for args, _ in cases], env=env,
+                      cwd=tmp_path, timeout=300)
+  for (args, flag), (code, out) in zip(cases, outs):
+    assert code == 1 and 'Traceback' not in out, out[-3000:]
+    assert [l for l in out.splitlines() if l.startswith('error: ')][0].startswith(f'error: --{flag} is empty'), out
 
 
 def test_without_output_a_conversion_writes_into_the_workdir_named_for_what_it_writes(tiny_workdir, tmp_path):

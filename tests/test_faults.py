@@ -6,6 +6,7 @@ tests/tiny_config.py in subprocesses; nothing on the signal, lock or save path i
 workdir or the data copy the session's shared ones first.
 """
 
+import concurrent.futures
 import json
 import os
 import re
@@ -83,21 +84,18 @@ def test_bad_config_fails_before_training_with_one_error(tiny_data_dir, tmp_path
 
 def test_an_empty_or_missing_workdir_is_one_error_and_writes_nothing_into_the_current_folder(tiny_data_dir,
                                                                                           tmp_path):
-  commands = {
-      'train.py': [sys.executable, os.path.join(ROOT, 'train.py'), f'--config={TINY}:{tiny_data_dir}'],
-      'evaluate.py': [sys.executable, os.path.join(ROOT, 'evaluate.py')],
-      'convert': [sys.executable, '-m', 'supersub_jax.convert', 'bundle', f'--output={tmp_path / "b.msgpack"}'],
-  }
+  train = [sys.executable, os.path.join(ROOT, 'train.py'), f'--config={TINY}:{tiny_data_dir}']
+  cases = [(train + ['--workdir='], 'empty'), (train, 'missing'),  # convert: test_convert
+           ([sys.executable, os.path.join(ROOT, 'evaluate.py'), '--workdir=  '], 'empty')]
   env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get('PYTHONPATH', '')]))
-  for name, command in commands.items():
-    for workdir, state in (('--workdir=', 'empty'), ('--workdir=  ', 'empty'), (None, 'missing')):
-      if workdir is None and name == 'convert':
-        continue  # convert names every missing flag of its verb (test_convert)
-      out = subprocess.run(command + ([workdir] if workdir else []), capture_output=True, text=True, cwd=tmp_path,
-                           env=env, timeout=300)
-      assert out.returncode == 1, (name, out.stderr[-3000:])
-      assert f'error: --workdir is {state}' in _error_line(out), name
-      assert os.listdir(tmp_path) == [], name
+  outs = run_together([command for command, _ in cases], env=env, cwd=tmp_path, timeout=300)
+  for (command, state), (code, out) in zip(cases, outs):
+    assert code == 1 and 'Traceback' not in out, (command, out[-3000:])
+    assert [l for l in out.splitlines() if l.startswith('error: ')] == [
+        f'error: --workdir is {state}' + (' (\'\'; an unset shell variable?)' if command[-1] == '--workdir=' else
+                                          " ('  '; an unset shell variable?)" if state == 'empty' else '') +
+        ': pass a path, e.g. --workdir=runs/demo.'], (command, out[-3000:])
+  assert os.listdir(tmp_path) == []
 
 
 def test_config_errors_on_the_command_line_are_one_line_without_a_traceback(tiny_workdir, tmp_path):
@@ -322,6 +320,36 @@ def test_disk_full_while_saving_is_one_error_and_keeps_the_last_good_step(tiny_d
   assert f'[vanilla] resuming from step {max(steps)}' in out.stdout
 
 
+def test_a_full_disk_outside_checkpoint_saves_is_one_line_naming_the_path_and_leaves_nothing_behind(tiny_workdir,
+                                                                                                   tmp_path):
+  _, trained, _ = tiny_workdir
+  disk = tmp_path / 'small_disk'
+  if not _mounted_tmpfs(disk, '256m'):
+    pytest.skip('mounting a tmpfs is not permitted here (needs root / CAP_SYS_ADMIN)')
+  try:
+    workdir = disk / 'w'
+    shutil.copytree(trained, workdir)
+    (workdir / 'report.md').write_text('the previous report')
+    before = sorted(os.listdir(workdir))
+    with open(disk / 'filler', 'wb') as f:  # the disk full but for 40 KiB: the locks fit, the outputs do not
+      f.write(bytes(shutil.disk_usage(disk).free - (40 << 10)))
+    outputs = {'bundle': disk / 'b.msgpack', 'export': disk / 'exp', 'evaluate': workdir / 'report.md'}
+    outs = run_together([
+        [sys.executable, '-m', 'supersub_jax.convert', 'bundle', f'--workdir={trained}', f'--output={disk}/b.msgpack'],
+        [sys.executable, '-m', 'supersub_jax.convert', 'export', f'--workdir={trained}', '--superclass=0',
+         '--format=orbax', f'--output={disk}/exp'],
+        [sys.executable, os.path.join(ROOT, 'evaluate.py'), f'--workdir={workdir}']], cwd=ROOT, timeout=300)
+    for (name, path), (code, out) in zip(outputs.items(), outs):
+      assert code == 1 and 'Traceback' not in out, (name, out[-3000:])
+      [line] = [l for l in out.splitlines() if l.startswith('error: ')]
+      assert 'No space left on device' in line and 'free space on its disk' in line, (name, line)
+      assert str(path.parent if name == 'evaluate' else path) in line, (name, line)
+    assert sorted(os.listdir(disk)) == ['filler', 'w']  # no partial output, no temporary folder, no lock
+    assert sorted(os.listdir(workdir)) == before and (workdir / 'report.md').read_text() == 'the previous report'
+  finally:
+    subprocess.run(['umount', str(disk)], check=False)
+
+
 def _bind_read_only(source, target) -> bool:
   """``target`` becomes a read-only view of ``source`` (a read-only disk: root ignores file permissions)."""
   os.makedirs(target, exist_ok=True)
@@ -440,6 +468,49 @@ def test_sigint_and_sigterm_stop_evaluate_and_convert_in_one_line_leaving_no_par
   for _, _, workdir, _ in runs[:2]:
     assert (workdir / 'report.md').read_text() == 'the previous report'
   assert not bundle.exists()
+
+
+def test_a_signal_as_the_work_ends_or_after_it_gives_one_line_or_a_clean_exit_never_a_silent_death(
+    tiny_data_dir, tiny_workdir, tmp_path):
+  # Python restores a handled signal's default action as it shuts down, and jax's teardown goes on after that: a
+  # signal in the half second after the work killed the process with no line. Each run here gets its signal a
+  # moment after its last line: it ends interrupted, in one line (130/143), or finished, ignoring it (0).
+  _, trained, _ = tiny_workdir  # (evaluate.py ends through the same cli.run as these)
+  bundle = ['-m', 'supersub_jax.convert', 'bundle', f'--workdir={trained}']
+  runs = [(signal.SIGTERM, 0.0, [*bundle, f'--output={tmp_path / "b0.msgpack"}'], 'wrote '),
+          (signal.SIGINT, 0.2, [*bundle, f'--output={tmp_path / "b1.msgpack"}'], 'wrote '),
+          (signal.SIGTERM, 0.5, [*bundle, f'--output={tmp_path / "b2.msgpack"}'], 'wrote '),
+          (signal.SIGINT, 0.1, ['-m', 'supersub_jax.data.prepare', '--dataset=synthetic', f'--data_dir={tiny_data_dir}',
+                                '--image_size=16', '--train_per_class=16', '--test_per_class=4', '--sizes=3,2,2'],
+           'build time')]
+  env = dict(os.environ, PYTHONUNBUFFERED='1')  # each line as it is printed
+
+  def run(proc, signum, delay, last):  # in a thread per process: each signal goes at its own moment
+    try:
+      stdout = ''
+      while last not in stdout:
+        line = proc.stdout.readline()
+        assert line, (stdout, proc.communicate()[1][-3000:])
+        stdout += line
+      time.sleep(delay)
+      proc.send_signal(signum)
+      start = time.monotonic()
+      _, stderr = proc.communicate(timeout=60)
+      return proc.returncode, time.monotonic() - start, stderr
+    finally:
+      proc.kill()
+      proc.communicate()
+
+  with default_sigint():
+    procs = [subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              cwd=ROOT, env=env) for _, _, args, _ in runs]
+  with concurrent.futures.ThreadPoolExecutor(len(runs)) as pool:
+    results = list(pool.map(lambda pr: run(pr[0], pr[1][0], pr[1][1], pr[1][3]), zip(procs, runs)))
+  for (signum, delay, _, _), (code, took, stderr) in zip(runs, results):
+    assert took < 15 and 'Traceback' not in stderr, (delay, took, stderr[-3000:])
+    stopped = [l for l in stderr.splitlines() if l.startswith('interrupted by')]
+    assert (code == 0 and not stopped) or (
+        code == {signal.SIGINT: 130, signal.SIGTERM: 143}[signum] and len(stopped) == 1), (delay, code, stderr[-3000:])
 
 
 def test_a_hostile_npz_header_is_one_error_naming_the_file_not_a_memory_error(tmp_path):

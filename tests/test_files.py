@@ -3,6 +3,7 @@
 import io
 import math
 import os
+import shutil
 import stat
 import zipfile
 import subprocess
@@ -128,3 +129,25 @@ def test_npz_sizes_over_the_callers_caps_are_refused_before_anything_is_decompre
   with pytest.raises(files.ArrayFileError, match=r"'label' is int64\[25000000\], expected int\[10\]"):
     files.load_npz(path, max_bytes=10**9, check=check)
   assert read == []  # refused by the headers alone
+
+
+def test_staged_files_move_in_together_or_not_at_all(tmp_path):
+  (tmp_path / 'report.md').write_text('old')
+  with pytest.raises(files.WriteError, match=f'{tmp_path}/report.md could not be written \\(No space left on device'):
+    with files.staged(tmp_path) as stage:
+      files.write_bytes(os.path.join(stage, 'plot.png'), b'png')
+      with files.atomic_write(os.path.join(stage, 'report.md')) as f:
+        raise OSError(28, 'No space left on device')  # what a full disk raises from f.write
+  assert sorted(os.listdir(tmp_path)) == ['report.md'] and (tmp_path / 'report.md').read_text() == 'old'
+  with files.staged(tmp_path) as stage:
+    files.write_text(os.path.join(stage, 'report.md'), 'new')
+    files.write_bytes(os.path.join(stage, 'plot.png'), b'png')
+  assert sorted(os.listdir(tmp_path)) == ['plot.png', 'report.md'] and (tmp_path / 'report.md').read_text() == 'new'
+
+
+def test_a_write_that_cannot_fit_is_refused_before_it_starts(tmp_path):
+  free = shutil.disk_usage(tmp_path).free
+  with pytest.raises(files.WriteError, match=f'{tmp_path}/big could not be written \\(No space left on device: it '
+                                             'needs about'):
+    files.require_space(str(tmp_path / 'big'), free + (1 << 30))
+  assert os.listdir(tmp_path) == []

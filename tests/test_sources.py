@@ -440,3 +440,16 @@ def test_imagenet_capped_store_is_separate_and_named_by_cap_and_quality(tmp_path
     assert stock[i]['subclass'] == capped[i]['subclass']
   with pytest.raises(ValueError, match='max_side=48 caps imagenet2012'):
     prepare.prepare('cifar100', tmp_path / 'data', max_side=48)
+
+
+def test_prepare_refuses_an_empty_data_dir_instead_of_building_into_the_current_folder(tmp_path):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get('PYTHONPATH', '')]))
+  out = subprocess.run([sys.executable, '-m', 'supersub_jax.data.prepare', '--dataset=synthetic', '--data_dir=',
+                        '--image_size=16', '--train_per_class=2', '--test_per_class=1', '--sizes=2,2'],
+                       capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+  assert out.returncode == 1 and 'Traceback' not in out.stderr
+  assert out.stderr.splitlines()[-1].startswith('error: --data_dir is empty'), out.stderr[-3000:]
+  assert os.listdir(tmp_path) == []

@@ -131,6 +131,7 @@ def main() -> None:
     if len(argv) > 1:
       raise ValueError(f'Unexpected arguments: {argv[1:]}')
     f = flags.FLAGS
+    cli.required_path('data_dir', f.data_dir, 'data')  # an empty one would build into the current folder
     knobs = {k: f[k].value for k in synthetic.KNOBS if k != 'sizes' and f[k].value is not None}
     if f.sizes:
       knobs['sizes'] = tuple(int(x) for x in f.sizes)
