@@ -381,14 +381,16 @@ def main() -> None:
       raise ValueError(f'{verb} needs --{", --".join(required)} (see `python -m supersub_jax.convert {verb} '
                        '--help`).')
     for name, example in (('workdir', 'runs/demo'), ('input', 'resnet50.pth'), ('output', 'supersub.msgpack')):
-      if name in VERBS[verb]:
+      # An unset --output defaults into the workdir (default_output); an empty one is a mistake (an unset variable).
+      if name in VERBS[verb] and (name not in optional or f[name].value is not None):
         cli.required_path(name, f[name].value, example)
     if verb == 'import-torchvision':
       with locks.hold_output(f.output, program='convert import-torchvision'):
         what = import_torchvision(f.arch, f.input, f.output, stem=f.stem, width=f.width)
       print(f'wrote {f.output}: {what}')
       return
-    check_output_outside(f.output, f.workdir)
+    if f.output is not None:
+      check_output_outside(f.output, f.workdir)
     config = cli.config_for_workdir(f.config, f.workdir)
     runtime.initialize_runtime(config)
     output = f.output or default_output(verb, f.workdir, fmt=f.format, superclass=f.superclass, stage=f.stage)

@@ -90,7 +90,7 @@ def test_invalid_knobs():
     synthetic.make_config(image_size=4)
   with pytest.raises(ValueError, match='validation_per_class=0'):
     synthetic.make_config(validation_per_class=0)
-  with pytest.raises(ValueError, match="cue kind 'spots' tells only 4"):
+  with pytest.raises(ValueError, match="cue kind 'satellites' tells only 4"):
     synthetic.make_config(sizes=(1, 1, 5), specificity=3)
 
 

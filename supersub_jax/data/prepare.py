@@ -73,7 +73,7 @@ def prepare(dataset: str, data_dir: str | os.PathLike, *,
     builder = (builders.capped_imagenet(data_dir, max_side, jpeg_quality) if max_side
                else builders.BUILDERS[dataset](data_dir=data_dir))
     if not builder.is_prepared():
-      with locks.building(data_dir, dataset), _as_it_was_on_failure(data_dir, name):
+      with _as_it_was_on_failure(data_dir, name), locks.building(data_dir, dataset):
         builder = (builders.capped_imagenet(data_dir, max_side, jpeg_quality) if max_side  # another process may
                    else builders.BUILDERS[dataset](data_dir=data_dir))                    # have prepared it
         if not builder.is_prepared():
@@ -95,15 +95,20 @@ def prepare(dataset: str, data_dir: str | os.PathLike, *,
 @contextlib.contextmanager
 def _as_it_was_on_failure(data_dir: str, name: str):
   """On an exception, removes what preparing ``name`` added to ``data_dir`` -- the dataset's folder, TFDS's
-  downloads folder, data_dir itself -- where each did not exist before (a partial download or an empty folder would
-  otherwise stay behind)."""
-  made = [p for p in (data_dir, os.path.join(data_dir, name), os.path.join(data_dir, 'downloads'))
+  downloads folder, the build lock, data_dir itself -- where each did not exist before (a partial download or an
+  empty folder would otherwise stay behind)."""
+  lock = os.path.join(data_dir, locks.BUILD_LOCK_FILE)  # locks.building's, made for this build
+  made = [p for p in (data_dir, os.path.join(data_dir, name), os.path.join(data_dir, 'downloads'), lock)
           if not os.path.exists(p)]
   try:
     yield
   except BaseException:
-    for path in reversed(made):  # the sub-folders first, data_dir last
-      shutil.rmtree(path, ignore_errors=True)
+    for path in reversed(made):  # the lock and sub-folders first, data_dir last
+      if path == lock:
+        if os.path.exists(lock):
+          os.remove(lock)
+      else:
+        shutil.rmtree(path, ignore_errors=True)
     raise
 
 

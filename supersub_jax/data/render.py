@@ -13,7 +13,7 @@ A subclass is FINE detail, set by a CUE KIND (`cues.CUE_KINDS`):
   the (orientation, period) of the object's texture (`GRATINGS`), and nothing else is drawn: the images of version
   1.2.0, bit for bit.
 * ``specificity=m >= 1``: superclass s takes its subclass from cue kind ``cues.CUE_KINDS[s % m]``.  Every image draws
-  EVERY kind at random (a hue, a count of spots, a notch, ...), and only its own superclass's kind is set by its
+  EVERY kind at random (a hue, satellite dots, a notch, ...), and only its own superclass's kind is set by its
   label, so no kind tells the superclass apart.  ``m=1`` is the control (every superclass's subclass is a grating:
   the same kind of cue everywhere, as in version 1.2.0, among the other kinds' noise); ``m=10`` gives each of ten
   superclasses a cue that only it uses, the paper's premise (a dog breed needs features only dogs use).

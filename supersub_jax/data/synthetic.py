@@ -3,7 +3,7 @@
 Superclass s is coarse structure (a shape family and a texture type, with silhouettes that morph toward a partner's);
 a subclass is fine detail: by default (``specificity=0``, the demo's data) the orientation and period of the object's
 texture, the same kind of cue in every superclass; with ``specificity=m >= 1`` superclass s's subclass is cue kind
-s % m of ten (a hue, a count of spots, a notch, ...), so with m = 10 each superclass's subclasses need features only it
+s % m of ten (a hue, a count of satellite dots, a notch, ...), so with m = 10 each superclass's subclasses need features only it
 uses.  The images come from `render` (see its docstring); nuisance variation is independent of the class, so a
 classifier confuses subclasses of one superclass far more often than superclasses, as on ImageNet.
 
