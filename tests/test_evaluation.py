@@ -33,6 +33,20 @@ def test_report_follows_schema_and_files_exist(evaluated):
     assert f.read(8) == b'\x89PNG\r\n\x1a\n'
 
 
+def test_every_key_the_report_module_documents_is_in_a_real_report(evaluated):
+  # The schema's one home is report.py's docstring (the README points there): each documented stable key, with the
+  # rules' placeholder filled by the paper's rule and the optional stages' keys present (this workdir has both).
+  import re  # pylint: disable=g-import-not-at-top
+  _, _, _, report = evaluated
+  keys = re.findall(r'^``([a-z_0-9.<>]+)``', report_lib.__doc__, re.M)
+  assert len(keys) >= 20
+  for key in keys:
+    node = report
+    for part in key.replace('<rule>', 'hard').split('.'):
+      assert isinstance(node, dict) and part in node, (key, part)
+      node = node[part]
+
+
 def test_report_agrees_with_the_training_stages(evaluated):
   _, _, results, report = evaluated
   # The same checkpoints evaluated by two code paths (train-time eval_step vs inference) agree.
