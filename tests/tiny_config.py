@@ -19,6 +19,7 @@ def get_config(data_dir: str = './data'):
   config.synthetic.sizes = (3, 2, 2)
   config.synthetic.image_size = 16
   config.synthetic.train_per_class = 16
+  config.synthetic.validation_per_class = 4
   config.synthetic.test_per_class = 4
   config.image_size = 16
   config.model = 'resnet_tiny'
