@@ -383,12 +383,19 @@ def _read_part(workdir: str, part: str, key: str, ext: str):
 def _store_part(workdir: str, part: str, key: str, ext: str, value) -> None:
   """Writes a part atomically, then removes that part's files of other fingerprints."""
   path = _part_path(workdir, part, key, ext)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with files.atomic_write(path, 'wb' if ext == 'npz' else 'w') as f:
-    if ext == 'npz':
-      np.savez(f, **value)
-    else:
-      json.dump(value, f, default=float)
+  folder = os.path.dirname(path)
+  made = not os.path.isdir(folder)
+  os.makedirs(folder, exist_ok=True)
+  try:
+    with files.atomic_write(path, 'wb' if ext == 'npz' else 'w') as f:
+      if ext == 'npz':
+        np.savez(f, **value)
+      else:
+        json.dump(value, f, default=float)
+  except BaseException:
+    if made and not os.listdir(folder):  # a full disk, a signal: no empty folder left in the workdir
+      os.rmdir(folder)
+    raise
   for name in os.listdir(os.path.dirname(path)):
     if name.startswith(f'{part}-') and name.endswith(f'.{ext}') and name != os.path.basename(path):
       os.remove(os.path.join(os.path.dirname(path), name))

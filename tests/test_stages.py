@@ -180,8 +180,9 @@ def test_init_that_does_not_fit_fails_before_training(tmp_path, tiny_data_dir):
 
 def test_missing_eval_split_fails_before_training(tmp_path, tiny_data_dir):
   config = make_tiny_config(tiny_data_dir)
-  config.eval_split = 'validation'  # the synthetic dataset has train and test
-  with pytest.raises(sources.DatasetNotPreparedError, match=r"split 'validation' .*available: \['test', 'train'\]"):
+  config.eval_split = 'train_extra'  # the synthetic dataset has train, validation and test
+  with pytest.raises(sources.DatasetNotPreparedError,
+                     match=r"split 'train_extra' .*available: \['test', 'train', 'validation'\]"):
     recipe.run(config, str(tmp_path))
   assert not os.path.exists(tmp_path / 'vanilla' / '0') and not (tmp_path / 'metrics.jsonl').exists()
 
