@@ -36,7 +36,7 @@ def _blocks(text: str, language: str) -> list[str]:
 
 def _commands() -> list[str]:
   [block] = _blocks(_section('Using it'), 'bash')
-  return [line.split('  #')[0].strip() for line in block.splitlines() if line.strip()]
+  return [line.strip() for line in block.splitlines() if line.strip()]
 
 
 def test_the_using_it_block_lists_every_entry_point():
@@ -56,7 +56,7 @@ def demo_like(tiny_workdir, tmp_path_factory):
 @pytest.mark.parametrize('index', range(len(_commands())))
 def test_each_readme_command_runs_as_written(demo_like, tmp_path, index):
   command = _commands()[index]
-  args = shlex.split(command)
+  args = shlex.split(command.split('  #')[0])
   assert args[0] == 'python'
   env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get('PYTHONPATH', '')]))
   cwd = demo_like
@@ -72,8 +72,9 @@ def test_each_readme_command_runs_as_written(demo_like, tmp_path, index):
     assert 'cifar-100-binary.tar.gz' in out.stderr and '--manual_dir' in out.stderr
     return
   assert out.returncode == 0, (command, out.stderr[-3000:])
-  if 'convert' in command:
-    assert 'wrote ' + str(cwd / 'runs' / 'demo') in out.stdout  # into the workdir, as the comment says
+  if 'convert' in command:  # into the workdir, under the name the README's comment gives
+    assert out.stdout.startswith(f"wrote runs/demo/{command.split('# ')[-1].split()[-1].split('/')[-1]}"), out.stdout
+    assert os.path.getsize(cwd / 'runs' / 'demo' / out.stdout.split(':')[0].split('/')[-1]) > 0
 
 
 def test_the_bundle_snippet_predicts_every_image(demo_like):
