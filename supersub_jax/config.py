@@ -171,9 +171,10 @@ def default_config() -> ml_collections.ConfigDict:
                                         # 'padded': all groups in one vmapped call of fixed shape
                                         # (inference.route_padded); 'auto': inference.ROUTING_BY_PLATFORM
       slot_size=32,                     # routing='padded': images per slot
-      materialize='group',              # 'group': a whole dense specialist per group of images; 'layer': each
+      materialize='auto',               # 'group': a whole dense specialist per group of images; 'layer': each
                                         # layer's dense kernel inside the forward, only while it runs
-                                        # (inference.lazy_specialist_variables: parameters near one network)
+                                        # (inference.lazy_specialist_variables: parameters near one network);
+                                        # 'auto': inference.MATERIALIZE_BY_PLATFORM ('layer' on GPU/TPU)
       benchmark_batch_sizes=(1, 256),   # timed batch sizes: latency (1) and throughput
       benchmark_batches=10,             # timed calls per model and batch size, on distinct held-out batches
       # Decision rules reported beside the paper's ('hard'), as '<rule>[:k][/<router>]' (supersub_jax.decide):

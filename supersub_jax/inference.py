@@ -528,12 +528,17 @@ _STATIC = ('generalist_model', 'specialist_model', 'chunk_sizes', 'routing', 'sl
 
 def path_settings(config_evaluate, platform: str | None = None) -> dict:
   """``predict``'s routing keywords from ``config.evaluate`` (routing, slot_size, materialize, chunk_sizes),
-  with routing 'auto' resolved for ``platform`` (default: jax's) by ``ROUTING_BY_PLATFORM``."""
+  with routing and materialize 'auto' resolved for ``platform`` (default: jax's) by ``ROUTING_BY_PLATFORM`` and
+  ``MATERIALIZE_BY_PLATFORM``."""
+  platform = platform or jax.default_backend()
   routing = str(config_evaluate.routing)
   if routing == 'auto':
-    routing = ROUTING_BY_PLATFORM.get(platform or jax.default_backend(), 'loop')
+    routing = ROUTING_BY_PLATFORM.get(platform, 'loop')
+  materialize = str(config_evaluate.materialize)
+  if materialize == 'auto':
+    materialize = MATERIALIZE_BY_PLATFORM.get(platform, 'group')
   return {'routing': routing, 'slot_size': int(config_evaluate.slot_size),
-          'materialize': str(config_evaluate.materialize),
+          'materialize': materialize,
           'chunk_sizes': tuple(int(c) for c in config_evaluate.chunk_sizes)}
 
 
@@ -541,6 +546,12 @@ def path_settings(config_evaluate, platform: str | None = None) -> dict:
 # (0.13x against the loop's 0.27x of the single network in a toy CPU run; docs/benchmarks.md, "Three paths"). gpu:
 # 'padded', NOT yet measured -- benchmarks/gpu.sh's routed_inference item times both; set this entry by what it prints.
 ROUTING_BY_PLATFORM = {'cpu': 'loop', 'gpu': 'padded', 'tpu': 'padded'}
+# materialize='auto' by platform. gpu/tpu: 'layer': an accelerator's memory is what runs out, and layer by layer keeps
+# parameters resident near one network (ResNet-50 at delta.FRONTIER: 1.50x one network against 2.39x for whole
+# specialists; docs/benchmarks.md, "Parameters resident on ResNet-50"); the padded routing wants it too. cpu:
+# 'group': host memory is rarely the limit, and a whole dense specialist per group is unpacked once, not per layer
+# call. The speed of 'layer' on a GPU is NOT yet measured (benchmarks/gpu.sh's routed_inference item).
+MATERIALIZE_BY_PLATFORM = {'cpu': 'group', 'gpu': 'layer', 'tpu': 'layer'}
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)

@@ -222,7 +222,7 @@ def validate(config: ml_collections.ConfigDict, *, training: bool = True) -> Non
   _choice(problems, 'input.decoder', config.input.decoder, pipeline.DECODERS)
   _choice(problems, 'input.normalize', config.input.normalize, config_lib.NORMALIZE)
   _choice(problems, 'evaluate.routing', config.evaluate.routing, inference.ROUTINGS + ('auto',))
-  _choice(problems, 'evaluate.materialize', config.evaluate.materialize, inference.MATERIALIZE)
+  _choice(problems, 'evaluate.materialize', config.evaluate.materialize, inference.MATERIALIZE + ('auto',))
   if config.evaluate.slot_size < 1:
     problems.append(f'evaluate.slot_size={config.evaluate.slot_size}: use at least 1 image per slot.')
   _number(problems, 'max_side', config.max_side, low=0, integer=True, fix='0 reads the JPEGs as distributed')

@@ -467,3 +467,14 @@ def test_every_routing_path_predicts_what_predict_does(world, routing, materiali
   for key in ('superclass', 'local', 'label'):
     np.testing.assert_array_equal(out[key], today[key])
   np.testing.assert_allclose(out['prob'], today['prob'], rtol=1e-5)
+
+
+def test_auto_settings_resolve_per_platform_and_explicit_ones_stay():
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  settings = ml_collections.ConfigDict(dict(routing='auto', materialize='auto', slot_size=8, chunk_sizes=(4, 2)))
+  assert inf.path_settings(settings, 'cpu') == {'routing': 'loop', 'materialize': 'group', 'slot_size': 8,
+                                                'chunk_sizes': (4, 2)}
+  gpu = inf.path_settings(settings, 'gpu')
+  assert (gpu['routing'], gpu['materialize']) == ('padded', 'layer')  # the padded routing wants 'layer'
+  settings.materialize = 'group'
+  assert inf.path_settings(settings, 'gpu')['materialize'] == 'group'
