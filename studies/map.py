@@ -139,7 +139,8 @@ def main(argv):
           for width in widths:
             summary = run_one(m, width, base, extra, seed)
             if summary is None:
-              print(f'{cell_name(m, width, base)} E={extra} seed {seed}: missing (--train=false)', flush=True)
+              print(f"{cell_name(m, width, base)} E={'config' if extra is None else extra} seed {seed}: missing "
+                    '(--train=false)', flush=True)
               continue
             rows.append(summary)
             print(f"{cell_name(m, width, base)} E={summary['extra']:g} seed {seed}: flat {summary['flat']:.4f}, "

@@ -197,8 +197,9 @@ def seed_table(rows: list[dict]) -> str:
 
 
 def plot(data: dict, path: str) -> None:
-  """Per regime, against images seen (millions): top-1 of the flat network and of Super-Sub per rule (mean over
-  seeds; top row), and Super-Sub minus the flat network with its paired 95% interval (bottom row)."""
+  """Per regime, a column: top-1 of the flat network and of Super-Sub per rule against images seen (millions; mean
+  over seeds; top row), and Super-Sub minus the flat network with its paired 95% interval per extra budget (bottom
+  row: one slot per budget, the rules side by side within it, so no two intervals share an x). One legend."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -207,7 +208,8 @@ def plot(data: dict, path: str) -> None:
   regimes = sorted({r['regime'] for r in rows})
   rules = sorted({s['rule'] for s in summary})
   colors = {rule: plt.get_cmap('tab10')(i % 10) for i, rule in enumerate(rules)}
-  fig, axes = plt.subplots(2, len(regimes), figsize=(6.5 * len(regimes), 8), squeeze=False)
+  fig, axes = plt.subplots(2, len(regimes), figsize=(6.5 * len(regimes), 8.5), squeeze=False)
+  handles = {}
   for column, regime in enumerate(regimes):
     top, bottom = axes[0][column], axes[1][column]
     seen_of = {}  # extra -> mean images seen (millions)
@@ -223,33 +225,41 @@ def plot(data: dict, path: str) -> None:
     if starts:  # where the flat network was before the extra budget: the curve's first point
       seen = [np.mean([p['images_seen'] for p in starts]) / 1e6] + seen
       flat = [np.mean([p['top1'] for p in starts])] + flat
-    top.plot(seen, flat, 'o-', color='black', label='flat network')
-    width = 0.004 * max(seen_of.values())
+    handles['flat network'] = top.plot(seen, flat, 'o-', color='black')[0]
+    budgets = sorted({s['extra'] for s in summary if s['regime'] == regime})
+    steps = {s['extra']: s['steps'] for s in summary if s['regime'] == regime}
+    variants = [(rule, dustbin) for dustbin in (False, True) for rule in rules]
+    width = 0.8 / len(variants)
     for dustbin, style, marker in ((False, '-', 'o'), (True, '--', 's')):
-      for i, rule in enumerate(rules):
+      for rule in rules:
         points = sorted((s for s in summary if s['regime'] == regime and s['rule'] == rule and
                          s['dustbin'] == dustbin), key=lambda s: s['extra'])
         if not points:
           continue
         label = f"Super-Sub {rule}{' + dustbin' if dustbin else ''}"
         xs = np.array([seen_of[s['extra']] for s in points])
-        top.plot(xs, [s['supersub'] for s in points], marker + style, color=colors[rule], alpha=0.8, label=label)
+        handles[label] = top.plot(xs, [s['supersub'] for s in points], marker + style, color=colors[rule],
+                                  alpha=0.8)[0]
         mean = np.array([100 * s['minus_flat'] for s in points])
         spread = np.array([[100 * (s['minus_flat'] - s['low']) if s['seeds'] > 1 else 0.0 for s in points],
                            [100 * (s['high'] - s['minus_flat']) if s['seeds'] > 1 else 0.0 for s in points]])
-        shift = (i - len(rules) / 2 + (0.5 if dustbin else 0.0)) * width  # side by side at one budget
-        bottom.errorbar(xs + shift, mean, yerr=spread, fmt=marker, linestyle=style, color=colors[rule],
-                        capsize=3, alpha=0.8, label=label)
+        slot = np.array([budgets.index(s['extra']) for s in points], float)
+        shift = (variants.index((rule, dustbin)) - (len(variants) - 1) / 2) * width
+        bottom.errorbar(slot + shift, mean, yerr=spread, fmt=marker, color=colors[rule], capsize=2, alpha=0.85,
+                        markerfacecolor='white' if dustbin else colors[rule])
     bottom.axhline(0.0, color='black', linewidth=0.8)
-    bottom.set_xlim(top.get_xlim())  # one x scale per regime: the gaps sit under their top-1 points
-    for ax in (top, bottom):
-      ax.set_xlabel('images seen, millions' + (' (base network + extra budget)' if regime == 'converged' else ''))
-      ax.grid(alpha=0.3)
-      ax.legend(fontsize=6)
+    bottom.set_xticks(range(len(budgets)), [f'{steps[e]:,} extra steps' for e in budgets], fontsize=8)
+    bottom.set_xlim(-0.6, len(budgets) - 0.4)
+    top.set_xlabel('images seen, millions' + (' (base network + extra budget)' if regime == 'converged' else ''))
     top.set_ylabel('top-1 (mean over seeds)')
     top.set_title(f'{regime} regime')
     bottom.set_ylabel('Super-Sub - flat (points, paired 95% interval)')
-  fig.tight_layout()
+    bottom.set_xlabel('extra budget (each: the rules side by side; hollow markers: dustbin specialists)')
+    for ax in (top, bottom):
+      ax.grid(alpha=0.3)
+  fig.legend(list(handles.values()), list(handles), loc='lower center', ncol=min(6, len(handles)), fontsize=8,
+             frameon=False)
+  fig.tight_layout(rect=(0, 0.07, 1, 1))
   report_lib.save_figure(fig, path, dpi=120)
 
 
