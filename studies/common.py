@@ -269,7 +269,8 @@ def plot_map(data: dict, path: str, rule: str = 'hard') -> None:
   ms = sorted({c['specificity'] for c in cells})
   ws = sorted({c['width'] for c in cells})
   bound = max([abs(100 * c['rules'][rule]['gap']) for c in cells] + [0.5])
-  fig, axes = plt.subplots(1, len(extras), figsize=(4.2 * len(extras) + 1.2, 3.6), squeeze=False)
+  fig, axes = plt.subplots(1, len(extras), figsize=(4.2 * len(extras) + 1.6, 3.8), squeeze=False,
+                           layout='constrained')
   image = None
   for ax, extra in zip(axes[0], extras):
     grid = np.full((len(ws), len(ms)), np.nan)
@@ -278,8 +279,9 @@ def plot_map(data: dict, path: str, rule: str = 'hard') -> None:
       r = c['rules'][rule]
       grid[i, j] = 100 * r['gap']
       interval = '' if np.isnan(r['low']) else f"\n[{100 * r['low']:+.2f}, {100 * r['high']:+.2f}]"
+      dark = abs(100 * r['gap']) > 0.6 * bound  # white on the deep colours, black on the pale ones
       ax.text(j, i, f"{100 * r['gap']:+.2f}{interval}\n{len(c['runs'])} run{'s' * (len(c['runs']) > 1)}",
-              ha='center', va='center', fontsize=8)
+              ha='center', va='center', fontsize=8, color='white' if dark else 'black')
     image = ax.imshow(grid, cmap='RdBu', vmin=-bound, vmax=bound, origin='lower')
     steps = next(c['steps'] for c in cells if c['extra'] == extra)
     ax.set_title(f'{steps:,} extra steps an arm', fontsize=9)
