@@ -107,7 +107,7 @@ def row(regime: str, extra: float, seed: int, dustbin: bool, report: dict, base:
 
 
 def mean_interval(values, confidence: float = 0.95) -> tuple[float, float, float]:
-  """(mean, low, high): the Student-t interval for the mean of ``values`` (paired differences); NaN bounds for fewer
+  """(mean, low, high): the Student-t interval for the mean of ``values`` (paired differences over seeds); NaN bounds for fewer
   than two values."""
   from scipy import stats  # pylint: disable=g-import-not-at-top
   v = np.asarray(values, float)

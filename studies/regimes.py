@@ -85,7 +85,7 @@ def summarise(rows: list[dict]) -> list[dict]:
   for (regime, extra, dustbin), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])):
     for rule in rs[0]['rules']:
       diffs = [r['rules'][rule] - r['flat'] for r in rs]
-      mean, low, high = report_lib.mean_interval(diffs)
+      mean, low, high = common.mean_interval(diffs)
       out.append({'regime': regime, 'extra': extra, 'dustbin': dustbin, 'rule': rule, 'seeds': len(rs),
                   'steps': rs[0]['steps'], 'flat': sum(r['flat'] for r in rs) / len(rs),
                   'supersub': sum(r['rules'][rule] for r in rs) / len(rs), 'minus_flat': mean, 'low': low,
@@ -106,7 +106,7 @@ def oracle_summary(rows: list[dict]) -> list[dict]:
   out = []
   for (regime, extra, dustbin), rs in sorted(groups.items()):
     diffs = [r['oracle'] - r['flat_oracle'] for r in rs]
-    mean, low, high = report_lib.mean_interval(diffs)
+    mean, low, high = common.mean_interval(diffs)
     out.append({'regime': regime, 'extra': extra, 'dustbin': dustbin, 'steps': rs[0]['steps'],
                 'seeds': [r['seed'] for r in rs], 'flat_oracle': sum(r['flat_oracle'] for r in rs) / len(rs),
                 'oracle': sum(r['oracle'] for r in rs) / len(rs), 'minus_flat': mean, 'low': low, 'high': high,

@@ -19,6 +19,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from studies import common
 from supersub_jax import report as report_lib
 
 
@@ -72,7 +73,7 @@ def summarize(reports: dict[int, dict]) -> dict:
          'supersub_minus': {}}
   for base in BASELINES:
     diffs = [a - b for a, b in zip(values['supersub'], values[base])]
-    mean, low, high = report_lib.mean_interval(diffs)
+    mean, low, high = common.mean_interval(diffs)
     out['supersub_minus'][base] = {'diffs': diffs, 'mean': mean, 'ci95': [low, high]}
   first = next(iter(reports.values()))
   out['superclasses'] = [row['name'] for row in first['per_superclass']]
@@ -80,7 +81,7 @@ def summarize(reports: dict[int, dict]) -> dict:
   for base in BASELINES:
     gains = [[r['per_superclass'][k]['supersub_top1'] - r['per_superclass'][k][f'{base}_top1']
               for r in reports.values()] for k in range(len(out['superclasses']))]  # [superclass][seed]
-    out['per_superclass_minus'][base] = [list(report_lib.mean_interval(g)) for g in gains]  # [superclass][3]
+    out['per_superclass_minus'][base] = [list(common.mean_interval(g)) for g in gains]  # [superclass][3]
   return out
 
 

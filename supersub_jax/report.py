@@ -401,18 +401,6 @@ def _fmt_bytes(n: float) -> str:
   return str(n)
 
 
-def mean_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
-  """(mean, low, high): the Student-t interval for the mean of ``values`` (e.g. paired differences over seeds);
-  NaN bounds for fewer than two values."""
-  from scipy import stats  # pylint: disable=g-import-not-at-top  (a jax dependency; only needed here)
-  v = np.asarray(values, float)
-  mean = float(v.mean())
-  if v.size < 2:
-    return mean, float('nan'), float('nan')
-  half = float(stats.t.ppf(0.5 + confidence / 2, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size))
-  return mean, mean - half, mean + half
-
-
 def _points(value: float, interval: Sequence[float] | None = None) -> str:
   text = f'{100 * value:+.2f}'
   if interval is not None and np.all(np.isfinite(interval)):

@@ -62,14 +62,6 @@ def test_schema_accepts_a_full_report_and_names_missing_keys(tmp_path):
   assert 'memory.single_bytes' in str(err.value)
 
 
-def test_mean_interval_is_the_student_t_interval():
-  # [1, 2, 3]: mean 2, sample std 1, t(0.975, df=2) = 4.302652729911275 (statistical tables).
-  mean, low, high = report.mean_interval([1.0, 2.0, 3.0])
-  half = 4.302652729911275 / np.sqrt(3)
-  assert mean == 2.0 and low == pytest.approx(2 - half) and high == pytest.approx(2 + half)
-  assert np.isnan(report.mean_interval([0.5])[1])
-
-
 def test_report_md_opens_with_the_papers_claims_and_shows_both_baselines_gaps(tmp_path):
   full = _minimal_report()
   full['compute'] = {'vanilla_steps': 1200, 'batch_size': 128,

@@ -12,6 +12,14 @@ def _run(m, width, base, seed, flat, hard, oracle=0.95, flat_oracle=0.94):
           'width': width, 'flat': flat, 'rules': {'hard': hard}, 'oracle': oracle, 'flat_oracle': flat_oracle}
 
 
+def test_mean_interval_is_the_student_t_interval():
+  # [1, 2, 3]: mean 2, sample std 1, t(0.975, df=2) = 4.302652729911275 (statistical tables).
+  mean, low, high = common.mean_interval([1.0, 2.0, 3.0])
+  half = 4.302652729911275 / np.sqrt(3)
+  assert mean == 2.0 and low == pytest.approx(2 - half) and high == pytest.approx(2 + half)
+  assert np.isnan(common.mean_interval([0.5])[1])
+
+
 def test_the_interaction_model_on_a_two_by_two_grid_is_the_difference_of_differences_of_cell_means():
   rng = np.random.default_rng(0)
   cells = {(1, 0.25): 0.0, (10, 0.25): 0.02, (1, 1.0): -0.005, (10, 1.0): 0.001}
