@@ -1,11 +1,11 @@
-r"""The GPU list: every GPU measurement the project wants, run in one lease, each item with its own timeout.
+r"""The GPU list: every GPU measurement the project wants, run in one sitting on a GPU host, each item with its own timeout.
 
-  bash benchmarks/gpu.sh "$OUT"                      # on the lent machine (sets up Python, then runs this)
+  bash benchmarks/gpu.sh "$OUT"                      # on a GPU host (sets up Python, then runs this)
   python -m benchmarks.gpu --out=/tmp/gpu_smoke --cpu_smoke   # here: every item at toy size, in minutes
   python -m benchmarks.gpu --out=DIR --items=bare_step,routed_inference   # a chosen subset, in that order
   python -m benchmarks.gpu --out=DIR --extra=studies_gpu.txt               # the seed-study slot (see ``extra``)
 
-A lent machine starts bare and one command may run 10 minutes (/work/.library/device/README.md), so the list runs
+A GPU host may start bare and give one command only about 10 minutes, so the list runs
 under one deadline (``--budget_s``, 540 s by default): items run in order, each under ``min(its timeout, the time
 left)``, and an item that would start with less than ``MIN_START_S`` left is recorded as skipped. One slow item
 never eats the rest: it is killed at its timeout (with its whole process group) and the list goes on.
@@ -28,7 +28,7 @@ Items (``ITEMS``, in default order):
                     images/s per stage, and the report's headline numbers;
   scaling_n20       benchmarks.scaling's ResNet-50 row at N = 20 (224px, bf16, training batch 256; 2 distinct
                     exported specialists repeated to 20, since exporting 20 ResNet-50s on the host outlasted whole
-                    earlier leases, and costs do not depend on the values);
+                    earlier GPU sittings, and costs do not depend on the values);
   extra             the commands of ``--extra`` (one per line; ``#`` comments), each with ``--extra_timeout_s``:
                     the slot for the lead's seed study (``studies/...``; benchmarks/gpu_studies.txt holds the
                     regimes study). Commands run from the repository root with ``$PY`` (this Python), ``$WORK`` (a

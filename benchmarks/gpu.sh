@@ -5,14 +5,13 @@
 #   bash benchmarks/gpu.sh /tmp/gpu_smoke --cpu_smoke                  here: the whole list at toy size
 #
 # Python, in the first way that applies:
-#   1. .whl/ holds wheels (the lent H200: no package registry, an image with jax[cuda13], flax, optax, orbax,
-#      pillow...; /work/.library/device/KINDS.md): the image's python3, our missing dependencies installed from the
-#      carried wheels into /tmp/site. Make .whl/ here with `bash benchmarks/gpu_wheels.sh`, carry it (run's
-#      carry=[".whl"]).
+#   1. .whl/ holds wheels (a GPU host without a package registry whose image has jax[cuda13], flax, optax, orbax,
+#      pillow...): the image's python3, our missing dependencies installed from the copied wheels into /tmp/site.
+#      Make .whl/ with `bash benchmarks/gpu_wheels.sh` and copy it to the host with the working tree.
 #   2. .venv/bin/python exists: that environment.
 #   3. otherwise a new .venv from requirements.txt plus jax's CUDA 12 build (`pip install -e '.[cuda12]'`): a GPU
 #      host that reaches PyPI.
-# The lent machine gives one command 10 minutes: the list's deadline (--budget_s, default 540 s) leaves the rest
+# A GPU host may give one command 10 minutes: the list's deadline (--budget_s, default 540 s) leaves the rest
 # for this set-up and the copy back.
 set -u
 cd "$(dirname "$0")/.."

@@ -260,6 +260,15 @@ def save_figure(fig, path: str, dpi: int = 120) -> None:
   plt.close(fig)
 
 
+def _label_cells(ax, cm, norm) -> None:
+  """Writes each non-empty cell's row share into a confusion heatmap (white on the dark cells)."""
+  for i in range(cm.shape[0]):
+    for j in range(cm.shape[1]):
+      if cm[i, j]:
+        ax.text(j, i, f'{norm[i, j]:.2f}', ha='center', va='center', fontsize=6,
+                color='white' if norm[i, j] < 0.6 else 'black')
+
+
 def plot_confusion(cm: np.ndarray, names: Sequence[str], path: str, title: str,
                    col_names: Sequence[str] | None = None) -> None:
   """Row-normalised confusion matrix as a PNG (``col_names`` for rectangular matrices; default ``names``)."""
@@ -278,11 +287,7 @@ def plot_confusion(cm: np.ndarray, names: Sequence[str], path: str, title: str,
   ax.set_ylabel('true')
   ax.set_title(title, fontsize=9)
   if max(rows, cols) <= 16:
-    for i in range(rows):
-      for j in range(cols):
-        if cm[i, j]:
-          ax.text(j, i, f'{norm[i, j]:.2f}', ha='center', va='center', fontsize=6,
-                  color='white' if norm[i, j] < 0.6 else 'black')
+    _label_cells(ax, cm, norm)
   fig.colorbar(im, ax=ax, fraction=0.046)
   fig.tight_layout()
   save_figure(fig, path)
@@ -342,11 +347,7 @@ def plot_routing(cm: np.ndarray, names: Sequence[str], supersub_top1: Sequence[f
   left.set_ylabel('true superclass')
   left.set_title('Generalist: where each superclass is routed (row shares)', fontsize=9)
   if n <= 16:
-    for i in range(n):
-      for j in range(n):
-        if cm[i, j]:
-          left.text(j, i, f'{norm[i, j]:.2f}', ha='center', va='center', fontsize=6,
-                    color='white' if norm[i, j] < 0.6 else 'black')
+    _label_cells(left, cm, norm)
   fig.colorbar(im, ax=left, fraction=0.046)
   y = np.arange(n)
   right_share, routed = np.asarray(supersub_top1, float), np.asarray(routing_top1, float)
