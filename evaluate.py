@@ -30,7 +30,7 @@ def main(argv):
   if len(argv) > 1:
     raise ValueError(f'Unexpected arguments: {argv[1:]}')
   cli.required_path('workdir', FLAGS.workdir, 'runs/demo')
-  from supersub_jax import evaluation, locks, recipe, report, runtime  # pylint: disable=g-import-not-at-top
+  from supersub_jax import evaluation, locks, recipe, report_text, runtime  # pylint: disable=g-import-not-at-top
   config = cli.config_for_workdir(FLAGS.config, FLAGS.workdir)
   runtime.initialize_runtime(config)
   recipe.validate(config, training=False)
@@ -39,8 +39,8 @@ def main(argv):
   with locks.hold_workdir(FLAGS.workdir, program='evaluate.py',
                           writes='report.json, report.md, the PNG plots and evaluation/', create=False):
     result = evaluation.run(config, FLAGS.workdir, force=FLAGS.force)
-  print(report.headline(result))
-  print(report.table(report.summary_rows(result)))
+  print(report_text.headline(result))
+  print(report_text.table(report_text.summary_rows(result)))
   done = 'Kept' if result['evaluation']['kept'] == ['report'] else 'Wrote'
   print(f'\n{done} {FLAGS.workdir}/report.json, report.md and {", ".join(result.get("plots", []))}')
 

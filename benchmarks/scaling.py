@@ -23,7 +23,8 @@ Prints a table and writes <out>.json and <out>.md after each row (a run stopped 
 from absl import app
 from absl import flags
 
-from supersub_jax import report as report_lib
+from studies import common
+from supersub_jax import plots
 
 
 _MODELS = flags.DEFINE_list('models', ['resnet18', 'resnet50'], 'supersub_jax.models names.')
@@ -117,7 +118,7 @@ def plot(rows: list[dict], path: str) -> None:
     ax.set_xticks(ns)
     ax.legend(fontsize=8)
   fig.tight_layout()
-  report_lib.save_figure(fig, path, dpi=130)
+  plots.save_figure(fig, path, dpi=130)
 
 
 def main(argv):
@@ -127,8 +128,8 @@ def main(argv):
     for n in (int(x) for x in _NS.value):
       rows.append(measure(model, n))
       print(f'{model} N={n}: done ({rows[-1]["device"]})', flush=True)
-      report_lib.write_results(_OUT.value, rows, table(rows))
-  report_lib.write_results(_OUT.value, rows, table(rows), plot)
+      common.write_results(_OUT.value, rows, table(rows))
+  common.write_results(_OUT.value, rows, table(rows), plot)
   print(table(rows))
 
 

@@ -26,7 +26,8 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from supersub_jax import report as report_lib
+from studies import common
+from supersub_jax import plots
 
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Parent of the per-allocation workdirs.', required=True)
@@ -130,7 +131,7 @@ def plot(rows: list[dict], path: str) -> None:
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7)
   fig.tight_layout()
-  report_lib.save_figure(fig, path, dpi=120)
+  plots.save_figure(fig, path, dpi=120)
 
 
 def main(argv):
@@ -151,7 +152,7 @@ def main(argv):
     print(f"[B={budget} {allocation}] Super-Sub {rows[-1]['supersub']:.4f} flat {rows[-1]['flat']:.4f}", flush=True)
   text = markdown(rows)
   if _OUT.value:
-    report_lib.write_results(_OUT.value, rows, text, plot)
+    common.write_results(_OUT.value, rows, text, plot)
   print(text)
 
 

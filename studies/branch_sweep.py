@@ -18,7 +18,8 @@ import time
 from absl import app
 from absl import flags
 
-from supersub_jax import report as report_lib
+from studies import common
+from supersub_jax import plots
 
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A finished demo workdir (see the docstring).', required=True)
@@ -55,7 +56,7 @@ def plot(rows, path):
   ax2.legend(fontsize=8)
   fig.suptitle('Shared trunk: accuracy and speed of two-stage inference by branch point')
   fig.tight_layout()
-  report_lib.save_figure(fig, path, dpi=130)
+  plots.save_figure(fig, path, dpi=130)
 
 
 def main(argv):
@@ -107,7 +108,7 @@ def main(argv):
                  f"{r['resident_bytes'] / 1e6:.2f} ({r['single_resident_bytes'] / 1e6:.2f}) | "
                  f"{r['memory_256_bytes'] / 1e6:.1f} ({r['single_memory_256_bytes'] / 1e6:.1f}) | {secs} |")
   table = '\n'.join(lines)
-  report_lib.write_results(_OUT.value, rows, table, plot)
+  common.write_results(_OUT.value, rows, table, plot)
   print(table)
 
 

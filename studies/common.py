@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any, Callable
 
 import numpy as np
+
+from supersub_jax import files
 
 
 def converged(config, extra: float | None, seed: int, *, base_steps: int,
@@ -291,11 +294,22 @@ def plot_map(data: dict, path: str, rule: str = 'hard') -> None:
     ax.set_ylabel('width multiplier', fontsize=8)
   fig.colorbar(image, ax=axes[0].tolist(), label=f'Super-Sub ({rule}) - flat, points')
   fig.suptitle('Super-Sub minus the flat network at equal compute (blue: Super-Sub ahead)', fontsize=10)
-  from supersub_jax import report as report_lib  # pylint: disable=g-import-not-at-top
-  report_lib.save_figure(fig, path, dpi=120)
+  from supersub_jax import plots  # pylint: disable=g-import-not-at-top
+  plots.save_figure(fig, path, dpi=120)
 
 
 def write_map(prefix: str, rows: list[dict], with_plot: bool = False) -> None:
-  from supersub_jax import report as report_lib  # pylint: disable=g-import-not-at-top
-  report_lib.write_results(prefix, {'rows': rows, 'summary': map_summary(rows)}, map_tables(rows),
-                           plot_map if with_plot else None)
+  write_results(prefix, {'rows': rows, 'summary': map_summary(rows)}, map_tables(rows), plot_map if with_plot else None)
+
+
+def write_results(prefix: str, data: Any, table_md: str, plot: Callable[[Any, str], None] | None = None) -> None:
+  """A benchmark's or study's results: ``<prefix>.json`` (``data``), ``<prefix>.md`` (``table_md``) and, with
+  ``plot``, ``plot(data, '<prefix>.png')``, each written atomically; makes the folder.
+
+  Rewriting after each finished row keeps what a long sweep measured if it is stopped part-way.
+  """
+  os.makedirs(os.path.dirname(prefix) or '.', exist_ok=True)
+  files.write_text(prefix + '.json', json.dumps(data, indent=2, default=float))
+  files.write_text(prefix + '.md', table_md.rstrip('\n') + '\n')
+  if plot is not None:
+    plot(data, prefix + '.png')

@@ -117,9 +117,9 @@ def main(argv):
         f"{mine[int(m)]['kind']} {mine[int(m)]['top1']:.3f}" for m in _SPECIFICITY.value) + ' |')
   print('\n'.join(lines))
   if _OUT.value:
-    from supersub_jax import report as report_lib  # pylint: disable=g-import-not-at-top
-    report_lib.write_results(_OUT.value, {'rows': rows, 'salience': dict(cues.SALIENCE, **salience),
-                                          'steps': _STEPS.value, 'width': _WIDTH.value}, '\n'.join(lines))
+    from studies import common  # pylint: disable=g-import-not-at-top
+    common.write_results(_OUT.value, {'rows': rows, 'salience': dict(cues.SALIENCE, **salience),
+                                      'steps': _STEPS.value, 'width': _WIDTH.value}, '\n'.join(lines))
 
 
 if __name__ == '__main__':

@@ -35,7 +35,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from studies import common
-from supersub_jax import report as report_lib
+from supersub_jax import plots
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Parent of the per-run workdirs.', required=True)
 _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'config.seed values (3 or more for an interval).')
@@ -260,7 +260,7 @@ def plot(data: dict, path: str) -> None:
   fig.legend(list(handles.values()), list(handles), loc='lower center', ncol=min(6, len(handles)), fontsize=8,
              frameon=False)
   fig.tight_layout(rect=(0, 0.07, 1, 1))
-  report_lib.save_figure(fig, path, dpi=120)
+  plots.save_figure(fig, path, dpi=120)
 
 
 def main(argv):
@@ -323,8 +323,8 @@ def summaries(rows: list[dict]) -> tuple[list[dict], list[dict], list[dict]]:
 def write_outputs(rows: list[dict], with_plot: bool = False) -> tuple[list[dict], list[dict]]:
   """Writes --out's JSON and markdown (and the plot) for the runs so far; returns (summary, oracle summary)."""
   rows, summary, oracle = summaries(rows)
-  report_lib.write_results(_OUT.value, {'rows': rows, 'summary': summary, 'oracle': oracle},
-                           tables(rows, summary, oracle), plot if with_plot else None)
+  common.write_results(_OUT.value, {'rows': rows, 'summary': summary, 'oracle': oracle},
+                       tables(rows, summary, oracle), plot if with_plot else None)
   return summary, oracle
 
 

@@ -16,7 +16,7 @@ import os
 from absl import app
 from absl import flags
 
-from supersub_jax import report as report_lib
+from studies import common
 import numpy as np
 
 
@@ -87,7 +87,7 @@ def main(argv):
     print(f"{workdir}: Super-Sub - flat {100 * rows[workdir]['supersub_minus_flat']:+.2f} points", flush=True)
   text = markdown(rows)
   if _OUT.value:
-    report_lib.write_results(_OUT.value, rows, text)
+    common.write_results(_OUT.value, rows, text)
   print(text)
 
 

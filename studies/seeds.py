@@ -20,7 +20,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from studies import common
-from supersub_jax import report as report_lib
+from supersub_jax import plots
 
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Parent directory of the per-seed workdirs.', required=True)
@@ -116,7 +116,7 @@ def main(argv):
   summary = summarize(reports)
   text = markdown(summary)
   if _OUT.value:
-    report_lib.write_results(_OUT.value, summary, text, lambda s, path: report_lib.plot_per_superclass_gain(
+    common.write_results(_OUT.value, summary, text, lambda s, path: plots.plot_per_superclass_gain(
         s['superclasses'], {METRICS[b][0]: np.asarray(v).T for b, v in s['per_superclass_minus'].items()}, path))
   print(text)
 

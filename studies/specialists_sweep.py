@@ -16,7 +16,8 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from supersub_jax import report as report_lib
+from studies import common
+from supersub_jax import plots
 
 from supersub_jax import delta as delta_lib
 
@@ -75,7 +76,7 @@ def plot(rows, path):
   ax.set_title('Specialists: accuracy against storage')
   ax.legend(fontsize=8)
   fig.tight_layout()
-  report_lib.save_figure(fig, path, dpi=130)
+  plots.save_figure(fig, path, dpi=130)
 
 
 def markdown(rows) -> str:
@@ -117,7 +118,7 @@ def main(argv):
                  'per_superclass': {p['name']: p['oracle_top1'] for p in per}})
     print(f"{name:>15}: oracle top-1 {rows[-1]['oracle_top1']:.4f}  alpha {rows[-1]['alpha']:.4f}", flush=True)
   table = markdown(rows)
-  report_lib.write_results(_OUT.value, rows, table, plot)
+  common.write_results(_OUT.value, rows, table, plot)
   print(table)
 
 

@@ -36,6 +36,7 @@ from supersub_jax import exported as exported_lib
 from supersub_jax import files
 from supersub_jax import inference
 from supersub_jax import measure
+from supersub_jax import plots
 from supersub_jax import report as report_lib
 from supersub_jax import specialists
 from supersub_jax import stages
@@ -515,6 +516,6 @@ def run(config, workdir: str, *, force: bool = False) -> dict:
                           'finished': time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}
   progress.stage('report and plots')
   if jax.process_index() == 0:
-    report_lib.write(report, workdir, predictions=p, hierarchy=trained.hierarchy)
+    report_lib.write(report, workdir, figures=lambda folder: plots.write_plots(p, trained.hierarchy, report, folder))
   progress.done(f'wrote {workdir}/report.json, report.md and {len(report.get("plots", []))} plots')
   return report

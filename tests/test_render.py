@@ -121,3 +121,13 @@ def test_subclasses_survive_a_horizontal_flip():
   # |angle| in [0, 90] and the flip augmentation of the training pipeline never changes an image's subclass.
   assert all(0.0 <= angle <= 90.0 for angle, _ in render.GRATINGS)
   assert len(set(render.GRATINGS)) == len(render.GRATINGS)
+
+
+def test_sample_grid_puts_each_superclasss_first_subclasses_in_its_row_and_leaves_missing_cells_black():
+  sizes = (3, 1)  # labels 0, 1, 2 in superclass 0; 3 in superclass 1
+  source = [{'image': np.full((2, 2, 3), 10 * i + 1, np.uint8), 'label': i % 4} for i in range(12)]
+  grid, labels = render.sample_grid(source, sizes, subclasses_per_row=2, examples_per_subclass=2)
+  assert grid.shape == (2, 4, 2, 2, 3)
+  assert labels == [[0, 0, 1, 1], [3, 3, -1, -1]]  # superclass 0's first two subclasses; superclass 1 has one
+  assert [int(grid[0, c, 0, 0, 0]) for c in range(4)] == [1, 41, 11, 51]  # the first examples of each label, in order
+  assert [int(grid[1, c, 0, 0, 0]) for c in range(4)] == [31, 71, 0, 0]

@@ -115,6 +115,8 @@ def _as_it_was_on_failure(data_dir: str, name: str):
 def main() -> None:
   from absl import flags  # pylint: disable=g-import-not-at-top
   from supersub_jax import cli  # pylint: disable=g-import-not-at-top
+  from supersub_jax import plots  # pylint: disable=g-import-not-at-top
+  from supersub_jax.data import render  # pylint: disable=g-import-not-at-top
   flags.DEFINE_enum('dataset', None, list(sources.DATASETS), 'Which dataset to prepare.', required=True)
   flags.DEFINE_string('data_dir', None, 'TFDS data directory to write into.', required=True)
   flags.DEFINE_string('manual_dir', None, 'Folder with the downloaded archives (imagenet2012: the ILSVRC2012 '
@@ -153,8 +155,8 @@ def main() -> None:
       print('\n'.join(synthetic.summary_lines(builder, seconds)))
       if f.grid:
         sizes = builder.builder_config.sizes
-        grid, row_labels = synthetic.sample_grid(builder.as_data_source('test'), sizes)
-        synthetic.save_grid_png(f.grid, grid, row_labels, sizes)
+        grid, row_labels = render.sample_grid(builder.as_data_source('test'), sizes)
+        plots.save_grid_png(f.grid, grid, row_labels, sizes)
         print(f'  sample grid: {f.grid}')
       return
     splits = ', '.join(f'{name}={info.num_examples}' for name, info in builder.info.splits.items())

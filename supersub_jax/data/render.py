@@ -358,3 +358,38 @@ def generate(split: str, *, sizes: Sequence[int], image_size: int, per_class: in
     yield render(chunk, sizes, image_size, rng, specificity), chunk
 
 
+def sample_grid(source, sizes: Sequence[int], *, subclasses_per_row: int = 4,
+                examples_per_subclass: int = 2) -> tuple[np.ndarray, list[list[int]]]:
+  """Picks examples for a grid: row s = superclass s, its first few subclasses side by side.
+
+  Args:
+    source: random-access examples {'image': uint8 [H, W, 3], 'label': int}.
+
+  Returns:
+    (images uint8 [rows, cols, H, W, 3] (black where a superclass has fewer subclasses),
+     labels per row, -1 for the black cells).
+  """
+  sizes = validate_sizes(sizes)
+  offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+  wanted = {}
+  for s, n in enumerate(sizes):
+    for j in range(min(n, subclasses_per_row)):
+      wanted[int(offsets[s] + j)] = []
+  for i in range(len(source)):
+    example = source[i]
+    label = int(example['label'])
+    if label in wanted and len(wanted[label]) < examples_per_subclass:
+      wanted[label].append(example['image'])
+    if all(len(v) == examples_per_subclass for v in wanted.values()):
+      break
+  h, w, c = source[0]['image'].shape
+  cols = subclasses_per_row * examples_per_subclass
+  grid = np.zeros((len(sizes), cols, h, w, c), np.uint8)
+  row_labels = [[-1] * cols for _ in sizes]
+  for s, n in enumerate(sizes):
+    for j in range(min(n, subclasses_per_row)):
+      label = int(offsets[s] + j)
+      for e, image in enumerate(wanted[label]):
+        grid[s, j * examples_per_subclass + e] = image
+        row_labels[s][j * examples_per_subclass + e] = label
+  return grid, row_labels

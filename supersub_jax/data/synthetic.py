@@ -29,7 +29,6 @@ import tensorflow_datasets as tfds
 from PIL import Image
 from tensorflow_datasets.core.utils import tqdm_utils
 
-from supersub_jax import files
 from supersub_jax import locks
 from supersub_jax.data import cues
 from supersub_jax.data.render import GRATINGS, SHAPE_FAMILIES, TEXTURES, class_table, generate, partner, validate_sizes
@@ -243,66 +242,3 @@ def summary_lines(builder: SupersubSynthetic, build_seconds: float | None = None
   if build_seconds is not None:
     lines.append(f'  build time: {build_seconds:.1f} s')
   return lines
-
-
-def sample_grid(source, sizes: Sequence[int], *, subclasses_per_row: int = 4,
-                examples_per_subclass: int = 2) -> tuple[np.ndarray, list[list[int]]]:
-  """Picks examples for a grid: row s = superclass s, its first few subclasses side by side.
-
-  Args:
-    source: random-access examples {'image': uint8 [H, W, 3], 'label': int}.
-
-  Returns:
-    (images uint8 [rows, cols, H, W, 3] (black where a superclass has fewer subclasses),
-     labels per row, -1 for the black cells).
-  """
-  sizes = validate_sizes(sizes)
-  offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-  wanted = {}
-  for s, n in enumerate(sizes):
-    for j in range(min(n, subclasses_per_row)):
-      wanted[int(offsets[s] + j)] = []
-  for i in range(len(source)):
-    example = source[i]
-    label = int(example['label'])
-    if label in wanted and len(wanted[label]) < examples_per_subclass:
-      wanted[label].append(example['image'])
-    if all(len(v) == examples_per_subclass for v in wanted.values()):
-      break
-  h, w, c = source[0]['image'].shape
-  cols = subclasses_per_row * examples_per_subclass
-  grid = np.zeros((len(sizes), cols, h, w, c), np.uint8)
-  row_labels = [[-1] * cols for _ in sizes]
-  for s, n in enumerate(sizes):
-    for j in range(min(n, subclasses_per_row)):
-      label = int(offsets[s] + j)
-      for e, image in enumerate(wanted[label]):
-        grid[s, j * examples_per_subclass + e] = image
-        row_labels[s][j * examples_per_subclass + e] = label
-  return grid, row_labels
-
-
-def save_grid_png(path: str | os.PathLike, grid: np.ndarray, row_labels: list[list[int]],
-                  sizes: Sequence[int]) -> None:
-  """Writes the sample grid from `sample_grid` as a PNG, one titled row per superclass."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  rows, cols = grid.shape[:2]
-  fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.1, rows * 1.15), squeeze=False)
-  for s in range(rows):
-    for c in range(cols):
-      ax = axes[s, c]
-      ax.imshow(grid[s, c], interpolation='nearest')
-      ax.set_xticks([])
-      ax.set_yticks([])
-      if row_labels[s][c] >= 0:
-        ax.set_title(f'label {row_labels[s][c]}', fontsize=6, pad=2)
-      else:
-        ax.axis('off')
-    axes[s, 0].set_ylabel(f'{s}: {SHAPE_FAMILIES[s]}\n{TEXTURES[s % len(TEXTURES)]}, '
-                          f'{sizes[s]} sub', fontsize=7)
-  fig.tight_layout(pad=0.3)
-  with files.atomic_write(path, 'wb') as f:
-    fig.savefig(f, format='png', dpi=110)
-  plt.close(fig)
