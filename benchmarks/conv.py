@@ -1,4 +1,4 @@
-"""One ResNet convolution's forward pass and both gradients: XLA's own against ``models.conv_general_dilated``.
+"""One ResNet convolution's forward pass and both gradients: XLA's own against ``cpu_conv.conv_general_dilated``.
 
   python -m benchmarks.conv                                   # ResNet-18's 3x3 64->64 at 32x32, batch 128
   python -m benchmarks.conv --torch                           # and PyTorch's (optional extra), same shapes
@@ -6,7 +6,7 @@
 
 Times, alternating in one process, the mean of --repeats calls after one warm-up call, each under its own jit:
 ``fwd`` the convolution; ``dx`` the input gradient; ``dk`` the kernel gradient, by ``jax.lax``'s transpose (``xla``)
-and by ``models.conv_general_dilated`` (``ours``: one matmul per kernel tap on CPU; on other platforms the same
+and by ``cpu_conv.conv_general_dilated`` (``ours``: one matmul per kernel tap on CPU; on other platforms the same
 transpose as ``xla``). Operands are random, NHWC/HWIO, float32. With --torch, PyTorch's ``conv2d`` forward and
 forward + backward (both gradients) in channels_last with --threads threads. Prints a table and JSON.
 """
@@ -31,7 +31,7 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from supersub_jax import measure, models  # pylint: disable=g-import-not-at-top
+  from supersub_jax import cpu_conv, measure  # pylint: disable=g-import-not-at-top
 
   b, s, c, k, stride = _BATCH.value, _SIZE.value, _CHANNELS.value, _KERNEL.value, _STRIDE.value
   rng = np.random.default_rng(0)
@@ -50,7 +50,7 @@ def main(argv):
                                                                       dimension_numbers=dn)),
       'dx': jax.jit(jax.grad(lambda *a: loss(jax.lax.conv_general_dilated, *a), 0)),
       'dk xla': jax.jit(jax.grad(lambda *a: loss(jax.lax.conv_general_dilated, *a), 1)),
-      'dk ours': jax.jit(jax.grad(lambda *a: loss(models.conv_general_dilated, *a), 1)),
+      'dk ours': jax.jit(jax.grad(lambda *a: loss(cpu_conv.conv_general_dilated, *a), 1)),
   }
   timing = measure.time_calls({name: (lambda i, f=f: f(x, kernel, g)) for name, f in calls.items()}, _REPEATS.value)
   rows = {name: t.mean for name, t in timing.items()}

@@ -58,7 +58,7 @@ def measure_scale(*, model: str, image_size: int, stem: str, sizes: list[int], b
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from supersub_jax import bank as bank_lib, config as config_lib, delta as delta_lib, measure  # pylint: disable=g-import-not-at-top
-  from supersub_jax import exported as exported_lib, hierarchy as hierarchy_lib, inference, models, stages  # pylint: disable=g-import-not-at-top
+  from supersub_jax import cut as cut_lib, exported as exported_lib, hierarchy as hierarchy_lib, inference, models, stages  # pylint: disable=g-import-not-at-top
   from supersub_jax import offline  # pylint: disable=g-import-not-at-top
 
   sizes = tuple(int(s) for s in sizes)
@@ -91,7 +91,7 @@ def measure_scale(*, model: str, image_size: int, stem: str, sizes: list[int], b
     kernel = rng.normal(size=(width, n)).astype(np.float32) * np.float32(3.0 / (features.std() + 1e-6))
     gen['params']['head'] = {'kernel': kernel, 'bias': -features.mean(0) @ kernel}
 
-  base = models.split_head(gen['params'])[0]
+  base = cut_lib.split_head(gen['params'])[0]
   if settings == 'frontier':
     density, bits = delta_lib.FRONTIER['density'], delta_lib.FRONTIER['bits']
     cfg = delta_lib.DeltaConfig(bits=bits, pattern=delta_lib.KERNELS_AND_NORM)
@@ -114,7 +114,7 @@ def measure_scale(*, model: str, image_size: int, stem: str, sizes: list[int], b
         lambda path, d: np.ones(d.shape, bool) if dense and dense.search(delta_lib.path_str(path))
         else rng.random(d.shape) < density, delta)
     head = {'kernel': rng.normal(size=(width, n_k)).astype(np.float32), 'bias': np.zeros(n_k, np.float32)}
-    exported.append(exported_lib.export(delta, masks, head, gen['batch_stats'], cfg, n_k, cut=models.Cut()))
+    exported.append(exported_lib.export(delta, masks, head, gen['batch_stats'], cfg, n_k, cut=cut_lib.Cut()))
   state = bank_lib.build_supersub(gen, exported, hierarchy)
   per_specialist = [sum(exported_lib.exported_nbytes(e).values()) for e in exported]
   stored = sum(per_specialist)

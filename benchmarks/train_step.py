@@ -44,7 +44,7 @@ def measure_steps(*, kinds: list[str], model: str, image_size: int, stem: str, b
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from supersub_jax import config as config_lib, measure, models, runtime, specialists, step as step_lib  # pylint: disable=g-import-not-at-top
+  from supersub_jax import config as config_lib, cut as cut_lib, measure, models, runtime, specialists, step as step_lib  # pylint: disable=g-import-not-at-top
 
   n = jax.local_device_count()
   if batch_size % n:
@@ -70,8 +70,8 @@ def measure_steps(*, kinds: list[str], model: str, image_size: int, stem: str, b
       fn = functools.partial(step_lib.train_step, apply_fn=net.apply, tx=tx)
     elif kind == 'delta':
       dcfg = specialists.delta_config(cfg)
-      base, head = models.split_head(variables['params'])
-      state = specialists.initial_state(base, head, variables['batch_stats'], dcfg, tx, models.Cut(cfg.branch))
+      base, head = cut_lib.split_head(variables['params'])
+      state = specialists.initial_state(base, head, variables['batch_stats'], dcfg, tx, cut_lib.Cut(cfg.branch))
       frozen = base
       # The gradual schedule outlasts the timed steps (its end, a multiple of the period, is never reached), so
       # masks are updated on exactly one step per period.

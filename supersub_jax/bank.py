@@ -24,9 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from supersub_jax import cut as cut_lib
 from supersub_jax import delta as delta_lib
 from supersub_jax import exported as exported_lib
-from supersub_jax import models
 from supersub_jax import quant
 
 PyTree = Any
@@ -100,7 +100,7 @@ class SuperSub:
     generalist: ``{'params', 'batch_stats'}`` of the generalist (head of N outputs).
     bank: the N specialists (``SpecialistBank``).
     hierarchy: ``HierarchyArrays`` of the N superclasses.
-    cut: where the specialists branch (``models.Cut``, from their specs; static): the layers before it are the
+    cut: where the specialists branch (``cut_lib.Cut``, from their specs; static): the layers before it are the
       generalist's, shared by every specialist.
   The specialists' base (``base``) is the generalist's backbone from the cut on: derived, not stored, so it is
   held once.
@@ -108,11 +108,11 @@ class SuperSub:
   generalist: dict
   bank: SpecialistBank
   hierarchy: HierarchyArrays
-  cut: models.Cut = struct.field(pytree_node=False, default=models.Cut())
+  cut: cut_lib.Cut = struct.field(pytree_node=False, default=cut_lib.Cut())
 
   @property
   def base(self) -> dict:
-    return self.cut.split(models.split_head(self.generalist['params'])[0])[1]
+    return self.cut.split(cut_lib.split_head(self.generalist['params'])[0])[1]
 
   @property
   def num_outputs(self) -> int:
@@ -200,7 +200,7 @@ def make_bank(exported: Sequence[Mapping[str, Any]], base: PyTree) -> Specialist
   if not exported:
     raise ValueError('make_bank needs at least one exported specialist.')
   if 'head' in base:
-    raise ValueError("base has a 'head' entry; pass the generalist's backbone (models.split_head(params)[0]).")
+    raise ValueError("base has a 'head' entry; pass the generalist's backbone (cut_lib.split_head(params)[0]).")
   base_leaves = {p: tuple(np.shape(x)) for p, x in _flat_leaves(base).items()}
   n = len(exported)
   decoded: dict[str, list] = {}
@@ -288,7 +288,7 @@ def build_supersub(generalist_variables: Mapping[str, Any], exported: Sequence[M
       raise ValueError(f'specialist {k} has BatchNorm statistics for {sorted(ex.get("batch_stats", {}))[:4]}..., '
                        f'but specialists branching at {cut.name!r} (its spec) have them for {sorted(top_stats)[:4]}'
                        '...; the specialist does not fit this generalist: export it again.')
-  bank = make_bank(exported, cut.split(models.split_head(params)[0])[1])
+  bank = make_bank(exported, cut.split(cut_lib.split_head(params)[0])[1])
   got = np.asarray(bank.num_subclasses)
   want = np.asarray(hierarchy.sizes)
   if not np.array_equal(got, want):

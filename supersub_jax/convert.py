@@ -48,6 +48,7 @@ import jax
 import numpy as np
 from flax import serialization
 
+from supersub_jax import cut as cut_lib
 from supersub_jax import exported as exported_lib
 from supersub_jax import files
 from supersub_jax import hierarchy as hierarchy_lib
@@ -133,7 +134,7 @@ def load_bundle(path: str) -> tuple[dict, list[dict], hierarchy_lib.Hierarchy, d
         raise ValueError(f'head kernel {kernel.shape} and bias {bias.shape} do not fit')
       spec = ex.get('spec') or {'version': 1, 'cut': str(tree['model'].get('branch', 'stem')),
                                 'num_subclasses': int(kernel.shape[1]), 'delta': {}}
-      models.Cut(spec['cut'])  # an unknown layer group is damage, reported below
+      cut_lib.Cut(spec['cut'])  # an unknown layer group is damage, reported below
       if dict(spec).get('superclass', k) != k:  # bundles written before specialists recorded it have none
         raise ValueError(f'it serves superclass {spec["superclass"]}, not {k}, whose place it is in')
       features = np.shape(generalist['params']['head']['kernel'])[0]
@@ -206,7 +207,7 @@ def dense_specialist(config, workdir: str, k: int) -> dict:
                      f'{hierarchy.name!r}; `python -m supersub_jax.hierarchy {config.hierarchy}` lists them.')
   generalist = stages.load_network(config, workdir, 'superclass', hierarchy)
   exported = specialists.load_exported(config, workdir, k, generalist, hierarchy)
-  base, _ = models.split_head(generalist.params)
+  base, _ = cut_lib.split_head(generalist.params)
   params = jax.tree.map(np.asarray, exported_lib.materialize_compressed(base, exported['delta']))
   params['head'] = dict(exported['head'])
   dustbin = exported_lib.dustbin_of(exported)

@@ -33,7 +33,7 @@ refuses zero-size arrays), so orbax ``StandardSave``/``PyTreeSave`` and ``np.sav
     'head':        {'kernel': float32[D, n_k + d], 'bias': float32[n_k + d]}: its real classes, then, with a
                    dustbin (d = 1), the "not my superclass" column, its bias as trained
     'batch_stats': the specialist's BatchNorm statistics (the generalist's layout, from the cut on)
-    'spec':        what it is (``describe``), JSON: {'version': 2, 'cut': a layer group name (``models.Cut``),
+    'spec':        what it is (``describe``), JSON: {'version': 2, 'cut': a layer group name (``cut_lib.Cut``),
                    'num_subclasses': n_k, 'delta': {'bits', 'granularity', 'pattern', 'exclude', 'density'},
                    'dustbin': None, or {'fraction', 'others', 'logit_correction'}: how its dustbin was trained and
                    what inference adds to the dustbin's logit (``dustbin_logit_correction``)}; the specialists
@@ -59,8 +59,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from supersub_jax import cut as cut_lib
 from supersub_jax import delta as delta_lib
-from supersub_jax import models
 from supersub_jax import quant
 
 PyTree = Any
@@ -399,7 +399,7 @@ def storage_report(base_nbytes: int, specialist_nbytes: Sequence[int]) -> dict:
 SPEC_VERSION = 2  # 1: specialists before they described themselves (no 'spec'; the cut was the config's)
 
 
-def describe(cut: models.Cut, cfg: delta_lib.DeltaConfig, *, num_subclasses: int, density: float,
+def describe(cut: cut_lib.Cut, cfg: delta_lib.DeltaConfig, *, num_subclasses: int, density: float,
              dustbin: Mapping[str, Any] | None = None) -> dict:
   """The ``'spec'`` of an exported specialist (JSON types only): its cut, subclass count, delta settings and
   dustbin; ``density`` is the fraction of delta entries it keeps."""
@@ -432,7 +432,7 @@ def dustbin_of(exported: Mapping[str, Any]) -> Mapping[str, Any] | None:
   return (exported.get('spec') or {}).get('dustbin')
 
 
-def cut_of(exported: Sequence[Mapping[str, Any]]) -> models.Cut:
+def cut_of(exported: Sequence[Mapping[str, Any]]) -> cut_lib.Cut:
   """The one cut of a list of exported specialists, from their specs; ValueError when a spec is missing or they
   branch at different layers."""
   cuts = []
@@ -446,11 +446,11 @@ def cut_of(exported: Sequence[Mapping[str, Any]]) -> models.Cut:
   if len(set(cuts)) > 1:
     raise ValueError(f'the exported specialists branch at different layers ({sorted(set(cuts))}); one bank needs '
                      'one cut.')
-  return models.Cut(cuts[0])
+  return cut_lib.Cut(cuts[0])
 
 
 def export(delta: PyTree, masks: PyTree | None, head: Mapping[str, Any], batch_stats: PyTree,
-           cfg: delta_lib.DeltaConfig, num_subclasses: int, *, cut: models.Cut,
+           cfg: delta_lib.DeltaConfig, num_subclasses: int, *, cut: cut_lib.Cut,
            dustbin: Mapping[str, Any] | None = None) -> ExportedSpecialist:
   """The deployable form of one trained specialist (numpy).
 

@@ -15,12 +15,12 @@ Layer groups. In forward order a ResNet of S stages is the groups ``'stem'``
 the global average pool ends the last stage) and ``'head'``. A group name is also a
 cut point: ``apply(..., stop=g)`` runs the groups before ``g`` and returns their
 output (NHWC activations, or pooled features ``[B, D]`` for ``g='head'``);
-``apply(..., start=g)`` runs the rest from that output. ``Cut(g)`` is such a
+``apply(..., start=g)`` runs the rest from that output. ``cut.Cut(g)`` is such a
 point as specialists use it: it divides a ``params`` or ``batch_stats`` tree the
 same way, and specialists with a shared trunk change only the groups from it on.
 
-Convolutions run through ``conv_general_dilated``: ``jax.lax``'s values and gradients, except that on CPU the
-kernel gradient is one matmul per kernel tap instead of XLA:CPU's backward-filter convolution (5-12x faster for
+Convolutions run through ``cpu_conv.conv_general_dilated``: ``jax.lax``'s values and gradients, except that on CPU
+the kernel gradient is one matmul per kernel tap instead of XLA:CPU's backward-filter convolution (5-12x faster for
 ResNet-18's first two stages at 32x32; ``benchmarks/conv.py``).
 
 Shapes: images are NHWC ``[B, H, W, 3]``; logits are float32 ``[B, num_classes]``.
@@ -28,15 +28,15 @@ Shapes: images are NHWC ``[B, H, W, 3]``; logits are float32 ``[B, num_classes]`
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
-import re
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
+
+from supersub_jax import cpu_conv
 
 ModuleDef = Any
 
@@ -54,165 +54,8 @@ def _same_padding(kernel_size: int) -> tuple[tuple[int, int], tuple[int, int]]:
   return ((p, p), (p, p))
 
 
-def _kernel_grad_by_shifts(x: jax.Array, g: jax.Array, kernel_shape: Sequence[int], strides: Sequence[int],
-                           padding: Sequence[tuple[int, int]]) -> jax.Array:
-  """The kernel gradient of a 2-D NHWC/HWIO convolution as one matmul per kernel tap.
-
-  x: input [B, H, W, C]; g: output cotangent [B, Ho, Wo, O]; returns [kh, kw, C, O] in x's dtype. Tap (i, j) sees
-  the padded input window shifted by (i, j) and strided as the convolution: its gradient is that window, flattened
-  to [B*Ho*Wo, C], contracted with g flattened to [B*Ho*Wo, O] (accumulated in float32). The taps run in a loop
-  (``lax.map``), not unrolled: one matmul in the program instead of kh*kw compiles faster and ran faster here.
-  """
-  kh, kw = kernel_shape[0], kernel_shape[1]
-  _, ho, wo, o = g.shape
-  xp = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
-  g2 = g.reshape(-1, o)
-  extent = (xp.shape[0], (ho - 1) * strides[0] + 1, (wo - 1) * strides[1] + 1, xp.shape[3])
-
-  def tap(t):
-    window = jax.lax.dynamic_slice(xp, (0, t // kw, t % kw, 0), extent)[:, ::strides[0], ::strides[1]]
-    return jax.lax.dot_general(window.reshape(-1, x.shape[-1]), g2, (((0,), (0,)), ((), ())),
-                               preferred_element_type=jnp.float32)
-
-  return jax.lax.map(tap, jnp.arange(kh * kw)).reshape(kh, kw, x.shape[-1], o).astype(x.dtype)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv_nhwc(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
-               padding: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
-  return jax.lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-
-
-def _conv_nhwc_fwd(x, kernel, strides, padding):
-  return _conv_nhwc(x, kernel, strides, padding), (x, kernel)
-
-
-def _conv_nhwc_bwd(strides, padding, residuals, g):
-  x, kernel = residuals
-  conv = functools.partial(jax.lax.conv_general_dilated, window_strides=strides, padding=padding,
-                           dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-  (dx,) = jax.vjp(lambda x_: conv(x_, kernel), x)[1](g)
-  # XLA:CPU computes the kernel gradient as a convolution whose "features" are the batch and spatial positions: on
-  # large feature maps up to 17x slower than the forward convolution (2-core x86 CPU), while one matmul per kernel
-  # tap runs at the speed of a GEMM. Other platforms keep XLA's own transpose (cuDNN's backward-filter kernels on
-  # GPU).
-  dk = jax.lax.platform_dependent(
-      x, g, cpu=lambda x_, g_: _kernel_grad_by_shifts(x_, g_, kernel.shape, strides, padding),
-      default=lambda x_, g_: jax.vjp(lambda k_: conv(x_, k_), kernel)[1](g_)[0])
-  return dx, dk.astype(kernel.dtype)
-
-
-_conv_nhwc.defvjp(_conv_nhwc_fwd, _conv_nhwc_bwd)
-
-
-def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], padding: Any, *,
-                         lhs_dilation: Sequence[int] | None = None, rhs_dilation: Sequence[int] | None = None,
-                         dimension_numbers: Any = None, feature_group_count: int = 1, precision: Any = None,
-                         **kwargs) -> jax.Array:
-  """``jax.lax.conv_general_dilated`` with the same values and gradients, and a fast kernel gradient on CPU.
-
-  ``nn.Conv(conv_general_dilated=...)`` calls it. The convolutions of these ResNets (2-D, NHWC input, HWIO kernel,
-  no dilation or groups, padding non-negative) take the custom gradient; any other call goes to ``lax`` unchanged.
-  """
-  plain = (lhs.ndim == 4 and rhs.ndim == 4 and not kwargs and precision is None and feature_group_count == 1
-           and all(d == 1 for d in (lhs_dilation or (1,)) + (rhs_dilation or (1,)))
-           and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-           == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ('NHWC', 'HWIO', 'NHWC')))
-  if plain and isinstance(padding, str):  # 'VALID' / 'SAME' as lax resolves them
-    padding = jax.lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
-  if not plain or any(lo < 0 or hi < 0 for lo, hi in padding):
-    return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-                                        dimension_numbers, feature_group_count, precision=precision, **kwargs)
-  return _conv_nhwc(lhs, rhs, tuple(window_strides), tuple(tuple(p) for p in padding))
-
-
 def _head(num_classes: int) -> nn.Dense:
   return nn.Dense(num_classes, dtype=jnp.float32, name='head')
-
-
-def split_head(params: Mapping[str, Any]) -> tuple[dict, Any]:
-  """A ResNet's params -> (backbone: every entry but ``'head'``, head). Specialists share the backbone."""
-  if 'head' not in params:
-    raise ValueError("params have no 'head'; pass a whole network's params (e.g. the generalist's).")
-  return {k: v for k, v in params.items() if k != 'head'}, params['head']
-
-
-def _group_position(group: str) -> int:
-  """Forward position of a layer group: 'stem' 0, 'stage<i>' i, 'head' after every stage."""
-  if group == 'stem':
-    return 0
-  if group == 'head':
-    return HEAD_POSITION
-  match = re.fullmatch(r'stage([1-9][0-9]*)', group)
-  if not match:
-    raise ValueError(f"unknown layer group {group!r}; use 'stem', 'stage<i>' (i from 1) or 'head'.")
-  return int(match.group(1))
-
-
-HEAD_POSITION = 1 << 30  # after every stage, whatever the depth
-
-
-def group_of(key: str) -> str:
-  """The layer group of a top-level ``params``/``batch_stats`` key: 'conv_init' -> 'stem',
-  'stage3_block1' -> 'stage3', 'head' -> 'head'."""
-  if key in ('conv_init', 'bn_init'):
-    return 'stem'
-  return key.split('_', 1)[0]
-
-
-@dataclasses.dataclass(frozen=True)
-class Cut:
-  """Where specialists branch off the generalist: a layer group (``ResNet.layer_groups``) named ``name``.
-
-  The groups before the cut are the *trunk*, the generalist's own, shared by every specialist and run once per
-  image; the groups from it on are each specialist's. ``Cut('stem')`` shares nothing (a delta may touch every
-  layer); ``Cut('head')`` shares the whole backbone (a specialist is a new head on the generalist's features).
-  This one object answers every question about that boundary: ``split`` divides a params or batch_stats tree,
-  ``trunk_regex`` matches the trunk's '/'-joined param paths, ``shares_trunk`` and ``keeps_backbone`` say what
-  the cut leaves to the generalist. Frozen and hashable: it is a static field of compiled state.
-  """
-  name: str = 'stem'
-
-  def __post_init__(self):
-    _group_position(self.name)  # raises for a name that is no layer group
-
-  @property
-  def position(self) -> int:
-    return _group_position(self.name)
-
-  @property
-  def shares_trunk(self) -> bool:
-    """Whether some layers before the cut stay the generalist's (every cut but 'stem')."""
-    return self.position > 0
-
-  @property
-  def keeps_backbone(self) -> bool:
-    """Whether the whole backbone stays the generalist's, so a specialist has no delta at all ('head')."""
-    return self.position == HEAD_POSITION
-
-  def split(self, tree: Mapping[str, Any]) -> tuple[dict, dict]:
-    """A ``params`` or ``batch_stats`` tree -> (trunk: the groups before the cut, top: the rest), by top-level key.
-    ``Cut('stem').split(params)`` is ``({}, params)``."""
-    trunk = {k: v for k, v in tree.items() if _group_position(group_of(k)) < self.position}
-    return trunk, {k: v for k, v in tree.items() if k not in trunk}
-
-  @property
-  def trunk_regex(self) -> str | None:
-    """Regex (``re.search``) over '/'-joined param paths that matches the trunk's params; None when there is no
-    trunk."""
-    if not self.shares_trunk:
-      return None
-    if self.keeps_backbone:
-      return r'^(?!head/)'
-    stages = '|'.join(str(i) for i in range(1, self.position))
-    return rf'^(conv_init|bn_init|stage({stages})_[^/]*)/' if stages else r'^(conv_init|bn_init)/'
-
-  def check(self, model: 'ResNet') -> None:
-    """Raises ValueError unless the cut is a layer group of ``model``."""
-    if self.name not in model.layer_groups:
-      raise ValueError(f'config.specialists.branch={self.name!r} is not a layer group of this model; use one of '
-                       f"{model.layer_groups} ('stem': a delta on every layer, 'head': the generalist's features "
-                       'and a new head).')
 
 
 def init_head(num_classes: int, num_features: int, rng: jax.Array) -> dict:
@@ -390,7 +233,7 @@ class ResNet(nn.Module):
 
     conv = functools.partial(
         nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=_conv_kernel_init,
-        conv_general_dilated=conv_general_dilated
+        conv_general_dilated=cpu_conv.conv_general_dilated
     )
     norm = functools.partial(
         nn.BatchNorm,

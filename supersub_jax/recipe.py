@@ -19,6 +19,7 @@ import jax
 import ml_collections
 
 from supersub_jax import config as config_lib
+from supersub_jax import cut as cut_lib
 from supersub_jax import decide
 from supersub_jax import delta as delta_lib
 from supersub_jax import inference
@@ -312,7 +313,7 @@ def validate(config: ml_collections.ConfigDict, *, training: bool = True) -> Non
       problems.append(f'evaluate.rules: {spec!r} routes to {rule.k} superclasses; the hierarchy has '
                       f'{hierarchy.num_superclasses}.')
   try:
-    cut = models.Cut(cfg.branch)
+    cut = cut_lib.Cut(cfg.branch)
   except ValueError as e:
     problems.append(f'specialists.branch={cfg.branch!r}: {e}')
   else:

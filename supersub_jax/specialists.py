@@ -35,6 +35,7 @@ import numpy as np
 
 from supersub_jax import checkpoint as ckpt
 from supersub_jax import config as config_lib
+from supersub_jax import cut as cut_lib
 from supersub_jax import delta as delta_lib
 from supersub_jax import exported as exported_lib
 from supersub_jax import files
@@ -72,12 +73,12 @@ def delta_config(cfg) -> delta_lib.DeltaConfig:
   before ``cfg.branch``."""
   pattern = LEAVES.get(cfg.leaves, cfg.leaves)
   bits = int(cfg.bits) or None
-  trunk = models.Cut(cfg.branch).trunk_regex
+  trunk = cut_lib.Cut(cfg.branch).trunk_regex
   exclude = delta_lib.EXCLUDE_HEAD if trunk is None else f'{delta_lib.EXCLUDE_HEAD}|{trunk}'
   return delta_lib.DeltaConfig(bits=bits, granularity=cfg.granularity, pattern=pattern, exclude=exclude)
 
 
-def make_apply_fn(model, cut: models.Cut):
+def make_apply_fn(model, cut: cut_lib.Cut):
   """``model.apply`` for a specialist that branches at ``cut``: a shared trunk is frozen. It always normalises with
   its running averages, so training neither uses nor changes batch statistics there, and no gradient flows into
   it (nor is the backward pass through it computed)."""
@@ -142,7 +143,7 @@ def specialist_dir(workdir: str, hierarchy, k: int, stage: str = 'specialists') 
   return os.path.join(stages.stage_dir(workdir, stage), f'{k:03d}_{name}')
 
 
-def initial_state(base, head, batch_stats, dcfg: delta_lib.DeltaConfig, tx, cut: models.Cut) -> step_lib.TrainState:
+def initial_state(base, head, batch_stats, dcfg: delta_lib.DeltaConfig, tx, cut: cut_lib.Cut) -> step_lib.TrainState:
   """A specialist's TrainState before its first step (host arrays): a zero delta over ``base`` (the generalist's
   backbone params) with dense masks, ``head`` ({'kernel', 'bias'}) and ``batch_stats`` to train on."""
   if cut.keeps_backbone:  # nothing below the head changes: an empty delta (init_delta refuses to select nothing)
@@ -154,7 +155,7 @@ def initial_state(base, head, batch_stats, dcfg: delta_lib.DeltaConfig, tx, cut:
   return step_lib.create_train_state(trainable, jax.tree.map(np.asarray, batch_stats), tx, masks=masks)
 
 
-def _init_state(generalist, base, dcfg, tx, outputs: int, seed: int, cut: models.Cut):
+def _init_state(generalist, base, dcfg, tx, outputs: int, seed: int, cut: cut_lib.Cut):
   """Specialist training's first state: a fresh head of ``outputs`` outputs, the generalist's statistics."""
   head = models.init_head(outputs, np.shape(generalist.params['head']['kernel'])[0], jax.random.key(seed))
   return initial_state(base, head, generalist.batch_stats, dcfg, tx, cut)
@@ -203,13 +204,13 @@ def train_specialists(config, workdir: str, *, stage: str = 'specialists',
   hierarchy = stages.make_hierarchy(config)
   generalist = stages.load_network(config, workdir, 'superclass', hierarchy)
   generalist_fingerprint = runner.fingerprint(generalist.params, generalist.batch_stats)
-  base, _ = models.split_head(generalist.params)
+  base, _ = cut_lib.split_head(generalist.params)
   dcfg = delta_config(cfg)
   parallel = runtime.Parallel(config.parallelism)
   frozen = parallel.replicate(base)  # held once on each device for all specialists
   d = int(bool(cfg.dustbin))  # the dustbin column, after the S = max_subclasses real (or padding) ones
   model = stages.make_model(config, hierarchy.max_subclasses + d)
-  cut = models.Cut(cfg.branch)
+  cut = cut_lib.Cut(cfg.branch)
   cut.check(model)
   apply_fn = make_apply_fn(model, cut)
   params_fn = make_params_fn(dcfg)
@@ -340,5 +341,5 @@ def _legacy_spec(meta: dict) -> dict:
   cfg.update(meta['config']['specialists'])
   if meta.get('stage') == 'head_only':
     cfg.branch = 'head'
-  return exported_lib.describe(models.Cut(cfg.branch), delta_config(cfg), num_subclasses=meta['num_subclasses'],
+  return exported_lib.describe(cut_lib.Cut(cfg.branch), delta_config(cfg), num_subclasses=meta['num_subclasses'],
                                density=float(meta.get('summary', {}).get('density', cfg.density)))

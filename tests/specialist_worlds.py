@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from supersub_jax import cut as cut_lib
 from supersub_jax import delta as dl
 from supersub_jax import exported as exported_lib
 from supersub_jax import hierarchy as hierarchy_lib
@@ -56,7 +57,7 @@ def export(base, seed, *, bits, granularity, pattern, density, n_sub, d_feat, st
   return {'delta': exported_lib.compress(delta, masks, cfg),
           'head': {'kernel': np.float32(r.randn(d_feat, n_sub)), 'bias': np.float32(r.randn(n_sub) * 0.1)},
           'batch_stats': random_stats(stats, seed + 7),
-          'spec': exported_lib.describe(models.Cut('stem'), cfg, num_subclasses=n_sub, density=density)}
+          'spec': exported_lib.describe(cut_lib.Cut('stem'), cfg, num_subclasses=n_sub, density=density)}
 
 
 def world(sizes, seed=0, mixed=True):
@@ -65,7 +66,7 @@ def world(sizes, seed=0, mixed=True):
   gm = models.create_model('resnet_tiny', hierarchy.num_superclasses, stem='small')
   sm = models.create_model('resnet_tiny', hierarchy.max_subclasses, stem='small')
   gen = random_variables(gm, seed)
-  base = models.split_head(gen['params'])[0]
+  base = cut_lib.split_head(gen['params'])[0]
   d_feat = gen['params']['head']['kernel'].shape[0]
   kinds = [dict(bits=4, granularity='per_channel', pattern=dl.KERNELS, density=0.3),
            dict(bits=8, granularity='per_tensor', pattern=dl.KERNELS_AND_NORM, density=0.3),

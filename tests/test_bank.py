@@ -7,10 +7,10 @@ import pytest
 from specialist_worlds import export as _export
 from specialist_worlds import world as _world
 from supersub_jax import bank as bank_lib
+from supersub_jax import cut as cut_lib
 from supersub_jax import delta as dl
 from supersub_jax import exported as exported_lib
 from supersub_jax import hierarchy as hierarchy_lib
-from supersub_jax import models
 from supersub_jax import quant
 
 SIZES = (2, 3, 4)
@@ -26,7 +26,7 @@ def test_bank_keeps_every_encoding_compact_and_the_heads_side_by_side():
   assert {int(r['encoding']) for r in recs} == {exported_lib.POSITIONS_BITMASK, exported_lib.POSITIONS_INDICES,
                                                 exported_lib.POSITIONS_ELIAS_FANO}
   assert {int(r['bits']) for r in recs} == {0, 4, 8}
-  base = models.split_head(gen['params'])[0]
+  base = cut_lib.split_head(gen['params'])[0]
   bank = bank_lib.make_bank(exported, base)
   shapes = {p: np.shape(x) for p, x in _flat(base).items()}
   assert set(bank.deltas) <= set(shapes)
@@ -67,7 +67,7 @@ def test_bank_bytes_stay_within_1_2x_of_the_exported_bytes_with_positions_as_bit
   # Same settings for all specialists (the trained case): the bank adds padding to the largest per leaf, and holds
   # Elias-Fano positions as a bitmask or indices (at most the bitmask).
   _, _, _, gen, _ = _world(SIZES, mixed=False)
-  base = models.split_head(gen['params'])[0]
+  base = cut_lib.split_head(gen['params'])[0]
   exported = [_export(base, 10 + k, bits=bits, granularity='per_channel', pattern=dl.KERNELS, density=0.1,
                       n_sub=n, d_feat=32, stats=gen['batch_stats']) for k, n in enumerate(SIZES)]
   bank = bank_lib.make_bank(exported, base)
@@ -84,7 +84,7 @@ def test_bank_bytes_stay_within_1_2x_of_the_exported_bytes_with_positions_as_bit
 
 def test_make_bank_rejects_mismatches():
   hierarchy, _, _, gen, exported = _world(SIZES)
-  base = models.split_head(gen['params'])[0]
+  base = cut_lib.split_head(gen['params'])[0]
   bad_base = {**base, 'conv_init': {'kernel': np.zeros((3, 3, 3, 9), np.float32)}}
   with pytest.raises(ValueError, match='conv_init/kernel.*shape'):
     bank_lib.make_bank(exported, bad_base)

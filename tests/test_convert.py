@@ -11,6 +11,7 @@ import pytest
 from conftest import make_tiny_config
 from supersub_jax import bank as bank_lib
 from supersub_jax import convert
+from supersub_jax import cut as cut_lib
 from supersub_jax import delta as delta_lib
 from supersub_jax import inference
 from supersub_jax import models
@@ -62,7 +63,7 @@ def test_a_bundle_from_before_specialists_described_themselves_loads_with_the_cu
     generalist, exported, hierarchy, model = convert.load_bundle(path)
     assert [ex['spec']['cut'] for ex in exported] == ['stem'] * 3 and 'branch' not in model
     state = bank_lib.build_supersub(generalist, exported, hierarchy)
-    assert state.cut == expected.cut == models.Cut('stem')
+    assert state.cut == expected.cut == cut_lib.Cut('stem')
     for a, b in zip(jax.tree.leaves(state.bank), jax.tree.leaves(expected.bank)):
       np.testing.assert_array_equal(a, b)
 

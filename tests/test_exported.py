@@ -316,12 +316,12 @@ def test_nested_junk_in_a_compressed_tree_is_named():
 
 
 def test_export_describes_its_cut_subclasses_and_the_kept_fraction_in_json():
-  from supersub_jax import models  # pylint: disable=g-import-not-at-top
+  from supersub_jax import cut as cut_lib  # pylint: disable=g-import-not-at-top
   delta = {'conv': {'kernel': np.ones((3, 3, 2, 4), np.float32)}, 'bn': {'scale': np.ones(4, np.float32)}}
   masks = {'conv': {'kernel': np.arange(72).reshape(3, 3, 2, 4) < 18}, 'bn': {'scale': np.ones(4, bool)}}
   head = {'kernel': np.zeros((4, 6), np.float32), 'bias': np.zeros(6, np.float32)}
   cfg = dl.DeltaConfig(bits=4, granularity='per_channel', pattern=dl.KERNELS_AND_NORM)
-  out = ex.export(delta, masks, head, {}, cfg, 3, cut=models.Cut('stage2'))
+  out = ex.export(delta, masks, head, {}, cfg, 3, cut=cut_lib.Cut('stage2'))
   spec = out['spec']
   assert spec == {'version': ex.SPEC_VERSION, 'cut': 'stage2', 'num_subclasses': 3,
                   'delta': {'bits': 4, 'granularity': 'per_channel', 'pattern': dl.KERNELS_AND_NORM,
@@ -330,7 +330,7 @@ def test_export_describes_its_cut_subclasses_and_the_kept_fraction_in_json():
   import json  # pylint: disable=g-import-not-at-top
   assert json.loads(json.dumps(spec)) == spec
   assert out['head']['kernel'].shape == (4, 3)
-  assert ex.cut_of([out, out]) == models.Cut('stage2')
+  assert ex.cut_of([out, out]) == cut_lib.Cut('stage2')
 
 
 def test_cut_of_refuses_specialists_without_a_spec_or_with_two_cuts():

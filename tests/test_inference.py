@@ -20,11 +20,11 @@ from delta_trees import bits_equal as _bits_equal
 from specialist_worlds import IMAGE_SHAPE
 from specialist_worlds import world as _world
 from supersub_jax import bank as bank_lib
+from supersub_jax import cut as cut_lib
 from supersub_jax import delta as dl
 from supersub_jax import exported as exported_lib
 from supersub_jax import hierarchy as hierarchy_lib
 from supersub_jax import inference as inf
-from supersub_jax import models
 
 SIZES = (2, 3, 4)  # N = 3 superclasses, S = 4
 
@@ -44,7 +44,7 @@ def world():
   head['bias'] = np.float32(-features.mean(0) @ head['kernel'])
   state = bank_lib.build_supersub(gen, exported, hierarchy)
   return {'hierarchy': hierarchy, 'gm': gm, 'sm': sm, 'gen': gen, 'exported': exported, 'state': state,
-          'base': models.split_head(gen['params'])[0], 'images': images,
+          'base': cut_lib.split_head(gen['params'])[0], 'images': images,
           'gen_logits': features @ head['kernel'] + head['bias']}
 
 
@@ -396,7 +396,7 @@ def test_predict_temp_memory_does_not_grow_like_n_dense_specialists():
     analysis = compiled.memory_analysis()
     assert analysis is not None, 'this backend reports no memory analysis'
     temps[n] = analysis.temp_size_in_bytes
-    dense_bytes = dl.tree_nbytes(models.split_head(gen['params'])[0])
+    dense_bytes = dl.tree_nbytes(cut_lib.split_head(gen['params'])[0])
   # N dense specialists would add at least 4 * dense_bytes of temporaries from N = 2 to N = 6 (running all N
   # specialists under vmap adds ~8x that here); one transient specialist adds nothing that depends on N.
   assert abs(temps[6] - temps[2]) < 0.1 * 4 * dense_bytes, (temps, dense_bytes)

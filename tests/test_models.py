@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import math
-import re
 
 import jax
 import jax.extend.core
@@ -17,24 +16,22 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import traverse_util
-from hypothesis import assume, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from supersub_jax import config as config_lib
 from supersub_jax import stages
+from supersub_jax.cut import Cut
 from supersub_jax.models import (
     MODELS,
     BottleneckResNetBlock,
     ResNet,
     ResNetBlock,
-    conv_general_dilated,
     create_model,
     flops_per_example,
     init_variables,
-    Cut,
     param_count,
 )
-from supersub_jax.delta import path_str
 
 NUM_CLASSES = 5
 TINY_FEATURES = 32  # resnet_tiny: 8 filters doubled over 3 stages
@@ -327,32 +324,6 @@ def test_trunk_then_top_at_every_cut_equals_the_whole_network(tiny):
       assert trunk_out.ndim == 4 and trunk_out.shape[0] == images.shape[0]
 
 
-def test_cut_splits_params_and_matches_its_trunk_by_forward_order(tiny_small):
-  _, variables, _ = tiny_small
-  params = variables['params']
-  order = {'conv_init': 0, 'bn_init': 0, 'stage1_block1': 1, 'stage2_block1': 2, 'stage3_block1': 3, 'head': 4}
-  assert set(order) == set(params)
-  for position, branch in enumerate(('stem', 'stage1', 'stage2', 'stage3', 'head')):
-    cut = Cut(branch)
-    trunk, top = cut.split(params)
-    assert set(trunk) == {k for k, p in order.items() if p < position}
-    assert set(top) == {k for k, p in order.items() if p >= position}
-    assert cut.shares_trunk == (position > 0) and cut.keeps_backbone == (branch == 'head')
-    for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]:
-      p = path_str(path)
-      in_trunk = p.split('/')[0] in trunk
-      assert (cut.trunk_regex is not None and re.search(cut.trunk_regex, p) is not None) == in_trunk, (branch, p)
-  with pytest.raises(ValueError, match='layer group'):
-    Cut('block3')
-
-
-def test_a_cut_beyond_the_models_stages_is_refused_by_name(tiny_small):
-  model, _, _ = tiny_small
-  Cut('stage3').check(model)
-  with pytest.raises(ValueError, match="branch='stage4' is not a layer group of this model"):
-    Cut('stage4').check(model)
-
-
 def test_bad_cut_points_are_rejected(tiny_small):
   model, variables, images = tiny_small
   with pytest.raises(ValueError, match='stage9'):
@@ -440,58 +411,7 @@ def test_train_mode_flops_are_a_forward_pass_too(tiny_small):
   assert eval_flops <= train_flops < 1.5 * eval_flops
 
 
-# --- The convolution: XLA's values and gradients, the kernel gradient by matmuls on CPU. ---
-
-def _conv_grads(conv, x, kernel, strides, padding, **kw):
-  """(output, d/dx, d/dkernel) of sum(sin(conv(x, kernel))): a cotangent that differs at every output entry."""
-  def loss(x_, k_):
-    return jnp.sin(conv(x_, k_, strides, padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC'), **kw)
-                   .astype(jnp.float32)).sum()
-  return (conv(x, kernel, strides, padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC'), **kw),
-          *jax.jit(jax.grad(loss, (0, 1)))(x, kernel))
-
-
-@settings(max_examples=12, deadline=None)
-@given(k=st.sampled_from([1, 3, 7]), stride=st.sampled_from([1, 2]), size=st.integers(4, 11),
-       padding=st.one_of(st.sampled_from(['SAME', 'VALID']),
-                         st.tuples(st.tuples(st.integers(0, 3), st.integers(0, 3)),
-                                   st.tuples(st.integers(0, 3), st.integers(0, 3)))),
-       seed=st.integers(0, 2**16))
-def test_conv_values_and_both_gradients_equal_xla_for_any_kernel_stride_and_padding(k, stride, size, padding, seed):
-  pads = (0, 0) if padding == 'VALID' else (k, k) if padding == 'SAME' else (sum(padding[0]), sum(padding[1]))
-  assume(size + min(pads) >= k)  # the kernel fits the padded input
-  rng = np.random.default_rng(seed)
-  x = jnp.asarray(rng.normal(size=(2, size, size + 1, 3)), jnp.float32)
-  kernel = jnp.asarray(rng.normal(size=(k, k, 3, 4)), jnp.float32)
-  ours = _conv_grads(conv_general_dilated, x, kernel, (stride, stride), padding)
-  xla = _conv_grads(jax.lax.conv_general_dilated, x, kernel, (stride, stride), padding)
-  for a, b in zip(ours, xla):
-    assert a.shape == b.shape and a.dtype == b.dtype
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.abs(b).max()))
-
-
-def test_conv_kernel_gradient_in_bf16_is_bf16_and_close_to_xla():
-  rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.normal(size=(4, 8, 8, 8)), jnp.bfloat16)
-  kernel = jnp.asarray(rng.normal(size=(3, 3, 8, 8)), jnp.bfloat16)
-  _, _, ours = _conv_grads(conv_general_dilated, x, kernel, (1, 1), ((1, 1), (1, 1)))
-  _, _, xla = _conv_grads(jax.lax.conv_general_dilated, x, kernel, (1, 1), ((1, 1), (1, 1)))
-  assert ours.dtype == xla.dtype == jnp.bfloat16
-  # Ours accumulates in float32; a bf16 result is within a few bf16 ulps of XLA's.
-  np.testing.assert_allclose(np.float32(ours), np.float32(xla), rtol=0.05, atol=0.05 * float(jnp.abs(xla).max()))
-
-
-def test_conv_other_arguments_go_to_lax_unchanged():
-  rng = np.random.default_rng(1)
-  x = jnp.asarray(rng.normal(size=(2, 9, 9, 3)), jnp.float32)
-  kernel = jnp.asarray(rng.normal(size=(3, 3, 3, 4)), jnp.float32)
-  for kw in ({'padding': ((1, 1), (1, 1)), 'rhs_dilation': (2, 2)}, {'padding': ((-1, 2), (1, 1))}):
-    padding = kw.pop('padding')
-    ours = _conv_grads(conv_general_dilated, x, kernel, (1, 1), padding, **kw)
-    xla = _conv_grads(jax.lax.conv_general_dilated, x, kernel, (1, 1), padding, **kw)
-    for a, b in zip(ours, xla):
-      np.testing.assert_array_equal(a, b)
-
+# --- The convolution: every ResNet convolution is cpu_conv's (tests/test_cpu_conv.py tests it alone). ---
 
 def test_every_resnet_convolution_is_the_custom_convolution(tiny_small):
   model, variables, images = tiny_small
@@ -518,7 +438,7 @@ def test_resnet_training_gradient_equals_the_one_through_lax_convolutions(tiny_s
     return jax.jit(jax.grad(loss))(variables['params'])
 
   ours = grads()
-  monkeypatch.setattr('supersub_jax.models.conv_general_dilated', jax.lax.conv_general_dilated)
+  monkeypatch.setattr('supersub_jax.cpu_conv.conv_general_dilated', jax.lax.conv_general_dilated)
   xla = grads()
   for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(xla)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.abs(b).max()))

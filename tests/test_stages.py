@@ -13,6 +13,7 @@ import pytest
 from conftest import make_tiny_config
 from supersub_jax import bank as bank_lib
 from supersub_jax import checkpoint as ckpt
+from supersub_jax import cut as cut_lib
 from supersub_jax import delta as delta_lib
 from supersub_jax import exported as exported_lib
 from supersub_jax import models
@@ -81,7 +82,7 @@ def test_specialist_masks_reach_target_density_and_delta_stays_sparse(tiny_workd
   config, workdir, _ = tiny_workdir
   hierarchy = stages.make_hierarchy(config)
   # The kept fraction over all delta leaves: the pruned leaves at the target density, the dense_leaves whole.
-  backbone = models.split_head(stages.load_network(config, workdir, 'superclass').params)[0]
+  backbone = cut_lib.split_head(stages.load_network(config, workdir, 'superclass').params)[0]
   sizes = {delta_lib.path_str(p): x.size for p, x in jax.tree_util.tree_flatten_with_path(backbone)[0]}
   in_delta = [p for p in sizes if re.fullmatch(delta_lib.KERNELS_AND_NORM, p)]
   assert config.specialists.leaves == 'kernels_and_norm' and config.specialists.dense_leaves == delta_lib.NORM
@@ -192,7 +193,7 @@ def test_shared_trunk_apply_leaves_trunk_statistics_and_gradients_alone(tiny_dat
   model = stages.make_model(config, 4)
   variables = jax.device_get(models.init_variables(model, jax.random.key(0), (16, 16, 3)))
   images = np.float32(np.random.RandomState(0).randn(4, 16, 16, 3))
-  apply = specialists.make_apply_fn(model, models.Cut('stage2'))
+  apply = specialists.make_apply_fn(model, cut_lib.Cut('stage2'))
 
   def loss(params):
     logits, new = apply({'params': params, 'batch_stats': variables['batch_stats']}, images, train=True,
@@ -206,7 +207,7 @@ def test_shared_trunk_apply_leaves_trunk_statistics_and_gradients_alone(tiny_dat
     assert same == (key in ('bn_init',) or key.startswith('stage1_')), key  # train mode only from the branch
   for key in grads:
     nonzero = any(np.abs(g).max() > 0 for g in jax.tree.leaves(grads[key]))
-    assert nonzero == (models.group_of(key) in ('stage2', 'stage3', 'head')), key
+    assert nonzero == (cut_lib.group_of(key) in ('stage2', 'stage3', 'head')), key
 
 
 @pytest.mark.parametrize('branch', ['stage2', 'head'])
@@ -225,7 +226,7 @@ def test_shared_trunk_specialists_change_only_the_top_and_predict_like_their_den
 
   hierarchy = stages.make_hierarchy(config)
   generalist = stages.load_network(config, workdir, 'superclass', hierarchy)
-  top_stats = set(models.Cut(branch).split(generalist.batch_stats)[1])
+  top_stats = set(cut_lib.Cut(branch).split(generalist.batch_stats)[1])
   gm = stages.make_model(config, hierarchy.num_superclasses)
   images = np.float32(np.random.RandomState(1).randn(12, 16, 16, 3))
   routes = np.argmax(gm.apply({'params': generalist.params, 'batch_stats': generalist.batch_stats}, images,
@@ -233,19 +234,19 @@ def test_shared_trunk_specialists_change_only_the_top_and_predict_like_their_den
   want = np.zeros(len(images), np.int64)
   for k in range(hierarchy.num_superclasses):
     exported = specialists.load_exported(config, workdir, k, generalist, hierarchy)
-    groups = {models.group_of(keys[0]) for keys, _ in exported_lib.walk_records(exported['delta'])}
+    groups = {cut_lib.group_of(keys[0]) for keys, _ in exported_lib.walk_records(exported['delta'])}
     assert groups == ({'stage2', 'stage3'} if branch == 'stage2' else set()), groups
     assert set(exported['batch_stats']) == top_stats
     dense = convert.dense_specialist(config, workdir, k)
-    trunk = models.Cut(branch).split(generalist.params)[0]
-    for a, b in zip(jax.tree.leaves(trunk), jax.tree.leaves(models.Cut(branch).split(dense['params'])[0])):
+    trunk = cut_lib.Cut(branch).split(generalist.params)[0]
+    for a, b in zip(jax.tree.leaves(trunk), jax.tree.leaves(cut_lib.Cut(branch).split(dense['params'])[0])):
       np.testing.assert_array_equal(a, b)
     # The reference: the dense network, whole, on the images the generalist sends to k.
     local = np.argmax(stages.make_model(config, int(hierarchy.sizes[k])).apply(dense, images, train=False), -1)
     want[routes == k] = np.asarray(hierarchy.local_to_label)[k, local[routes == k]]
 
   state = evaluation.load_trained(config, workdir).state
-  assert state.cut == models.Cut(branch)
+  assert state.cut == cut_lib.Cut(branch)
   got = inference.predict(state, images, generalist_model=gm,
                           specialist_model=stages.make_model(config, hierarchy.max_subclasses))
   np.testing.assert_array_equal(got['superclass'], routes)
