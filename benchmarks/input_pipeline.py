@@ -18,7 +18,7 @@ the pre-resized store (`prepare --max_side=N`, JPEG quality 90), prepared beside
 Run under ``absl.app.run``: grain's worker processes read absl flags, which must be parsed.
 
 The path measured: ``--encoded`` (default) hands the pipeline the stored JPEG, decoded fused with its crop
-(``pipeline.decode_random_resized_crop``); ``--noencoded`` lets TFDS decode whole images first (the path before
+(``image_ops.decode_random_resized_crop``); ``--noencoded`` lets TFDS decode whole images first (the path before
 it). ``--normalize=device`` (default) leaves batches uint8 for the model to normalise; ``host`` normalises to float32
 here. ``--decoder=dali`` has DALI decode (``supersub_jax.data.dali``; on the GPU where jax sees one).
 """
@@ -30,7 +30,7 @@ from absl import app, flags
 import numpy as np
 
 from supersub_jax import hierarchy
-from supersub_jax.data import pipeline, prepare, sources
+from supersub_jax.data import image_ops, pipeline, prepare, sources
 
 _DATA_DIR = flags.DEFINE_string('data_dir', '/tmp/supersub_data', 'TFDS data directory.')
 _WORKERS = flags.DEFINE_list('workers', ['0', '2'], 'grain worker counts to measure.')
@@ -142,29 +142,29 @@ def stage_table(source, count: int) -> None:
   def view_of(i):  # the box, flip and DCT factor as the pipeline draws them
     rng = np.random.default_rng(i)
     height, width, _, _ = simplejpeg.decode_jpeg_header(blobs[i])
-    box = pipeline.crop_box(height, width, rng)
-    return box, rng.random() < 0.5, pipeline.dct_factor(box[2] - box[0], box[3] - box[1], side), (height, width)
+    box = image_ops.crop_box(height, width, rng)
+    return box, rng.random() < 0.5, image_ops.dct_factor(box[2] - box[0], box[3] - box[1], side), (height, width)
 
   views = [view_of(i) for i in indices]
-  decode = lambda i: pipeline.decode_jpeg_box(blobs[i], views[i][0], views[i][2], *views[i][3])
+  decode = lambda i: image_ops.decode_jpeg_box(blobs[i], views[i][0], views[i][2], *views[i][3])
   decoded = [decode(i) for i in indices]
-  resize = lambda i: pipeline._resize(decoded[i][0], side, decoded[i][1])  # pylint: disable=protected-access
+  resize = lambda i: image_ops.resize(decoded[i][0], side, decoded[i][1])
 
   resized = [resize(i) for i in indices]
   ms = {
       'read the record (array_record)': _best_ms(lambda i: source[i], indices),
       'header + crop box + DCT factor': _best_ms(view_of, indices),
-      (f'decode ({"the box only, libjpeg-turbo" if pipeline.REGION_DECODING else "whole, simplejpeg"}; '
-       'DCT-scaled where the box allows: `pipeline.decode_jpeg_box`)'): _best_ms(decode, indices),
-      'crop + resize to the output (`pipeline._resize`: OpenCV on a view of the box)': _best_ms(resize, indices),
-      'flip (half the images; `pipeline._flip`)': _best_ms(
-          lambda i: pipeline._flip(resized[i]) if views[i][1] else resized[i], indices),  # pylint: disable=protected-access
+      (f'decode ({"the box only, libjpeg-turbo" if image_ops.REGION_DECODING else "whole, simplejpeg"}; '
+       'DCT-scaled where the box allows: `image_ops.decode_jpeg_box`)'): _best_ms(decode, indices),
+      'crop + resize to the output (`image_ops.resize`: OpenCV on a view of the box)': _best_ms(resize, indices),
+      'flip (half the images; `image_ops._flip`)': _best_ms(
+          lambda i: image_ops._flip(resized[i]) if views[i][1] else resized[i], indices),  # pylint: disable=protected-access
   }
-  outs = [pipeline.decode_random_resized_crop(b, np.random.default_rng(i), side) for i, b in zip(indices, blobs)]
+  outs = [image_ops.decode_random_resized_crop(b, np.random.default_rng(i), side) for i, b in zip(indices, blobs)]
   batch = _BATCH.value
   stack = _best_ms(lambda _: np.stack(outs[:batch]), [0] * 20)
   ms['batching (np.stack, per image)'] = (stack[0] / batch, stack[1] / batch)
-  whole = _best_ms(lambda i: pipeline.decode_random_resized_crop(blobs[i], np.random.default_rng(i), side), indices)
+  whole = _best_ms(lambda i: image_ops.decode_random_resized_crop(blobs[i], np.random.default_rng(i), side), indices)
   stats = pipeline.DATASET_STATS['imagenet2012']
   it = pipeline.train_iterator(source, global_batch_size=batch, seed=0, augment='random_resized_crop',
                                image_size=side, mean=stats.mean, std=stats.std, worker_count=0, read_threads=1,

@@ -3,7 +3,7 @@ r"""Bytes of the kept positions of trained specialists under each position code,
   python -m studies.position_codes --workdir=runs/demo
 
 Reads the workdir's exported specialists (config stored in the workdir) and re-encodes every record's kept
-positions (``exported.encode_positions``' three codes) with nothing else changed (values, scales, heads and
+positions (``positions.encode_positions``' three codes) with nothing else changed (values, scales, heads and
 BatchNorm statistics keep their bytes): a bitmask for every leaf; the smaller of a bitmask and indices per leaf (the
 export before varint gaps); the smallest of bitmask, indices and gaps per leaf (the export now); and, for scale,
 the entropy bound of each leaf's kept set (log2 C(size, k) bits, what any position code must spend on a uniformly
@@ -27,7 +27,7 @@ def _log2_binomial(n: int, k: int) -> float:
 def position_bytes(exported: list[dict]) -> dict[str, list[float]]:
   """Per specialist: bytes of its kept positions under each code (schema: module docstring), and the rest."""
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from supersub_jax import exported as exported_lib  # pylint: disable=g-import-not-at-top
+  from supersub_jax import exported as exported_lib, positions as positions_lib  # pylint: disable=g-import-not-at-top
   out = {name: [] for name in ('bitmask', 'bitmask_or_indices', 'smallest', 'entropy_bound', 'other')}
   for e in exported:
     sums = dict.fromkeys(out, 0.0)
@@ -38,11 +38,11 @@ def position_bytes(exported: list[dict]) -> dict[str, list[float]]:
       mask = np.zeros(size, bool)
       mask[d.indices] = True
       bitmask = (size + 7) // 8
-      indices = d.indices.size * exported_lib.index_dtype(size).itemsize or bitmask
+      indices = d.indices.size * positions_lib.index_dtype(size).itemsize or bitmask
       sums['other'] -= np.asarray(rec['positions']).nbytes
       sums['bitmask'] += bitmask
       sums['bitmask_or_indices'] += min(bitmask, indices)
-      sums['smallest'] += exported_lib.encode_positions(mask)[1].nbytes
+      sums['smallest'] += positions_lib.encode_positions(mask)[1].nbytes
       sums['entropy_bound'] += _log2_binomial(size, d.indices.size) / 8
     for name, value in sums.items():
       out[name].append(value)

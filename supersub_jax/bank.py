@@ -27,6 +27,7 @@ from flax import struct
 from supersub_jax import cut as cut_lib
 from supersub_jax import delta as delta_lib
 from supersub_jax import exported as exported_lib
+from supersub_jax import positions as positions_lib
 from supersub_jax import quant
 
 PyTree = Any
@@ -128,7 +129,7 @@ def _stack_positions(decoded, size: int) -> dict[str, np.ndarray]:
   """The smaller of a stacked bitmask and stacked (padded) indices for one leaf."""
   n = len(decoded)
   k_max = max([1] + [d.indices.size for d in decoded if d is not None])
-  index_dtype = exported_lib.index_dtype(size)
+  index_dtype = positions_lib.index_dtype(size)
   bitmask_bytes = n * ((size + 7) // 8)
   if n * k_max * index_dtype.itemsize < bitmask_bytes:
     indices = np.zeros((n, k_max), index_dtype)

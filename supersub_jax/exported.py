@@ -6,11 +6,11 @@ of each selected leaf, a record::
 
     'shape':     int32[ndim]     shape of the leaf
     'bits':      int32[]         8, 4 or 2; 0 = not quantized (values are float32)
-    'encoding':  int32[]         0 = bitmask, 1 = indices, 2 = Elias-Fano (POSITIONS_* constants)
+    'encoding':  int32[]         0 = bitmask, 1 = indices, 2 = Elias-Fano (``positions.POSITIONS_*``)
     'positions': uint8[ceil(size/8)]  np.packbits of the flat C-order mask (bitmask), or
                  uint8/16/32/64[k]    ascending flat indices of kept entries, in the
                                       smallest unsigned dtype that holds size - 1 (indices), or
-                 uint8[...]           the Elias-Fano code of those indices (``elias_fano_encode``:
+                 uint8[...]           the Elias-Fano code of those indices (``positions.elias_fano_encode``:
                                       about 2 + log2(size / k) bits per kept entry, 7-12% above
                                       the entropy of a random kept set at densities 0.02-0.1);
                  whichever has fewer bytes (bitmask, then indices, on a tie; bitmask when k == 0)
@@ -61,96 +61,14 @@ import numpy as np
 
 from supersub_jax import cut as cut_lib
 from supersub_jax import delta as delta_lib
+from supersub_jax import positions as positions_lib
 from supersub_jax import quant
 
 PyTree = Any
 CompressedDelta = dict  # nested dict of records; schema in the module docstring
 ExportedSpecialist = dict  # {'delta', 'head', 'batch_stats', 'spec'}; schema in the module docstring
 
-POSITIONS_BITMASK = 0
-POSITIONS_INDICES = 1
-POSITIONS_ELIAS_FANO = 2
-_ENCODINGS = (POSITIONS_BITMASK, POSITIONS_INDICES, POSITIONS_ELIAS_FANO)
 _RECORD_KEYS = frozenset({'shape', 'bits', 'encoding', 'positions', 'values'})
-
-
-def index_dtype(size: int) -> np.dtype:
-  """The smallest unsigned dtype that holds the flat positions 0 .. size - 1."""
-  for dt in (np.uint8, np.uint16, np.uint32):
-    if size - 1 <= np.iinfo(dt).max:
-      return np.dtype(dt)
-  return np.dtype(np.uint64)
-
-
-def _elias_fano_low_bits(size: int, k: int) -> int:
-  return max(0, (size // k).bit_length() - 1)  # floor(log2(size / k))
-
-
-def elias_fano_encode(indices: np.ndarray, size: int) -> np.ndarray:
-  """Elias-Fano code (uint8) of k >= 1 strictly increasing integers in [0, size).
-
-  With ``l = floor(log2(size / k))``: bytes 0-3 hold k (uint32, little-endian); then the high parts, ``i >> l``, as
-  a bitmask of ``k + ((size - 1) >> l) + 1`` bits with bit ``(indices[j] >> l) + j`` set for each j (the high parts
-  in unary), packed with ``np.packbits``; then the low ``l`` bits of each index, most significant first, packed the
-  same way. Every part is read back without a sequential scan (``elias_fano_decode``).
-  """
-  indices = np.asarray(indices, np.int64).reshape(-1)
-  k = indices.size
-  l = _elias_fano_low_bits(size, k)
-  high = np.zeros(k + ((size - 1) >> l) + 1, bool)
-  high[(indices >> l) + np.arange(k)] = True
-  low = (indices[:, None] >> np.arange(l - 1, -1, -1)) & 1
-  return np.concatenate([np.asarray([k], '<u4').view(np.uint8), np.packbits(high), np.packbits(low.reshape(-1))])
-
-
-def elias_fano_decode(code: np.ndarray, size: int) -> np.ndarray:
-  """int64 indices from ``elias_fano_encode(indices, size)``; ValueError on a code whose length or count is wrong.
-  Reads no more than ``code`` holds: k is checked against the code's length before anything is allocated."""
-  code = np.asarray(code, np.uint8).reshape(-1)
-  if code.size < 4:
-    raise ValueError(f'an Elias-Fano code starts with 4 bytes of count, got {code.size} bytes.')
-  k = int(code[:4].view('<u4')[0])
-  if not 1 <= k <= size:
-    raise ValueError(f'an Elias-Fano code counts {k} kept entries, outside [1, {size}].')
-  l = _elias_fano_low_bits(size, k)
-  num_high = k + ((size - 1) >> l) + 1
-  high_bytes, low_bytes = (num_high + 7) // 8, (k * l + 7) // 8
-  if code.size != 4 + high_bytes + low_bytes:
-    raise ValueError(f'an Elias-Fano code of {k} entries below {size} is {4 + high_bytes + low_bytes} bytes, got '
-                     f'{code.size}.')
-  ones = np.flatnonzero(np.unpackbits(code[4:4 + high_bytes], count=num_high))
-  if ones.size != k:
-    raise ValueError(f'an Elias-Fano code of {k} entries has {ones.size} high-part bits set.')
-  low = np.unpackbits(code[4 + high_bytes:], count=k * l).reshape(k, l).astype(np.int64)
-  return ((ones - np.arange(k)) << l) | (low << np.arange(l - 1, -1, -1)).sum(axis=1)
-
-
-def encode_positions(mask: np.ndarray) -> tuple[int, np.ndarray]:
-  """(encoding, positions) for a non-empty bool mask: packed bitmask, indices or Elias-Fano, whichever is
-  smallest; the bitmask, then indices, on a tie, and the bitmask when nothing is kept (no empty arrays)."""
-  flat = np.asarray(mask, bool).reshape(-1)
-  bitmask = np.packbits(flat)
-  kept = np.flatnonzero(flat)
-  if kept.size == 0:
-    return POSITIONS_BITMASK, bitmask
-  indices = kept.astype(index_dtype(flat.size))
-  elias_fano = elias_fano_encode(kept, flat.size)
-  candidates = [(bitmask.nbytes, POSITIONS_BITMASK, bitmask), (indices.nbytes, POSITIONS_INDICES, indices),
-                (elias_fano.nbytes, POSITIONS_ELIAS_FANO, elias_fano)]
-  _, encoding, positions = min(candidates, key=lambda c: (c[0], c[1]))
-  return encoding, positions
-
-
-def decode_positions(encoding: int, positions: np.ndarray, size: int) -> np.ndarray:
-  """Ascending flat indices (int64) of kept entries, from ``encode_positions`` output."""
-  if encoding == POSITIONS_BITMASK:
-    return np.flatnonzero(np.unpackbits(positions, count=size))
-  if encoding == POSITIONS_INDICES:
-    return positions.astype(np.int64)
-  if encoding == POSITIONS_ELIAS_FANO:
-    return elias_fano_decode(positions, size)
-  raise ValueError(f'unknown positions encoding {encoding}; expected one of {_ENCODINGS} (bitmask, indices, '
-                   'Elias-Fano).')
 
 
 def _quantize_masked(d, m, bits: int, channel_axis: int | None):
@@ -170,7 +88,7 @@ def _compress_leaf(d, m, cfg: delta_lib.DeltaConfig) -> dict[str, np.ndarray]:
   mask = np.ones(d.shape, bool) if m is None else np.asarray(m, bool)
   if mask.shape != d.shape:
     raise ValueError(f'mask shape {mask.shape} differs from delta shape {d.shape}.')
-  encoding, positions = encode_positions(mask)
+  encoding, positions = positions_lib.encode_positions(mask)
   kept = np.flatnonzero(mask.reshape(-1))
   record = {'shape': np.asarray(d.shape, np.int32), 'encoding': np.asarray(encoding, np.int32),
             'positions': positions}
@@ -262,21 +180,22 @@ def decode_record(rec, where: str = 'record', expected_shape: tuple[int, ...] | 
   if size > MAX_LEAF_SIZE:
     raise ValueError(f'{where}: shape {shape} has {size} entries, more than {MAX_LEAF_SIZE}.')
   bits = _int_scalar(rec, 'bits', where, (0,) + quant.SUPPORTED_BITS)
-  encoding = _int_scalar(rec, 'encoding', where, _ENCODINGS)
+  encoding = _int_scalar(rec, 'encoding', where, positions_lib.ENCODINGS)
   positions = _array(rec, 'positions', where)
   if positions.ndim != 1 or positions.size == 0 or not np.issubdtype(positions.dtype, np.unsignedinteger):
     raise ValueError(f'{where}: positions must be a non-empty 1-D unsigned array, got '
                      f'{positions.dtype}{list(positions.shape)}.')
-  if encoding != POSITIONS_INDICES and positions.dtype != np.uint8:
+  if encoding != positions_lib.POSITIONS_INDICES and positions.dtype != np.uint8:
     raise ValueError(f'{where}: bitmask and Elias-Fano positions are uint8 bytes, got {positions.dtype}.')
-  if encoding == POSITIONS_BITMASK and positions.size != (size + 7) // 8:
+  if encoding == positions_lib.POSITIONS_BITMASK and positions.size != (size + 7) // 8:
     raise ValueError(f'{where}: a bitmask of {size} entries is {(size + 7) // 8} uint8 bytes, got '
                      f'{positions.dtype}[{positions.size}].')
   try:
-    indices = decode_positions(encoding, positions, size)
+    indices = positions_lib.decode_positions(encoding, positions, size)
   except ValueError as e:
     raise ValueError(f'{where}: {e}') from e
-  if encoding != POSITIONS_BITMASK and (indices[-1] >= size or (indices.size > 1 and (np.diff(indices) <= 0).any())):
+  if encoding != positions_lib.POSITIONS_BITMASK and (indices[-1] >= size
+                                                      or (indices.size > 1 and (np.diff(indices) <= 0).any())):
     raise ValueError(f'{where}: indices must be strictly increasing and below {size}.')
   k = indices.size
   values = _array(rec, 'values', where)

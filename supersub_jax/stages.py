@@ -60,7 +60,7 @@ def dataset_kwargs(config) -> dict:
 
 def load_source(config, split: str, hierarchy, superclass: int | None = None):
   """One split of ``config.dataset`` relabelled by ``hierarchy`` (held-out data: ``config.eval_split``)."""
-  # Encoded: the input pipeline decodes each image fused with its crop (pipeline.decode_random_resized_crop).
+  # Encoded: the input pipeline decodes each image fused with its crop (image_ops.decode_random_resized_crop).
   return sources.load_source(config.dataset, split, hierarchy, ckpt.abs_path(config.data_dir),
                              manual_dir=config.manual_dir or None, superclass=superclass, encoded=True,
                              **dataset_kwargs(config))

@@ -11,6 +11,7 @@ from supersub_jax import cut as cut_lib
 from supersub_jax import delta as dl
 from supersub_jax import exported as exported_lib
 from supersub_jax import hierarchy as hierarchy_lib
+from supersub_jax import positions as positions_lib
 from supersub_jax import quant
 
 SIZES = (2, 3, 4)
@@ -23,8 +24,8 @@ def _flat(tree):
 def test_bank_keeps_every_encoding_compact_and_the_heads_side_by_side():
   _, _, _, gen, exported = _world(SIZES)
   recs = [rec for ex in exported for _, rec in exported_lib.walk_records(ex['delta'])]
-  assert {int(r['encoding']) for r in recs} == {exported_lib.POSITIONS_BITMASK, exported_lib.POSITIONS_INDICES,
-                                                exported_lib.POSITIONS_ELIAS_FANO}
+  assert {int(r['encoding']) for r in recs} == {positions_lib.POSITIONS_BITMASK, positions_lib.POSITIONS_INDICES,
+                                                positions_lib.POSITIONS_ELIAS_FANO}
   assert {int(r['bits']) for r in recs} == {0, 4, 8}
   base = cut_lib.split_head(gen['params'])[0]
   bank = bank_lib.make_bank(exported, base)
@@ -73,7 +74,7 @@ def test_bank_bytes_stay_within_1_2x_of_the_exported_bytes_with_positions_as_bit
   bank = bank_lib.make_bank(exported, base)
   stored = sum(sum(exported_lib.exported_nbytes(ex).values()) for ex in exported)
   decoded = [rec for ex in exported for _, rec in exported_lib.walk_records(ex['delta'])
-             if int(rec['encoding']) == exported_lib.POSITIONS_ELIAS_FANO]
+             if int(rec['encoding']) == positions_lib.POSITIONS_ELIAS_FANO]
   as_bitmasks = sum(-(-int(np.prod(rec['shape'])) // 8) - rec['positions'].nbytes for rec in decoded)
   assert decoded and as_bitmasks > 0
   assert bank_lib.nbytes(bank) <= 1.2 * (stored + as_bitmasks), (bank_lib.nbytes(bank), stored, as_bitmasks)

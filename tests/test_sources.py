@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from supersub_jax.data.fake_imagenet import imagenet_wnids, write_fake_imagenet
 from supersub_jax import hierarchy as hierarchy_lib
-from supersub_jax.data import builders, prepare, sources
+from supersub_jax.data import builders, label_cache, prepare, sources
 
 # ------------------------------------------------------------------------------ relabel
 
@@ -172,30 +172,6 @@ def test_a_label_cache_overwritten_or_out_of_range_is_rebuilt_from_the_records(t
     for a, b in zip(dataclasses.astuple(source.labels), dataclasses.astuple(expected)):
       np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(np.load(cache)['label'], good['label'])
-
-
-def test_a_label_cache_whose_header_states_another_shape_is_refused_before_its_data_is_read(tmp_path):
-  import tracemalloc  # pylint: disable=g-import-not-at-top
-  import zipfile  # pylint: disable=g-import-not-at-top
-  cache = tmp_path / 'train.npz'
-  header = io.BytesIO()
-  np.lib.format.write_array_header_1_0(header, {'descr': '<i8', 'fortran_order': False, 'shape': (25 * 10**6,)})
-  with zipfile.ZipFile(cache, 'w', zipfile.ZIP_DEFLATED) as z, z.open('label.npy', 'w', force_zip64=True) as f:
-    f.write(header.getvalue())
-    for _ in range(50):  # 200 MB of zeros in a file of about 200 KB
-      f.write(bytes(4 * 10**6))
-  assert os.path.getsize(cache) < 10**6
-  tracemalloc.start()
-  try:
-    assert sources._read_cache(str(cache), ('label',), 30) is None  # pylint: disable=protected-access
-    peak = tracemalloc.get_traced_memory()[1]
-  finally:
-    tracemalloc.stop()
-  assert peak < 10 * 2**20, peak  # the 200 MB were never unpacked
-  np.savez(cache, label=np.arange(30), other=np.arange(30))
-  assert sources._read_cache(str(cache), ('label',), 30) is None  # pylint: disable=protected-access
-  np.savez(cache, label=np.arange(30))
-  np.testing.assert_array_equal(sources._read_cache(str(cache), ('label',), 30)['label'], np.arange(30))  # pylint: disable=protected-access
 
 
 def test_source_is_picklable(synthetic_dir):
@@ -373,7 +349,7 @@ def test_imagenet_label_scan_decodes_no_image_and_is_cached(imagenet_dir, monkey
     patch.setattr(tfds.features.Image, 'decode_example_np', no_decoding)
     labels = sources.cached_labels(builder, 'validation', imagenet_dir)
   assert labels['label'].shape == (6,)
-  cache = sources._cache_path(builder, 'validation', imagenet_dir)  # pylint: disable=protected-access
+  cache = label_cache.path_of(builder, 'validation', imagenet_dir)
   assert os.path.exists(cache)
   from tensorflow_datasets.core.data_sources import array_record  # pylint: disable=g-import-not-at-top
   with monkeypatch.context() as patch:

@@ -8,7 +8,7 @@ keeps the examples whose source class belongs to `hierarchy`, and yields dicts
 
 Labels never require decoding an image: every split's source labels are read once with the image
 feature left undecoded (`tfds.decode.SkipDecoding`) and cached as .npz under
-`<data_dir>/supersub_labels/`; relabelling and filtering for any hierarchy then take milliseconds,
+`<data_dir>/supersub_labels/` (`label_cache`); relabelling and filtering for any hierarchy then take milliseconds,
 also for ImageNet's 1.28M records.
 """
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -25,8 +24,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
-from supersub_jax import files
 from supersub_jax import hierarchy as hierarchy_lib
+from supersub_jax.data import label_cache
 from supersub_jax.data import synthetic
 
 DATASETS: tuple[str, ...] = ('synthetic', 'cifar100', 'imagenet2012')
@@ -151,53 +150,6 @@ def relabel(source_labels: np.ndarray, hierarchy: hierarchy_lib.Hierarchy) -> Re
                     local=hierarchy.label_to_local[subclass].astype(np.int32))
 
 
-def _cache_path(builder: tfds.core.DatasetBuilder, split: str,
-                data_dir: str | os.PathLike) -> str:
-  config = builder.builder_config.name if builder.builder_config else 'default'
-  safe_split = re.sub(r'[^A-Za-z0-9_.-]+', '_', split)
-  return os.path.join(os.fspath(data_dir), 'supersub_labels', builder.name, config,
-                      str(builder.version), f'{safe_split}.npz')
-
-
-_SPOT_CHECKS = 8  # records read back to check a label cache against (images not decoded)
-
-
-def _read_cache(path: str, keys: Sequence[str], count: int, *, num_classes: Mapping[str, int] | None = None,
-                records=None) -> dict[str, np.ndarray] | None:
-  """The labels cached at `path` if they pass their check (the keys, int [count] each, within `num_classes` of
-  each key, and equal to the labels of a few of `records`), else None with a warning: a damaged or stale cache is
-  rebuilt, never trusted nor fatal."""
-  def check(name, shape, dtype):  # each array's header, before its data is decompressed
-    if name not in keys:
-      raise ValueError(f'array {name!r}, expected only {sorted(keys)}')
-    if shape != (count,) or not np.issubdtype(dtype, np.integer) or dtype.itemsize > 8:
-      raise ValueError(f'{name!r} is {dtype}{list(shape)}, expected int[{count}]')
-
-  try:
-    labels = files.load_npz(path, max_bytes=8 * count * len(keys), max_elements=count * len(keys), check=check)
-    if set(labels) != set(keys):
-      raise ValueError(f'keys {sorted(labels)}, expected {sorted(keys)}')
-    for k, n in (num_classes or {}).items():
-      bad = (labels[k] < 0) | (labels[k] >= n)
-      if n and bad.any():
-        raise ValueError(f'{int(bad.sum())} {k!r} value(s) outside [0, {n}), e.g. {int(labels[k][bad][0])}')
-    if records is not None and count:  # an overwritten cache (all zeros, another split's) has the right shape
-      spots = sorted({int(i) for i in np.linspace(0, count - 1, min(count, _SPOT_CHECKS))})
-      try:
-        found = [{k: int(example[k]) for k in keys} for example in records.__getitems__(spots)]
-      except Exception:  # pylint: disable=broad-except  (damaged records: reading them reports it, naming the file)
-        found = None
-      for i, example in zip(spots, found or ()):
-        for k in keys:
-          if example[k] != int(labels[k][i]):
-            raise ValueError(f'record {i} has {k!r} {example[k]}, the cache {int(labels[k][i])}')
-    return labels
-  except Exception as e:  # pylint: disable=broad-except  (zipfile, numpy and OS errors alike mean: rebuild it)
-    logging.warning('Label cache %s fails its check (%s: %s); rebuilding it.', path, type(e).__name__,
-                    str(e).splitlines()[0][:200] if str(e) else '')
-    return None
-
-
 def cached_labels(builder: tfds.core.DatasetBuilder, split: str,
                   data_dir: str | os.PathLike) -> dict[str, np.ndarray]:
   """Label features of every record of `split` (int64 [num_records] each), cached on disk.
@@ -208,12 +160,12 @@ def cached_labels(builder: tfds.core.DatasetBuilder, split: str,
   be read raises `DataCorruptError` naming its file and the command that rebuilds the dataset.
   """
   keys = _LABEL_KEYS.get(builder.name, ('label',))
-  path = _cache_path(builder, split, data_dir)
+  path = label_cache.path_of(builder, split, data_dir)
   raw = builder.as_data_source(split, decoders={'image': tfds.decode.SkipDecoding()})
   if os.path.exists(path):
     num_classes = {k: int(getattr(builder.info.features[k], 'num_classes', 0) or 0) for k in keys
                    if k in builder.info.features}
-    labels = _read_cache(path, keys, len(raw), num_classes=num_classes, records=raw)
+    labels = label_cache.read(path, keys, len(raw), num_classes=num_classes, records=raw)
     if labels is not None:
       return labels
   logging.info('Scanning the labels of %d records of %s/%s (images not decoded)...', len(raw),
@@ -237,10 +189,7 @@ def cached_labels(builder: tfds.core.DatasetBuilder, split: str,
                          ValueError(f'its {k!r} is {type(value).__name__}, not an integer: the file is cut short '
                                     'or overwritten'))
         labels[k][start + offset] = value
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  # Several processes may scan at once; readers never see a partial file.
-  with files.atomic_write(path, 'wb') as f:
-    np.savez(f, **labels)
+  label_cache.write(path, labels)
   return labels
 
 
@@ -254,7 +203,7 @@ class HierarchicalSource:
 
   Example i is {'image': uint8 [H, W, 3], 'subclass': int32, 'superclass': int32,
   'local': int32}; with `encoded`, 'image' is the stored file itself (bytes: JPEG, PNG), which the input
-  pipeline decodes fused with its crop (`pipeline.decode_random_resized_crop`).  `labels` holds the labels
+  pipeline decodes fused with its crop (`image_ops.decode_random_resized_crop`).  `labels` holds the labels
   of all examples (no record read needed).
   """
 
