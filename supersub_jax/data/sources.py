@@ -29,7 +29,6 @@ from supersub_jax.data import label_cache
 from supersub_jax.data import synthetic
 
 DATASETS: tuple[str, ...] = ('synthetic', 'cifar100', 'imagenet2012')
-IMAGENET_TARS = {'train': 'ILSVRC2012_img_train.tar', 'validation': 'ILSVRC2012_img_val.tar'}
 
 # Source-label features per TFDS builder name, and (per dataset) the feature that must agree
 # with the hierarchy's superclass.
@@ -55,6 +54,7 @@ def prepare_command(dataset: str, data_dir: str | os.PathLike,
   command = (f'python -m supersub_jax.data.prepare --dataset={dataset} '
              f'--data_dir={shlex.quote(os.fspath(data_dir))}')  # pasted into a shell: a path with spaces stays one
   if dataset == 'imagenet2012':
+    from supersub_jax.data.builders import IMAGENET_TARS  # pylint: disable=g-import-not-at-top
     tars = ' and '.join(IMAGENET_TARS.values())
     command += f' --manual_dir={shlex.quote(os.fspath(manual_dir)) if manual_dir else f"<dir with {tars}>"}'
   elif manual_dir:
@@ -325,6 +325,7 @@ def _check_split(builder: tfds.core.DatasetBuilder, split: str, command: str) ->
   message = (f'split {base_split!r} of {builder.name} is not in {builder.data_dir} (available: '
              f'{available}).')
   if builder.name == 'imagenet2012':
+    from supersub_jax.data.builders import IMAGENET_TARS  # pylint: disable=g-import-not-at-top
     tar = IMAGENET_TARS.get(base_split)
     if tar:
       message += (f' It was prepared without {tar}: put that file in manual_dir, delete '
