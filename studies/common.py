@@ -1,4 +1,5 @@
-"""What the studies share: one converged-regime run (config, train and evaluate, its row), and their statistics.
+"""What the studies share: one converged-regime run (config, train and evaluate, its row), their statistics, and
+the files of their results (``write_results``, which the benchmarks use too).
 
 No flags here: each study (``python -m studies.<name>``) defines its own and passes the values in.
 """
@@ -300,6 +301,10 @@ def plot_map(data: dict, path: str, rule: str = 'hard') -> None:
 
 def write_map(prefix: str, rows: list[dict], with_plot: bool = False) -> None:
   write_results(prefix, {'rows': rows, 'summary': map_summary(rows)}, map_tables(rows), plot_map if with_plot else None)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Results files
 
 
 def write_results(prefix: str, data: Any, table_md: str, plot: Callable[[Any, str], None] | None = None) -> None:
