@@ -101,7 +101,7 @@ class SuperSub:
     generalist: ``{'params', 'batch_stats'}`` of the generalist (head of N outputs).
     bank: the N specialists (``SpecialistBank``).
     hierarchy: ``HierarchyArrays`` of the N superclasses.
-    cut: where the specialists branch (``cut_lib.Cut``, from their specs; static): the layers before it are the
+    cut: where the specialists branch (``cut.Cut``, from their specs; static): the layers before it are the
       generalist's, shared by every specialist.
   The specialists' base (``base``) is the generalist's backbone from the cut on: derived, not stored, so it is
   held once.
@@ -201,7 +201,7 @@ def make_bank(exported: Sequence[Mapping[str, Any]], base: PyTree) -> Specialist
   if not exported:
     raise ValueError('make_bank needs at least one exported specialist.')
   if 'head' in base:
-    raise ValueError("base has a 'head' entry; pass the generalist's backbone (cut_lib.split_head(params)[0]).")
+    raise ValueError("base has a 'head' entry; pass the generalist's backbone (cut.split_head(params)[0]).")
   base_leaves = {p: tuple(np.shape(x)) for p, x in _flat_leaves(base).items()}
   n = len(exported)
   decoded: dict[str, list] = {}

@@ -33,7 +33,7 @@ refuses zero-size arrays), so orbax ``StandardSave``/``PyTreeSave`` and ``np.sav
     'head':        {'kernel': float32[D, n_k + d], 'bias': float32[n_k + d]}: its real classes, then, with a
                    dustbin (d = 1), the "not my superclass" column, its bias as trained
     'batch_stats': the specialist's BatchNorm statistics (the generalist's layout, from the cut on)
-    'spec':        what it is (``describe``), JSON: {'version': 2, 'cut': a layer group name (``cut_lib.Cut``),
+    'spec':        what it is (``describe``), JSON: {'version': 2, 'cut': a layer group name (``cut.Cut``),
                    'num_subclasses': n_k, 'delta': {'bits', 'granularity', 'pattern', 'exclude', 'density'},
                    'dustbin': None, or {'fraction', 'others', 'logit_correction'}: how its dustbin was trained and
                    what inference adds to the dustbin's logit (``dustbin_logit_correction``)}; the specialists
