@@ -2,8 +2,8 @@
 
   python -m tools.hierarchy <spec> [--json]
 
-A line naming the hierarchy and its sizes, a header (``hierarchy.SUMMARY_COLUMNS``), then one line per superclass: index,
-name, wnid, count, source indices (tab-separated; wnid "-" when none). Specs are `supersub_jax.hierarchy.get`'s.
+A line naming the hierarchy and its sizes, a header (``hierarchy.SUMMARY_COLUMNS``), then one line per superclass:
+index, name, wnid, count, source indices (tab-separated; wnid "-" when none). Specs are `supersub_jax.hierarchy.get`'s.
 """
 
 from __future__ import annotations

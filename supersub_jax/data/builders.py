@@ -29,8 +29,7 @@ from PIL import Image
 from tensorflow_datasets.datasets.imagenet2012 import imagenet2012_dataset_builder as _imagenet_lib
 from tensorflow_datasets.image_classification import cifar as _cifar_lib
 
-from supersub_jax.data.sources import IMAGENET_TARS
-
+IMAGENET_TARS = {'train': 'ILSVRC2012_img_train.tar', 'validation': 'ILSVRC2012_img_val.tar'}
 _CIFAR100_URL = 'https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz'
 _CIFAR100_ARCHIVE = 'cifar-100-binary.tar.gz'
 
