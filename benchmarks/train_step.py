@@ -4,8 +4,8 @@
   python -m benchmarks.train_step --model=resnet50 --image_size=224 --batch_size=16 --devices=1,2 --steps=3
   python -m benchmarks.train_step --model=resnet50 --image_size=224 --batch_size=256 --half_precision  # GPU
 
-For each device count, one subprocess with that many devices (``subprocess_run.in_subprocess``; on CPU forced host devices)
-builds each kind:
+For each device count, one subprocess with that many devices (``subprocess_run.in_subprocess``; on CPU forced host
+devices) builds each kind:
   plain: the vanilla/superclass step (all params trainable; also what dense fine-tuning costs);
   delta: the specialists step (frozen base + sparse, fake-quantized delta materialized inside the step, new head,
          mask schedule updated and re-applied inside the step).

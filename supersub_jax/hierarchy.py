@@ -247,6 +247,7 @@ def largest_superclasses(k: int, ancestor_wnid: str = wordnet.ENTITY_WNID, *,
     name += '_balanced'
   return imagenet_hierarchy(wnids, name, balanced=balanced)
 
+
 # CIFAR-100 label names in the order of the dataset's coarse/fine_label_names.txt, which is
 # what tfds `cifar100` uses for `coarse_label` and `label` (alphabetical).
 CIFAR100_COARSE_NAMES: tuple[str, ...] = (

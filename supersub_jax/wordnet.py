@@ -177,6 +177,7 @@ def _describe(tree: _ImageNetTree, node: int) -> str:
 
 
 def _synsets_of_nodes(tree: _ImageNetTree, nodes: Sequence[int], balanced: bool) -> list[Synset]:
+  """The synsets of tree nodes that each have classes below, or a ValueError naming two that overlap."""
   member_sets = [tree.classes_below[n] for n in nodes]
   for i in range(len(nodes)):
     for j in range(i + 1, len(nodes)):

@@ -16,6 +16,7 @@ from supersub_jax import inference
 from supersub_jax import models
 from supersub_jax import stages
 from supersub_jax import weights
+from tools import convert as convert_command
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'fixtures')
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -161,7 +162,7 @@ def test_a_missing_workdir_is_named_with_the_command_that_makes_one(tmp_path):
 
 
 def test_each_verb_help_shows_an_example():
-  for verb in convert.VERBS:
+  for verb in convert_command.VERBS:
     out = _convert(verb, '--help')
     assert out.returncode == 0
     assert f'python -m tools.convert {verb} --' in out.stdout, verb
