@@ -3,7 +3,7 @@
   python train.py --config=configs/synthetic.py --workdir=runs/demo [--config.batch_size=128 ...]
 
 Rerunning the same command resumes every stage from its latest intact checkpoint; finished stages are skipped. The
-config is stored in <workdir>/config.json, which evaluate.py and `python -m supersub_jax.convert` read. Exit status:
+config is stored in <workdir>/config.json, which evaluate.py and `python -m tools.convert` read. Exit status:
 0 done, 1 an error (one line; --debug for the traceback), 75 preempted by SIGTERM after saving (rerun to resume), 130
 interrupted by SIGINT (the last saved step is kept; rerun to resume).
 """

@@ -105,7 +105,7 @@ def _items(smoke: bool, work: str, extra: list[str]) -> dict[str, dict]:
                 f'write_mixed_10({fake!r}, per_class={per_class}, photo_size=({photo}))')
   recipe = [
       [py, '-c', write_fake],
-      [py, '-m', 'supersub_jax.data.prepare', '--dataset=imagenet2012', f'--data_dir={fake}/data',
+      [py, '-m', 'tools.prepare', '--dataset=imagenet2012', f'--data_dir={fake}/data',
        f'--manual_dir={fake}'],
       [py, 'train.py', '--config=configs/imagenet_superclassing_resnet50.py', f'--workdir={work}/recipe',
        f'--config.data_dir={fake}/data', f'--config.manual_dir={fake}', '--config.init.path=',

@@ -8,7 +8,7 @@ r"""How Super-Sub's costs grow with the number of superclasses N and with the mo
 
 For each model and each N, --subclasses subclasses are split as evenly as possible over N superclasses (so the total
 task stays the same and only the hierarchy changes), and two existing benchmarks run in their own processes
-(``measure.in_subprocess``):
+(``subprocess_run.in_subprocess``):
   * benchmarks/train_step.py on one device: the generalist's step (an N-way head) and the specialists' delta step
     (a head as wide as the largest superclass), each with its compile time and its mean over whole mask-update
     periods (random data on device: step time does not depend on the values);
@@ -23,6 +23,7 @@ Prints a table and writes <out>.json and <out>.md after each row (a run stopped 
 from absl import app
 from absl import flags
 
+from benchmarks import subprocess_run
 from studies import common
 from supersub_jax import plots
 
@@ -54,18 +55,17 @@ def split_evenly(total: int, n: int) -> list[int]:
 
 
 def measure(model: str, n: int) -> dict:
-  from supersub_jax import measure as measure_lib  # pylint: disable=g-import-not-at-top
   sizes = split_evenly(_SUBCLASSES.value, n)
   common = dict(model=model, image_size=_IMAGE.value, stem=_STEM.value, half_precision=_HALF.value)
   train = {}
   for kind, classes in (('plain', n), ('delta', max(sizes))):
-    (row,) = measure_lib.in_subprocess('benchmarks.train_step.measure_steps', dict(
+    (row,) = subprocess_run.in_subprocess('benchmarks.train_step.measure_steps', dict(
         common, kinds=[kind], num_classes=classes, batch_size=_TRAIN_BATCH.value, steps=_TRAIN_STEPS.value),
         devices=1)
     train[kind] = {k: row[k] for k in ('compile_s', 'step_s', 'update_step_s', 'images_per_s')}
     # One line per measurement: a run stopped inside a row (a lease ending) still says what it had measured.
     print(f'{model} N={n} {kind} step: {1e3 * row["step_s"]:,.1f} ms (compile {row["compile_s"]:.1f} s)', flush=True)
-  infer = measure_lib.in_subprocess('benchmarks.inference_scale.measure_scale', dict(
+  infer = subprocess_run.in_subprocess('benchmarks.inference_scale.measure_scale', dict(
       common, sizes=sizes, batch_sizes=[int(b) for b in _BATCHES.value], repeats=_REPEATS.value,
       chunk_sizes=[_CHUNKS.value], density=_DENSITY.value, bits=_BITS.value, data_dir=_DATA_DIR.value,
       distinct_specialists=_DISTINCT.value))

@@ -4,8 +4,8 @@
   python -m benchmarks.train_step --model=resnet50 --image_size=224 --batch_size=16 --devices=1,2 --steps=3
   python -m benchmarks.train_step --model=resnet50 --image_size=224 --batch_size=256 --half_precision  # GPU
 
-For each device count, one subprocess with that many devices (``measure.in_subprocess``; on CPU forced host devices)
-builds each kind:
+For each device count, one subprocess with that many devices (``subprocess_run.in_subprocess``; on CPU forced host
+devices) builds each kind:
   plain: the vanilla/superclass step (all params trainable; also what dense fine-tuning costs);
   delta: the specialists step (frozen base + sparse, fake-quantized delta materialized inside the step, new head,
          mask schedule updated and re-applied inside the step).
@@ -23,6 +23,8 @@ import sys
 
 from absl import app
 from absl import flags
+
+from benchmarks import subprocess_run
 
 _MODEL = flags.DEFINE_string('model', 'resnet_small', 'supersub_jax.models name.')
 _STEM = flags.DEFINE_string('stem', 'small', "'small' or 'imagenet'.")
@@ -123,13 +125,12 @@ def measure_steps(*, kinds: list[str], model: str, image_size: int, stem: str, b
 
 def main(argv):
   del argv
-  from supersub_jax import measure  # pylint: disable=g-import-not-at-top
   rows = []
   for devices in _DEVICES.value:
     kwargs = dict(kinds=_KINDS.value, model=_MODEL.value, image_size=_IMAGE.value, stem=_STEM.value,
                   batch_size=_BATCH.value, steps=_STEPS.value, half_precision=_HALF.value,
                   num_classes=_CLASSES.value, peak_tflops=_PEAK.value)
-    for r in measure.in_subprocess('benchmarks.train_step.measure_steps', kwargs, devices=int(devices)):
+    for r in subprocess_run.in_subprocess('benchmarks.train_step.measure_steps', kwargs, devices=int(devices)):
       rows.append(r)
       print(f"{r['model']:>12} {r['image_size']:>4}px batch {r['batch_size']:>4} {r['kind']:>6} "
             f"{r['devices']} dev ({r['device']}): mean step {r['step_s'] * 1e3:8.1f} ms (update step "

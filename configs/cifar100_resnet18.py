@@ -1,6 +1,6 @@
 """CIFAR-100 as 20 superclasses x 5 subclasses, ResNet-18 with the small-image stem.
 
-Command (after `python -m supersub_jax.data.prepare --dataset=cifar100 --data_dir=./data`):
+Command (after `python -m tools.prepare --dataset=cifar100 --data_dir=./data`):
   python train.py --config=configs/cifar100_resnet18.py --workdir=runs/cifar100
   python evaluate.py --workdir=runs/cifar100
 Runtime: not measured yet on an accelerator (CIFAR-100 cannot be downloaded where this was written); expect about

@@ -2,7 +2,7 @@ r"""Superclassing ImageNet (`mixed_10`: 10 superclasses, 253 subclasses) with Re
 
 Command (the README's "ImageNet recipe" has every step):
   wget https://download.pytorch.org/models/resnet50-0676ba61.pth      # torchvision IMAGENET1K_V1 (76.1% top-1)
-  python -m supersub_jax.data.prepare --dataset=imagenet2012 --data_dir=$DATA --manual_dir=$TARS
+  python -m tools.prepare --dataset=imagenet2012 --data_dir=$DATA --manual_dir=$TARS
   python train.py --config=configs/imagenet_superclassing_resnet50.py --workdir=$WORKDIR \
       --config.data_dir=$DATA --config.init.path=resnet50-0676ba61.pth
   python evaluate.py --workdir=$WORKDIR

@@ -1,4 +1,4 @@
-r"""Regenerates the WordNet/ImageNet package data that `supersub_jax.hierarchy` ships.
+r"""Regenerates the WordNet/ImageNet package data that `supersub_jax.wordnet` reads.
 
 Users of the package do not have the ImageNet devkit files, so the package carries a
 compact derived form of them in `supersub_jax/resources/`:

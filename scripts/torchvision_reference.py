@@ -12,7 +12,7 @@ mapping error). For each it commits the state dict (``.safetensors``, torchvisio
 compares logits.
 
 ``check`` also needs this package (jax): for torchvision's resnet18/34/50 with random weights it writes the state
-dict as .pth, .safetensors and .npz, imports each with ``python -m supersub_jax.convert import-torchvision``, and
+dict as .pth, .safetensors and .npz, imports each with ``python -m tools.convert import-torchvision``, and
 prints the logits error (max |flax - torch| / max |torch|) on random 224x224 input; then exports the flax variables
 back (``weights.to_torchvision``), loads them into torchvision with ``load_state_dict(strict=True)`` and prints that
 error too. Numbers are recorded in docs/benchmarks.md.
@@ -106,7 +106,7 @@ def check():
       np.savez(files['.npz'], **{k: v.numpy() for k, v in state.items()})
       for suffix, path in files.items():
         out = os.path.join(tmp, f'{arch}{suffix}.orbax')
-        subprocess.run([sys.executable, '-m', 'supersub_jax.convert', 'import-torchvision', f'--arch={arch}',
+        subprocess.run([sys.executable, '-m', 'tools.convert', 'import-torchvision', f'--arch={arch}',
                         f'--input={path}', f'--output={out}'], check=True, capture_output=True)
         variables, _ = weights.load_orbax(out)
         logits = np.asarray(flax_model.apply(variables, nhwc, train=False))

@@ -1,6 +1,6 @@
 """What every absl entry point shares: the --config flag, quiet logs, and one-line errors.
 
-Entry points (``train.py``, ``evaluate.py``, ``python -m supersub_jax.convert|data.prepare|hierarchy``) call
+Entry points (``train.py``, ``evaluate.py``, ``python -m tools.convert|prepare|hierarchy``) call
 ``run(main)`` instead of ``app.run(main)``. Exit status:
 
 * 0: done;

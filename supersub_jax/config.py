@@ -5,7 +5,7 @@ Configs in ``configs/`` start from ``default_config()`` and override what differ
 level are shared by all stages.
 
 ``train.py`` writes the config it ran with to ``<workdir>/config.json`` (``write``); ``evaluate.py`` and
-``python -m supersub_jax.convert`` read it back (``read``), so a trained workdir needs no ``--config``.
+``python -m tools.convert`` read it back (``read``), so a trained workdir needs no ``--config``.
 
 Which fields a checkpoint depends on. Every checkpoint stores the config it was trained with; resuming it, or
 loading it in evaluate.py and convert, compares the two (``meaning_differences``) and refuses a change that would
@@ -64,7 +64,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.manual_dir = ''                # ImageNet: folder with the ILSVRC2012 tar files
   config.max_side = 0                   # ImageNet: 0 reads the JPEGs as distributed; N > 0 the pre-resized store
   config.jpeg_quality = 90              # (longer side capped at N, re-encoded at jpeg_quality) that `python -m
-                                        # supersub_jax.data.prepare --max_side=N --jpeg_quality=Q` writes
+                                        # tools.prepare --max_side=N --jpeg_quality=Q` writes
   config.eval_split = 'test'            # held-out split of every stage's evaluation and of evaluate.py
                                         # ('validation' for imagenet2012, which has no labelled test split)
   config.synthetic = ml_collections.ConfigDict(dict(
@@ -103,7 +103,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.init = ml_collections.ConfigDict(dict(
       path='',                          # '' = random initialisation
       format='torchvision',             # 'torchvision': a torchvision ResNet state dict (.pth, .safetensors, .npz);
-                                        # 'orbax': a directory written by `python -m supersub_jax.convert`
+                                        # 'orbax': a directory written by `python -m tools.convert`
       keep_head=False,                  # the flat stages (vanilla, vanilla_matched) continue the whole network,
                                         # head included (it must have one output per subclass); with the generalist
                                         # also from init (superclass.init_from_vanilla False), the vanilla stage is

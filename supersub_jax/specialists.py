@@ -309,7 +309,7 @@ def load_exported(config, workdir: str, k: int, generalist: stages.Network, hier
   hierarchy = hierarchy or stages.make_hierarchy(config)
   if not 0 <= k < hierarchy.num_superclasses:
     raise ValueError(f'superclass {k} is outside [0, {hierarchy.num_superclasses}) of hierarchy {hierarchy.name!r}; '
-                     f'`python -m supersub_jax.hierarchy {config.hierarchy}` lists them.')
+                     f'`python -m tools.hierarchy {config.hierarchy}` lists them.')
   # The step budget only names the job in messages; the settings check compares the config fields themselves.
   job = _job(config, workdir, hierarchy, k, 0, runner.fingerprint(generalist.params, generalist.batch_stats), stage)
   # The compressed form is self-describing (each record carries its shape): read as stored.

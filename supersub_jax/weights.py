@@ -305,7 +305,7 @@ def load_orbax(directory: str) -> tuple[PyTree, dict]:
   """-> (``{'params', 'batch_stats'}`` as numpy, meta) of a ``save_orbax`` directory."""
   directory = ckpt.abs_path(directory)
   if not os.path.isdir(directory):
-    raise FileNotFoundError(f'{directory} is not a directory written by `python -m supersub_jax.convert`.')
+    raise FileNotFoundError(f'{directory} is not a directory written by `python -m tools.convert`.')
   checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
   try:
     restored = checkpointer.restore(directory, args=ocp.args.Composite(variables=ocp.args.StandardRestore(),
@@ -326,7 +326,7 @@ def load_network(path: str, fmt: str, model: models.ResNet, *, head: bool = True
     return from_torchvision(read_state_dict(path), model, head=head)
   if fmt != 'orbax':
     raise ValueError(f"config.init.format={fmt!r}: use 'torchvision' (a .pth/.safetensors/.npz file) or 'orbax' "
-                     '(a directory written by `python -m supersub_jax.convert`).')
+                     '(a directory written by `python -m tools.convert`).')
   variables, _ = load_orbax(path)
   keep = (lambda tree: tree) if head else (
       lambda tree: {c: {k: v for k, v in sub.items() if k != 'head'} for c, sub in tree.items()})

@@ -1,7 +1,7 @@
 """Faults as a hostile user meets them: real processes, real signals, damaged files, a full disk, a read-only disk,
 two runs on one workdir, two processes of one run.
 
-Every case runs the real entry points (train.py, evaluate.py, python -m supersub_jax.convert) on
+Every case runs the real entry points (train.py, evaluate.py, python -m tools.convert) on
 tests/tiny_config.py in subprocesses; nothing on the signal, lock or save path is mocked. Tests that write into a
 workdir or the data copy the session's shared ones first.
 """
@@ -107,11 +107,11 @@ def test_config_errors_on_the_command_line_are_one_line_without_a_traceback(tiny
       ([os.path.join(ROOT, 'train.py'), f'--config={TINY}', '--config.specialists.foo=1'],
        "error: --config.specialists.foo=1: the config has no field 'foo'"),
       ([os.path.join(ROOT, 'evaluate.py'), '--config.foo=1'], "error: --config.foo=1: the config has no field 'foo'"),
-      (['-m', 'supersub_jax.convert', 'bundle', f'--output={tmp_path}/b.msgpack', '--config.foo=1'],
+      (['-m', 'tools.convert', 'bundle', f'--output={tmp_path}/b.msgpack', '--config.foo=1'],
        "error: --config.foo=1: the config has no field 'foo'"),
       ([os.path.join(ROOT, 'train.py'), f'--config={syntax}'],
        f"error: --config={syntax} could not be loaded: SyntaxError: '(' was never closed ({syntax}, line 2)"),
-      (['-m', 'supersub_jax.convert', 'bundle', f'--output={tmp_path}/b.msgpack', f'--config={raises}'],
+      (['-m', 'tools.convert', 'bundle', f'--output={tmp_path}/b.msgpack', f'--config={raises}'],
        f'error: --config={raises} could not be loaded: RuntimeError: no such preset ({raises}, line 2)'),
       ([os.path.join(ROOT, 'train.py'), f'--config={tmp_path}/missing.py'],
        f'error: --config={tmp_path}/missing.py could not be read: [Errno 2] No such file or directory'),
@@ -335,8 +335,8 @@ def test_a_full_disk_outside_checkpoint_saves_is_one_line_naming_the_path_and_le
       f.write(bytes(shutil.disk_usage(disk).free - (40 << 10)))
     outputs = {'bundle': disk / 'b.msgpack', 'export': disk / 'exp', 'evaluate': workdir / 'report.md'}
     outs = run_together([
-        [sys.executable, '-m', 'supersub_jax.convert', 'bundle', f'--workdir={trained}', f'--output={disk}/b.msgpack'],
-        [sys.executable, '-m', 'supersub_jax.convert', 'export', f'--workdir={trained}', '--superclass=0',
+        [sys.executable, '-m', 'tools.convert', 'bundle', f'--workdir={trained}', f'--output={disk}/b.msgpack'],
+        [sys.executable, '-m', 'tools.convert', 'export', f'--workdir={trained}', '--superclass=0',
          '--format=orbax', f'--output={disk}/exp'],
         [sys.executable, os.path.join(ROOT, 'evaluate.py'), f'--workdir={workdir}']], cwd=ROOT, timeout=300)
     for (name, path), (code, out) in zip(outputs.items(), outs):
@@ -422,7 +422,7 @@ def test_damaged_records_are_named_with_the_rebuild_command_and_a_damaged_label_
     [line] = [l for l in output.splitlines() if l.startswith('error: ')]
     [path] = [p for p in damaged if f'-{split}.array_record' in p]
     assert line.startswith(f'error: {path} is damaged: record') and f'of synthetic/{split}' in line
-    assert f'python -m supersub_jax.data.prepare --dataset=synthetic --data_dir={data_dir} --image_size=16' in line
+    assert f'python -m tools.prepare --dataset=synthetic --data_dir={data_dir} --image_size=16' in line
   # The dataset rebuilt (its good files back) and its label cache damaged: the corrected command runs, with other
   # settings than the config.json its failed start left (no checkpoint backs that one), and rebuilds the cache.
   for path in damaged:
@@ -460,7 +460,7 @@ def test_sigint_and_sigterm_stop_evaluate_and_convert_in_one_line_leaving_no_par
                                                       f'--workdir={workdir}']))
   bundle = tmp_path / 'supersub.msgpack'  # convert only reads the workdir: the shared one
   runs.append((signal.SIGTERM, tmp_path / '.supersub.msgpack.lock', tmp_path,
-               [sys.executable, '-m', 'supersub_jax.convert', 'bundle', f'--workdir={trained}', f'--output={bundle}']))
+               [sys.executable, '-m', 'tools.convert', 'bundle', f'--workdir={trained}', f'--output={bundle}']))
   with default_sigint():
     procs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
              for *_, command in runs]
@@ -484,11 +484,11 @@ def test_a_signal_as_the_work_ends_or_after_it_gives_one_line_or_a_clean_exit_ne
   # signal in the half second after the work killed the process with no line. Each run here gets its signal a
   # moment after its last line: it ends interrupted, in one line (130/143), or finished, ignoring it (0).
   _, trained, _ = tiny_workdir  # (evaluate.py ends through the same cli.run as these)
-  bundle = ['-m', 'supersub_jax.convert', 'bundle', f'--workdir={trained}']
+  bundle = ['-m', 'tools.convert', 'bundle', f'--workdir={trained}']
   runs = [(signal.SIGTERM, 0.0, [*bundle, f'--output={tmp_path / "b0.msgpack"}'], 'wrote '),
           (signal.SIGINT, 0.2, [*bundle, f'--output={tmp_path / "b1.msgpack"}'], 'wrote '),
           (signal.SIGTERM, 0.5, [*bundle, f'--output={tmp_path / "b2.msgpack"}'], 'wrote '),
-          (signal.SIGINT, 0.1, ['-m', 'supersub_jax.data.prepare', '--dataset=synthetic', f'--data_dir={tiny_data_dir}',
+          (signal.SIGINT, 0.1, ['-m', 'tools.prepare', '--dataset=synthetic', f'--data_dir={tiny_data_dir}',
                                 '--image_size=16', '--train_per_class=16', '--test_per_class=4', '--sizes=3,2,2'],
            'build time')]
   env = dict(os.environ, PYTHONUNBUFFERED='1')  # each line as it is printed
@@ -529,7 +529,7 @@ def test_a_hostile_npz_header_is_one_error_naming_the_file_not_a_memory_error(tm
   hostile = tmp_path / 'resnet18.npz'
   with zipfile.ZipFile(hostile, 'w') as z:
     z.writestr('fc.weight.npy', header.getvalue() + bytes(64))
-  out = subprocess.run([sys.executable, '-m', 'supersub_jax.convert', 'import-torchvision', '--arch=resnet18',
+  out = subprocess.run([sys.executable, '-m', 'tools.convert', 'import-torchvision', '--arch=resnet18',
                         f'--input={hostile}', f'--output={tmp_path / "out"}'], capture_output=True, text=True,
                        timeout=300, cwd=ROOT)
   assert out.returncode == 1

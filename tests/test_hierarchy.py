@@ -1,13 +1,8 @@
-"""Tests of supersub_jax.hierarchy: the shipped WordNet tree, the builders, label maps, errors, CLI."""
+"""Tests of supersub_jax.hierarchy: the builders, label maps, errors (the WordNet tree: test_wordnet.py)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import re
-import subprocess
-import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -17,12 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from supersub_jax import hierarchy as H
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED_IMAGENET = Path(__file__).resolve().parents[2] / 'shared/data/imagenet'
-needs_devkit = pytest.mark.skipif(
-    not (SHARED_IMAGENET / 'wordnet.is_a.txt').exists(),
-    reason=f'ImageNet devkit hierarchy files not found at {SHARED_IMAGENET}')
+from supersub_jax import wordnet
 
 MIXED_10_EXPECTED = [  # (name, wnid, count); dog 116 and bird 52 are the paper's numbers
     ('dog', 'n02084071', 116), ('bird', 'n01503061', 52), ('insect', 'n02159955', 27),
@@ -194,45 +184,6 @@ def test_hierarchy_validates_structure(superclasses, num_source, match):
 # ----------------------------------------------------------------------------- errors
 
 
-def test_error_empty_list():
-  with pytest.raises(ValueError, match='no superclass wnid given'):
-    H.imagenet_hierarchy([])
-
-
-def test_error_duplicate_wnids():
-  with pytest.raises(ValueError, match=r"duplicate superclass wnids \['n01503061'\]"):
-    H.imagenet_hierarchy(['n01503061', 'n02084071', 'n01503061'])
-
-
-@pytest.mark.parametrize('wnid', ['n99999999', 'dog', 'n0208407', ''])
-def test_error_unknown_wnid(wnid):
-  with pytest.raises(ValueError, match='unknown WordNet id'):
-    H.imagenet_hierarchy(['n02084071', wnid])
-
-
-def test_error_no_imagenet_class_below():
-  # 'unicorn' is a real synset (in words.txt) but has no ImageNet class below it.
-  with pytest.raises(ValueError, match="'n10737964' has no ImageNet-1k class below"):
-    H.imagenet_hierarchy(['n10737964'])
-  # An ImageNet class is a leaf: nothing strictly below it.
-  with pytest.raises(ValueError, match="ImageNet class 151 'Chihuahua' itself"):
-    H.imagenet_hierarchy(['n02085620'])
-
-
-def test_error_overlap_names_both_and_shared_classes():
-  # hunting dog (n02087122) lies below dog (n02084071); Rhodesian ridgeback (159) is below both.
-  with pytest.raises(ValueError) as info:
-    H.imagenet_hierarchy(['n01503061', 'n02087122', 'n02084071'])
-  message = str(info.value)
-  assert 'n02084071 (dog) is an ancestor of n02087122 (hunting dog)' in message
-  assert 'share 61 ImageNet classes' in message and '159 Rhodesian_ridgeback' in message
-
-
-def test_error_string_instead_of_list():
-  with pytest.raises(ValueError, match='wrap it in a list'):
-    H.imagenet_hierarchy('n02084071')
-
-
 @pytest.mark.parametrize('spec', ['mixed_11', 'largest', 'largest:x', 'wnids:', 'synthetic:a', ''])
 def test_get_rejects_bad_specs(spec):
   with pytest.raises(ValueError):
@@ -242,7 +193,7 @@ def test_get_rejects_bad_specs(spec):
 # ----------------------------------------------------------------------------- largest
 
 
-@pytest.mark.parametrize('k, ancestor', [(12, H.ENTITY_WNID), (30, H.ENTITY_WNID), (5, 'n02084071')])
+@pytest.mark.parametrize('k, ancestor', [(12, wordnet.ENTITY_WNID), (30, wordnet.ENTITY_WNID), (5, 'n02084071')])
 def test_largest_superclasses_disjoint_and_sorted(k, ancestor):
   h = H.largest_superclasses(k, ancestor)
   check_invariants(h)
@@ -251,161 +202,18 @@ def test_largest_superclasses_disjoint_and_sorted(k, ancestor):
   assert sizes == sorted(sizes, reverse=True)
   classes = _classes_of(h)
   assert sum(map(len, classes)) == len(set().union(*classes))
-  if ancestor != H.ENTITY_WNID:
+  if ancestor != wordnet.ENTITY_WNID:
     below = _classes_of(H.imagenet_hierarchy([ancestor]))[0]
     assert set().union(*classes) <= below
     assert ancestor not in [s.wnid for s in h.superclasses]
 
 
-def test_largest_superclasses_errors():
-  with pytest.raises(ValueError, match='k must be a positive int'):
-    H.largest_superclasses(0)
-  with pytest.raises(ValueError, match='ask for k <='):
-    H.largest_superclasses(50, 'n02120997')
-  with pytest.raises(ValueError, match='unknown WordNet id'):
-    H.largest_superclasses(3, 'n99999999')
-
-
 def test_get_specs():
-  assert H.get('wnids:' + ','.join(H.MIXED_10_WNIDS)).superclasses == H.mixed_10().superclasses
+  assert H.get('wnids:' + ','.join(wordnet.MIXED_10_WNIDS)).superclasses == H.mixed_10().superclasses
   assert H.get('largest:5:n02084071').to_dict() == H.largest_superclasses(5, 'n02084071').to_dict()
   assert H.get('largest:4').name == 'largest_4'
   assert H.get('synthetic:3,1').sizes.tolist() == [3, 1]
   assert H.get('cifar100').name == 'cifar100'
-
-
-# ----------------------------------------------------------------------------- CLI
-
-
-def _cli(*args):
-  return subprocess.run([sys.executable, '-m', 'supersub_jax.hierarchy', *args], capture_output=True, text=True,
-                        timeout=120)
-
-
-def test_cli_mixed_10():
-  out = _cli('mixed_10')
-  assert out.returncode == 0, out.stderr
-  header, columns, *lines = out.stdout.strip().split('\n')
-  assert header == 'mixed_10: 10 superclasses, 253 subclasses'
-  assert columns.split('\t') == ['index', 'superclass', 'wnid', 'subclasses', 'source class indices']
-  assert len(lines) == 10
-  fields = [line.split('\t') for line in lines]
-  assert [(f[1], f[2], int(f[3])) for f in fields] == MIXED_10_EXPECTED
-  assert [int(f[0]) for f in fields] == list(range(10))
-  h = H.mixed_10()
-  for f, s in zip(fields, h.superclasses):
-    assert [int(x) for x in f[4].split(',')] == [sub.source_index for sub in s.subclasses]
-  assert lines == h.summary_lines()
-
-
-def test_cli_json():
-  out = json.loads(_cli('mixed_10', '--json').stdout)
-  assert out['name'] == 'mixed_10'
-  assert [(s['name'], s['wnid'], s['count']) for s in out['superclasses']] == MIXED_10_EXPECTED
-  assert out['superclasses'][1]['source_indices'][:3] == [7, 8, 9]
-
-
-def test_cli_bad_spec_is_one_error_line():
-  out = _cli('nonsense')
-  assert out.returncode == 1
-  assert out.stderr.startswith('error: unknown hierarchy spec') and out.stderr.count('\n') == 1
-
-
-# ----------------------------------------------------------------------------- resources
-
-
-def test_resources_are_small():
-  files = list((REPO / 'supersub_jax' / 'resources').iterdir())
-  assert {f.name for f in files} >= {'imagenet_tree.json', 'known_wnids.gz'}
-  assert sum(f.stat().st_size for f in files) < 400_000
-
-
-def _load_script():
-  spec = importlib.util.spec_from_file_location(
-      'make_hierarchy_resources', REPO / 'scripts' / 'make_hierarchy_resources.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-@needs_devkit
-def test_shipped_resources_equal_regenerated():
-  regenerated = _load_script().build_resources(SHARED_IMAGENET)
-  for name, data in regenerated.items():
-    shipped = (REPO / 'supersub_jax' / 'resources' / name).read_bytes()
-    assert shipped == data, f'{name} is stale: rerun scripts/make_hierarchy_resources.py'
-
-
-class _RawRobustness:
-  """robustness's ImageNetHierarchy rule computed straight from the devkit files (test oracle)."""
-
-  def __init__(self, src: Path):
-    self.parent, self.order = {}, {}
-    for line in (src / 'wordnet.is_a.txt').read_text().split('\n'):
-      if line.strip():
-        p, c = line.split()
-        self.order.setdefault(p, len(self.order))
-        self.order.setdefault(c, len(self.order))
-        self.parent[c] = p  # each node keeps the last parent listed
-    raw = json.loads((src / 'imagenet_class_index.json').read_text())
-    self.class_wnids = [raw[str(i)][0] for i in range(len(raw))]
-    self.below_in: dict[str, set[int]] = {}  # ImageNet classes strictly below
-    self.below_all: dict[str, set[str]] = {}  # tree nodes strictly below
-    for i, w in enumerate(self.class_wnids):
-      self.below_in.setdefault(w, set())
-      self.below_all.setdefault(w, set())
-      path = [w]
-      while path[-1] in self.parent:
-        a = self.parent[path[-1]]
-        self.below_in.setdefault(a, set()).add(i)
-        self.below_all.setdefault(a, set()).update(path)
-        path.append(a)
-
-  def get_superclasses(self, k: int, ancestor: str) -> list[str]:
-    order = sorted(self.below_in,
-                   key=lambda w: (-len(self.below_in[w]), -len(self.below_all[w]), self.order[w]))
-    chosen: list[str] = []
-    for w in order:
-      if len(chosen) == k:
-        break
-      if w in self.below_all[ancestor]:
-        chosen = [c for c in chosen if w not in self.below_all[c]] + [w]
-    return chosen
-
-
-@pytest.fixture(scope='module')
-def raw_robustness():
-  return _RawRobustness(SHARED_IMAGENET)
-
-
-@needs_devkit
-def test_subclass_sets_equal_raw_robustness_rule(raw_robustness):
-  h = H.mixed_10()
-  for s, classes in zip(h.superclasses, _classes_of(h)):
-    assert classes == raw_robustness.below_in[s.wnid], s.name
-    assert all(raw_robustness.class_wnids[sub.source_index] == sub.wnid for sub in s.subclasses)
-  assert [len(raw_robustness.below_in[w]) for w in H.MIXED_10_WNIDS] == [c for *_, c in MIXED_10_EXPECTED]
-
-
-@needs_devkit
-# k=14 needs the first-appearance tie-break, k=25 and bird/4 the nodes-below tie-break.
-@pytest.mark.parametrize('k, ancestor', [(10, H.ENTITY_WNID), (14, H.ENTITY_WNID),
-                                         (25, H.ENTITY_WNID), (6, 'n02084071'), (4, 'n01503061')])
-def test_largest_superclasses_equal_raw_robustness(raw_robustness, k, ancestor):
-  expected = raw_robustness.get_superclasses(k, ancestor)
-  h = H.largest_superclasses(k, ancestor)
-  assert [s.wnid for s in h.superclasses] == expected
-  assert _classes_of(h) == [raw_robustness.below_in[w] for w in expected]
-
-
-@needs_devkit
-def test_known_wnids_match_words_txt():
-  words = [line.split('\t')[0] for line in (SHARED_IMAGENET / 'words.txt').read_text().split('\n')
-           if line.strip()]
-  tree = H._imagenet_tree()
-  assert len(tree.known_wnids) == len(set(words))
-  assert all(H._is_known_wnid(tree, w) for w in words[::997])
-  assert all(re.fullmatch(r'n\d{8}', w) for w in tree.wnids)
 
 
 def test_stated_sizes_are_bounded_before_the_label_maps_are_allocated():

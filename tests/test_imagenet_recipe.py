@@ -36,7 +36,8 @@ SIZES = [  # sizes only: the model, the images, the steps, the batches, the work
 
 def _run(args, cwd, timings, name):
   start = time.perf_counter()
-  out = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=900)
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get('PYTHONPATH', '')]))  # tools.*
+  out = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=900, env=env)
   timings[name] = time.perf_counter() - start
   assert out.returncode == 0, f'{name} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}'
   return out.stdout
@@ -58,7 +59,7 @@ def test_imagenet_recipe_from_tars_to_report_and_exports(tmp_path):
   weights.write_state_dict(init_file, weights.to_torchvision(pretrained))
   cwd = str(tmp_path)  # not the repository: configs and entry points must work from anywhere
 
-  out = _run(['-m', 'supersub_jax.data.prepare', '--dataset=imagenet2012', f'--data_dir={data}',
+  out = _run(['-m', 'tools.prepare', '--dataset=imagenet2012', f'--data_dir={data}',
               f'--manual_dir={tars}'], cwd, timings, 'prepare')
   assert 'train=512, validation=256' in out  # 253 + 3 classes, 2 train images and 1 validation image each
 
@@ -74,10 +75,10 @@ def test_imagenet_recipe_from_tars_to_report_and_exports(tmp_path):
   assert report['storage']['num_superclasses'] == 10
   assert [r['num_subclasses'] for r in report['per_superclass']] == [116, 52, 27, 13, 10, 8, 7, 7, 7, 6]
 
-  convert_ = ['-m', 'supersub_jax.convert']
+  convert_ = ['-m', 'tools.convert']
   _run([*convert_, 'bundle', f'--workdir={workdir}', f'--output={tmp_path}/supersub.msgpack'], cwd, timings,
        'convert bundle')
-  _, exported, hierarchy, _ = convert.load_bundle(str(tmp_path / 'supersub.msgpack'))
+  _, exported, hierarchy, _ = bundle.load_bundle(str(tmp_path / 'supersub.msgpack'))
   assert hierarchy.num_superclasses == 10 and len(exported) == 10
   for fmt, name in (('orbax', 'boat_orbax'), ('safetensors', 'boat.safetensors'), ('npz', 'boat.npz')):
     _run([*convert_, 'export', f'--workdir={workdir}', '--superclass=9', f'--format={fmt}',

@@ -95,13 +95,13 @@ from supersub_jax import interrupts
 interrupts.install()
 sys.path.insert(0, {tests!r})
 from conftest import make_tiny_config
-from supersub_jax import convert
+from supersub_jax import bundle, convert
 config = make_tiny_config({data_dir!r})
 print('ready', flush=True)
 while True:
   try:
     while True:
-      convert.write_bundle({output!r}, convert.make_bundle(config, {workdir!r}))  # orbax restores, an atomic write
+      bundle.write_bundle({output!r}, convert.make_bundle(config, {workdir!r}))  # orbax restores, an atomic write
   except interrupts.Interrupted as e:
     interrupts._pending = None  # pylint: disable=protected-access
     print('caught', e.signum, flush=True)

@@ -41,8 +41,8 @@ def _commands() -> list[str]:
 
 def test_the_using_it_block_lists_every_entry_point():
   programs = {' '.join(shlex.split(c)[:3]) if shlex.split(c)[1] == '-m' else shlex.split(c)[1] for c in _commands()}
-  assert {'train.py', 'evaluate.py', 'python -m supersub_jax.hierarchy', 'python -m supersub_jax.convert',
-          'python -m supersub_jax.data.prepare'} <= programs
+  assert {'train.py', 'evaluate.py', 'python -m tools.hierarchy', 'python -m tools.convert',
+          'python -m tools.prepare'} <= programs
 
 
 @pytest.fixture(scope='module')
@@ -78,12 +78,12 @@ def test_each_readme_command_runs_as_written(demo_like, tmp_path, index):
 
 
 def test_the_bundle_snippet_predicts_every_image(demo_like):
-  from supersub_jax import config as config_lib, convert  # pylint: disable=g-import-not-at-top
+  from supersub_jax import bundle, config as config_lib, convert  # pylint: disable=g-import-not-at-top
   workdir = str(demo_like / 'runs' / 'demo')
   config = config_lib.read(workdir)
   path = os.path.join(workdir, 'supersub.msgpack')
   if not os.path.exists(path):
-    convert.write_bundle(path, convert.make_bundle(config, workdir))
+    bundle.write_bundle(path, convert.make_bundle(config, workdir))
   [snippet] = [b for b in _blocks(_section('Using it'), 'python') if 'load_bundle' in b]
   images = np.random.default_rng(0).standard_normal((5, config.image_size, config.image_size, 3)).astype(np.float32)
   namespace = {'images': images}

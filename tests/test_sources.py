@@ -25,6 +25,8 @@ from supersub_jax.data.fake_imagenet import imagenet_wnids, write_fake_imagenet
 from supersub_jax import hierarchy as hierarchy_lib
 from supersub_jax.data import builders, label_cache, prepare, sources
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 # ------------------------------------------------------------------------------ relabel
 
 
@@ -120,7 +122,7 @@ def test_a_damaged_record_names_its_file_and_the_rebuild_and_a_damaged_label_cac
     byte = f.read(1)
     f.seek(100)
     f.write(bytes([byte[0] ^ 0xFF]))
-  rebuild = (f'delete {os.path.dirname(record_file)}, then run: python -m supersub_jax.data.prepare '
+  rebuild = (f'delete {os.path.dirname(record_file)}, then run: python -m tools.prepare '
              f'--dataset=synthetic --data_dir={tmp_path} --image_size=16 --train_per_class=3 '
              '--validation_per_class=2 --test_per_class=2 --seed=0 --sizes=3,2 --specificity=0')
   with pytest.raises(sources.DataCorruptError) as info:
@@ -248,7 +250,7 @@ def test_cifar100_coarse_label_must_match_hierarchy(tmp_path):
 def test_missing_dataset_error_gives_the_command(tmp_path):
   with pytest.raises(sources.DatasetNotPreparedError) as error:
     sources.load_source('cifar100', 'train', hierarchy_lib.cifar100(), tmp_path)
-  assert (f'python -m supersub_jax.data.prepare --dataset=cifar100 --data_dir={tmp_path}'
+  assert (f'python -m tools.prepare --dataset=cifar100 --data_dir={tmp_path}'
           in str(error.value))
   with pytest.raises(sources.DatasetNotPreparedError,
                      match='--dataset=imagenet2012 .*--manual_dir=/m'):
@@ -263,8 +265,8 @@ def test_prepare_offline_fails_in_seconds_in_one_line_naming_manual_dir_and_leav
   # No network, whatever the machine's: every download goes through a proxy on the discard port, which refuses.
   env = dict(os.environ, HTTPS_PROXY='http://127.0.0.1:9', https_proxy='http://127.0.0.1:9')
   start = time.monotonic()
-  out = subprocess.run([sys.executable, '-m', 'supersub_jax.data.prepare', '--dataset=cifar100',
-                        f'--data_dir={data_dir}'], capture_output=True, text=True, env=env, timeout=300)
+  out = subprocess.run([sys.executable, '-m', 'tools.prepare', '--dataset=cifar100',
+                        f'--data_dir={data_dir}'], capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
   seconds = time.monotonic() - start
   assert out.returncode == 1
   assert seconds < 60  # TFDS's own download gives up after about 3.5 minutes of retries
@@ -291,9 +293,9 @@ def test_a_failed_download_leaves_no_folder_behind(tmp_path, monkeypatch):
 
 
 def test_preparing_the_synthetic_dataset_says_nothing_of_a_download(tmp_path):
-  out = subprocess.run([sys.executable, '-m', 'supersub_jax.data.prepare', '--dataset=synthetic',
+  out = subprocess.run([sys.executable, '-m', 'tools.prepare', '--dataset=synthetic',
                         f'--data_dir={tmp_path}', '--sizes=2,2', '--train_per_class=2', '--test_per_class=1',
-                        '--image_size=8'], capture_output=True, text=True, timeout=300)
+                        '--image_size=8'], capture_output=True, text=True, timeout=300, cwd=ROOT)
   assert out.returncode == 0, out.stderr[-3000:]
   text = out.stdout + out.stderr
   assert 'split train: 8 examples' in out.stdout
@@ -423,7 +425,7 @@ def test_prepare_refuses_an_empty_data_dir_instead_of_building_into_the_current_
   import sys  # pylint: disable=g-import-not-at-top
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get('PYTHONPATH', '')]))
-  out = subprocess.run([sys.executable, '-m', 'supersub_jax.data.prepare', '--dataset=synthetic', '--data_dir=',
+  out = subprocess.run([sys.executable, '-m', 'tools.prepare', '--dataset=synthetic', '--data_dir=',
                         '--image_size=16', '--train_per_class=2', '--test_per_class=1', '--sizes=2,2'],
                        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
   assert out.returncode == 1 and 'Traceback' not in out.stderr

@@ -107,10 +107,11 @@ def test_the_validation_split_is_its_own_images_and_knobs_name_the_config(tiny):
 
 def test_cli_summary_and_grid(tmp_path):
   grid_path = tmp_path / 'grid.png'
-  result = subprocess.run([sys.executable, '-m', 'supersub_jax.data.prepare', '--dataset=synthetic',
+  result = subprocess.run([sys.executable, '-m', 'tools.prepare', '--dataset=synthetic',
                            f'--data_dir={tmp_path}',
                            '--image_size=16', '--train_per_class=2', '--test_per_class=2', '--sizes=3,1',
-                           f'--grid={grid_path}'], capture_output=True, text=True, timeout=300)
+                           f'--grid={grid_path}'], capture_output=True, text=True, timeout=300,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   assert result.returncode == 0, result.stderr
   out = result.stdout
   assert 'superclass  0 disc' in out and 'split train: 8 examples' in out
@@ -127,7 +128,7 @@ def test_processes_preparing_one_fresh_data_dir_at_once_all_succeed(tmp_path):
   from processes import run_together  # pylint: disable=g-import-not-at-top
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get('PYTHONPATH', '')]))
-  command = [sys.executable, '-m', 'supersub_jax.data.prepare', '--dataset=synthetic', f'--data_dir={tmp_path}',
+  command = [sys.executable, '-m', 'tools.prepare', '--dataset=synthetic', f'--data_dir={tmp_path}',
              '--image_size=16', '--train_per_class=40', '--test_per_class=4', '--sizes=3,2']
   outs = run_together([command] * 3, env=env, timeout=300)
   for code, out in outs:

@@ -25,6 +25,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 from supersub_jax import hierarchy as hierarchy_lib
+from supersub_jax.data import builders
 from supersub_jax.data import label_cache
 from supersub_jax.data import synthetic
 
@@ -51,11 +52,10 @@ def prepare_command(dataset: str, data_dir: str | os.PathLike,
                     manual_dir: str | os.PathLike | None = None, **synthetic_knobs) -> str:
   """The shell command that prepares `dataset` in `data_dir` (quoted in error messages); `synthetic_knobs`
   (synthetic.KNOBS) name one synthetic dataset among several."""
-  command = (f'python -m supersub_jax.data.prepare --dataset={dataset} '
+  command = (f'python -m tools.prepare --dataset={dataset} '
              f'--data_dir={shlex.quote(os.fspath(data_dir))}')  # pasted into a shell: a path with spaces stays one
   if dataset == 'imagenet2012':
-    from supersub_jax.data.builders import IMAGENET_TARS  # pylint: disable=g-import-not-at-top
-    tars = ' and '.join(IMAGENET_TARS.values())
+    tars = ' and '.join(builders.IMAGENET_TARS.values())
     command += f' --manual_dir={shlex.quote(os.fspath(manual_dir)) if manual_dir else f"<dir with {tars}>"}'
   elif manual_dir:
     command += f' --manual_dir={shlex.quote(os.fspath(manual_dir))}'
@@ -218,7 +218,7 @@ class HierarchicalSource:
     self.hierarchy = hierarchy
     self.encoded = encoded
     self._shards = tuple(shards)
-    self._rebuild = rebuild or 'delete the dataset folder and prepare it again (python -m supersub_jax.data.prepare).'
+    self._rebuild = rebuild or 'delete the dataset folder and prepare it again (python -m tools.prepare).'
 
   def __len__(self) -> int:
     return len(self.labels.record)
@@ -301,7 +301,6 @@ def _open_tfds(dataset: str, split: str, data_dir: str, manual_dir: str | None,
   builder_kwargs = dict(builder_kwargs)
   capped = {k: builder_kwargs.pop(k) for k in ('max_side', 'jpeg_quality') if k in builder_kwargs}
   if dataset == 'imagenet2012' and capped.get('max_side'):  # the pre-resized store, in its own config folder
-    from supersub_jax.data import builders  # pylint: disable=g-import-not-at-top
     builder = builders.capped_imagenet(data_dir, **capped)
   elif capped.get('max_side'):
     raise ValueError(f"max_side={capped['max_side']} caps imagenet2012's JPEGs; {dataset} takes none.")
@@ -325,8 +324,7 @@ def _check_split(builder: tfds.core.DatasetBuilder, split: str, command: str) ->
   message = (f'split {base_split!r} of {builder.name} is not in {builder.data_dir} (available: '
              f'{available}).')
   if builder.name == 'imagenet2012':
-    from supersub_jax.data.builders import IMAGENET_TARS  # pylint: disable=g-import-not-at-top
-    tar = IMAGENET_TARS.get(base_split)
+    tar = builders.IMAGENET_TARS.get(base_split)
     if tar:
       message += (f' It was prepared without {tar}: put that file in manual_dir, delete '
                   f'{builder.data_dir} and run:\n  {command}')

@@ -11,7 +11,7 @@ The dataset is a TFDS `GeneratorBasedBuilder` written as array_record (no Tensor
 with pillow before TFDS sees them), with 'train', 'validation' and 'test' splits, read back with
 `builder.as_data_source(split)`.
 
-Run `python -m supersub_jax.data.prepare --dataset=synthetic --data_dir=DIR --grid=samples.png` to build it,
+Run `python -m tools.prepare --dataset=synthetic --data_dir=DIR --grid=samples.png` to build it,
 print a summary and write a PNG grid of samples.
 """
 
