@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from supersub_jax.data.fake_imagenet import imagenet_wnids, write_fake_imagenet
-from supersub_jax import convert
+from supersub_jax import bundle
 from supersub_jax import hierarchy as hierarchy_lib
 from supersub_jax import models
 from supersub_jax import weights
