@@ -34,8 +34,8 @@ it (``routes_to_run``: -1 for a route not run); the others are decided by the sa
 alone. ``soft:2@t`` is threshold top-2: the answer is the (superclass, subclass) of the larger p(s | x) max_j
 p(sub = j | s, x) of the routes run (on an exact tie, the lower label). 0 never asks; above 1 always asks.
 
-Padded classes of a specialist and images that skip a route get the logit ``NEG_LOGIT`` (training masks with it
-too, ``step.mask_logits``), so their probability is 0.
+Padded classes of a specialist get the logit ``NEG_LOGIT`` (training masks with it too, ``step.mask_logits``), so
+their probability is 0; an image that skips a route gets it in every column (a uniform row the rules never read).
 
 Everything here is pure jnp over arrays and jittable; ``inference`` runs the specialists and calls these.
 """
