@@ -32,9 +32,10 @@ _DENSITY = flags.DEFINE_float('density', 0.1, 'Fraction of each kernel kept in a
 _BITS = flags.DEFINE_integer('bits', 8, 'Bits of the delta codes.')
 _HALF = flags.DEFINE_bool('half_precision', False, 'bf16 compute.')
 _DATA_DIR = flags.DEFINE_string('data_dir', './data', 'Where the synthetic dataset is (built if missing).')
-_ROUTING = flags.DEFINE_list('routing', ['loop'], "Paths: 'loop' (inference.route, --chunk_sizes, per-group "
-                             "materialization), 'padded' (inference.route_padded, --slot_size, per-layer), "
-                             "'offline' (offline.predict_split over all of a batch size's batches, per-layer).")
+_ROUTING = flags.DEFINE_list('routing', ['loop'], "Paths: 'loop' (inference.route.route, --chunk_sizes, per-group "
+                             "materialization), 'padded' (inference.route.route_padded, --slot_size, per-layer), "
+                             "'offline' (benchmarks.offline.predict_split over all of a batch size's batches, "
+                             "per-layer).")
 _SLOT = flags.DEFINE_integer('slot_size', 32, "routing 'padded': images per slot.")
 _MEMORY_ONLY = flags.DEFINE_bool('memory_only', False, 'Only the parameters resident on device with each '
                                   'materialization mode (no images, no timing: minutes on a CPU for ResNet-50).')
@@ -59,7 +60,8 @@ def measure_scale(*, model: str, image_size: int, stem: str, sizes: list[int], b
   import numpy as np  # pylint: disable=g-import-not-at-top
   from supersub_jax import bank as bank_lib, config as config_lib, delta as delta_lib, measure  # pylint: disable=g-import-not-at-top
   from supersub_jax import cut as cut_lib, exported as exported_lib, hierarchy as hierarchy_lib, inference, models, stages  # pylint: disable=g-import-not-at-top
-  from supersub_jax import offline  # pylint: disable=g-import-not-at-top
+  from supersub_jax import decide  # pylint: disable=g-import-not-at-top
+  from benchmarks import offline  # pylint: disable=g-import-not-at-top
 
   sizes = tuple(int(s) for s in sizes)
   hierarchy = hierarchy_lib.synthetic(sizes)
@@ -143,7 +145,8 @@ def measure_scale(*, model: str, image_size: int, stem: str, sizes: list[int], b
       raise ValueError(f'--routing: unknown {name!r}; use loop, padded or offline.')
   for label, kw in paths:
     if kw is not None:
-      predict = jax.jit(functools.partial(inference.predict, generalist_model=gm, specialist_model=sm, **kw))
+      predict = jax.jit(functools.partial(inference.predict, rule=decide.Rule('hard'), generalist_model=gm,
+                                          specialist_model=sm, **kw))
     for b, xs in batches.items():
       if kw is None:  # the whole set of batches is one call: route them all, then each specialist in full batches
         run_all = lambda i, xs=xs, b=b: offline.predict_split(state, xs, generalist_model=gm, specialist_model=sm,

@@ -165,21 +165,23 @@ def default_config() -> ml_collections.ConfigDict:
   )
   config.evaluate = ml_collections.ConfigDict(dict(
       batch_size=256,                   # evaluation and benchmark batch (one device)
-      top2_threshold=0.8,               # top-2 routing: a second specialist when max p(superclass) < this
+      top2_threshold=0.8,               # top-2 routing, the rule 'soft:2@<this>': a second specialist when max
+                                        # p(superclass) < this
       chunk_sizes=(32, 8),              # specialist chunk sizes over a group of images (inference.route)
       routing='loop',                   # 'loop': each batch's groups one after another (inference.route);
                                         # 'padded': all groups in one vmapped call of fixed shape
-                                        # (inference.route_padded); 'auto': inference.ROUTING_BY_PLATFORM
+                                        # (inference.route.route_padded); 'auto': inference.ROUTING_BY_PLATFORM
       slot_size=32,                     # routing='padded': images per slot
       materialize='auto',               # 'group': a whole dense specialist per group of images; 'layer': each
                                         # layer's dense kernel inside the forward, only while it runs
-                                        # (inference.lazy_specialist_variables: parameters near one network);
+                                        # (inference.unpack.lazy_specialist_variables: parameters near one network);
                                         # 'auto': inference.MATERIALIZE_BY_PLATFORM ('layer' on GPU/TPU)
       benchmark_batch_sizes=(1, 256),   # timed batch sizes: latency (1) and throughput
       benchmark_batches=10,             # timed calls per model and batch size, on distinct held-out batches
-      # Decision rules reported beside the paper's ('hard'), as '<rule>[:k][/<router>]' (supersub_jax.decide):
+      # Decision rules reported beside the paper's ('hard'), as '<rule>[:k][@<threshold>][/<router>]' (decide.py):
       # rule 'hard' | 'soft' | 'hinton' | 'poe' over the router's top k superclasses, router 'generalist' | 'flat' (the
-      # vanilla network's summed subclass probabilities) | 'mean' of the two.
+      # vanilla network's summed subclass probabilities) | 'mean' of the two | 'oracle' (the true superclass, k = 1);
+      # a threshold runs routes after the first only where the router's top probability is below it.
       rules=('hard', 'soft:2', 'hinton:2', 'poe:2', 'hard/mean', 'hinton:2/mean')))
   return config
 

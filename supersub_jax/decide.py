@@ -5,7 +5,7 @@ subclass count, k routes per image (static). A specialist's *local distribution*
 subclasses first, its padding (probability 0) after them, and, with d = 1, a last *dustbin* column: "not my
 superclass" (Hinton, Vinyals and Dean 2015, section 5). Without a dustbin, d = 0.
 
-A ``Rule`` names one decision procedure, written ``'<rule>[:k][/<router>]'``:
+A ``Rule`` names one decision procedure, written ``'<rule>[:k][@<threshold>][/<router>]'``:
 
 * ``hard`` (the paper's): the router's top superclass decides; its specialist's most likely real subclass is the
   answer. One specialist per image.
@@ -26,7 +26,16 @@ A ``Rule`` names one decision procedure, written ``'<rule>[:k][/<router>]'``:
   raises the others'. Without dustbins it ranks as ``soft`` does. k specialists per image.
 
 Routers give p(s | x), float32[B, N] (``router_probs``): ``generalist`` (its softmax), ``flat`` (a flat network's
-subclass softmax summed over each superclass) or ``mean`` (the average of the two).
+subclass softmax summed over each superclass), ``mean`` (the average of the two) or ``oracle`` (the true superclass,
+one-hot: what the specialists do once the superclass is known; k = 1).
+
+A threshold (``'soft:2@0.7'``) runs the routes after the first only for images whose top router probability is below
+it (``routes_to_run``: -1 for a route not run); the others are decided by the same rule over their first route
+alone. ``soft:2@t`` is threshold top-2: the answer is the (superclass, subclass) of the larger p(s | x) max_j
+p(sub = j | s, x) of the routes run (on an exact tie, the lower label). 0 never asks; above 1 always asks.
+
+Padded classes of a specialist get the logit ``NEG_LOGIT`` (training masks with it too, ``step.mask_logits``), so
+their probability is 0; an image that skips a route gets it in every column (a uniform row the rules never read).
 
 Everything here is pure jnp over arrays and jittable; ``inference`` runs the specialists and calls these.
 """
@@ -34,24 +43,32 @@ Everything here is pure jnp over arrays and jittable; ``inference`` runs the spe
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 import re
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 RULES = ('hard', 'soft', 'hinton', 'poe')
 ALIASES = {'product': 'hinton'}  # the old name of 'hinton' (configs and reports before 2026-12-06)
-ROUTERS = ('generalist', 'flat', 'mean')
+ROUTERS = ('generalist', 'flat', 'mean', 'oracle')
 BISECTIONS = 64  # halvings of log lam in hinton_distribution: from 2^-126..2 to float32 resolution
+# The logit of a class that is not there: finite, so a softmax over an all-masked row stays defined (uniform).
+NEG_LOGIT = float(np.finfo(np.float32).min / 2)
 
 
 @dataclasses.dataclass(frozen=True)
 class Rule:
-  """One decision rule: ``name`` in ``RULES``, ``k`` routes per image (1 for ``hard``), and a ``router`` in
-  ``ROUTERS``. Hashable: a static argument of the compiled predictors."""
+  """One decision rule: ``name`` in ``RULES``, ``k`` routes per image (1 for ``hard``), a ``router`` in
+  ``ROUTERS`` ('oracle': k = 1, the true superclass given), and an optional ``threshold`` (k >= 2): routes after
+  the first run only where the router's top probability is below it. Hashable: a static argument of the compiled
+  predictor."""
   name: str = 'hard'
   k: int = 1
   router: str = 'generalist'
+  threshold: float | None = None
 
   def __post_init__(self):
     if self.name not in RULES:
@@ -60,29 +77,51 @@ class Rule:
       raise ValueError(f'router {self.router!r}: use one of {ROUTERS}.')
     if self.k < 1 or (self.name == 'hard' and self.k != 1):
       raise ValueError(f'{self.name} with k={self.k}: k is at least 1, and hard routing runs exactly 1.')
+    if self.router == 'oracle' and self.k != 1:
+      raise ValueError(f'{self.name}:{self.k}/oracle: the oracle router gives one superclass; use k=1.')
+    if self.threshold is not None:
+      if self.k < 2:
+        raise ValueError(f'{self.name}@{self.threshold}: a threshold decides when routes after the first run; '
+                         'use it with k >= 2, e.g. soft:2@0.7.')
+      if not (isinstance(self.threshold, numbers.Real) and math.isfinite(self.threshold) and self.threshold >= 0):
+        raise ValueError(f'threshold={self.threshold!r}: use a finite number >= 0 (0 never asks, > 1 always).')
+      object.__setattr__(self, 'threshold', float(self.threshold))
 
   @classmethod
   def parse(cls, spec: str) -> 'Rule':
-    """``'hard'``, ``'soft:2'``, ``'hinton:3/mean'``, ``'poe:2'``, ``'hard/flat'`` -> Rule (k defaults to 1;
-    ``'product'`` is read as ``'hinton'``)."""
-    match = re.fullmatch(r'(\w+)(?::(\d+))?(?:/(\w+))?', spec.strip())
+    """``'hard'``, ``'soft:2'``, ``'hinton:3/mean'``, ``'poe:2'``, ``'hard/flat'``, ``'hard/oracle'``,
+    ``'soft:2@0.7'`` -> Rule (k defaults to 1; ``'product'`` is read as ``'hinton'``)."""
+    match = re.fullmatch(r'(\w+)(?::(\d+))?(?:@(\d+(?:\.\d*)?(?:[eE][-+]?\d+)?))?(?:/(\w+))?', spec.strip())
     if not match:
-      raise ValueError(f"decision rule {spec!r}: write '<rule>[:k][/<router>]', e.g. 'soft:2/mean', with a rule "
-                       f'of {RULES} and a router of {ROUTERS}.')
-    name, k, router = match.groups()
-    return cls(ALIASES.get(name, name), int(k or 1), router or 'generalist')
+      raise ValueError(f"decision rule {spec!r}: write '<rule>[:k][@<threshold>][/<router>]', e.g. 'soft:2/mean' "
+                       f"or 'soft:2@0.7', with a rule of {RULES} and a router of {ROUTERS}.")
+    name, k, threshold, router = match.groups()
+    return cls(ALIASES.get(name, name), int(k or 1), router or 'generalist',
+               None if threshold is None else float(threshold))
 
   @property
   def key(self) -> str:
     """The canonical spec, e.g. 'soft:2/mean' ('hard' for the paper's rule): report.json's key."""
     return (self.name + (f':{self.k}' if self.name != 'hard' else '')
+            + (f'@{self.threshold!r}' if self.threshold is not None else '')
             + (f'/{self.router}' if self.router != 'generalist' else ''))
+
+  @property
+  def needs_flat(self) -> bool:
+    """The router reads a flat network's logits ('flat', 'mean')."""
+    return self.router in ('flat', 'mean')
+
+  @property
+  def needs_superclass(self) -> bool:
+    """The router reads the true superclass ('oracle')."""
+    return self.router == 'oracle'
 
 
 def router_probs(router: str, generalist_logits: jax.Array | None, flat_logits: jax.Array | None,
-                 label_to_superclass: jax.Array, num_superclasses: int) -> jax.Array:
+                 label_to_superclass: jax.Array, num_superclasses: int,
+                 superclass: jax.Array | None = None) -> jax.Array:
   """p(s | x) float32[B, N] of ``router`` from the generalist's logits float[B, N] and/or a flat network's
-  logits float[B, M] (label_to_superclass int32[M])."""
+  logits float[B, M] (label_to_superclass int32[M]); for 'oracle', the true ``superclass`` int32[B] one-hot."""
   def generalist():
     if generalist_logits is None:
       raise ValueError(f'router {router!r} needs the generalist\'s logits.')
@@ -100,12 +139,26 @@ def router_probs(router: str, generalist_logits: jax.Array | None, flat_logits: 
     return flat()
   if router == 'mean':
     return 0.5 * (generalist() + flat())
+  if router == 'oracle':
+    if superclass is None:
+      raise ValueError("router 'oracle' needs the true superclass of each image (superclass=).")
+    return jax.nn.one_hot(superclass, num_superclasses, dtype=jnp.float32)
   raise ValueError(f'router {router!r}: use one of {ROUTERS}.')
 
 
 def top_routes(probs: jax.Array, k: int) -> jax.Array:
   """The k most likely superclasses of each image, int32[B, k], most likely first (ties: the lower index)."""
   return jax.lax.top_k(probs, k)[1].astype(jnp.int32)
+
+
+def routes_to_run(rule: Rule, probs: jax.Array) -> jax.Array:
+  """The routes each image runs, int32[B, min(rule.k, N)]: the router's top superclasses (``top_routes``), with -1
+  for a route after the first that ``rule.threshold`` skips (the image's top probability is at least it)."""
+  routes = top_routes(probs, min(rule.k, probs.shape[1]))
+  if rule.threshold is None or routes.shape[1] < 2:
+    return routes
+  ask = jnp.max(probs, axis=-1) < rule.threshold
+  return routes.at[:, 1:].set(jnp.where(ask[:, None], routes[:, 1:], -1))
 
 
 def _real(local: jax.Array, num_subclasses: int) -> jax.Array:
@@ -251,14 +304,27 @@ def poe(router: jax.Array, routes: jax.Array, local: jax.Array, local_to_label: 
                     axis=-1).astype(jnp.int32)
 
 
-def decide(rule: Rule, router: jax.Array, routes: jax.Array, local: jax.Array, local_to_label: jax.Array,
-           label_to_superclass: jax.Array) -> jax.Array:
-  """Global labels int32[B] of ``rule`` from the router's p(s | x) [B, N], its routes int32[B, rule.k] and the
-  routed specialists' local distributions float32[B, rule.k, S + d]."""
-  if rule.name == 'hard':
+def _combine(name: str, router, routes, local, local_to_label, label_to_superclass) -> jax.Array:
+  if name == 'hard':
     return hard(routes, local, local_to_label)
-  if rule.name == 'soft':
+  if name == 'soft':
     return soft(router, routes, local, local_to_label, label_to_superclass.shape[0])
-  if rule.name == 'poe':
+  if name == 'poe':
     return poe(router, routes, local, local_to_label, label_to_superclass)
   return hinton(router, routes, local, local_to_label, label_to_superclass)
+
+
+def decide(rule: Rule, router: jax.Array, routes: jax.Array, local: jax.Array, local_to_label: jax.Array,
+           label_to_superclass: jax.Array) -> jax.Array:
+  """Global labels int32[B] of ``rule`` from the router's p(s | x) [B, N], its routes int32[B, k]
+  (``routes_to_run``: k = min(rule.k, N), -1 for a route not run) and the routed specialists' local distributions
+  float32[B, k, S + d] (rows of routes not run are ignored). An image whose later routes did not run is decided by
+  the same rule over its first route alone."""
+  if rule.threshold is None or routes.shape[1] < 2:
+    return _combine(rule.name, router, routes, local, local_to_label, label_to_superclass)
+  asked = routes[:, 1] >= 0
+  # Routes not run are filled with the first (their rows are ignored below): every index stays in range.
+  filled = jnp.where(routes >= 0, routes, routes[:, :1])
+  every = _combine(rule.name, router, filled, local, local_to_label, label_to_superclass)
+  first = _combine(rule.name, router, routes[:, :1], local[:, :1], local_to_label, label_to_superclass)
+  return jnp.where(asked, every, first)

@@ -117,8 +117,8 @@ def collect_predictions(config, workdir: str, hierarchy, vanilla, state, general
   vanilla_matched = vanilla_matched if 'vanilla_matched' in only else None
   head_only = head_only if 'head_only' in only else None
   rules = rules if run_supersub else ()
-  if flat_router is None and any(rule.router != 'generalist' for rule in rules):
-    raise ValueError(f'decision rules {[r.key for r in rules if r.router != "generalist"]} route by a flat network, '
+  if flat_router is None and any(rule.needs_flat for rule in rules):
+    raise ValueError(f'decision rules {[r.key for r in rules if r.needs_flat]} route by a flat network, '
                      'and this pipeline has none (the generalist starts neither from the vanilla network nor from '
                      "config.init's): drop them from config.evaluate.rules.")
   router_vars = None if flat_router is None else {'params': flat_router.params,
@@ -143,6 +143,7 @@ def collect_predictions(config, workdir: str, hierarchy, vanilla, state, general
   keys += tuple(f'rule:{rule.key}' for rule in rules)
   out = {k: [] for k in keys}
   total = -(-len(source) // int(config.evaluate.batch_size))
+  nets = dict(generalist_model=generalist_model, specialist_model=specialist_model, **paths)  # predict's keywords
   for i, batch in enumerate(batches):
     keep = batch['mask'].reshape(-1) > 0
     images = jnp.asarray(batch['image'].reshape((-1,) + batch['image'].shape[2:]))
@@ -154,13 +155,11 @@ def collect_predictions(config, workdir: str, hierarchy, vanilla, state, general
       rows['vanilla'] = np.argmax(np.asarray(vanilla_logits), -1)
       rows['vanilla_oracle'] = np.asarray(decide.within_superclass(vanilla_logits, superclass_dev, l2s))
     if run_supersub:
-      top1 = inference.predict(state, images, generalist_model=generalist_model, specialist_model=specialist_model,
-                               **paths)
-      oracle = inference.predict_oracle(state, images, superclass_dev, specialist_model=specialist_model,
-                                        **paths)
-      top2 = inference.predict_top2(state, images, generalist_model=generalist_model,
-                                    specialist_model=specialist_model, threshold=threshold, **paths)
-      rows.update({'generalist': np.asarray(top1['superclass']), 'supersub': np.asarray(top1['label']),
+      top1 = inference.predict(state, images, decide.Rule('hard'), **nets)
+      oracle = inference.predict(state, images, decide.Rule('hard', router='oracle'), superclass=superclass_dev,
+                                 **nets)
+      top2 = inference.predict(state, images, decide.Rule('soft', 2, threshold=threshold), **nets)
+      rows.update({'generalist': np.asarray(top1['routes'][:, 0]), 'supersub': np.asarray(top1['label']),
                    'oracle': np.asarray(oracle['label']), 'top2': np.asarray(top2['label']),
                    'second': np.asarray(top2['second'])})
     if vanilla_matched is not None:
@@ -168,13 +167,11 @@ def collect_predictions(config, workdir: str, hierarchy, vanilla, state, general
       rows['vanilla_matched'] = np.argmax(np.asarray(matched_logits), -1)
       rows['vanilla_matched_oracle'] = np.asarray(decide.within_superclass(matched_logits, superclass_dev, l2s))
     if head_only is not None:
-      rows['head_only'] = np.asarray(inference.predict(head_only, images, generalist_model=generalist_model,
-                                                       specialist_model=specialist_model,
-                                                       **paths)['label'])
+      rows['head_only'] = np.asarray(inference.predict(head_only, images, decide.Rule('hard'), **nets)['label'])
     for rule in rules:
-      rows[f'rule:{rule.key}'] = rows['supersub'] if rule == decide.Rule() else np.asarray(inference.predict_rule(
-          state, images, router_vars, rule=rule, generalist_model=generalist_model, specialist_model=specialist_model,
-          flat_model=flat_router and flat_router.model, **paths)['label'])
+      rows[f'rule:{rule.key}'] = rows['supersub'] if rule == decide.Rule() else np.asarray(inference.predict(
+          state, images, rule, superclass=superclass_dev, flat=router_vars,
+          flat_model=flat_router and flat_router.model, **nets)['label'])
     for k in keys:
       out[k].append(np.asarray(rows[k])[keep])
     if progress is not None:
@@ -445,7 +442,7 @@ def run(config, workdir: str, *, force: bool = False) -> dict:
   threshold = float(config.evaluate.top2_threshold)
   paths = inference.path_settings(config.evaluate)  # how the specialists run (all give the same predictions)
   # Without a flat network of its own, Super-Sub has no flat router: those rules are skipped, and the report says so.
-  rules = [r for r in rules_of(config) if r.router == 'generalist' or trained.flat_router is not None]
+  rules = [r for r in rules_of(config) if not r.needs_flat or trained.flat_router is not None]
   skipped = [r.key for r in rules_of(config) if r not in rules]
 
   todo = [name for name in networks if name not in kept]
@@ -509,7 +506,7 @@ def run(config, workdir: str, *, force: bool = False) -> dict:
     progress.done('kept from the previous evaluation')
   report.update({'memory': measured['memory'], 'throughput': measured['throughput']})
   for rule in rules:
-    report['rules'][rule.key].update(measured['rules'][rule.key])
+    report['rules'][rule.key].update(measured['rules'].get(rule.key, {}))  # oracle-routed rules are not timed
   report['memory']['bank_export_bytes'] = sum(report['storage']['specialists_bytes'])
   report['evaluation'] = {'fingerprints': keys, 'kept': sorted([n for n in networks if n not in todo]
                                                              + (['measurements'] if measured_kept else [])),

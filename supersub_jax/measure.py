@@ -23,6 +23,7 @@ import jax
 import numpy as np
 
 from supersub_jax import bank as bank_lib
+from supersub_jax import decide
 from supersub_jax import delta as delta_lib
 from supersub_jax import inference
 from supersub_jax import stages
@@ -143,22 +144,25 @@ def measure_inference(config, hierarchy, single: stages.Network, state: bank_lib
   ``rules`` (``decide.Rule``; ``flat``: the flat router of those that need one) take their turns with the two models
   at the largest batch size, so that every speed of the report at that batch comes from one measurement: 'rules'
   (rule key -> images/s, batch size and the range of per-call seconds) is returned too; the paper's rule ('hard')
-  is Super-Sub's own call. Every time has its spread: '*_ms_range', the fastest and slowest timed call.
+  is Super-Sub's own call; rules routed by the true superclass ('oracle') have no speed in use and are left out.
+  Every time has its spread: '*_ms_range', the fastest and slowest timed call.
   """
   repeats = int(config.evaluate.benchmark_batches)
   single_vars = jax.device_put({'params': single.params, 'batch_stats': single.batch_stats})
   single_apply = eval_apply(single.model)
   generalist_apply = eval_apply(generalist_model)
-  predict = jax.jit(functools.partial(inference.predict, generalist_model=generalist_model,
+  predict = jax.jit(functools.partial(inference.predict, rule=decide.Rule('hard'), generalist_model=generalist_model,
                                       specialist_model=specialist_model, **paths))
   device = jax.devices()[0]
   by_batch_time, by_batch_memory = {}, {}
   sizes = sorted({int(x) for x in config.evaluate.benchmark_batch_sizes})
   flat_vars = None if flat is None else jax.device_put({'params': flat.params, 'batch_stats': flat.batch_stats})
   extra = {}  # the rules other than the paper's, timed at the largest batch size only
+  # A rule routed by the true superclass ('oracle') has no speed in use: it is not timed.
+  rules = [rule for rule in rules if not rule.needs_superclass]
   for rule in rules:
     if rule.key != 'hard':
-      extra[rule.key] = functools.partial(inference.predict_rule, rule=rule, generalist_model=generalist_model,
+      extra[rule.key] = functools.partial(inference.predict, rule=rule, generalist_model=generalist_model,
                                           specialist_model=specialist_model, flat_model=flat and flat.model, **paths)
   rule_speed = {}
   for n, requested in enumerate(sizes):
@@ -167,7 +171,8 @@ def measure_inference(config, hierarchy, single: stages.Network, state: bank_lib
     start = time.perf_counter()
     fns = {'single': lambda i: single_apply(single_vars, batches[i]), 'supersub': lambda i: predict(state, batches[i])}
     if requested == sizes[-1]:
-      fns.update({f'rule:{key}': (lambda i, run=run: run(state, batches[i], flat_vars)) for key, run in extra.items()})
+      fns.update({f'rule:{key}': (lambda i, run=run: run(state, batches[i], flat=flat_vars))
+                  for key, run in extra.items()})
     timing = time_calls(fns, len(batches))
     single_s, supersub_s = timing['single'].mean, timing['supersub'].mean
     if requested == sizes[-1]:
@@ -200,7 +205,8 @@ def measure_inference(config, hierarchy, single: stages.Network, state: bank_lib
               'bank_bytes': bank_lib.nbytes(state.bank),
               'specialist_bytes': int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(one_specialist)))}
   resident['supersub_bytes'] = resident['generalist_bytes'] + resident['bank_bytes'] + resident['specialist_bytes']
-  # With materialize='layer' (inference.lazy_specialist_variables) one layer's dense kernel is materialized at a time.
+  # With materialize='layer' (inference.unpack.lazy_specialist_variables) one layer's dense kernel is materialized
+  # at a time.
   resident['largest_layer_bytes'] = inference.largest_dense_leaf_bytes(state.bank, state.base)
   resident['per_layer_supersub_bytes'] = (resident['generalist_bytes'] + resident['bank_bytes']
                                           + resident['largest_layer_bytes'])

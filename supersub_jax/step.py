@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from supersub_jax.decide import NEG_LOGIT
 from supersub_jax.runtime import AXIS  # the device axis the step's collectives reduce over
 
 PyTree = Any
@@ -131,10 +132,10 @@ def all_finite(tree: PyTree) -> jax.Array:
 
 
 def mask_logits(logits: jax.Array, logit_mask: jax.Array | None) -> jax.Array:
-  """Sets logits of padded classes (logit_mask False) to a large negative number. logits [B, C], mask bool [C]."""
+  """Sets logits of padded classes (logit_mask False) to ``decide.NEG_LOGIT``. logits float32[B, C], mask bool [C]."""
   if logit_mask is None:
     return logits
-  return jnp.where(logit_mask, logits, jnp.finfo(logits.dtype).min / 2)
+  return jnp.where(logit_mask, logits, jnp.asarray(NEG_LOGIT, logits.dtype))
 
 
 ParamsFn = Callable[[PyTree, PyTree, PyTree], PyTree]

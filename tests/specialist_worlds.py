@@ -77,3 +77,29 @@ def world(sizes, seed=0, mixed=True):
   exported = [export(base, 100 + k, n_sub=n, d_feat=d_feat, stats=gen['batch_stats'],
                       **kinds[k % len(kinds)]) for k, n in enumerate(sizes)]
   return hierarchy, gm, sm, gen, exported
+
+
+def routed_world(sizes):
+  """``world(sizes)`` as a dict, with signed zeros in the base (base + 0.0 must reproduce materialize_compressed)
+  and the generalist's head centred on 10 random images ('images') so that they go to several specialists; 'state'
+  is the SuperSub state, 'base' the backbone, 'gen_logits' float32[10, N] the generalist's logits on 'images'."""
+  from supersub_jax import bank as bank_lib  # pylint: disable=g-import-not-at-top
+  hierarchy, gm, sm, gen, exported = world(sizes)
+  kernel = gen['params']['stage2_block1']['Conv_0']['kernel']
+  kernel.reshape(-1)[:64] = -0.0
+  images = np.float32(np.random.RandomState(3).randn(10, *IMAGE_SHAPE))
+  _, features = jax.jit(functools.partial(gm.apply, train=False, return_features=True))(gen, images)
+  features = np.asarray(features)
+  head = gen['params']['head']
+  head['kernel'] = head['kernel'] * np.float32(10.0 / np.std(features))
+  head['bias'] = np.float32(-features.mean(0) @ head['kernel'])
+  state = bank_lib.build_supersub(gen, exported, hierarchy)
+  return {'hierarchy': hierarchy, 'gm': gm, 'sm': sm, 'gen': gen, 'exported': exported, 'state': state,
+          'base': cut_lib.split_head(gen['params'])[0], 'images': images,
+          'gen_logits': features @ head['kernel'] + head['bias']}
+
+
+def padded_head(ex, s):
+  """An exported specialist's head {'kernel' [D, s], 'bias' [s]}, zero-padded to s columns."""
+  kernel, bias = ex['head']['kernel'], ex['head']['bias']
+  return {'kernel': np.pad(kernel, ((0, 0), (0, s - kernel.shape[1]))), 'bias': np.pad(bias, (0, s - bias.shape[0]))}

@@ -14,6 +14,7 @@ from supersub_jax import bank as bank_lib
 from supersub_jax import bundle as bundle_lib
 from supersub_jax import convert
 from supersub_jax import cut as cut_lib
+from supersub_jax import decide
 from supersub_jax import delta as delta_lib
 from supersub_jax import inference
 from supersub_jax import models
@@ -49,10 +50,11 @@ def test_bundle_round_trip_predicts_like_the_workdir(tiny_workdir, tmp_path):
   images = jax.random.normal(jax.random.key(0), (8, 16, 16, 3))
   g_model = stages.make_model(config, hierarchy.num_superclasses)
   s_model = stages.make_model(config, hierarchy.max_subclasses)
-  a = inference.predict(from_bundle, images, generalist_model=g_model, specialist_model=s_model)
-  b = inference.predict(from_workdir, images, generalist_model=g_model, specialist_model=s_model)
+  a = inference.predict(from_bundle, images, decide.Rule('hard'), generalist_model=g_model, specialist_model=s_model)
+  b = inference.predict(from_workdir, images, decide.Rule('hard'), generalist_model=g_model,
+                        specialist_model=s_model)
   np.testing.assert_array_equal(a['label'], b['label'])
-  np.testing.assert_array_equal(a['prob'], b['prob'])
+  np.testing.assert_array_equal(a['router'], b['router'])
   # The bundle holds the compressed specialists, not N dense copies of the network.
   assert size < delta_lib.tree_nbytes(generalist) * 2
 

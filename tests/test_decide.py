@@ -38,10 +38,78 @@ def test_rules_parse_and_name_themselves():
   assert decide.Rule.parse('hinton:3').key == 'hinton:3' and decide.Rule.parse('hard/flat').key == 'hard/flat'
   assert decide.Rule.parse('poe:2/mean') == decide.Rule('poe', 2, 'mean')
   assert decide.Rule.parse('product:2/mean').key == 'hinton:2/mean'  # the old name reads as what it is
-  for bad, match in (('median', 'decision rule'), ('soft:2/oracle', 'router'), ('hard:2', 'exactly 1'),
+  for bad, match in (('median', 'decision rule'), ('soft:2/psychic', 'router'), ('hard:2', 'exactly 1'),
                      ('soft:0', 'at least 1'), ('soft 2', 'write')):
     with pytest.raises(ValueError, match=match):
       decide.Rule.parse(bad)
+
+
+def test_oracle_routing_and_thresholds_parse_and_name_themselves():
+  assert decide.Rule.parse('hard/oracle') == decide.Rule('hard', 1, 'oracle')
+  assert decide.Rule.parse('soft:2@0.7') == decide.Rule('soft', 2, threshold=0.7)
+  assert decide.Rule.parse('hinton:3@1e-2/mean') == decide.Rule('hinton', 3, 'mean', 0.01)
+  for rule in (decide.Rule('hard', router='oracle'), decide.Rule('soft', 2, threshold=0.7),
+               decide.Rule('poe', 3, 'flat', 0.123456789), decide.Rule('soft', 2, threshold=1)):
+    assert decide.Rule.parse(rule.key) == rule, rule.key  # the key reads back as the same rule
+  assert decide.Rule('soft', 2, threshold=0.7).key == 'soft:2@0.7'
+  assert decide.Rule('hard', router='oracle').key == 'hard/oracle'
+  assert decide.Rule.parse('hard/oracle').needs_superclass and not decide.Rule.parse('hard/oracle').needs_flat
+  assert decide.Rule.parse('soft:2/mean').needs_flat and not decide.Rule.parse('soft:2').needs_flat
+  for bad, match in (('hard@0.5', 'k >= 2'), ('soft@0.5', 'k >= 2'), ('soft:2@-1', 'write'),
+                     ('soft:2/oracle', 'one superclass'), ('soft:2@', 'write')):
+    with pytest.raises(ValueError, match=match):
+      decide.Rule.parse(bad)
+  with pytest.raises(ValueError, match='finite'):
+    decide.Rule('soft', 2, threshold=float('nan'))
+  from supersub_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  for spec in config_lib.default_config().evaluate.rules:  # every string the shipped defaults use still reads
+    assert decide.Rule.parse(spec).key == spec
+
+
+def test_oracle_router_is_the_true_superclass_one_hot():
+  np.testing.assert_array_equal(decide.router_probs('oracle', None, None, L2S, 3, jnp.asarray([2, 0])),
+                                [[0, 0, 1], [1, 0, 0]])
+  with pytest.raises(ValueError, match='true superclass'):
+    decide.router_probs('oracle', jnp.zeros((2, 3)), None, L2S, 3)
+
+
+def test_a_threshold_runs_later_routes_only_where_the_top_probability_is_below_it():
+  router = jnp.asarray([[0.5, 0.3, 0.2], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6]])
+  np.testing.assert_array_equal(decide.routes_to_run(decide.Rule('soft', 3, threshold=0.6), router),
+                                [[0, 1, 2], [1, -1, -1], [2, -1, -1]])  # 0.6 is not below 0.6
+  np.testing.assert_array_equal(decide.routes_to_run(decide.Rule('soft', 2), router), [[0, 1], [1, 0], [2, 0]])
+  np.testing.assert_array_equal(decide.routes_to_run(decide.Rule('soft', 5, threshold=2.0), router)[:, 0],
+                                [0, 1, 2])  # k capped at N = 3, every image asks
+  assert decide.routes_to_run(decide.Rule('soft', 5), router).shape == (3, 3)
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**16), dustbin=st.sampled_from([0, 1]), threshold=st.sampled_from([0.0, 0.4, 0.6, 1.1]))
+def test_threshold_top2_is_the_old_predict_top2_and_every_rule_falls_back_to_its_first_route(seed, dustbin,
+                                                                                          threshold):
+  rng = np.random.default_rng(seed)
+  b = 6
+  router = _normalised(rng, (b, 3))
+  full = np.argsort(-router, axis=1, kind='stable')[:, :2]
+  local = _local(rng, full, dustbin)
+  routes = np.asarray(decide.routes_to_run(decide.Rule('soft', 2, threshold=threshold), jnp.asarray(router)))
+  ask = router.max(-1) < threshold
+  np.testing.assert_array_equal(routes, np.where(ask[:, None] | (np.arange(2) == 0), full, -1))
+  # A route not run holds a uniform row (inference's skipped images); the rules must not read it.
+  local = np.where((routes >= 0)[..., None], local, np.float32(1.0 / local.shape[-1]))
+  args = (jnp.asarray(router), jnp.asarray(routes), jnp.asarray(local), L2L, L2S)
+  # The old predict_top2, in numpy: the larger of p(s) max_j p(j | s) over the routes run, the first on a tie.
+  score = router[np.arange(b)[:, None], full] * local[..., :3].max(-1)
+  pick = np.where(ask & (score[:, 1] > score[:, 0]), 1, 0)
+  best = local[np.arange(b), pick, :3].argmax(-1)
+  want = np.asarray(H.local_to_label)[full[np.arange(b), pick], best]
+  np.testing.assert_array_equal(decide.decide(decide.Rule('soft', 2, threshold=threshold), *args), want)
+  for name in ('hinton', 'poe'):
+    every = decide.decide(decide.Rule(name, 2), jnp.asarray(router), jnp.asarray(full), jnp.asarray(local), L2L, L2S)
+    first = decide.decide(decide.Rule(name, 1), jnp.asarray(router), jnp.asarray(full[:, :1]),
+                          jnp.asarray(local[:, :1]), L2L, L2S)
+    np.testing.assert_array_equal(decide.decide(decide.Rule(name, 2, threshold=threshold), *args),
+                                  np.where(ask, every, first), err_msg=name)
 
 
 def test_flat_router_sums_subclass_probabilities_over_each_superclass():

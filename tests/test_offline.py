@@ -1,4 +1,4 @@
-"""Tests for supersub_jax.offline: the whole-split evaluator predicts what inference.predict predicts."""
+"""Tests for benchmarks/offline.py: the whole-split path predicts what inference.predict predicts (the hard rule)."""
 
 import jax
 import numpy as np
@@ -6,9 +6,10 @@ import pytest
 
 from specialist_worlds import IMAGE_SHAPE
 from specialist_worlds import world as _world
+from benchmarks import offline
 from supersub_jax import bank as bank_lib
+from supersub_jax import decide
 from supersub_jax import inference as inf
-from supersub_jax import offline
 
 
 def test_batch_plan_covers_every_image_once_in_the_given_shapes():
@@ -36,10 +37,10 @@ def test_predict_split_equals_predict_batch_by_batch(materialize):
   state = bank_lib.build_supersub(gen, exported, hierarchy)
   batches = [images[:8], images[8:]]  # a split in two batches of different sizes
   kw = dict(generalist_model=gm, specialist_model=sm)
-  want = [inf.predict(state, x, chunk_sizes=(4,), **kw) for x in batches]
+  want = [inf.predict(state, x, decide.Rule('hard'), chunk_sizes=(4,), **kw) for x in batches]
   got = offline.predict_split(state, batches, batch_sizes=(4, 2), materialize=materialize, **kw)
   assert len(np.unique(got['superclass'])) >= 2
-  for key in ('superclass', 'local', 'label'):
+  for key in ('superclass', 'routes', 'label'):
     np.testing.assert_array_equal(got[key], np.concatenate([np.asarray(w[key]) for w in want]))
-  np.testing.assert_allclose(got['prob'], np.concatenate([np.asarray(w['prob']) for w in want]), rtol=1e-5)
+  np.testing.assert_allclose(got['router'], np.concatenate([np.asarray(w['router']) for w in want]), rtol=1e-6)
   assert got['specialist_batches'] >= 3

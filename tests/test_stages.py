@@ -14,6 +14,7 @@ from conftest import make_tiny_config
 from supersub_jax import bank as bank_lib
 from supersub_jax import checkpoint as ckpt
 from supersub_jax import cut as cut_lib
+from supersub_jax import decide
 from supersub_jax import delta as delta_lib
 from supersub_jax import exported as exported_lib
 from supersub_jax import models
@@ -247,7 +248,7 @@ def test_shared_trunk_specialists_change_only_the_top_and_predict_like_their_den
 
   state = evaluation.load_trained(config, workdir).state
   assert state.cut == cut_lib.Cut(branch)
-  got = inference.predict(state, images, generalist_model=gm,
+  got = inference.predict(state, images, decide.Rule('hard'), generalist_model=gm,
                           specialist_model=stages.make_model(config, hierarchy.max_subclasses))
   np.testing.assert_array_equal(got['superclass'], routes)
   np.testing.assert_array_equal(got['label'], want)
@@ -298,7 +299,7 @@ def test_head_only_stage_routes_the_generalists_own_features_through_a_head_per_
     logits = features @ exported['head']['kernel'] + exported['head']['bias']  # [12, n_k], numpy reference
     want[routes == k] = np.asarray(hierarchy.local_to_label)[k, np.argmax(logits, -1)[routes == k]]
   state = evaluation.load_trained(config, workdir).head_only
-  got = inference.predict(state, images, generalist_model=gm,
+  got = inference.predict(state, images, decide.Rule('hard'), generalist_model=gm,
                           specialist_model=stages.make_model(config, hierarchy.max_subclasses))
   np.testing.assert_array_equal(got['label'], want)
   # Trained with config.specialists' settings: a changed specialist recipe invalidates the head-only ones too.
@@ -309,7 +310,6 @@ def test_head_only_stage_routes_the_generalists_own_features_through_a_head_per_
 
 
 def test_dustbin_specialists_train_on_other_superclasses_and_export_their_corrected_column(tmp_path, tiny_workdir):
-  from supersub_jax import decide  # pylint: disable=g-import-not-at-top
   from supersub_jax import evaluation  # pylint: disable=g-import-not-at-top
   from supersub_jax import inference  # pylint: disable=g-import-not-at-top
   config, trained, _ = tiny_workdir
@@ -339,9 +339,9 @@ def test_dustbin_specialists_train_on_other_superclasses_and_export_their_correc
   assert state.bank.dustbin == 1 and state.num_outputs == hierarchy.max_subclasses + 1
   images = np.float32(np.random.RandomState(4).randn(6, 16, 16, 3))
   kw = dict(generalist_model=loaded.generalist.model, specialist_model=loaded.specialist_model)
-  hard = inference.predict(state, images, **kw)
-  ruled = inference.predict_rule(state, images, rule=decide.Rule('hard'), **kw)
-  np.testing.assert_array_equal(ruled['label'], hard['label'])
+  hard = inference.predict(state, images, decide.Rule('hard'), **kw)
+  # The dustbin's mass is never the answer: a real subclass of the routed superclass.
+  np.testing.assert_array_equal(hierarchy.label_to_superclass[np.asarray(hard['label'])], hard['routes'][:, 0])
   for spec in ('hinton:2', 'poe:2'):
-    ruled = inference.predict_rule(state, images, rule=decide.Rule.parse(spec), **kw)
+    ruled = inference.predict(state, images, decide.Rule.parse(spec), **kw)
     assert ruled['label'].shape == (6,) and (np.asarray(ruled['label']) < hierarchy.num_subclasses).all()
