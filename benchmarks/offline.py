@@ -36,7 +36,7 @@ import numpy as np
 from supersub_jax import bank as bank_lib
 from supersub_jax import decide
 from supersub_jax import inference
-from supersub_jax.inference.predict import generalist_logits
+from supersub_jax.inference.two_stage import generalist_logits
 
 HARD = decide.Rule('hard')
 

@@ -28,7 +28,7 @@ from supersub_jax import exported as exported_lib
 from supersub_jax import hierarchy as hierarchy_lib
 from supersub_jax import inference as inf
 from supersub_jax import models
-from supersub_jax.inference.predict import answer
+from supersub_jax.inference.two_stage import answer
 from supersub_jax.inference.unpack import Specialists
 
 SIZES = (2, 3, 4)  # N = 3 superclasses, S = 4
