@@ -48,15 +48,16 @@ import jax
 import numpy as np
 from flax import serialization
 
+from supersub_jax import choices
 from supersub_jax import exported as exported_lib
 from supersub_jax import files
 from supersub_jax import hierarchy as hierarchy_lib
 from supersub_jax import locks
 from supersub_jax import models
 from supersub_jax import runtime
-from supersub_jax import specialists
-from supersub_jax import stages
+from supersub_jax import setup_of
 from supersub_jax import weights
+from supersub_jax import workdir as workdir_lib
 
 BUNDLE_FORMAT = 'supersub_jax.bundle/1'
 EXPORT_FORMATS = ('orbax', 'safetensors', 'npz')
@@ -69,9 +70,10 @@ TORCHVISION_ARCHS = ('resnet18', 'resnet34', 'resnet50')
 
 def make_bundle(config, workdir: str) -> dict:
   """The inference bundle of a trained workdir, as a pytree of numpy arrays and strings."""
-  hierarchy = stages.make_hierarchy(config)
-  generalist = stages.load_network(config, workdir, 'superclass', hierarchy)
-  exported = [specialists.load_exported(config, workdir, k, generalist, hierarchy)
+  setup = setup_of.build(config)
+  hierarchy = setup.hierarchy
+  generalist = workdir_lib.load_network(config, workdir, 'superclass', setup)
+  exported = [workdir_lib.load_exported(config, workdir, k, generalist, hierarchy)
               for k in range(hierarchy.num_superclasses)]
   return {'format': BUNDLE_FORMAT, 'hierarchy': json.dumps(hierarchy.to_dict()),
           'model': {'name': config.model, 'stem': config.stem, 'width': config.width,
@@ -200,12 +202,13 @@ def _check_model(model: dict, generalist: dict, num_superclasses: int) -> None:
 def dense_specialist(config, workdir: str, k: int) -> dict:
   """Specialist ``k`` as dense ``{'params', 'batch_stats'}`` of the ResNet with an ``n_k``-way head, or n_k + 1
   with a dustbin: its last output, "not my superclass", with the inference-time logit correction in its bias."""
-  hierarchy = stages.make_hierarchy(config)
+  setup = setup_of.build(config)
+  hierarchy = setup.hierarchy
   if not 0 <= k < hierarchy.num_superclasses:
     raise ValueError(f'--superclass={k} is outside [0, {hierarchy.num_superclasses}) of hierarchy '
                      f'{hierarchy.name!r}; `python -m supersub_jax.hierarchy {config.hierarchy}` lists them.')
-  generalist = stages.load_network(config, workdir, 'superclass', hierarchy)
-  exported = specialists.load_exported(config, workdir, k, generalist, hierarchy)
+  generalist = workdir_lib.load_network(config, workdir, 'superclass', setup)
+  exported = workdir_lib.load_exported(config, workdir, k, generalist, hierarchy)
   base, _ = models.split_head(generalist.params)
   params = jax.tree.map(np.asarray, exported_lib.materialize_compressed(base, exported['delta']))
   params['head'] = dict(exported['head'])
@@ -222,10 +225,10 @@ def export_specialist(config, workdir: str, k: int, fmt: str, output: str) -> st
   """Writes specialist ``k`` as a dense network (``fmt`` in EXPORT_FORMATS); returns a one-line description."""
   _check_output(fmt, output)
   variables = dense_specialist(config, workdir, k)
-  hierarchy = stages.make_hierarchy(config)
+  hierarchy = setup_of.make_hierarchy(config)
   superclass = hierarchy.superclasses[k]
   outputs = int(np.shape(variables['params']['head']['bias'])[-1])  # n_k, or n_k + 1 with a dustbin
-  model = stages.make_model(config, outputs)
+  model = setup_of.make_model(config, outputs)
   if fmt == 'orbax':
     meta = {**weights.model_meta(model, config.model, config.width), 'superclass': k, 'name': superclass.name,
             'subclasses': [s.name for s in superclass.subclasses] + ['(not this superclass)'] * (
@@ -283,13 +286,12 @@ def check_output_outside(output: str, workdir: str) -> None:
 
 
 def export_network(config, workdir: str, stage: str, fmt: str, output: str) -> str:
-  """Writes the finished network of ``stage`` (``stages.NETWORK_STAGES``) as a dense network (``fmt`` in
+  """Writes the finished network of ``stage`` (``choices.NETWORK_STAGES``) as a dense network (``fmt`` in
   EXPORT_FORMATS); returns a one-line description."""
-  if stage not in stages.NETWORK_STAGES:
-    raise ValueError(f'--stage={stage!r}: use one of {stages.NETWORK_STAGES} (specialists: the export verb).')
+  if stage not in choices.NETWORK_STAGES:
+    raise ValueError(f'--stage={stage!r}: use one of {choices.NETWORK_STAGES} (specialists: the export verb).')
   _check_output(fmt, output)
-  hierarchy = stages.make_hierarchy(config)
-  net = stages.load_network(config, workdir, stage, hierarchy)
+  net = workdir_lib.load_network(config, workdir, stage, setup_of.build(config))
   variables = {'params': net.params, 'batch_stats': net.batch_stats}
   if fmt == 'orbax':
     meta = {**weights.model_meta(net.model, config.model, config.width), 'stage': stage, 'steps': net.steps,
@@ -352,7 +354,7 @@ def main() -> None:
                       '(export: specialist<K>.<format>, network: <stage>.<format>, bundle: supersub.msgpack).')
   flags.DEFINE_integer('superclass', None, 'Which specialist (superclass index, as in report.md).')
   flags.DEFINE_enum('format', 'orbax', EXPORT_FORMATS, 'Export file format.')
-  flags.DEFINE_enum('stage', None, list(stages.NETWORK_STAGES), 'Which network stage (the network verb).')
+  flags.DEFINE_enum('stage', None, list(choices.NETWORK_STAGES), 'Which network stage (the network verb).')
   flags.DEFINE_enum('arch', None, sorted(models.MODELS), 'Architecture of the torchvision state dict '
                     f'(torchvision has {", ".join(TORCHVISION_ARCHS)}).')
   flags.DEFINE_string('input', None, 'A torchvision state dict: .pth (needs torch), .safetensors or .npz.')
@@ -404,7 +406,7 @@ def main() -> None:
         print(f'wrote {output}: {what}')
       else:
         size = write_bundle(output, make_bundle(config, f.workdir))
-        print(f'wrote {output}: {size:,} bytes (generalist + {stages.make_hierarchy(config).num_superclasses} '
+        print(f'wrote {output}: {size:,} bytes (generalist + {setup_of.make_hierarchy(config).num_superclasses} '
               'compressed specialists)')
 
   cli.run(run, flags_parser=parse)
