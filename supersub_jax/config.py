@@ -31,7 +31,7 @@ import ml_collections
 
 from supersub_jax import files
 from supersub_jax import hierarchy as hierarchy_lib
-from supersub_jax.choices import INIT_FORMATS, NORMALIZE, STAGE_SECTIONS
+from supersub_jax.choices import STAGE_SECTIONS
 
 CONFIG_FILE = 'config.json'
 

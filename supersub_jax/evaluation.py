@@ -30,7 +30,6 @@ import numpy as np
 
 from supersub_jax import bank as bank_lib
 from supersub_jax import checkpoint as ckpt
-from supersub_jax import config as config_lib
 from supersub_jax import decide
 from supersub_jax import delta as delta_lib
 from supersub_jax import exported as exported_lib

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from typing import Mapping
 
 import jax

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from supersub_jax.choices import SCHEDULES, OPTIMIZERS, NONFINITE
+from supersub_jax.choices import OPTIMIZERS, SCHEDULES
 
 PyTree = Any
 AXIS = 'batch'  # the named device axis of data parallelism (the step's collectives), in pmap and shard_map alike

@@ -1,7 +1,5 @@
 """supersub_jax.specialists.pruned_masks: which delta leaves the mask schedule prunes."""
 
-import os
-
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -9,9 +7,7 @@ import numpy as np
 import pytest
 
 from supersub_jax import delta as delta_lib
-from supersub_jax import setup_of
 from supersub_jax import sparsity, specialists
-from supersub_jax import workdir as workdir_lib
 
 
 def _delta(seed=0):
