@@ -83,7 +83,8 @@ def test_specialist_masks_reach_target_density_and_delta_stays_sparse(tiny_workd
   config, workdir, _ = tiny_workdir
   hierarchy = setup_of.make_hierarchy(config)
   # The kept fraction over all delta leaves: the pruned leaves at the target density, the dense_leaves whole.
-  backbone = models.split_head(workdir_lib.load_network(config, workdir, 'superclass', setup_of.build(config)).params)[0]
+  generalist = workdir_lib.load_network(config, workdir, 'superclass', setup_of.build(config))
+  backbone = models.split_head(generalist.params)[0]
   sizes = {delta_lib.path_str(p): x.size for p, x in jax.tree_util.tree_flatten_with_path(backbone)[0]}
   in_delta = [p for p in sizes if re.fullmatch(delta_lib.KERNELS_AND_NORM, p)]
   assert config.specialists.leaves == 'kernels_and_norm' and config.specialists.dense_leaves == delta_lib.NORM
@@ -92,7 +93,8 @@ def test_specialist_masks_reach_target_density_and_delta_stays_sparse(tiny_workd
   expected = (config.specialists.density * pruned + whole) / (pruned + whole)
   assert whole > 0 and expected > config.specialists.density + 0.005
   for k in range(hierarchy.num_superclasses):
-    manager = ckpt.make_manager(workdir_lib.specialist_dir(workdir, hierarchy, k), item_names=workdir_lib.SPECIALIST_ITEMS)
+    manager = ckpt.make_manager(workdir_lib.specialist_dir(workdir, hierarchy, k),
+                                item_names=workdir_lib.SPECIALIST_ITEMS)
     meta = ckpt.read_meta(workdir_lib.specialist_dir(workdir, hierarchy, k))
     assert meta['summary']['density'] == pytest.approx(expected, abs=0.003)
     metadata = manager.item_metadata(manager.latest_step())
@@ -239,7 +241,8 @@ def test_shared_trunk_specialists_change_only_the_top_and_predict_like_their_den
 def test_vanilla_matched_trains_the_vanilla_recipe_for_the_whole_pipelines_steps(tiny_workdir):
   config, workdir, _ = tiny_workdir
   # tiny config: 6 vanilla + 4 generalist + 3 specialists x 6 steps, all at the same batch size.
-  assert stages.pipeline_steps(config, setup_of.make_hierarchy(config)) == {'vanilla': 6, 'superclass': 4, 'specialists': 18, 'total': 28}
+  assert stages.pipeline_steps(config, setup_of.make_hierarchy(config)) == {'vanilla': 6, 'superclass': 4,
+                                                                            'specialists': 18, 'total': 28}
   assert ckpt.make_manager(os.path.join(workdir, 'vanilla_matched'), create=False).latest_step() == 28
   net = workdir_lib.load_network(config, workdir, 'vanilla_matched', setup_of.build(config))
   assert net.params['head']['kernel'].shape[-1] == 7  # the flat network: every subclass
