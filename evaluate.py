@@ -30,10 +30,10 @@ def main(argv):
   if len(argv) > 1:
     raise ValueError(f'Unexpected arguments: {argv[1:]}')
   cli.required_path('workdir', FLAGS.workdir, 'runs/demo')
-  from supersub_jax import evaluation, locks, recipe, report_text, runtime  # pylint: disable=g-import-not-at-top
+  from supersub_jax import evaluation, locks, preflight, report_text, runtime  # pylint: disable=g-import-not-at-top
   config = cli.config_for_workdir(FLAGS.config, FLAGS.workdir)
   runtime.initialize_runtime(config)
-  recipe.validate(config, training=False)
+  preflight.check(config, training=False)
   # One run at a time per workdir (train.py holds the same lock); taking it also finds a workdir that cannot be
   # written, before any work.
   with locks.hold_workdir(FLAGS.workdir, program='evaluate.py',

@@ -28,7 +28,8 @@ flags.mark_flags_as_required(['workdir'])
 def main(argv):
   del argv
   import jax  # pylint: disable=g-import-not-at-top
-  from supersub_jax import checkpoint as ckpt, config as config_lib, evaluation, inference, measure, runtime  # pylint: disable=g-import-not-at-top
+  from supersub_jax import checkpoint as ckpt, config as config_lib, inference, measure, runtime  # pylint: disable=g-import-not-at-top
+  from supersub_jax import setup_of, workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   config = config_lib.read(_WORKDIR.value)
   runtime.initialize_runtime(config)
   if _BATCHES.value:
@@ -37,7 +38,7 @@ def main(argv):
     config.evaluate.benchmark_batches = _REPEATS.value
   plans = [tuple(int(c) for c in p.split(',')) for p in _CHUNKS.value] if _CHUNKS.value else [
       tuple(int(c) for c in config.evaluate.chunk_sizes)]
-  trained = evaluation.load_trained(config, ckpt.abs_path(_WORKDIR.value))
+  trained = workdir_lib.load_trained(config, ckpt.abs_path(_WORKDIR.value), setup_of.build(config))
   device = jax.devices()[0]
   print(f'device: {device.platform} {device.device_kind}; model {config.model} at {config.image_size}px; '
         f'{trained.hierarchy.num_superclasses} superclasses', flush=True)

@@ -59,7 +59,7 @@ def measure_scale(*, model: str, image_size: int, stem: str, sizes: list[int], b
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from supersub_jax import bank as bank_lib, config as config_lib, delta as delta_lib, measure  # pylint: disable=g-import-not-at-top
-  from supersub_jax import cut as cut_lib, exported as exported_lib, hierarchy as hierarchy_lib, inference, models, stages  # pylint: disable=g-import-not-at-top
+  from supersub_jax import cut as cut_lib, exported as exported_lib, hierarchy as hierarchy_lib, inference, models, setup_of  # pylint: disable=g-import-not-at-top
   from supersub_jax import decide  # pylint: disable=g-import-not-at-top
   from benchmarks import offline  # pylint: disable=g-import-not-at-top
 
@@ -83,7 +83,7 @@ def measure_scale(*, model: str, image_size: int, stem: str, sizes: list[int], b
     data_config.data_dir = data_dir
     resize = jax.jit(lambda x: jax.image.resize(x, (x.shape[0],) + shape, 'bilinear'))
     for b in sorted({int(x) for x in batch_sizes}):
-      held = measure.held_out_batches(data_config, stages.make_hierarchy(data_config), b, repeats)
+      held = measure.held_out_batches(data_config, setup_of.make_hierarchy(data_config), b, repeats)
       batches[b] = [resize(jnp.asarray(x)) for x in held]
     # Centre the random generalist's head on real images so that its argmax spreads over the N superclasses.
     calibration = batches[max(batches)][0]

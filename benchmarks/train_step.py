@@ -46,7 +46,7 @@ def measure_steps(*, kinds: list[str], model: str, image_size: int, stem: str, b
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from supersub_jax import config as config_lib, cut as cut_lib, measure, models, runtime, specialists, step as step_lib  # pylint: disable=g-import-not-at-top
+  from supersub_jax import config as config_lib, cut as cut_lib, measure, models, runtime, setup_of, specialists, step as step_lib  # pylint: disable=g-import-not-at-top
 
   n = jax.local_device_count()
   if batch_size % n:
@@ -71,7 +71,7 @@ def measure_steps(*, kinds: list[str], model: str, image_size: int, stem: str, b
       frozen = {}
       fn = functools.partial(step_lib.train_step, apply_fn=net.apply, tx=tx)
     elif kind == 'delta':
-      dcfg = specialists.delta_config(cfg)
+      dcfg = setup_of.delta_config(cfg)
       base, head = cut_lib.split_head(variables['params'])
       state = specialists.initial_state(base, head, variables['batch_stats'], dcfg, tx, cut_lib.Cut(cfg.branch))
       frozen = base

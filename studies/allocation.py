@@ -55,7 +55,7 @@ def parse(allocation: str) -> tuple[str, float, float]:
 
 def configure(config, budget: int, allocation: str):
   """The config of one (budget, allocation): stages and step budgets as the module docstring says."""
-  from supersub_jax import stages  # pylint: disable=g-import-not-at-top
+  from supersub_jax import setup_of, stages  # pylint: disable=g-import-not-at-top
   kind, vanilla, generalist = parse(allocation)
   config = config.copy_and_resolve_references()
   config.superclass.num_train_steps = max(1, round(generalist * budget))
@@ -70,7 +70,7 @@ def configure(config, budget: int, allocation: str):
     config.vanilla.num_train_steps = max(1, round(vanilla * budget))
     config.stages = ('vanilla', 'superclass', 'specialists', 'vanilla_matched')
     used = config.vanilla.num_train_steps + config.superclass.num_train_steps
-  config.specialists.num_epochs = stages.specialist_epochs_for(config, stages.make_hierarchy(config), budget - used)
+  config.specialists.num_epochs = stages.specialist_epochs_for(config, setup_of.make_hierarchy(config), budget - used)
   return config
 
 

@@ -21,14 +21,14 @@ def converged(config, extra: float | None, seed: int, *, base_steps: int,
   base's ``base_steps``: the generalist gets ``generalist_share`` of it, the specialists the rest; ``extra`` None
   keeps the config's own generalist steps and specialist epochs. The flat network (the vanilla stage, continuing
   ``config.init``) gets exactly Super-Sub's total steps."""
-  from supersub_jax import stages  # pylint: disable=g-import-not-at-top
+  from supersub_jax import setup_of, stages  # pylint: disable=g-import-not-at-top
   config = config.copy_and_resolve_references()
   if not (config.init.path and config.init.keep_head and not config.superclass.init_from_vanilla):
     raise ValueError('the converged regime continues config.init: give it init.path, init.keep_head=True and '
                      'superclass.init_from_vanilla=False (as configs/synthetic.py does).')
   config.seed = seed
   config.stages = ('vanilla', 'superclass', 'specialists')
-  hierarchy = stages.make_hierarchy(config)
+  hierarchy = setup_of.make_hierarchy(config)
   if extra is not None:
     budget = round(extra * base_steps)
     config.superclass.num_train_steps = max(1, round(generalist_share * budget))

@@ -20,6 +20,7 @@ from flax import traverse_util
 
 from supersub_jax import cli
 from supersub_jax import models
+from supersub_jax import setup_of
 from supersub_jax import stages
 from supersub_jax import step as step_lib
 
@@ -30,10 +31,10 @@ cli.define_config_flag(stored_in_workdir=False)
 def main(argv):
   del argv
   config = FLAGS.config
-  hierarchy = stages.make_hierarchy(config)
-  model = stages.make_model(config, hierarchy.num_subclasses)
+  hierarchy = setup_of.make_hierarchy(config)
+  model = setup_of.make_model(config, hierarchy.num_subclasses)
   seed = int(config.seed)
-  variables = models.init_variables(model, jax.random.key(seed), stages.image_shape(config))
+  variables = models.init_variables(model, jax.random.key(seed), setup_of.image_shape(config))
   batches = stages.train_batches(config, stages.load_source(config, 'train', hierarchy), label_mode='subclass',
                                  seed=seed)
   batch = next(batches)

@@ -52,12 +52,13 @@ def position_bytes(exported: list[dict]) -> dict[str, list[float]]:
 def main(argv):
   del argv
   from supersub_jax import checkpoint as ckpt, config as config_lib, delta as delta_lib  # pylint: disable=g-import-not-at-top
-  from supersub_jax import specialists, stages  # pylint: disable=g-import-not-at-top
+  from supersub_jax import setup_of, workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   workdir = ckpt.abs_path(_WORKDIR.value)
   config = config_lib.read(workdir)
-  hierarchy = stages.make_hierarchy(config)
-  generalist = stages.load_network(config, workdir, 'superclass', hierarchy)
-  exported = [specialists.load_exported(config, workdir, k, generalist, hierarchy)
+  setup = setup_of.build(config)
+  hierarchy = setup.hierarchy
+  generalist = workdir_lib.load_network(config, workdir, 'superclass', setup)
+  exported = [workdir_lib.load_exported(config, workdir, k, generalist, hierarchy)
               for k in range(hierarchy.num_superclasses)]
   base = delta_lib.tree_nbytes(generalist.params) + delta_lib.tree_nbytes(generalist.batch_stats)
   parts = position_bytes(exported)

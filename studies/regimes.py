@@ -266,7 +266,7 @@ def plot(data: dict, path: str) -> None:
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax logs every save and restore at INFO; progress lines are printed
-  from supersub_jax import recipe  # pylint: disable=g-import-not-at-top
+  from supersub_jax import preflight, recipe  # pylint: disable=g-import-not-at-top
   seeds = [int(s) for s in _SEEDS.value]
   dustbins = [d.lower() == 'true' for d in _DUSTBIN.value]
   runs = []  # (regime, extra, seed, config, base steps, base top-1)
@@ -283,7 +283,7 @@ def main(argv):
     else:
       raise ValueError(f'--regimes: unknown {regime!r}; use converged and/or scratch.')
   for *_, config, _, _ in runs:
-    recipe.validate(config)  # every run's config before the first one trains
+    preflight.check(config)  # every run's config before the first one trains
   rows = []
   for regime, extra, seed, config, base, base_top1 in runs:
     workdir = os.path.join(os.path.abspath(_WORKDIR.value), regime, f'E{extra:g}', f'seed{seed}')

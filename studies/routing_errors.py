@@ -70,14 +70,15 @@ def markdown(rows: dict[str, dict]) -> str:
 def main(argv):
   del argv
   from supersub_jax import checkpoint as ckpt  # pylint: disable=g-import-not-at-top
-  from supersub_jax import config as config_lib, evaluation, inference  # pylint: disable=g-import-not-at-top
+  from supersub_jax import config as config_lib, evaluation, inference, setup_of  # pylint: disable=g-import-not-at-top
+  from supersub_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   rows = {}
   for workdir in (ckpt.abs_path(w) for w in _WORKDIRS.value):
     config = config_lib.read(workdir)
     if 'vanilla_matched' not in config.stages:
       raise ValueError(f'{workdir} has no vanilla_matched stage: train it first (studies/seeds.py does, or add '
                        "'vanilla_matched' to --config.stages of train.py).")
-    t = evaluation.load_trained(config, workdir)
+    t = workdir_lib.load_trained(config, workdir, setup_of.build(config))
     p = evaluation.collect_predictions(
         config, workdir, t.hierarchy, t.vanilla, t.state, t.generalist.model, t.specialist_model,
         threshold=float(config.evaluate.top2_threshold), paths=inference.path_settings(config.evaluate),

@@ -94,7 +94,7 @@ def markdown(rows) -> str:
 
 def main(argv):
   del argv
-  from supersub_jax import checkpoint as ckpt, specialists  # pylint: disable=g-import-not-at-top
+  from supersub_jax import checkpoint as ckpt, setup_of, specialists  # pylint: disable=g-import-not-at-top
   config = flags.FLAGS.config
   workdir = ckpt.abs_path(_WORKDIR.value)
   chosen = _VARIANTS.value or list(variants())
@@ -109,7 +109,7 @@ def main(argv):
     cfg = config.copy_and_resolve_references()
     cfg.specialists.update(overrides)
     cfg.specialists.superclasses = tuple(int(k) for k in _SUPER.value)
-    summary = specialists.train_specialists(cfg, sub)
+    summary = specialists.train_specialists(cfg, sub, setup_of.build(cfg))
     per = summary['specialists']
     rows.append({'variant': name, **{k: overrides[k] for k in ('leaves', 'density', 'bits')},
                  'dense_leaves': overrides.get('dense_leaves', ''), 'oracle_top1': summary['oracle_top1'],

@@ -31,10 +31,9 @@ import ml_collections
 
 from supersub_jax import files
 from supersub_jax import hierarchy as hierarchy_lib
+from supersub_jax.choices import STAGE_SECTIONS
 
 CONFIG_FILE = 'config.json'
-INIT_FORMATS = ('torchvision', 'orbax')
-NORMALIZE = ('host', 'device')
 
 
 def optimizer_config(**overrides) -> ml_collections.ConfigDict:
@@ -231,7 +230,6 @@ def read(workdir: str) -> ml_collections.ConfigDict:
 HARMLESS = ('log_every_steps', 'checkpoint_every_steps', 'profile_steps', 'max_to_keep', 'eval_batch_size', 'eval_split', 'evaluate.',
             'worker_count', 'input.', 'data_dir', 'manual_dir', 'distributed.', 'parallelism', 'stages', 'nonfinite',
             'compilation_cache_dir', 'specialists.superclasses', 'init.path', 'init.format')
-STAGE_SECTIONS = ('vanilla', 'superclass', 'specialists')
 # The baseline stages train with another stage's settings: the vanilla recipe for longer, specialists at branch 'head'.
 _BASELINE_SECTIONS = {'vanilla_matched': 'vanilla', 'head_only': 'specialists'}
 

@@ -14,14 +14,15 @@ import numpy as np
 
 from supersub_jax import bundle as bundle_lib
 from supersub_jax import cut as cut_lib
+from supersub_jax import choices
 from supersub_jax import exported as exported_lib
 from supersub_jax import files
 from supersub_jax import locks
 from supersub_jax import models
 from supersub_jax import runtime
-from supersub_jax import specialists
-from supersub_jax import stages
+from supersub_jax import setup_of
 from supersub_jax import weights
+from supersub_jax import workdir as workdir_lib
 
 EXPORT_FORMATS = ('orbax', 'safetensors', 'npz')
 TORCHVISION_ARCHS = ('resnet18', 'resnet34', 'resnet50')
@@ -29,9 +30,10 @@ TORCHVISION_ARCHS = ('resnet18', 'resnet34', 'resnet50')
 
 def make_bundle(config, workdir: str) -> dict:
   """The inference bundle of a trained workdir, as a pytree of numpy arrays and strings."""
-  hierarchy = stages.make_hierarchy(config)
-  generalist = stages.load_network(config, workdir, 'superclass', hierarchy)
-  exported = [specialists.load_exported(config, workdir, k, generalist, hierarchy)
+  setup = setup_of.build(config)
+  hierarchy = setup.hierarchy
+  generalist = workdir_lib.load_network(config, workdir, 'superclass', setup)
+  exported = [workdir_lib.load_exported(config, workdir, k, generalist, hierarchy)
               for k in range(hierarchy.num_superclasses)]
   return {'format': bundle_lib.BUNDLE_FORMAT, 'hierarchy': json.dumps(hierarchy.to_dict()),
           'model': {'name': config.model, 'stem': config.stem, 'width': config.width,
@@ -43,12 +45,13 @@ def make_bundle(config, workdir: str) -> dict:
 def dense_specialist(config, workdir: str, k: int) -> dict:
   """Specialist ``k`` as dense ``{'params', 'batch_stats'}`` of the ResNet with an ``n_k``-way head, or n_k + 1
   with a dustbin: its last output, "not my superclass", with the inference-time logit correction in its bias."""
-  hierarchy = stages.make_hierarchy(config)
+  setup = setup_of.build(config)
+  hierarchy = setup.hierarchy
   if not 0 <= k < hierarchy.num_superclasses:
     raise ValueError(f'--superclass={k} is outside [0, {hierarchy.num_superclasses}) of hierarchy '
                      f'{hierarchy.name!r}; `python -m tools.hierarchy {config.hierarchy}` lists them.')
-  generalist = stages.load_network(config, workdir, 'superclass', hierarchy)
-  exported = specialists.load_exported(config, workdir, k, generalist, hierarchy)
+  generalist = workdir_lib.load_network(config, workdir, 'superclass', setup)
+  exported = workdir_lib.load_exported(config, workdir, k, generalist, hierarchy)
   base, _ = cut_lib.split_head(generalist.params)
   params = jax.tree.map(np.asarray, exported_lib.materialize_compressed(base, exported['delta']))
   params['head'] = dict(exported['head'])
@@ -65,10 +68,10 @@ def export_specialist(config, workdir: str, k: int, fmt: str, output: str) -> st
   """Writes specialist ``k`` as a dense network (``fmt`` in EXPORT_FORMATS); returns a one-line description."""
   _check_output(fmt, output)
   variables = dense_specialist(config, workdir, k)
-  hierarchy = stages.make_hierarchy(config)
+  hierarchy = setup_of.make_hierarchy(config)
   superclass = hierarchy.superclasses[k]
   outputs = int(np.shape(variables['params']['head']['bias'])[-1])  # n_k, or n_k + 1 with a dustbin
-  model = stages.make_model(config, outputs)
+  model = setup_of.make_model(config, outputs)
   if fmt == 'orbax':
     meta = {**weights.model_meta(model, config.model, config.width), 'superclass': k, 'name': superclass.name,
             'subclasses': [s.name for s in superclass.subclasses] + ['(not this superclass)'] * (
@@ -126,13 +129,12 @@ def check_output_outside(output: str, workdir: str) -> None:
 
 
 def export_network(config, workdir: str, stage: str, fmt: str, output: str) -> str:
-  """Writes the finished network of ``stage`` (``stages.NETWORK_STAGES``) as a dense network (``fmt`` in
+  """Writes the finished network of ``stage`` (``choices.NETWORK_STAGES``) as a dense network (``fmt`` in
   EXPORT_FORMATS); returns a one-line description."""
-  if stage not in stages.NETWORK_STAGES:
-    raise ValueError(f'--stage={stage!r}: use one of {stages.NETWORK_STAGES} (specialists: the export verb).')
+  if stage not in choices.NETWORK_STAGES:
+    raise ValueError(f'--stage={stage!r}: use one of {choices.NETWORK_STAGES} (specialists: the export verb).')
   _check_output(fmt, output)
-  hierarchy = stages.make_hierarchy(config)
-  net = stages.load_network(config, workdir, stage, hierarchy)
+  net = workdir_lib.load_network(config, workdir, stage, setup_of.build(config))
   variables = {'params': net.params, 'batch_stats': net.batch_stats}
   if fmt == 'orbax':
     meta = {**weights.model_meta(net.model, config.model, config.width), 'stage': stage, 'steps': net.steps,

@@ -51,9 +51,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-RULES = ('hard', 'soft', 'hinton', 'poe')
+from supersub_jax.choices import RULES, ROUTERS
+
 ALIASES = {'product': 'hinton'}  # the old name of 'hinton' (configs and reports before 2026-12-06)
-ROUTERS = ('generalist', 'flat', 'mean', 'oracle')
 BISECTIONS = 64  # halvings of log lam in hinton_distribution: from 2^-126..2 to float32 resolution
 # The logit of a class that is not there: finite, so a softmax over an all-masked row stays defined (uniform).
 NEG_LOGIT = float(np.finfo(np.float32).min / 2)

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from supersub_jax import quant
+from supersub_jax.choices import GRANULARITIES
 
 PyTree = Any
 
@@ -44,7 +45,12 @@ NORM = r'(scale|bias)$'  # BatchNorm's affine parameters, e.g. for config.specia
 # the defaults stay density 0.1 int8 kernels; a config opts in with config.specialists.update(FRONTIER).
 FRONTIER = {'density': 0.05, 'bits': 4, 'leaves': 'kernels_and_norm', 'dense_leaves': NORM}
 EXCLUDE_HEAD = r'^head/'
-GRANULARITIES = ('per_channel', 'per_tensor')
+LEAVES = {
+    'kernels': KERNELS,
+    'kernels_and_norm': KERNELS_AND_NORM,
+}  # config.specialists.leaves's named sets. A head-only specialist (the generalist's own features) is
+   # branch='head'; density=0.0 prunes the delta to nothing but still re-estimates every BatchNorm statistic on the
+   # superclass's images.
 
 
 def path_str(key_path) -> str:

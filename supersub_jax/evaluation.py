@@ -1,10 +1,11 @@
 """Evaluation of a trained workdir: vanilla against Super-Sub on the held-out split (``config.eval_split``),
 storage, memory and throughput.
 
-``run(config, workdir)`` loads the checkpoints of the stages (``load_trained``), predicts every held-out image with
-the vanilla network, the generalist and Super-Sub (top-1, oracle and top-2 routing; ``collect_predictions``), and
-turns the predictions into the report (``report.build``), with the inference measurements of
-``supersub_jax.measure``; ``report.write`` writes ``report.json``, ``report.md`` and the PNG plots into the workdir.
+``run(config, workdir)`` loads the checkpoints of the stages (``workdir.load_trained``), predicts every held-out
+image with the vanilla network, the generalist and Super-Sub (top-1, oracle and top-2 routing;
+``collect_predictions``), and turns the predictions into the report (``report.build``), with the inference
+measurements of ``supersub_jax.measure``; ``report.write`` writes ``report.json``, ``report.md`` and the PNG plots
+into the workdir.
 
 Results are kept. Each part of an evaluation -- the held-out predictions of one network (``NETWORKS``), and the
 timing and memory measurements -- is stored under ``<workdir>/evaluation/`` with the fingerprint of what it read
@@ -31,15 +32,15 @@ from supersub_jax import bank as bank_lib
 from supersub_jax import checkpoint as ckpt
 from supersub_jax import decide
 from supersub_jax import delta as delta_lib
-from supersub_jax import config as config_lib
 from supersub_jax import exported as exported_lib
 from supersub_jax import files
 from supersub_jax import inference
 from supersub_jax import measure
 from supersub_jax import plots
 from supersub_jax import report as report_lib
-from supersub_jax import specialists
+from supersub_jax import setup_of
 from supersub_jax import stages
+from supersub_jax import workdir as workdir_lib
 
 
 def rules_of(config) -> list[decide.Rule]:
@@ -98,10 +99,10 @@ class Progress:
 
 def collect_predictions(config, workdir: str, hierarchy, vanilla, state, generalist_model, specialist_model,
                         *, threshold: float, paths: Mapping[str, Any],
-                        vanilla_matched: stages.Network | None = None,
+                        vanilla_matched: workdir_lib.Network | None = None,
                         head_only: bank_lib.SuperSub | None = None,
                         rules: Sequence[decide.Rule] = (),
-                        flat_router: stages.Network | None = None,
+                        flat_router: workdir_lib.Network | None = None,
                         only: Collection[str] | None = None,
                         progress: Progress | None = None) -> dict[str, np.ndarray]:
   """Labels and predictions of every image of config.eval_split, as int arrays [M] (padding dropped), the flat
@@ -179,55 +180,6 @@ def collect_predictions(config, workdir: str, hierarchy, vanilla, state, general
   return {k: np.concatenate(v) for k, v in out.items()}
 
 
-@dataclasses.dataclass
-class Trained:
-  """A finished workdir, loaded for inference: the networks, the exported specialists and the SuperSub state
-  (``vanilla_matched``: the compute-matched baseline, and ``head_only``: the SuperSub state of the head-only
-  specialists, when ``config.stages`` trains them). ``flat_router``: the flat network Super-Sub's pipeline started
-  from (``flat_router_of``), which the 'flat' and 'mean' decision rules route by; None when there is none."""
-  hierarchy: Any
-  vanilla: stages.Network
-  generalist: stages.Network
-  exported: list
-  state: bank_lib.SuperSub
-  specialist_model: Any
-  vanilla_matched: stages.Network | None = None
-  head_only: bank_lib.SuperSub | None = None
-  flat_router: stages.Network | None = None
-
-
-def flat_router_of(config, vanilla: stages.Network, hierarchy) -> stages.Network | None:
-  """The flat network Super-Sub's own pipeline paid for or started from: the vanilla network when the generalist
-  starts from it, else config.init's network when it is a flat network of these subclasses (``init.keep_head``;
-  pretrained: paid for by neither Super-Sub nor the flat network it is compared with), else None (e.g. ImageNet
-  weights of 1000 other classes). Routing by any other flat network would spend compute Super-Sub is not charged
-  for."""
-  if config.superclass.init_from_vanilla:
-    return vanilla
-  return stages.load_init_network(config, hierarchy) if config.init.keep_head else None
-
-
-def load_trained(config, workdir: str) -> Trained:
-  """Loads the vanilla network, the generalist and every specialist of ``workdir`` (checked against ``config``)."""
-  hierarchy = stages.make_hierarchy(config)
-  vanilla = stages.load_network(config, workdir, 'vanilla', hierarchy)
-  generalist = stages.load_network(config, workdir, 'superclass', hierarchy)
-  exported = [specialists.load_exported(config, workdir, k, generalist, hierarchy)
-              for k in range(hierarchy.num_superclasses)]
-  state = bank_lib.build_supersub({'params': generalist.params, 'batch_stats': generalist.batch_stats}, exported,
-                                  hierarchy)
-  matched = head_only = None
-  if 'vanilla_matched' in config.stages:
-    matched = stages.load_network(config, workdir, 'vanilla_matched', hierarchy)
-  if 'head_only' in config.stages:
-    head_only = bank_lib.build_supersub(
-        {'params': generalist.params, 'batch_stats': generalist.batch_stats},
-        [specialists.load_exported(config, workdir, k, generalist, hierarchy, stage='head_only')
-         for k in range(hierarchy.num_superclasses)], hierarchy)
-  return Trained(hierarchy, vanilla, generalist, exported, state, stages.make_model(config, state.num_outputs),
-                 matched, head_only, flat_router_of(config, vanilla, hierarchy))
-
-
 def start_of(config) -> str:
   """How the report names the start both arms share: config.init's file, with the steps its record (the .json
   beside it, scripts/make_pretrained.py) says it trained for, or 'random weights'."""
@@ -242,7 +194,7 @@ def start_of(config) -> str:
   return f'{os.path.basename(config.init.path)}{steps}, config.init'
 
 
-def storage(trained: Trained) -> dict:
+def storage(trained: workdir_lib.Trained) -> dict:
   """report.json's 'storage': the generalist (params + BatchNorm statistics) once, then each specialist's exported
   bytes, in bytes and in units of one network (``exported.storage_report``)."""
   generalist, vanilla = trained.generalist, trained.vanilla
@@ -280,27 +232,6 @@ def _flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
   return {prefix[:-1]: list(tree) if isinstance(tree, tuple) else tree}
 
 
-def checkpoint_identity(directory: str) -> dict | None:
-  """The newest step of a checkpoint directory and the SHA-256 of its metadata file, which holds the SHA-256 of
-  every array of the step (``checkpoint.save``) and the config it was trained with; read from the files alone (no
-  array), so in milliseconds. None when the directory holds no step."""
-  steps = sorted(int(n) for n in os.listdir(directory) if n.isdigit()) if os.path.isdir(directory) else []
-  for step in reversed(steps):
-    meta = os.path.join(directory, str(step), 'meta', 'metadata')
-    if os.path.isfile(meta):
-      with open(meta, 'rb') as f:
-        return {'step': step, 'meta_sha256': hashlib.sha256(f.read()).hexdigest()}
-  return None
-
-
-def _file_identity(path: str) -> list:
-  """(path, bytes, mtime in ns) of a file, or of every file under a folder."""
-  path = ckpt.abs_path(path)
-  found = [path] if os.path.isfile(path) else sorted(
-      os.path.join(root, name) for root, _, names in os.walk(path) for name in names)
-  return [(os.path.relpath(f, path), os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in found]
-
-
 def dataset_identity(config, hierarchy) -> dict:
   """What identifies the held-out split an evaluation reads: the dataset, its knobs and split, a SHA-256 of the
   labels the hierarchy gives its examples, and the size and modification time of each of its files."""
@@ -308,8 +239,9 @@ def dataset_identity(config, hierarchy) -> dict:
   labels = hashlib.sha256()
   for array in dataclasses.astuple(source.labels):
     labels.update(np.ascontiguousarray(array).tobytes())
-  shard_files = [(os.path.basename(f), skip, take, *_file_identity(f)[0][1:]) for f, skip, take in source.shards]
-  return {'dataset': config.dataset, 'split': config.eval_split, 'kwargs': stages.dataset_kwargs(config),
+  shard_files = [(os.path.basename(f), skip, take, *workdir_lib.file_identity(f)[0][1:])
+                 for f, skip, take in source.shards]
+  return {'dataset': config.dataset, 'split': config.eval_split, 'kwargs': setup_of.dataset_kwargs(config),
           'hierarchy': hierarchy.name, 'examples': len(source), 'labels_sha256': labels.hexdigest(),
           'files': shard_files}
 
@@ -317,7 +249,7 @@ def dataset_identity(config, hierarchy) -> dict:
 def fingerprints(config, workdir: str, hierarchy) -> dict[str, str]:
   """A SHA-256 of what each part of the evaluation of ``workdir`` reads: each network of ``NETWORKS`` that
   ``config.stages`` trains (its predictions on the held-out split), 'measurements' (timing and memory) and 'report'
-  (all of them). A part's fingerprint covers its checkpoints (``checkpoint_identity``), the held-out split
+  (all of them). A part's fingerprint covers its checkpoints (``workdir.checkpoint_identity``), the held-out split
   (``dataset_identity``) and the config fields it depends on (every field but ``_HOST_FIELDS``, and the
   ``config.evaluate`` fields it uses)."""
   workdir = ckpt.abs_path(workdir)
@@ -327,16 +259,16 @@ def fingerprints(config, workdir: str, hierarchy) -> dict[str, str]:
   evaluate = _flatten(config.evaluate.to_dict())
 
   def network(stage):
-    return checkpoint_identity(stages.stage_dir(workdir, stage))
+    return workdir_lib.checkpoint_identity(workdir_lib.stage_dir(workdir, stage))
 
   def bank(stage):
-    return [checkpoint_identity(specialists.specialist_dir(workdir, hierarchy, k, stage))
+    return [workdir_lib.checkpoint_identity(workdir_lib.specialist_dir(workdir, hierarchy, k, stage))
             for k in range(hierarchy.num_superclasses)]
 
   if config.superclass.init_from_vanilla:
     flat = network('vanilla')
   else:
-    flat = _file_identity(config.init.path) if config.init.keep_head and config.init.path else None
+    flat = workdir_lib.file_identity(config.init.path) if config.init.keep_head and config.init.path else None
   supersub = (network('superclass'), bank('specialists'), flat)
   keys = {'vanilla': _digest(base, network('vanilla')),
           'supersub': _digest(base, supersub, {k: evaluate[k] for k in _PREDICTION_FIELDS})}
@@ -399,15 +331,6 @@ def _store_part(workdir: str, part: str, key: str, ext: str, value) -> None:
       os.remove(os.path.join(os.path.dirname(path), name))
 
 
-def stored_report(workdir: str) -> dict | None:
-  """``<workdir>/report.json``, or None when absent or unreadable."""
-  try:
-    with open(os.path.join(ckpt.abs_path(workdir), 'report.json')) as f:
-      return json.load(f)
-  except (OSError, ValueError):
-    return None
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # The evaluation
 
@@ -420,9 +343,9 @@ def run(config, workdir: str, *, force: bool = False) -> dict:
   workdir = ckpt.abs_path(workdir)
   progress = Progress(5)
   progress.stage('fingerprints of the checkpoints, config fields and held-out split it reads')
-  hierarchy = stages.make_hierarchy(config)
-  keys = fingerprints(config, workdir, hierarchy)
-  stored = stored_report(workdir)
+  setup = setup_of.build(config)
+  keys = fingerprints(config, workdir, setup.hierarchy)
+  stored = workdir_lib.stored_report(workdir)
   if (not force and stored is not None and stored.get('evaluation', {}).get('fingerprints') == keys
       and os.path.exists(os.path.join(workdir, 'report.md'))):
     progress.done(f'nothing changed since the stored report of {stored["evaluation"].get("finished", "?")}: '
@@ -437,7 +360,7 @@ def run(config, workdir: str, *, force: bool = False) -> dict:
                 f'{"the" if measured else "no"} measurements' + (' (--force)' if force else ''))
 
   progress.stage('load the checkpoints')
-  trained = load_trained(config, workdir)
+  trained = workdir_lib.load_trained(config, workdir, setup)
   progress.done(f'{len(trained.exported)} specialists and {2 + (trained.vanilla_matched is not None)} networks')
   threshold = float(config.evaluate.top2_threshold)
   paths = inference.path_settings(config.evaluate)  # how the specialists run (all give the same predictions)

@@ -359,7 +359,7 @@ def cut_of(exported: Sequence[Mapping[str, Any]]) -> cut_lib.Cut:
     spec = ex.get('spec') if isinstance(ex, Mapping) else None
     if not isinstance(spec, Mapping) or 'cut' not in spec:
       raise ValueError(f"exported specialist {k} has no 'spec' (what it is: its cut and delta settings); build it "
-                       'with exported.export, or load it with specialists.load_exported or bundle.load_bundle, '
+                       'with exported.export, or load it with workdir.load_exported or bundle.load_bundle, '
                        'which describe older specialists.')
     cuts.append(str(spec['cut']))
   if len(set(cuts)) > 1:

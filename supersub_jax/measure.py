@@ -27,6 +27,7 @@ from supersub_jax import decide
 from supersub_jax import delta as delta_lib
 from supersub_jax import inference
 from supersub_jax import stages
+from supersub_jax import workdir as workdir_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,8 +130,8 @@ def eval_apply(model) -> Callable:
   return jax.jit(functools.partial(model.apply, train=False))
 
 
-def measure_inference(config, hierarchy, single: stages.Network, state: bank_lib.SuperSub, *, generalist_model,
-                      specialist_model, paths: Mapping[str, Any], rules=(), flat: stages.Network | None = None,
+def measure_inference(config, hierarchy, single: workdir_lib.Network, state: bank_lib.SuperSub, *, generalist_model,
+                      specialist_model, paths: Mapping[str, Any], rules=(), flat: workdir_lib.Network | None = None,
                       say: Callable[[str], None] | None = None) -> dict:
   """Throughput and memory of a single network and of Super-Sub (top-1 routing) on real held-out batches.
 

@@ -36,11 +36,11 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from supersub_jax.choices import STEMS
 from supersub_jax import cpu_conv
 
 ModuleDef = Any
 
-STEMS = ('imagenet', 'small')
 
 # He et al. (2015) initialisation, as in the ResNet paper and torchvision: it keeps
 # activations' variance stable through ReLU layers of a deep, BN-free-at-init path.

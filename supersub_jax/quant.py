@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-SUPPORTED_BITS = (8, 4, 2)
+from supersub_jax.choices import SUPPORTED_BITS
 
 # Scales keep 16 significant bits. Times an integer of at most 8 bits (|2q + 1| <= 255)
 # the product has at most 24 significant bits: exactly representable in float32.

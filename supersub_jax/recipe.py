@@ -3,349 +3,35 @@
   from supersub_jax import recipe
   recipe.run(config, workdir)   # what train.py does
 
-Everything that can be known wrong before training is checked first (``validate``), so a bad config fails in
-seconds with every problem listed, not after hours of an earlier stage.
+Everything that can be known wrong before training is checked first (``preflight.check``: the config check and
+this machine), so a bad config fails in seconds with every problem listed, not after hours of an earlier stage. The
+config's setup (hierarchy, models, data: ``setup_of``) is built once here and passed down to the stages.
 """
 
 from __future__ import annotations
 
-import difflib
 import os
-import re
-import tempfile
 from typing import Any
 
 import jax
 import ml_collections
 
 from supersub_jax import config as config_lib
-from supersub_jax import cut as cut_lib
-from supersub_jax import decide
-from supersub_jax import delta as delta_lib
-from supersub_jax import inference
 from supersub_jax import locks
-from supersub_jax import models
-from supersub_jax import quant
+from supersub_jax import preflight
 from supersub_jax import runner
 from supersub_jax import runtime
-from supersub_jax import sparsity
+from supersub_jax import setup_of
 from supersub_jax import specialists
 from supersub_jax import stages
-from supersub_jax import step as step_lib
-from supersub_jax.data import pipeline, sources
-
-
-class ConfigError(ValueError):
-  """The config cannot run; the message lists every problem with its field and fix."""
-
-
-def _unknown_fields(given: dict, known: dict, prefix: str = '') -> list[str]:
-  """The highest-level fields of ``given`` that ``known`` lacks, each with a close known name when there is one."""
-  out = []
-  for key, value in given.items():
-    if key not in known:
-      close = difflib.get_close_matches(key, list(known), n=1)
-      out.append(f'{prefix}{key}: unknown field' + (f'; did you mean {prefix}{close[0]}?' if close else
-                                                     '; the fields are documented in supersub_jax/config.py.'))
-    elif isinstance(value, dict) and isinstance(known[key], dict):
-      out += _unknown_fields(value, known[key], f'{prefix}{key}.')
-  return out
-
-
-def _choice(problems, field, value, choices):
-  if value not in choices:
-    problems.append(f'{field}={value!r}: use one of {tuple(choices)}.')
-
-
-def _number(problems, field, value, *, low=None, high=None, low_open=False, high_open=False, integer=False,
-            fix=''):
-  """Appends a problem unless ``value`` is a (finite) number in the interval; NaN and non-numbers fail too."""
-  bool_or_str = isinstance(value, (bool, str))
-  try:
-    ok = (not bool_or_str and (not integer or float(value) == int(value))
-          and (low is None or (value > low if low_open else value >= low))
-          and (high is None or (value < high if high_open else value <= high)) and value == value)
-  except (TypeError, ValueError, OverflowError):
-    ok = False
-  if not ok:
-    if high is None:
-      bound = f'{">" if low_open else ">="} {low}'
-    else:
-      bound = f'in {"(" if low_open else "["}{low}, {high}{")" if high_open else "]"}'
-    problems.append(f'{field}={value!r}: use {"an integer" if integer else "a number"} {bound}'
-                    + (f'; {fix}' if fix else '') + '.')
-
-
-def _sizes(problems, field, value, fix):
-  """A non-empty tuple of positive integers (batch or chunk sizes)."""
-  try:
-    ok = len(value) > 0 and all(not isinstance(v, bool) and int(v) == v and v >= 1 for v in value)
-  except (TypeError, ValueError):
-    ok = False
-  if not ok:
-    problems.append(f'{field}={value!r}: use a non-empty tuple of positive integers, {fix}.')
-
-
-def _training_problems(config) -> list[str]:
-  """What only training reads: logging and saving periods, step budgets and optimizers, the pretrained file."""
-  problems = []
-  _number(problems, 'log_every_steps', config.log_every_steps, low=1, integer=True,
-          fix='it is the period of the progress lines and train metrics')
-  _number(problems, 'checkpoint_every_steps', config.checkpoint_every_steps, low=1, integer=True,
-          fix='it is the period of the saves (the final step is always saved); a large value saves rarely')
-  _number(problems, 'max_to_keep', config.max_to_keep, low=1, integer=True, fix='checkpoint steps kept per job')
-  _number(problems, 'profile_steps', config.profile_steps, low=0, integer=True, fix='0 profiles nothing')
-  for stage in config_lib.STAGE_SECTIONS:
-    cfg = config[stage]
-    _choice(problems, f'{stage}.optimizer', cfg.optimizer, step_lib.OPTIMIZERS)
-    _choice(problems, f'{stage}.schedule', cfg.schedule, step_lib.SCHEDULES)
-    if not 0.0 <= cfg.label_smoothing < 1.0:
-      problems.append(f'{stage}.label_smoothing={cfg.label_smoothing}: use a value in [0, 1).')
-    if cfg.num_train_steps < 1:
-      problems.append(f'{stage}.num_train_steps={cfg.num_train_steps}: use at least 1.')
-    _number(problems, f'{stage}.learning_rate', cfg.learning_rate, low=0,
-            fix='the peak learning rate, e.g. 0.1 for SGD (a negative one climbs the loss; 0 keeps the start)')
-    _number(problems, f'{stage}.warmup_steps', cfg.warmup_steps, low=0, integer=True)
-    _number(problems, f'{stage}.momentum', cfg.momentum, low=0, high=1, high_open=True)
-    _number(problems, f'{stage}.weight_decay', cfg.weight_decay, low=0)
-  cfg = config.specialists
-  _number(problems, 'specialists.mask_update_every', cfg.mask_update_every, low=1, integer=True,
-          fix='steps between two updates of the sparsity mask')
-  _number(problems, 'specialists.num_epochs', cfg.num_epochs, low=0, fix='0 uses num_train_steps')
-  _number(problems, 'specialists.min_steps', cfg.min_steps, low=1, integer=True)
-  _number(problems, 'specialists.steps_multiple', cfg.steps_multiple, low=1, integer=True)
-  for field in ('prune_begin_fraction', 'prune_end_fraction'):
-    _number(problems, f'specialists.{field}', cfg[field], low=0, high=1, fix='a fraction of the step budget')
-  try:
-    if cfg.prune_begin_fraction > cfg.prune_end_fraction:
-      problems.append(f'specialists.prune_begin_fraction={cfg.prune_begin_fraction} is after '
-                      f'prune_end_fraction={cfg.prune_end_fraction}: pruning must begin before it ends.')
-  except TypeError:
-    pass  # reported above
-  if not config.stages:
-    problems.append(f'stages={tuple(config.stages)}: nothing to train; list the stages to run, a subsequence of '
-                    f'{stages.STAGES}, e.g. --config.stages="(\'vanilla\', \'superclass\', \'specialists\')".')
-  uses_init = ({'vanilla', 'vanilla_matched'} & set(config.stages)
-               or ('superclass' in config.stages and not config.superclass.init_from_vanilla))
-  if uses_init and config.init.path and not os.path.exists(os.path.expanduser(config.init.path)):
-    problems.append(f'init.path={config.init.path!r}: no such file or directory; download the weights (see the '
-                    "config's docstring) or leave init.path empty for a random start.")
-  return problems
-
-
-def _evaluation_problems(config) -> list[str]:
-  """``config.evaluate``: what evaluate.py reads (training evaluates with eval_batch_size alone)."""
-  problems = []
-  cfg = config.evaluate
-  _number(problems, 'evaluate.batch_size', cfg.batch_size, low=1, integer=True)
-  _number(problems, 'evaluate.top2_threshold', cfg.top2_threshold, low=0, high=1,
-          fix='a superclass probability below which a second specialist runs')
-  _sizes(problems, 'evaluate.chunk_sizes', cfg.chunk_sizes, 'e.g. (32, 8)')
-  _sizes(problems, 'evaluate.benchmark_batch_sizes', cfg.benchmark_batch_sizes, 'e.g. (1, 256)')
-  _number(problems, 'evaluate.benchmark_batches', cfg.benchmark_batches, low=1, integer=True)
-  return problems
-
-
-def device_memory() -> tuple[int, str]:
-  """(bytes one device may use, what they are): the accelerator's own memory, or on CPU the host's RAM shared by
-  its devices."""
-  device = jax.local_devices()[0]
-  stats = device.memory_stats() if device.platform != 'cpu' else None
-  if stats and stats.get('bytes_limit'):
-    return int(stats['bytes_limit']), f'the {device.device_kind} memory'
-  ram = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
-  return ram // jax.local_device_count(), f'the host RAM shared by {jax.local_device_count()} device(s)'
-
-
-def activation_bytes(config) -> tuple[int, int]:
-  """(every layer's output, the largest one) in bytes for one image of ``config.image_size``, from the model's
-  shapes alone (traced, nothing compiled nor allocated). Training keeps about the first for the backward pass;
-  inference needs about twice the second."""
-  model = stages.make_model(config, 2)
-  image = jax.ShapeDtypeStruct((1, *stages.image_shape(config)), jax.numpy.float32)
-
-  def outputs(x):
-    variables = model.init(jax.random.key(0), x, train=False)
-    return model.apply(variables, x, train=True, mutable=['batch_stats', 'intermediates'],
-                       capture_intermediates=True)[1]['intermediates']
-
-  sizes = [x.size * x.dtype.itemsize for x in jax.tree.leaves(jax.eval_shape(outputs, image))]
-  return sum(sizes), max(sizes)
-
-
-def _size(nbytes: float) -> str:
-  for unit, scale in (('GiB', 2**30), ('MiB', 2**20), ('KiB', 2**10)):
-    if nbytes >= scale:
-      return f'{nbytes / scale:,.1f} {unit}'
-  return f'{int(nbytes)} bytes'
-
-
-def _memory_problems(config, *, training: bool) -> list[str]:
-  """An image or batch that cannot fit the devices, refused before anything compiles (XLA would fail to allocate,
-  with a long traceback, or the run would swap for minutes), with the estimate."""
-  devices = jax.device_count()
-  available, where = device_memory()
-  try:
-    per_image, largest = activation_bytes(config)
-  except Exception:  # pylint: disable=broad-except  (an estimate only: a model it cannot trace is checked elsewhere)
-    return []
-  needs = [('eval_batch_size', config.eval_batch_size, 2 * largest, 'inference')]
-  if training:
-    needs.insert(0, ('batch_size', config.batch_size, per_image, 'training'))
-  problems = []
-  for field, batch, per, what in needs:
-    per_device = max(batch // devices, 1)
-    if per_device * per > available:
-      fits = available // per * devices
-      fix = (f'use a {field} of at most {fits}, or a smaller image_size' if fits >= devices else
-             'even one image per device does not fit: use a smaller image_size')
-      problems.append(
-          f'image_size={config.image_size}, {field}={batch}: {what} needs at least {_size(per_device * per)} per '
-          f'device ({per_device} image(s) of {_size(per)} of activations), more than the {_size(available)} of '
-          f'{where}; {fix}.')
-  return problems
-
-
-def validate(config: ml_collections.ConfigDict, *, training: bool = True) -> None:
-  """Raises ``ConfigError`` listing every problem of ``config`` that is known before training starts.
-
-  ``training=False`` (evaluate.py) leaves out what only training reads (``_training_problems``): a workdir trained
-  before a check existed can still be evaluated.
-  """
-  problems = _unknown_fields(config.to_dict(), config_lib.default_config().to_dict())
-  _choice(problems, 'model', config.model, sorted(models.MODELS))
-  _choice(problems, 'stem', config.stem, models.STEMS)
-  _choice(problems, 'dataset', config.dataset, sources.DATASETS)
-  _choice(problems, 'augment', config.augment, pipeline.AUGMENTATIONS)
-  _choice(problems, 'parallelism', config.parallelism, runtime.PARALLELISMS)
-  _choice(problems, 'nonfinite', config.nonfinite, step_lib.NONFINITE)
-  _choice(problems, 'init.format', config.init.format, config_lib.INIT_FORMATS)
-  _choice(problems, 'input.decoder', config.input.decoder, pipeline.DECODERS)
-  _choice(problems, 'input.normalize', config.input.normalize, config_lib.NORMALIZE)
-  _choice(problems, 'evaluate.routing', config.evaluate.routing, inference.ROUTINGS + ('auto',))
-  _choice(problems, 'evaluate.materialize', config.evaluate.materialize, inference.MATERIALIZE + ('auto',))
-  if config.evaluate.slot_size < 1:
-    problems.append(f'evaluate.slot_size={config.evaluate.slot_size}: use at least 1 image per slot.')
-  _number(problems, 'max_side', config.max_side, low=0, integer=True, fix='0 reads the JPEGs as distributed')
-  if config.max_side:
-    _number(problems, 'jpeg_quality', config.jpeg_quality, low=1, high=100, integer=True)
-    if config.dataset != 'imagenet2012':
-      problems.append(f'max_side={config.max_side}: the pre-resized store is imagenet2012\'s; use 0 for '
-                      f'dataset={config.dataset!r}.')
-  if config.input.decoder == 'dali':
-    from supersub_jax.data import dali  # pylint: disable=g-import-not-at-top
-    problem = dali.unavailable()
-    if problem:
-      problems.append(f'input.decoder=\'dali\': {problem}')
-    if config.augment != 'random_resized_crop':
-      problems.append(f"input.decoder='dali' runs random_resized_crop, not augment={config.augment!r}; use "
-                      "input.decoder='cpu'.")
-  hierarchy = None
-  try:
-    hierarchy = stages.make_hierarchy(config)
-  except ValueError as e:
-    problems.append(f'hierarchy={config.hierarchy!r}: {e}')
-  unknown = [s for s in config.stages if s not in stages.STAGES]
-  if unknown:
-    problems.append(f'stages: unknown {unknown}; use a subsequence of {stages.STAGES}.')
-  elif list(config.stages) != sorted(set(config.stages), key=stages.STAGES.index):
-    problems.append(f'stages={tuple(config.stages)}: out of order or repeated; each stage needs the one before it, '
-                    f'so list them in the order of {stages.STAGES}.')
-  devices = jax.device_count()
-  for field in ('batch_size', 'eval_batch_size'):
-    if not isinstance(config[field], int) or config[field] < 1:
-      problems.append(f'{field}={config[field]!r}: use a positive multiple of the {devices} devices, e.g. '
-                      f'{max(devices, 128 // devices * devices)}.')
-    elif config[field] % devices:
-      problems.append(f'{field}={config[field]}: not divisible by the {devices} devices; use a multiple of '
-                      f'{devices}, e.g. {max(devices, config[field] // devices * devices)}.')
-  _number(problems, 'image_size', config.image_size, low=1, integer=True,
-          fix='the side of the square images the networks see, e.g. 32 (224 for ImageNet)')
-  _number(problems, 'width', config.width, low=0, low_open=True, high=64, fix='a width multiplier, 1.0 by default')
-  _number(problems, 'worker_count', config.worker_count, low=0, integer=True, fix='0 reads in this process')
-  if config.dataset == 'synthetic':
-    for field in ('image_size', 'train_per_class', 'validation_per_class', 'test_per_class'):
-      _number(problems, f'synthetic.{field}', config.synthetic[field], low=1, integer=True)
-    from supersub_jax.data import cues  # pylint: disable=g-import-not-at-top
-    try:
-      cues.validate_specificity(tuple(config.synthetic.sizes), config.synthetic.specificity)
-    except (TypeError, ValueError) as e:
-      problems.append(f'synthetic.{e}')
-  if config.distributed.enabled and config.distributed.coordinator_address:
-    _number(problems, 'distributed.num_processes', config.distributed.num_processes, low=1, integer=True)
-    _number(problems, 'distributed.process_id', config.distributed.process_id, low=0,
-            high=max(int(config.distributed.num_processes) - 1, 0), integer=True)
-  if training:
-    problems += _training_problems(config)
-  problems += _evaluation_problems(config)
-  cfg = config.specialists
-  if cfg.bits not in (0,) + quant.SUPPORTED_BITS:
-    problems.append(f'specialists.bits={cfg.bits}: use one of {quant.SUPPORTED_BITS}, or 0 for no quantization.')
-  if not 0.0 <= cfg.density <= 1.0:
-    problems.append(f'specialists.density={cfg.density}: use a fraction in [0, 1] (0 keeps only the new head).')
-  _choice(problems, 'specialists.granularity', cfg.granularity, delta_lib.GRANULARITIES)
-  _choice(problems, 'specialists.sparsity_scope', cfg.sparsity_scope, sparsity.SCOPES)
-  _choice(problems, 'specialists.sparsity_schedule', cfg.sparsity_schedule, sparsity.SCHEDULE_KINDS)
-  _choice(problems, 'specialists.dustbin_others', cfg.dustbin_others, specialists.DUSTBIN_OTHERS)
-  if cfg.dustbin:
-    try:
-      pipeline.mixed_counts(max(config.batch_size // devices, 1), float(cfg.dustbin_fraction))
-    except ValueError as e:
-      problems.append(f'specialists.dustbin_fraction={cfg.dustbin_fraction} at batch_size={config.batch_size} on '
-                      f'{devices} device(s): {e}')
-  if cfg.leaves not in specialists.LEAVES:
-    try:
-      re.compile(cfg.leaves)
-    except re.error as e:
-      problems.append(f'specialists.leaves={cfg.leaves!r}: not a known set {tuple(specialists.LEAVES)} nor a valid '
-                      f'regex ({e}).')
-  try:
-    re.compile(cfg.dense_leaves)
-  except re.error as e:
-    problems.append(f"specialists.dense_leaves={cfg.dense_leaves!r}: not a valid regex ({e}); use '' for none.")
-  for spec in config.evaluate.rules:
-    try:
-      rule = decide.Rule.parse(spec)
-    except ValueError as e:
-      problems.append(f'evaluate.rules: {e}')
-      continue
-    if hierarchy is not None and rule.k > hierarchy.num_superclasses:
-      problems.append(f'evaluate.rules: {spec!r} routes to {rule.k} superclasses; the hierarchy has '
-                      f'{hierarchy.num_superclasses}.')
-  try:
-    cut = cut_lib.Cut(cfg.branch)
-  except ValueError as e:
-    problems.append(f'specialists.branch={cfg.branch!r}: {e}')
-  else:
-    if config.model in models.MODELS:
-      try:
-        cut.check(stages.make_model(config, 1))
-      except ValueError as e:
-        problems.append(str(e))
-  hierarchy_ok = not any(p.startswith('hierarchy=') for p in problems)
-  if hierarchy_ok and cfg.superclasses:
-    n = stages.make_hierarchy(config).num_superclasses
-    bad = [k for k in cfg.superclasses if not 0 <= k < n]
-    if bad:
-      problems.append(f'specialists.superclasses: {bad} outside [0, {n}) of hierarchy {config.hierarchy!r}.')
-  if not problems:  # the sizes below trace the model: only a config that is otherwise sound gets that far
-    problems += _memory_problems(config, training=training)
-  data_dir = os.path.abspath(os.path.expanduser(config.data_dir))
-  try:
-    os.makedirs(data_dir, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=data_dir):
-      pass
-  except OSError as e:
-    problems.append(f'data_dir={config.data_dir!r}: cannot be written ({e.strerror}); the label caches (and the '
-                    'synthetic dataset) are written there: choose a writable directory.')
-  if problems:
-    raise ConfigError(f'the config cannot run ({len(problems)} problem(s)):\n  ' + '\n  '.join(problems))
+from supersub_jax import workdir as workdir_lib
+from supersub_jax.choices import NETWORK_STAGES, SPECIALIST_STAGES, STAGES
 
 
 def _job_directories(workdir: str, stage: str) -> list[str]:
   """The checkpoint directories of ``stage``'s jobs in ``workdir``: the stage's own, or one per specialist."""
-  root = stages.stage_dir(workdir, stage)
-  if stage in stages.NETWORK_STAGES or not os.path.isdir(root):
+  root = workdir_lib.stage_dir(workdir, stage)
+  if stage in NETWORK_STAGES or not os.path.isdir(root):
     return [root]
   return sorted(os.path.join(root, name) for name in os.listdir(root) if os.path.isdir(os.path.join(root, name)))
 
@@ -357,7 +43,7 @@ def check_previous_run(config, workdir: str) -> None:
   again when it resumes (with the networks it was built on); this makes a wrong rerun fail at once, with every
   difference listed, and leaves config.json as it was."""
   where: dict[str, list[str]] = {}  # difference -> the stages whose checkpoints it concerns
-  for stage in stages.STAGES:
+  for stage in STAGES:
     for directory in _job_directories(workdir, stage):
       stored = runner.recorded_config(directory)
       if stored is None:
@@ -383,8 +69,8 @@ def check_previous_run(config, workdir: str) -> None:
 
 def _check_writable(workdir: str) -> None:
   """The stage directories a rerun writes into (the lock found the workdir itself writable)."""
-  for stage in stages.STAGES:
-    for directory in [stages.stage_dir(workdir, stage)] + _job_directories(workdir, stage):
+  for stage in STAGES:
+    for directory in [workdir_lib.stage_dir(workdir, stage)] + _job_directories(workdir, stage):
       if os.path.isdir(directory) and not os.access(directory, os.W_OK):
         raise locks.NotWritableError(f'{directory} cannot be written: train.py saves checkpoints there. Make it '
                                      'writable, or copy the workdir to a writable place and pass that instead.')
@@ -409,26 +95,28 @@ def prepare_data(config, hierarchy) -> None:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Validates ``config``, takes the workdir's lock (one run at a time: ``locks``), checks the checkpoints already
-  there, prepares the data, then runs ``config.stages`` in order; returns each stage's result.
+  """Checks ``config`` (``preflight.check``), takes the workdir's lock (one run at a time: ``locks``), checks the
+  checkpoints already there, builds the setup once (``setup_of.build``), prepares the data, then runs
+  ``config.stages`` in order; returns each stage's result.
 
   One ``Preemption`` spans the whole run, so a SIGTERM that arrives between two stages stops the next one at its
   first step (after saving). Raises ``runtime.Preempted`` after a preemption save.
   """
-  validate(config)
+  preflight.check(config)
   with locks.hold_workdir(workdir, program='train.py', writes='its checkpoints, metrics and config.json'):
     # Preflight: nothing is written into the workdir until these pass, so a refused start leaves it as it was.
     check_previous_run(config, workdir)
     _check_writable(workdir)
-    hierarchy = stages.make_hierarchy(config)
-    prepare_data(config, hierarchy)
+    setup = setup_of.build(config)
+    prepare_data(config, setup.hierarchy)
     if jax.process_index() == 0:
       config_lib.write(config, workdir)  # evaluate.py and convert read it: no --config needed there
     results = {}
     with runtime.Preemption() as preemption:
       for stage in config.stages:
-        if stage in stages.SPECIALIST_STAGES:
-          results[stage] = specialists.train_specialists(config, workdir, stage=stage, preemption=preemption)
+        if stage in SPECIALIST_STAGES:
+          results[stage] = specialists.train_specialists(config, workdir, setup, stage=stage,
+                                                        preemption=preemption)
         else:
-          results[stage] = stages.train_network(config, workdir, stage, preemption=preemption)
+          results[stage] = stages.train_network(config, workdir, stage, setup, preemption=preemption)
   return results

@@ -240,7 +240,7 @@ class Job:
 
   Attributes:
     name: for log lines and errors, e.g. 'vanilla' or 'specialist 3 monkey'.
-    stage: its stage (``stages.STAGES``), whose config section it is checked against.
+    stage: its stage (``choices.STAGES``), whose config section it is checked against.
     directory: its orbax checkpoint directory.
     num_steps: its step budget.
     meta: JSON recorded in every checkpoint: 'config' (dict), 'hierarchy' (dict) and 'fingerprints' (name ->

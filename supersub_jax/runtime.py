@@ -17,9 +17,10 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from supersub_jax.choices import PARALLELISMS
+from supersub_jax.step import AXIS  # the device axis the step's collectives reduce over
+
 PyTree = Any
-AXIS = 'batch'  # the named device axis of data parallelism, in pmap and in shard_map alike
-PARALLELISMS = ('pmap', 'shard_map')  # Parallel's kinds (config.parallelism)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -124,6 +125,18 @@ def initialize_runtime(config) -> None:
   cache = config.get('compilation_cache_dir', '')
   if cache and not jax.config.jax_compilation_cache_dir:  # JAX_COMPILATION_CACHE_DIR in the environment wins
     jax.config.update('jax_compilation_cache_dir', os.path.abspath(os.path.expanduser(cache)))
+
+
+
+def device_memory() -> tuple[int, str]:
+  """(bytes one device may use, what they are): the accelerator's own memory, or on CPU the host's RAM shared by
+  its devices."""
+  device = jax.local_devices()[0]
+  stats = device.memory_stats() if device.platform != 'cpu' else None
+  if stats and stats.get('bytes_limit'):
+    return int(stats['bytes_limit']), f'the {device.device_kind} memory'
+  ram = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+  return ram // jax.local_device_count(), f'the host RAM shared by {jax.local_device_count()} device(s)'
 
 
 # ----------------------------------------------------------------------------------------------------------------------

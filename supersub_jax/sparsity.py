@@ -25,9 +25,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from supersub_jax.choices import SCOPES, SCHEDULE_KINDS
+
 PyTree = Any
-SCOPES = ('per_leaf', 'global')
-SCHEDULE_KINDS = ('one_shot', 'gradual', 'none')
 
 
 def _is_none(x) -> bool:

@@ -13,7 +13,7 @@ For superclass k the trainable pytree is ``{'delta': delta, 'head': head}``:
   inference runs them once per image. 'stem' (nothing shared) puts a delta on every backbone layer; 'head' keeps
   the generalist's features and trains a head alone. Only the statistics from the branch on are exported.
 
-Two stages train specialists (``stages.SPECIALIST_STAGES``), each into its own directory: ``specialists``, and the
+Two stages train specialists (``choices.SPECIALIST_STAGES``), each into its own directory: ``specialists``, and the
 optional baseline ``head_only``, the same settings at branch 'head' (``stage_settings``): what the generalist's
 features give without a delta, the floor of what the deltas add.
 
@@ -34,7 +34,6 @@ import ml_collections
 import numpy as np
 
 from supersub_jax import checkpoint as ckpt
-from supersub_jax import config as config_lib
 from supersub_jax import cut as cut_lib
 from supersub_jax import delta as delta_lib
 from supersub_jax import exported as exported_lib
@@ -42,40 +41,26 @@ from supersub_jax import files
 from supersub_jax import models
 from supersub_jax import runner
 from supersub_jax import runtime
+from supersub_jax import setup_of
 from supersub_jax import sparsity
 from supersub_jax import stages
 from supersub_jax import step as step_lib
+from supersub_jax import workdir as workdir_lib
+from supersub_jax.choices import SPECIALIST_STAGES
 
 PyTree = Any
 
-LEAVES = {
-    'kernels': delta_lib.KERNELS,
-    'kernels_and_norm': delta_lib.KERNELS_AND_NORM,
-}  # A head-only specialist (the generalist's own features) is branch='head'; density=0.0 prunes the delta to
-   # nothing but still re-estimates every BatchNorm statistic on the superclass's images.
-ITEMS = ('state', 'compressed', 'data', 'meta')
-DUSTBIN_OTHERS = ('all', 'confused')  # config.specialists.dustbin_others: which other superclasses fill the dustbin
 
 
 def stage_settings(config, stage: str = 'specialists'):
   """``config.specialists`` as ``stage`` trains it: ``head_only`` takes the same settings at branch 'head'."""
-  if stage not in stages.SPECIALIST_STAGES:
-    raise ValueError(f'{stage!r} is not a specialist stage; use one of {stages.SPECIALIST_STAGES}.')
+  if stage not in SPECIALIST_STAGES:
+    raise ValueError(f'{stage!r} is not a specialist stage; use one of {SPECIALIST_STAGES}.')
   cfg = config.specialists
   if stage == 'head_only':
     cfg = ml_collections.ConfigDict(cfg.to_dict())
     cfg.branch = 'head'
   return cfg
-
-
-def delta_config(cfg) -> delta_lib.DeltaConfig:
-  """The DeltaConfig of ``config.specialists`` (bits 0 means no quantization): no delta on the head or the trunk
-  before ``cfg.branch``."""
-  pattern = LEAVES.get(cfg.leaves, cfg.leaves)
-  bits = int(cfg.bits) or None
-  trunk = cut_lib.Cut(cfg.branch).trunk_regex
-  exclude = delta_lib.EXCLUDE_HEAD if trunk is None else f'{delta_lib.EXCLUDE_HEAD}|{trunk}'
-  return delta_lib.DeltaConfig(bits=bits, granularity=cfg.granularity, pattern=pattern, exclude=exclude)
 
 
 def make_apply_fn(model, cut: cut_lib.Cut):
@@ -138,11 +123,6 @@ def make_post_update(cfg, num_steps: int):
   return post_update
 
 
-def specialist_dir(workdir: str, hierarchy, k: int, stage: str = 'specialists') -> str:
-  name = hierarchy.superclasses[k].name.replace('/', '_').replace(' ', '_')
-  return os.path.join(stages.stage_dir(workdir, stage), f'{k:03d}_{name}')
-
-
 def initial_state(base, head, batch_stats, dcfg: delta_lib.DeltaConfig, tx, cut: cut_lib.Cut) -> step_lib.TrainState:
   """A specialist's TrainState before its first step (host arrays): a zero delta over ``base`` (the generalist's
   backbone params) with dense masks, ``head`` ({'kernel', 'bias'}) and ``batch_stats`` to train on."""
@@ -161,7 +141,7 @@ def _init_state(generalist, base, dcfg, tx, outputs: int, seed: int, cut: cut_li
   return initial_state(base, head, generalist.batch_stats, dcfg, tx, cut)
 
 
-def superclass_confusion(config, generalist: stages.Network, hierarchy) -> np.ndarray:
+def superclass_confusion(config, generalist: workdir_lib.Network, hierarchy) -> np.ndarray:
   """float64[N, N]: row j, column k is the generalist's mean p(k | x) over the training images x of superclass j
   (eval mode, no augmentation); the weights of ``dustbin_others='confused'`` (column k, diagonal excluded)."""
   source = stages.load_source(config, 'train', hierarchy)
@@ -191,25 +171,26 @@ def _job(config, workdir: str, hierarchy, k: int, num_steps: int, generalist_fin
   meta = {'stage': stage, 'superclass': k, 'name': superclass.name,
           'num_subclasses': len(superclass.subclasses), 'config': stages.config_json(config),
           'hierarchy': hierarchy.to_dict(), 'fingerprints': {'generalist': generalist_fingerprint}}
-  return runner.Job(f'{_label(stage)} {k} {superclass.name}', stage, specialist_dir(workdir, hierarchy, k, stage),
-                    num_steps, meta, ITEMS)
+  return runner.Job(f'{_label(stage)} {k} {superclass.name}', stage,
+                    workdir_lib.specialist_dir(workdir, hierarchy, k, stage), num_steps, meta,
+                    workdir_lib.SPECIALIST_ITEMS)
 
 
-def train_specialists(config, workdir: str, *, stage: str = 'specialists',
+def train_specialists(config, workdir: str, setup: setup_of.Setup, *, stage: str = 'specialists',
                       preemption: runtime.Preemption | None = None) -> dict:
-  """Trains one specialist of ``stage`` (``stages.SPECIALIST_STAGES``) per superclass
+  """Trains one specialist of ``stage`` (``SPECIALIST_STAGES``) per superclass
   (``config.specialists.superclasses``, default all); returns the summary (per-specialist oracle accuracy and bytes,
   and the storage report) also written to ``<workdir>/<stage>/summary.json``."""
   cfg = stage_settings(config, stage)
-  hierarchy = stages.make_hierarchy(config)
-  generalist = stages.load_network(config, workdir, 'superclass', hierarchy)
+  hierarchy = setup.hierarchy
+  generalist = workdir_lib.load_network(config, workdir, 'superclass', setup)
   generalist_fingerprint = runner.fingerprint(generalist.params, generalist.batch_stats)
   base, _ = cut_lib.split_head(generalist.params)
-  dcfg = delta_config(cfg)
+  dcfg = setup_of.delta_config(cfg)
   parallel = runtime.Parallel(config.parallelism)
   frozen = parallel.replicate(base)  # held once on each device for all specialists
   d = int(bool(cfg.dustbin))  # the dustbin column, after the S = max_subclasses real (or padding) ones
-  model = stages.make_model(config, hierarchy.max_subclasses + d)
+  model = setup.specialist  # S = max_subclasses outputs, + d
   cut = cut_lib.Cut(cfg.branch)
   cut.check(model)
   apply_fn = make_apply_fn(model, cut)
@@ -267,7 +248,7 @@ def train_specialists(config, workdir: str, *, stage: str = 'specialists',
                                      cut.split(host_state.batch_stats)[1], dcfg, n_k, cut=cut, dustbin=dustbin)
       spec = exported.pop('spec')  # JSON, kept in the checkpoint's metadata; the arrays are an orbax item
       spec['superclass'] = k  # which one it serves: a specialist moved to another's place is found at load
-      spec['model'] = model_description(config)  # the architecture its delta fits, as the bundle states it
+      spec['model'] = setup_of.model_description(config)  # the architecture its delta fits, as the bundle states it
       nbytes = exported_lib.exported_nbytes(exported)
       kept = spec['delta']['density']
       summary = {'superclass': k, 'name': job.meta['name'], 'num_subclasses': n_k, 'num_steps': num_steps,
@@ -295,51 +276,8 @@ def train_specialists(config, workdir: str, *, stage: str = 'specialists',
          'delta': {'density': float(cfg.density), 'bits': int(cfg.bits), 'granularity': cfg.granularity,
                    'leaves': cfg.leaves, 'branch': cfg.branch}}
   if jax.process_index() == 0:
-    files.write_text(os.path.join(stages.stage_dir(workdir, stage), 'summary.json'), json.dumps(out, indent=2))
+    files.write_text(os.path.join(workdir_lib.stage_dir(workdir, stage), 'summary.json'), json.dumps(out, indent=2))
     print(f'[{stage}] oracle-routed top-1 {oracle:.4f}; storage {storage["factor"]:.3f} networks, '
           f'alpha {storage["alpha"]:.4f} (alpha*N+1 with N={storage["num_specialists"]})', flush=True)
   return out
-
-
-def load_exported(config, workdir: str, k: int, generalist: stages.Network, hierarchy=None,
-                  stage: str = 'specialists') -> dict:
-  """The deployable form of finished specialist ``k`` of ``stage`` (``exported.export``, with its ``'spec'``), read
-  from its own checkpoint directory only, after checking that it was trained with the current settings on this
-  ``generalist``."""
-  hierarchy = hierarchy or stages.make_hierarchy(config)
-  if not 0 <= k < hierarchy.num_superclasses:
-    raise ValueError(f'superclass {k} is outside [0, {hierarchy.num_superclasses}) of hierarchy {hierarchy.name!r}; '
-                     f'`python -m tools.hierarchy {config.hierarchy}` lists them.')
-  # The step budget only names the job in messages; the settings check compares the config fields themselves.
-  job = _job(config, workdir, hierarchy, k, 0, runner.fingerprint(generalist.params, generalist.batch_stats), stage)
-  # The compressed form is self-describing (each record carries its shape): read as stored.
-  restored = runner.load_finished(config, job, target=None, extra={'compressed': None})
-  # Two specialists of one run with the same shapes pass every other check when their directories are swapped.
-  served, name = restored.meta.get('superclass', k), restored.meta.get('name', hierarchy.superclasses[k].name)
-  if served != k or name != hierarchy.superclasses[k].name:
-    home = (specialist_dir(workdir, hierarchy, served, stage)
-            if isinstance(served, int) and 0 <= served < hierarchy.num_superclasses else 'its own directory')
-    raise ValueError(f'{job.directory} holds the specialist of superclass {served} ({name!r}), not of superclass {k} '
-                     f'({hierarchy.superclasses[k].name!r}), whose place it is: move it back to {home}, or retrain '
-                     'it (delete the directory and rerun train.py).')
-  spec = dict(restored.meta.get('specialist') or _legacy_spec(restored.meta))
-  spec['superclass'] = k
-  # Specialists of before 2026-12-06 did not record it; the settings check above has matched it to the config.
-  spec.setdefault('model', model_description(config))
-  return {**restored.extra['compressed'], 'spec': spec}
-
-
-def model_description(config) -> dict:
-  """The architecture a specialist's delta fits (JSON): registry name, stem and width multiplier."""
-  return {'name': config.model, 'stem': config.stem, 'width': float(config.width)}
-
-
-def _legacy_spec(meta: dict) -> dict:
-  """The spec of a specialist checkpointed before specialists described themselves (spec version 1), from what its
-  own metadata recorded: the config it was trained with and its stage (``head_only`` trained at the head)."""
-  cfg = config_lib.default_config().specialists
-  cfg.update(meta['config']['specialists'])
-  if meta.get('stage') == 'head_only':
-    cfg.branch = 'head'
-  return exported_lib.describe(cut_lib.Cut(cfg.branch), delta_config(cfg), num_subclasses=meta['num_subclasses'],
-                               density=float(meta.get('summary', {}).get('density', cfg.density)))
+from supersub_jax import cut as cut_lib

@@ -1,4 +1,4 @@
-"""The network stages, and what every stage shares: a config's hierarchy, model, data and directories.
+"""The network stages, and what every stage shares: the data, the step budgets and the jobs' descriptions.
 
 * ``vanilla``: one network on all subclasses of the hierarchy (flat global labels): the paper's baseline.
 * ``superclass``: the generalist on superclass labels, started from the vanilla network's backbone
@@ -8,54 +8,34 @@
 
 The specialist stages are ``supersub_jax.specialists``'s: ``specialists``, and the optional baseline ``head_only``
 (the same settings at branch 'head'); ``supersub_jax.recipe.run`` runs ``config.stages`` in order.
-Each stage writes its own orbax checkpoint directory ``<workdir>/<stage>``; resuming, the settings checks and the
-finished marker are ``supersub_jax.runner``'s.
+Each stage writes its own orbax checkpoint directory ``<workdir>/<stage>`` (``workdir.stage_dir``; what a finished
+run left is read back by ``supersub_jax.workdir``); resuming, the settings checks and the finished marker are
+``supersub_jax.runner``'s. The hierarchy and the models come built, in the ``setup_of.Setup`` the recipe made once.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
-import os
-from typing import Any, Mapping
+from typing import Mapping
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from supersub_jax import checkpoint as ckpt
 from supersub_jax import config as config_lib
-from supersub_jax import hierarchy as hierarchy_lib
 from supersub_jax import models
 from supersub_jax import runner
 from supersub_jax import runtime
+from supersub_jax import setup_of
 from supersub_jax import step as step_lib
 from supersub_jax import weights
+from supersub_jax import workdir as workdir_lib
+from supersub_jax.choices import NETWORK_STAGES, STAGES
 from supersub_jax.data import pipeline, sources
 
-STAGES = ('vanilla', 'superclass', 'specialists', 'vanilla_matched', 'head_only')
-NETWORK_STAGES = ('vanilla', 'superclass', 'vanilla_matched')  # one network each, trained by train_network
-SPECIALIST_STAGES = ('specialists', 'head_only')  # one specialist per superclass each, trained by train_specialists
-
-
 # ----------------------------------------------------------------------------------------------------------------------
-# Shared set-up
-
-
-def make_hierarchy(config) -> hierarchy_lib.Hierarchy:
-  if config.hierarchy == 'synthetic':
-    return hierarchy_lib.synthetic(tuple(config.synthetic.sizes))
-  return hierarchy_lib.get(config.hierarchy)
-
-
-def dataset_kwargs(config) -> dict:
-  if config.dataset == 'synthetic':
-    from supersub_jax.data import synthetic  # pylint: disable=g-import-not-at-top
-    return {k: tuple(config.synthetic[k]) if k == 'sizes' else config.synthetic[k] for k in synthetic.KNOBS}
-  if config.dataset == 'imagenet2012' and config.max_side:
-    return dict(max_side=int(config.max_side), jpeg_quality=int(config.jpeg_quality))
-  return {}
+# Shared: data, step budgets
 
 
 def load_source(config, split: str, hierarchy, superclass: int | None = None):
@@ -63,7 +43,7 @@ def load_source(config, split: str, hierarchy, superclass: int | None = None):
   # Encoded: the input pipeline decodes each image fused with its crop (image_ops.decode_random_resized_crop).
   return sources.load_source(config.dataset, split, hierarchy, ckpt.abs_path(config.data_dir),
                              manual_dir=config.manual_dir or None, superclass=superclass, encoded=True,
-                             **dataset_kwargs(config))
+                             **setup_of.dataset_kwargs(config))
 
 
 def _stats(config):
@@ -85,21 +65,6 @@ def eval_batches(config, source, *, label_mode: str, batch_size: int | None = No
                                 image_size=config.image_size, mean=stats.mean, std=stats.std, label_mode=label_mode,
                                 crop_fraction=stats.eval_crop_fraction, worker_count=config.worker_count,
                                 normalize=config.input.normalize == 'host', **kwargs)
-
-
-def make_model(config, num_classes: int):
-  """The config's ResNet; with ``config.input.normalize == 'device'`` it takes the pipeline's uint8 batches and
-  normalises them itself (``models.ResNet.input_norm``)."""
-  input_norm = None
-  if config.input.normalize == 'device' and config.dataset in pipeline.DATASET_STATS:
-    input_norm = (tuple(_stats(config).mean), tuple(_stats(config).std))
-  return models.create_model(config.model, num_classes, stem=config.stem, width=config.width,
-                             dtype=jnp.bfloat16 if config.half_precision else jnp.float32, input_norm=input_norm,
-                             zero_init_residual=config.zero_init_residual)
-
-
-def image_shape(config) -> tuple[int, int, int]:
-  return (config.image_size, config.image_size, 3)
 
 
 def config_json(config) -> dict:
@@ -138,11 +103,10 @@ def specialist_epochs_for(config, hierarchy, steps: int) -> float:
   return float(np.floor(low * 1e4) / 1e4)  # rounded down: never over the budget
 
 
-def pipeline_steps(config, hierarchy=None) -> dict[str, int]:
+def pipeline_steps(config, hierarchy) -> dict[str, int]:
   """Optimizer steps (at ``config.batch_size``) that Super-Sub's predictions cost: the generalist, each specialist
   of ``config.specialists.superclasses`` (all by default), and the vanilla network when the generalist starts from
   it. Returns {'vanilla', 'superclass', 'specialists', 'total'}; 'total' is ``vanilla_matched``'s budget."""
-  hierarchy = hierarchy or make_hierarchy(config)
   which = list(config.specialists.superclasses) or list(range(hierarchy.num_superclasses))
   specialists = sum(specialist_steps(config.specialists, len(load_source(config, 'train', hierarchy, superclass=k)),
                                      config.batch_size) for k in which)
@@ -151,27 +115,11 @@ def pipeline_steps(config, hierarchy=None) -> dict[str, int]:
   return {**steps, 'total': sum(steps.values())}
 
 
-def stage_steps(config, stage: str, hierarchy=None) -> int:
+def stage_steps(config, stage: str, hierarchy) -> int:
   """The step budget of a network stage."""
   if stage == 'vanilla_matched':
     return pipeline_steps(config, hierarchy)['total']
   return int(config[stage].num_train_steps)
-
-
-@dataclasses.dataclass
-class Network:
-  """A trained network of one of ``NETWORK_STAGES``, as host numpy pytrees; ``steps``: the optimizer steps it was
-  trained for (its checkpoint's, which a linked or reused stage may not share with the current config)."""
-  stage: str
-  model: Any
-  params: Any
-  batch_stats: Any
-  meta: dict
-  steps: int
-
-
-def stage_dir(workdir: str, stage: str) -> str:
-  return os.path.join(ckpt.abs_path(workdir), stage)
 
 
 def _network_job(config, workdir: str, stage: str, hierarchy, fingerprints: Mapping[str, str] | None = None):
@@ -180,28 +128,18 @@ def _network_job(config, workdir: str, stage: str, hierarchy, fingerprints: Mapp
           'num_classes': num_classes, 'init': initial_backbone_source(config, stage),
           'fingerprints': dict(fingerprints or {})}
   num_steps = stage_steps(config, stage, hierarchy)
-  return runner.Job(stage, stage, stage_dir(workdir, stage), num_steps, meta), num_classes
+  return runner.Job(stage, stage, workdir_lib.stage_dir(workdir, stage), num_steps, meta), num_classes
 
 
-def _abstract_state(config, model, stage: str, num_steps: int, seed: int = 0):
+def _abstract_state(config, model, stage: str, num_steps: int, image_shape, seed: int = 0):
   """The TrainState a network stage trains, as ShapeDtypeStructs (the target of every restore)."""
   tx = step_lib.make_optimizer(config[config_lib.section(stage)], num_steps)
 
   def build():
-    variables = models.init_variables(model, jax.random.key(seed), image_shape(config))
+    variables = models.init_variables(model, jax.random.key(seed), image_shape)
     return step_lib.create_train_state(variables['params'], variables['batch_stats'], tx)
 
   return jax.eval_shape(build), build, tx
-
-
-def load_network(config, workdir: str, stage: str, hierarchy=None) -> Network:
-  """The finished network of ``stage`` (``NETWORK_STAGES``; params and BatchNorm statistics, numpy), checked
-  against the current settings (``runner.load_finished``)."""
-  hierarchy = hierarchy or make_hierarchy(config)
-  job, num_classes = _network_job(config, workdir, stage, hierarchy)
-  model = make_model(config, num_classes)
-  restored = runner.load_finished(config, job, target=_abstract_state(config, model, stage, job.num_steps)[0])
-  return Network(stage, model, restored.state.params, restored.state.batch_stats, restored.meta, int(restored.step))
 
 
 def initial_backbone_source(config, stage: str) -> str:
@@ -217,56 +155,45 @@ def keeps_init_head(config, stage: str) -> bool:
   return bool(config.init.keep_head) and stage in ('vanilla', 'vanilla_matched') and bool(config.init.path)
 
 
-def _pretrained_start(config, stage: str, num_classes: int) -> dict | None:
+def _pretrained_start(config, stage: str, model) -> dict | None:
   """config.init's variables for ``stage`` (``{'params', 'batch_stats'}``; without the head unless
   ``keeps_init_head``), or None for a random start."""
   source = initial_backbone_source(config, stage)
   if source in ('random', 'vanilla'):
     return None
   if keeps_init_head(config, stage):
-    start = weights.load_network(source, config.init.format, make_model(config, num_classes))
+    start = weights.load_network(source, config.init.format, model)
   else:
-    start = weights.load_backbone(source, config.init.format, make_model(config, 1))
+    start = weights.load_backbone(source, config.init.format, setup_of.make_model(config, 1))
   if jax.process_index() == 0:
     print(f'[{stage}] {"network" if "head" in start["params"] else "backbone"} initialised from {source}', flush=True)
   return start
 
 
-def load_init_network(config, hierarchy=None) -> Network | None:
-  """config.init's network as a flat classifier over the hierarchy's subclasses (its head must have M outputs), or
-  None without config.init. What Super-Sub starts from when the generalist starts from config.init: its flat
-  router (``decide`` 'flat' and 'mean'), paid for by no stage."""
-  if not config.init.path:
-    return None
-  hierarchy = hierarchy or make_hierarchy(config)
-  model = make_model(config, hierarchy.num_subclasses)
-  variables = weights.load_network(ckpt.abs_path(config.init.path), config.init.format, model)
-  return Network('init', model, variables['params'], variables['batch_stats'], {'init': config.init.path}, 0)
-
-
-def train_network(config, workdir: str, stage: str, *, preemption: runtime.Preemption | None = None) -> dict:
+def train_network(config, workdir: str, stage: str, setup: setup_of.Setup, *,
+                  preemption: runtime.Preemption | None = None) -> dict:
   """Trains the network of ``stage`` (``NETWORK_STAGES``: subclass labels, or superclass labels for the generalist);
   returns its held-out metrics."""
   if stage not in NETWORK_STAGES:
     raise ValueError(f'train_network trains one of {NETWORK_STAGES}, not {stage!r}.')
   cfg = config[config_lib.section(stage)]
-  hierarchy = make_hierarchy(config)
+  hierarchy = setup.hierarchy
   label_mode = 'superclass' if stage == 'superclass' else 'subclass'
   vanilla = None
   if initial_backbone_source(config, stage) == 'vanilla':
-    vanilla = load_network(config, workdir, 'vanilla', hierarchy)
+    vanilla = workdir_lib.load_network(config, workdir, 'vanilla', setup)
   fingerprints = {'vanilla': runner.fingerprint(vanilla.params, vanilla.batch_stats)} if vanilla else {}
   job, num_classes = _network_job(config, workdir, stage, hierarchy, fingerprints)
   parallel = runtime.Parallel(config.parallelism)
-  model = make_model(config, num_classes)
+  model = setup.model(stage)
   seed = int(config.seed) + STAGES.index(stage)
-  target, random_state, tx = _abstract_state(config, model, stage, job.num_steps, seed)
+  target, random_state, tx = _abstract_state(config, model, stage, job.num_steps, setup.image_shape, seed)
   train_iter = train_batches(config, load_source(config, 'train', hierarchy), label_mode=label_mode, seed=seed)
   eval_source = load_source(config, config.eval_split, hierarchy)  # now: a missing split must not wait for the end
 
   def fresh_state():
     start = ({'params': vanilla.params, 'batch_stats': vanilla.batch_stats} if vanilla is not None
-             else _pretrained_start(config, stage, num_classes))
+             else _pretrained_start(config, stage, model))
     if start is None:
       return jax.device_get(random_state())
     if keeps_init_head(config, stage):  # a flat network continued: same classes, same head

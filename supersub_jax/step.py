@@ -23,13 +23,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from supersub_jax.choices import OPTIMIZERS, SCHEDULES
 from supersub_jax.decide import NEG_LOGIT
-from supersub_jax.runtime import AXIS  # the device axis the step's collectives reduce over
 
 PyTree = Any
-SCHEDULES = ('cosine', 'step', 'constant')  # make_schedule's kinds
-OPTIMIZERS = ('sgd', 'adamw')  # make_optimizer's
-NONFINITE = ('stop', 'skip')  # config.nonfinite: what the loop does with a non-finite step (train_step's skip_nonfinite)
+AXIS = 'batch'  # the named device axis of data parallelism (the step's collectives), in pmap and shard_map alike
 
 
 @flax.struct.dataclass

@@ -61,9 +61,9 @@ def tiny_data_dir(tmp_path_factory):
   """The tiny config's data_dir, with its dataset built once for the whole run."""
   with _once(tmp_path_factory, 'data') as (folder, fill, done):
     if fill:
-      from supersub_jax import recipe, stages  # pylint: disable=g-import-not-at-top
+      from supersub_jax import recipe, setup_of  # pylint: disable=g-import-not-at-top
       config = make_tiny_config(str(folder))
-      recipe.prepare_data(config, stages.make_hierarchy(config))
+      recipe.prepare_data(config, setup_of.make_hierarchy(config))
       done()
   return str(folder)
 
@@ -85,9 +85,9 @@ def tiny_workdir(tmp_path_factory, tiny_data_dir):
   trained once for the whole run and shared by the stage, evaluation, conversion and fault tests (read-only: a test
   that changes a workdir copies it first)."""
   with _once(tmp_path_factory, 'workdir') as (folder, fill, done):
-    from supersub_jax import recipe, stages  # pylint: disable=g-import-not-at-top
+    from supersub_jax import choices, recipe  # pylint: disable=g-import-not-at-top
     config = make_tiny_config(tiny_data_dir)
-    config.stages = stages.STAGES
+    config.stages = choices.STAGES
     if fill:
       (folder / 'results.json').write_text(json.dumps(recipe.run(config, str(folder))))
       done()

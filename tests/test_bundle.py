@@ -18,7 +18,7 @@ from supersub_jax import decide
 from supersub_jax import delta as delta_lib
 from supersub_jax import inference
 from supersub_jax import models
-from supersub_jax import stages
+from supersub_jax import setup_of
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAINING = ('stages', 'specialists', 'recipe', 'runner', 'step', 'convert')
@@ -48,8 +48,8 @@ def test_bundle_round_trip_predicts_like_the_workdir(tiny_workdir, tmp_path):
   from_workdir = bank_lib.build_supersub(direct['generalist'], [direct['specialists'][str(k)] for k in range(3)],
                                          hierarchy)
   images = jax.random.normal(jax.random.key(0), (8, 16, 16, 3))
-  g_model = stages.make_model(config, hierarchy.num_superclasses)
-  s_model = stages.make_model(config, hierarchy.max_subclasses)
+  g_model = setup_of.make_model(config, hierarchy.num_superclasses)
+  s_model = setup_of.make_model(config, hierarchy.max_subclasses)
   a = inference.predict(from_bundle, images, decide.Rule('hard'), generalist_model=g_model, specialist_model=s_model)
   b = inference.predict(from_workdir, images, decide.Rule('hard'), generalist_model=g_model,
                         specialist_model=s_model)
@@ -63,7 +63,7 @@ def test_a_bundle_from_before_specialists_described_themselves_loads_with_the_cu
   config, workdir, _ = tiny_workdir
   bundle = convert.make_bundle(config, workdir)
   expected = bank_lib.build_supersub(bundle['generalist'], [bundle['specialists'][str(k)] for k in range(3)],
-                                     stages.make_hierarchy(config))
+                                     setup_of.make_hierarchy(config))
   for version_1 in ({}, {'branch': 'stem'}):  # bundles from before shared trunks, and from after them
     old = {**bundle, 'model': {**bundle['model'], **version_1},
            'specialists': {k: {n: v for n, v in ex.items() if n != 'spec'} for k, ex in bundle['specialists'].items()}}

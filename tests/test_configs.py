@@ -7,9 +7,10 @@ import sys
 
 import pytest
 
+from supersub_jax import choices
 from supersub_jax import config as config_lib
 from supersub_jax import delta
-from supersub_jax import models, stages
+from supersub_jax import models, setup_of, stages
 from supersub_jax.data import sources
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,8 +33,8 @@ def test_config_is_complete(name):
   config = module.get_config()
   assert config.model in models.MODELS
   assert config.dataset in sources.DATASETS
-  assert set(config.stages) <= set(stages.STAGES)
-  hierarchy = stages.make_hierarchy(config)
+  assert set(config.stages) <= set(choices.STAGES)
+  hierarchy = setup_of.make_hierarchy(config)
   assert hierarchy.num_superclasses >= 2
   for stage in ('vanilla', 'superclass', 'specialists'):
     assert config[stage].num_train_steps > 0
@@ -71,7 +72,7 @@ def test_config_loads_from_another_working_directory(tmp_path, name):
 def test_the_demo_gives_the_flat_network_exactly_super_subs_steps(demo_data_dir):
   config = _load('synthetic').get_config()
   config.data_dir = demo_data_dir
-  steps = stages.pipeline_steps(config)
+  steps = stages.pipeline_steps(config, setup_of.make_hierarchy(config))
   assert steps['vanilla'] == 0  # the generalist starts from config.init: the flat stage is the competitor
   assert config.vanilla.num_train_steps == steps['total'] == steps['superclass'] + steps['specialists']
   assert config.init.keep_head and config.init.path.endswith('.safetensors')

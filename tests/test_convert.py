@@ -11,14 +11,16 @@ from conftest import make_tiny_config
 from supersub_jax import bank as bank_lib
 from supersub_jax import convert
 from supersub_jax import inference
+from supersub_jax import setup_of
 from supersub_jax import stages
 from supersub_jax import weights
+from supersub_jax import workdir as workdir_lib
 
 
 def _banked_specialist(config, workdir, k):
   """Specialist k as two-stage inference materializes it from the bank (the reference for exports)."""
   bundle = convert.make_bundle(config, workdir)
-  hierarchy = stages.make_hierarchy(config)
+  hierarchy = setup_of.make_hierarchy(config)
   state = bank_lib.build_supersub(bundle['generalist'], [bundle['specialists'][str(i)] for i in range(3)],
                                   hierarchy)
   banked = inference.specialist_variables(state.bank, state.base, k, hierarchy.max_subclasses)
@@ -34,7 +36,7 @@ def test_export_is_the_banked_specialist(tiny_workdir, tmp_path, fmt):
   expected, n = _banked_specialist(config, workdir, k)
   output = str(tmp_path / {'orbax': 'spec', 'safetensors': 'spec.safetensors', 'npz': 'spec.npz'}[fmt])
   convert.export_specialist(config, workdir, k, fmt, output)
-  model = stages.make_model(config, n)
+  model = setup_of.make_model(config, n)
   if fmt == 'orbax':
     variables, meta = weights.load_orbax(output)
     assert meta['superclass'] == k and meta['num_classes'] == n and len(meta['subclasses']) == n
@@ -60,25 +62,25 @@ def test_export_rejects_bad_input_and_writes_nothing(tiny_workdir, tmp_path):
 
 @pytest.mark.parametrize('fmt', ['safetensors', 'orbax'])
 def test_a_network_stage_exported_is_what_config_init_continues_and_routes_by(tiny_workdir, tmp_path, fmt):
-  from supersub_jax import evaluation  # pylint: disable=g-import-not-at-top
   config, workdir, _ = tiny_workdir
   output = str(tmp_path / ('flat.safetensors' if fmt == 'safetensors' else 'flat'))
   assert 'the vanilla network (7 classes' in convert.export_network(config, workdir, 'vanilla', fmt, output)
-  vanilla = stages.load_network(config, workdir, 'vanilla')
+  vanilla = workdir_lib.load_network(config, workdir, 'vanilla', setup_of.build(config))
   pretrained = make_tiny_config(config.data_dir)
   pretrained.init.update(dict(path=output, format='torchvision' if fmt == 'safetensors' else 'orbax',
                               keep_head=True))
   pretrained.superclass.init_from_vanilla = False
+  setup = setup_of.build(pretrained)
   # The flat stages continue the whole network; the generalist takes its backbone and a new head.
-  start = stages._pretrained_start(pretrained, 'vanilla', 7)
+  start = stages._pretrained_start(pretrained, 'vanilla', setup.flat)
   for a, b in zip(jax.tree.leaves({'params': vanilla.params, 'batch_stats': vanilla.batch_stats}),
                   jax.tree.leaves(start)):
     np.testing.assert_array_equal(a, b)
-  assert 'head' not in stages._pretrained_start(pretrained, 'superclass', 3)['params']
+  assert 'head' not in stages._pretrained_start(pretrained, 'superclass', setup.generalist)['params']
   # It is the flat router of a pipeline whose generalist starts from it; the vanilla network is, otherwise.
-  router = evaluation.flat_router_of(pretrained, vanilla, stages.make_hierarchy(pretrained))
+  router = workdir_lib.flat_router_of(pretrained, vanilla, setup)
   for a, b in zip(jax.tree.leaves(router.params), jax.tree.leaves(vanilla.params)):
     np.testing.assert_array_equal(a, b)
-  assert evaluation.flat_router_of(config, vanilla, stages.make_hierarchy(config)) is vanilla
+  assert workdir_lib.flat_router_of(config, vanilla, setup_of.build(config)) is vanilla
   with pytest.raises(ValueError, match='superclass'):
     convert.export_network(config, workdir, 'specialists', fmt, str(tmp_path / 'x.npz'))

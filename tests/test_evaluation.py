@@ -10,6 +10,7 @@ import pytest
 
 from supersub_jax import evaluation
 from supersub_jax import report as report_lib
+from supersub_jax import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -168,7 +169,7 @@ def _fail(*args, **kwargs):
 def test_a_rerun_with_nothing_changed_returns_the_stored_report_and_loads_no_network(evaluated_copy, monkeypatch):
   config, workdir, report = evaluated_copy
   assert report['evaluation']['kept'] == []  # the fixture's first evaluation computed every part
-  monkeypatch.setattr(evaluation, 'load_trained', _fail)
+  monkeypatch.setattr(workdir_lib, 'load_trained', _fail)
   again = evaluation.run(config, workdir)
   assert again['evaluation']['kept'] == ['report']
   assert again['supersub'] == report['supersub'] and again['throughput'] == report['throughput']

@@ -25,7 +25,9 @@ from conftest import make_tiny_config, with_devices
 from processes import default_sigint, run_together
 from supersub_jax import checkpoint as ckpt
 from supersub_jax import runtime
+from supersub_jax import setup_of
 from supersub_jax import stages
+from supersub_jax import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, 'tests', 'tiny_config.py')
@@ -58,7 +60,7 @@ def _vanilla_params(data_dir, workdir, *overrides):
     for p in parents:
       node = node[p]
     node[leaf] = type(node[leaf])(value)
-  return stages.load_network(config, workdir, 'vanilla')
+  return workdir_lib.load_network(config, workdir, 'vanilla', setup_of.build(config))
 
 
 # ----------------------------------------------------------------------------------------------------------- 1. early
@@ -284,7 +286,7 @@ def test_non_finite_step_stops_before_any_save_and_skip_goes_on(tiny_data_dir, t
   manager = ckpt.make_manager(str(tmp_path / 'stop' / 'vanilla'))
   for step in manager.all_steps():  # whatever was saved reads back finite
     config = make_tiny_config(tiny_data_dir)
-    model = stages.make_model(config, 7)
+    model = setup_of.make_model(config, 7)
     target = stages._abstract_state(config, model, 'vanilla')[0]  # pylint: disable=protected-access
     ckpt.restore(manager, target=target, step=step)
   out = _run('train.py', tiny_data_dir, tmp_path / 'skip', *flags, '--config.nonfinite=skip')

@@ -7,6 +7,7 @@ import pytest
 
 from conftest import make_tiny_config
 from supersub_jax import measure
+from supersub_jax import setup_of
 from supersub_jax import stages
 
 
@@ -46,7 +47,7 @@ def test_compiled_bytes_counts_arguments_outputs_and_temporaries():
 
 def test_held_out_batches_are_distinct_and_shuffled(tiny_data_dir):
   config = make_tiny_config(tiny_data_dir)
-  hierarchy = stages.make_hierarchy(config)
+  hierarchy = setup_of.make_hierarchy(config)
   batches = measure.held_out_batches(config, hierarchy, 4, 3)
   assert len(batches) == 3 and all(b.shape == (4, 16, 16, 3) for b in batches)
   assert not np.array_equal(batches[0], batches[1])

@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from supersub_jax import config as config_lib
-from supersub_jax import stages
+from supersub_jax import setup_of
 from supersub_jax.cut import Cut
 from supersub_jax.models import (
     MODELS,
@@ -236,7 +236,7 @@ def test_config_zero_init_residual_reaches_the_model():
   config = config_lib.default_config()
   assert config.zero_init_residual  # the default keeps the models' behaviour
   config.zero_init_residual = False
-  assert not stages.make_model(config, 3).zero_init_residual
+  assert not setup_of.make_model(config, 3).zero_init_residual
 
 
 def test_bottleneck_block_structure():

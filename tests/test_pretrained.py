@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from supersub_jax import config as config_lib
+from supersub_jax import setup_of
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAME = os.path.join(ROOT, 'supersub_jax', 'resources', 'pretrained', 'synthetic_resnet_small')
@@ -66,8 +67,8 @@ def test_its_held_out_top1_is_the_recorded_one(demo_data):
   from supersub_jax import stages, weights  # pylint: disable=g-import-not-at-top
   config = _demo_config()
   config.data_dir = os.path.dirname(os.path.dirname(os.path.dirname(demo_data.data_dir)))
-  hierarchy = stages.make_hierarchy(config)
-  model = stages.make_model(config, hierarchy.num_subclasses)
+  hierarchy = setup_of.make_hierarchy(config)
+  model = setup_of.make_model(config, hierarchy.num_subclasses)
   variables = weights.load_network(config.init.path, config.init.format, model)
   apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
   correct = count = 0

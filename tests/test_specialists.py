@@ -1,7 +1,5 @@
 """supersub_jax.specialists.pruned_masks: which delta leaves the mask schedule prunes."""
 
-import os
-
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -53,32 +51,3 @@ def test_no_dense_leaves_is_the_plain_mask_update_also_under_jit(scope):
     jax.tree.map(np.testing.assert_array_equal, got, expected)
 
 
-def test_a_checkpoint_from_before_specialists_described_themselves_gets_its_own_recorded_cut():
-  from supersub_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-  stored = config_lib.default_config().to_dict()
-  stored['specialists']['branch'] = 'stage2'
-  spec = specialists._legacy_spec({'config': stored, 'stage': 'specialists', 'num_subclasses': 4,
-                                   'summary': {'density': 0.07}})
-  assert spec['cut'] == 'stage2' and spec['num_subclasses'] == 4 and spec['delta']['density'] == 0.07
-  # head_only recorded config.specialists as given, and trained it at the head.
-  assert specialists._legacy_spec({'config': stored, 'stage': 'head_only', 'num_subclasses': 2})['cut'] == 'head'
-
-
-def test_two_specialists_swapped_between_their_directories_are_refused_naming_the_place(tiny_workdir, tmp_path):
-  import shutil  # pylint: disable=g-import-not-at-top
-  from supersub_jax import stages  # pylint: disable=g-import-not-at-top
-  config, trained, _ = tiny_workdir
-  workdir = str(tmp_path / 'w')
-  shutil.copytree(trained, workdir)
-  hierarchy = stages.make_hierarchy(config)
-  one, two = (specialists.specialist_dir(workdir, hierarchy, k) for k in (1, 2))
-  os.rename(one, one + '.x')
-  os.rename(two, one)
-  os.rename(one + '.x', two)
-  generalist = stages.load_network(config, workdir, 'superclass', hierarchy)
-  spec = specialists.load_exported(config, workdir, 0, generalist, hierarchy)['spec']
-  assert spec['superclass'] == 0
-  assert spec['model'] == {'name': config.model, 'stem': config.stem, 'width': config.width}  # what its delta fits
-  with pytest.raises(ValueError, match=f"{one} holds the specialist of superclass 2 .*, not of superclass 1 .*move it "
-                                       f'back to {two}'):
-    specialists.load_exported(config, workdir, 1, generalist, hierarchy)

@@ -21,14 +21,16 @@ from supersub_jax import models
 from supersub_jax import recipe
 from supersub_jax import runner
 from supersub_jax import runtime
+from supersub_jax import setup_of
 from supersub_jax import specialists
 from supersub_jax import stages
 from supersub_jax import weights
+from supersub_jax import workdir as workdir_lib
 from supersub_jax.data import sources
 
 
 def _final_state(config, workdir, stage='vanilla'):
-  net = stages.load_network(config, workdir, stage)
+  net = workdir_lib.load_network(config, workdir, stage, setup_of.build(config))
   return net.params, net.batch_stats
 
 
@@ -81,9 +83,10 @@ def test_all_stages_report_metrics_and_log_each_job_under_its_own_name(tiny_work
 
 def test_specialist_masks_reach_target_density_and_delta_stays_sparse(tiny_workdir):
   config, workdir, _ = tiny_workdir
-  hierarchy = stages.make_hierarchy(config)
+  hierarchy = setup_of.make_hierarchy(config)
   # The kept fraction over all delta leaves: the pruned leaves at the target density, the dense_leaves whole.
-  backbone = cut_lib.split_head(stages.load_network(config, workdir, 'superclass').params)[0]
+  generalist = workdir_lib.load_network(config, workdir, 'superclass', setup_of.build(config))
+  backbone = cut_lib.split_head(generalist.params)[0]
   sizes = {delta_lib.path_str(p): x.size for p, x in jax.tree_util.tree_flatten_with_path(backbone)[0]}
   in_delta = [p for p in sizes if re.fullmatch(delta_lib.KERNELS_AND_NORM, p)]
   assert config.specialists.leaves == 'kernels_and_norm' and config.specialists.dense_leaves == delta_lib.NORM
@@ -92,39 +95,12 @@ def test_specialist_masks_reach_target_density_and_delta_stays_sparse(tiny_workd
   expected = (config.specialists.density * pruned + whole) / (pruned + whole)
   assert whole > 0 and expected > config.specialists.density + 0.005
   for k in range(hierarchy.num_superclasses):
-    manager = ckpt.make_manager(specialists.specialist_dir(workdir, hierarchy, k), item_names=specialists.ITEMS)
-    meta = ckpt.read_meta(specialists.specialist_dir(workdir, hierarchy, k))
+    manager = ckpt.make_manager(workdir_lib.specialist_dir(workdir, hierarchy, k),
+                                item_names=workdir_lib.SPECIALIST_ITEMS)
+    meta = ckpt.read_meta(workdir_lib.specialist_dir(workdir, hierarchy, k))
     assert meta['summary']['density'] == pytest.approx(expected, abs=0.003)
     metadata = manager.item_metadata(manager.latest_step())
     assert 'compressed' in metadata and 'state' in metadata
-
-
-def test_restoring_one_specialist_reads_only_its_directory(tiny_workdir):
-  config, workdir, _ = tiny_workdir
-  hierarchy = stages.make_hierarchy(config)
-  dirs = sorted(os.listdir(os.path.join(workdir, 'specialists')))
-  assert [d for d in dirs if not d.endswith('.json')] == [
-      os.path.basename(specialists.specialist_dir(workdir, hierarchy, k)) for k in range(3)]
-  # The base is the superclass stage's checkpoint: no specialist directory holds a full copy of it.
-  generalist = stages.load_network(config, workdir, 'superclass')
-  base_bytes = delta_lib.tree_nbytes(generalist.params)
-  for k in range(3):
-    exported = specialists.load_exported(config, workdir, k, generalist)
-    assert sum(exported_lib.exported_nbytes(exported).values()) < 0.5 * base_bytes
-
-
-def test_changed_config_lists_the_differing_fields(tiny_workdir):
-  config, workdir, _ = tiny_workdir
-  wider = make_tiny_config(config.data_dir)
-  wider.width = 2.0
-  with pytest.raises(runner.SettingsMismatchError, match=r'width: 1.0 -> 2.0'):
-    stages.load_network(wider, workdir, 'superclass')
-
-
-def test_missing_stage_names_the_command(tmp_path, tiny_data_dir):
-  config = make_tiny_config(tiny_data_dir)
-  with pytest.raises(FileNotFoundError, match='train.py'):
-    stages.load_network(config, str(tmp_path), 'vanilla')
 
 
 def test_unknown_stage_is_rejected(tmp_path, tiny_data_dir):
@@ -150,15 +126,15 @@ def test_vanilla_and_generalist_start_from_the_init_backbone(tmp_path, tiny_data
   for stage in ('vanilla', 'superclass'):  # one step at learning rate 0: the params stay the imported ones
     config[stage].learning_rate, config[stage].num_train_steps = 0.0, 1
   # A torchvision-format file (names, layouts, a 1000-way fc) of the tiny config's architecture.
-  pretrained = jax.device_get(models.init_variables(stages.make_model(config, 1000), jax.random.key(42),
+  pretrained = jax.device_get(models.init_variables(setup_of.make_model(config, 1000), jax.random.key(42),
                                                     (16, 16, 3)))
   config.init.path = str(tmp_path / 'pretrained.safetensors')
   weights.write_state_dict(config.init.path, weights.to_torchvision(pretrained))
   workdir = str(tmp_path / 'w')
   recipe.run(config, workdir)
-  hierarchy = stages.make_hierarchy(config)
+  hierarchy = setup_of.make_hierarchy(config)
   for stage, classes in (('vanilla', hierarchy.num_subclasses), ('superclass', hierarchy.num_superclasses)):
-    net = stages.load_network(config, workdir, stage)
+    net = workdir_lib.load_network(config, workdir, stage, setup_of.build(config))
     assert net.params['head']['kernel'].shape[-1] == classes
     assert net.meta['init'] == config.init.path
     backbone = {k: v for k, v in pretrained['params'].items() if k != 'head'}
@@ -191,7 +167,7 @@ def test_missing_eval_split_fails_before_training(tmp_path, tiny_data_dir):
 
 def test_shared_trunk_apply_leaves_trunk_statistics_and_gradients_alone(tiny_data_dir):
   config = make_tiny_config(tiny_data_dir)
-  model = stages.make_model(config, 4)
+  model = setup_of.make_model(config, 4)
   variables = jax.device_get(models.init_variables(model, jax.random.key(0), (16, 16, 3)))
   images = np.float32(np.random.RandomState(0).randn(4, 16, 16, 3))
   apply = specialists.make_apply_fn(model, cut_lib.Cut('stage2'))
@@ -225,16 +201,16 @@ def test_shared_trunk_specialists_change_only_the_top_and_predict_like_their_den
   config.stages, config.specialists.branch = ('specialists',), branch
   recipe.run(config, workdir)
 
-  hierarchy = stages.make_hierarchy(config)
-  generalist = stages.load_network(config, workdir, 'superclass', hierarchy)
+  hierarchy = setup_of.make_hierarchy(config)
+  generalist = workdir_lib.load_network(config, workdir, 'superclass', setup_of.build(config))
   top_stats = set(cut_lib.Cut(branch).split(generalist.batch_stats)[1])
-  gm = stages.make_model(config, hierarchy.num_superclasses)
+  gm = setup_of.make_model(config, hierarchy.num_superclasses)
   images = np.float32(np.random.RandomState(1).randn(12, 16, 16, 3))
   routes = np.argmax(gm.apply({'params': generalist.params, 'batch_stats': generalist.batch_stats}, images,
                               train=False), -1)
   want = np.zeros(len(images), np.int64)
   for k in range(hierarchy.num_superclasses):
-    exported = specialists.load_exported(config, workdir, k, generalist, hierarchy)
+    exported = workdir_lib.load_exported(config, workdir, k, generalist, hierarchy)
     groups = {cut_lib.group_of(keys[0]) for keys, _ in exported_lib.walk_records(exported['delta'])}
     assert groups == ({'stage2', 'stage3'} if branch == 'stage2' else set()), groups
     assert set(exported['batch_stats']) == top_stats
@@ -243,17 +219,17 @@ def test_shared_trunk_specialists_change_only_the_top_and_predict_like_their_den
     for a, b in zip(jax.tree.leaves(trunk), jax.tree.leaves(cut_lib.Cut(branch).split(dense['params'])[0])):
       np.testing.assert_array_equal(a, b)
     # The reference: the dense network, whole, on the images the generalist sends to k.
-    local = np.argmax(stages.make_model(config, int(hierarchy.sizes[k])).apply(dense, images, train=False), -1)
+    local = np.argmax(setup_of.make_model(config, int(hierarchy.sizes[k])).apply(dense, images, train=False), -1)
     want[routes == k] = np.asarray(hierarchy.local_to_label)[k, local[routes == k]]
 
-  state = evaluation.load_trained(config, workdir).state
+  state = workdir_lib.load_trained(config, workdir, setup_of.build(config)).state
   assert state.cut == cut_lib.Cut(branch)
-  got = inference.predict(state, images, decide.Rule('hard'), generalist_model=gm,
-                          specialist_model=stages.make_model(config, hierarchy.max_subclasses))
+  got = inference.predict(state, images, generalist_model=gm,
+                          specialist_model=setup_of.make_model(config, hierarchy.max_subclasses))
   np.testing.assert_array_equal(got['superclass'], routes)
   np.testing.assert_array_equal(got['label'], want)
   # The cut is the specialists' own word: one that says 'stem' over statistics from another cut is refused.
-  exported = [specialists.load_exported(config, workdir, k, generalist, hierarchy) for k in range(3)]
+  exported = [workdir_lib.load_exported(config, workdir, k, generalist, hierarchy) for k in range(3)]
   assert {ex['spec']['cut'] for ex in exported} == {branch}
   mislabelled = [{**ex, 'spec': {**ex['spec'], 'cut': 'stem'}} for ex in exported]
   with pytest.raises(ValueError, match="branching at 'stem' \\(its spec\\)"):
@@ -267,46 +243,47 @@ def test_shared_trunk_specialists_change_only_the_top_and_predict_like_their_den
 def test_vanilla_matched_trains_the_vanilla_recipe_for_the_whole_pipelines_steps(tiny_workdir):
   config, workdir, _ = tiny_workdir
   # tiny config: 6 vanilla + 4 generalist + 3 specialists x 6 steps, all at the same batch size.
-  assert stages.pipeline_steps(config) == {'vanilla': 6, 'superclass': 4, 'specialists': 18, 'total': 28}
+  assert stages.pipeline_steps(config, setup_of.make_hierarchy(config)) == {'vanilla': 6, 'superclass': 4,
+                                                                            'specialists': 18, 'total': 28}
   assert ckpt.make_manager(os.path.join(workdir, 'vanilla_matched'), create=False).latest_step() == 28
-  net = stages.load_network(config, workdir, 'vanilla_matched')
+  net = workdir_lib.load_network(config, workdir, 'vanilla_matched', setup_of.build(config))
   assert net.params['head']['kernel'].shape[-1] == 7  # the flat network: every subclass
   # A changed vanilla recipe invalidates the matched network too: it is trained with config.vanilla's settings.
   changed = make_tiny_config(config.data_dir)
   changed.stages, changed.vanilla.learning_rate = config.stages, 0.5
   with pytest.raises(runner.SettingsMismatchError, match='vanilla.learning_rate'):
-    stages.load_network(changed, workdir, 'vanilla_matched')
+    workdir_lib.load_network(changed, workdir, 'vanilla_matched', setup_of.build(changed))
 
 
 def test_head_only_stage_routes_the_generalists_own_features_through_a_head_per_superclass(tiny_workdir):
   from supersub_jax import evaluation  # pylint: disable=g-import-not-at-top
   from supersub_jax import inference  # pylint: disable=g-import-not-at-top
   config, workdir, results = tiny_workdir
-  hierarchy = stages.make_hierarchy(config)
+  hierarchy = setup_of.make_hierarchy(config)
   assert results['head_only']['delta']['branch'] == 'head' and config.specialists.branch == 'stem'
-  assert os.path.isdir(os.path.join(workdir, 'head_only', os.path.basename(specialists.specialist_dir(
+  assert os.path.isdir(os.path.join(workdir, 'head_only', os.path.basename(workdir_lib.specialist_dir(
       workdir, hierarchy, 0))))
-  generalist = stages.load_network(config, workdir, 'superclass', hierarchy)
-  gm = stages.make_model(config, hierarchy.num_superclasses)
+  generalist = workdir_lib.load_network(config, workdir, 'superclass', setup_of.build(config))
+  gm = setup_of.make_model(config, hierarchy.num_superclasses)
   variables = {'params': generalist.params, 'batch_stats': generalist.batch_stats}
   images = np.float32(np.random.RandomState(2).randn(12, 16, 16, 3))
   routes = np.argmax(gm.apply(variables, images, train=False), -1)
   features = np.asarray(gm.apply(variables, images, train=False, stop='head'))  # [12, D] pooled
   want = np.zeros(len(images), np.int64)
   for k in range(hierarchy.num_superclasses):
-    exported = specialists.load_exported(config, workdir, k, generalist, hierarchy, stage='head_only')
+    exported = workdir_lib.load_exported(config, workdir, k, generalist, hierarchy, stage='head_only')
     assert not list(exported_lib.walk_records(exported['delta']))  # no delta at all
     logits = features @ exported['head']['kernel'] + exported['head']['bias']  # [12, n_k], numpy reference
     want[routes == k] = np.asarray(hierarchy.local_to_label)[k, np.argmax(logits, -1)[routes == k]]
-  state = evaluation.load_trained(config, workdir).head_only
-  got = inference.predict(state, images, decide.Rule('hard'), generalist_model=gm,
-                          specialist_model=stages.make_model(config, hierarchy.max_subclasses))
+  state = workdir_lib.load_trained(config, workdir, setup_of.build(config)).head_only
+  got = inference.predict(state, images, generalist_model=gm,
+                          specialist_model=setup_of.make_model(config, hierarchy.max_subclasses))
   np.testing.assert_array_equal(got['label'], want)
   # Trained with config.specialists' settings: a changed specialist recipe invalidates the head-only ones too.
   changed = make_tiny_config(config.data_dir)
   changed.stages, changed.specialists.learning_rate = config.stages, 0.5
   with pytest.raises(runner.SettingsMismatchError, match='specialists.learning_rate'):
-    specialists.load_exported(changed, workdir, 0, generalist, hierarchy, stage='head_only')
+    workdir_lib.load_exported(changed, workdir, 0, generalist, hierarchy, stage='head_only')
 
 
 def test_dustbin_specialists_train_on_other_superclasses_and_export_their_corrected_column(tmp_path, tiny_workdir):
@@ -320,13 +297,13 @@ def test_dustbin_specialists_train_on_other_superclasses_and_export_their_correc
   config.stages = ('specialists',)
   config.specialists.update(dict(dustbin=True, dustbin_fraction=0.25, dustbin_others='confused'))
   recipe.run(config, workdir)
-  hierarchy = stages.make_hierarchy(config)
-  generalist = stages.load_network(config, workdir, 'superclass', hierarchy)
+  hierarchy = setup_of.make_hierarchy(config)
+  generalist = workdir_lib.load_network(config, workdir, 'superclass', setup_of.build(config))
   confusion = specialists.superclass_confusion(config, generalist, hierarchy)
   np.testing.assert_allclose(confusion.sum(1), 1.0, rtol=1e-5)  # rows: mean distributions over superclasses
   train_counts = np.bincount(stages.load_source(config, 'train', hierarchy).labels.superclass)
   for k in range(3):
-    exported = specialists.load_exported(config, workdir, k, generalist, hierarchy)
+    exported = workdir_lib.load_exported(config, workdir, k, generalist, hierarchy)
     n_k = int(hierarchy.sizes[k])
     assert exported['head']['kernel'].shape[1] == n_k + 1  # its real subclasses, then the dustbin
     prior = train_counts[k] / train_counts.sum()
@@ -334,7 +311,7 @@ def test_dustbin_specialists_train_on_other_superclasses_and_export_their_correc
     assert dustbin['prior'] == pytest.approx(prior) and dustbin['others'] == 'confused'
     # A 25% dustbin share brought to even odds, by hand: log(0.75 / 0.25); the router carries the prior.
     assert dustbin['logit_correction'] == pytest.approx(np.log(3.0), rel=1e-6)
-  loaded = evaluation.load_trained(config, workdir)
+  loaded = workdir_lib.load_trained(config, workdir, setup_of.build(config))
   state = loaded.state
   assert state.bank.dustbin == 1 and state.num_outputs == hierarchy.max_subclasses + 1
   images = np.float32(np.random.RandomState(4).randn(6, 16, 16, 3))

@@ -81,3 +81,15 @@ def test_steps_lower_the_loss_on_a_fixed_batch():
   assert losses[-1] < 0.7 * losses[0], losses
   assert all(b < a for a, b in zip(losses, losses[1:])), losses
   assert int(parallel.unreplicate(state.step)) == 15
+
+
+def test_the_pure_step_imports_nothing_of_the_host_and_names_the_axis_the_runtime_maps():
+  import ast  # pylint: disable=g-import-not-at-top
+  with open(step_lib.__file__) as f:
+    tree = ast.parse(f.read())
+  package = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+             and node.module and node.module.startswith('supersub_jax')}
+  package |= {f'supersub_jax.{a.name}' for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+              and node.module == 'supersub_jax' for a in node.names}
+  assert package <= {'supersub_jax', 'supersub_jax.choices'}, package
+  assert runtime.AXIS is step_lib.AXIS

@@ -48,7 +48,8 @@ from supersub_jax import convert
 from supersub_jax import locks
 from supersub_jax import models
 from supersub_jax import runtime
-from supersub_jax import stages
+from supersub_jax import choices
+from supersub_jax import setup_of
 
 
 VERBS = {
@@ -78,7 +79,7 @@ def main() -> None:
                       '(export: specialist<K>.<format>, network: <stage>.<format>, bundle: supersub.msgpack).')
   flags.DEFINE_integer('superclass', None, 'Which specialist (superclass index, as in report.md).')
   flags.DEFINE_enum('format', 'orbax', convert.EXPORT_FORMATS, 'Export file format.')
-  flags.DEFINE_enum('stage', None, list(stages.NETWORK_STAGES), 'Which network stage (the network verb).')
+  flags.DEFINE_enum('stage', None, list(choices.NETWORK_STAGES), 'Which network stage (the network verb).')
   flags.DEFINE_enum('arch', None, sorted(models.MODELS), 'Architecture of the torchvision state dict '
                     f'(torchvision has {", ".join(convert.TORCHVISION_ARCHS)}).')
   flags.DEFINE_string('input', None, 'A torchvision state dict: .pth (needs torch), .safetensors or .npz.')
@@ -130,7 +131,7 @@ def main() -> None:
         print(f'wrote {output}: {what}')
       else:
         size = bundle.write_bundle(output, convert.make_bundle(config, f.workdir))
-        print(f'wrote {output}: {size:,} bytes (generalist + {stages.make_hierarchy(config).num_superclasses} '
+        print(f'wrote {output}: {size:,} bytes (generalist + {setup_of.make_hierarchy(config).num_superclasses} '
               'compressed specialists)')
 
   cli.run(run, flags_parser=parse)

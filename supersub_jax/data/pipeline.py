@@ -49,10 +49,9 @@ import jax
 import numpy as np
 import simplejpeg
 
+from supersub_jax.choices import AUGMENTATIONS, LABEL_MODES, DECODERS
 from supersub_jax.data import image_ops
 
-AUGMENTATIONS = ('crop_flip', 'random_resized_crop', 'none')
-LABEL_MODES = ('subclass', 'superclass', 'local')
 _LABEL_KEYS = ('subclass', 'superclass', 'local')
 
 
@@ -253,7 +252,6 @@ def _stack_but_jpegs(examples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
           for k in examples[0]}
 
 
-DECODERS = ('cpu', 'dali')
 
 
 def _finish(ds: grain.MapDataset, worker_count: int, read_threads: int) -> grain.DatasetIterator:

@@ -24,12 +24,12 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
+from supersub_jax.choices import DATASETS
 from supersub_jax import hierarchy as hierarchy_lib
 from supersub_jax.data import builders
 from supersub_jax.data import label_cache
 from supersub_jax.data import synthetic
 
-DATASETS: tuple[str, ...] = ('synthetic', 'cifar100', 'imagenet2012')
 
 # Source-label features per TFDS builder name, and (per dataset) the feature that must agree
 # with the hierarchy's superclass.

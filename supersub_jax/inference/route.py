@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from supersub_jax.choices import ROUTINGS
 from supersub_jax import bank as bank_lib
 from supersub_jax.decide import NEG_LOGIT
 from supersub_jax.inference.unpack import Specialists
@@ -161,7 +162,6 @@ def route_padded(images: jax.Array, routes: jax.Array, specialists: Specialists,
 
 
 
-ROUTINGS = ('loop', 'padded')
 # routing='auto' by platform. cpu: 'loop': the padded call runs its padding images for real, which a CPU pays in full
 # (0.13x against the loop's 0.27x of the single network in a toy CPU run; docs/benchmarks.md, "Three paths"). gpu:
 # 'padded', NOT yet measured -- benchmarks/gpu.sh's routed_inference item times both; set this entry by what it prints.

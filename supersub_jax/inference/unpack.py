@@ -17,6 +17,7 @@ import numpy as np
 from flax import struct
 from flax.core import meta
 
+from supersub_jax.choices import MATERIALIZE
 from supersub_jax import bank as bank_lib
 from supersub_jax import delta as delta_lib
 
@@ -194,7 +195,6 @@ def largest_dense_leaf_bytes(bank: bank_lib.SpecialistBank, base: PyTree) -> int
   return max([0] + [int(np.prod(np.shape(leaves[p]))) * np.dtype(leaves[p].dtype).itemsize for p in bank.deltas])
 
 
-MATERIALIZE = ('group', 'layer')
 # materialize='auto' by platform. gpu/tpu: 'layer': an accelerator's memory is what runs out, and layer by layer keeps
 # parameters resident near one network (ResNet-50 at delta.FRONTIER: 1.50x one network against 2.39x for whole
 # specialists; docs/benchmarks.md, "Parameters resident on ResNet-50"); the padded routing wants it too. cpu:
