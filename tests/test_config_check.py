@@ -79,7 +79,7 @@ def test_a_value_outside_a_fields_choices_is_refused_with_the_choices(tmp_path, 
 
 def test_a_rule_or_router_outside_the_decision_rules_is_refused(tmp_path):
   config = make_tiny_config(str(tmp_path / 'data'))
-  config.evaluate.rules = ('vote:2', 'hard/oracle')
+  config.evaluate.rules = ('vote:2', 'hard/crowd')  # 'hard/oracle' is a rule: the true superclass routes
   message = _problems(config)
   assert 'cannot run (2 problem(s))' in message and message.count('evaluate.rules: ') == 2
 

@@ -224,7 +224,7 @@ def test_shared_trunk_specialists_change_only_the_top_and_predict_like_their_den
 
   state = workdir_lib.load_trained(config, workdir, setup_of.build(config)).state
   assert state.cut == cut_lib.Cut(branch)
-  got = inference.predict(state, images, generalist_model=gm,
+  got = inference.predict(state, images, decide.Rule('hard'), generalist_model=gm,
                           specialist_model=setup_of.make_model(config, hierarchy.max_subclasses))
   np.testing.assert_array_equal(got['superclass'], routes)
   np.testing.assert_array_equal(got['label'], want)
@@ -276,7 +276,7 @@ def test_head_only_stage_routes_the_generalists_own_features_through_a_head_per_
     logits = features @ exported['head']['kernel'] + exported['head']['bias']  # [12, n_k], numpy reference
     want[routes == k] = np.asarray(hierarchy.local_to_label)[k, np.argmax(logits, -1)[routes == k]]
   state = workdir_lib.load_trained(config, workdir, setup_of.build(config)).head_only
-  got = inference.predict(state, images, generalist_model=gm,
+  got = inference.predict(state, images, decide.Rule('hard'), generalist_model=gm,
                           specialist_model=setup_of.make_model(config, hierarchy.max_subclasses))
   np.testing.assert_array_equal(got['label'], want)
   # Trained with config.specialists' settings: a changed specialist recipe invalidates the head-only ones too.
