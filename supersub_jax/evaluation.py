@@ -232,21 +232,22 @@ def _flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
   return {prefix[:-1]: list(tree) if isinstance(tree, tuple) else tree}
 
 
-def dataset_identity(config, hierarchy) -> dict:
-  """What identifies the held-out split an evaluation reads: the dataset, its knobs and split, a SHA-256 of the
-  labels the hierarchy gives its examples, and the size and modification time of each of its files."""
-  source = stages.load_source(config, config.eval_split, hierarchy)
+def dataset_identity(config, setup: setup_of.Setup) -> dict:
+  """What identifies the held-out split an evaluation reads: the dataset, its knobs and split (``setup.data``), a
+  SHA-256 of the labels the hierarchy gives its examples, and the size and modification time of each of its files."""
+  hierarchy, data = setup.hierarchy, setup.data
+  source = stages.load_source(config, data.eval_split, hierarchy)
   labels = hashlib.sha256()
   for array in dataclasses.astuple(source.labels):
     labels.update(np.ascontiguousarray(array).tobytes())
   shard_files = [(os.path.basename(f), skip, take, *workdir_lib.file_identity(f)[0][1:])
                  for f, skip, take in source.shards]
-  return {'dataset': config.dataset, 'split': config.eval_split, 'kwargs': setup_of.dataset_kwargs(config),
+  return {'dataset': data.dataset, 'split': data.eval_split, 'kwargs': data.kwargs,
           'hierarchy': hierarchy.name, 'examples': len(source), 'labels_sha256': labels.hexdigest(),
           'files': shard_files}
 
 
-def fingerprints(config, workdir: str, hierarchy) -> dict[str, str]:
+def fingerprints(config, workdir: str, setup: setup_of.Setup) -> dict[str, str]:
   """A SHA-256 of what each part of the evaluation of ``workdir`` reads: each network of ``NETWORKS`` that
   ``config.stages`` trains (its predictions on the held-out split), 'measurements' (timing and memory) and 'report'
   (all of them). A part's fingerprint covers its checkpoints (``workdir.checkpoint_identity``), the held-out split
@@ -255,7 +256,8 @@ def fingerprints(config, workdir: str, hierarchy) -> dict[str, str]:
   workdir = ckpt.abs_path(workdir)
   settings = {k: v for k, v in _flatten(stages.config_json(config)).items()
               if not k.startswith(_HOST_FIELDS) and k not in _HOST_FIELDS}
-  base = (FORMAT, dataset_identity(config, hierarchy), settings)
+  hierarchy = setup.hierarchy
+  base = (FORMAT, dataset_identity(config, setup), settings)
   evaluate = _flatten(config.evaluate.to_dict())
 
   def network(stage):
@@ -344,7 +346,7 @@ def run(config, workdir: str, *, force: bool = False) -> dict:
   progress = Progress(5)
   progress.stage('fingerprints of the checkpoints, config fields and held-out split it reads')
   setup = setup_of.build(config)
-  keys = fingerprints(config, workdir, setup.hierarchy)
+  keys = fingerprints(config, workdir, setup)
   stored = workdir_lib.stored_report(workdir)
   if (not force and stored is not None and stored.get('evaluation', {}).get('fingerprints') == keys
       and os.path.exists(os.path.join(workdir, 'report.md'))):
