@@ -121,3 +121,15 @@ def test_subclasses_survive_a_horizontal_flip():
   # |angle| in [0, 90] and the flip augmentation of the training pipeline never changes an image's subclass.
   assert all(0.0 <= angle <= 90.0 for angle, _ in render.GRATINGS)
   assert len(set(render.GRATINGS)) == len(render.GRATINGS)
+
+
+def test_the_hatch_gain_changes_the_hatch_superclasses_images_alone():
+  # Superclasses 4 and 9 wear the hatch (TEXTURES[s % 5]); with the same generator, a different hatch_gain redraws
+  # their images and leaves every other superclass's bit for bit.
+  sizes = (12, 6, 4, 3, 3, 2, 2, 2, 2, 2)
+  labels = np.arange(sum(sizes))
+  superclass, _ = render.class_table(sizes)
+  louder = render.render(labels, sizes, 32, np.random.default_rng(3), 1)
+  plain = render.render(labels, sizes, 32, np.random.default_rng(3), 1, {'hatch_gain': 1.0})
+  changed = (louder != plain).any(axis=(1, 2, 3))
+  np.testing.assert_array_equal(changed, np.isin(superclass, (4, 9)))
