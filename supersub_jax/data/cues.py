@@ -40,12 +40,12 @@ SALIENCE: dict[str, float] = {
                               # thinnest shapes (ring, L), its grating was near chance (2.0.0: 1)
     'hue_jitter': 0.55,       # +- this many bins around a hue bin's centre (0.3 in 2.0.0: the hue was far easier
                               # than the grating; past 0.5 neighbouring bins overlap)
-    'notch_radius': 0.8,      # the bite's radius, in object radii
+    'notch_radius': 0.6,      # the bite's radius, in object radii
     'notch_offset': 0.85,     # its centre's distance from the object's, in object radii
     'outline_dark': 0.15,     # the dark rim's brightness, times the object's colour
     'outline_bright': 2.5,    # the bright rim's (clipped: toward white)
-    'outline_width': 2.5,     # the rim's width, pixels at 32x32
-    'stretch': 1.55,          # wide: x this along u and / this along v; tall: the reverse
+    'outline_width': 2.0,     # the rim's width, pixels at 32x32
+    'stretch': 1.45,          # wide: x this along u and / this along v; tall: the reverse
     'shadow_offset': 5.0,     # pixels (at 32x32) the shadow lies below or beside the object
     'shadow_alpha': 1.0,      # its opacity
     'blur_sharp': 0.8,        # the outline's fall-off outward, pixels, sharp

@@ -97,9 +97,10 @@ class SupersubSynthetic(tfds.core.GeneratorBasedBuilder):
                             'the specificity knob: superclass s takes its subclass from cue kind s % m of ten.',
                    '2.1.0': 'Cue kinds calibrated (specificity >= 1 only; specificity 0 draws 2.0.0\'s images bit for '
                             'bit): the glyph, marks and satellites (now a die\'s pips) drawn whole inside the image '
-                            'in colours of their own, soft edges fall off outward, louder notch, rim, aspect and '
-                            'shadow, a jittered hue; so that a network given the superclass finds each kind about '
-                            'as hard as the grating (docs/results/cue_probe.md).'}
+                            'in colours of their own; soft edges fall off outward; a flat, louder rim; louder '
+                            'aspect and shadow; the hue jittered across its bins; the hatch texture louder: so that '
+                            'a network given the superclass finds each kind about as hard as the grating of the '
+                            'same superclass (docs/results/cue_probe.md; the notch and the shadow still fall short).'}
   # Other configs are made on the fly by `make_config` (see `synthetic_builder`).
   BUILDER_CONFIGS = [_DEFAULT_CONFIG]
 
