@@ -100,7 +100,8 @@ class SupersubSynthetic(tfds.core.GeneratorBasedBuilder):
                             'in colours of their own; soft edges fall off outward; a flat, louder rim; louder '
                             'aspect and shadow; the hue jittered across its bins; the hatch texture louder: so that '
                             'a network given the superclass finds each kind about as hard as the grating of the '
-                            'same superclass (docs/results/cue_probe.md; the notch and the shadow still fall short, the marks overshoot).'}
+                            'same superclass (docs/results/cue_probe.md; the notch and the shadow still fall short, '
+                            'the marks overshoot).'}
   # Other configs are made on the fly by `make_config` (see `synthetic_builder`).
   BUILDER_CONFIGS = [_DEFAULT_CONFIG]
 
