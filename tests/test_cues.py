@@ -57,3 +57,77 @@ def test_specificity_out_of_range_or_too_few_values_is_refused():
       cues.validate_specificity(SIZES, bad)
   with pytest.raises(ValueError, match="superclass 1 has 7 subclasses but its cue kind 'hue' tells only 6"):
     cues.validate_specificity((2, 7), 2)
+
+
+def _beside_layers(n, rng, **values):
+  """Per-image parameters of the kinds beside the object for n images at random poses in the renderer's ranges,
+  every value drawn unless given (an int: that value for every image)."""
+  counts = np.array(cues.CUE_VALUES, np.int32)
+  drawn = np.stack([rng.integers(0, c, n) for c in counts], axis=1).astype(np.int32)
+  for name, value in values.items():
+    drawn[:, cues.CUE_KINDS.index(name)] = value
+  uniform = lambda low, high, shape=(n,): rng.uniform(low, high, shape).astype(np.float32)
+  cue = cues.layers(drawn, counts, n, uniform, rng, cues.SALIENCE)
+  size = 32.0
+  pose = (16 + uniform(-0.18, 0.18) * size, 16 + uniform(-0.18, 0.18) * size, uniform(0.24, 0.38) * size)
+  return cue, pose
+
+
+def _drawn(cue, pose, colour):
+  """bool [N, 32, 32]: the pixels `cues.beside` paints (over a black image) close to ``colour``."""
+  coords = np.arange(32, dtype=np.float32) + 0.5
+  xs, ys = np.meshgrid(coords, coords)
+  img = cues.beside(np.zeros((len(pose[0]), 32, 32, 3), np.float32), cue, *pose, xs, ys, 32.0)
+  return np.abs(img - np.asarray(colour, np.float32)).max(-1) < 0.3
+
+
+def test_anchor_keeps_a_mark_of_margin_pixels_inside_the_image_and_off_the_object_where_there_is_room():
+  rng = np.random.default_rng(0)
+  n, size, margin = 2000, 32.0, 4.0
+  cx, cy = (16 + rng.uniform(-5.8, 5.8, n)).astype(np.float32), (16 + rng.uniform(-5.8, 5.8, n)).astype(np.float32)
+  radius = rng.uniform(7.68, 12.16, n).astype(np.float32)
+  angle = rng.uniform(-np.pi / 2 - 0.3, np.pi / 2 + 0.3, n).astype(np.float32)
+  x, y = cues.anchor(cx, cy, radius, angle, size, margin)
+  assert (x >= margin - 1e-3).all() and (x <= size - margin + 1e-3).all()
+  assert (y >= margin - 1e-3).all() and (y <= size - margin + 1e-3).all()
+  # Toward the farthest corner itself there is always room for 1.3 radii + margin... less a few pixels at the most.
+  x0, y0 = cues.anchor(cx, cy, radius, np.zeros(n, np.float32), size, margin)
+  assert np.median(np.hypot(x0 - cx, y0 - cy) / radius) > 1.2
+
+
+@pytest.mark.parametrize('count', [1, 2, 3, 4])
+def test_the_satellites_draw_as_many_separate_pips_as_their_count_whole_inside_the_image(count):
+  from scipy import ndimage  # pylint: disable=g-import-not-at-top
+  cue, pose = _beside_layers(200, np.random.default_rng(count), satellites=count - 1)
+  lit = _drawn(cue, pose, (0.95, 0.95, 0.95))
+  found = [ndimage.label(image)[1] for image in lit]
+  assert found == [count] * 200
+
+
+@pytest.mark.parametrize('kind, colour', [('glyph', (1.0, 0.85, 0.2)), ('marks', (0.3, 0.9, 1.0))])
+def test_the_two_values_of_the_glyph_and_of_the_marks_differ_in_at_least_6_pixels_and_lie_whole_in_the_image(
+    kind, colour):
+  # The same poses and anchors (same generator) with the value 0 and 1: each is drawn whole (its full pixel count
+  # however close to a border the object is), and the two shapes differ in at least 6 pixels of every image.
+  shapes = []
+  for value in (0, 1):
+    cue, pose = _beside_layers(300, np.random.default_rng(7), **{kind: value})
+    shapes.append(_drawn(cue, pose, colour))
+  for lit in shapes:
+    area = lit.sum((1, 2))
+    assert area.min() >= 8 and area.max() - area.min() <= 4, (kind, area.min(), area.max())
+  assert (shapes[0] != shapes[1]).sum((1, 2)).min() >= 6
+
+
+def test_the_rim_is_a_flat_dark_or_bright_band_over_any_texture_and_leaves_the_interior_alone():
+  width = cues.SALIENCE['outline_width']
+  cue = {'salience': cues.SALIENCE, 'outline': np.array([0, 1, 2])}
+  rad = np.full((3, 1, 1), 10.0, np.float32)  # pixels per radius unit
+  shade = np.random.default_rng(0).uniform(0.4, 1.6, (3, 1, 50)).astype(np.float32)  # any texture
+  at = lambda pixels_inside: cues.rim(cue, np.full((3, 1, 50), -pixels_inside / 10.0, np.float32), rad, shade)
+  middle = at(width / 2)
+  np.testing.assert_array_equal(middle[0], shade[0])  # outline 0: no rim
+  np.testing.assert_allclose(middle[1], cues.SALIENCE['outline_dark'], rtol=1e-6)
+  np.testing.assert_allclose(middle[2], cues.SALIENCE['outline_bright'], rtol=1e-6)
+  assert cues.SALIENCE['outline_bright'] - cues.SALIENCE['outline_dark'] >= 2.0
+  np.testing.assert_array_equal(at(width + 0.5), shade)  # past the band, the texture is untouched

@@ -131,3 +131,15 @@ def test_sample_grid_puts_each_superclasss_first_subclasses_in_its_row_and_leave
   assert labels == [[0, 0, 1, 1], [3, 3, -1, -1]]  # superclass 0's first two subclasses; superclass 1 has one
   assert [int(grid[0, c, 0, 0, 0]) for c in range(4)] == [1, 41, 11, 51]  # the first examples of each label, in order
   assert [int(grid[1, c, 0, 0, 0]) for c in range(4)] == [31, 71, 0, 0]
+
+
+def test_the_hatch_gain_changes_the_hatch_superclasses_images_alone():
+  # Superclasses 4 and 9 wear the hatch (TEXTURES[s % 5]); with the same generator, a different hatch_gain redraws
+  # their images and leaves every other superclass's bit for bit.
+  sizes = (12, 6, 4, 3, 3, 2, 2, 2, 2, 2)
+  labels = np.arange(sum(sizes))
+  superclass, _ = render.class_table(sizes)
+  louder = render.render(labels, sizes, 32, np.random.default_rng(3), 1)
+  plain = render.render(labels, sizes, 32, np.random.default_rng(3), 1, {'hatch_gain': 1.0})
+  changed = (louder != plain).any(axis=(1, 2, 3))
+  np.testing.assert_array_equal(changed, np.isin(superclass, (4, 9)))

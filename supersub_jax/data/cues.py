@@ -16,14 +16,14 @@ import numpy as np
 CUE_KINDS: tuple[str, ...] = (
     'grating',     # the object's texture: (orientation, period) of GRATINGS, +-10 degrees and +-10% jitter
     'hue',         # the object's hue: one of 6 bins of the colour circle, with jitter
-    'satellites',  # 1 to 4 small dots around the object, evenly spaced from a random angle
+    'satellites',  # 1 to 4 white dots beside the object, laid out as a die's pips
     'notch',       # a bite out of the outline: up, side or down (side drawn at random), +-15 degrees
-    'outline',     # a rim inside the outline: none, dark or bright
+    'outline',     # a flat rim inside the outline: none, dark or bright
     'aspect',      # the object stretched wide or tall
     'shadow',      # a dark copy of the silhouette beneath it, offset down or to a side (drawn at random)
-    'blur',        # the outline sharp or soft
-    'glyph',       # a small bright plus or ring beside the object
-    'marks',       # two small bright marks beside the object: side by side or one above the other
+    'blur',        # the outline sharp or soft (falling off outward)
+    'glyph',       # a yellow plus or ring beside the object
+    'marks',       # two cyan squares beside the object: side by side or one above the other
 )
 CUE_VALUES: tuple[int, ...] = (12, 6, 4, 3, 3, 2, 2, 2, 2, 2)
 assert len(CUE_VALUES) == len(CUE_KINDS)
@@ -31,21 +31,27 @@ assert len(CUE_VALUES) == len(CUE_KINDS)
 # The object's interior belongs to the grating alone: every other kind is drawn in its colour (hue), its shape
 # (aspect, notch), its edge (outline, blur) or the background beside it (satellites, shadow, glyph, marks), because a
 # kind painted over the texture as noise hides the grating (studies/cue_probe.py: a half-brighter tone over a star's
-# texture took the grating's probe from 0.92 to 0.64). How loud each kind is:
+# texture took the grating's probe from 0.92 to 0.64). How loud each kind is, calibrated in dataset 2.1.0 so that
+# the probe finds each kind about as hard as the grating of the same superclass (docs/results/cue_probe.md):
 SALIENCE: dict[str, float] = {
     'grating_contrast': 0.6,  # the texture's contrast is drawn from [this / 2.5, this] (dataset 1.2.0: 0.2, which
                               # the probe found far harder than any other kind)
-    'hue_jitter': 0.3,        # +- this many bins around a hue bin's centre
-    'notch_radius': 0.6,      # the bite's radius, in object radii (its centre 0.85 from the object's)
-    'outline_dark': 0.35,     # the dark rim's brightness factor
-    'outline_bright': 1.8,    # the bright rim's brightness factor
-    'stretch': 1.3,           # wide: x this along u and / this along v; tall: the reverse
-    'shadow_offset': 3.5,     # pixels (at 32x32) the shadow lies below or beside the object
-    'shadow_alpha': 0.8,      # its opacity
-    'blur_sharp': 0.8,        # the outline's width in pixels, sharp
-    'blur_soft': 3.0,         # and soft
+    'hatch_gain': 1.65,       # the hatch texture's contrast x this: two gratings at half contrast each, on the
+                              # thinnest shapes (ring, L), its grating was near chance (2.0.0: 1)
+    'hue_jitter': 0.55,       # +- this many bins around a hue bin's centre (0.3 in 2.0.0: the hue was far easier
+                              # than the grating; past 0.5 neighbouring bins overlap)
+    'notch_radius': 0.6,      # the bite's radius, in object radii
+    'notch_offset': 0.85,     # its centre's distance from the object's, in object radii
+    'outline_dark': 0.15,     # the dark rim's brightness, times the object's colour
+    'outline_bright': 2.5,    # the bright rim's (clipped: toward white)
+    'outline_width': 2.0,     # the rim's width, pixels at 32x32
+    'stretch': 1.45,          # wide: x this along u and / this along v; tall: the reverse
+    'shadow_offset': 5.0,     # pixels (at 32x32) the shadow lies below or beside the object
+    'shadow_alpha': 1.0,      # its opacity
+    'blur_sharp': 0.8,        # the outline's fall-off outward, pixels, sharp
+    'blur_soft': 7.5,         # and soft
     'satellite_alpha': 1.0,   # the satellites' opacity
-    'satellite_radius': 1.6,  # and radius, pixels at 32x32
+    'satellite_radius': 1.3,  # and radius, pixels at 32x32
     'glyph_alpha': 1.0,       # the glyph's opacity
     'marks_alpha': 1.0,       # the marks' opacity
 }
@@ -119,55 +125,88 @@ def layers(cues: np.ndarray, counts: np.ndarray, n: int, uniform, rng, salience:
   down = cues[:, 6] == 0
   shadow_dx = np.where(down, 0.0, side() * salience['shadow_offset']).astype(np.float32)
   shadow_dy = np.where(down, salience['shadow_offset'], 0.0).astype(np.float32)
-  return dict(hue=hue % 1.0, notch_u=notch_side * np.sin(notch) * 0.85, notch_v=-np.cos(notch) * 0.85,
-              stretch=stretch, softness=softness, satellites=cues[:, 2] + 1, satellite_start=uniform(0, 2 * np.pi),
+  glyph_turn = side()  # the glyph a quarter turn to one side of the satellites, the marks to the other
+  offset = salience['notch_offset']
+  return dict(hue=hue % 1.0, notch_u=notch_side * np.sin(notch) * offset, notch_v=-np.cos(notch) * offset,
+              stretch=stretch, softness=softness, satellites=cues[:, 2] + 1, satellite_angle=uniform(-0.3, 0.3),
               outline=cues[:, 4], shadow_dx=shadow_dx, shadow_dy=shadow_dy, glyph=cues[:, 8],
-              glyph_angle=uniform(0, 2 * np.pi), marks=cues[:, 9], marks_angle=uniform(0, 2 * np.pi),
-              salience=salience)
+              glyph_angle=glyph_turn * np.float32(np.pi / 2) + uniform(-0.3, 0.3), marks=cues[:, 9],
+              marks_angle=-glyph_turn * np.float32(np.pi / 2) + uniform(-0.3, 0.3), salience=salience)
 
 
-def rim(cue: dict, dist, rad) -> np.ndarray:
-  """float32 [N, H, W]: the object's brightness factor from its rim, a band of 1.2 pixels inside the outline, darker
-  (outline 1) or lighter (2), or none (0). dist: signed distance in radius units; rad: [N, 1, 1] pixels per unit."""
-  band = np.clip(1.0 - np.abs(dist * rad + 1.1) / 0.8, 0.0, 1.0)
+def rim(cue: dict, dist, rad, shade) -> np.ndarray:
+  """float32 [N, H, W]: the object's ``shade`` (its texture, [N, H, W]) with its rim, a band of ``outline_width``
+  pixels inside the outline, set to a flat dark (outline 1) or bright (2) level over the texture, or none (0): flat,
+  so that a loud texture does not hide it (2.0.0 multiplied the texture, and the hatch's hid it). dist: signed
+  distance in radius units; rad: [N, 1, 1] pixels per unit."""
+  width = cue['salience']['outline_width']
+  band = np.clip(1.0 - np.abs(dist * rad + 0.5 * width) / (0.5 * width), 0.0, 1.0) ** 0.5
   outline = cue['outline'][:, None, None]
-  factor = np.select([outline == 1, outline == 2],
-                     [cue['salience']['outline_dark'], cue['salience']['outline_bright']], 1.0)
-  return 1.0 + band * (factor - 1.0)
+  level = np.select([outline == 1, outline == 2],
+                    [cue['salience']['outline_dark'], cue['salience']['outline_bright']], 1.0)
+  return np.where(outline == 0, shade, shade + band * (level - shade)).astype(np.float32)
 
 
 def _blend(img, alpha, value):
-  """img float32 [N, H, W, 3] moved toward ``value`` by alpha [N, H, W]."""
-  return img + alpha[..., None] * (value - img)
+  """img float32 [N, H, W, 3] moved toward ``value`` (a colour [3]) by alpha [N, H, W]."""
+  return img + alpha[..., None] * (np.asarray(value, np.float32) - img)
+
+
+def anchor(cx, cy, radius, angle, size: float, margin: float) -> tuple[np.ndarray, np.ndarray]:
+  """Where a kind beside the object is drawn: float32 [N] x and y, pixels.
+
+  On the ray from the object's centre toward the image corner farthest from it, turned by ``angle`` (radians [N]),
+  1.3 radii + ``margin`` out, or nearer where the image ends sooner, so that a mark ``margin`` pixels across always
+  lies whole inside the image (2.0.0 drew the glyph and the marks 1.55 radii out at any angle, which left them outside
+  the image on most large objects: the probe found both at chance). cx, cy, radius: float32 [N] pixels.
+  """
+  far_x = np.where(cx < size / 2, size, 0.0)
+  far_y = np.where(cy < size / 2, size, 0.0)
+  phi = np.arctan2(far_y - cy, far_x - cx) + angle
+  cos, sin = np.cos(phi), np.sin(phi)
+  tiny = np.float32(1e-6)
+  # Distance along the ray to the box [margin, size - margin] on each axis.
+  to_x = np.where(cos > 0, size - margin - cx, cx - margin) / np.maximum(np.abs(cos), tiny)
+  to_y = np.where(sin > 0, size - margin - cy, cy - margin) / np.maximum(np.abs(sin), tiny)
+  reach = np.maximum(np.minimum(np.minimum(to_x, to_y), 1.3 * radius + margin), 0.0)
+  return (cx + reach * cos).astype(np.float32), (cy + reach * sin).astype(np.float32)
+
+
+# The satellites' count as the pips of a die: (x, y) offsets in half-steps, used in this order (1: the centre;
+# 2: two opposite corners; 3: those and the centre; 4: the four corners).  A horizontal flip keeps every count.
+_PIPS: dict[int, tuple[tuple[float, float], ...]] = {
+    1: ((0, 0),), 2: ((-1, -1), (1, 1)), 3: ((-1, -1), (0, 0), (1, 1)), 4: ((-1, -1), (1, 1), (1, -1), (-1, 1)),
+}
 
 
 def beside(img, cue: dict, cx, cy, radius, xs, ys, size: float) -> np.ndarray:
-  """Draws the kinds that live beside the object, over the background and the object alike: the satellites (1 to 4
-  dots on a circle of 1.3 radii), the glyph (a plus or a ring of 2.5 pixels, 1.55 radii out at a random angle) and
-  the marks (two 2-pixel squares 4 pixels apart, side by side or stacked, 1.55 radii out at another angle).
-  cx, cy, radius: float32 [N] pixels."""
+  """Draws the kinds that live beside the object, each at its own ``anchor`` (a corner of the image apart), over the
+  background (and the object's edge where the image is too small to keep them off it): the satellites (1 to 4 white
+  dots of a die), the glyph (a yellow plus or ring, 5 pixels across) and the marks (two cyan squares, side by side or
+  one above the other). cx, cy, radius: float32 [N] pixels."""
   salience, scale = cue['salience'], np.float32(size / 32)
-  dx, dy = xs[None] - cx[:, None, None], ys[None] - cy[:, None, None]
+
+  def around(x0, y0):  # pixel offsets from a point [N], in pixels at 32x32: [N, H, W] each
+    return (xs[None] - x0[:, None, None]) / scale, (ys[None] - y0[:, None, None]) / scale
+
+  sx, sy = around(*anchor(cx, cy, radius, cue['satellite_angle'], size, 4.5 * scale))
   dots = np.zeros(img.shape[:3], np.float32)
-  for i in range(int(cue['satellites'].max())):
-    on = (cue['satellites'] > i).astype(np.float32)[:, None, None]
-    phi = cue['satellite_start'] + 2 * np.pi * i / cue['satellites']
-    px, py = 1.3 * radius * np.cos(phi), 1.3 * radius * np.sin(phi)
-    d = np.sqrt((dx - px[:, None, None]) ** 2 + (dy - py[:, None, None]) ** 2) - salience['satellite_radius'] * scale
-    dots = np.maximum(dots, on * np.clip(0.5 - d, 0.0, 1.0))
-  img = _blend(img, salience['satellite_alpha'] * dots, 0.95)
-  gx = (dx - (1.55 * radius * np.cos(cue['glyph_angle']))[:, None, None]) / scale
-  gy = (dy - (1.55 * radius * np.sin(cue['glyph_angle']))[:, None, None]) / scale
-  plus = np.minimum(np.maximum(np.abs(gx) - 0.5, np.abs(gy) - 2.0), np.maximum(np.abs(gx) - 2.0, np.abs(gy) - 0.5))
-  ring = np.abs(np.sqrt(gx * gx + gy * gy) - 1.6) - 0.5
+  step, count = 2.3, cue['satellites'][:, None, None]
+  for n, pips in _PIPS.items():
+    for px, py in pips:
+      d = np.sqrt((sx - px * step) ** 2 + (sy - py * step) ** 2) - salience['satellite_radius']
+      dots = np.maximum(dots, (count == n) * np.clip(0.5 - d, 0.0, 1.0))
+  img = _blend(img, salience['satellite_alpha'] * dots, (0.95, 0.95, 0.95))
+  gx, gy = around(*anchor(cx, cy, radius, cue['glyph_angle'], size, 3.5 * scale))
+  plus = np.minimum(np.maximum(np.abs(gx) - 0.8, np.abs(gy) - 2.6), np.maximum(np.abs(gx) - 2.6, np.abs(gy) - 0.8))
+  ring = np.abs(np.sqrt(gx * gx + gy * gy) - 2.0) - 0.7
   glyph = np.where(cue['glyph'][:, None, None] == 0, plus, ring)
-  img = _blend(img, salience['glyph_alpha'] * np.clip(0.5 - glyph, 0.0, 1.0), 0.95)
-  mx = dx - (1.55 * radius * np.cos(cue['marks_angle']))[:, None, None]
-  my = dy - (1.55 * radius * np.sin(cue['marks_angle']))[:, None, None]
-  step_x = np.where(cue['marks'] == 0, 2.0, 0.0).astype(np.float32)[:, None, None] * scale
-  step_y = np.where(cue['marks'] == 0, 0.0, 2.0).astype(np.float32)[:, None, None] * scale
+  img = _blend(img, salience['glyph_alpha'] * np.clip(0.5 - glyph, 0.0, 1.0), (1.0, 0.85, 0.2))
+  mx, my = around(*anchor(cx, cy, radius, cue['marks_angle'], size, 4.0 * scale))
+  step_x = np.where(cue['marks'] == 0, 2.2, 0.0).astype(np.float32)[:, None, None]
+  step_y = np.where(cue['marks'] == 0, 0.0, 2.2).astype(np.float32)[:, None, None]
   marks = np.zeros(img.shape[:3], np.float32)
   for sign in (-1.0, 1.0):
-    box = np.maximum(np.abs(mx - sign * step_x), np.abs(my - sign * step_y)) - scale
+    box = np.maximum(np.abs(mx - sign * step_x), np.abs(my - sign * step_y)) - 1.2
     marks = np.maximum(marks, np.clip(0.5 - box, 0.0, 1.0))
-  return _blend(img, salience['marks_alpha'] * marks, 0.95)
+  return _blend(img, salience['marks_alpha'] * marks, (0.3, 0.9, 1.0))

@@ -310,12 +310,14 @@ def render(labels: np.ndarray, sizes: Sequence[int], image_size: int,
       bite = (np.sqrt((u - per_image(cue['notch_u'])) ** 2 + (v - per_image(cue['notch_v'])) ** 2)
               - cue['salience']['notch_radius'])
       return np.maximum(_signed_distance(families, u, v, morph), -bite)
-    edge = per_image(radius / cue['softness'])  # pixels per radius unit over the edge's width
+    # The edge falls off outward over ``softness`` pixels, so a soft edge leaves the interior's texture whole (2.0.0
+    # centred it on the outline, which washed out half of a thin shape's texture).
+    edge = per_image(radius / cue['softness'])  # radius units -> fractions of the edge's width
     scale = np.float32(size / 32)
-    shadow = np.clip(0.5 - silhouette(cx + cue['shadow_dx'] * scale, cy + cue['shadow_dy'] * scale) * edge, 0, 1)
+    shadow = np.clip(1.0 - silhouette(cx + cue['shadow_dx'] * scale, cy + cue['shadow_dy'] * scale) * edge, 0, 1)
     img *= (1.0 - cue['salience']['shadow_alpha'] * shadow)[..., None]
     dist = silhouette(cx, cy)
-    mask = np.clip(0.5 - dist * edge, 0.0, 1.0)
+    mask = np.clip(1.0 - dist * edge, 0.0, 1.0)
     obj = _hsv_to_rgb(cue['hue'], uniform(0.55, 1.0), uniform(0.65, 1.0))  # saturated: the hue must show
   # Orientation and period get small jitter; phases are free: no pixel is class-specific.
   sign = np.where(rng.random(n) < 0.5, -1.0, 1.0).astype(np.float32)
@@ -325,9 +327,12 @@ def render(labels: np.ndarray, sizes: Sequence[int], image_size: int,
                      uniform(0, 2 * np.pi), xs, ys)
   top = 0.2 if cue is None else cue['salience']['grating_contrast']
   contrast = per_image(uniform(top / 2.5, top))
+  if cue is not None:  # the hatch is two gratings at half contrast each: louder, so its grating is as loud as others'
+    contrast = contrast * per_image(np.where(families % len(TEXTURES) == TEXTURES.index('hatch'),
+                                             cue['salience']['hatch_gain'], 1.0).astype(np.float32))
   shade = 1.0 - contrast + contrast * pattern
   if cue is not None:
-    shade = shade * cues_lib.rim(cue, dist, per_image(radius))
+    shade = cues_lib.rim(cue, dist, per_image(radius), shade)
   alpha = mask[..., None]
   img += alpha * (obj[:, None, None, :] * shade[..., None] - img)
   if cue is not None:
