@@ -13,7 +13,7 @@ paper's premise; data/render.py) and the small ResNet at ``config.width=w``. Per
    and seed s: the converged regime from that base (studies/common.py: the flat network continues for exactly
    Super-Sub's steps; Super-Sub's generalist starts from the base's backbone, its specialists from the generalist).
 
-Each finished run's small summary goes to ``<runs_dir>/m<m>_w<w>_b<b>_E<E>_s<s>.json`` (default
+Each finished run's small summary goes to ``<runs_dir>/m<m>_w<w>_b<b>_E<E>_s<s>_v<dataset version>.json`` (default
 docs/results/map_runs/, committed as runs land): a rerun takes a run from there first, so a lost ``--workdir`` costs
 the runs not yet summarised, not the study. The tables (<out>.md, <out>.json) give, per cell and E, Super-Sub minus
 the flat network for every rule over the (base, seed) pairs with a paired 95% Student-t interval, the same two arms
@@ -68,10 +68,21 @@ def cell_config(config, m: int, width: float):
   return config
 
 
+def dataset_version() -> str:
+  """The synthetic dataset's version: a summary or a base network of another version (other cues) is not reused."""
+  from supersub_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  return synthetic.VERSION
+
+
+def cell_dir(m: int, width: float, base: int) -> str:
+  """The cell's workdir under --workdir, by dataset version, so that no base or run of other images is resumed."""
+  return os.path.join(os.path.abspath(_WORKDIR.value), f'v{dataset_version()}', f'm{m}_w{width:g}', f'base{base}')
+
+
 def base_network(m: int, width: float, base: int) -> dict:
   """Trains (or reuses) the cell's base network; returns its record (the sidecar JSON beside the weights)."""
   from supersub_jax import convert, files, recipe  # pylint: disable=g-import-not-at-top
-  folder = os.path.join(os.path.abspath(_WORKDIR.value), f'm{m}_w{width:g}', f'base{base}')
+  folder = cell_dir(m, width, base)
   path = os.path.join(folder, 'base.safetensors')
   sidecar = os.path.join(folder, 'base.json')
   if os.path.exists(sidecar) and os.path.exists(path):
@@ -86,22 +97,26 @@ def base_network(m: int, width: float, base: int) -> dict:
     os.remove(path)  # a half-made base: its record is written after it
   convert.export_network(config, os.path.join(folder, 'train'), 'vanilla', 'safetensors', path)
   record = {'path': path, 'steps': _BASE_STEPS.value, 'seed': int(config.seed), 'specificity': m, 'width': width,
-            'test_top1': top1}
+            'test_top1': top1, 'dataset_version': dataset_version()}
   files.write_text(sidecar, json.dumps(record, indent=2) + '\n')
   return record
 
 
 def summary_path(m: int, width: float, base: int, extra: float, seed: int) -> str:
-  return os.path.join(_RUNS_DIR.value, f'{cell_name(m, width, base)}_E{extra:g}_s{seed}.json')
+  return os.path.join(_RUNS_DIR.value, f'{cell_name(m, width, base)}_E{extra:g}_s{seed}_v{dataset_version()}.json')
 
 
 def run_one(m: int, width: float, base: int, extra: float | None, seed: int) -> dict | None:
   """One run's summary: from --runs_dir if it was summarised, else trained and evaluated (None: not finished and
   --train=false)."""
   from supersub_jax import files  # pylint: disable=g-import-not-at-top
-  known = glob.glob(os.path.join(_RUNS_DIR.value, f'{cell_name(m, width, base)}_E*_s{seed}.json'))
+  known = [path for pattern in (f'_E*_s{seed}.json', f'_E*_s{seed}_v*.json')  # the pilot's names had no version
+           for path in glob.glob(os.path.join(_RUNS_DIR.value, cell_name(m, width, base) + pattern))]
   for path in known:
     summary = json.load(open(path))
+    # Summaries from before the version was recorded are the pilot's, on dataset 2.0.0.
+    if summary.get('dataset_version', '2.0.0') != dataset_version():
+      continue
     if summary['extra_flag'] == (None if extra is None else float(extra)):
       return summary
   if not _TRAIN.value:
@@ -111,13 +126,13 @@ def run_one(m: int, width: float, base: int, extra: float | None, seed: int) -> 
   config.init.path = record['path']
   config, fraction = common.converged(config, extra, seed, base_steps=record['steps'],
                                       generalist_share=_GENERALIST.value)
-  workdir = os.path.join(os.path.abspath(_WORKDIR.value), f'm{m}_w{width:g}', f'base{base}', f'E{fraction:g}',
-                         f'seed{seed}')
+  workdir = os.path.join(cell_dir(m, width, base), f'E{fraction:g}', f'seed{seed}')
   print(f'{cell_name(m, width, base)} E={fraction:g} seed {seed}: training ({config.vanilla.num_train_steps} steps '
         'an arm)', flush=True)
   report = common.run(config, workdir)
   summary = {**common.row('converged', fraction, seed, False, report, record['steps'], record['test_top1']),
              'specificity': m, 'width': width, 'base': base, 'extra_flag': None if extra is None else float(extra),
+             'dataset_version': dataset_version(),
              'per_superclass': report.get('per_superclass'), 'delta_alpha': report.get('storage', {}).get('alpha')}
   os.makedirs(_RUNS_DIR.value, exist_ok=True)
   files.write_text(summary_path(m, width, base, fraction, seed), json.dumps(summary, indent=2, default=float) + '\n')
