@@ -1,8 +1,8 @@
 """The README's commands and Python snippets, run as written on the smallest data that exercises them.
 
 Each command of "Using it" runs in a subprocess with ``runs/demo`` replaced by a copy of the tiny trained workdir (the
-demo's own would take minutes) and ``./data`` by a temporary folder; ``train.py``'s line keeps its config and flags
-and adds size overrides. The Python snippets run with ``exec``, their inputs (``images``, ``base_params``, the
+demo's own would take minutes) and ``./data`` by a temporary folder; ``train.py``'s and the synthetic ``prepare``
+line keep their flags and add size overrides. The Python snippets run with ``exec``, their inputs (``images``, ``base_params``, the
 weights file) made here, at tiny sizes.
 """
 
@@ -22,6 +22,8 @@ README = open(os.path.join(ROOT, 'README.md')).read()
 TRAIN_SIZES = ['--config.synthetic.train_per_class=2', '--config.synthetic.validation_per_class=1',
                '--config.synthetic.test_per_class=1', '--config.stages=vanilla', '--config.vanilla.num_train_steps=2',
                '--config.vanilla.warmup_steps=1', '--config.log_every_steps=1', '--config.evaluate.benchmark_batches=1']
+# tools.prepare's synthetic line, shrunk the same way: the sample grid needs a few test images of each subclass.
+PREPARE_SIZES = ['--train_per_class=2', '--validation_per_class=1', '--test_per_class=4']
 
 
 def _section(title: str) -> str:
@@ -63,6 +65,8 @@ def test_each_readme_command_runs_as_written(demo_like, tmp_path, index):
   if args[1] == 'train.py':  # a fresh workdir of the demo's config: the tiny one was trained on another config
     args = [a.replace('runs/demo', str(tmp_path / 'train')) for a in args] + TRAIN_SIZES
     args.append(f'--config.data_dir={tmp_path / "data"}')
+  if args[1:3] == ['-m', 'tools.prepare'] and '--dataset=synthetic' in args:
+    args += PREPARE_SIZES
   args = [sys.executable] + [os.path.join(ROOT, a) if a.endswith('.py') and not a.startswith('-') else a
                              for a in args[1:]]
   args = [a.replace('--config=configs/', f'--config={ROOT}/configs/') for a in args]
