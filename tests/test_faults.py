@@ -28,6 +28,7 @@ from supersub_jax import runtime
 from supersub_jax import setup_of
 from supersub_jax import stages
 from supersub_jax import workdir as workdir_lib
+from supersub_jax.data import synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, 'tests', 'tiny_config.py')
@@ -389,9 +390,11 @@ def test_a_read_only_workdir_is_refused_at_once_naming_the_folder(tiny_workdir, 
 
 
 def _damage_records(data_dir: str) -> list[str]:
-  """Flips a byte every KiB in the first 80% of each array_record file (every record, not the files' index)."""
+  """Flips a byte every KiB in the first 80% of each array_record file of the tiny config's dataset (every record,
+  not the files' index); other builds that tests left in the shared data folder are not the tiny config's."""
   damaged = []
-  for root, _, names in os.walk(data_dir):
+  name = synthetic.config_name(**setup_of.dataset_kwargs(make_tiny_config(data_dir)))
+  for root, _, names in os.walk(os.path.join(data_dir, 'supersub_synthetic', name)):
     for name in names:
       if '.array_record' in name:
         path = os.path.join(root, name)
