@@ -45,12 +45,17 @@ def _check_routed(out, routes):
       np.testing.assert_array_equal(out[i], [r, i, 1000 * r + i])
 
 
+def _routes_and_images(data, b: int, n: int):
+  """B routes drawn in [-1, n) (-1: no specialist) and images float32[B, 2] whose values are their indices."""
+  routes = np.asarray(data.draw(st.lists(st.integers(-1, n - 1), min_size=b, max_size=b)), np.int32)
+  return routes, np.arange(b, dtype=np.float32)[:, None] * np.ones((1, 2), np.float32)
+
+
 @settings(max_examples=25, deadline=None)
 @given(data=st.data(), b=st.sampled_from([1, 5, 12]), n=st.sampled_from([1, 3]),
        chunks=st.sampled_from([(1,), (3,), (16,), (4, 1), (8, 3, 2)]))
 def test_route_gives_every_image_its_specialists_output(data, b, n, chunks):
-  routes = np.asarray(data.draw(st.lists(st.integers(-1, n - 1), min_size=b, max_size=b)), np.int32)
-  images = np.arange(b, dtype=np.float32)[:, None] * np.ones((1, 2), np.float32)
+  routes, images = _routes_and_images(data, b, n)
   out = _jitted_route(n, chunks)(images, routes)
   assert out.shape == (b, 3) and out.dtype == jnp.float32
   _check_routed(out, routes)
@@ -110,8 +115,7 @@ def _jitted_route_padded(num_superclasses, slot_size):
 @settings(max_examples=25, deadline=None)
 @given(data=st.data(), b=st.sampled_from([1, 5, 12]), n=st.sampled_from([1, 3]), slot=st.sampled_from([1, 3, 16]))
 def test_route_padded_gives_every_image_its_specialists_output(data, b, n, slot):
-  routes = np.asarray(data.draw(st.lists(st.integers(-1, n - 1), min_size=b, max_size=b)), np.int32)
-  images = np.arange(b, dtype=np.float32)[:, None] * np.ones((1, 2), np.float32)
+  routes, images = _routes_and_images(data, b, n)
   out = _jitted_route_padded(n, slot)(images, routes)
   assert out.shape == (b, 3) and out.dtype == jnp.float32
   _check_routed(out, routes)
