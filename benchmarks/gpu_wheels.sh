@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Wheels of the dependencies that the lent H200's image lacks, into .whl/ (git-ignored), for benchmarks/gpu.sh.
-# The image (/work/.library/device/KINDS.md) has Python 3.12 with jax[cuda13] 0.11.2, flax, optax, orbax-checkpoint,
+# Wheels of the dependencies that a GPU host's image lacks, into .whl/ (git-ignored), for benchmarks/gpu.sh.
+# The image we measured on has Python 3.12 with jax[cuda13] 0.11.2, flax, optax, orbax-checkpoint,
 # numpy, pillow, absl-py, etils, protobuf, pyarrow, requests, wrapt, psutil, tqdm, matplotlib, safetensors, pytest
-# and pytest-xdist, and reaches no package registry. Run here (it reaches PyPI); the wheels (~11 MB) travel with
-# run's carry=[".whl"]. Versions are requirements.txt's.
+# and pytest-xdist, and reaches no package registry. Run here (it reaches PyPI); the wheels (~11 MB) are copied to
+# the GPU host with the repository. Versions are requirements.txt's.
 set -eu
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}

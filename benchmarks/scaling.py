@@ -4,7 +4,7 @@ r"""How Super-Sub's costs grow with the number of superclasses N and with the mo
   python -m benchmarks.scaling --models=resnet50 --num_superclasses=2,20 --out=docs/results/scaling_resnet50  # 16 min
   python -m benchmarks.scaling --models=resnet50 --num_superclasses=2,20 --image_size=224 --stem=imagenet \
       --batch_sizes=1,256 --train_batch_size=256 --half_precision --repeats=10 --chunk_sizes=64,16 \
-      --out=docs/results/scaling_gpu       # H200: N = 2 done, N = 20 stopped by the end of the 15-minute lease
+      --out=docs/results/scaling_gpu       # H200: N = 2 done, N = 20 stopped by a 15-minute time limit
 
 For each model and each N, --subclasses subclasses are split as evenly as possible over N superclasses (so the total
 task stays the same and only the hierarchy changes), and two existing benchmarks run in their own processes
@@ -44,7 +44,7 @@ _HALF = flags.DEFINE_bool('half_precision', False, 'bf16 compute.')
 _DATA_DIR = flags.DEFINE_string('data_dir', './data', 'Where the synthetic dataset is (built if missing).')
 _OUT = flags.DEFINE_string('out', 'docs/results/scaling', 'Output path prefix (.json, .md, .png).')
 _DISTINCT = flags.DEFINE_integer('distinct_specialists', 0, 'Export this many random specialists and repeat them to '
-                                 'N (0: all distinct): inference_scale --distinct_specialists, for a lease too '
+                                 'N (0: all distinct): inference_scale --distinct_specialists, for a session too '
                                  'short to export 20 ResNet-50s on the host.')
 
 def split_evenly(total: int, n: int) -> list[int]:
@@ -63,7 +63,7 @@ def measure(model: str, n: int) -> dict:
         common, kinds=[kind], num_classes=classes, batch_size=_TRAIN_BATCH.value, steps=_TRAIN_STEPS.value),
         devices=1)
     train[kind] = {k: row[k] for k in ('compile_s', 'step_s', 'update_step_s', 'images_per_s')}
-    # One line per measurement: a run stopped inside a row (a lease ending) still says what it had measured.
+    # One line per measurement: a run stopped inside a row (a time limit ending) still says what it had measured.
     print(f'{model} N={n} {kind} step: {1e3 * row["step_s"]:,.1f} ms (compile {row["compile_s"]:.1f} s)', flush=True)
   infer = subprocess_run.in_subprocess('benchmarks.inference_scale.measure_scale', dict(
       common, sizes=sizes, batch_sizes=[int(b) for b in _BATCHES.value], repeats=_REPEATS.value,

@@ -16,7 +16,7 @@ compact derived form of them in `supersub_jax/resources/`:
   uint32, gzip-compressed with a zero timestamp so the bytes are reproducible.
 
 Usage:
-    python scripts/make_hierarchy_resources.py --src /work/shared/data/imagenet \
+    python scripts/make_hierarchy_resources.py --src ../shared/data/imagenet \
         [--out supersub_jax/resources]
 """
 
