@@ -53,7 +53,9 @@ SALIENCE: dict[str, float] = {
     'satellite_alpha': 1.0,   # the satellites' opacity
     'satellite_radius': 1.3,  # and radius, pixels at 32x32
     'glyph_alpha': 1.0,       # the glyph's opacity
+    'glyph_size': 1.0,        # and size: 1 is 5 pixels across at 32x32
     'marks_alpha': 1.0,       # the marks' opacity
+    'marks_size': 1.0,        # and size: 1 is two squares 2.4 pixels across, 2.2 pixels from their middle
 }
 
 
@@ -197,12 +199,15 @@ def beside(img, cue: dict, cx, cy, radius, xs, ys, size: float) -> np.ndarray:
       d = np.sqrt((sx - px * step) ** 2 + (sy - py * step) ** 2) - salience['satellite_radius']
       dots = np.maximum(dots, (count == n) * np.clip(0.5 - d, 0.0, 1.0))
   img = _blend(img, salience['satellite_alpha'] * dots, (0.95, 0.95, 0.95))
-  gx, gy = around(*anchor(cx, cy, radius, cue['glyph_angle'], size, 3.5 * scale))
+  glyph_size, marks_size = np.float32(salience['glyph_size']), np.float32(salience['marks_size'])
+  gx, gy = around(*anchor(cx, cy, radius, cue['glyph_angle'], size, 3.5 * glyph_size * scale))
+  gx, gy = gx / glyph_size, gy / glyph_size
   plus = np.minimum(np.maximum(np.abs(gx) - 0.8, np.abs(gy) - 2.6), np.maximum(np.abs(gx) - 2.6, np.abs(gy) - 0.8))
   ring = np.abs(np.sqrt(gx * gx + gy * gy) - 2.0) - 0.7
   glyph = np.where(cue['glyph'][:, None, None] == 0, plus, ring)
   img = _blend(img, salience['glyph_alpha'] * np.clip(0.5 - glyph, 0.0, 1.0), (1.0, 0.85, 0.2))
-  mx, my = around(*anchor(cx, cy, radius, cue['marks_angle'], size, 4.0 * scale))
+  mx, my = around(*anchor(cx, cy, radius, cue['marks_angle'], size, 4.0 * marks_size * scale))
+  mx, my = mx / marks_size, my / marks_size
   step_x = np.where(cue['marks'] == 0, 2.2, 0.0).astype(np.float32)[:, None, None]
   step_y = np.where(cue['marks'] == 0, 0.0, 2.2).astype(np.float32)[:, None, None]
   marks = np.zeros(img.shape[:3], np.float32)
