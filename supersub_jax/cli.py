@@ -6,7 +6,7 @@ Entry points (``train.py``, ``evaluate.py``, ``python -m tools.convert|prepare|h
 * 0: done;
 * 1: bad input or a fault the run cannot fix itself (a wrong config, a checkpoint made with other settings, no intact
   checkpoint, a non-finite step): one line, ``error: <what and how to fix it>`` (``--debug`` shows the traceback);
-* 75 (``runtime.PREEMPTED_EXIT_CODE``, EX_TEMPFAIL): train.py preempted by SIGTERM after saving a checkpoint; rerun
+* 75 (``interrupts.PREEMPTED_EXIT_CODE``, EX_TEMPFAIL): train.py preempted by SIGTERM after saving a checkpoint; rerun
   the same command to resume;
 * 130 / 143 (``interrupts.INTERRUPT_EXIT_CODES``): stopped by SIGINT / SIGTERM (SIGINT only for train.py, whose SIGTERM
   is a preemption), in one line; every file is the old one or the new one, never half of one;
@@ -28,7 +28,6 @@ from ml_collections import config_flags
 
 from supersub_jax import config as config_lib
 from supersub_jax import interrupts
-from supersub_jax import runtime
 
 FLAGS = flags.FLAGS
 # Bad input: the message names the problem and the fix; a traceback would only bury it.
@@ -192,10 +191,10 @@ def run(main: Callable[[list[str]], None], *, flags_parser: Callable | None = No
       interrupts.work_done()  # a signal from now on, during the shutdown, is ignored: the run has finished
     except interrupts.Interrupted as e:
       _exit_interrupted(e.signum)
-    except runtime.Preempted as e:
+    except interrupts.Preempted as e:
       interrupts.work_done()  # saved: the run ends here, with this line
       print(str(e), file=sys.stderr)
-      sys.exit(runtime.PREEMPTED_EXIT_CODE)
+      sys.exit(interrupts.PREEMPTED_EXIT_CODE)
     except USER_ERRORS as e:
       if interrupts.interrupted() is not None:  # an interrupt that a library turned into another error on its way
         _exit_interrupted(interrupts.interrupted())

@@ -22,6 +22,14 @@ import time
 INTERRUPT_EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the signal's number, as shells report it
 _pending: int | None = None  # the signal that asked this process to stop, once one has
 
+PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "try again later"; a scheduler can requeue on it, unlike a crash's 1
+# SIGINT / SIGTERM outside a preemption: INTERRUPT_EXIT_CODES (130 / 143).
+
+
+class Preempted(Exception):
+  """Raised after a SIGTERM once the checkpoint of the current step is saved (entry points exit with
+  ``PREEMPTED_EXIT_CODE``; runtime.Preemption raises it)."""
+
 
 class Interrupted(KeyboardInterrupt):
   """Raised in the main thread by SIGINT or SIGTERM (``install``).

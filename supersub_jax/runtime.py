@@ -17,6 +17,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from supersub_jax import interrupts
 from supersub_jax.choices import PARALLELISMS
 from supersub_jax.step import AXIS  # the device axis the step's collectives reduce over
 
@@ -143,13 +144,9 @@ def device_memory() -> tuple[int, str]:
 # Preemption and exit codes
 
 
-PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "try again later"; a scheduler can requeue on it, unlike a crash's 1
-# SIGINT / SIGTERM outside a preemption: interrupts.INTERRUPT_EXIT_CODES (130 / 143).
-
-
-class Preempted(Exception):
-  """Raised after a SIGTERM once the checkpoint of the current step is saved (entry points exit with
-  ``PREEMPTED_EXIT_CODE``)."""
+# Defined in interrupts (no jax: the command-line layer catches it without importing the runtime).
+PREEMPTED_EXIT_CODE = interrupts.PREEMPTED_EXIT_CODE
+Preempted = interrupts.Preempted
 
 
 class Preemption:
