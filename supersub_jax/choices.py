@@ -2,8 +2,9 @@
 
 The config check (``supersub_jax.config_check``) tests every field against these; the modules that act on a field
 import its tuple from here (a stage's optimizer from ``step``, a routing from ``inference`` ...), so a new choice is
-added once. The model names are the registry's keys (``models.MODELS``) and the named delta leaf sets
-``delta.LEAVES``'s: each maps a name to what it builds, beside the code that builds it.
+added once. The named delta leaf sets are ``delta.LEAVES``'s keys (each maps a name to what it builds, beside the code
+that builds it); the model names are here too, for the command-line faces that list them before importing jax, and
+``models`` checks that its registry has exactly them.
 """
 
 # Data (config.dataset, config.augment, config.input).
@@ -13,7 +14,8 @@ LABEL_MODES = ('subclass', 'superclass', 'local')  # data.pipeline: which label 
 DECODERS = ('cpu', 'dali')  # config.input.decoder: who decodes the training JPEGs
 NORMALIZE = ('host', 'device')  # config.input.normalize: where the batches are normalised
 
-# Model (config.stem, config.init).
+# Model (config.model, config.stem, config.init).
+MODELS = ('resnet18', 'resnet34', 'resnet50', 'resnet_tiny', 'resnet_small')  # models.MODELS' keys (models checks)
 STEMS = ('imagenet', 'small')  # models.ResNet's stems: 7x7/2 + max-pool, or 3x3 without a pool (32x32 images)
 INIT_FORMATS = ('torchvision', 'orbax')  # config.init.format: a torchvision state dict, or a convert.py directory
 
@@ -39,3 +41,7 @@ ROUTINGS = ('loop', 'padded')  # inference: specialists over image groups one af
 MATERIALIZE = ('group', 'layer')  # inference: a whole dense specialist per group, or each layer's kernel as it runs
 RULES = ('hard', 'soft', 'hinton', 'poe')  # decide.RULES
 ROUTERS = ('generalist', 'flat', 'mean', 'oracle')  # decide: whose p(s | x) routes ('oracle': the true superclass)
+
+# Conversion (tools.convert, supersub_jax.convert).
+EXPORT_FORMATS = ('orbax', 'safetensors', 'npz')  # a dense network's file formats
+TORCHVISION_ARCHS = ('resnet18', 'resnet34', 'resnet50')  # the models torchvision has, layout for layout

@@ -23,9 +23,7 @@ from supersub_jax import runtime
 from supersub_jax import setup_of
 from supersub_jax import weights
 from supersub_jax import workdir as workdir_lib
-
-EXPORT_FORMATS = ('orbax', 'safetensors', 'npz')
-TORCHVISION_ARCHS = ('resnet18', 'resnet34', 'resnet50')
+from supersub_jax.choices import EXPORT_FORMATS, TORCHVISION_ARCHS  # pylint: disable=g-importing-member
 
 
 def make_bundle(config, workdir: str) -> dict:

@@ -42,14 +42,9 @@ import sys
 
 from absl import flags
 
-from supersub_jax import bundle
-from supersub_jax import cli
-from supersub_jax import convert
-from supersub_jax import locks
-from supersub_jax import models
-from supersub_jax import runtime
 from supersub_jax import choices
-from supersub_jax import setup_of
+from supersub_jax import cli
+# The conversions (jax, orbax) are imported once the flags are read: --help and a refused flag answer at once.
 
 
 VERBS = {
@@ -78,12 +73,12 @@ def main() -> None:
   flags.DEFINE_string('output', None, 'Where to write (a file; a new directory for orbax). Default: into --workdir '
                       '(export: specialist<K>.<format>, network: <stage>.<format>, bundle: supersub.msgpack).')
   flags.DEFINE_integer('superclass', None, 'Which specialist (superclass index, as in report.md).')
-  flags.DEFINE_enum('format', 'orbax', convert.EXPORT_FORMATS, 'Export file format.')
+  flags.DEFINE_enum('format', 'orbax', choices.EXPORT_FORMATS, 'Export file format.')
   flags.DEFINE_enum('stage', None, list(choices.NETWORK_STAGES), 'Which network stage (the network verb).')
-  flags.DEFINE_enum('arch', None, sorted(models.MODELS), 'Architecture of the torchvision state dict '
-                    f'(torchvision has {", ".join(convert.TORCHVISION_ARCHS)}).')
+  flags.DEFINE_enum('arch', None, sorted(choices.MODELS), 'Architecture of the torchvision state dict '
+                    f'(torchvision has {", ".join(choices.TORCHVISION_ARCHS)}).')
   flags.DEFINE_string('input', None, 'A torchvision state dict: .pth (needs torch), .safetensors or .npz.')
-  flags.DEFINE_enum('stem', 'imagenet', list(models.STEMS), 'Stem of the architecture (torchvision: imagenet).')
+  flags.DEFINE_enum('stem', 'imagenet', list(choices.STEMS), 'Stem of the architecture (torchvision: imagenet).')
   flags.DEFINE_float('width', 1.0, 'Width multiplier of the architecture (torchvision: 1.0).')
   cli.define_config_flag(stored_in_workdir=True)
   cli.define_debug_flag()
@@ -96,6 +91,13 @@ def main() -> None:
     return flags.FLAGS(argv)  # cli.run reports a flag error in one line
 
   def run(argv):
+    # pylint: disable=g-import-not-at-top
+    from supersub_jax import bundle
+    from supersub_jax import convert
+    from supersub_jax import locks
+    from supersub_jax import runtime
+    from supersub_jax import setup_of
+    # pylint: enable=g-import-not-at-top
     f = flags.FLAGS
     verbs = argv[1:]
     if len(verbs) != 1 or verbs[0] not in VERBS:
