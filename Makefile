@@ -34,7 +34,7 @@ demo: $(STAMP)
 # is bound by XLA's compiles, which are single-threaded (TEST_WORKERS=0 runs it in this process).
 TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) tests; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; else exit $$rc; fi
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal tests; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; else exit $$rc; fi
 
 # Retrains the committed artifacts from their commands and compares (minutes; not part of make test).
 reproduce: $(STAMP)

@@ -15,12 +15,24 @@ if os.environ.get('CI'):
 
 # The suite's time is XLA compiling tiny programs, in-process and in subprocesses (which inherit these, set before
 # jax is imported): a persistent compilation cache shares them, and XLA:CPU's backend at optimization level 0
-# compiles a train step 2x and a network initialisation 6x faster; tests check results, not speed.
+# compiles a train step 2x and a network initialisation 6x faster (LLVM's expensive passes off: 6% less time for
+# test_stages and test_inference on an empty cache); tests check results, not speed.
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.expanduser('~/.cache/supersub_jax/jax'))
 # Every program, not only those that compile for over a second (JAX's default): most of the suite's are small, and
 # its subprocesses compile the same ones again.
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
-os.environ['XLA_FLAGS'] = f'{os.environ.get("XLA_FLAGS", "")} --xla_backend_optimization_level=0'.strip()
+os.environ['XLA_FLAGS'] = (f'{os.environ.get("XLA_FLAGS", "")} --xla_backend_optimization_level=0 '
+                           '--xla_llvm_disable_expensive_passes=true').strip()
+
+
+# The session fixtures that train or evaluate (tens of seconds, filled once by one worker while another would wait for
+# them): the tests that read them go first in the order (`make test` runs with --dist worksteal, which gives each
+# worker one contiguous half of it), so the first worker fills them while the other runs the tests that need none.
+FILLED_ONCE = ('tiny_workdir', 'evaluated_workdir', 'demo_data_dir')
+
+
+def pytest_collection_modifyitems(items):
+  items.sort(key=lambda item: not set(FILLED_ONCE) & set(getattr(item, 'fixturenames', ())))  # stable
 
 
 def with_devices(n: int, **env) -> dict:
@@ -93,3 +105,22 @@ def tiny_workdir(tmp_path_factory, tiny_data_dir):
       done()
     results = json.loads((folder / 'results.json').read_text())
   return config, str(folder), results
+
+
+@pytest.fixture(scope='session')
+def evaluated_workdir(tmp_path_factory, tiny_workdir):
+  """A copy of the tiny workdir evaluated once for the whole run (evaluation.run, every part computed): its report
+  and its stored predictions and measurements, which a rerun keeps (read-only, as tiny_workdir)."""
+  config, trained, _ = tiny_workdir
+  with _once(tmp_path_factory, 'evaluated') as (folder, fill, done):
+    workdir = folder / 'workdir'
+    if fill:
+      import shutil  # pylint: disable=g-import-not-at-top
+      from supersub_jax import evaluation  # pylint: disable=g-import-not-at-top
+      if workdir.exists():  # a worker that died while evaluating
+        shutil.rmtree(workdir)
+      shutil.copytree(trained, workdir)
+      (folder / 'report.json').write_text(json.dumps(evaluation.run(config, str(workdir))))
+      done()
+    report = json.loads((folder / 'report.json').read_text())
+  return str(workdir), report

@@ -16,11 +16,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope='module')
-def evaluated(tiny_workdir, tmp_path_factory):
-  config, trained, results = tiny_workdir
-  workdir = str(tmp_path_factory.mktemp('evaluated') / 'workdir')
-  shutil.copytree(trained, workdir)  # evaluation writes its report there: a copy of this module's own
-  return config, workdir, results, evaluation.run(config, workdir)
+def evaluated(tiny_workdir, evaluated_workdir):
+  """(config, workdir, the stages' results, the report) of the run's one evaluation (read-only: copy to change)."""
+  config, _, results = tiny_workdir
+  workdir, report = evaluated_workdir
+  return config, workdir, results, report
 
 
 def test_report_follows_schema_and_files_exist(evaluated):

@@ -323,15 +323,18 @@ def test_disk_full_while_saving_is_one_error_and_keeps_the_last_good_step(tiny_d
   assert f'[vanilla] resuming from step {max(steps)}' in out.stdout
 
 
-def test_a_full_disk_outside_checkpoint_saves_is_one_line_naming_the_path_and_leaves_nothing_behind(tiny_workdir,
-                                                                                                   tmp_path):
+def test_a_full_disk_outside_checkpoint_saves_is_one_line_naming_the_path_and_leaves_nothing_behind(
+    tiny_workdir, evaluated_workdir, tmp_path):
   _, trained, _ = tiny_workdir
   disk = tmp_path / 'small_disk'
   if not _mounted_tmpfs(disk, '256m'):
     pytest.skip('mounting a tmpfs is not permitted here (needs root / CAP_SYS_ADMIN)')
   try:
     workdir = disk / 'w'
-    shutil.copytree(trained, workdir)
+    # An evaluated workdir without its report.json: evaluate.py keeps its predictions and measurements (no compile)
+    # and meets the full disk writing the report again.
+    shutil.copytree(evaluated_workdir[0], workdir)
+    (workdir / 'report.json').unlink()
     (workdir / 'report.md').write_text('the previous report')
     before = sorted(os.listdir(workdir))
     with open(disk / 'filler', 'wb') as f:  # the disk full but for 40 KiB: the locks fit, the outputs do not

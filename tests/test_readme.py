@@ -1,7 +1,7 @@
 """The README's commands and Python snippets, run as written on the smallest data that exercises them.
 
-Each command of "Using it" runs in a subprocess with ``runs/demo`` replaced by a copy of the tiny trained workdir (the
-demo's own would take minutes) and ``./data`` by a temporary folder; ``train.py``'s and the synthetic ``prepare``
+Each command of "Using it" runs in a subprocess with ``runs/demo`` replaced by a copy of the tiny trained and
+evaluated workdir (the demo's own would take minutes) and ``./data`` by a temporary folder; ``train.py``'s and the synthetic ``prepare``
 line keep their flags and add size overrides. The Python snippets run with ``exec``, their inputs (``images``, ``base_params``, the
 weights file) made here, at tiny sizes.
 """
@@ -48,10 +48,12 @@ def test_the_using_it_block_lists_every_entry_point():
 
 
 @pytest.fixture(scope='module')
-def demo_like(tiny_workdir, tmp_path_factory):
-  """A folder laid out as the README assumes: runs/demo (a copy of the tiny workdir) and an empty ./data."""
+def demo_like(evaluated_workdir, tmp_path_factory):
+  """A folder laid out as the README assumes: runs/demo (a copy of the tiny workdir, evaluated: the README's
+  ``evaluate.py`` line then checks what it would redo and keeps the rest, as after ``make demo``; a fresh evaluation by
+  ``evaluate.py`` is test_evaluation's) and an empty ./data."""
   folder = tmp_path_factory.mktemp('readme')
-  shutil.copytree(tiny_workdir[1], folder / 'runs' / 'demo')
+  shutil.copytree(evaluated_workdir[0], folder / 'runs' / 'demo')
   return folder
 
 
