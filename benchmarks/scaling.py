@@ -24,7 +24,7 @@ from absl import app
 from absl import flags
 
 from benchmarks import subprocess_run
-from studies import common
+from supersub_jax import files
 from supersub_jax import plots
 
 
@@ -128,8 +128,8 @@ def main(argv):
     for n in (int(x) for x in _NS.value):
       rows.append(measure(model, n))
       print(f'{model} N={n}: done ({rows[-1]["device"]})', flush=True)
-      common.write_results(_OUT.value, rows, table(rows))
-  common.write_results(_OUT.value, rows, table(rows), plot)
+      files.write_results(_OUT.value, rows, table(rows))
+  files.write_results(_OUT.value, rows, table(rows), plot)
   print(table(rows))
 
 

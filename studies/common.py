@@ -1,5 +1,5 @@
 """What the studies share: one converged-regime run (config, train and evaluate, its row), their statistics, and
-the files of their results (``write_results``, which the benchmarks use too).
+the files of their results (``write_results``, from ``supersub_jax.files``, which the benchmarks use too).
 
 No flags here: each study (``python -m studies.<name>``) defines its own and passes the values in.
 """
@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from supersub_jax import files
+from supersub_jax.files import write_results  # pylint: disable=unused-import,g-importing-member  (the studies' name)
 
 
 def converged(config, extra: float | None, seed: int, *, base_steps: int,
@@ -302,19 +302,3 @@ def plot_map(data: dict, path: str, rule: str = 'hard') -> None:
 def write_map(prefix: str, rows: list[dict], with_plot: bool = False) -> None:
   write_results(prefix, {'rows': rows, 'summary': map_summary(rows)}, map_tables(rows), plot_map if with_plot else None)
 
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Results files
-
-
-def write_results(prefix: str, data: Any, table_md: str, plot: Callable[[Any, str], None] | None = None) -> None:
-  """A benchmark's or study's results: ``<prefix>.json`` (``data``), ``<prefix>.md`` (``table_md``) and, with
-  ``plot``, ``plot(data, '<prefix>.png')``, each written atomically; makes the folder.
-
-  Rewriting after each finished row keeps what a long sweep measured if it is stopped part-way.
-  """
-  os.makedirs(os.path.dirname(prefix) or '.', exist_ok=True)
-  files.write_text(prefix + '.json', json.dumps(data, indent=2, default=float))
-  files.write_text(prefix + '.md', table_md.rstrip('\n') + '\n')
-  if plot is not None:
-    plot(data, prefix + '.png')

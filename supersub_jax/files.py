@@ -18,12 +18,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import glob
+import json
 import math
 import os
 import shutil
 import tempfile
 import zipfile
-from typing import IO, Callable, Iterator
+from typing import IO, Any, Callable, Iterator
 
 import numpy as np
 
@@ -181,6 +182,19 @@ _MAX_DEFLATE_RATIO = 1032
 
 class ArrayFileError(ValueError):
   """An array file is damaged or claims more data than it holds; the message names the file and the array."""
+
+
+def write_results(prefix: str, data: Any, table_md: str, plot: Callable[[Any, str], None] | None = None) -> None:
+  """A benchmark's or study's results: ``<prefix>.json`` (``data``), ``<prefix>.md`` (``table_md``) and, with
+  ``plot``, ``plot(data, '<prefix>.png')``, each written atomically; makes the folder.
+
+  Rewriting after each finished row keeps what a long sweep measured if it is stopped part-way.
+  """
+  os.makedirs(os.path.dirname(prefix) or '.', exist_ok=True)
+  write_text(prefix + '.json', json.dumps(data, indent=2, default=float))
+  write_text(prefix + '.md', table_md.rstrip('\n') + '\n')
+  if plot is not None:
+    plot(data, prefix + '.png')
 
 
 def _npy_header(f, version) -> tuple[tuple[int, ...], bool, np.dtype]:

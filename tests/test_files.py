@@ -151,3 +151,13 @@ def test_a_write_that_cannot_fit_is_refused_before_it_starts(tmp_path):
                                              'needs about'):
     files.require_space(str(tmp_path / 'big'), free + (1 << 30))
   assert os.listdir(tmp_path) == []
+
+
+def test_write_results_writes_the_json_the_table_and_the_plot_under_the_prefix_making_its_folder(tmp_path):
+  import json  # pylint: disable=g-import-not-at-top
+  drawn = []
+  prefix = str(tmp_path / 'new' / 'sweep')
+  files.write_results(prefix, {'rows': [1, 2.5]}, '| a |\n\n', lambda data, path: drawn.append((data, path)))
+  assert json.load(open(prefix + '.json')) == {'rows': [1, 2.5]}
+  assert open(prefix + '.md').read() == '| a |\n'  # one final newline
+  assert drawn == [({'rows': [1, 2.5]}, prefix + '.png')]

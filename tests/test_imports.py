@@ -110,3 +110,18 @@ def test_the_package_has_no_import_circle_and_no_library_main():
             for m, tree in _modules().items()}
   assert {m: names for m, names in upward.items() if names} == {}
   assert sorted(m for m, tree in _modules().items() if _has_main_block(tree)) == []
+
+
+def test_benchmarks_and_studies_import_the_package_and_their_own_folder_only():
+  import glob  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  crossing = {}
+  for folder, other in (('benchmarks', 'studies'), ('studies', 'benchmarks')):
+    for path in glob.glob(os.path.join(root, folder, '*.py')):
+      tree = ast.parse(open(path).read())
+      names = {a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names}
+      names |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+      wrong = sorted(n for n in names if n.split('.')[0] in (other, 'tools', 'train', 'evaluate', 'tests'))
+      if wrong:
+        crossing[os.path.relpath(path, root)] = wrong
+  assert crossing == {}

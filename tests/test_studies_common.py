@@ -68,12 +68,3 @@ def test_map_summary_pairs_each_cell_over_its_runs_and_tables_show_every_cell():
   table = common.map_tables(runs)
   assert '| 310 | 1 | 1 | 3 | 0.9000 |' in table and '| 310 | 10 | 1 | 2 | 0.8000 | +1.50 [' in table
 
-
-def test_write_results_writes_the_json_the_table_and_the_plot_under_the_prefix_making_its_folder(tmp_path):
-  import json  # pylint: disable=g-import-not-at-top
-  drawn = []
-  prefix = str(tmp_path / 'new' / 'sweep')
-  common.write_results(prefix, {'rows': [1, 2.5]}, '| a |\n\n', lambda data, path: drawn.append((data, path)))
-  assert json.load(open(prefix + '.json')) == {'rows': [1, 2.5]}
-  assert open(prefix + '.md').read() == '| a |\n'  # one final newline
-  assert drawn == [({'rows': [1, 2.5]}, prefix + '.png')]
