@@ -91,13 +91,6 @@ def main() -> None:
     return flags.FLAGS(argv)  # cli.run reports a flag error in one line
 
   def run(argv):
-    # pylint: disable=g-import-not-at-top
-    from supersub_jax import bundle
-    from supersub_jax import convert
-    from supersub_jax import locks
-    from supersub_jax import runtime
-    from supersub_jax import setup_of
-    # pylint: enable=g-import-not-at-top
     f = flags.FLAGS
     verbs = argv[1:]
     if len(verbs) != 1 or verbs[0] not in VERBS:
@@ -113,6 +106,14 @@ def main() -> None:
       # An unset --output defaults into the workdir (default_output); an empty one is a mistake (an unset variable).
       if name in VERBS[verb] and (name not in optional or f[name].value is not None):
         cli.required_path(name, f[name].value, example)
+    # The conversions (jax, orbax) once the flags are known to be whole: a refusal above answers at once.
+    # pylint: disable=g-import-not-at-top
+    from supersub_jax import bundle
+    from supersub_jax import convert
+    from supersub_jax import locks
+    from supersub_jax import runtime
+    from supersub_jax import setup_of
+    # pylint: enable=g-import-not-at-top
     if verb == 'import-torchvision':
       with locks.hold_output(f.output, program='convert import-torchvision'):
         what = convert.import_torchvision(f.arch, f.input, f.output, stem=f.stem, width=f.width)
