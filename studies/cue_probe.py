@@ -16,8 +16,10 @@ images at once (all sum(sizes) subclasses, as the flat network), measured per su
 one superclass learns may still drown among the other nine kinds every image carries (dataset 2.1.0: the glyph 0.85
 alone, 0.59 in a wide flat network), so this is the learner the issue's calibration names:
 
-  python -m studies.cue_probe --learner=flat --width=1.0 --steps=1200 --batch_size=128 --specificity=1,10 \
-      --out=docs/results/cue_probe_flat
+  python -m studies.cue_probe --learner=flat --width=0.25 --steps=2400 --batch_size=128 --specificity=1,10 \
+      --zero_init_residual=false --learning_rate=0.2 --weight_decay=5e-4 --out=docs/results/cue_probe_flat
+
+(the flat recipe's optimiser, configs/synthetic_scratch.py, and the map's base budget; flips, not its crops).
 """
 
 from __future__ import annotations
@@ -38,6 +40,11 @@ _STEPS = flags.DEFINE_integer('steps', 300, 'Training steps.')
 _BATCH = flags.DEFINE_integer('batch_size', 64, 'Batch size.')
 _WIDTH = flags.DEFINE_float('width', 0.5, 'resnet_small width multiplier.')
 _LR = flags.DEFINE_float('learning_rate', 0.1, 'Peak learning rate.')
+_WARMUP = flags.DEFINE_integer('warmup_steps', 20, 'Linear warm-up steps.')
+_WEIGHT_DECAY = flags.DEFINE_float('weight_decay', 0.0, 'Weight decay of the kernels (the recipe: 5e-4).')
+_ZERO_INIT = flags.DEFINE_bool('zero_init_residual', True, "Each residual block's last BatchNorm scale starts at 0 "
+                               '(the models\' default; the flat recipe, configs/synthetic_scratch.py, turns it off: '
+                               'on, the network sat near chance for hundreds of steps, docs/results/plateau.md).')
 _SEEDS = flags.DEFINE_list('seeds', ['0'], 'Seeds (data and initialisation).')
 _SALIENCE = flags.DEFINE_list('salience', [], 'Overrides of data/cues.py SALIENCE, key=value.')
 _LEARNER = flags.DEFINE_enum('learner', 'alone', ['alone', 'flat'], "alone: one network per superclass, on its "
@@ -83,9 +90,14 @@ def probe(superclass: int | None, m: int, seed: int, sizes, salience: dict) -> t
   test_x, test_y = images(superclass, sizes, m, _TEST.value, 2 * seed + 1, salience)
   stats = pipeline.DATASET_STATS['synthetic']
   mean, std = np.asarray(stats.mean, np.float32), np.asarray(stats.std, np.float32)
-  model = models.create_model('resnet_small', n, stem='small', width=_WIDTH.value)
+  model = models.create_model('resnet_small', n, stem='small', width=_WIDTH.value,
+                               zero_init_residual=_ZERO_INIT.value)
   variables = models.init_variables(model, jax.random.key(seed), (32, 32, 3))
-  tx = optax.sgd(optax.warmup_cosine_decay_schedule(0.0, _LR.value, 20, _STEPS.value), momentum=0.9, nesterov=True)
+  kernels = lambda params: jax.tree_util.tree_map_with_path(lambda path, _: 'kernel' in jax.tree_util.keystr(path),
+                                                            params)
+  tx = optax.chain(optax.add_decayed_weights(_WEIGHT_DECAY.value, mask=kernels),
+                   optax.sgd(optax.warmup_cosine_decay_schedule(0.0, _LR.value, _WARMUP.value, _STEPS.value),
+                             momentum=0.9, nesterov=True))
   params, batch_stats = variables['params'], variables['batch_stats']
   opt = tx.init(params)
 
@@ -154,8 +166,9 @@ def main(argv):
             f'(chance {1 / sizes[s]:.3f})', flush=True)
   learner = ("trained on one superclass's images alone" if _LEARNER.value == 'alone' else
              'trained on every superclass\'s images (the flat network), given the true superclass')
-  lines = [f'Held-out top-1 of resnet_small (width {_WIDTH.value:g}) {learner}, '
-           f'{_STEPS.value} steps at batch {_BATCH.value}, {_TRAIN.value} training images a subclass, seeds '
+  lines = [f'Held-out top-1 of resnet_small (width {_WIDTH.value:g}, zero_init_residual={_ZERO_INIT.value}) '
+           f'{learner}, {_STEPS.value} steps at batch {_BATCH.value} (peak learning rate {_LR.value:g}, weight decay '
+           f'{_WEIGHT_DECAY.value:g}), {_TRAIN.value} training images a subclass, seeds '
            f'{",".join(_SEEDS.value)}; salience {dict(cues.SALIENCE, **salience)}:', '',
            '| superclass | subclasses | chance | ' + ' | '.join(f'm={m}' for m in _SPECIFICITY.value) + ' |',
            '|---' * (3 + len(_SPECIFICITY.value)) + '|']
@@ -168,7 +181,9 @@ def main(argv):
     from studies import common  # pylint: disable=g-import-not-at-top
     common.write_results(_OUT.value, {'rows': rows, 'salience': dict(cues.SALIENCE, **salience),
                                       'steps': _STEPS.value, 'width': _WIDTH.value,
-                                      'learner': _LEARNER.value}, '\n'.join(lines))
+                                      'learner': _LEARNER.value, 'learning_rate': _LR.value,
+                                      'weight_decay': _WEIGHT_DECAY.value,
+                                      'zero_init_residual': _ZERO_INIT.value}, '\n'.join(lines))
 
 
 if __name__ == '__main__':
