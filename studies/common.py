@@ -302,3 +302,15 @@ def plot_map(data: dict, path: str, rule: str = 'hard') -> None:
 def write_map(prefix: str, rows: list[dict], with_plot: bool = False) -> None:
   write_results(prefix, {'rows': rows, 'summary': map_summary(rows)}, map_tables(rows), plot_map if with_plot else None)
 
+
+def given_superclass(logits: np.ndarray, labels: np.ndarray, sizes) -> list[float]:
+  """Per superclass s, the top-1 of its images (global ``labels``, int [N]) when the argmax runs over s's subclasses
+  alone (``logits`` float [N, sum(sizes)]): the flat network given the true superclass."""
+  ends = np.cumsum(sizes)
+  starts = ends - np.asarray(sizes)
+  superclass = np.searchsorted(ends, labels, side='right')
+  accuracies = []
+  for s, (lo, hi) in enumerate(zip(starts, ends)):
+    mine = superclass == s
+    accuracies.append(float(np.mean(lo + np.argmax(logits[mine, lo:hi], -1) == labels[mine])))
+  return accuracies

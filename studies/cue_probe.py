@@ -31,6 +31,8 @@ from absl import app
 from absl import flags
 import numpy as np
 
+from studies import common
+
 _SUPERCLASSES = flags.DEFINE_list('superclasses', [str(s) for s in range(10)], 'Superclasses to probe.')
 _SPECIFICITY = flags.DEFINE_list('specificity', ['1', '10'], 'Specificities to probe each superclass at.')
 _SIZES = flags.DEFINE_list('sizes', ['12', '6', '4', '3', '3', '2', '2', '2', '2', '2'], 'Subclasses per superclass.')
@@ -64,17 +66,6 @@ def images(superclass: int | None, sizes, m: int, per_class: int, seed: int, sal
   return render.render(offset + local, sizes, 32, np.random.default_rng(seed), m, salience), local.astype(np.int32)
 
 
-def given_superclass(logits: np.ndarray, labels: np.ndarray, sizes) -> list[float]:
-  """Per superclass s, the top-1 of its images (global ``labels``, int [N]) when the argmax runs over s's subclasses
-  alone (``logits`` float [N, sum(sizes)]): the flat network given the true superclass."""
-  ends = np.cumsum(sizes)
-  starts = ends - np.asarray(sizes)
-  superclass = np.searchsorted(ends, labels, side='right')
-  accuracies = []
-  for s, (lo, hi) in enumerate(zip(starts, ends)):
-    mine = superclass == s
-    accuracies.append(float(np.mean(lo + np.argmax(logits[mine, lo:hi], -1) == labels[mine])))
-  return accuracies
 
 
 def probe(superclass: int | None, m: int, seed: int, sizes, salience: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -146,7 +137,8 @@ def main(argv):
   for m in (int(x) for x in _SPECIFICITY.value):
     if _LEARNER.value == 'flat':
       start = time.perf_counter()
-      per_seed = [given_superclass(*probe(None, m, int(seed), sizes, salience), sizes) for seed in _SEEDS.value]
+      per_seed = [common.given_superclass(*probe(None, m, int(seed), sizes, salience), sizes)
+                  for seed in _SEEDS.value]
       for s in superclasses:
         accuracy[s, m] = [seed_accs[s] for seed_accs in per_seed]
       print(f'm={m}: a flat network on every superclass in {time.perf_counter() - start:.0f} s', flush=True)
@@ -178,7 +170,6 @@ def main(argv):
         f"{mine[int(m)]['kind']} {mine[int(m)]['top1']:.3f}" for m in _SPECIFICITY.value) + ' |')
   print('\n'.join(lines))
   if _OUT.value:
-    from studies import common  # pylint: disable=g-import-not-at-top
     common.write_results(_OUT.value, {'rows': rows, 'salience': dict(cues.SALIENCE, **salience),
                                       'steps': _STEPS.value, 'width': _WIDTH.value,
                                       'learner': _LEARNER.value, 'learning_rate': _LR.value,

@@ -68,3 +68,30 @@ def test_map_summary_pairs_each_cell_over_its_runs_and_tables_show_every_cell():
   table = common.map_tables(runs)
   assert '| 310 | 1 | 1 | 3 | 0.9000 |' in table and '| 310 | 10 | 1 | 2 | 0.8000 | +1.50 [' in table
 
+
+def test_given_superclass_takes_the_argmax_over_the_true_superclass_columns_only():
+  sizes = (3, 2)
+  # Image 0 (class 1, superclass 0): its best logit overall is class 4 (superclass 1), its best of 0-2 is class 1.
+  # Image 1 (class 2): best of 0-2 is class 0, wrong. Image 2 (class 3, superclass 1): best of 3-4 is 3, right,
+  # though class 0 is higher. Image 3 (class 4): best of 3-4 is 4, right.
+  logits = np.array([[0.0, 1.0, 0.5, 0.2, 9.0],
+                     [2.0, 0.0, 1.0, 0.0, 0.0],
+                     [5.0, 0.0, 0.0, 1.0, 0.5],
+                     [0.0, 0.0, 0.0, 0.1, 0.2]], np.float32)
+  labels = np.array([1, 2, 3, 4])
+  assert common.given_superclass(logits, labels, sizes) == [0.5, 1.0]
+
+
+def test_given_superclass_of_random_logits_equals_a_loop_over_images():
+  rng = np.random.default_rng(0)
+  sizes = (4, 2, 3)
+  labels = rng.integers(0, sum(sizes), 200)
+  logits = rng.standard_normal((200, sum(sizes)))
+  starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+  right = np.zeros(len(sizes))
+  count = np.zeros(len(sizes))
+  for row, label in zip(logits, labels):
+    s = int(np.searchsorted(np.cumsum(sizes), label, side='right'))
+    count[s] += 1
+    right[s] += starts[s] + int(np.argmax(row[starts[s]:starts[s] + sizes[s]])) == label
+  np.testing.assert_allclose(common.given_superclass(logits, labels, sizes), right / count)
