@@ -3,8 +3,8 @@
 The config check (``supersub_jax.config_check``) tests every field against these; the modules that act on a field
 import its tuple from here (a stage's optimizer from ``step``, a routing from ``inference`` ...), so a new choice is
 added once. The named delta leaf sets are ``delta.LEAVES``'s keys (each maps a name to what it builds, beside the code
-that builds it); the model names are here too, for the command-line faces that list them before importing jax, and
-``models`` checks that its registry has exactly them.
+that builds it); the model names are here too, for the command-line faces that list them before importing jax
+(tests/test_models.py checks that ``models.MODELS`` has exactly them).
 """
 
 # Data (config.dataset, config.augment, config.input).
@@ -15,7 +15,7 @@ DECODERS = ('cpu', 'dali')  # config.input.decoder: who decodes the training JPE
 NORMALIZE = ('host', 'device')  # config.input.normalize: where the batches are normalised
 
 # Model (config.model, config.stem, config.init).
-MODELS = ('resnet18', 'resnet34', 'resnet50', 'resnet_tiny', 'resnet_small')  # models.MODELS' keys (models checks)
+MODELS = ('resnet18', 'resnet34', 'resnet50', 'resnet_tiny', 'resnet_small')  # models.MODELS' keys, in its order
 STEMS = ('imagenet', 'small')  # models.ResNet's stems: 7x7/2 + max-pool, or 3x3 without a pool (32x32 images)
 INIT_FORMATS = ('torchvision', 'orbax')  # config.init.format: a torchvision state dict, or a convert.py directory
 

@@ -455,3 +455,8 @@ def test_uint8_images_are_normalised_by_the_network_as_the_host_pipeline_does(ti
                              model.apply(variables, host, train=False), rtol=1e-5, atol=1e-5)
   with pytest.raises(ValueError, match='input_norm'):
     model.apply(variables, pixels, train=False)
+
+
+def test_the_registry_has_exactly_the_model_names_the_command_line_lists():
+  from supersub_jax import choices  # pylint: disable=g-import-not-at-top
+  assert tuple(MODELS) == choices.MODELS

@@ -44,7 +44,6 @@ from absl import flags
 
 from supersub_jax import choices
 from supersub_jax import cli
-# The conversions (jax, orbax) are imported once the flags are read: --help and a refused flag answer at once.
 
 
 VERBS = {
