@@ -221,7 +221,10 @@ def _run_or_read(variant: str, overrides: list[str], seed: int, steps: int, repe
       json.dump(previous, f, indent=1)
   row = {'variant': variant, 'seed': seed, 'steps': steps, 'repeat': repeat, 'overrides': overrides,
          **summarize(workdir, window), 'wall_s': previous['wall_s'], 'stopped': previous['stopped'],
-         'workdir': workdir, 'command': shlex.join(command)}
+         # As a reader reruns it (from the repository root, the --workdir as given): no path of the measuring machine.
+         'workdir': os.path.join(FLAGS.workdir, name),
+         'command': shlex.join(['python', 'train.py', *[a.replace(workdir, os.path.join(FLAGS.workdir, name))
+                                                       for a in command[2:]]])}
   print(f'{name:45s}: mean loss {_fmt(row["mean_loss_window"], ".3f")} (steps {window[0]}-{window[1]}), loss at '
         f'{window[1]} {_fmt(row["loss_at_window_end"], ".3f")}, test top-1 {_fmt(row["test_top1"], ".4f")}, '
         f'{row["wall_s"]:.0f} s', flush=True)
