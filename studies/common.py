@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Callable
 
 import numpy as np
 

@@ -66,15 +66,15 @@ def images(superclass: int | None, sizes, m: int, per_class: int, seed: int, sal
   return render.render(offset + local, sizes, 32, np.random.default_rng(seed), m, salience), local.astype(np.int32)
 
 
-
-
 def probe(superclass: int | None, m: int, seed: int, sizes, salience: dict) -> tuple[np.ndarray, np.ndarray]:
   """Held-out logits (float32 [N, n]) and labels (int32 [N]) of a network trained at specificity ``m`` on superclass
   ``superclass``'s images (None: every superclass's, ``images``)."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
+  from supersub_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   from supersub_jax import models  # pylint: disable=g-import-not-at-top
+  from supersub_jax import step as step_lib  # pylint: disable=g-import-not-at-top
   from supersub_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   n = int(np.sum(sizes)) if superclass is None else sizes[superclass]
   train_x, train_y = images(superclass, sizes, m, _TRAIN.value, 2 * seed, salience)
@@ -84,11 +84,9 @@ def probe(superclass: int | None, m: int, seed: int, sizes, salience: dict) -> t
   model = models.create_model('resnet_small', n, stem='small', width=_WIDTH.value,
                                zero_init_residual=_ZERO_INIT.value)
   variables = models.init_variables(model, jax.random.key(seed), (32, 32, 3))
-  kernels = lambda params: jax.tree_util.tree_map_with_path(lambda path, _: 'kernel' in jax.tree_util.keystr(path),
-                                                            params)
-  tx = optax.chain(optax.add_decayed_weights(_WEIGHT_DECAY.value, mask=kernels),
-                   optax.sgd(optax.warmup_cosine_decay_schedule(0.0, _LR.value, _WARMUP.value, _STEPS.value),
-                             momentum=0.9, nesterov=True))
+  # The recipe's optimiser (SGD, Nesterov momentum 0.9, warm-up then cosine, kernels decayed), its knobs from the flags.
+  tx = step_lib.make_optimizer(config_lib.optimizer_config(
+      learning_rate=_LR.value, warmup_steps=_WARMUP.value, weight_decay=_WEIGHT_DECAY.value), _STEPS.value)
   params, batch_stats = variables['params'], variables['batch_stats']
   opt = tx.init(params)
 
