@@ -20,7 +20,7 @@ CUE_KINDS: tuple[str, ...] = (
     'notch',       # a bite out of the outline: up, side or down (side drawn at random), +-15 degrees
     'outline',     # a flat rim inside the outline: none, dark or bright
     'aspect',      # the object stretched wide or tall
-    'shadow',      # a dark copy of the silhouette beneath it, offset down or to a side (drawn at random)
+    'shadow',      # a copy of the silhouette beneath it, offset down or to a side (drawn at random), dark or pale
     'blur',        # the outline sharp or soft (falling off outward)
     'glyph',       # a yellow plus or ring beside the object
     'marks',       # two cyan squares beside the object: side by side or one above the other
@@ -48,6 +48,7 @@ SALIENCE: dict[str, float] = {
     'stretch': 1.45,          # wide: x this along u and / this along v; tall: the reverse
     'shadow_offset': 5.0,     # pixels (at 32x32) the shadow lies below or beside the object
     'shadow_alpha': 1.0,      # its opacity
+    'shadow_level': 0.0,      # the brightness it blends toward: 0 a dark shadow (2.1.0), 0.8 a pale copy
     'blur_sharp': 0.8,        # the outline's fall-off outward, pixels, sharp
     'blur_soft': 7.5,         # and soft
     'satellite_alpha': 1.0,   # the satellites' opacity

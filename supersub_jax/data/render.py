@@ -315,7 +315,11 @@ def render(labels: np.ndarray, sizes: Sequence[int], image_size: int,
     edge = per_image(radius / cue['softness'])  # radius units -> fractions of the edge's width
     scale = np.float32(size / 32)
     shadow = np.clip(1.0 - silhouette(cx + cue['shadow_dx'] * scale, cy + cue['shadow_dy'] * scale) * edge, 0, 1)
-    img *= (1.0 - cue['salience']['shadow_alpha'] * shadow)[..., None]
+    shadow = cue['salience']['shadow_alpha'] * shadow
+    if cue['salience']['shadow_level']:  # pale: the background is darker than any object, so a dark copy hardly shows
+      img += shadow[..., None] * (np.float32(cue['salience']['shadow_level']) - img)
+    else:
+      img *= (1.0 - shadow)[..., None]
     dist = silhouette(cx, cy)
     mask = np.clip(1.0 - dist * edge, 0.0, 1.0)
     obj = _hsv_to_rgb(cue['hue'], uniform(0.55, 1.0), uniform(0.65, 1.0))  # saturated: the hue must show
