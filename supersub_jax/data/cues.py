@@ -192,9 +192,11 @@ def beside(img, cue: dict, cx, cy, radius, xs, ys, size: float) -> np.ndarray:
   def around(x0, y0):  # pixel offsets from a point [N], in pixels at 32x32: [N, H, W] each
     return (xs[None] - x0[:, None, None]) / scale, (ys[None] - y0[:, None, None]) / scale
 
-  sx, sy = around(*anchor(cx, cy, radius, cue['satellite_angle'], size, 4.5 * scale))
+  # The die grows with its pips (2.1.0's: radius 1.3, 2.3 pixels apart), so that larger pips stay apart.
+  die = np.float32(salience['satellite_radius'] / 1.3)
+  sx, sy = around(*anchor(cx, cy, radius, cue['satellite_angle'], size, 4.5 * die * scale))
   dots = np.zeros(img.shape[:3], np.float32)
-  step, count = 2.3, cue['satellites'][:, None, None]
+  step, count = 2.3 * die, cue['satellites'][:, None, None]
   for n, pips in _PIPS.items():
     for px, py in pips:
       d = np.sqrt((sx - px * step) ** 2 + (sy - py * step) ** 2) - salience['satellite_radius']
