@@ -3,7 +3,7 @@ r"""How hard is each cue kind? A network given the superclass, trained on that s
   python -m studies.cue_probe --superclasses=0,1,2,3,4,5,6,7,8,9 --specificity=1,10 --out=docs/results/cue_probe
 
 For each superclass s and specificity m, the synthetic images of superclass s alone (its ``sizes[s]`` subclasses,
-rendered in memory as dataset 2.1.0 draws them: data/render.py) train a small ResNet from random weights for --steps
+rendered in memory as the dataset draws them: data/render.py) train a small ResNet from random weights for --steps
 (batch --batch_size, SGD with momentum, cosine schedule, horizontal flips) and its held-out top-1 is measured on
 --test_per_class fresh images a subclass. At m = 1 superclass s's subclass is a grating, at m = 10 it is cue kind s:
 the two rows of one superclass differ only in the kind of cue (same shape, same number of subclasses), so their

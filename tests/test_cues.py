@@ -107,15 +107,20 @@ def test_the_satellites_draw_as_many_separate_pips_as_their_count_whole_inside_t
 @pytest.mark.parametrize('kind, colour', [('glyph', (1.0, 0.85, 0.2)), ('marks', (0.3, 0.9, 1.0))])
 def test_the_two_values_of_the_glyph_and_of_the_marks_differ_in_at_least_6_pixels_and_lie_whole_in_the_image(
     kind, colour):
-  # The same poses and anchors (same generator) with the value 0 and 1: each is drawn whole (its full pixel count
-  # however close to a border the object is), and the two shapes differ in at least 6 pixels of every image.
+  # The same poses and anchors (same generator) with the value 0 and 1: each is drawn whole (about its full pixel
+  # count however close to a border the object is), and the two shapes differ in at least 6 pixels of every image.
+  # The other kind drawn beside the object is left out: at 2.2.0's sizes the marks cover part of the ring glyph in
+  # about 2% of images, a nuisance like the clutter, not a shape the border cut.
+  other = {'glyph': 'marks_alpha', 'marks': 'glyph_alpha'}[kind]
   shapes = []
   for value in (0, 1):
     cue, pose = _beside_layers(300, np.random.default_rng(7), **{kind: value})
-    shapes.append(_drawn(cue, pose, colour))
+    shapes.append(_drawn({**cue, 'salience': {**cue['salience'], other: 0.0}}, pose, colour))
   for lit in shapes:
     area = lit.sum((1, 2))
-    assert area.min() >= 8 and area.max() - area.min() <= 4, (kind, area.min(), area.max())
+    # Pixel aliasing moves the area by a few pixels at 2.1.0's size and by up to a quarter at 2.2.0's (x2 across); a
+    # shape the border cut would lose far more.
+    assert area.min() >= 8 and area.max() - area.min() <= max(4, area.min() // 3), (kind, area.min(), area.max())
   assert (shapes[0] != shapes[1]).sum((1, 2)).min() >= 6
 
 
