@@ -125,3 +125,13 @@ def test_benchmarks_and_studies_import_the_package_and_their_own_folder_only():
       if wrong:
         crossing[os.path.relpath(path, root)] = wrong
   assert crossing == {}
+
+
+def test_no_module_of_the_package_is_over_450_lines():
+  # The house's size rule: a module that outgrows it holds two things.
+  lengths = {}
+  for folder, _, names in os.walk(os.path.join(ROOT, PACKAGE)):
+    for name in (n for n in names if n.endswith('.py')):
+      with open(os.path.join(folder, name)) as f:
+        lengths[os.path.relpath(os.path.join(folder, name), ROOT)] = len(f.read().splitlines())
+  assert len(lengths) == len(_modules()) and {path: n for path, n in lengths.items() if n > 450} == {}
