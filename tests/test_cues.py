@@ -118,7 +118,7 @@ def test_the_two_values_of_the_glyph_and_of_the_marks_differ_in_at_least_6_pixel
     shapes.append(_drawn({**cue, 'salience': {**cue['salience'], other: 0.0}}, pose, colour))
   for lit in shapes:
     area = lit.sum((1, 2))
-    # Pixel aliasing moves the area by a few pixels at 2.1.0's size and by up to a quarter at 2.2.0's (x2 across); a
+    # Pixel aliasing moves the area by a few pixels at 2.1.0's size and by up to a third at 2.2.0's (x2 across); a
     # shape the border cut would lose far more.
     assert area.min() >= 8 and area.max() - area.min() <= max(4, area.min() // 3), (kind, area.min(), area.max())
   assert (shapes[0] != shapes[1]).sum((1, 2)).min() >= 6
