@@ -304,12 +304,10 @@ def write_map(prefix: str, rows: list[dict], with_plot: bool = False) -> None:
 
 def given_superclass(logits: np.ndarray, labels: np.ndarray, sizes) -> list[float]:
   """Per superclass s, the top-1 of its images (global ``labels``, int [N]) when the argmax runs over s's subclasses
-  alone (``logits`` float [N, sum(sizes)]): the flat network given the true superclass."""
-  ends = np.cumsum(sizes)
-  starts = ends - np.asarray(sizes)
-  superclass = np.searchsorted(ends, labels, side='right')
-  accuracies = []
-  for s, (lo, hi) in enumerate(zip(starts, ends)):
-    mine = superclass == s
-    accuracies.append(float(np.mean(lo + np.argmax(logits[mine, lo:hi], -1) == labels[mine])))
-  return accuracies
+  alone (``logits`` float [N, sum(sizes)]): the flat network given the true superclass, as evaluation computes it
+  (``decide.within_superclass``, ``report.per_superclass_accuracy``)."""
+  from supersub_jax import decide, report  # pylint: disable=g-import-not-at-top  (decide imports jax)
+  label_to_superclass = np.repeat(np.arange(len(sizes)), sizes).astype(np.int32)
+  superclass = label_to_superclass[labels]
+  pred = np.asarray(decide.within_superclass(logits, superclass, label_to_superclass))
+  return [float(a) for a in report.per_superclass_accuracy(pred, np.asarray(labels), superclass, len(sizes))]

@@ -316,7 +316,9 @@ def render(labels: np.ndarray, sizes: Sequence[int], image_size: int,
     scale = np.float32(size / 32)
     shadow = np.clip(1.0 - silhouette(cx + cue['shadow_dx'] * scale, cy + cue['shadow_dy'] * scale) * edge, 0, 1)
     shadow = cue['salience']['shadow_alpha'] * shadow
-    if cue['salience']['shadow_level']:  # pale: the background is darker than any object, so a dark copy hardly shows
+    # A pale copy shows where a dark one hardly does (the background is darker than any object); level 0 keeps 2.1.0's
+    # product, bit for bit (the blend toward 0 rounds differently).
+    if cue['salience']['shadow_level']:
       img += shadow[..., None] * (np.float32(cue['salience']['shadow_level']) - img)
     else:
       img *= (1.0 - shadow)[..., None]
