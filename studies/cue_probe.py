@@ -48,7 +48,10 @@ _ZERO_INIT = flags.DEFINE_bool('zero_init_residual', True, "Each residual block'
                                '(the models\' default; the flat recipe, configs/synthetic_scratch.py, turns it off: '
                                'on, the network sat near chance for hundreds of steps, docs/results/plateau.md).')
 _SEEDS = flags.DEFINE_list('seeds', ['0'], 'Seeds (data and initialisation).')
-_SALIENCE = flags.DEFINE_list('salience', [], 'Overrides of data/cues.py SALIENCE, key=value.')
+_SALIENCE = flags.DEFINE_list('salience', [], 'Overrides of the --base_salience, key=value.')
+_BASE_SALIENCE = flags.DEFINE_enum('base_salience', 'current', ['current', '2.2.0', '2.1.0'],
+                                   "The salience the overrides start from: the dataset's (data/cues.py SALIENCE) or "
+                                   "an earlier version's (SALIENCE_2_2_0, SALIENCE_2_1_0).")
 _LEARNER = flags.DEFINE_enum('learner', 'alone', ['alone', 'flat'], "alone: one network per superclass, on its "
                               "images alone; flat: one network on every superclass's images (module docstring).")
 _OUT = flags.DEFINE_string('out', '', 'Output path prefix (.json, .md); empty: print only.')
@@ -122,6 +125,23 @@ def probe_alone(superclass: int, m: int, seed: int, sizes, salience: dict) -> fl
   return float(np.mean(np.argmax(logits, -1) == labels))
 
 
+def superclass_level(logits: np.ndarray, labels: np.ndarray, sizes) -> dict:
+  """The flat network's superclass: top-1 of the superclass with the most summed subclass probability (logits float
+  [N, sum(sizes)], global labels int [N]), per superclass and overall, and the share of its errors that name the true
+  superclass's morph partner (render.partner)."""
+  from supersub_jax.data import render  # pylint: disable=g-import-not-at-top
+  label_to_superclass = np.repeat(np.arange(len(sizes)), sizes)
+  probs = np.exp(logits - logits.max(-1, keepdims=True))
+  probs /= probs.sum(-1, keepdims=True)
+  pred = np.argmax(np.stack([probs[:, label_to_superclass == s].sum(-1) for s in range(len(sizes))], -1), -1)
+  true = label_to_superclass[labels]
+  wrong = pred != true
+  return {'top1': float(np.mean(~wrong)),
+          'per_superclass': [float(np.mean(pred[true == s] == s)) if (true == s).any() else float('nan')
+                             for s in range(len(sizes))],
+          'partner_share': float(np.mean(pred[wrong] == render.partner(true[wrong]))) if wrong.any() else 0.0}
+
+
 def main(argv):
   del argv
   from supersub_jax.data import cues  # pylint: disable=g-import-not-at-top
@@ -130,13 +150,22 @@ def main(argv):
   unknown = set(salience) - set(cues.SALIENCE)
   if unknown:
     raise SystemExit(f'--salience: unknown keys {sorted(unknown)}; known: {sorted(cues.SALIENCE)}')
+  salience = {**{'current': cues.SALIENCE, '2.2.0': cues.SALIENCE_2_2_0, '2.1.0': cues.SALIENCE_2_1_0}[
+      _BASE_SALIENCE.value], **salience}
   superclasses = [int(x) for x in _SUPERCLASSES.value]
   accuracy = {}  # (superclass, m) -> per-seed top-1
+  level = {}  # (m, seed) -> superclass_level, the flat learner's
   for m in (int(x) for x in _SPECIFICITY.value):
     if _LEARNER.value == 'flat':
       start = time.perf_counter()
-      per_seed = [common.given_superclass(*probe(None, m, int(seed), sizes, salience), sizes)
-                  for seed in _SEEDS.value]
+      per_seed = []
+      for seed in _SEEDS.value:
+        logits, labels = probe(None, m, int(seed), sizes, salience)
+        per_seed.append(common.given_superclass(logits, labels, sizes))
+        level[m, seed] = superclass_level(logits, labels, sizes)
+        print(f"m={m}, seed {seed}: superclass top-1 {level[m, seed]['top1']:.3f} (per superclass "
+              f"{' '.join(f'{a:.2f}' for a in level[m, seed]['per_superclass'])}), "
+              f"{level[m, seed]['partner_share']:.0%} of its errors the morph partner", flush=True)
       for s in superclasses:
         accuracy[s, m] = [seed_accs[s] for seed_accs in per_seed]
       print(f'm={m}: a flat network on every superclass in {time.perf_counter() - start:.0f} s', flush=True)
@@ -159,20 +188,27 @@ def main(argv):
   lines = [f'Held-out top-1 of resnet_small (width {_WIDTH.value:g}, zero_init_residual={_ZERO_INIT.value}) '
            f'{learner}, {_STEPS.value} steps at batch {_BATCH.value} (peak learning rate {_LR.value:g}, weight decay '
            f'{_WEIGHT_DECAY.value:g}), {_TRAIN.value} training images a subclass, seeds '
-           f'{",".join(_SEEDS.value)}; salience {dict(cues.SALIENCE, **salience)}:', '',
+           f'{",".join(_SEEDS.value)}; salience {salience}:', '',
            '| superclass | subclasses | chance | ' + ' | '.join(f'm={m}' for m in _SPECIFICITY.value) + ' |',
            '|---' * (3 + len(_SPECIFICITY.value)) + '|']
   for s in sorted({r['superclass'] for r in rows}):
     mine = {r['specificity']: r for r in rows if r['superclass'] == s}
     lines.append(f'| {s} | {sizes[s]} | {1 / sizes[s]:.3f} | ' + ' | '.join(
         f"{mine[int(m)]['kind']} {mine[int(m)]['top1']:.3f}" for m in _SPECIFICITY.value) + ' |')
+  for (m, seed), v in level.items():
+    lines += ['', f"The flat network's superclass (the most summed subclass probability), m={m}, seed {seed}: top-1 "
+              f"{v['top1']:.3f}, per superclass {' '.join(f'{a:.2f}' for a in v['per_superclass'])}; "
+              f"{v['partner_share']:.0%} of its errors name the morph partner."]
   print('\n'.join(lines))
   if _OUT.value:
-    common.write_results(_OUT.value, {'rows': rows, 'salience': dict(cues.SALIENCE, **salience),
+    common.write_results(_OUT.value, {'rows': rows, 'salience': salience,
                                       'steps': _STEPS.value, 'width': _WIDTH.value,
                                       'learner': _LEARNER.value, 'learning_rate': _LR.value,
                                       'weight_decay': _WEIGHT_DECAY.value,
-                                      'zero_init_residual': _ZERO_INIT.value}, '\n'.join(lines))
+                                      'zero_init_residual': _ZERO_INIT.value,
+                                      'superclass_level': [dict(specificity=m, seed=seed, **v)
+                                                           for (m, seed), v in level.items()]},
+                         '\n'.join(lines))
 
 
 if __name__ == '__main__':

@@ -34,13 +34,20 @@ assert len(CUE_VALUES) == len(CUE_KINDS)
 # texture took the grating's probe from 0.92 to 0.64). How loud each kind is: dataset 2.1.0 calibrated it on a
 # probe that learns one superclass alone; 2.2.0 on the map's own learner, a network trained on every superclass's
 # images and measured given the true superclass (docs/results.md, section 1), where the beside-kinds drawn at 2.1.0's
-# size were near chance and the dark shadow hardly showed on the dark background:
+# size were near chance and the dark shadow hardly showed on the dark background. 2.3.0 gives the superclass (the
+# object's shape) back: in 2.2.0 the deep notch, the strong stretch and the beside-kinds drawn over the object left a
+# narrow flat network's superclass top-1 at 0.40 (0.95 on the demo's data); each taken away alone, 0.61, 0.51 and 0.50
+# (docs/results.md, section 1):
 SALIENCE_2_1_0: dict[str, float] = {
     'grating_contrast': 0.6, 'hatch_gain': 1.65, 'hue_jitter': 0.55, 'notch_radius': 0.6, 'notch_offset': 0.85,
     'outline_dark': 0.15, 'outline_bright': 2.5, 'outline_width': 2.0, 'stretch': 1.45, 'shadow_offset': 5.0,
     'shadow_alpha': 1.0, 'shadow_level': 0.0, 'blur_sharp': 0.8, 'blur_soft': 7.5, 'satellite_alpha': 1.0,
     'satellite_radius': 1.3, 'glyph_alpha': 1.0, 'glyph_size': 1.0, 'marks_alpha': 1.0, 'marks_size': 1.0,
+    'morph_max': 0.5, 'beside_on_top': 1.0,
 }
+SALIENCE_2_2_0: dict[str, float] = dict(
+    SALIENCE_2_1_0, hue_jitter=0.4, notch_radius=1.0, notch_offset=1.0, outline_width=3.0, stretch=1.6,
+    shadow_offset=8.0, shadow_level=0.7, satellite_radius=1.8, glyph_size=2.0, marks_size=2.0)
 SALIENCE: dict[str, float] = {
     'grating_contrast': 0.6,  # the texture's contrast is drawn from [this / 2.5, this] (dataset 1.2.0: 0.2, which
                               # the probe found far harder than any other kind)
@@ -48,12 +55,12 @@ SALIENCE: dict[str, float] = {
                               # thinnest shapes (ring, L), its grating was near chance (2.0.0: 1)
     'hue_jitter': 0.4,        # +- this many bins around a hue bin's centre (2.0.0: 0.3, 2.1.0: 0.55; past 0.5
                               # neighbouring bins overlap)
-    'notch_radius': 1.0,      # the bite's radius, in object radii (2.1.0: 0.6)
+    'notch_radius': 0.45,     # the bite's radius, in object radii (2.1.0: 0.6, 2.2.0: 1.0, which bit away the shape)
     'notch_offset': 1.0,      # its centre's distance from the object's, in object radii (2.1.0: 0.85)
     'outline_dark': 0.15,     # the dark rim's brightness, times the object's colour
     'outline_bright': 2.5,    # the bright rim's (clipped: toward white)
     'outline_width': 3.0,     # the rim's width, pixels at 32x32 (2.1.0: 2)
-    'stretch': 1.6,           # wide: x this along u and / this along v; tall: the reverse (2.1.0: 1.45)
+    'stretch': 1.3,           # wide: x this along u and / this along v; tall: the reverse (2.1.0: 1.45, 2.2.0: 1.6)
     'shadow_offset': 8.0,     # pixels (at 32x32) the shadow lies below or beside the object (2.1.0: 5)
     'shadow_alpha': 1.0,      # its opacity
     'shadow_level': 0.7,      # the brightness it blends toward: 0 a dark shadow (2.1.0), 0.7 a pale copy
@@ -65,8 +72,12 @@ SALIENCE: dict[str, float] = {
     'glyph_size': 2.0,        # and size: 1 is 5 pixels across at 32x32 (2.1.0: 1)
     'marks_alpha': 1.0,       # the marks' opacity
     'marks_size': 2.0,        # and size: 1 is two squares 2.4 pixels across, 2.2 pixels from their middle (2.1.0: 1)
+    'morph_max': 0.3,         # how far (at most) the silhouette morphs toward its partner's (render.MORPH_MAX, 0.5,
+                              # up to 2.2.0 and at specificity 0)
+    'beside_on_top': 0.0,     # 1: the kinds beside the object drawn over it (up to 2.2.0); 0: beneath it, so that
+                              # they never hide its shape
 }
-assert set(SALIENCE) == set(SALIENCE_2_1_0)
+assert set(SALIENCE) == set(SALIENCE_2_1_0) == set(SALIENCE_2_2_0)
 
 
 def cue_kind_of(num_superclasses: int, specificity: int) -> np.ndarray:

@@ -298,7 +298,8 @@ def render(labels: np.ndarray, sizes: Sequence[int], image_size: int,
   radius = uniform(0.24, 0.38) * size
   cx = size / 2 + uniform(-0.18, 0.18) * size
   cy = size / 2 + uniform(-0.18, 0.18) * size
-  angle, morph = uniform(-0.25, 0.25), uniform(0, MORPH_MAX)
+  angle = uniform(-0.25, 0.25)
+  morph = uniform(0, MORPH_MAX if cue is None else cue['salience']['morph_max'])
   if cue is None:
     mask = _shape_mask(families, cx, cy, radius, angle, xs, ys, morph=morph)
     # Hue kept away from the background's so the silhouette stays visible.
@@ -322,6 +323,8 @@ def render(labels: np.ndarray, sizes: Sequence[int], image_size: int,
       img += shadow[..., None] * (np.float32(cue['salience']['shadow_level']) - img)
     else:
       img *= (1.0 - shadow)[..., None]
+    if not cue['salience']['beside_on_top']:
+      img = cues_lib.beside(img, cue, cx, cy, radius, xs, ys, size)
     dist = silhouette(cx, cy)
     mask = np.clip(1.0 - dist * edge, 0.0, 1.0)
     obj = _hsv_to_rgb(cue['hue'], uniform(0.55, 1.0), uniform(0.65, 1.0))  # saturated: the hue must show
@@ -341,7 +344,7 @@ def render(labels: np.ndarray, sizes: Sequence[int], image_size: int,
     shade = cues_lib.rim(cue, dist, per_image(radius), shade)
   alpha = mask[..., None]
   img += alpha * (obj[:, None, None, :] * shade[..., None] - img)
-  if cue is not None:
+  if cue is not None and cue['salience']['beside_on_top']:
     img = cues_lib.beside(img, cue, cx, cy, radius, xs, ys, size)
 
   # Global photometric nuisance and sensor noise.

@@ -78,7 +78,7 @@ def make_config(*, image_size: int = 32, train_per_class: int = 300, validation_
                          description='synthetic hierarchical shapes', **knobs)
 
 
-VERSION = '2.2.0'
+VERSION = '2.3.0'
 _DEFAULT_CONFIG = make_config()
 
 
@@ -107,7 +107,13 @@ class SupersubSynthetic(tfds.core.GeneratorBasedBuilder):
                             'and hardly saw the dark shadow, so the glyph and the marks are drawn twice as large, '
                             'the satellites larger on a die that grows with them, the shadow pale and farther out, '
                             'the notch deeper, the rim wider, the stretch stronger and the hue less jittered '
-                            '(docs/results.md, section 1).'}
+                            '(docs/results.md, section 1).',
+                   '2.3.0': 'The superclass made readable again (specificity >= 1 only; specificity 0 draws 2.0.0\'s '
+                            'images bit for bit; cues.SALIENCE_2_2_0 draws 2.2.0\'s): 2.2.0\'s deep notch, strong '
+                            'stretch and beside-kinds drawn over the object hid its shape, which is the superclass, '
+                            'so the notch is a smaller bite, the stretch milder, the satellites, glyph and marks are '
+                            'drawn beneath the object, and the silhouette morphs at most 0.3 of the way toward its '
+                            'partner (docs/results.md, section 1).'}
   # Other configs are made on the fly by `make_config` (see `synthetic_builder`).
   BUILDER_CONFIGS = [_DEFAULT_CONFIG]
 
