@@ -36,8 +36,8 @@ assert len(CUE_VALUES) == len(CUE_KINDS)
 # images and measured given the true superclass (docs/results.md, section 1), where the beside-kinds drawn at 2.1.0's
 # size were near chance and the dark shadow hardly showed on the dark background. 2.3.0 gives the superclass (the
 # object's shape) back: in 2.2.0 the deep notch, the strong stretch and the beside-kinds drawn over the object left a
-# narrow flat network's superclass top-1 at 0.40 (0.95 on the demo's data); each taken away alone, 0.61, 0.51 and 0.50
-# (docs/results.md, section 1):
+# narrow flat network's superclass top-1 at 0.40 (0.95 on the demo's data; without the notch 0.61, without the stretch
+# 0.51, the beside-kinds beneath the object 0.50; 2.3.0: 0.80, docs/results.md, section 1):
 SALIENCE_2_1_0: dict[str, float] = {
     'grating_contrast': 0.6, 'hatch_gain': 1.65, 'hue_jitter': 0.55, 'notch_radius': 0.6, 'notch_offset': 0.85,
     'outline_dark': 0.15, 'outline_bright': 2.5, 'outline_width': 2.0, 'stretch': 1.45, 'shadow_offset': 5.0,
