@@ -311,3 +311,31 @@ def given_superclass(logits: np.ndarray, labels: np.ndarray, sizes) -> list[floa
   superclass = label_to_superclass[labels]
   pred = np.asarray(decide.within_superclass(logits, superclass, label_to_superclass))
   return [float(a) for a in report.per_superclass_accuracy(pred, np.asarray(labels), superclass, len(sizes))]
+
+
+def superclass_level(logits: np.ndarray, labels: np.ndarray, sizes) -> dict:
+  """The flat network's superclass: top-1 of the superclass with the most summed subclass probability (logits float
+  [N, sum(sizes)], global labels int [N]), per superclass and overall, and the share of its errors that name the true
+  superclass's morph partner (render.partner)."""
+  from supersub_jax.data import render  # pylint: disable=g-import-not-at-top
+  label_to_superclass = np.repeat(np.arange(len(sizes)), sizes)
+  probs = np.exp(logits - logits.max(-1, keepdims=True))
+  probs /= probs.sum(-1, keepdims=True)
+  pred = np.argmax(np.stack([probs[:, label_to_superclass == s].sum(-1) for s in range(len(sizes))], -1), -1)
+  true = label_to_superclass[labels]
+  wrong = pred != true
+  return {'top1': float(np.mean(~wrong)),
+          'per_superclass': [float(np.mean(pred[true == s] == s)) if (true == s).any() else float('nan')
+                             for s in range(len(sizes))],
+          'partner_share': float(np.mean(pred[wrong] == render.partner(true[wrong]))) if wrong.any() else 0.0}
+
+
+def superclass_readouts(logits: np.ndarray, sizes) -> dict[str, np.ndarray]:
+  """Superclass scores (float [N, S] each) from subclass logits (float [N, sum(sizes)], superclass-major order):
+  'logsumexp' (log of the summed subclass probabilities, up to a per-image constant), 'max' and 'mean + log n'."""
+  label_to_superclass = np.repeat(np.arange(len(sizes)), sizes)
+  shifted = logits - logits.max(-1, keepdims=True)
+  groups = [shifted[:, label_to_superclass == s] for s in range(len(sizes))]
+  return {'logsumexp': np.stack([np.log(np.exp(g).sum(-1)) for g in groups], -1),
+          'max': np.stack([g.max(-1) for g in groups], -1),
+          'mean + log n': np.stack([g.mean(-1) + np.log(g.shape[-1]) for g in groups], -1)}

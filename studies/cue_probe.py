@@ -125,23 +125,6 @@ def probe_alone(superclass: int, m: int, seed: int, sizes, salience: dict) -> fl
   return float(np.mean(np.argmax(logits, -1) == labels))
 
 
-def superclass_level(logits: np.ndarray, labels: np.ndarray, sizes) -> dict:
-  """The flat network's superclass: top-1 of the superclass with the most summed subclass probability (logits float
-  [N, sum(sizes)], global labels int [N]), per superclass and overall, and the share of its errors that name the true
-  superclass's morph partner (render.partner)."""
-  from supersub_jax.data import render  # pylint: disable=g-import-not-at-top
-  label_to_superclass = np.repeat(np.arange(len(sizes)), sizes)
-  probs = np.exp(logits - logits.max(-1, keepdims=True))
-  probs /= probs.sum(-1, keepdims=True)
-  pred = np.argmax(np.stack([probs[:, label_to_superclass == s].sum(-1) for s in range(len(sizes))], -1), -1)
-  true = label_to_superclass[labels]
-  wrong = pred != true
-  return {'top1': float(np.mean(~wrong)),
-          'per_superclass': [float(np.mean(pred[true == s] == s)) if (true == s).any() else float('nan')
-                             for s in range(len(sizes))],
-          'partner_share': float(np.mean(pred[wrong] == render.partner(true[wrong]))) if wrong.any() else 0.0}
-
-
 def main(argv):
   del argv
   from supersub_jax.data import cues  # pylint: disable=g-import-not-at-top
@@ -162,7 +145,7 @@ def main(argv):
       for seed in _SEEDS.value:
         logits, labels = probe(None, m, int(seed), sizes, salience)
         per_seed.append(common.given_superclass(logits, labels, sizes))
-        level[m, seed] = superclass_level(logits, labels, sizes)
+        level[m, seed] = common.superclass_level(logits, labels, sizes)
         print(f"m={m}, seed {seed}: superclass top-1 {level[m, seed]['top1']:.3f} (per superclass "
               f"{' '.join(f'{a:.2f}' for a in level[m, seed]['per_superclass'])}), "
               f"{level[m, seed]['partner_share']:.0%} of its errors the morph partner", flush=True)

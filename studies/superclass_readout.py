@@ -39,17 +39,6 @@ _BASE_CONFIG = config_flags.DEFINE_config_file('base_config', 'configs/synthetic
 SIZES = (12, 6, 4, 3, 3, 2, 2, 2, 2, 2)
 
 
-def readouts(logits: np.ndarray, sizes) -> dict[str, np.ndarray]:
-  """Superclass scores (float [N, S] each) from subclass logits (float [N, sum(sizes)], superclass-major order):
-  'logsumexp' (log of the summed subclass probabilities, up to a per-image constant), 'max' and 'mean + log n'."""
-  label_to_superclass = np.repeat(np.arange(len(sizes)), sizes)
-  shifted = logits - logits.max(-1, keepdims=True)
-  groups = [shifted[:, label_to_superclass == s] for s in range(len(sizes))]
-  return {'logsumexp': np.stack([np.log(np.exp(g).sum(-1)) for g in groups], -1),
-          'max': np.stack([g.max(-1) for g in groups], -1),
-          'mean + log n': np.stack([g.mean(-1) + np.log(g.shape[-1]) for g in groups], -1)}
-
-
 def base_logits(m: int, width: float, base: int) -> tuple[np.ndarray, np.ndarray]:
   """The cell's base network's logits (float32 [N, sum(SIZES)]) on fresh images, and their labels (int [N])."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -85,7 +74,7 @@ def main(argv):
       for base in (int(b) for b in _BASES.value):
         logits, labels = base_logits(m, width, base)
         true = label_to_superclass[labels]
-        for name, scores in readouts(logits, SIZES).items():
+        for name, scores in common.superclass_readouts(logits, SIZES).items():
           pred = scores.argmax(-1)
           small = np.isin(true, fewest)
           rows.append({'specificity': m, 'width': width, 'base': base, 'readout': name,

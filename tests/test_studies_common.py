@@ -1,5 +1,9 @@
-"""studies/common.py: the map's statistics on hand-built runs, against cell-mean algebra and scipy's t quantile."""
+"""studies/common.py: the map's statistics on hand-built runs, against cell-mean algebra and scipy's t quantile; the
+flat network's superclass read from its subclass logits, against hand-built cases and the softmax."""
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 import numpy as np
 import pytest
 from scipy import stats
@@ -95,3 +99,45 @@ def test_given_superclass_of_random_logits_equals_a_loop_over_images():
     count[s] += 1
     right[s] += starts[s] + int(np.argmax(row[starts[s]:starts[s] + sizes[s]])) == label
   np.testing.assert_allclose(common.given_superclass(logits, labels, sizes), right / count)
+
+
+def test_superclass_level_sums_subclass_probabilities_and_counts_errors_that_name_the_morph_partner():
+  # Ten superclasses (render's partner of s is s + 5 mod 10); superclass 0 has two subclasses (labels 0, 1), every
+  # other one (labels 2..10 for superclasses 1..9).
+  sizes = (2,) + (1,) * 9
+  probs = np.full((4, 11), 1e-6)
+  probs[0, [0, 1, 2]] = 0.3, 0.3, 0.4   # true 0: its two subclasses sum to 0.6 > 0.4, though label 2 is the argmax
+  probs[1, 6] = 1.0                     # true 0, answered superclass 5: its morph partner
+  probs[2, 2] = 1.0                     # true 1, right
+  probs[3, 2] = 1.0                     # true 5, answered superclass 1: not its partner (0)
+  labels = np.array([0, 1, 2, 6])
+  level = common.superclass_level(np.log(probs), labels, sizes)
+  assert level['top1'] == pytest.approx(0.5)
+  assert level['partner_share'] == pytest.approx(0.5)
+  assert level['per_superclass'][:2] == pytest.approx([0.5, 1.0]) and level['per_superclass'][5] == 0.0
+  assert np.isnan(level['per_superclass'][2])  # no image of superclass 2
+
+
+READOUT_SIZES = (3, 2, 1)
+
+
+@settings(max_examples=25, deadline=None)
+@given(hnp.arrays(np.float64, (4, 6), elements=st.floats(-20, 20)))
+def test_logsumexp_ranks_superclasses_by_their_summed_softmax_probability(logits):
+  scores = common.superclass_readouts(logits, READOUT_SIZES)['logsumexp']
+  probs = np.exp(logits - logits.max(-1, keepdims=True))
+  probs /= probs.sum(-1, keepdims=True)
+  summed = np.stack([probs[:, :3].sum(-1), probs[:, 3:5].sum(-1), probs[:, 5]], -1)
+  # log of the summed probability, up to the per-image log of the softmax's normaliser.
+  offset = np.log(summed) - scores
+  np.testing.assert_allclose(offset, offset[:, :1] * np.ones_like(offset), atol=1e-9)
+
+
+def test_mean_plus_log_n_is_the_logsumexp_where_a_superclasss_subclasses_score_alike_and_below_it_elsewhere():
+  alike = np.array([[1.0, 1.0, 1.0, -2.0, -2.0, 0.5]])
+  pooled = common.superclass_readouts(alike, READOUT_SIZES)
+  np.testing.assert_allclose(pooled['mean + log n'], pooled['logsumexp'], atol=1e-12)
+  apart = np.array([[4.0, 0.0, 0.0, 3.0, -3.0, 0.5]])
+  pooled = common.superclass_readouts(apart, READOUT_SIZES)
+  assert (pooled['mean + log n'][:, :2] < pooled['logsumexp'][:, :2]).all()  # Jensen: strictly, unequal logits
+  np.testing.assert_allclose(pooled['max'], [[4.0 - 4.0, 3.0 - 4.0, 0.5 - 4.0]])  # shifted by the row's max
