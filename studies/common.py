@@ -316,12 +316,12 @@ def given_superclass(logits: np.ndarray, labels: np.ndarray, sizes) -> list[floa
 def superclass_level(logits: np.ndarray, labels: np.ndarray, sizes) -> dict:
   """The flat network's superclass: top-1 of the superclass with the most summed subclass probability (logits float
   [N, sum(sizes)], global labels int [N]), per superclass and overall, and the share of its errors that name the true
-  superclass's morph partner (render.partner)."""
+  superclass's morph partner (render.partner). The superclass is the flat router's (``decide.router_probs('flat')``),
+  as evaluation computes it."""
+  from supersub_jax import decide  # pylint: disable=g-import-not-at-top  (decide imports jax)
   from supersub_jax.data import render  # pylint: disable=g-import-not-at-top
-  label_to_superclass = np.repeat(np.arange(len(sizes)), sizes)
-  probs = np.exp(logits - logits.max(-1, keepdims=True))
-  probs /= probs.sum(-1, keepdims=True)
-  pred = np.argmax(np.stack([probs[:, label_to_superclass == s].sum(-1) for s in range(len(sizes))], -1), -1)
+  label_to_superclass = np.repeat(np.arange(len(sizes)), sizes).astype(np.int32)
+  pred = np.argmax(np.asarray(decide.router_probs('flat', None, logits, label_to_superclass, len(sizes))), -1)
   true = label_to_superclass[labels]
   wrong = pred != true
   return {'top1': float(np.mean(~wrong)),

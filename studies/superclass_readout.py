@@ -74,9 +74,9 @@ def main(argv):
       for base in (int(b) for b in _BASES.value):
         logits, labels = base_logits(m, width, base)
         true = label_to_superclass[labels]
+        small = np.isin(true, fewest)
         for name, scores in common.superclass_readouts(logits, SIZES).items():
           pred = scores.argmax(-1)
-          small = np.isin(true, fewest)
           rows.append({'specificity': m, 'width': width, 'base': base, 'readout': name,
                        'top1': float(np.mean(pred == true)), 'fewest_top1': float(np.mean(pred[small] == true[small]))})
           print(f"m={m} w={width:g} base {base}, {name}: superclass top-1 {rows[-1]['top1']:.3f}, on the "
