@@ -21,6 +21,13 @@ given the true superclass, and, per E and rule, one least-squares model of all r
 (m scaled to [0, 1] over the grid's specificities, w as log2 width scaled to [0, 1]), whose m x w coefficient is the
 interaction (does the gap grow with m faster where the network is narrow?) with its t interval. <out>.png colours
 each cell by its mean gap under the paper's rule, with the interval written in it.
+
+A variant of the method is a tag and config overrides; the stages it does not change are linked from the untagged
+run of the same cell and seed (which must have kept its workdir), so that both share the flat arm exactly:
+
+  XLA_FLAGS=--xla_force_host_platform_device_count=2 python -m studies.map --workdir=runs/map \
+      --specificity=1,10 --widths=0.25,1.0 --bases=0 --seeds=1 --extra=0.25 --tag=head_init \
+      --share_stages=vanilla,superclass --converged_config.specialists.head_from=init --out=docs/results/map_head_init
 """
 
 from __future__ import annotations
@@ -48,6 +55,11 @@ _BASE_STEPS = flags.DEFINE_integer('base_steps', 2400, 'Steps of each base netwo
 _GENERALIST = flags.DEFINE_float('generalist_share', 0.25, "The generalist's share of E (numeric E only).")
 _RUNS_DIR = flags.DEFINE_string('runs_dir', 'docs/results/map_runs', 'Where each finished run\'s summary goes.')
 _OUT = flags.DEFINE_string('out', '', 'Output path prefix (.json, .md, .png); empty: print only.')
+_TAG = flags.DEFINE_string('tag', '', "A variant's name (with --converged_config.<field>=... overrides): its workdirs "
+                           'and summaries carry it; empty: the method as configured.')
+_SHARE = flags.DEFINE_list('share_stages', [], "With --tag: the stages linked from the untagged run's workdir of the same "
+                           'cell, E and seed instead of trained again (that run must be finished), e.g. '
+                           'vanilla,superclass for a variant of the specialists alone.')
 _TRAIN = flags.DEFINE_bool('train', True, 'False: train nothing, summarise the runs already summarised.')
 config_flags.DEFINE_config_file('converged_config', 'configs/synthetic.py', 'The runs\' config (its init is '
                                 'replaced by the cell\'s base network).', lock_config=False)
@@ -102,16 +114,22 @@ def base_network(m: int, width: float, base: int) -> dict:
   return record
 
 
-def summary_path(m: int, width: float, base: int, extra: float, seed: int) -> str:
-  return os.path.join(_RUNS_DIR.value, f'{cell_name(m, width, base)}_E{extra:g}_s{seed}_v{dataset_version()}.json')
+def tagged(name: str, tag: str) -> str:
+  return f'{name}_{tag}' if tag else name
+
+
+def summary_path(m: int, width: float, base: int, extra: float, seed: int, tag: str = '') -> str:
+  return os.path.join(_RUNS_DIR.value,
+                      f'{tagged(cell_name(m, width, base), tag)}_E{extra:g}_s{seed}_v{dataset_version()}.json')
 
 
 def run_one(m: int, width: float, base: int, extra: float | None, seed: int) -> dict | None:
   """One run's summary: from --runs_dir if it was summarised, else trained and evaluated (None: not finished and
   --train=false)."""
   from supersub_jax import files  # pylint: disable=g-import-not-at-top
+  tag = _TAG.value
   known = [path for pattern in (f'_E*_s{seed}.json', f'_E*_s{seed}_v*.json')  # the pilot's names had no version
-           for path in glob.glob(os.path.join(_RUNS_DIR.value, cell_name(m, width, base) + pattern))]
+           for path in glob.glob(os.path.join(_RUNS_DIR.value, tagged(cell_name(m, width, base), tag) + pattern))]
   for path in known:
     summary = json.load(open(path))
     # Summaries from before the version was recorded are the pilot's, on dataset 2.0.0.
@@ -126,21 +144,28 @@ def run_one(m: int, width: float, base: int, extra: float | None, seed: int) -> 
   config.init.path = record['path']
   config, fraction = common.converged(config, extra, seed, base_steps=record['steps'],
                                       generalist_share=_GENERALIST.value)
-  workdir = os.path.join(cell_dir(m, width, base), f'E{fraction:g}', f'seed{seed}')
-  print(f'{cell_name(m, width, base)} E={fraction:g} seed {seed}: training ({config.vanilla.num_train_steps} steps '
-        'an arm)', flush=True)
-  report = common.run(config, workdir)
+  untagged = os.path.join(cell_dir(m, width, base), f'E{fraction:g}', f'seed{seed}')
+  workdir = tagged(untagged, tag)
+  if tag and _SHARE.value and not os.path.exists(os.path.join(untagged, 'report.json')):
+    # A linked stage that is not finished would be trained on inside the untagged run's folder.
+    raise SystemExit(f'--share_stages: {untagged} is not a finished run: run this cell, E and seed without --tag '
+                     'first (with the same --workdir), or share no stages.')
+  print(f'{tagged(cell_name(m, width, base), tag)} E={fraction:g} seed {seed}: training '
+        f'({config.vanilla.num_train_steps} steps an arm)', flush=True)
+  report = common.run(config, workdir, reuse=tuple(_SHARE.value) if tag else (), source=untagged)
   summary = {**common.row('converged', fraction, seed, False, report, record['steps'], record['test_top1']),
              'specificity': m, 'width': width, 'base': base, 'extra_flag': None if extra is None else float(extra),
-             'dataset_version': dataset_version(),
+             'dataset_version': dataset_version(), 'tag': tag, 'shared_stages': list(_SHARE.value) if tag else [],
              'per_superclass': report.get('per_superclass'), 'delta_alpha': report.get('storage', {}).get('alpha')}
   os.makedirs(_RUNS_DIR.value, exist_ok=True)
-  files.write_text(summary_path(m, width, base, fraction, seed), json.dumps(summary, indent=2, default=float) + '\n')
+  files.write_text(summary_path(m, width, base, fraction, seed, tag), json.dumps(summary, indent=2, default=float) + '\n')
   return summary
 
 
 def main(argv):
   del argv
+  if _SHARE.value and not _TAG.value:
+    raise app.UsageError('--share_stages links stages from the untagged run into a variant: give --tag too.')
   logging.set_verbosity(logging.WARNING)  # orbax logs every save and restore at INFO; progress lines are printed
   specificities = [int(m) for m in _SPECIFICITY.value]
   widths = [float(w) for w in _WIDTHS.value]

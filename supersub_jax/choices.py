@@ -35,6 +35,8 @@ GRANULARITIES = ('per_channel', 'per_tensor')  # delta: one quantization scale p
 SCOPES = ('per_leaf', 'global')  # sparsity: the density kept per leaf or over all leaves together
 SCHEDULE_KINDS = ('one_shot', 'gradual', 'none')  # sparsity: how the density falls over training
 DUSTBIN_OTHERS = ('all', 'confused')  # config.specialists.dustbin_others: which other superclasses fill the dustbin
+HEAD_FROM = ('random', 'init')  # config.specialists.head_from: a specialist's head starts random, or as config.init's
+                                # subclass head restricted to its superclass's subclasses
 
 # Inference and evaluation (config.evaluate).
 ROUTINGS = ('loop', 'padded')  # inference: specialists over image groups one after another, or vmapped in slots

@@ -148,6 +148,9 @@ def default_config() -> ml_collections.ConfigDict:
                                         # with leaves='kernels_and_norm': BatchNorm affine deltas kept whole
       branch='stem',                    # first layer group with a delta: 'stem' (all) | 'stage<i>' | 'head' (none);
                                         # the layers before it are shared with the generalist (one pass at inference)
+      head_from='random',               # 'random': a new head | 'init': config.init's (flat) head, the columns of
+                                        # this superclass's subclasses (the converged regime's base already reads
+                                        # them; the padding and dustbin columns stay random)
       dustbin=False,                    # one more output, "not my superclass" (Hinton et al. 2015, section 5),
                                         # trained on other superclasses' images; inference brings its logit to even
                                         # odds (exported.dustbin_logit_correction: the router carries the prior).

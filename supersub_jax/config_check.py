@@ -268,6 +268,11 @@ def problems_of(config: ml_collections.ConfigDict, *, training: bool = True, dev
   _choice(problems, 'specialists.sparsity_scope', cfg.sparsity_scope, choices.SCOPES)
   _choice(problems, 'specialists.sparsity_schedule', cfg.sparsity_schedule, choices.SCHEDULE_KINDS)
   _choice(problems, 'specialists.dustbin_others', cfg.dustbin_others, choices.DUSTBIN_OTHERS)
+  _choice(problems, 'specialists.head_from', cfg.head_from, choices.HEAD_FROM)
+  if cfg.head_from == 'init' and not config.init.path:
+    problems.append("specialists.head_from='init' starts each specialist's head from config.init's subclass head, "
+                    "but config.init.path is empty: give init.path (a flat network over the hierarchy's subclasses) "
+                    "or use head_from='random'.")
   if cfg.dustbin:
     try:
       pipeline.mixed_counts(max(config.batch_size // devices, 1), float(cfg.dustbin_fraction))

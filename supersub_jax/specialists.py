@@ -45,6 +45,7 @@ from supersub_jax import setup_of
 from supersub_jax import sparsity
 from supersub_jax import stages
 from supersub_jax import step as step_lib
+from supersub_jax import weights
 from supersub_jax import workdir as workdir_lib
 from supersub_jax.choices import SPECIALIST_STAGES
 
@@ -135,10 +136,55 @@ def initial_state(base, head, batch_stats, dcfg: delta_lib.DeltaConfig, tx, cut:
   return step_lib.create_train_state(trainable, jax.tree.map(np.asarray, batch_stats), tx, masks=masks)
 
 
-def _init_state(generalist, base, dcfg, tx, outputs: int, seed: int, cut: cut_lib.Cut):
-  """Specialist training's first state: a fresh head of ``outputs`` outputs, the generalist's statistics."""
+def head_from_flat(head: PyTree, flat_head: PyTree, labels) -> dict:
+  """A specialist's head started from a flat network's: ``head``'s columns j where ``labels[j] >= 0`` replaced by
+  the flat head's column ``labels[j]``.
+
+  Args:
+    head: {'kernel': float[F, S + d], 'bias': float[S + d]}, a fresh head (S = max_subclasses, d dustbin columns).
+    flat_head: {'kernel': float[F, M], 'bias': float[M]}, the head of a flat network over all M subclasses
+      (global labels, ``hierarchy.Hierarchy``).
+    labels: int[S], the global label of each local index of the superclass, -1 on padding
+      (``hierarchy.local_to_label[k]``).
+
+  Returns:
+    {'kernel', 'bias'} as numpy arrays of ``head``'s shapes and dtypes: on the superclass's subclasses the specialist
+    answers as the flat network's logits restricted to them; padding and dustbin columns are ``head``'s.
+  """
+  kernel, bias = np.array(head['kernel']), np.array(head['bias'])
+  flat_kernel, flat_bias = np.asarray(flat_head['kernel']), np.asarray(flat_head['bias'])
+  if flat_kernel.shape[0] != kernel.shape[0]:
+    raise ValueError(f'the flat head reads {flat_kernel.shape[0]} features, the specialist\'s {kernel.shape[0]}: '
+                     'config.init must be the same architecture (width) as the run.')
+  labels = np.asarray(labels)
+  real = np.flatnonzero(labels >= 0)
+  if labels[real].max(initial=-1) >= flat_kernel.shape[1]:
+    raise ValueError(f'subclass label {labels[real].max()} is past the flat head\'s {flat_kernel.shape[1]} outputs: '
+                     "config.init's head is not over this hierarchy's subclasses.")
+  kernel[:, real] = flat_kernel[:, labels[real]]
+  bias[real] = flat_bias[labels[real]]
+  return {'kernel': kernel, 'bias': bias}
+
+
+def _init_state(generalist, base, dcfg, tx, outputs: int, seed: int, cut: cut_lib.Cut, flat_head=None, labels=None):
+  """Specialist training's first state: a fresh head of ``outputs`` outputs (the flat head's columns of ``labels``
+  where ``flat_head`` is given, ``head_from_flat``), the generalist's statistics."""
   head = models.init_head(outputs, np.shape(generalist.params['head']['kernel'])[0], jax.random.key(seed))
+  if flat_head is not None:
+    head = head_from_flat(jax.device_get(head), flat_head, labels)
   return initial_state(base, head, generalist.batch_stats, dcfg, tx, cut)
+
+
+def init_flat_head(config, setup: setup_of.Setup) -> dict | None:
+  """config.init's subclass head ({'kernel': float[F, M], 'bias': float[M]}) where
+  ``config.specialists.head_from`` is 'init', else None."""
+  if config.specialists.head_from != 'init':
+    return None
+  if not config.init.path:
+    raise ValueError("specialists.head_from='init' needs config.init.path (a flat network over the hierarchy's "
+                     "subclasses); give it, or use head_from='random'.")
+  flat = weights.load_network(ckpt.abs_path(config.init.path), config.init.format, setup.flat)
+  return jax.device_get(flat['params']['head'])
 
 
 def superclass_confusion(config, generalist: workdir_lib.Network, hierarchy) -> np.ndarray:
@@ -213,6 +259,7 @@ def train_specialists(config, workdir: str, setup: setup_of.Setup, *, stage: str
     return tx, fn
 
   which = list(cfg.superclasses) or list(range(hierarchy.num_superclasses))
+  flat_head = init_flat_head(config, setup)
   all_train = stages.load_source(config, 'train', hierarchy) if d else None
   confusion = superclass_confusion(config, generalist, hierarchy) if d and cfg.dustbin_others == 'confused' else None
   results = {}
@@ -229,7 +276,8 @@ def train_specialists(config, workdir: str, setup: setup_of.Setup, *, stage: str
     extra = {'base': frozen, 'logit_mask': parallel.replicate(np.concatenate([valid, [True] * d])),
              'eval_mask': parallel.replicate(np.concatenate([valid, [False] * d]))}
     seed = int(config.seed) + 100 + k
-    fresh_state = functools.partial(_init_state, generalist, base, dcfg, tx, hierarchy.max_subclasses + d, seed, cut)
+    fresh_state = functools.partial(_init_state, generalist, base, dcfg, tx, hierarchy.max_subclasses + d, seed, cut,
+                                    flat_head, hierarchy.local_to_label[k])
     mix, dustbin = None, None
     if d:
       weights = None if confusion is None else confusion[:, k]

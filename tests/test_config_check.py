@@ -66,7 +66,8 @@ CHOICE_FIELDS = [('model', sorted(models.MODELS)), ('stem', choices.STEMS), ('da
                  ('vanilla.optimizer', choices.OPTIMIZERS), ('superclass.schedule', choices.SCHEDULES),
                  ('specialists.granularity', choices.GRANULARITIES), ('specialists.sparsity_scope', choices.SCOPES),
                  ('specialists.sparsity_schedule', choices.SCHEDULE_KINDS),
-                 ('specialists.dustbin_others', choices.DUSTBIN_OTHERS)]
+                 ('specialists.dustbin_others', choices.DUSTBIN_OTHERS),
+                 ('specialists.head_from', choices.HEAD_FROM)]
 
 
 @pytest.mark.parametrize('field,allowed', CHOICE_FIELDS, ids=[f for f, _ in CHOICE_FIELDS])
@@ -75,6 +76,14 @@ def test_a_value_outside_a_fields_choices_is_refused_with_the_choices(tmp_path, 
   section, _, name = field.rpartition('.')
   (config[section] if section else config)[name] = 'bogus'
   assert f"{field}='bogus': use one of {tuple(allowed)}." in _problems(config)
+
+
+def test_a_specialist_head_from_init_without_an_init_network_is_refused_with_the_fix(tmp_path):
+  config = make_tiny_config(str(tmp_path / 'data'))
+  config.specialists.head_from = 'init'
+  assert "config.init.path is empty: give init.path" in _problems(config)
+  config.init.path = str(tmp_path / 'flat.safetensors')
+  assert not any('head_from' in p for p in config_check.problems_of(config))
 
 
 def test_a_rule_or_router_outside_the_decision_rules_is_refused(tmp_path):

@@ -35,3 +35,46 @@ def test_a_summary_is_reused_only_on_its_own_dataset_version(tmp_path):
   assert stale is None  # 2.0.0's summary is not this version's: with --notrain, nothing to give
   assert current['flat'] == 0.7  # seed 1's own summary, not seed 11's
   assert lines[1] == str(tmp_path / 'w' / f'v{synthetic.VERSION}' / 'm10_w0.25' / 'base0')
+
+
+def test_a_variant_reads_only_its_own_summaries_and_shares_stages_only_with_a_finished_run(tmp_path):
+  from supersub_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  runs = tmp_path / 'runs'
+  runs.mkdir()
+  v = synthetic.VERSION
+  (runs / f'm10_w1_b0_E0.2_s1_v{v}.json').write_text(json.dumps({'extra_flag': 0.25, 'flat': 0.8, 'dataset_version': v}))
+  (runs / f'm10_w1_b0_head_init_E0.2_s2_v{v}.json').write_text(
+      json.dumps({'extra_flag': 0.25, 'flat': 0.6, 'dataset_version': v}))
+  child = textwrap.dedent(f'''
+      import json, sys
+      from absl import flags
+      from studies import map as study
+      flags.FLAGS(['map', '--workdir={tmp_path / "w"}', '--runs_dir={runs}', '--notrain'] + sys.argv[1:])
+      print(json.dumps([study.run_one(10, 1.0, 0, 0.25, s) for s in (1, 2)]))
+      print(study.summary_path(10, 1.0, 0, 0.2, 3, study._TAG.value))
+  ''')
+
+  def run(*args):
+    return subprocess.run([sys.executable, '-c', child, *args], capture_output=True, text=True, cwd=ROOT, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=ROOT))
+
+  plain, variant = run(), run('--tag=head_init')
+  assert plain.returncode == 0 and variant.returncode == 0, plain.stderr + variant.stderr
+  assert [r and r['flat'] for r in json.loads(plain.stdout.splitlines()[0])] == [0.8, None]
+  assert [r and r['flat'] for r in json.loads(variant.stdout.splitlines()[0])] == [None, 0.6]
+  assert variant.stdout.splitlines()[1] == str(runs / f'm10_w1_b0_head_init_E0.2_s3_v{v}.json')
+  # Training a variant whose untagged run never finished: refused before anything trains.
+  child = textwrap.dedent(f'''
+      import os
+      from absl import flags
+      from studies import map as study
+      flags.FLAGS(['map', '--workdir={tmp_path / "w"}', '--runs_dir={runs}', '--tag=head_init',
+                   '--share_stages=vanilla,superclass'])
+      folder = study.cell_dir(10, 1.0, 0)
+      os.makedirs(folder)
+      open(os.path.join(folder, 'base.safetensors'), 'w').close()
+      open(os.path.join(folder, 'base.json'), 'w').write('{{"path": "x", "steps": 2400}}')
+      study.run_one(10, 1.0, 0, 0.25, 5)
+  ''')
+  refused = run()
+  assert refused.returncode != 0 and 'is not a finished run: run this cell, E and seed without --tag' in refused.stderr
