@@ -6,6 +6,7 @@ No flags here: each study (``python -m studies.<name>``) defines its own and pas
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 
@@ -268,6 +269,9 @@ def plot_map(data: dict, path: str, rule: str = 'hard') -> None:
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   cells = [c for c in data['summary']['cells'] if rule in c['rules']]
+  if not cells:
+    rules = sorted({r for c in data['summary']['cells'] for r in c['rules']})
+    raise ValueError(f'no cell has the rule {rule!r} to colour the map by: use one of {rules} (--plot_rule).')
   extras = sorted({c['extra'] for c in cells})
   ms = sorted({c['specificity'] for c in cells})
   ws = sorted({c['width'] for c in cells})
@@ -298,8 +302,10 @@ def plot_map(data: dict, path: str, rule: str = 'hard') -> None:
   plots.save_figure(fig, path, dpi=120)
 
 
-def write_map(prefix: str, rows: list[dict], with_plot: bool = False) -> None:
-  write_results(prefix, {'rows': rows, 'summary': map_summary(rows)}, map_tables(rows), plot_map if with_plot else None)
+def write_map(prefix: str, rows: list[dict], with_plot: bool = False, rule: str = 'hard') -> None:
+  """<prefix>.json and .md (map_summary, map_tables); with ``with_plot``, <prefix>.png coloured by ``rule``."""
+  plot = functools.partial(plot_map, rule=rule) if with_plot else None
+  write_results(prefix, {'rows': rows, 'summary': map_summary(rows)}, map_tables(rows), plot)
 
 
 def given_superclass(logits: np.ndarray, labels: np.ndarray, sizes) -> list[float]:

@@ -60,6 +60,8 @@ _TAG = flags.DEFINE_string('tag', '', "A variant's name (with --converged_config
 _SHARE = flags.DEFINE_list('share_stages', [], "With --tag: the stages linked from the untagged run's workdir of the same "
                            'cell, E and seed instead of trained again (that run must be finished), e.g. '
                            'vanilla,superclass for a variant of the specialists alone.')
+_PLOT_RULE = flags.DEFINE_string('plot_rule', 'hard', "The decision rule <out>.png colours the cells by (a variant that "
+                                 "routes by the base network: 'hard/flat').")
 _TRAIN = flags.DEFINE_bool('train', True, 'False: train nothing, summarise the runs already summarised.')
 config_flags.DEFINE_config_file('converged_config', 'configs/synthetic.py', 'The runs\' config (its init is '
                                 'replaced by the cell\'s base network).', lock_config=False)
@@ -190,7 +192,7 @@ def main(argv):
   if not rows:
     raise SystemExit(f'no finished run in {_RUNS_DIR.value}: run without --train=false first.')
   if _OUT.value:
-    common.write_map(_OUT.value, rows, with_plot=True)
+    common.write_map(_OUT.value, rows, with_plot=True, rule=_PLOT_RULE.value)
   print(common.map_tables(rows))
 
 

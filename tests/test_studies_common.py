@@ -141,3 +141,18 @@ def test_mean_plus_log_n_is_the_logsumexp_where_a_superclasss_subclasses_score_a
   pooled = common.superclass_readouts(apart, READOUT_SIZES)
   assert (pooled['mean + log n'][:, :2] < pooled['logsumexp'][:, :2]).all()  # Jensen: strictly, unequal logits
   np.testing.assert_allclose(pooled['max'], [[4.0 - 4.0, 3.0 - 4.0, 0.5 - 4.0]])  # shifted by the row's max
+
+
+def test_write_map_colours_the_figure_by_the_rule_asked_and_tables_every_rule(tmp_path):
+  rows = []
+  for seed in (0, 1):
+    for m in (1, 10):
+      row = _run(m, 1.0, 0, seed, flat=0.80, hard=0.10)
+      row['rules']['hard/flat'] = 0.81 + 0.01 * seed
+      rows.append(row)
+  common.write_map(str(tmp_path / 'map'), rows, with_plot=True, rule='hard/flat')
+  assert (tmp_path / 'map.png').stat().st_size > 0
+  table = (tmp_path / 'map.md').read_text()
+  assert '| hard | hard/flat |' in table and '-70.00' in table and '+1.50 [' in table
+  with pytest.raises(ValueError, match="no cell has the rule 'poe:2'"):
+    common.write_map(str(tmp_path / 'other'), rows, with_plot=True, rule='poe:2')
