@@ -122,6 +122,23 @@ def mean_interval(values, confidence: float = 0.95) -> tuple[float, float, float
   return mean, mean - half, mean + half
 
 
+def welch_interval(a, b, confidence: float = 0.95) -> tuple[float, float, float]:
+  """(mean(a) - mean(b), low, high): Welch's Student-t interval for a difference of means of two unpaired samples
+  (runs from different base networks share no randomness); NaN bounds when either has fewer than two values."""
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  a, b = np.asarray(a, float), np.asarray(b, float)
+  diff = float(a.mean() - b.mean())
+  if a.size < 2 or b.size < 2:
+    return diff, float('nan'), float('nan')
+  va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
+  se = np.sqrt(va + vb)
+  if se == 0:
+    return diff, diff, diff
+  dof = (va + vb) ** 2 / (va ** 2 / (a.size - 1) + vb ** 2 / (b.size - 1))
+  half = float(stats.t.ppf(0.5 + confidence / 2, dof) * se)
+  return diff, diff - half, diff + half
+
+
 def interaction(m: np.ndarray, width: np.ndarray, gap: np.ndarray, confidence: float = 0.95) -> dict:
   """Least squares gap ~ b0 + b_m m' + b_w w' + b_mw m' w', with m' the specificity and w' the log2 width, each
   scaled to [0, 1] over the values present (a 2 x 2 grid: indicator coding). Returns every coefficient as (estimate,
@@ -194,13 +211,53 @@ def map_summary(rows: list[dict]) -> dict:
   return {'cells': cells, 'models': models}
 
 
+def capacity_comparison(rows: list[dict], width: float, wide: float) -> list[dict]:
+  """Per (E, specificity, rule): Super-Sub at ``width`` minus the flat network at ``wide`` (a width with about as
+  many stored parameters as Super-Sub's generalist plus its deltas), each over its own runs: the two come from
+  different base networks, so the interval is Welch's, unpaired. The wider network also spends more FLOPs a step:
+  equal compute here is equal steps and images."""
+  out = []
+  for extra in sorted({r['extra'] for r in rows}):
+    for m in sorted({r['specificity'] for r in rows}):
+      ours = [r for r in rows if (r['extra'], r['specificity'], r['width']) == (extra, m, width)]
+      theirs = [r['flat'] for r in rows if (r['extra'], r['specificity'], r['width']) == (extra, m, wide)]
+      if not ours or not theirs:
+        continue
+      for rule in dict.fromkeys(rule for r in ours for rule in r['rules']):
+        values = [r['rules'][rule] for r in ours if rule in r['rules']]
+        diff, low, high = welch_interval(values, theirs)
+        out.append({'extra': extra, 'steps': ours[0]['steps'], 'specificity': m, 'width': width, 'wide': wide,
+                    'rule': rule, 'supersub': float(np.mean(values)), 'wide_flat': float(np.mean(theirs)),
+                    'runs': (len(values), len(theirs)), 'gap': diff, 'low': low, 'high': high})
+  return out
+
+
+def capacity_lines(comparisons: list[dict]) -> list[str]:
+  if not comparisons:
+    return []
+  lines = ['', 'Against a wider flat network (about as many stored parameters as Super-Sub\'s generalist plus its deltas, '
+           'its own base network, the same steps): Super-Sub minus it, points, Welch 95% interval (unpaired):', '',
+           '| extra steps | specificity m | Super-Sub width | flat width | rule | runs (Super-Sub, flat) | Super-Sub | '
+           'wider flat | difference |', '|---' * 9 + '|']
+  for c in comparisons:
+    lines.append(f"| {c['steps']:,} | {c['specificity']} | {c['width']:g} | {c['wide']:g} | {c['rule']} | "
+                 f"{c['runs'][0]}, {c['runs'][1]} | {c['supersub']:.4f} | {c['wide_flat']:.4f} | "
+                 f"{_points(c['gap'], c['low'], c['high'])} |")
+  return lines
+
+
 def _points(mean, low, high) -> str:
   if np.isnan(low):
     return f'{100 * mean:+.2f} (one run)'
   return f'{100 * mean:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}]'
 
 
-def map_tables(rows: list[dict]) -> str:
+def map_tables(rows: list[dict], capacity: tuple[float, float] | None = None) -> str:
+  """The map's markdown; with ``capacity`` (width, wider width), also Super-Sub at the first against the flat
+  network at the second (``capacity_comparison``)."""
+  every = rows
+  if capacity:
+    rows = [r for r in rows if r['width'] != capacity[1]]  # the wider width is a baseline, not a cell
   summary = map_summary(rows)
   lines = []
   cells = summary['cells']
@@ -225,13 +282,15 @@ def map_tables(rows: list[dict]) -> str:
       lines.append(f"| {steps[mdl['extra']]:,} | {mdl['rule']} | {mdl['runs']} | {mdl['dof']} | "
                    + ' | '.join(_points(*mdl[k]) if k in mdl else '-'
                                 for k in ('intercept', 'specificity', 'width', 'specificity x width')) + ' |')
+  if capacity:
+    lines += capacity_lines(capacity_comparison(every, *capacity))
   lines += ['', 'Difficulty of each superclass\'s cue: the flat network given the true superclass, per superclass '
             '(mean over runs; cue kind at that specificity, data/cues.py), and Super-Sub\'s specialists given it:', '']
   lines += difficulty_table(rows)
   lines += ['', 'Per run (held-out top-1):', '',
             '| specificity m | width | base | extra steps | seed | flat | flat, superclass given | '
             'Super-Sub, superclass given | ' + ' | '.join(rules) + ' |', '|---' * (8 + len(rules)) + '|']
-  for r in sorted(rows, key=lambda r: (r['extra'], r['specificity'], r['width'], r['base'], r['seed'])):
+  for r in sorted(every, key=lambda r: (r['extra'], r['specificity'], r['width'], r['base'], r['seed'])):
     lines.append(f"| {r['specificity']} | {r['width']:g} | {r['base']} | {r['steps']:,} | {r['seed']} | "
                  f"{r['flat']:.4f} | {r['flat_oracle'] if r.get('flat_oracle') is None else format(r['flat_oracle'], '.4f')} | "
                  f"{r['oracle']:.4f} | " + ' | '.join(f"{r['rules'][x]:.4f}" if x in r['rules'] else '-' for x in rules)
@@ -302,10 +361,16 @@ def plot_map(data: dict, path: str, rule: str = 'hard') -> None:
   plots.save_figure(fig, path, dpi=120)
 
 
-def write_map(prefix: str, rows: list[dict], with_plot: bool = False, rule: str = 'hard') -> None:
-  """<prefix>.json and .md (map_summary, map_tables); with ``with_plot``, <prefix>.png coloured by ``rule``."""
+def write_map(prefix: str, rows: list[dict], with_plot: bool = False, rule: str = 'hard',
+              capacity: tuple[float, float] | None = None) -> None:
+  """<prefix>.json and .md (map_summary, map_tables, and the capacity comparison where ``capacity`` is given); with
+  ``with_plot``, <prefix>.png coloured by ``rule``."""
   plot = functools.partial(plot_map, rule=rule) if with_plot else None
-  write_results(prefix, {'rows': rows, 'summary': map_summary(rows)}, map_tables(rows), plot)
+  grid = [r for r in rows if not capacity or r['width'] != capacity[1]]  # the wider width: a baseline, not a cell
+  data = {'rows': rows, 'summary': map_summary(grid)}
+  if capacity:
+    data['capacity'] = capacity_comparison(rows, *capacity)
+  write_results(prefix, data, map_tables(rows, capacity), plot)
 
 
 def given_superclass(logits: np.ndarray, labels: np.ndarray, sizes) -> list[float]:

@@ -62,6 +62,9 @@ _SHARE = flags.DEFINE_list('share_stages', [], "With --tag: the stages linked fr
                            'vanilla,superclass for a variant of the specialists alone.')
 _PLOT_RULE = flags.DEFINE_string('plot_rule', 'hard', "The decision rule <out>.png colours the cells by (a variant that "
                                  "routes by the base network: 'hard/flat').")
+_CAPACITY = flags.DEFINE_list('capacity', [], "'<width>,<wider width>': also compare Super-Sub at the first width with "
+                              'the flat network at the second (give both in --widths), a width with about as many '
+                              "stored parameters as Super-Sub's generalist plus its deltas (1.0 and 1.125: 1.26x).")
 _TRAIN = flags.DEFINE_bool('train', True, 'False: train nothing, summarise the runs already summarised.')
 config_flags.DEFINE_config_file('converged_config', 'configs/synthetic.py', 'The runs\' config (its init is '
                                 'replaced by the cell\'s base network).', lock_config=False)
@@ -172,6 +175,9 @@ def main(argv):
   specificities = [int(m) for m in _SPECIFICITY.value]
   widths = [float(w) for w in _WIDTHS.value]
   extras = [None if e == 'config' else float(e) for e in _EXTRA.value]
+  capacity = tuple(float(w) for w in _CAPACITY.value) or None
+  if capacity and (len(capacity) != 2 or not set(capacity) <= set(widths)):
+    raise app.UsageError(f'--capacity={",".join(_CAPACITY.value)}: give two widths, both also in --widths.')
   rows = []
   # Seed-major: a stopped study has every cell at the same depth (the pilot's seed first, then the next seed).
   for seed in (int(s) for s in _SEEDS.value):
@@ -188,12 +194,12 @@ def main(argv):
             print(f"{cell_name(m, width, base)} E={summary['extra']:g} seed {seed}: flat {summary['flat']:.4f}, "
                   + ', '.join(f'{k} {v:.4f}' for k, v in summary['rules'].items()), flush=True)
             if _OUT.value:
-              common.write_map(_OUT.value, rows)
+              common.write_map(_OUT.value, rows, capacity=capacity)
   if not rows:
     raise SystemExit(f'no finished run in {_RUNS_DIR.value}: run without --train=false first.')
   if _OUT.value:
-    common.write_map(_OUT.value, rows, with_plot=True, rule=_PLOT_RULE.value)
-  print(common.map_tables(rows))
+    common.write_map(_OUT.value, rows, with_plot=True, rule=_PLOT_RULE.value, capacity=capacity)
+  print(common.map_tables(rows, capacity))
 
 
 if __name__ == '__main__':

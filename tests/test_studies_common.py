@@ -1,6 +1,8 @@
 """studies/common.py: the map's statistics on hand-built runs, against cell-mean algebra and scipy's t quantile; the
 flat network's superclass read from its subclass logits, against hand-built cases and the softmax."""
 
+import json
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -156,3 +158,26 @@ def test_write_map_colours_the_figure_by_the_rule_asked_and_tables_every_rule(tm
   assert '| hard | hard/flat |' in table and '-70.00' in table and '+1.50 [' in table
   with pytest.raises(ValueError, match="no cell has the rule 'poe:2'"):
     common.write_map(str(tmp_path / 'other'), rows, with_plot=True, rule='poe:2')
+
+
+@settings(max_examples=30, deadline=None)
+@given(hnp.arrays(np.float64, st.integers(2, 8), elements=st.floats(0, 1)),
+       hnp.arrays(np.float64, st.integers(2, 8), elements=st.floats(0, 1)))
+def test_welch_interval_is_scipys_unequal_variance_t_interval(a, b):
+  diff, low, high = common.welch_interval(a, b)
+  assert diff == pytest.approx(a.mean() - b.mean(), abs=1e-12)
+  if a.var() + b.var() > 1e-6:  # scipy loses precision on near-constant samples
+    ci = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    assert (low, high) == (pytest.approx(ci.low, abs=1e-9), pytest.approx(ci.high, abs=1e-9))
+
+
+def test_the_capacity_comparison_pits_super_sub_at_one_width_against_flat_at_the_wider_one_alone(tmp_path):
+  rows = [_run(10, 1.0, 0, s, flat=0.80, hard=0.83 + 0.01 * s) for s in range(3)]
+  rows += [_run(10, 1.125, 0, s, flat=0.81 + 0.02 * s, hard=0.5) for s in range(2)]
+  (c,) = common.capacity_comparison(rows, 1.0, 1.125)
+  assert c['runs'] == (3, 2) and c['supersub'] == pytest.approx(0.84) and c['wide_flat'] == pytest.approx(0.82)
+  assert c['gap'] == pytest.approx(0.02) and c['low'] < 0.02 < c['high']
+  common.write_map(str(tmp_path / 'map'), rows, capacity=(1.0, 1.125))
+  data = json.loads((tmp_path / 'map.json').read_text())
+  assert [c['width'] for c in data['summary']['cells']] == [1.0]  # the wider width is a baseline, not a cell
+  assert '| 310 | 10 | 1 | 1.125 | hard | 3, 2 | 0.8400 | 0.8200 | +2.00 [' in (tmp_path / 'map.md').read_text()
