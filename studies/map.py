@@ -65,6 +65,8 @@ _PLOT_RULE = flags.DEFINE_string('plot_rule', 'hard', "The decision rule <out>.p
 _CAPACITY = flags.DEFINE_list('capacity', [], "'<width>,<wider width>': also compare Super-Sub at the first width with "
                               'the flat network at the second (give both in --widths), a width with about as many '
                               "stored parameters as Super-Sub's generalist plus its deltas (1.0 and 1.125: 1.26x).")
+_SHOW = flags.DEFINE_list('show_rules', [], "The rules the tables and figure show (default: every rule the runs have); "
+                          "the variant whose generalist trains one step hides its 'hard' (a router that never trained).")
 _TRAIN = flags.DEFINE_bool('train', True, 'False: train nothing, summarise the runs already summarised.')
 config_flags.DEFINE_config_file('converged_config', 'configs/synthetic.py', 'The runs\' config (its init is '
                                 'replaced by the cell\'s base network).', lock_config=False)
@@ -190,6 +192,8 @@ def main(argv):
               print(f"{cell_name(m, width, base)} E={'config' if extra is None else extra} seed {seed}: missing "
                     '(--train=false)', flush=True)
               continue
+            if _SHOW.value:
+              summary = {**summary, 'rules': {k: v for k, v in summary['rules'].items() if k in _SHOW.value}}
             rows.append(summary)
             print(f"{cell_name(m, width, base)} E={summary['extra']:g} seed {seed}: flat {summary['flat']:.4f}, "
                   + ', '.join(f'{k} {v:.4f}' for k, v in summary['rules'].items()), flush=True)
