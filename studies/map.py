@@ -67,6 +67,8 @@ _CAPACITY = flags.DEFINE_list('capacity', [], "'<width>,<wider width>': also com
                               "stored parameters as Super-Sub's generalist plus its deltas (1.0 and 1.125: 1.26x).")
 _SHOW = flags.DEFINE_list('show_rules', [], "The rules the tables and figure show (default: every rule the runs have); "
                           "the variant whose generalist trains one step hides its 'hard' (a router that never trained).")
+_SHARE_FROM = flags.DEFINE_string('share_from', '', "With --share_stages: the tag of the run they are linked from "
+                                  '(default: the untagged run).')
 _TRAIN = flags.DEFINE_bool('train', True, 'False: train nothing, summarise the runs already summarised.')
 config_flags.DEFINE_config_file('converged_config', 'configs/synthetic.py', 'The runs\' config (its init is '
                                 'replaced by the cell\'s base network).', lock_config=False)
@@ -153,16 +155,19 @@ def run_one(m: int, width: float, base: int, extra: float | None, seed: int) -> 
                                       generalist_share=_GENERALIST.value)
   untagged = os.path.join(cell_dir(m, width, base), f'E{fraction:g}', f'seed{seed}')
   workdir = tagged(untagged, tag)
-  if tag and _SHARE.value and not os.path.exists(os.path.join(untagged, 'report.json')):
-    # A linked stage that is not finished would be trained on inside the untagged run's folder.
-    raise SystemExit(f'--share_stages: {untagged} is not a finished run: run this cell, E and seed without --tag '
-                     'first (with the same --workdir), or share no stages.')
+  source = tagged(untagged, _SHARE_FROM.value)
+  if tag and _SHARE.value and not os.path.exists(os.path.join(source, 'report.json')):
+    # A linked stage that is not finished would be trained on inside the other run's folder.
+    raise SystemExit(f'--share_stages: {source} is not a finished run: run this cell, E and seed '
+                     f'{"with --tag=" + _SHARE_FROM.value if _SHARE_FROM.value else "without --tag"} first (with the '
+                     'same --workdir), or share no stages.')
   print(f'{tagged(cell_name(m, width, base), tag)} E={fraction:g} seed {seed}: training '
         f'({config.vanilla.num_train_steps} steps an arm)', flush=True)
-  report = common.run(config, workdir, reuse=tuple(_SHARE.value) if tag else (), source=untagged)
+  report = common.run(config, workdir, reuse=tuple(_SHARE.value) if tag else (), source=source)
   summary = {**common.row('converged', fraction, seed, False, report, record['steps'], record['test_top1']),
              'specificity': m, 'width': width, 'base': base, 'extra_flag': None if extra is None else float(extra),
              'dataset_version': dataset_version(), 'tag': tag, 'shared_stages': list(_SHARE.value) if tag else [],
+             'shared_from': _SHARE_FROM.value if tag and _SHARE.value else None,
              'per_superclass': report.get('per_superclass'), 'delta_alpha': report.get('storage', {}).get('alpha')}
   os.makedirs(_RUNS_DIR.value, exist_ok=True)
   files.write_text(summary_path(m, width, base, fraction, seed, tag), json.dumps(summary, indent=2, default=float) + '\n')
@@ -173,6 +178,8 @@ def main(argv):
   del argv
   if _SHARE.value and not _TAG.value:
     raise app.UsageError('--share_stages links stages from the untagged run into a variant: give --tag too.')
+  if _SHARE_FROM.value == _TAG.value and _SHARE.value:
+    raise app.UsageError('--share_from names the run itself: give another tag, or none for the untagged run.')
   logging.set_verbosity(logging.WARNING)  # orbax logs every save and restore at INFO; progress lines are printed
   specificities = [int(m) for m in _SPECIFICITY.value]
   widths = [float(w) for w in _WIDTHS.value]
