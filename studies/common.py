@@ -246,6 +246,25 @@ def capacity_lines(comparisons: list[dict]) -> list[str]:
   return lines
 
 
+def per_base_lines(rows: list[dict], rules: list[str]) -> list[str]:
+  """Markdown lines: for each cell run from more than one base network, every rule's gap over each base's seeds
+  alone (paired 95% t interval): whether a cell pays on each base, not only pooled."""
+  keys = sorted({(r['extra'], r['specificity'], r['width']) for r in rows})
+  multi = [k for k in keys if len({r['base'] for r in rows if (r['extra'], r['specificity'], r['width']) == k}) > 1]
+  if not multi:
+    return []
+  lines = ['', 'Cells run from more than one base network, each base alone (paired 95% t interval over its seeds):', '',
+           '| extra steps | specificity m | width | base | runs | ' + ' | '.join(rules) + ' |', '|---' * (5 + len(rules)) + '|']
+  for extra, m, width in multi:
+    at = [r for r in rows if (r['extra'], r['specificity'], r['width']) == (extra, m, width)]
+    for base in sorted({r['base'] for r in at}):
+      rs = [r for r in at if r['base'] == base]
+      cells = [_points(*mean_interval([r['rules'][rule] - r['flat'] for r in rs if rule in r['rules']]))
+               if any(rule in r['rules'] for r in rs) else '-' for rule in rules]
+      lines.append(f"| {rs[0]['steps']:,} | {m} | {width:g} | {base} | {len(rs)} | " + ' | '.join(cells) + ' |')
+  return lines
+
+
 def _points(mean, low, high) -> str:
   if np.isnan(low):
     return f'{100 * mean:+.2f} (one run)'
@@ -272,6 +291,7 @@ def map_tables(rows: list[dict], capacity: tuple[float, float] | None = None) ->
                  + ' | '.join(_points(c['rules'][r]['gap'], c['rules'][r]['low'], c['rules'][r]['high'])
                               if r in c['rules'] else '-' for r in rules)
                  + f" | {_points(given['gap'], given['low'], given['high']) if given else '-'} |")
+  lines += per_base_lines(rows, rules)
   if summary['models']:
     lines += ['', 'One model of all runs per budget and rule: gap ~ 1 + m + w + m x w (m: specificity, w: log2 width, '
               'each scaled to [0, 1] over the grid), coefficients in points [95% t interval]:', '',

@@ -181,3 +181,13 @@ def test_the_capacity_comparison_pits_super_sub_at_one_width_against_flat_at_the
   data = json.loads((tmp_path / 'map.json').read_text())
   assert [c['width'] for c in data['summary']['cells']] == [1.0]  # the wider width is a baseline, not a cell
   assert '| 310 | 10 | 1 | 1.125 | hard | 3, 2 | 0.8400 | 0.8200 | +2.00 [' in (tmp_path / 'map.md').read_text()
+
+
+def test_a_cell_on_two_bases_is_also_tabled_base_by_base_with_each_bases_own_interval():
+  rows = [_run(10, 1.0, b, s, flat=0.80, hard=0.80 + 0.01 * (b + 1) + 0.001 * s) for b in (0, 1) for s in range(3)]
+  rows += [_run(1, 1.0, 0, s, flat=0.90, hard=0.90) for s in range(2)]
+  table = common.map_tables(rows)
+  base0 = common.mean_interval([0.010, 0.011, 0.012])
+  assert f'| 310 | 10 | 1 | 0 | 3 | {common._points(*base0)} |' in table
+  assert '| 310 | 10 | 1 | 1 | 3 | +2.10 [' in table
+  assert '| 310 | 1 | 1 | 0 |' not in table  # one base: only in the pooled table
