@@ -143,7 +143,8 @@ def interaction(m: np.ndarray, width: np.ndarray, gap: np.ndarray, confidence: f
   """Least squares gap ~ b0 + b_m m' + b_w w' + b_mw m' w', with m' the specificity and w' the log2 width, each
   scaled to [0, 1] over the values present (a 2 x 2 grid: indicator coding). Returns every coefficient as (estimate,
   low, high) with Student-t intervals on the residual degrees of freedom (NaN bounds when there are none), and 'dof'.
-  One model of all runs: the interaction is tested once, not read off separate intervals."""
+  One model of all runs: the interaction is tested once, not read off separate intervals. With a cell of the 2 x 2
+  grid missing the interaction is not identified and the model keeps the main effects alone."""
   from scipy import stats  # pylint: disable=g-import-not-at-top
 
   def scaled(x):
@@ -156,6 +157,10 @@ def interaction(m: np.ndarray, width: np.ndarray, gap: np.ndarray, confidence: f
   names = ['intercept', 'specificity', 'width', 'specificity x width']
   keep = [i for i, c in enumerate(columns) if i == 0 or np.ptp(c) > 0]  # a grid with one m (or w) has no such term
   x = np.stack([columns[i] for i in keep], axis=1)
+  if np.linalg.matrix_rank(x) < x.shape[1] and keep[-1] == 3:
+    # Three cells of a 2 x 2 grid: the interaction is not identified; the main effects are.
+    keep = keep[:-1]
+    x = x[:, :-1]
   y = np.asarray(gap, float)
   beta, *_ = np.linalg.lstsq(x, y, rcond=None)
   dof = len(y) - x.shape[1]

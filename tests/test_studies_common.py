@@ -191,3 +191,14 @@ def test_a_cell_on_two_bases_is_also_tabled_base_by_base_with_each_bases_own_int
   assert f'| 310 | 10 | 1 | 0 | 3 | {common._points(*base0)} |' in table
   assert '| 310 | 10 | 1 | 1 | 3 | +2.10 [' in table
   assert '| 310 | 1 | 1 | 0 |' not in table  # one base: only in the pooled table
+
+
+def test_with_a_cell_of_the_grid_missing_the_interaction_is_left_out_and_the_main_effects_are_the_cell_differences():
+  # Cells (m, w): (1, 1.0) gap 0, (10, 1.0) gap 1, (10, 0.25) gap 3 (points), two runs each, no noise.
+  m = np.array([1, 1, 10, 10, 10, 10])
+  w = np.array([1.0, 1.0, 1.0, 1.0, 0.25, 0.25])
+  gap = np.array([0.0, 0.0, 1.0, 1.0, 3.0, 3.0])
+  model = common.interaction(m, w, gap)
+  assert 'specificity x width' not in model and model['dof'] == 3
+  assert model['specificity'][0] == pytest.approx(1.0) and model['width'][0] == pytest.approx(-2.0)
+  assert model['intercept'][0] == pytest.approx(2.0)  # width scaled so that 0.25 -> 0: the (m=1, w=0.25) cell's value
