@@ -23,11 +23,16 @@ interaction (does the gap grow with m faster where the network is narrow?) with 
 each cell by its mean gap under the paper's rule, with the interval written in it.
 
 A variant of the method is a tag and config overrides; the stages it does not change are linked from the untagged
-run of the same cell and seed (which must have kept its workdir), so that both share the flat arm exactly:
+run of the same cell and seed (which must have kept its workdir: run the same command without --tag, --share_stages
+and the override first), so that both share the flat arm exactly:
 
   XLA_FLAGS=--xla_force_host_platform_device_count=2 python -m studies.map --workdir=runs/map \
       --specificity=1,10 --widths=0.25,1.0 --bases=0 --seeds=1 --extra=0.25 --tag=head_init \
       --share_stages=vanilla,superclass --converged_config.specialists.head_from=init --out=docs/results/map_head_init
+
+The variant whose base network routes and whose specialists get all of E (tag base_router), the capacity baseline
+(--capacity) and the tables' flags (--show_rules, --plot_rule): commands in docs/results.md, section 1. With a cell of
+the 2 x 2 grid missing, the model keeps the main effects alone.
 """
 
 from __future__ import annotations
