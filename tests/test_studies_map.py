@@ -45,36 +45,29 @@ def test_a_variant_reads_only_its_own_summaries_and_shares_stages_only_with_a_fi
   (runs / f'm10_w1_b0_E0.2_s1_v{v}.json').write_text(json.dumps({'extra_flag': 0.25, 'flat': 0.8, 'dataset_version': v}))
   (runs / f'm10_w1_b0_head_init_E0.2_s2_v{v}.json').write_text(
       json.dumps({'extra_flag': 0.25, 'flat': 0.6, 'dataset_version': v}))
+  # One process (the flags are set between the calls): the untagged study, the variant, then the variant training
+  # with shared stages whose untagged run never finished, which is refused before anything trains.
   child = textwrap.dedent(f'''
-      import json, sys
+      import json, os
       from absl import flags
       from studies import map as study
-      flags.FLAGS(['map', '--workdir={tmp_path / "w"}', '--runs_dir={runs}', '--notrain'] + sys.argv[1:])
+      flags.FLAGS(['map', '--workdir={tmp_path / "w"}', '--runs_dir={runs}', '--notrain'])
+      print(json.dumps([study.run_one(10, 1.0, 0, 0.25, s) for s in (1, 2)]))
+      flags.FLAGS.tag = 'head_init'
       print(json.dumps([study.run_one(10, 1.0, 0, 0.25, s) for s in (1, 2)]))
       print(study.summary_path(10, 1.0, 0, 0.2, 3, study._TAG.value))
-  ''')
-
-  def run(*args):
-    return subprocess.run([sys.executable, '-c', child, *args], capture_output=True, text=True, cwd=ROOT, timeout=120,
-                          env=dict(os.environ, PYTHONPATH=ROOT))
-
-  plain, variant = run(), run('--tag=head_init')
-  assert plain.returncode == 0 and variant.returncode == 0, plain.stderr + variant.stderr
-  assert [r and r['flat'] for r in json.loads(plain.stdout.splitlines()[0])] == [0.8, None]
-  assert [r and r['flat'] for r in json.loads(variant.stdout.splitlines()[0])] == [None, 0.6]
-  assert variant.stdout.splitlines()[1] == str(runs / f'm10_w1_b0_head_init_E0.2_s3_v{v}.json')
-  # Training a variant whose untagged run never finished: refused before anything trains.
-  child = textwrap.dedent(f'''
-      import os
-      from absl import flags
-      from studies import map as study
-      flags.FLAGS(['map', '--workdir={tmp_path / "w"}', '--runs_dir={runs}', '--tag=head_init',
-                   '--share_stages=vanilla,superclass'])
+      flags.FLAGS.train = True
+      flags.FLAGS.share_stages = ['vanilla', 'superclass']
       folder = study.cell_dir(10, 1.0, 0)
       os.makedirs(folder)
       open(os.path.join(folder, 'base.safetensors'), 'w').close()
       open(os.path.join(folder, 'base.json'), 'w').write('{{"path": "x", "steps": 2400}}')
       study.run_one(10, 1.0, 0, 0.25, 5)
   ''')
-  refused = run()
-  assert refused.returncode != 0 and 'is not a finished run: run this cell, E and seed without --tag' in refused.stderr
+  out = subprocess.run([sys.executable, '-c', child], capture_output=True, text=True, cwd=ROOT, timeout=120,
+                       env=dict(os.environ, PYTHONPATH=ROOT))
+  lines = out.stdout.splitlines()
+  assert [r and r['flat'] for r in json.loads(lines[0])] == [0.8, None], out.stderr
+  assert [r and r['flat'] for r in json.loads(lines[1])] == [None, 0.6]
+  assert lines[2] == str(runs / f'm10_w1_b0_head_init_E0.2_s3_v{v}.json')
+  assert out.returncode != 0 and 'is not a finished run: run this cell, E and seed without --tag' in out.stderr
