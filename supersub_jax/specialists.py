@@ -7,6 +7,8 @@ For superclass k the trainable pytree is ``{'delta': delta, 'head': head}``:
   formed inside the compiled step from the frozen base, which is replicated once and shared by all specialists.
 * ``head`` is a new dense classifier over the superclass's subclasses, padded to the largest superclass so that
   every specialist has the same shapes (``logit_mask`` hides the padding); only its ``n_k`` real columns are exported.
+  It starts random, or (``config.specialists.head_from='init'``) as config.init's subclass head restricted to those
+  columns (``head_from_flat``).
 * BatchNorm statistics are per specialist, initialised from the generalist's.
 * ``config.specialists.branch`` (a ``models`` layer group) shares a trunk: the layers before it carry no delta and
   run in eval mode with the generalist's statistics, so they stay the generalist's exactly, and two-stage
@@ -280,8 +282,8 @@ def train_specialists(config, workdir: str, setup: setup_of.Setup, *, stage: str
                                     flat_head, hierarchy.local_to_label[k])
     mix, dustbin = None, None
     if d:
-      weights = None if confusion is None else confusion[:, k]
-      mix = (all_train.outside(k, local=hierarchy.max_subclasses, weights=weights, seed=seed),
+      shares = None if confusion is None else confusion[:, k]
+      mix = (all_train.outside(k, local=hierarchy.max_subclasses, weights=shares, seed=seed),
              float(cfg.dustbin_fraction))
       prior = len(train_source) / len(all_train)
       dustbin = {'fraction': float(cfg.dustbin_fraction), 'others': cfg.dustbin_others, 'prior': prior}
