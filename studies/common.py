@@ -373,6 +373,8 @@ def plot_map(data: dict, path: str, rule: str = 'hard') -> None:
       dark = abs(100 * r['gap']) > 0.6 * bound  # white on the deep colours, black on the pale ones
       ax.text(j, i, f"{100 * r['gap']:+.2f}{interval}\n{len(c['runs'])} run{'s' * (len(c['runs']) > 1)}",
               ha='center', va='center', fontsize=8, color='white' if dark else 'black')
+    for i, j in zip(*np.nonzero(np.isnan(grid))):
+      ax.text(j, i, 'not run', ha='center', va='center', fontsize=8, color='grey')  # blank must not read as 0
     image = ax.imshow(grid, cmap='RdBu', vmin=-bound, vmax=bound, origin='lower')
     steps = next(c['steps'] for c in cells if c['extra'] == extra)
     ax.set_title(f'{steps:,} extra steps an arm', fontsize=9)
