@@ -276,12 +276,15 @@ def _points(mean, low, high) -> str:
   return f'{100 * mean:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}]'
 
 
+def grid_rows(rows: list[dict], capacity: tuple[float, float] | None) -> list[dict]:
+  """The runs of the map's cells: with ``capacity``, the wider width's runs are a baseline, not a cell."""
+  return [r for r in rows if not capacity or r['width'] != capacity[1]]
+
+
 def map_tables(rows: list[dict], capacity: tuple[float, float] | None = None) -> str:
   """The map's markdown; with ``capacity`` (width, wider width), also Super-Sub at the first against the flat
   network at the second (``capacity_comparison``)."""
-  every = rows
-  if capacity:
-    rows = [r for r in rows if r['width'] != capacity[1]]  # the wider width is a baseline, not a cell
+  every, rows = rows, grid_rows(rows, capacity)
   summary = map_summary(rows)
   lines = []
   cells = summary['cells']
@@ -393,8 +396,7 @@ def write_map(prefix: str, rows: list[dict], with_plot: bool = False, rule: str 
   """<prefix>.json and .md (map_summary, map_tables, and the capacity comparison where ``capacity`` is given); with
   ``with_plot``, <prefix>.png coloured by ``rule``."""
   plot = functools.partial(plot_map, rule=rule) if with_plot else None
-  grid = [r for r in rows if not capacity or r['width'] != capacity[1]]  # the wider width: a baseline, not a cell
-  data = {'rows': rows, 'summary': map_summary(grid)}
+  data = {'rows': rows, 'summary': map_summary(grid_rows(rows, capacity))}
   if capacity:
     data['capacity'] = capacity_comparison(rows, *capacity)
   write_results(prefix, data, map_tables(rows, capacity), plot)
