@@ -7,12 +7,14 @@ import ml_collections
 import numpy as np
 import pytest
 
-from supersub_jax import delta as delta_lib
 from conftest import make_tiny_config
 from supersub_jax import convert
+from supersub_jax import cut as cut_lib
+from supersub_jax import delta as delta_lib
 from supersub_jax import hierarchy as hierarchy_lib
 from supersub_jax import setup_of
 from supersub_jax import sparsity, specialists
+from supersub_jax import step as step_lib
 from supersub_jax import workdir as workdir_lib
 
 
@@ -100,11 +102,11 @@ def test_head_from_init_starts_every_specialist_from_the_init_networks_subclass_
   np.testing.assert_array_equal(flat_head['kernel'], vanilla.params['head']['kernel'])
   np.testing.assert_array_equal(flat_head['bias'], vanilla.params['head']['bias'])
   hierarchy = setup.hierarchy
-  base, _ = specialists.cut_lib.split_head(generalist.params)
+  base, _ = cut_lib.split_head(generalist.params)
   dcfg = setup_of.delta_config(continued.specialists)
   for k in range(hierarchy.num_superclasses):
-    state = specialists._init_state(generalist, base, dcfg, specialists.step_lib.make_optimizer(
-        continued.specialists, 10), hierarchy.max_subclasses, k, specialists.cut_lib.Cut('stem'), flat_head,
+    state = specialists._init_state(generalist, base, dcfg, step_lib.make_optimizer(
+        continued.specialists, 10), hierarchy.max_subclasses, k, cut_lib.Cut('stem'), flat_head,
         hierarchy.local_to_label[k])
     n, start = int(hierarchy.sizes[k]), int(hierarchy.offsets[k])
     np.testing.assert_array_equal(state.params['head']['kernel'][:, :n],
