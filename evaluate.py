@@ -40,6 +40,9 @@ def main(argv):
                           writes='report.json, report.md, the PNG plots and evaluation/', create=False):
     result = evaluation.run(config, FLAGS.workdir, force=FLAGS.force)
   print(report_text.headline(result))
+  where = report_text.map_line(result)
+  if where:
+    print(where)
   print(report_text.table(report_text.summary_rows(result)))
   done = 'Kept' if result['evaluation']['kept'] == ['report'] else 'Wrote'
   print(f'\n{done} {FLAGS.workdir}/report.json, report.md and {", ".join(result.get("plots", []))}')

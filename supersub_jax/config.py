@@ -184,7 +184,11 @@ def default_config() -> ml_collections.ConfigDict:
       # rule 'hard' | 'soft' | 'hinton' | 'poe' over the router's top k superclasses, router 'generalist' | 'flat' (the
       # vanilla network's summed subclass probabilities) | 'mean' of the two | 'oracle' (the true superclass, k = 1);
       # a threshold runs routes after the first only where the router's top probability is below it.
-      rules=('hard', 'soft:2', 'hinton:2', 'poe:2', 'hard/mean', 'hinton:2/mean')))
+      rules=('hard', 'soft:2', 'hinton:2', 'poe:2', 'hard/mean', 'hinton:2/mean'),
+      verdict_rule='hard',              # the rule the report's headline gives: the paper's, or one of rules (a
+                                        # pipeline whose flat network routes: 'hard/flat')
+      map_summary=''))                  # synthetic data: a map of studies/map.py (<out>.json) whose cell of this
+                                        # run (specificity, width, steps) and control cell the report quotes
   return config
 
 

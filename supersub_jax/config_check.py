@@ -298,6 +298,24 @@ def problems_of(config: ml_collections.ConfigDict, *, training: bool = True, dev
     if hierarchy is not None and rule.k > hierarchy.num_superclasses:
       problems.append(f'evaluate.rules: {spec!r} routes to {rule.k} superclasses; the hierarchy has '
                       f'{hierarchy.num_superclasses}.')
+  evaluate = config.evaluate
+  try:
+    verdict = decide.Rule.parse(evaluate.verdict_rule)
+  except ValueError as e:
+    problems.append(f'evaluate.verdict_rule: {e}')
+  else:
+    evaluated = set()
+    for spec in evaluate.rules:
+      try:
+        evaluated.add(decide.Rule.parse(spec))
+      except ValueError:
+        pass  # reported above
+    if verdict != decide.Rule() and verdict not in evaluated:
+      problems.append(f'evaluate.verdict_rule={evaluate.verdict_rule!r} is not among evaluate.rules '
+                      f'{tuple(evaluate.rules)}: add it there, or give the paper\'s rule, \'hard\'.')
+  if evaluate.map_summary and config.dataset != 'synthetic':
+    problems.append(f'evaluate.map_summary={evaluate.map_summary!r}: a map is over the synthetic data\'s cue '
+                    f'specificity, and dataset={config.dataset!r}; leave map_summary empty.')
   try:
     cut = cut_lib.Cut(cfg.branch)
   except ValueError as e:

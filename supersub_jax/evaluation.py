@@ -194,6 +194,19 @@ def start_of(config) -> str:
   return f'{os.path.basename(config.init.path)}{steps}, config.init'
 
 
+def map_context(config, compute: dict) -> dict:
+  """report.json's 'map': where this run sits on the map ``config.evaluate.map_summary`` (studies/map.py's <out>.json),
+  its cell (the synthetic data's cue specificity, the width, the flat network's steps) and the control cell, under
+  the verdict's rule (``report.map_cell``)."""
+  path = os.path.abspath(os.path.expanduser(config.evaluate.map_summary))
+  with open(path) as f:
+    summary = json.load(f)['summary']
+  relative = os.path.relpath(path)
+  out = report_lib.map_cell(summary, specificity=int(config.synthetic.specificity), width=float(config.width),
+                            steps=int(compute['vanilla_steps']), rule=decide.Rule.parse(config.evaluate.verdict_rule).key)
+  return {**out, 'source': path if relative.startswith('..') else relative}
+
+
 def storage(trained: workdir_lib.Trained) -> dict:
   """report.json's 'storage': the generalist (params + BatchNorm statistics) once, then each specialist's exported
   bytes, in bytes and in units of one network (``exported.storage_report``)."""
@@ -220,6 +233,7 @@ _HOST_FIELDS = ('log_every_steps', 'checkpoint_every_steps', 'profile_steps', 'm
                 'data_dir', 'manual_dir', 'distributed.', 'parallelism', 'stages', 'nonfinite',
                 'compilation_cache_dir', 'eval_batch_size', 'evaluate.')
 _PREDICTION_FIELDS = ('top2_threshold', 'rules')  # of config.evaluate; 'batch_size' changes no prediction
+_REPORT_FIELDS = ('verdict_rule', 'map_summary')  # of config.evaluate: what the report says, not what it measures
 
 
 def _digest(*parts) -> str:
@@ -280,11 +294,15 @@ def fingerprints(config, workdir: str, setup: setup_of.Setup) -> dict[str, str]:
     keys['head_only'] = _digest(base, network('superclass'), bank('head_only'))
   devices = (jax.default_backend(), jax.devices()[0].device_kind, jax.device_count())
   keys['measurements'] = _digest(base, network('vanilla'), supersub, devices,
-                                 {k: v for k, v in evaluate.items() if k not in ('top2_threshold', 'batch_size')},
+                                 {k: v for k, v in evaluate.items()
+                                  if k not in ('top2_threshold', 'batch_size') + _REPORT_FIELDS},
                                  _source_sha256(measure))  # a new way of measuring measures again
   # The report is rebuilt (from the stored parts) when the code that writes it changed: a stored report.md in an
   # older layout is not shown as current.
-  keys['report'] = _digest(keys, _source_sha256(report_lib), _source_sha256(None))
+  map_file = os.path.expanduser(config.evaluate.map_summary)
+  keys['report'] = _digest(keys, _source_sha256(report_lib), _source_sha256(None),
+                           {k: evaluate[k] for k in _REPORT_FIELDS},
+                           workdir_lib.file_identity(map_file) if map_file and os.path.exists(map_file) else None)
   return keys
 
 
@@ -406,7 +424,10 @@ def run(config, workdir: str, *, force: bool = False) -> dict:
                             storage=storage(trained), compute=compute, top2_threshold=threshold,
                             cut=trained.state.cut.name,
                             matched_steps=trained.vanilla_matched.steps if trained.vanilla_matched else None,
-                            rules={rule.key: rule.k for rule in rules})
+                            rules={rule.key: rule.k for rule in rules},
+                            verdict_rule=decide.Rule.parse(config.evaluate.verdict_rule).key)
+  if config.evaluate.map_summary:
+    report['map'] = map_context(config, compute)
   if skipped:
     report['rules_skipped'] = {key: 'no flat network of these subclasses in this pipeline to route by (the '
                                     "generalist starts from config.init, which is not one: init.keep_head False)"

@@ -23,7 +23,7 @@ from supersub_jax import runtime
 
 def host_problems(config: ml_collections.ConfigDict, *, training: bool = True) -> list[str]:
   """What this machine lacks for ``config``: DALI (``input.decoder='dali'``), the pretrained file a training stage
-  starts from (``training`` only), a writable ``data_dir`` (created when missing: the label caches and the synthetic
+  starts from (``training`` only), the map the report quotes (evaluation only), a writable ``data_dir`` (created when missing: the label caches and the synthetic
   dataset are written there)."""
   problems = []
   if config.input.decoder == 'dali':
@@ -36,6 +36,10 @@ def host_problems(config: ml_collections.ConfigDict, *, training: bool = True) -
   if training and uses_init and config.init.path and not os.path.exists(os.path.expanduser(config.init.path)):
     problems.append(f'init.path={config.init.path!r}: no such file or directory; download the weights (see the '
                     "config's docstring) or leave init.path empty for a random start.")
+  summary = config.evaluate.map_summary
+  if not training and summary and not os.path.isfile(os.path.expanduser(summary)):
+    problems.append(f'evaluate.map_summary={summary!r}: no such file; give a map studies/map.py wrote '
+                    "(<out>.json), or leave it empty for a report without the map's cell.")
   data_dir = os.path.abspath(os.path.expanduser(config.data_dir))
   try:
     os.makedirs(data_dir, exist_ok=True)

@@ -42,7 +42,10 @@ key                                    meaning
 Also: ``supersub.minus_vanilla_interval`` and ``baselines.vanilla_matched.supersub_minus_interval``, the 95% paired
 interval of the gap over the test images (``paired_difference``); ``compute.start``, the start both arms share;
 ``throughput.by_batch.<b>.{single,supersub}_ms_range`` and ``rules.<rule>.ms_range``, the fastest and slowest timed
-call; ``evaluation``: the fingerprints of what the evaluation read and the parts it kept (``evaluation.run``).
+call; ``rules.<rule>.minus_vanilla_interval`` (and ``.minus_vanilla_matched_interval``), each rule's paired interval;
+``verdict_rule``, the rule the headline reports (``config.evaluate.verdict_rule``; 'hard' is ``supersub``);
+``map``, where the run sits on a committed map of studies/map.py (``map_cell``, with ``config.evaluate.map_summary``);
+``evaluation``: the fingerprints of what the evaluation read and the parts it kept (``evaluation.run``).
 
 Other keys (per-superclass tables, counts, top-2 cost, the naive N+1 factor, ...) may be added; those above stay.
 """
@@ -131,7 +134,7 @@ def confusion_matrix(pred: np.ndarray, true: np.ndarray, num_classes: int) -> np
 
 def build(p: Mapping[str, np.ndarray], hierarchy, *, dataset: str, split: str, storage: Mapping,
           compute: Mapping, top2_threshold: float, cut: str, matched_steps: int | None = None,
-          rules: Mapping[str, int] | None = None) -> dict:
+          rules: Mapping[str, int] | None = None, verdict_rule: str = 'hard') -> dict:
   """The report's metrics (the schema above, less memory and throughput) from held-out predictions.
 
   Args:
@@ -145,7 +148,12 @@ def build(p: Mapping[str, np.ndarray], hierarchy, *, dataset: str, split: str, s
     top2_threshold: the top-2 rule's threshold; cut: the specialists' cut; matched_steps: the steps the
       ``vanilla_matched`` network trained for (its checkpoint's); rules: decision rule key -> the specialists it
       runs per image, for the 'rule:<key>' predictions of ``p``.
+    verdict_rule: the rule the headline reports (``config.evaluate.verdict_rule``): 'hard', the paper's, or a key
+      of ``rules``.
   """
+  if verdict_rule != 'hard' and verdict_rule not in (rules or {}):
+    raise ValueError(f'verdict_rule {verdict_rule!r} is not among the rules evaluated ({sorted(rules or {})}): add it '
+                     'to config.evaluate.rules.')
   l2s = np.asarray(hierarchy.label_to_superclass)
   truth = p['subclass']
   n = hierarchy.num_superclasses
@@ -196,11 +204,34 @@ def build(p: Mapping[str, np.ndarray], hierarchy, *, dataset: str, split: str, s
   report['rules'] = {}
   for name, routes in (rules or {}).items():
     top1 = accuracy(p[f'rule:{name}'], truth)
-    row = {'top1': top1, 'specialists_per_image': routes, 'minus_vanilla': top1 - report['vanilla']['top1']}
+    right = p[f'rule:{name}'] == truth
+    row = {'top1': top1, 'specialists_per_image': routes, 'minus_vanilla': top1 - report['vanilla']['top1'],
+           'minus_vanilla_interval': paired_difference(right, p['vanilla'] == truth)[1:]}
     if 'vanilla_matched' in p:
       row['minus_vanilla_matched'] = top1 - report['baselines']['vanilla_matched']['top1']
+      row['minus_vanilla_matched_interval'] = paired_difference(right, p['vanilla_matched'] == truth)[1:]
     report['rules'][name] = row
+  report['verdict_rule'] = verdict_rule
   return report
+
+
+def map_cell(summary: Mapping, *, specificity: int, width: float, steps: int, rule: str) -> dict:
+  """Where a run sits on a committed map (``studies.map``'s <out>.json 'summary'): the cell of its cue specificity,
+  width and steps an arm, and the control cell (specificity 1) of the same width and steps, each as
+  {'specificity', 'width', 'steps', 'runs', 'bases', 'gap', 'low', 'high'} under ``rule`` (Super-Sub minus the flat
+  network, fractions; the interval is the map's paired 95% one), or None where the map has no such cell or rule;
+  'setting' is the run's own (specificity, width, steps)."""
+  def find(m):
+    for cell in summary.get('cells', []):
+      if (int(cell['specificity']) == int(m) and abs(float(cell['width']) - float(width)) < 1e-9
+          and int(cell['steps']) == int(steps) and rule in cell.get('rules', {})):
+        row = cell['rules'][rule]
+        return {'specificity': int(m), 'width': float(width), 'steps': int(steps), 'runs': len(cell['runs']),
+                'bases': sorted({int(b) for b in cell['bases']}), 'gap': float(row['gap']),
+                'low': float(row['low']), 'high': float(row['high'])}
+    return None
+  return {'rule': rule, 'setting': {'specificity': int(specificity), 'width': float(width), 'steps': int(steps)},
+          'cell': find(specificity), 'control': find(1)}
 
 
 def write(report: dict, workdir: str, *, figures: Callable[[str], list[str]] | None = None) -> dict[str, str]:

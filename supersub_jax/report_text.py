@@ -51,32 +51,80 @@ def _steps_of_supersub(compute: Mapping) -> str:
   return ' + '.join(parts)
 
 
-def headline(report: Mapping) -> str:
-  """The report's first line, its verdict: both arms' top-1, the difference in points with its 95% interval over the
-  test images and what it means, the compute each arm got, the start they share, and where the interval over seeds
-  lives. The flat arm is the compute-matched one (``vanilla_matched``) when the run has it and the vanilla network
-  had less compute than Super-Sub."""
+def verdict(report: Mapping) -> dict:
+  """What the headline reports: Super-Sub under ``report['verdict_rule']`` ('hard', the paper's rule routed by the
+  generalist, unless the config names another) against the flat network, the compute-matched one
+  (``vanilla_matched``) when the run has it and the vanilla network had less compute than Super-Sub. Returns
+  {'name' (how Super-Sub is named), 'top1', 'flat', 'flat_name', 'flat_steps', 'gap', 'interval'}."""
   r = report
+  rule = r.get('verdict_rule', 'hard')
   compute, matched = r.get('compute'), r.get('baselines', {}).get('vanilla_matched')
   total = compute['supersub_steps']['total'] if compute else None
-  if matched and compute and compute['vanilla_steps'] < total:
-    flat, gap, interval = matched['top1'], matched['supersub_minus'], matched.get('supersub_minus_interval')
-    flat_steps, flat_name = matched['steps'], f'the {FLAT} trained as long (vanilla_matched)'
+  use_matched = bool(matched and compute and compute['vanilla_steps'] < total)
+  if rule == 'hard':
+    name, top1 = 'Super-Sub', r['supersub']['top1']
+    if use_matched:
+      gap, interval = matched['supersub_minus'], matched.get('supersub_minus_interval')
+    else:
+      gap, interval = top1 - r['vanilla']['top1'], r['supersub'].get('minus_vanilla_interval')
   else:
-    flat, gap = r['vanilla']['top1'], r['supersub']['top1'] - r['vanilla']['top1']
-    interval, flat_steps = r['supersub'].get('minus_vanilla_interval'), (compute or {}).get('vanilla_steps')
-    flat_name = f'the {FLAT}'
-  line = (f"Super-Sub {r['supersub']['top1']:.4f} vs {flat_name} {flat:.4f} top-1: {_points(gap, interval)} points "
-          f"({_meaning(interval, r.get('test_count', 0))})")
+    row = r['rules'][rule]
+    name, top1 = f'Super-Sub (rule {rule})', row['top1']
+    key = 'minus_vanilla_matched' if use_matched else 'minus_vanilla'
+    gap, interval = row[key], row.get(f'{key}_interval')
+  if use_matched:
+    flat, flat_steps, flat_name = matched['top1'], matched['steps'], f'the {FLAT} trained as long (vanilla_matched)'
+  else:
+    flat, flat_steps, flat_name = r['vanilla']['top1'], (compute or {}).get('vanilla_steps'), f'the {FLAT}'
+  return {'name': name, 'top1': top1, 'flat': flat, 'flat_name': flat_name, 'flat_steps': flat_steps, 'gap': gap,
+          'interval': interval}
+
+
+def headline(report: Mapping) -> str:
+  """The report's first line, its verdict (``verdict``): both arms' top-1, the difference in points with its 95%
+  interval over the test images and what it means, the compute each arm got, the start they share, and where the
+  interval over seeds lives."""
+  r, v = report, verdict(report)
+  compute = r.get('compute')
+  total = compute['supersub_steps']['total'] if compute else None
+  line = (f"{v['name']} {v['top1']:.4f} vs {v['flat_name']} {v['flat']:.4f} top-1: {_points(v['gap'], v['interval'])} "
+          f"points ({_meaning(v['interval'], r.get('test_count', 0))})")
   if compute:
-    if flat_steps == total:
+    if v['flat_steps'] == total:
       line += f"; equal compute, {total:,} optimizer steps each at batch {compute['batch_size']}"
     else:
-      line += f"; NOT equal compute: the {FLAT} {flat_steps:,} optimizer steps, Super-Sub {total:,}"
+      line += f"; NOT equal compute: the {FLAT} {v['flat_steps']:,} optimizer steps, Super-Sub {total:,}"
     line += f" (Super-Sub: {_steps_of_supersub(compute)})"
     if compute.get('start'):
       line += f"; both start from {compute['start']}"
   return line + f'; {SEEDS_NOTE}.'
+
+
+def _cell_text(cell: Mapping) -> str:
+  bases = cell['bases']
+  return (f"{_points(cell['gap'], (cell['low'], cell['high']))} points over {cell['runs']} run(s) on "
+          f"{len(bases)} base network(s)")
+
+
+def map_line(report: Mapping) -> str | None:
+  """Where the run sits on the committed map (``report['map']``, ``report.map_cell``): its cell, what the map
+  measured there and in the control cell (specificity 1) beside it; None without a map."""
+  where = report.get('map')
+  if not where:
+    return None
+  cell, control = where.get('cell'), where.get('control')
+  setting = where.get('setting', {})
+  m, width, steps = setting.get('specificity'), setting.get('width'), setting.get('steps')
+  kind = ('each superclass\'s subclasses differ by a cue kind only it uses' if m and m > 1 else
+          'one kind of cue tells the subclasses apart in every superclass' if m == 1 else
+          'the gratings of the demo\'s default data')
+  line = (f"This run is the cell specificity {m}, width {width:g}, {steps:,} steps an arm ({kind}) of the map "
+          f"{where.get('source', '')}: Super-Sub ({where['rule']}) minus the {FLAT} there, paired 95% intervals: ")
+  line += f"this cell {_cell_text(cell)}" if cell else 'this cell is not on the map'
+  if m != 1:
+    line += (f"; the control cell (specificity 1, the same width and steps) {_cell_text(control)}" if control
+             else '; the control cell (specificity 1) is not on the map')
+  return line + '.'
 
 
 def _matched_trained_as_long(r: Mapping) -> bool:
@@ -142,10 +190,13 @@ PAPER_CLAIMS = (
 def paper_claims_rows(report: Mapping) -> list[tuple[str, str, str]]:
   """(claim, the paper's value, ours) for ``PAPER_CLAIMS``, from one report (one run: no interval)."""
   r = report
-  gain = f"{100 * (r['supersub']['top1'] - r['vanilla']['top1']):+.2f} points"
+  rule = r.get('verdict_rule', 'hard')
+  top1 = r['supersub']['top1'] if rule == 'hard' else r['rules'][rule]['top1']
+  gain = f"{100 * (top1 - r['vanilla']['top1']):+.2f} points" + (f' (rule {rule})' if rule != 'hard' else '')
   matched, compute = r.get('baselines', {}).get('vanilla_matched'), r.get('compute')
   if matched:
-    gain += (f"; {100 * matched['supersub_minus']:+.2f} against one network trained "
+    against = matched['supersub_minus'] if rule == 'hard' else r['rules'][rule]['minus_vanilla_matched']
+    gain += (f"; {100 * against:+.2f} against one network trained "
              + ('as long' if _matched_trained_as_long(r) else f"for {matched['steps']:,} steps"))
   elif compute and compute['vanilla_steps'] >= compute['supersub_steps']['total']:
     gain += (f" at equal compute ({FLAT} {compute['vanilla_steps']:,} steps, Super-Sub "
@@ -211,7 +262,8 @@ NOISY = ('Timing is noisy: on a shared or busy machine the same command moves im
 
 
 def render_markdown(report: Mapping) -> str:
-  lines = ['# Super-Sub evaluation report', '', f'**{headline(report)}**', '',
+  where = map_line(report)
+  lines = ['# Super-Sub evaluation report', '', f'**{headline(report)}**', ''] + ([where, ''] if where else []) + [
            f"Dataset `{report.get('dataset', '?')}`, hierarchy `{report.get('hierarchy', '?')}` "
            f"({report['storage']['num_superclasses']} superclasses, {report.get('num_subclasses', '?')} subclasses), "
            f"{report.get('test_count', 0):,} held-out images (split `{report.get('split', 'test')}`). The {FLAT} is "

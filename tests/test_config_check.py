@@ -93,6 +93,21 @@ def test_a_rule_or_router_outside_the_decision_rules_is_refused(tmp_path):
   assert 'cannot run (2 problem(s))' in message and message.count('evaluate.rules: ') == 2
 
 
+def test_a_verdict_rule_not_evaluated_or_a_map_of_other_data_is_refused_with_the_fix(tmp_path):
+  config = make_tiny_config(str(tmp_path / 'data'))
+  config.evaluate.rules = ('hard', 'hard/flat')
+  config.evaluate.verdict_rule = 'soft:2/flat'
+  assert "verdict_rule='soft:2/flat' is not among evaluate.rules ('hard', 'hard/flat'): add it there" in _problems(
+      config)
+  config.evaluate.verdict_rule = 'vote'
+  assert 'evaluate.verdict_rule: ' in _problems(config)
+  for rule in ('hard/flat', 'hard'):  # 'hard', the paper's, is always evaluated
+    config.evaluate.verdict_rule = rule
+    assert not any('verdict_rule' in p for p in config_check.problems_of(config))
+  config.dataset, config.evaluate.map_summary = 'cifar100', 'docs/results/map.json'
+  assert "evaluate.map_summary='docs/results/map.json': a map is over the synthetic data" in _problems(config)
+
+
 def test_the_choice_lists_are_those_the_modules_act_on():
   # The modules act on choices' tuples themselves (one home), not on copies.
   assert choices.ROUTINGS is inference.ROUTINGS and choices.MATERIALIZE is inference.MATERIALIZE

@@ -208,6 +208,27 @@ def test_a_changed_evaluate_field_redoes_only_what_depends_on_it_and_force_redoe
   assert forced['supersub'] == report['supersub'] and forced['vanilla'] == report['vanilla']
 
 
+def test_the_verdict_rule_and_the_map_change_the_report_alone_and_put_the_run_on_the_map(evaluated_copy, monkeypatch,
+                                                                                          tmp_path):
+  config, workdir, report = evaluated_copy
+  monkeypatch.setattr(evaluation.measure, 'measure_inference', _fail)
+  steps = report['compute']['vanilla_steps']
+  cell = {'specificity': int(config.synthetic.specificity), 'width': float(config.width), 'steps': steps,
+          'runs': [[0, 0], [0, 1]], 'bases': [0], 'rules': {'hinton:2/mean': {'gap': 0.02, 'low': 0.01, 'high': 0.03}}}
+  (tmp_path / 'map.json').write_text(json.dumps({'rows': [], 'summary': {'cells': [cell]}}))
+  config.evaluate.verdict_rule = 'hinton:2/mean'
+  config.evaluate.map_summary = str(tmp_path / 'map.json')
+  again = evaluation.run(config, workdir)
+  # No prediction and no measurement reads these fields: every part is kept, the report is rebuilt.
+  assert again['evaluation']['kept'] == ['head_only', 'measurements', 'supersub', 'vanilla', 'vanilla_matched']
+  row = again['rules']['hinton:2/mean']
+  assert again['verdict_rule'] == 'hinton:2/mean' and row['top1'] == report['rules']['hinton:2/mean']['top1']
+  assert again['map']['cell']['gap'] == 0.02 and again['map']['cell']['runs'] == 2
+  md = open(os.path.join(workdir, 'report.md')).read()
+  assert f"Super-Sub (rule hinton:2/mean) {row['top1']:.4f} vs the flat network" in md
+  assert 'this cell +2.00 [+1.00, +3.00] points over 2 run(s) on 1 base network(s)' in md
+
+
 def test_progress_gives_stage_k_of_n_and_an_eta_from_the_pace_after_the_compiling_first_step():
   lines, now = [], [0.0]
   progress = evaluation.Progress(3, clock=lambda: now[0], say=lines.append)

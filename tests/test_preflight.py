@@ -37,3 +37,12 @@ def test_a_missing_init_file_stops_training_but_not_evaluation(tmp_path):
   assert "hierarchy='mixed_11': unknown hierarchy spec" in message and "resnet50.pth': no such file" in message
   config.hierarchy = 'synthetic'
   preflight.check(config, training=False)  # evaluation reads the trained networks, not the start they came from
+
+
+def test_a_missing_map_stops_evaluation_but_not_training(tmp_path):
+  config = make_tiny_config(str(tmp_path / 'data'))
+  config.evaluate.map_summary = str(tmp_path / 'map.json')
+  assert "map.json': no such file; give a map studies/map.py wrote" in _problems(config, training=False)
+  preflight.check(config)  # training never reads it
+  (tmp_path / 'map.json').write_text('{"rows": [], "summary": {"cells": []}}')
+  preflight.check(config, training=False)

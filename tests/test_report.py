@@ -88,3 +88,49 @@ def test_write_puts_the_figures_beside_the_reports_and_lists_them(tmp_path):
   assert open(tmp_path / 'a.png', 'rb').read() == b'png'
   assert json.load(open(paths['json']))['plots'] == ['a.png']
   assert '![a.png](a.png)' in open(paths['md']).read()
+
+
+def _two_superclass_predictions():
+  truth = np.asarray([0, 1, 2, 2])
+  return {'subclass': truth, 'superclass': np.asarray([0, 0, 1, 1]), 'vanilla': np.asarray([0, 0, 2, 1]),
+          'generalist': np.asarray([0, 0, 1, 0]), 'supersub': np.asarray([0, 1, 2, 0]),
+          'oracle': truth, 'top2': truth, 'second': np.asarray([0, 0, 0, 1]),
+          'rule:hard/flat': np.asarray([0, 1, 2, 2])}
+
+
+def test_each_rule_carries_its_paired_interval_and_the_verdict_rule_must_be_one_evaluated():
+  from supersub_jax import hierarchy as hierarchy_lib  # pylint: disable=g-import-not-at-top
+  h = hierarchy_lib.synthetic((2, 1))
+  p = _two_superclass_predictions()
+  r = report.build(p, h, dataset='synthetic', split='test', storage={}, compute={}, top2_threshold=0.8, cut='stem',
+                   rules={'hard/flat': 1}, verdict_rule='hard/flat')
+  row = r['rules']['hard/flat']
+  assert r['verdict_rule'] == 'hard/flat' and row['top1'] == 1.0 and row['minus_vanilla'] == 0.5
+  # Rule right minus flat right = [0, 1, 0, 1]: mean 0.5, sample std 1/sqrt(3), so 1.96 * (1/sqrt(3)) / 2.
+  half = 1.96 * (1 / np.sqrt(3)) / 2
+  assert row['minus_vanilla_interval'] == pytest.approx([0.5 - half, 0.5 + half])
+  with pytest.raises(ValueError, match="verdict_rule 'soft:2/flat' is not among the rules evaluated"):
+    report.build(p, h, dataset='synthetic', split='test', storage={}, compute={}, top2_threshold=0.8, cut='stem',
+                 rules={'hard/flat': 1}, verdict_rule='soft:2/flat')
+
+
+def _map_summary():
+  def cell(m, width, steps, gap, runs, bases):
+    return {'specificity': m, 'width': width, 'steps': steps, 'extra': steps / 2400, 'runs': runs, 'bases': bases,
+            'rules': {'hard/flat': {'gap': gap, 'low': gap - 0.01, 'high': gap + 0.01}}}
+  return {'cells': [cell(10, 1.0, 581, 0.011, [[0, 0], [0, 1], [1, 0]], [0, 1]),
+                    cell(1, 1.0, 581, -0.001, [[0, 0], [0, 1]], [0]),
+                    cell(10, 0.25, 581, 0.008, [[0, 1]], [0]),
+                    cell(1, 1.0, 310, 0.5, [[0, 0]], [0])]}
+
+
+def test_map_cell_finds_the_runs_cell_and_the_control_of_the_same_width_and_steps():
+  found = report.map_cell(_map_summary(), specificity=10, width=1.0, steps=581, rule='hard/flat')
+  assert found['cell'] == {'specificity': 10, 'width': 1.0, 'steps': 581, 'runs': 3, 'bases': [0, 1], 'gap': 0.011,
+                           'low': pytest.approx(0.001), 'high': pytest.approx(0.021)}
+  assert found['control']['gap'] == -0.001 and found['control']['runs'] == 2  # not the 310-step control
+  assert found['setting'] == {'specificity': 10, 'width': 1.0, 'steps': 581} and found['rule'] == 'hard/flat'
+  # Another budget, width or rule is not this run's cell.
+  assert report.map_cell(_map_summary(), specificity=10, width=1.0, steps=600, rule='hard/flat')['cell'] is None
+  assert report.map_cell(_map_summary(), specificity=10, width=0.5, steps=581, rule='hard/flat')['control'] is None
+  assert report.map_cell(_map_summary(), specificity=10, width=1.0, steps=581, rule='hard')['cell'] is None

@@ -99,3 +99,37 @@ def test_papers_gain_claim_says_whether_the_vanilla_network_had_equal_compute(va
   gain = dict((claim, ours) for claim, _, ours in report_text.paper_claims_rows(r))[report_text.PAPER_CLAIMS[1][0]]
   expected_gain = 100 * (r['supersub']['top1'] - r['vanilla']['top1'])
   assert gain == f'{expected_gain:+.2f} points' + expected
+
+
+def test_headline_reports_the_configured_verdict_rule_with_its_own_interval():
+  r = _minimal_report()
+  r['test_count'] = 3800
+  r['compute'] = {'vanilla_steps': 581, 'batch_size': 128, 'start': 'base.safetensors (config.init)',
+                  'supersub_steps': {'vanilla': 0, 'superclass': 1, 'specialists': 580, 'total': 581}}
+  r['rules'] = {'hard/flat': {'top1': 0.5079, 'minus_vanilla': 0.0079, 'minus_vanilla_interval': [0.002, 0.0138],
+                              'specialists_per_image': 1}}
+  r['verdict_rule'] = 'hard/flat'
+  assert report_text.headline(r).startswith(
+      'Super-Sub (rule hard/flat) 0.5079 vs the flat network 0.5000 top-1: +0.79 [+0.20, +1.38] points (Super-Sub '
+      'ahead on these 3,800 test images); equal compute, 581 optimizer steps each')
+  md = report_text.render_markdown({**r, 'storage': {**r['storage'], 'num_superclasses': 10}})
+  assert '+0.79 points (rule hard/flat)' in md  # the paper's gain claim, under the same rule
+  r['verdict_rule'] = 'hard'
+  assert report_text.headline(r).startswith('Super-Sub 0.5500 vs the flat network 0.5000')
+
+
+def test_map_line_names_the_cell_and_quotes_the_map_here_and_in_the_control_cell():
+  where = {'rule': 'hard/flat', 'source': 'docs/results/map.json',
+           'setting': {'specificity': 10, 'width': 1.0, 'steps': 581},
+           'cell': {'runs': 7, 'bases': [0, 1], 'gap': 0.0107, 'low': 0.0071, 'high': 0.0142},
+           'control': {'runs': 3, 'bases': [0], 'gap': -0.0004, 'low': -0.0041, 'high': 0.0034}}
+  line = report_text.map_line({'map': where})
+  assert line == ("This run is the cell specificity 10, width 1, 581 steps an arm (each superclass's subclasses "
+                  'differ by a cue kind only it uses) of the map docs/results/map.json: Super-Sub (hard/flat) minus the '
+                  'flat network there, paired 95% intervals: this cell +1.07 [+0.71, +1.42] points over 7 run(s) on '
+                  '2 base network(s); the control cell (specificity 1, the same width and steps) -0.04 [-0.41, +0.34] '
+                  'points over 3 run(s) on 1 base network(s).')
+  assert 'not on the map' in report_text.map_line({'map': {**where, 'cell': None}})
+  assert report_text.map_line({}) is None
+  md = report_text.render_markdown({**_minimal_report(), 'map': where})
+  assert md.index(line) < md.index('## Summary')
