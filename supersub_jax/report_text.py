@@ -169,12 +169,13 @@ def _rule_rows(r: Mapping) -> list[tuple[str, str]]:
   for name, row in r.get('rules', {}).items():
     if name == 'hard':
       continue
-    gap = (f'compute-matched {FLAT}', row['minus_vanilla_matched']) if 'minus_vanilla_matched' in row else (
-        f'the {FLAT}', row['minus_vanilla'])
+    key = 'minus_vanilla_matched' if 'minus_vanilla_matched' in row else 'minus_vanilla'
+    gap = (f'compute-matched {FLAT}' if key == 'minus_vanilla_matched' else f'the {FLAT}', row[key],
+           row.get(f'{key}_interval'))
     speed = (f", {_speed(row['images_per_s'], row['batch_size'], row.get('ms_range'))} img/s"
              if 'images_per_s' in row else '')
     rows.append((f"rule {name}, top-1 ({row['specialists_per_image']} specialist(s) per image{speed})",
-                 f"{row['top1']:.4f} ({100 * gap[1]:+.2f} against {gap[0]})"))
+                 f"{row['top1']:.4f} ({_points(gap[1], gap[2])} against {gap[0]})"))
   return rows
 
 
@@ -229,7 +230,7 @@ def summary_rows(report: Mapping) -> list[tuple[str, str]]:
       (f"Super-Sub top-1, top-2 routing (p<{r['supersub'].get('top2_threshold', 0):.2f}: "
        f"{r['supersub'].get('top2_second_fraction', 0):.1%} of images run 2 specialists)",
        f"{r['supersub']['top2_top1']:.4f}"),
-      (f'Super-Sub - {FLAT} (top-1 points, 95% interval over the test images)',
+      (f'Super-Sub (routed by the generalist) - {FLAT} (top-1 points, 95% interval over the test images)',
        _points(r['supersub']['top1'] - r['vanilla']['top1'], r['supersub'].get('minus_vanilla_interval'))),
       *_baseline_rows(r),
       *_rule_rows(r),
