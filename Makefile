@@ -1,12 +1,12 @@
 # Two commands do all set-up on a fresh machine with Python 3.11 and pip:
-#   make demo   -- builds the synthetic dataset, trains vanilla, superclass and specialists, evaluates
+#   make demo   -- the cell of the map where the hierarchy pays (configs/synthetic_m10.py): data, training, report
 #   make test   -- runs the test suite
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 WORKDIR ?= runs/demo
-CONFIG ?= configs/synthetic.py
+CONFIG ?= configs/synthetic_m10.py
 
 .PHONY: demo test install clean reproduce
 

@@ -1,4 +1,4 @@
-r"""Makes the demo's pretrained flat network: the synthetic dataset's flat recipe trained until more steps stop paying.
+r"""Makes a pretrained flat network of the synthetic data: its flat recipe trained until more steps stop paying.
 
   XLA_FLAGS=--xla_force_host_platform_device_count=2 python scripts/make_pretrained.py \
       --workdir=runs/pretrain --start_steps=2400 --output=supersub_jax/resources/pretrained/synthetic_resnet_small
@@ -12,7 +12,13 @@ training split's fingerprint (``data.synthetic.fingerprint``), the file's SHA-25
 configs/synthetic.py starts from it (``config.init``); tests/test_pretrained.py checks the record against the file
 and the data, and (``-m reproduce``) that this command makes the same network.
 
-Rerunning reuses finished budgets. --steps=T trains exactly one budget T (no ladder) and writes it.
+Rerunning reuses finished budgets. --steps=T trains exactly one budget T (no ladder) and writes it. The start of
+`make demo` (configs/synthetic_m10.py) is the base network of the map's cell specificity 10, width 1.0, base 0
+(studies/map.py: seed 1000 + base, 2,400 steps), which this command makes bit for bit:
+
+  XLA_FLAGS=--xla_force_host_platform_device_count=2 python scripts/make_pretrained.py \
+      --workdir=runs/pretrain_m10 --steps=2400 --seed=1000 --config.synthetic.specificity=10 \
+      --output=supersub_jax/resources/pretrained/synthetic_m10_resnet_small
 """
 
 from __future__ import annotations
@@ -90,17 +96,17 @@ def main(argv):
   if os.path.exists(weights_file):
     os.remove(weights_file)  # the record below is rewritten with it
   print('wrote', weights_file + ':', convert.export_network(config, workdir, 'vanilla', 'safetensors', weights_file))
-  s = config.synthetic
-  builder = synthetic.build_synthetic(os.path.abspath(config.data_dir), image_size=s.image_size,
-                                      train_per_class=s.train_per_class, test_per_class=s.test_per_class,
-                                      seed=s.seed, sizes=tuple(s.sizes))
+  from supersub_jax import setup_of  # pylint: disable=g-import-not-at-top
+  # Every knob of the data it trained on (the cue specificity too), as the pipeline itself builds it.
+  builder = synthetic.build_synthetic(os.path.abspath(config.data_dir), **setup_of.dataset_kwargs(config))
   import jax  # pylint: disable=g-import-not-at-top
   config_file = config_flags.get_config_filename(flags.FLAGS['config'])
   record = {
       'what': f'the flat network (one output per subclass) of the vanilla stage of {config_file}, trained from '
-              'random weights on the synthetic training split: the demo\'s config.init',
+              f'random weights on the synthetic training split (cue specificity {config.synthetic.specificity}, '
+              f'width {config.width:g}): the config.init of the configs that start from {os.path.basename(output)}',
       'command': ' '.join(['python', 'scripts/make_pretrained.py'] + sys.argv[1:]),
-      'config': config_file, 'steps': int(config.vanilla.num_train_steps), 'seed': int(config.seed),
+      'config': config_file, 'overrides': [a for a in sys.argv[1:] if a.startswith('--config.')], 'steps': int(config.vanilla.num_train_steps), 'seed': int(config.seed),
       'batch_size': int(config.batch_size), 'devices': jax.device_count(), 'test_top1': top1,
       'ladder': ladder, 'converged': converged, 'min_gain': _GAIN.value,
       'dataset': {'builder': builder.name, 'version': str(builder.version), 'config': builder.builder_config.name,

@@ -1,6 +1,7 @@
 """Every config loads from any working directory, documents its command, and names known models, datasets, stages."""
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -50,7 +51,7 @@ def test_imagenet_config_evaluates_on_validation_and_budgets_specialists_by_epoc
   assert config.stem == 'imagenet' and config.init.format == 'torchvision'
 
 
-@pytest.mark.parametrize('name', ['synthetic', 'synthetic_scratch'])
+@pytest.mark.parametrize('name', ['synthetic', 'synthetic_m10', 'synthetic_scratch'])
 def test_synthetic_configs_train_the_frontiers_deltas_over_default_fields(name):
   defaults = config_lib.default_config().specialists
   assert set(delta.FRONTIER) <= set(defaults.keys())  # update() would add a stray key silently
@@ -69,10 +70,43 @@ def test_config_loads_from_another_working_directory(tmp_path, name):
   assert out.returncode == 0, out.stderr
 
 
-def test_the_demo_gives_the_flat_network_exactly_super_subs_steps(demo_data_dir):
-  config = _load('synthetic').get_config()
+def _counted_on_the_built_data(config, demo_data_dir):
+  """``config`` reading the suite's demo data: a superclass's training images number the same at every cue
+  specificity (the knob changes what an image shows, not how many there are), so steps counted there are the
+  config's own without building its data."""
+  config = config.copy_and_resolve_references()
+  assert {k: v for k, v in config.synthetic.items() if k != 'specificity'} == {
+      k: v for k, v in config_lib.default_config().synthetic.items() if k != 'specificity'}
+  config.synthetic.specificity = 0
   config.data_dir = demo_data_dir
+  return config
+
+
+@pytest.mark.parametrize('name', ['synthetic', 'synthetic_m10'])
+def test_the_converged_configs_give_the_flat_network_exactly_super_subs_steps(name, demo_data_dir):
+  config = _counted_on_the_built_data(_load(name).get_config(), demo_data_dir)
   steps = stages.pipeline_steps(config, setup_of.make_hierarchy(config))
   assert steps['vanilla'] == 0  # the generalist starts from config.init: the flat stage is the competitor
   assert config.vanilla.num_train_steps == steps['total'] == steps['superclass'] + steps['specialists']
   assert config.init.keep_head and config.init.path.endswith('.safetensors')
+
+
+def test_the_demo_is_the_maps_run_of_its_cell_base_0_seed_0_at_a_quarter_of_the_bases_steps(demo_data_dir):
+  """configs/synthetic_m10.py trains what studies/map.py trains for specificity 10, width 1.0, base 0, seed 0 at
+  --extra=0.25 with the tag base_router's flags (--generalist_share=0, specialists.head_from='init'), from the
+  base network it would train (the committed one, made by that recipe and seed: tests/test_pretrained.py), so that
+  its numbers are that run's (docs/results/map_runs/)."""
+  from studies import common  # pylint: disable=g-import-not-at-top
+  demo = _load('synthetic_m10').get_config()
+  record = json.load(open(os.path.splitext(demo.init.path)[0] + '.json'))
+  assert (record['steps'], record['seed'], record['config']) == (2400, 1000, 'configs/synthetic_scratch.py')
+  assert record['overrides'] == ['--config.synthetic.specificity=10']
+  study = _load('synthetic').get_config()
+  study.synthetic.specificity, study.width = 10, 1.0
+  study.init.path = demo.init.path  # the map's own copy of base network 0, the same bytes
+  study.specialists.head_from = 'init'
+  counted, _ = common.converged(_counted_on_the_built_data(study, demo_data_dir), 0.25, 0,
+                                base_steps=record['steps'], generalist_share=0)
+  counted.synthetic.specificity, counted.data_dir = 10, demo.data_dir
+  # What the evaluation reports differs (rules, verdict, the map); nothing that trains does.
+  assert [d for d in config_lib.differences(counted, demo) if not d.startswith('evaluate.')] == []
