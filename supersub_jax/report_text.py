@@ -220,10 +220,14 @@ def summary_rows(report: Mapping) -> list[tuple[str, str]]:
   speed = r['throughput']
   largest = speed.get('by_batch', {}).get(str(speed.get('batch_size')), {})
   b = int(speed.get('batch_size', 1))
+  # A verdict whose rule routes by the flat network leaves the generalist's routes unused: its rows say so.
+  rule = r.get('verdict_rule', 'hard')
+  router = rule.split('/')[1] if '/' in rule else 'generalist'
+  unused = '' if router == 'generalist' else f" (not the router of the verdict's rule, {rule})"
   rows = [
       (f"{FLAT} top-1 (one network over all subclasses: the 'vanilla' stage)", f"{r['vanilla']['top1']:.4f}"),
-      ('generalist superclass top-1', f"{r['superclass']['top1']:.4f}"),
-      ('Super-Sub top-1 (routed by the generalist)', f"{r['supersub']['top1']:.4f}"),
+      (f'generalist superclass top-1{unused}', f"{r['superclass']['top1']:.4f}"),
+      (f'Super-Sub top-1 (routed by the generalist){unused}', f"{r['supersub']['top1']:.4f}"),
       ('Super-Sub top-1, oracle routing', f"{r['supersub']['oracle_top1']:.4f}"),
       *([(f'{FLAT} top-1, oracle routing (its best subclass of the true superclass)',
           f"{r['vanilla']['oracle_top1']:.4f}")] if 'oracle_top1' in r['vanilla'] else []),

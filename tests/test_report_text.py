@@ -114,6 +114,8 @@ def test_headline_reports_the_configured_verdict_rule_with_its_own_interval():
       'ahead on these 3,800 test images); equal compute, 581 optimizer steps each')
   md = report_text.render_markdown({**r, 'storage': {**r['storage'], 'num_superclasses': 10}})
   assert '+0.79 points (rule hard/flat)' in md  # the paper's gain claim, under the same rule
+  # The generalist's routes, which this verdict does not use, are labelled as such.
+  assert "| generalist superclass top-1 (not the router of the verdict's rule, hard/flat) | 0.9000 |" in md
   r['verdict_rule'] = 'hard'
   assert report_text.headline(r).startswith('Super-Sub 0.5500 vs the flat network 0.5000')
 
