@@ -1,8 +1,9 @@
 """The inference bundle: one msgpack file with everything two-stage inference needs, readable without training code.
 
 A bundle holds the generalist's variables, every specialist's compressed delta (`exported.py`'s records), head and
-BatchNorm statistics, its spec, the hierarchy (as `Hierarchy.to_dict` JSON) and a model description; no optimizer
-state, no dense specialist. `python -m tools.convert bundle` writes one from a trained workdir (`convert.make_bundle`);
+BatchNorm statistics, its spec, the hierarchy (as `Hierarchy.to_dict` JSON), a model description and the decision
+rule it is made for (the report's verdict rule), with the flat network that rule routes by when it routes by one
+(`load_router`); no optimizer state, no dense specialist. `python -m tools.convert bundle` writes one from a trained workdir (`convert.make_bundle`);
 `load_bundle` reads it back, checking every part before anything is built from it, and `bank.build_supersub` takes
 what it returns. This module imports no training code (stages, specialists, the recipe, the runner, the step).
 """
@@ -19,6 +20,7 @@ from flax import serialization
 from supersub_jax import exported as exported_lib
 from supersub_jax import files
 from supersub_jax import cut as cut_lib
+from supersub_jax import decide
 from supersub_jax import hierarchy as hierarchy_lib
 from supersub_jax import models
 from supersub_jax import weights
@@ -38,19 +40,7 @@ def load_bundle(path: str) -> tuple[dict, list[dict], hierarchy_lib.Hierarchy, d
   Bundles written before specialists described themselves (no ``'spec'``) get the one their time implies: the
   cut their model description names ('branch'), 'stem' before shared trunks existed.
   """
-  with open(path, 'rb') as f:
-    data = f.read()
-  try:
-    # Every array in msgpack is its own bytes (flax checks each buffer against its shape): nothing here allocates
-    # more than the file holds. The sizes the bundle only states (the hierarchy's, the model's) are checked below.
-    tree = serialization.msgpack_restore(data)
-  except Exception as e:  # pylint: disable=broad-except  (msgpack raises several unrelated types)
-    raise ValueError(f'{path} is not a readable msgpack file ({type(e).__name__}: {e}); write it with '
-                     '`python -m tools.convert bundle`.') from e
-  found = tree.get('format') if isinstance(tree, dict) else None
-  if found != BUNDLE_FORMAT:
-    raise ValueError(f'{path} is not a {BUNDLE_FORMAT} file (format {found!r}); write it with '
-                     '`python -m tools.convert bundle`.')
+  tree = _restore(path)
   part = 'hierarchy'
   try:  # a damaged file must give one clear error, whatever part of it is damaged
     # Hierarchy checks its stated sizes (source classes, label grid) against sane limits before allocating.
@@ -102,6 +92,50 @@ def load_bundle(path: str) -> tuple[dict, list[dict], hierarchy_lib.Hierarchy, d
     raise ValueError(f'{path}: damaged bundle, in its {part} ({type(e).__name__}: {e}); write it again with '
                      '`python -m tools.convert bundle`.') from e
   return generalist, exported, hierarchy, model
+
+
+def _restore(path: str) -> dict:
+  """The bundle's pytree, after its format is checked (ValueError naming the problem and the fix otherwise)."""
+  with open(path, 'rb') as f:
+    data = f.read()
+  try:
+    # Every array in msgpack is its own bytes (flax checks each buffer against its shape): nothing here allocates
+    # more than the file holds. The sizes the bundle only states (the hierarchy's, the model's) are checked by the
+    # readers.
+    tree = serialization.msgpack_restore(data)
+  except Exception as e:  # pylint: disable=broad-except  (msgpack raises several unrelated types)
+    raise ValueError(f'{path} is not a readable msgpack file ({type(e).__name__}: {e}); write it with '
+                     '`python -m tools.convert bundle`.') from e
+  found = tree.get('format') if isinstance(tree, dict) else None
+  if found != BUNDLE_FORMAT:
+    raise ValueError(f'{path} is not a {BUNDLE_FORMAT} file (format {found!r}); write it with '
+                     '`python -m tools.convert bundle`.')
+  return tree
+
+
+def load_router(path: str) -> tuple[str, dict | None]:
+  """-> (the decision rule the bundle was made for, as ``decide.Rule.parse`` reads it: the report's verdict rule,
+  'hard' for bundles from before bundles named one; the flat network's ``{'params', 'batch_stats'}`` that the rule
+  routes by, None when it routes by the generalist). Run it with ``models.create_model`` over the hierarchy's
+  subclasses (``flat_model=`` of ``inference.predict``)."""
+  tree = _restore(path)
+  part = 'rule'
+  try:
+    rule = decide.Rule.parse(str(tree.get('rule', 'hard')))
+    if not rule.needs_flat:
+      return rule.key, None
+    part = 'flat network'
+    if 'flat' not in tree:
+      raise KeyError(f'rule {rule.key!r} routes by a flat network, and the bundle holds none')
+    hierarchy = hierarchy_lib.Hierarchy.from_dict(json.loads(tree['hierarchy']))
+    model = {k: v for k, v in dict(tree['model']).items() if k != 'branch'}
+    flat = {'params': dict(tree['flat']['params']), 'batch_stats': dict(tree['flat']['batch_stats'])}
+    _check_model(model, flat, hierarchy.num_subclasses)
+    _check_finite(flat)
+  except (ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError) as e:
+    raise ValueError(f'{path}: damaged bundle, in its {part} ({type(e).__name__}: {e}); write it again with '
+                     '`python -m tools.convert bundle`.') from e
+  return rule.key, flat
 
 
 def _check_finite(tree) -> None:

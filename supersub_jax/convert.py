@@ -15,6 +15,7 @@ import numpy as np
 from supersub_jax import bundle as bundle_lib
 from supersub_jax import cut as cut_lib
 from supersub_jax import choices
+from supersub_jax import decide
 from supersub_jax import exported as exported_lib
 from supersub_jax import files
 from supersub_jax import locks
@@ -27,17 +28,30 @@ from supersub_jax.choices import EXPORT_FORMATS, TORCHVISION_ARCHS  # pylint: di
 
 
 def make_bundle(config, workdir: str) -> dict:
-  """The inference bundle of a trained workdir, as a pytree of numpy arrays and strings."""
+  """The inference bundle of a trained workdir, as a pytree of numpy arrays and strings: the rule it is made for
+  (``config.evaluate.verdict_rule``, the report's) and, when that rule routes by a flat network, the pipeline's
+  flat router (``workdir.flat_router_of``: config.init's network or the vanilla network it started from)."""
   setup = setup_of.build(config)
   hierarchy = setup.hierarchy
   generalist = workdir_lib.load_network(config, workdir, 'superclass', setup)
   exported = [workdir_lib.load_exported(config, workdir, k, generalist, hierarchy)
               for k in range(hierarchy.num_superclasses)]
-  return {'format': bundle_lib.BUNDLE_FORMAT, 'hierarchy': json.dumps(hierarchy.to_dict()),
-          'model': {'name': config.model, 'stem': config.stem, 'width': config.width,
-                    'image_size': config.image_size},
-          'generalist': {'params': generalist.params, 'batch_stats': generalist.batch_stats},
-          'specialists': {str(k): e for k, e in enumerate(exported)}}
+  rule = decide.Rule.parse(config.evaluate.verdict_rule)
+  bundle = {'format': bundle_lib.BUNDLE_FORMAT, 'hierarchy': json.dumps(hierarchy.to_dict()),
+            'model': {'name': config.model, 'stem': config.stem, 'width': config.width,
+                      'image_size': config.image_size},
+            'rule': rule.key,
+            'generalist': {'params': generalist.params, 'batch_stats': generalist.batch_stats},
+            'specialists': {str(k): e for k, e in enumerate(exported)}}
+  if rule.needs_flat:
+    vanilla = workdir_lib.load_network(config, workdir, 'vanilla', setup) if config.superclass.init_from_vanilla else None
+    flat = workdir_lib.flat_router_of(config, vanilla, setup)
+    if flat is None:
+      raise ValueError(f'evaluate.verdict_rule={rule.key!r} routes by a flat network, and this pipeline has none (its '
+                       'generalist starts from config.init, which is not a flat network of these subclasses): '
+                       "bundle it with --config.evaluate.verdict_rule=hard.")
+    bundle['flat'] = {'params': flat.params, 'batch_stats': flat.batch_stats}
+  return bundle
 
 
 def dense_specialist(config, workdir: str, k: int) -> dict:

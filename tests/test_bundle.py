@@ -177,3 +177,41 @@ def test_hostile_bundles_are_refused_before_anything_is_allocated(tiny_workdir, 
     with pytest.raises(ValueError) as info:
       bundle_lib.load_bundle(str(path))
     assert f'{path}: damaged bundle' in str(info.value) and expected in str(info.value), (name, str(info.value))
+
+
+def test_a_bundle_made_for_a_flat_routed_rule_carries_its_router_and_predicts_as_the_evaluation(tiny_workdir,
+                                                                                                 tmp_path):
+  config, workdir, _ = tiny_workdir
+  path = str(tmp_path / 'supersub.msgpack')
+  bundle_lib.write_bundle(path, convert.make_bundle(config, workdir))
+  assert bundle_lib.load_router(path) == ('hard', None)  # the paper's rule: the generalist routes, no flat network
+  config = config.copy_and_resolve_references()
+  config.evaluate.verdict_rule = 'hinton:2/mean'
+  bundle_lib.write_bundle(path, convert.make_bundle(config, workdir))
+  generalist, exported, hierarchy, _ = bundle_lib.load_bundle(path)
+  rule, flat = bundle_lib.load_router(path)
+  assert rule == 'hinton:2/mean'
+  # The router is the one the evaluation routes by (workdir.flat_router_of), leaf for leaf.
+  from supersub_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  trained = workdir_lib.load_trained(config, workdir, setup_of.build(config))
+  for a, b in zip(jax.tree.leaves(flat), jax.tree.leaves({'params': trained.flat_router.params,
+                                                         'batch_stats': trained.flat_router.batch_stats})):
+    np.testing.assert_array_equal(a, b)
+  images = jax.random.normal(jax.random.key(1), (8, 16, 16, 3))
+  g_model = setup_of.make_model(config, hierarchy.num_superclasses)
+  s_model = setup_of.make_model(config, hierarchy.max_subclasses)
+  f_model = setup_of.make_model(config, hierarchy.num_subclasses)
+  a = inference.predict(bank_lib.build_supersub(generalist, exported, hierarchy), images, decide.Rule.parse(rule),
+                        generalist_model=g_model, specialist_model=s_model, flat=flat, flat_model=f_model)
+  b = inference.predict(trained.state, images, decide.Rule.parse(rule), generalist_model=g_model,
+                        specialist_model=s_model, flat={'params': trained.flat_router.params,
+                                                        'batch_stats': trained.flat_router.batch_stats},
+                        flat_model=f_model)
+  np.testing.assert_array_equal(a['label'], b['label'])
+  # A bundle whose rule needs a flat network it does not hold is damaged, and says where.
+  tree = convert.make_bundle(config, workdir)
+  del tree['flat']
+  bundle_lib.write_bundle(path, tree)
+  with pytest.raises(ValueError, match="damaged bundle, in its flat network .*routes by a flat network, and the "
+                                       'bundle holds none'):
+    bundle_lib.load_router(path)
