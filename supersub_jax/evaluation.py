@@ -200,10 +200,12 @@ def map_context(config, compute: dict) -> dict:
   the verdict's rule (``report.map_cell``)."""
   path = os.path.abspath(os.path.expanduser(config.evaluate.map_summary))
   with open(path) as f:
-    summary = json.load(f)['summary']
+    written = json.load(f)
   relative = os.path.relpath(path)
-  out = report_lib.map_cell(summary, specificity=int(config.synthetic.specificity), width=float(config.width),
-                            steps=int(compute['vanilla_steps']), rule=decide.Rule.parse(config.evaluate.verdict_rule).key)
+  out = report_lib.map_cell(written['summary'], specificity=int(config.synthetic.specificity),
+                            width=float(config.width), steps=int(compute['vanilla_steps']),
+                            rule=decide.Rule.parse(config.evaluate.verdict_rule).key,
+                            capacity=written.get('capacity'))
   return {**out, 'source': path if relative.startswith('..') else relative}
 
 

@@ -215,12 +215,15 @@ def build(p: Mapping[str, np.ndarray], hierarchy, *, dataset: str, split: str, s
   return report
 
 
-def map_cell(summary: Mapping, *, specificity: int, width: float, steps: int, rule: str) -> dict:
+def map_cell(summary: Mapping, *, specificity: int, width: float, steps: int, rule: str,
+             capacity: list | None = None) -> dict:
   """Where a run sits on a committed map (``studies.map``'s <out>.json 'summary'): the cell of its cue specificity,
   width and steps an arm, and the control cell (specificity 1) of the same width and steps, each as
   {'specificity', 'width', 'steps', 'runs', 'bases', 'gap', 'low', 'high'} under ``rule`` (Super-Sub minus the flat
   network, fractions; the interval is the map's paired 95% one), or None where the map has no such cell or rule;
-  'setting' is the run's own (specificity, width, steps)."""
+  'setting' is the run's own (specificity, width, steps). With the map's ``capacity`` comparisons (its 'capacity'
+  list), 'wider' is the one of this cell and rule: Super-Sub minus a wider flat network with about as many stored
+  parameters ({'wide', 'runs', 'gap', 'low', 'high'}, Welch's interval), or None."""
   def find(m):
     for cell in summary.get('cells', []):
       if (int(cell['specificity']) == int(m) and abs(float(cell['width']) - float(width)) < 1e-9
@@ -230,8 +233,14 @@ def map_cell(summary: Mapping, *, specificity: int, width: float, steps: int, ru
                 'bases': sorted({int(b) for b in cell['bases']}), 'gap': float(row['gap']),
                 'low': float(row['low']), 'high': float(row['high'])}
     return None
+  wider = None
+  for c in capacity or []:
+    if (int(c['specificity']) == int(specificity) and abs(float(c['width']) - float(width)) < 1e-9
+        and int(c['steps']) == int(steps) and c['rule'] == rule):
+      wider = {'wide': float(c['wide']), 'runs': [int(n) for n in c['runs']], 'gap': float(c['gap']),
+               'low': float(c['low']), 'high': float(c['high'])}
   return {'rule': rule, 'setting': {'specificity': int(specificity), 'width': float(width), 'steps': int(steps)},
-          'cell': find(specificity), 'control': find(1)}
+          'cell': find(specificity), 'control': find(1), 'wider': wider}
 
 
 def write(report: dict, workdir: str, *, figures: Callable[[str], list[str]] | None = None) -> dict[str, str]:

@@ -124,6 +124,11 @@ def map_line(report: Mapping) -> str | None:
   if m != 1:
     line += (f"; the control cell (specificity 1, the same width and steps) {_cell_text(control)}" if control
              else '; the control cell (specificity 1) is not on the map')
+  wider = where.get('wider')
+  if wider:
+    line += (f"; against a flat network of width {wider['wide']:g} (about as many stored parameters as Super-Sub, "
+             f"its own base networks, the same steps) {_points(wider['gap'], (wider['low'], wider['high']))} points "
+             f"(Welch, {wider['runs'][0]} and {wider['runs'][1]} runs)")
   return line + '.'
 
 

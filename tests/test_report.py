@@ -134,3 +134,12 @@ def test_map_cell_finds_the_runs_cell_and_the_control_of_the_same_width_and_step
   assert report.map_cell(_map_summary(), specificity=10, width=1.0, steps=600, rule='hard/flat')['cell'] is None
   assert report.map_cell(_map_summary(), specificity=10, width=0.5, steps=581, rule='hard/flat')['control'] is None
   assert report.map_cell(_map_summary(), specificity=10, width=1.0, steps=581, rule='hard')['cell'] is None
+  # The map's capacity comparison of this cell and rule, when it has one.
+  capacity = [{'specificity': 10, 'width': 1.0, 'wide': 1.125, 'steps': 581, 'rule': 'hard/flat', 'runs': [10, 2],
+               'gap': -0.004, 'low': -0.01, 'high': 0.002},
+              {'specificity': 10, 'width': 1.0, 'wide': 1.125, 'steps': 581, 'rule': 'soft:2/flat', 'runs': [10, 2],
+               'gap': 0.5, 'low': 0.4, 'high': 0.6}]
+  assert report.map_cell(_map_summary(), specificity=10, width=1.0, steps=581, rule='hard/flat')['wider'] is None
+  assert report.map_cell(_map_summary(), specificity=10, width=1.0, steps=581, rule='hard/flat',
+                         capacity=capacity)['wider'] == {'wide': 1.125, 'runs': [10, 2], 'gap': -0.004, 'low': -0.01,
+                                                         'high': 0.002}

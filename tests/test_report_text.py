@@ -132,6 +132,10 @@ def test_map_line_names_the_cell_and_quotes_the_map_here_and_in_the_control_cell
                   '2 base network(s); the control cell (specificity 1, the same width and steps) -0.04 [-0.41, +0.34] '
                   'points over 3 run(s) on 1 base network(s).')
   assert 'not on the map' in report_text.map_line({'map': {**where, 'cell': None}})
+  wider = {'wide': 1.125, 'runs': [10, 2], 'gap': -0.0041, 'low': -0.0102, 'high': 0.0020}
+  assert report_text.map_line({'map': {**where, 'wider': wider}}).endswith(
+      '; against a flat network of width 1.125 (about as many stored parameters as Super-Sub, its own base networks, '
+      'the same steps) -0.41 [-1.02, +0.20] points (Welch, 10 and 2 runs).')
   assert report_text.map_line({}) is None
   md = report_text.render_markdown({**_minimal_report(), 'map': where})
   assert md.index(line) < md.index('## Summary')
