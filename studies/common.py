@@ -281,6 +281,19 @@ def grid_rows(rows: list[dict], capacity: tuple[float, float] | None) -> list[di
   return [r for r in rows if not capacity or r['width'] != capacity[1]]
 
 
+def _cell_lines(cells: list[dict], rules: list[str]) -> list[str]:
+  """One markdown row per cell of ``map_summary``: its runs, flat top-1, every rule's gap, the gap given the
+  superclass."""
+  lines = []
+  for c in cells:
+    given = c.get('given_superclass')
+    lines.append(f"| {c['steps']:,} | {c['specificity']} | {c['width']:g} | {len(c['runs'])} | {c['flat']:.4f} | "
+                 + ' | '.join(_points(c['rules'][r]['gap'], c['rules'][r]['low'], c['rules'][r]['high'])
+                              if r in c['rules'] else '-' for r in rules)
+                 + f" | {_points(given['gap'], given['low'], given['high']) if given else '-'} |")
+  return lines
+
+
 def map_tables(rows: list[dict], capacity: tuple[float, float] | None = None) -> str:
   """The map's markdown; with ``capacity`` (width, wider width), also Super-Sub at the first against the flat
   network at the second (``capacity_comparison``)."""
@@ -293,12 +306,7 @@ def map_tables(rows: list[dict], capacity: tuple[float, float] | None = None) ->
             '(base, seed) runs of each cell:', '',
             '| extra steps | specificity m | width | runs | flat top-1 | ' + ' | '.join(rules)
             + ' | given the superclass: specialists - flat |', '|---' * (6 + len(rules)) + '|']
-  for c in cells:
-    given = c.get('given_superclass')
-    lines.append(f"| {c['steps']:,} | {c['specificity']} | {c['width']:g} | {len(c['runs'])} | {c['flat']:.4f} | "
-                 + ' | '.join(_points(c['rules'][r]['gap'], c['rules'][r]['low'], c['rules'][r]['high'])
-                              if r in c['rules'] else '-' for r in rules)
-                 + f" | {_points(given['gap'], given['low'], given['high']) if given else '-'} |")
+  lines += _cell_lines(cells, rules)
   lines += per_base_lines(rows, rules)
   if summary['models']:
     lines += ['', 'One model of all runs per budget and rule: gap ~ 1 + m + w + m x w (m: specificity, w: log2 width, '
@@ -312,6 +320,13 @@ def map_tables(rows: list[dict], capacity: tuple[float, float] | None = None) ->
                                 for k in ('intercept', 'specificity', 'width', 'specificity x width')) + ' |')
   if capacity:
     lines += capacity_lines(capacity_comparison(every, *capacity))
+    wide = map_summary([r for r in every if r['width'] == capacity[1]])['cells']
+    if wide:
+      lines += ['', f'Super-Sub at the wider width ({capacity[1]:g}) against the flat network of that width, from the '
+                'same base network (paired, as the cells above):', '',
+                '| extra steps | specificity m | width | runs | flat top-1 | ' + ' | '.join(rules)
+                + ' | given the superclass: specialists - flat |', '|---' * (6 + len(rules)) + '|']
+      lines += _cell_lines(wide, rules)
   lines += ['', 'Difficulty of each superclass\'s cue: the flat network given the true superclass, per superclass '
             '(mean over runs; cue kind at that specificity, data/cues.py), and Super-Sub\'s specialists given it:', '']
   lines += difficulty_table(rows)

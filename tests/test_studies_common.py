@@ -180,7 +180,11 @@ def test_the_capacity_comparison_pits_super_sub_at_one_width_against_flat_at_the
   common.write_map(str(tmp_path / 'map'), rows, capacity=(1.0, 1.125))
   data = json.loads((tmp_path / 'map.json').read_text())
   assert [c['width'] for c in data['summary']['cells']] == [1.0]  # the wider width is a baseline, not a cell
-  assert '| 310 | 10 | 1 | 1.125 | hard | 3, 2 | 0.8400 | 0.8200 | +2.00 [' in (tmp_path / 'map.md').read_text()
+  md = (tmp_path / 'map.md').read_text()
+  assert '| 310 | 10 | 1 | 1.125 | hard | 3, 2 | 0.8400 | 0.8200 | +2.00 [' in md
+  # Super-Sub at the wider width against its own flat network, paired: hard - flat = 0.5 - (0.81, 0.83).
+  wide = common.mean_interval([0.5 - 0.81, 0.5 - 0.83])
+  assert f'| 310 | 10 | 1.125 | 2 | 0.8200 | {common._points(*wide)} |' in md.split('Super-Sub at the wider width')[1]
 
 
 def test_a_cell_on_two_bases_is_also_tabled_base_by_base_with_each_bases_own_interval():
