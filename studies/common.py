@@ -402,6 +402,13 @@ def plot_map(data: dict, path: str, rule: str = 'hard') -> None:
     ax.set_ylabel('width multiplier', fontsize=8)
   fig.colorbar(image, ax=axes[0].tolist(), label=f'Super-Sub ({rule}) - flat, points')
   fig.suptitle('Super-Sub minus the flat network at equal compute (blue: Super-Sub ahead)', fontsize=10)
+  # The capacity baseline is not a cell: it is said under the map, where a reader of the colours looks next.
+  wider = [c for c in data.get('capacity', []) if c['rule'] == rule]
+  if wider:
+    fig.supxlabel('\n'.join(
+        f"m {c['specificity']}, width {c['width']:g}, {c['steps']:,} steps: Super-Sub minus a flat network of width "
+        f"{c['wide']:g}\n(about as many stored parameters) {_points(c['gap'], c['low'], c['high'])} points, Welch, "
+        f"{c['runs'][0]} and {c['runs'][1]} runs" for c in wider), fontsize=8)
   from supersub_jax import plots  # pylint: disable=g-import-not-at-top
   plots.save_figure(fig, path, dpi=120)
 

@@ -177,7 +177,7 @@ def test_the_capacity_comparison_pits_super_sub_at_one_width_against_flat_at_the
   (c,) = common.capacity_comparison(rows, 1.0, 1.125)
   assert c['runs'] == (3, 2) and c['supersub'] == pytest.approx(0.84) and c['wide_flat'] == pytest.approx(0.82)
   assert c['gap'] == pytest.approx(0.02) and c['low'] < 0.02 < c['high']
-  common.write_map(str(tmp_path / 'map'), rows, capacity=(1.0, 1.125))
+  common.write_map(str(tmp_path / 'map'), rows, with_plot=True, capacity=(1.0, 1.125))  # the baseline under the map
   data = json.loads((tmp_path / 'map.json').read_text())
   assert [c['width'] for c in data['summary']['cells']] == [1.0]  # the wider width is a baseline, not a cell
   md = (tmp_path / 'map.md').read_text()
