@@ -180,35 +180,6 @@ def collect_predictions(config, workdir: str, hierarchy, vanilla, state, general
   return {k: np.concatenate(v) for k, v in out.items()}
 
 
-def start_of(config) -> str:
-  """How the report names the start both arms share: config.init's file, with the steps its record (the .json
-  beside it, scripts/make_pretrained.py) says it trained for, or 'random weights'."""
-  if not config.init.path:
-    return 'random weights'
-  record = os.path.splitext(ckpt.abs_path(config.init.path))[0] + '.json'
-  try:
-    with open(record) as f:
-      steps = f" ({int(json.load(f)['steps']):,} steps)"
-  except (OSError, ValueError, KeyError, TypeError):
-    steps = ''
-  return f'{os.path.basename(config.init.path)}{steps}, config.init'
-
-
-def map_context(config, compute: dict) -> dict:
-  """report.json's 'map': where this run sits on the map ``config.evaluate.map_summary`` (studies/map.py's <out>.json),
-  its cell (the synthetic data's cue specificity, the width, the flat network's steps) and the control cell, under
-  the verdict's rule (``report.map_cell``)."""
-  path = os.path.abspath(os.path.expanduser(config.evaluate.map_summary))
-  with open(path) as f:
-    written = json.load(f)
-  relative = os.path.relpath(path)
-  out = report_lib.map_cell(written['summary'], specificity=int(config.synthetic.specificity),
-                            width=float(config.width), steps=int(compute['vanilla_steps']),
-                            rule=decide.Rule.parse(config.evaluate.verdict_rule).key,
-                            capacity=written.get('capacity'))
-  return {**out, 'source': path if relative.startswith('..') else relative}
-
-
 def storage(trained: workdir_lib.Trained) -> dict:
   """report.json's 'storage': the generalist (params + BatchNorm statistics) once, then each specialist's exported
   bytes, in bytes and in units of one network (``exported.storage_report``)."""
@@ -421,15 +392,17 @@ def run(config, workdir: str, *, force: bool = False) -> dict:
              'batch_size': int(config.batch_size),
              # The start both arms share: Super-Sub's generalist starts from it or from the flat network trained
              # from it (whose steps Super-Sub is then charged).
-             'start': start_of(config)}
+             'start': report_lib.start_of(config.init.path)}
   report = report_lib.build(p, trained.hierarchy, dataset=config.dataset, split=config.eval_split,
                             storage=storage(trained), compute=compute, top2_threshold=threshold,
                             cut=trained.state.cut.name,
                             matched_steps=trained.vanilla_matched.steps if trained.vanilla_matched else None,
                             rules={rule.key: rule.k for rule in rules},
                             verdict_rule=decide.Rule.parse(config.evaluate.verdict_rule).key)
-  if config.evaluate.map_summary:
-    report['map'] = map_context(config, compute)
+  if config.evaluate.map_summary:  # where this run sits on a map of studies/map.py, under the verdict's rule
+    report['map'] = report_lib.map_context(
+        os.path.expanduser(config.evaluate.map_summary), specificity=int(config.synthetic.specificity),
+        width=float(config.width), steps=int(compute['vanilla_steps']), rule=report['verdict_rule'])
   if skipped:
     report['rules_skipped'] = {key: 'no flat network of these subclasses in this pipeline to route by (the '
                                     "generalist starts from config.init, which is not one: init.keep_head False)"

@@ -215,6 +215,32 @@ def build(p: Mapping[str, np.ndarray], hierarchy, *, dataset: str, split: str, s
   return report
 
 
+def start_of(init_path: str) -> str:
+  """How the report names the start both arms share: config.init's file (``init_path``), with the steps its
+  record (the .json beside it, scripts/make_pretrained.py) says it trained for, or 'random weights'."""
+  if not init_path:
+    return 'random weights'
+  record = os.path.splitext(os.path.abspath(os.path.expanduser(init_path)))[0] + '.json'
+  try:
+    with open(record) as f:
+      steps = f" ({int(json.load(f)['steps']):,} steps)"
+  except (OSError, ValueError, KeyError, TypeError):
+    steps = ''
+  return f'{os.path.basename(init_path)}{steps}, config.init'
+
+
+def map_context(path: str, *, specificity: int, width: float, steps: int, rule: str) -> dict:
+  """report.json's 'map': ``map_cell`` of the map that studies/map.py wrote at ``path`` (its <out>.json), with
+  'source', the path as a reader finds it (relative to the working directory when under it)."""
+  path = os.path.abspath(path)
+  with open(path) as f:
+    written = json.load(f)
+  relative = os.path.relpath(path)
+  return {**map_cell(written['summary'], specificity=specificity, width=width, steps=steps, rule=rule,
+                     capacity=written.get('capacity')),
+          'source': path if relative.startswith('..') else relative}
+
+
 def map_cell(summary: Mapping, *, specificity: int, width: float, steps: int, rule: str,
              capacity: list | None = None) -> dict:
   """Where a run sits on a committed map (``studies.map``'s <out>.json 'summary'): the cell of its cue specificity,
