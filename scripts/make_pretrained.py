@@ -106,7 +106,8 @@ def main(argv):
               f'random weights on the synthetic training split (cue specificity {config.synthetic.specificity}, '
               f'width {config.width:g}): the config.init of the configs that start from {os.path.basename(output)}',
       'command': ' '.join(['python', 'scripts/make_pretrained.py'] + sys.argv[1:]),
-      'config': config_file, 'overrides': [a for a in sys.argv[1:] if a.startswith('--config.')], 'steps': int(config.vanilla.num_train_steps), 'seed': int(config.seed),
+      'config': config_file, 'overrides': [a for a in sys.argv[1:] if a.startswith('--config.')],
+      'steps': int(config.vanilla.num_train_steps), 'seed': int(config.seed),
       'batch_size': int(config.batch_size), 'devices': jax.device_count(), 'test_top1': top1,
       'ladder': ladder, 'converged': converged, 'min_gain': _GAIN.value,
       'dataset': {'builder': builder.name, 'version': str(builder.version), 'config': builder.builder_config.name,

@@ -3,7 +3,8 @@
 A bundle holds the generalist's variables, every specialist's compressed delta (`exported.py`'s records), head and
 BatchNorm statistics, its spec, the hierarchy (as `Hierarchy.to_dict` JSON), a model description and the decision
 rule it is made for (the report's verdict rule), with the flat network that rule routes by when it routes by one
-(`load_router`); no optimizer state, no dense specialist. `python -m tools.convert bundle` writes one from a trained workdir (`convert.make_bundle`);
+(`load_router`); no optimizer state, no dense specialist. `python -m tools.convert bundle` writes one from a
+trained workdir (`convert.make_bundle`);
 `load_bundle` reads it back, checking every part before anything is built from it, and `bank.build_supersub` takes
 what it returns. This module imports no training code (stages, specialists, the recipe, the runner, the step).
 """

@@ -289,12 +289,14 @@ def problems_of(config: ml_collections.ConfigDict, *, training: bool = True, dev
     re.compile(cfg.dense_leaves)
   except re.error as e:
     problems.append(f"specialists.dense_leaves={cfg.dense_leaves!r}: not a valid regex ({e}); use '' for none.")
+  evaluated = set()
   for spec in config.evaluate.rules:
     try:
       rule = decide.Rule.parse(spec)
     except ValueError as e:
       problems.append(f'evaluate.rules: {e}')
       continue
+    evaluated.add(rule)
     if hierarchy is not None and rule.k > hierarchy.num_superclasses:
       problems.append(f'evaluate.rules: {spec!r} routes to {rule.k} superclasses; the hierarchy has '
                       f'{hierarchy.num_superclasses}.')
@@ -304,12 +306,6 @@ def problems_of(config: ml_collections.ConfigDict, *, training: bool = True, dev
   except ValueError as e:
     problems.append(f'evaluate.verdict_rule: {e}')
   else:
-    evaluated = set()
-    for spec in evaluate.rules:
-      try:
-        evaluated.add(decide.Rule.parse(spec))
-      except ValueError:
-        pass  # reported above
     if verdict != decide.Rule() and verdict not in evaluated:
       problems.append(f'evaluate.verdict_rule={evaluate.verdict_rule!r} is not among evaluate.rules '
                       f'{tuple(evaluate.rules)}: add it there, or give the paper\'s rule, \'hard\'.')

@@ -44,7 +44,8 @@ def make_bundle(config, workdir: str) -> dict:
             'generalist': {'params': generalist.params, 'batch_stats': generalist.batch_stats},
             'specialists': {str(k): e for k, e in enumerate(exported)}}
   if rule.needs_flat:
-    vanilla = workdir_lib.load_network(config, workdir, 'vanilla', setup) if config.superclass.init_from_vanilla else None
+    vanilla = (workdir_lib.load_network(config, workdir, 'vanilla', setup) if config.superclass.init_from_vanilla
+               else None)  # flat_router_of reads it only then
     flat = workdir_lib.flat_router_of(config, vanilla, setup)
     if flat is None:
       raise ValueError(f'evaluate.verdict_rule={rule.key!r} routes by a flat network, and this pipeline has none (its '

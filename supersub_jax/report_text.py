@@ -117,7 +117,7 @@ def map_line(report: Mapping) -> str | None:
   m, width, steps = setting.get('specificity'), setting.get('width'), setting.get('steps')
   kind = ('each superclass\'s subclasses differ by a cue kind only it uses' if m and m > 1 else
           'one kind of cue tells the subclasses apart in every superclass' if m == 1 else
-          'the gratings of the demo\'s default data')
+          'the gratings of the default data')
   line = (f"This run is the cell specificity {m}, width {width:g}, {steps:,} steps an arm ({kind}) of the map "
           f"{where.get('source', '')}: Super-Sub ({where['rule']}) minus the {FLAT} there, paired 95% intervals: ")
   line += f"this cell {_cell_text(cell)}" if cell else 'this cell is not on the map'
