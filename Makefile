@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 WORKDIR ?= runs/demo
 CONFIG ?= configs/synthetic_m10.py
 
-.PHONY: demo test install clean reproduce
+.PHONY: demo test test-slow install clean reproduce
 
 $(STAMP): requirements.txt pyproject.toml setup.py supersub_jax/data/_jpeg_region.c
 	$(PYTHON) -m venv $(VENV)
@@ -33,8 +33,15 @@ demo: $(STAMP)
 # pytest exits 5 when it collects no test: that is not a failure of the suite. One xdist worker per core: the suite
 # is bound by XLA's compiles, which are single-threaded (TEST_WORKERS=0 runs it in this process).
 TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
+PYTEST = $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal
+# `make test` leaves out the slow tier (`@pytest.mark.slow`: the commands run end to end in child processes that
+# train, evaluate, get signals, killed or run beside each other: two minutes on two cores); `make test-slow` runs it,
+# and CI (.ci/run) runs both.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal tests; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; else exit $$rc; fi
+	$(PYTEST) -m 'not slow and not reproduce' tests; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; else exit $$rc; fi
+
+test-slow: $(STAMP)
+	$(PYTEST) -m 'slow and not reproduce' tests; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; else exit $$rc; fi
 
 # Retrains the committed artifacts from their commands and compares (minutes; not part of make test).
 reproduce: $(STAMP)

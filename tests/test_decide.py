@@ -12,6 +12,10 @@ from supersub_jax import hierarchy as hierarchy_lib
 H = hierarchy_lib.synthetic((3, 2, 2))  # subclasses 0-2 | 3-4 | 5-6; S = 3
 L2L = jnp.asarray(H.local_to_label)
 L2S = jnp.asarray(H.label_to_superclass)
+# Hinton's bisection is a fori_loop over a closure: called eagerly it is traced and compiled again at every call. The
+# property tests call the rules compiled, as the predictor does (once per rule and shape).
+DECIDE = jax.jit(decide.decide, static_argnums=0)
+HINTON_DISTRIBUTION = jax.jit(decide.hinton_distribution)
 
 
 def _normalised(rng, shape):
@@ -103,13 +107,13 @@ def test_threshold_top2_is_the_old_predict_top2_and_every_rule_falls_back_to_its
   pick = np.where(ask & (score[:, 1] > score[:, 0]), 1, 0)
   best = local[np.arange(b), pick, :3].argmax(-1)
   want = np.asarray(H.local_to_label)[full[np.arange(b), pick], best]
-  np.testing.assert_array_equal(decide.decide(decide.Rule('soft', 2, threshold=threshold), *args), want)
+  np.testing.assert_array_equal(DECIDE(decide.Rule('soft', 2, threshold=threshold), *args), want)
   for name in ('hinton', 'poe'):
-    every = decide.decide(decide.Rule(name, 2), jnp.asarray(router), jnp.asarray(full), jnp.asarray(local), L2L, L2S)
-    first = decide.decide(decide.Rule(name, 1), jnp.asarray(router), jnp.asarray(full[:, :1]),
-                          jnp.asarray(local[:, :1]), L2L, L2S)
-    np.testing.assert_array_equal(decide.decide(decide.Rule(name, 2, threshold=threshold), *args),
-                                  np.where(ask, every, first), err_msg=name)
+    every = DECIDE(decide.Rule(name, 2), jnp.asarray(router), jnp.asarray(full), jnp.asarray(local), L2L, L2S)
+    first = DECIDE(decide.Rule(name, 1), jnp.asarray(router), jnp.asarray(full[:, :1]), jnp.asarray(local[:, :1]),
+                   L2L, L2S)
+    np.testing.assert_array_equal(DECIDE(decide.Rule(name, 2, threshold=threshold), *args), np.where(ask, every, first),
+                                  err_msg=name)
 
 
 def test_flat_router_sums_subclass_probabilities_over_each_superclass():
@@ -190,8 +194,7 @@ def test_product_reaches_the_minimum_an_independent_optimiser_finds(k, dustbin):
   router = _normalised(rng, (5, 3))
   routes = np.argsort(-router, axis=1)[:, :k].astype(np.int32)
   local = _local(rng, routes, dustbin)
-  q = np.asarray(decide.hinton_distribution(jnp.asarray(router), jnp.asarray(routes), jnp.asarray(local), L2L,
-                                             L2S))
+  q = np.asarray(HINTON_DISTRIBUTION(jnp.asarray(router), jnp.asarray(routes), jnp.asarray(local), L2L, L2S))
   np.testing.assert_allclose(q.sum(1), 1.0, rtol=1e-5)
   for i in range(5):
     def f(z):

@@ -104,6 +104,7 @@ def test_top1_is_bounded_by_oracle_routing_for_supersub_and_the_flat_network(eva
   assert report['vanilla']['top1'] <= report['vanilla']['oracle_top1'] + 1e-9
 
 
+@pytest.mark.slow
 def test_evaluate_py_reads_the_stored_config_and_warns_about_overrides(evaluated, tmp_path):
   workdir = str(tmp_path / 'workdir')
   shutil.copytree(evaluated[1], workdir)  # it writes a new report: the other tests read the fixture's

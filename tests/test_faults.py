@@ -185,6 +185,7 @@ def _wait_for(proc, predicate, timeout=300):
   raise AssertionError('never saw the expected line:\n' + ''.join(seen[-50:]))
 
 
+@pytest.mark.slow
 def test_one_run_per_workdir_sigterm_saves_exits_75_and_the_rerun_resumes_until_sigint(tiny_data_dir, tmp_path):
   workdir = tmp_path / 'w'
   flags = [*VANILLA_ONLY, '--config.vanilla.num_train_steps=100000', '--config.checkpoint_every_steps=100000']
@@ -226,6 +227,7 @@ def _find_tmp_step(directory):
   return any('orbax-checkpoint-tmp' in name for name in os.listdir(directory))
 
 
+@pytest.mark.slow
 def test_kill_9_at_any_moment_even_mid_save_leaves_a_restorable_checkpoint(tiny_data_dir, tmp_path):
   flags = [*VANILLA_ONLY, '--config.vanilla.num_train_steps=24', '--config.checkpoint_every_steps=3']
   reference = tmp_path / 'uninterrupted'
@@ -256,9 +258,10 @@ def test_kill_9_at_any_moment_even_mid_save_leaves_a_restorable_checkpoint(tiny_
     np.testing.assert_array_equal(x, y)  # bit-equal to the run that was never killed
 
 
+@pytest.mark.slow
 def test_corrupt_final_checkpoint_is_named_moved_aside_and_retrained(tiny_data_dir, tmp_path):
   workdir = tmp_path / 'w'
-  flags = [*VANILLA_ONLY, '--config.max_to_keep=3']
+  flags = [*VANILLA_ONLY, '--config.max_to_keep=3', '--config.checkpoint_every_steps=2']
   assert _run('train.py', tiny_data_dir, workdir, *flags).returncode == 0
   state_files = [os.path.join(r, f) for r, _, fs in os.walk(workdir / 'vanilla' / '6' / 'state') for f in fs
                  if os.sep + 'd' + os.sep in os.path.join(r, f)]
@@ -277,6 +280,7 @@ def test_corrupt_final_checkpoint_is_named_moved_aside_and_retrained(tiny_data_d
   assert sorted(os.listdir(workdir / 'vanilla')) == ['2', '4', '6', '6.corrupt-0']
 
 
+@pytest.mark.slow
 def test_non_finite_step_stops_before_any_save_and_skip_goes_on(tiny_data_dir, tmp_path):
   flags = [*VANILLA_ONLY, '--config.vanilla.learning_rate=1e6', '--config.vanilla.num_train_steps=10',
            '--config.log_every_steps=7', '--config.checkpoint_every_steps=5']
@@ -301,6 +305,7 @@ def _mounted_tmpfs(path, size) -> bool:
                         capture_output=True).returncode == 0
 
 
+@pytest.mark.slow
 def test_disk_full_while_saving_is_one_error_and_keeps_the_last_good_step(tiny_data_dir, tmp_path):
   disk = tmp_path / 'small_disk'
   if not _mounted_tmpfs(disk, '900k'):
@@ -323,6 +328,7 @@ def test_disk_full_while_saving_is_one_error_and_keeps_the_last_good_step(tiny_d
   assert f'[vanilla] resuming from step {max(steps)}' in out.stdout
 
 
+@pytest.mark.slow
 def test_a_full_disk_outside_checkpoint_saves_is_one_line_naming_the_path_and_leaves_nothing_behind(
     tiny_workdir, evaluated_workdir, tmp_path):
   _, trained, _ = tiny_workdir
@@ -412,6 +418,7 @@ def _damage_records(data_dir: str) -> list[str]:
   return damaged
 
 
+@pytest.mark.slow
 def test_damaged_records_are_named_with_the_rebuild_command_and_a_damaged_label_cache_is_rebuilt(
     tiny_data_dir, tiny_workdir, tmp_path):
   _, trained, _ = tiny_workdir
@@ -457,6 +464,7 @@ def _wait_for_lock(proc, path, timeout=300):
     time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_sigint_and_sigterm_stop_evaluate_and_convert_in_one_line_leaving_no_partial_file(tiny_workdir, tmp_path):
   _, trained, _ = tiny_workdir
   runs = []
@@ -486,6 +494,7 @@ def test_sigint_and_sigterm_stop_evaluate_and_convert_in_one_line_leaving_no_par
   assert not bundle.exists()
 
 
+@pytest.mark.slow
 def test_a_signal_as_the_work_ends_or_after_it_gives_one_line_or_a_clean_exit_never_a_silent_death(
     tiny_data_dir, tiny_workdir, tmp_path):
   # Python restores a handled signal's default action as it shuts down, and jax's teardown goes on after that: a

@@ -4,6 +4,8 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
 from processes import default_sigint
 from supersub_jax import interrupts
 
@@ -108,6 +110,7 @@ while True:
 '''
 
 
+@pytest.mark.slow
 def test_dozens_of_interrupts_across_checkpoint_restores_each_reach_the_main_code_at_once(tiny_workdir, tmp_path):
   # One process, restoring a workdir's checkpoints (orbax: asyncio on the main thread, threads, GC callbacks) over
   # and over; each signal, at a random moment, must reach the main code within a bounded time, none swallowed.

@@ -57,6 +57,7 @@ def demo_like(evaluated_workdir, tmp_path_factory):
   return folder
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('index', range(len(_commands())))
 def test_each_readme_command_runs_as_written(demo_like, tmp_path, index):
   command = _commands()[index]

@@ -39,6 +39,7 @@ def test_import_torchvision_cli_reproduces_the_reference_logits(tmp_path):
     assert np.abs(logits - ref['logits']).max() / np.abs(ref['logits']).max() < 1e-4
 
 
+@pytest.mark.slow
 def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path):
   weights_file = f'{FIXTURES}/torchvision_basic.safetensors'
   output = str(tmp_path / 'out')

@@ -34,7 +34,9 @@ def get_config(data_dir: str = './data'):
   config.specialists.num_epochs = 0.0  # a fixed budget, whatever the superclass size
   config.specialists.mask_update_every = 1
   config.log_every_steps = 2
-  config.checkpoint_every_steps = 2
+  # One save a stage, at its end: an orbax save is a quarter of a second here, the tiny run's steps a few ms (the
+  # tests of the checkpoint cadence set it themselves).
+  config.checkpoint_every_steps = 1000
   config.evaluate.benchmark_batches = 1
   config.evaluate.benchmark_batch_sizes = (1, 16)
   config.evaluate.rules = ('hard', 'soft:2', 'hinton:2/mean')  # every rule and a flat router, at few compiles
