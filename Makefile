@@ -35,8 +35,8 @@ demo: $(STAMP)
 TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 PYTEST = $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 # `make test` leaves out the slow tier (`@pytest.mark.slow`: the commands run end to end in child processes that
-# train, evaluate, get signals, killed or run beside each other: two minutes on two cores); `make test-slow` runs it,
-# and CI (.ci/run) runs both.
+# train, evaluate, get signals, are killed or run beside each other); `make test-slow` runs it, and CI (.ci/run)
+# runs both.
 test: $(STAMP)
 	$(PYTEST) -m 'not slow and not reproduce' tests; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; else exit $$rc; fi
 
