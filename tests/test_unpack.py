@@ -71,7 +71,8 @@ def test_a_dustbin_bank_adds_its_column_after_the_real_ones_with_the_even_odds_c
   state = bank_lib.build_supersub(gen, exported, hierarchy)
   assert state.bank.dustbin == 1 and state.num_outputs == max(SIZES) + 1
   np.testing.assert_array_equal(state.bank.num_subclasses, SIZES)
-  fn = jax.jit(functools.partial(unpack.specialist_variables, max_subclasses=max(SIZES)))  # eagerly: an op a compile
+  # Compiled, as inference calls it: eagerly, every op of every leaf would compile on its own.
+  fn = jax.jit(functools.partial(unpack.specialist_variables, max_subclasses=max(SIZES)))
   for k, ex in enumerate(exported):
     got = fn(state.bank, base, jnp.int32(k))['params']['head']
     n = SIZES[k]
